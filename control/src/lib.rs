@@ -1,0 +1,133 @@
+//! The cutover control plane: where routes and weights come from, and how a new valid state
+//! reaches the data plane. See `config/examples/` for the files the [`FileSource`] watches.
+//!
+//! Every source implements [`ConfigSource`] and publishes [`ConfigState`]s on a
+//! `tokio::sync::watch` channel: the data plane and the tests wait on the same channel.
+
+mod file;
+
+pub use file::FileSource;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cutover_config::RouteConfig;
+use tokio::sync::watch;
+
+/// What a config source says right now: the last valid routes (with their weights) and the last
+/// rejection, if the most recent input was invalid.
+///
+/// A rejected input never replaces `routes`: the last valid state stays live.
+#[derive(Debug, Clone)]
+pub struct ConfigState {
+    /// Increases by one with every applied (valid and different) change; starts at 1.
+    pub revision: u64,
+    /// The routes of the last valid input, in the order they were written.
+    pub routes: Arc<[RouteConfig]>,
+    /// Why the latest input was rejected; `None` once a valid input has been applied since.
+    pub last_error: Option<Arc<str>>,
+    /// How many inputs have been rejected since start (monotonic).
+    pub errors_total: u64,
+}
+
+impl ConfigState {
+    /// The first state of a source, from routes that were already validated.
+    pub fn initial(routes: Vec<RouteConfig>) -> Self {
+        Self {
+            revision: 1,
+            routes: routes.into(),
+            last_error: None,
+            errors_total: 0,
+        }
+    }
+
+    /// The state after a valid input: a new revision when the routes changed, and the
+    /// rejection cleared either way.
+    #[must_use]
+    pub fn applied(&self, routes: Vec<RouteConfig>) -> Self {
+        let changed = *self.routes != *routes;
+        Self {
+            revision: if changed {
+                self.revision + 1
+            } else {
+                self.revision
+            },
+            routes: if changed {
+                routes.into()
+            } else {
+                self.routes.clone()
+            },
+            last_error: None,
+            errors_total: self.errors_total,
+        }
+    }
+
+    /// The state after an invalid input: same routes and revision, the reason recorded.
+    #[must_use]
+    pub fn rejected(&self, reason: impl Into<Arc<str>>) -> Self {
+        Self {
+            revision: self.revision,
+            routes: self.routes.clone(),
+            last_error: Some(reason.into()),
+            errors_total: self.errors_total + 1,
+        }
+    }
+}
+
+/// A place routes and weights come from (a watched file now, etcd next).
+///
+/// `run` publishes every change on `tx` until `shutdown` turns `true`. It must never publish a
+/// state whose routes were not validated.
+#[async_trait]
+pub trait ConfigSource: Send + 'static {
+    /// The state to serve before `run` starts (cold start).
+    fn initial_state(&self) -> ConfigState;
+
+    /// Watch the source and publish changes until shutdown.
+    async fn run(
+        self: Box<Self>,
+        tx: watch::Sender<Arc<ConfigState>>,
+        shutdown: watch::Receiver<bool>,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(toml: &str) -> Vec<RouteConfig> {
+        cutover_config::parse_config_toml(toml).unwrap().routes
+    }
+
+    const ONE: &str = r#"
+        [[routes]]
+        id = "orders"
+        match = { path_prefix = "/" }
+        legacy = { endpoints = ["127.0.0.1:9001"] }
+        new = { endpoints = ["127.0.0.1:9002"] }
+        weights = { legacy = 90, new = 10 }
+    "#;
+
+    #[test]
+    fn applied_bumps_revision_only_on_change() {
+        let s = ConfigState::initial(routes(ONE));
+        let same = s.applied(routes(ONE));
+        assert_eq!(same.revision, 1);
+        let changed = s.applied(routes(&ONE.replace("new = 10", "new = 20")));
+        assert_eq!(changed.revision, 2);
+        assert_eq!(changed.routes[0].weights.new, 20.0);
+    }
+
+    #[test]
+    fn rejected_keeps_routes_and_counts() {
+        let s = ConfigState::initial(routes(ONE));
+        let r = s.rejected("routes[0].weights: legacy + new must be > 0");
+        assert_eq!(r.revision, 1);
+        assert_eq!(r.errors_total, 1);
+        assert_eq!(*r.routes, *s.routes);
+        assert!(r.last_error.is_some());
+        let ok = r.applied(routes(ONE));
+        assert!(ok.last_error.is_none());
+        assert_eq!(ok.errors_total, 1);
+    }
+}

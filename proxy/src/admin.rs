@@ -1,0 +1,166 @@
+//! The admin API (SPEC §5) on `[admin].listen`: health, readiness, Prometheus metrics, routes,
+//! per-route window statistics and the dashboard page.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{json, Value};
+
+use crate::routing::{Route, Snapshot};
+use crate::state::Shared;
+use crate::stats::{BackendKind, Role};
+
+/// The admin API application.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Admin { shared }
+    }
+
+    /// Answer one admin request (method and path only; the admin API takes no bodies).
+    pub fn handle(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
+        if method != http::Method::GET && method != http::Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        }
+        let snapshot = self.shared.snapshot.load();
+        match path {
+            "/livez" | "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                if self.shared.draining.load(Ordering::Relaxed) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else if self.shared.ready.load(Ordering::Relaxed) {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: listeners not bound yet\n",
+                    )
+                }
+            }
+            "/metrics" => Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                .body(self.shared.telemetry.metrics.encode())
+                .expect("static response"),
+            "/api/v1/routes" => json_response(StatusCode::OK, &routes_json(&snapshot)),
+            "/" => Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/html; charset=utf-8")
+                .body(DASHBOARD.as_bytes().to_vec())
+                .expect("static response"),
+            _ => match route_subpath(path) {
+                Some((id, "stats")) => match snapshot.route(id) {
+                    Some(route) => {
+                        json_response(StatusCode::OK, &stats_json(route, Instant::now()))
+                    }
+                    None => json_response(
+                        StatusCode::NOT_FOUND,
+                        &json!({"error": format!("no route {id:?}")}),
+                    ),
+                },
+                Some((id, "divergences")) => match snapshot.route(id) {
+                    // Shadow comparison lands with the divergence engine; until then there are none.
+                    Some(_) => json_response(StatusCode::OK, &json!([])),
+                    None => json_response(
+                        StatusCode::NOT_FOUND,
+                        &json!({"error": format!("no route {id:?}")}),
+                    ),
+                },
+                _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+        }
+    }
+}
+
+fn route_subpath(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/v1/routes/")?;
+    let (id, sub) = rest.split_once('/')?;
+    Some((id, sub))
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(body.as_bytes().to_vec())
+        .expect("static response")
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(value).expect("JSON values serialise"))
+        .expect("static response")
+}
+
+/// `GET /api/v1/routes`.
+pub fn routes_json(snapshot: &Snapshot) -> Value {
+    snapshot
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id.as_str(),
+                "match": r.spec.matcher,
+                "weights": r.weights,
+                "phase": r.weights.implied_phase(),
+                "revision": snapshot.revision,
+                "last_error": snapshot.last_error.as_deref(),
+            })
+        })
+        .collect()
+}
+
+/// `GET /api/v1/routes/<id>/stats` (SPEC §5 shape).
+pub fn stats_json(route: &Route, now: Instant) -> Value {
+    let windows = &route.telemetry.windows;
+    let mut backends = serde_json::Map::new();
+    for b in BackendKind::ALL {
+        let mut roles = serde_json::Map::new();
+        for r in Role::ALL {
+            let summary = windows.get(b, r).read(now);
+            roles.insert(
+                r.as_str().into(),
+                serde_json::to_value(summary).expect("plain struct"),
+            );
+        }
+        backends.insert(b.as_str().into(), Value::Object(roles));
+    }
+    json!({
+        "route": route.id.as_str(),
+        "window_seconds": windows.shape.window.as_secs(),
+        "backends": backends,
+        "comparisons": 0,
+        "divergences": 0,
+        "divergence_rate": 0.0,
+    })
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        let mut resp = self.handle(&method, &path);
+        let len = resp.body().len();
+        resp.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, len.into());
+        if method == http::Method::HEAD {
+            resp.body_mut().clear();
+        }
+        resp
+    }
+}
+
+/// The dashboard: one static page that polls the JSON API.
+const DASHBOARD: &str = include_str!("dashboard.html");

@@ -1,0 +1,129 @@
+//! The `cutover` binary: `serve`, `validate`, `ctl`, `demo` (SPEC §1).
+//!
+//! Exit codes: 0 success, 1 validation or usage problem, 2 runtime failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cutover_proxy::server::{self, ServeError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "Move production traffic from a legacy backend to a new one, safely."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the data plane, the admin API and the control loop until SIGTERM/SIGINT.
+    Serve {
+        /// The config file (TOML, see config/examples/).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file (.toml) or a route spec / weights document (.json).
+    Validate {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Operator CLI for the etcd keys (not built yet: it lands with the etcd control plane).
+    Ctl {
+        /// Everything after `ctl`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Self-contained showcase: demo backends, the real proxy, live weight changes.
+    Demo(cutover_proxy::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging();
+    match cli.command {
+        Command::Serve { config } => match server::serve(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e @ (ServeError::Read { .. } | ServeError::Invalid(_))) => {
+                eprintln!("{e}");
+                eprintln!(
+                    "fix the config file (check it with `cutover validate {}`)",
+                    config.display()
+                );
+                ExitCode::from(1)
+            }
+            Err(e @ ServeError::Runtime(_)) => {
+                eprintln!("cutover: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Validate { file } => validate(&file),
+        Command::Ctl { .. } => {
+            eprintln!(
+                "cutover ctl: the etcd control plane is not built yet, so there is nothing to read or write.\n\
+                 Change weights by editing [[routes]] weights in the config file; `cutover serve` hot-reloads it."
+            );
+            ExitCode::from(2)
+        }
+        Command::Demo(args) => match cutover_proxy::demo::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cutover demo: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    match cutover_config::parse_document(&name, &text) {
+        Ok(doc) => {
+            let what = match doc {
+                cutover_config::Document::Config(c) => {
+                    format!("config file with {} route(s)", c.routes.len())
+                }
+                cutover_config::Document::RouteSpec(_) => "route spec".to_string(),
+                cutover_config::Document::Weights(_) => "weights".to_string(),
+            };
+            println!("{}: valid {what}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

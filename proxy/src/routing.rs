@@ -1,0 +1,312 @@
+//! The routing snapshot: every route with its backends, weights, split and telemetry, built and
+//! validated off the hot path and published as one immutable value in one `ArcSwap`.
+//!
+//! Match precedence (SPEC §3): routes with an exact host first; then routes with a wildcard host
+//! or none; within each group the longest `path_prefix` wins (a plain byte prefix, as Envoy's
+//! `prefix` and Traefik's `PathPrefix`); at equal prefix length a wildcard host beats no host.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cutover_config::{Backend, HostMatch, RouteId, RouteSpec, Weights};
+use cutover_control::ConfigState;
+use tracing::warn;
+
+use crate::split::Split;
+use crate::stats::BackendKind;
+use crate::telemetry::{RouteTelemetry, Telemetry};
+
+/// One endpoint of a backend, resolved when the snapshot was built.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// As written in the config (`host:port`).
+    pub name: String,
+    /// `None` when the name did not resolve; requests to it fail over or get 502.
+    pub addr: Option<SocketAddr>,
+}
+
+/// A backend (`legacy` or `new`): its endpoints, picked round robin.
+#[derive(Debug)]
+pub struct Upstream {
+    pub endpoints: Vec<Endpoint>,
+    pub tls: bool,
+    pub sni: String,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    fn build(backend: &Backend) -> Self {
+        let endpoints = backend
+            .endpoints
+            .iter()
+            .map(|e| {
+                let name = e.to_string();
+                let addr = resolve(&e.host, e.port);
+                if addr.is_none() {
+                    warn!(endpoint = %name, "endpoint does not resolve; it is skipped until the next config change");
+                }
+                Endpoint { name, addr }
+            })
+            .collect();
+        let sni = backend.sni.clone().unwrap_or_else(|| {
+            backend
+                .endpoints
+                .first()
+                .map(|e| e.host.clone())
+                .unwrap_or_default()
+        });
+        Upstream {
+            endpoints,
+            tls: backend.tls,
+            sni,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Where a request's round robin starts; attempt `k` uses `start + k`.
+    pub fn start_index(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The endpoint for attempt `attempt` of a request whose round robin started at `start`.
+    pub fn endpoint(&self, start: usize, attempt: usize) -> &Endpoint {
+        &self.endpoints[(start + attempt) % self.endpoints.len()]
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    (host, port).to_socket_addrs().ok()?.next()
+}
+
+/// One route of the snapshot.
+#[derive(Debug)]
+pub struct Route {
+    pub id: RouteId,
+    pub spec: RouteSpec,
+    pub weights: Weights,
+    pub split: Split,
+    pub legacy: Upstream,
+    pub new: Upstream,
+    pub telemetry: Arc<RouteTelemetry>,
+}
+
+impl Route {
+    pub fn upstream(&self, kind: BackendKind) -> &Upstream {
+        match kind {
+            BackendKind::Legacy => &self.legacy,
+            BackendKind::New => &self.new,
+        }
+    }
+
+    fn matches_path(&self, path: &[u8]) -> bool {
+        path.starts_with(self.spec.matcher.path_prefix.as_bytes())
+    }
+
+    fn prefix_len(&self) -> usize {
+        self.spec.matcher.path_prefix.len()
+    }
+}
+
+/// The whole routing state at one config revision.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub revision: u64,
+    /// Why the latest config input was rejected, if it was.
+    pub last_error: Option<Arc<str>>,
+    /// All routes in config order.
+    pub routes: Vec<Arc<Route>>,
+    exact: HashMap<String, Vec<Arc<Route>>>,
+    /// Wildcard-host and host-less routes, best match first.
+    others: Vec<Arc<Route>>,
+}
+
+impl Snapshot {
+    /// Build the snapshot for `state`, reusing each route's telemetry by id.
+    pub fn build(state: &ConfigState, telemetry: &Telemetry) -> Self {
+        let routes: Vec<Arc<Route>> = state
+            .routes
+            .iter()
+            .map(|rc| {
+                let split = Split::new(&rc.weights);
+                let telemetry = telemetry.route(rc.id.as_str());
+                telemetry.set_weight_percent(100.0 - split.new_percent(), split.new_percent());
+                Arc::new(Route {
+                    id: rc.id.clone(),
+                    spec: rc.spec.clone(),
+                    weights: rc.weights,
+                    split,
+                    legacy: Upstream::build(&rc.spec.legacy),
+                    new: Upstream::build(&rc.spec.new),
+                    telemetry,
+                })
+            })
+            .collect();
+        let mut exact: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+        let mut others = Vec::new();
+        for r in &routes {
+            match &r.spec.matcher.host {
+                Some(HostMatch::Exact(h)) => exact.entry(h.clone()).or_default().push(r.clone()),
+                _ => others.push(r.clone()),
+            }
+        }
+        for list in exact.values_mut() {
+            list.sort_by_key(|r| std::cmp::Reverse(r.prefix_len()));
+        }
+        others.sort_by_key(|r| {
+            let wildcard_len = match &r.spec.matcher.host {
+                Some(HostMatch::Wildcard(suffix)) => suffix.len() + 1,
+                _ => 0,
+            };
+            (
+                std::cmp::Reverse(r.prefix_len()),
+                std::cmp::Reverse(wildcard_len),
+            )
+        });
+        Snapshot {
+            revision: state.revision,
+            last_error: state.last_error.clone(),
+            routes,
+            exact,
+            others,
+        }
+    }
+
+    /// The route for a request to `host` (lowercase, without port) and `path`.
+    pub fn find(&self, host: Option<&str>, path: &[u8]) -> Option<&Arc<Route>> {
+        if let Some(found) = host
+            .and_then(|h| self.exact.get(h))
+            .and_then(|list| list.iter().find(|r| r.matches_path(path)))
+        {
+            return Some(found);
+        }
+        self.others.iter().find(|r| {
+            r.matches_path(path)
+                && match &r.spec.matcher.host {
+                    Some(HostMatch::Wildcard(suffix)) => {
+                        host.is_some_and(|h| h.len() > suffix.len() && h.ends_with(suffix.as_str()))
+                    }
+                    _ => true,
+                }
+        })
+    }
+
+    /// The route with id `id`.
+    pub fn route(&self, id: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.id.as_str() == id)
+    }
+}
+
+/// The host a request is for, lowercased and without port: from the URI authority (HTTP/2,
+/// absolute-form) or the Host header.
+pub fn request_host(authority: Option<&str>, host_header: Option<&[u8]>) -> Option<String> {
+    let raw = match authority {
+        Some(a) => a,
+        None => std::str::from_utf8(host_header?).ok()?,
+    };
+    let without_port = if raw.starts_with('[') {
+        raw.split_once(']')
+            .map_or(raw, |(h, _)| h)
+            .trim_start_matches('[')
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    Some(without_port.trim_end_matches('.').to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::WindowShape;
+    use std::time::Duration;
+
+    fn snapshot(toml: &str) -> Snapshot {
+        let config = cutover_config::parse_config_toml(toml).unwrap();
+        let telemetry = Telemetry::new(WindowShape {
+            window: Duration::from_secs(60),
+            slices: 12,
+        });
+        Snapshot::build(&ConfigState::initial(config.routes), &telemetry)
+    }
+
+    fn route(id: &str, host: Option<&str>, prefix: &str) -> String {
+        let host = host
+            .map(|h| format!("host = \"{h}\", "))
+            .unwrap_or_default();
+        format!(
+            "[[routes]]\nid = \"{id}\"\nmatch = {{ {host}path_prefix = \"{prefix}\" }}\n\
+             legacy = {{ endpoints = [\"127.0.0.1:1\"] }}\nnew = {{ endpoints = [\"127.0.0.1:2\"] }}\n"
+        )
+    }
+
+    #[test]
+    fn precedence_exact_then_longest_prefix() {
+        let s = snapshot(
+            &[
+                route("any", None, "/"),
+                route("any-api", None, "/api"),
+                route("wild", Some("*.example.com"), "/"),
+                route("wild-api", Some("*.example.com"), "/api"),
+                route("exact", Some("api.example.com"), "/"),
+            ]
+            .concat(),
+        );
+        let id = |host: Option<&str>, path: &str| {
+            s.find(host, path.as_bytes()).map(|r| r.id.to_string())
+        };
+        assert_eq!(
+            id(Some("api.example.com"), "/api/x").as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            id(Some("www.example.com"), "/api/x").as_deref(),
+            Some("wild-api")
+        );
+        assert_eq!(id(Some("www.example.com"), "/x").as_deref(), Some("wild"));
+        assert_eq!(id(Some("other.org"), "/api/x").as_deref(), Some("any-api"));
+        assert_eq!(id(None, "/x").as_deref(), Some("any"));
+        // A wildcard needs at least one label in front of it.
+        assert_eq!(id(Some("example.com"), "/x").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn no_route_when_nothing_matches() {
+        let s = snapshot(&route("exact", Some("api.example.com"), "/v1"));
+        assert!(s.find(Some("api.example.com"), b"/v2").is_none());
+        assert!(s.find(Some("other"), b"/v1").is_none());
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(
+            request_host(None, Some(b"API.Example.com:8080")).as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(request_host(Some("[::1]:80"), None).as_deref(), Some("::1"));
+        assert_eq!(
+            request_host(None, Some(b"example.com.")).as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(request_host(None, None), None);
+    }
+
+    #[test]
+    fn round_robin_and_failover_order() {
+        let s = snapshot(
+            "[[routes]]\nid = \"r\"\nmatch = { path_prefix = \"/\" }\n\
+             legacy = { endpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"] }\n\
+             new = { endpoints = [\"127.0.0.1:4\"] }\n",
+        );
+        let up = &s.routes[0].legacy;
+        let a = up.start_index();
+        let b = up.start_index();
+        assert_ne!(up.endpoint(a, 0).name, up.endpoint(b, 0).name);
+        let tried: std::collections::HashSet<_> =
+            (0..3).map(|k| up.endpoint(a, k).name.clone()).collect();
+        assert_eq!(tried.len(), 3, "a retry visits every endpoint once");
+    }
+}

@@ -1,0 +1,132 @@
+//! What the data plane, the admin API and the control loop share: the one snapshot swap, the
+//! telemetry, the fixed settings and the lifecycle flags.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use cutover_config::{Config, UnderscoreHeaders};
+use cutover_control::ConfigState;
+use tracing::info;
+
+use crate::hygiene::Limits;
+use crate::routing::Snapshot;
+use crate::stats::WindowShape;
+use crate::telemetry::Telemetry;
+
+/// Settings fixed at start (a change needs a restart).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub limits: Limits,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        let p = &config.proxy;
+        Settings {
+            limits: Limits {
+                max_header_bytes: p.max_header_bytes,
+                max_headers: p.max_headers,
+                max_uri_bytes: p.max_uri_bytes,
+                max_body_bytes: p.max_body_bytes,
+                reject_underscores: p.underscore_headers == UnderscoreHeaders::Reject,
+            },
+            connect_timeout: p.connect_timeout,
+            upstream_timeout: p.upstream_timeout,
+            upstream_idle_timeout: Duration::from_secs(60),
+            body_read_timeout: p.body_read_timeout,
+            write_timeout: p.write_timeout,
+            idle_timeout: p.idle_timeout,
+        }
+    }
+}
+
+/// State shared by the data plane, the admin API and the control loop.
+#[derive(Debug)]
+pub struct Shared {
+    /// The whole routing state: ONE swap. Requests load it once.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub telemetry: Telemetry,
+    pub settings: Settings,
+    /// Requests being processed right now (for draining).
+    inflight: Arc<AtomicUsize>,
+    /// A valid config is loaded and the listeners accept connections.
+    pub ready: AtomicBool,
+    /// SIGTERM/SIGINT received: stop taking new work, finish what is in flight.
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: &Config, state: &ConfigState) -> Self {
+        let telemetry = Telemetry::new(WindowShape {
+            window: config.stats.window,
+            slices: config.stats.slices,
+        });
+        let snapshot = Snapshot::build(state, &telemetry);
+        telemetry.metrics.config_revision.set(state.revision as i64);
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            telemetry,
+            settings: Settings::from_config(config),
+            inflight: Arc::new(AtomicUsize::new(0)),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Apply a state published by the config source: build the next snapshot off the hot path
+    /// and swap it in (one store). Rejections are counted.
+    pub fn apply(&self, state: &ConfigState) {
+        let current = self.snapshot.load();
+        let new_errors = state
+            .errors_total
+            .saturating_sub(self.telemetry.metrics.config_errors.get());
+        self.telemetry.metrics.config_errors.inc_by(new_errors);
+        if state.revision < current.revision {
+            // Never go back to an older revision.
+            return;
+        }
+        if state.revision == current.revision && state.last_error == current.last_error {
+            return;
+        }
+        let next = Snapshot::build(state, &self.telemetry);
+        self.telemetry
+            .metrics
+            .config_revision
+            .set(next.revision as i64);
+        if next.revision != current.revision {
+            info!(
+                revision = next.revision,
+                routes = next.routes.len(),
+                "routing snapshot swapped"
+            );
+        }
+        self.snapshot.store(Arc::new(next));
+    }
+
+    pub fn inflight_guard(&self) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(self.inflight.clone())
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+}
+
+/// Counts a request as in flight until dropped.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,361 @@
+//! Prometheus metrics (names and labels exactly as SPEC §6) and the per-route window
+//! statistics, kept per route id across snapshots so a weight change never resets them.
+//!
+//! Label lookups happen when a route is first seen; the hot path only touches pre-resolved
+//! counters and histograms.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::stats::{BackendKind, Role, RouteWindows, Sample, WindowShape};
+
+/// Request duration buckets: 100 µs to 10 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Status classes of `cutover_requests_total{code}`; `error` is "no response".
+const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// The outcome of one proxied request, for counting.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// The backend answered with this status.
+    Status(u16),
+    /// No answer from the backend (refused, reset, timed out).
+    NoResponse,
+}
+
+impl Outcome {
+    fn code_index(self) -> usize {
+        match self {
+            Outcome::Status(s) => (usize::from(s / 100)).clamp(1, 5) - 1,
+            Outcome::NoResponse => 5,
+        }
+    }
+
+    /// Errors are 5xx answers and requests that got no answer.
+    pub fn is_error(self) -> bool {
+        match self {
+            Outcome::Status(s) => s >= 500,
+            Outcome::NoResponse => true,
+        }
+    }
+}
+
+/// The metric families of the process.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    comparisons: IntCounterVec,
+    divergences: IntCounterVec,
+    shadow_dropped: IntCounterVec,
+    weight: prometheus::GaugeVec,
+    rollbacks: IntCounterVec,
+    pub config_revision: IntGauge,
+    pub config_errors: IntCounter,
+    pub etcd_connected: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique and static");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        Metrics {
+            requests: counter_vec(
+                "cutover_requests_total",
+                "Requests sent to a backend, by role and status class (error = no response).",
+                &["route", "backend", "role", "code"],
+            ),
+            duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "cutover_request_duration_seconds",
+                        "Time from request start to the end of the backend's response.",
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                    &["route", "backend", "role"],
+                )
+                .expect("valid metric"),
+            ),
+            comparisons: counter_vec(
+                "cutover_comparisons_total",
+                "Primary/shadow response pairs compared.",
+                &["route"],
+            ),
+            divergences: counter_vec(
+                "cutover_divergences_total",
+                "Compared pairs that differed, by aspect.",
+                &["route", "kind"],
+            ),
+            shadow_dropped: counter_vec(
+                "cutover_shadow_dropped_total",
+                "Requests that were not shadowed, by reason.",
+                &["route", "reason"],
+            ),
+            weight: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "cutover_weight",
+                        "Share of live traffic each backend serves, in percent.",
+                    ),
+                    &["route", "backend"],
+                )
+                .expect("valid metric"),
+            ),
+            rollbacks: counter_vec(
+                "cutover_rollbacks_total",
+                "Automatic rollbacks, by rule.",
+                &["route", "rule"],
+            ),
+            config_revision: register(
+                &r,
+                IntGauge::new(
+                    "cutover_config_revision",
+                    "Revision of the routing config in use.",
+                )
+                .expect("valid metric"),
+            ),
+            config_errors: register(
+                &r,
+                IntCounter::new(
+                    "cutover_config_errors_total",
+                    "Config inputs rejected as invalid (the last good state stayed live).",
+                )
+                .expect("valid metric"),
+            ),
+            etcd_connected: register(
+                &r,
+                IntGauge::new(
+                    "cutover_etcd_connected",
+                    "1 while the etcd watch is connected, else 0 (0 without [etcd]).",
+                )
+                .expect("valid metric"),
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        out
+    }
+
+    fn route_metrics(&self, route: &str) -> RouteMetrics {
+        let cell = |b: BackendKind, r: Role| RoleMetrics {
+            requests: CODES.map(|c| {
+                self.requests
+                    .with_label_values(&[route, b.as_str(), r.as_str(), c])
+            }),
+            duration: self
+                .duration
+                .with_label_values(&[route, b.as_str(), r.as_str()]),
+        };
+        let per_backend = |b| [cell(b, Role::Primary), cell(b, Role::Shadow)];
+        // Touch the route's other series so dashboards see zeros, not gaps.
+        self.comparisons.with_label_values(&[route]);
+        for kind in ["status", "headers", "body"] {
+            self.divergences.with_label_values(&[route, kind]);
+        }
+        RouteMetrics {
+            cells: [
+                per_backend(BackendKind::Legacy),
+                per_backend(BackendKind::New),
+            ],
+            weight: BackendKind::ALL.map(|b| self.weight.with_label_values(&[route, b.as_str()])),
+        }
+    }
+
+    /// Count a rollback of `route` by `rule`.
+    pub fn rollback(&self, route: &str, rule: &str) {
+        self.rollbacks.with_label_values(&[route, rule]).inc();
+    }
+
+    /// Count a request that was not shadowed, by reason.
+    pub fn shadow_dropped(&self, route: &str, reason: &str) {
+        self.shadow_dropped
+            .with_label_values(&[route, reason])
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct RoleMetrics {
+    requests: [IntCounter; 6],
+    duration: Histogram,
+}
+
+struct RouteMetrics {
+    cells: [[RoleMetrics; 2]; 2],
+    weight: [prometheus::Gauge; 2],
+}
+
+/// Everything one route records into: its window statistics and its metric handles.
+pub struct RouteTelemetry {
+    pub windows: RouteWindows,
+    metrics: RouteMetrics,
+}
+
+impl std::fmt::Debug for RouteTelemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTelemetry")
+            .field("windows", &self.windows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteTelemetry {
+    /// Record one finished request (hot path: no locks beyond one window shard).
+    pub fn record(
+        &self,
+        backend: BackendKind,
+        role: Role,
+        outcome: Outcome,
+        started: Instant,
+        now: Instant,
+    ) {
+        let latency = now.saturating_duration_since(started);
+        let cell = &self.metrics.cells[backend.index()][role.index()];
+        cell.requests[outcome.code_index()].inc();
+        cell.duration.observe(latency.as_secs_f64());
+        self.windows.get(backend, role).record(
+            now,
+            Sample {
+                latency,
+                error: outcome.is_error(),
+            },
+        );
+    }
+
+    /// Publish the live share (percent) each backend serves.
+    pub fn set_weight_percent(&self, legacy: f64, new: f64) {
+        self.metrics.weight[BackendKind::Legacy.index()].set(legacy);
+        self.metrics.weight[BackendKind::New.index()].set(new);
+    }
+}
+
+/// The metrics plus every route's telemetry, by route id.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    shape: WindowShape,
+    origin: Instant,
+    routes: Mutex<HashMap<String, Arc<RouteTelemetry>>>,
+}
+
+impl Telemetry {
+    pub fn new(shape: WindowShape) -> Self {
+        Telemetry {
+            metrics: Metrics::new(),
+            shape,
+            origin: Instant::now(),
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The telemetry of route `id`, created the first time the route is seen (snapshot build,
+    /// not the hot path).
+    pub fn route(&self, id: &str) -> Arc<RouteTelemetry> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(RouteTelemetry {
+                    windows: RouteWindows::new(self.shape, self.origin),
+                    metrics: self.metrics.route_metrics(id),
+                })
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn outcome_classes() {
+        assert_eq!(Outcome::Status(204).code_index(), 1);
+        assert_eq!(Outcome::Status(503).code_index(), 4);
+        assert_eq!(Outcome::Status(99).code_index(), 0);
+        assert_eq!(Outcome::NoResponse.code_index(), 5);
+        assert!(Outcome::Status(500).is_error());
+        assert!(!Outcome::Status(404).is_error());
+        assert!(Outcome::NoResponse.is_error());
+    }
+
+    #[test]
+    fn recording_shows_in_exposition_and_window() {
+        let t = Telemetry::new(WindowShape {
+            window: Duration::from_secs(60),
+            slices: 12,
+        });
+        let r = t.route("orders");
+        assert!(Arc::ptr_eq(&r, &t.route("orders")), "kept per id");
+        let now = Instant::now();
+        r.record(
+            BackendKind::New,
+            Role::Primary,
+            Outcome::Status(200),
+            now - Duration::from_millis(3),
+            now,
+        );
+        r.record(
+            BackendKind::New,
+            Role::Primary,
+            Outcome::NoResponse,
+            now,
+            now,
+        );
+        r.set_weight_percent(75.0, 25.0);
+        let text = String::from_utf8(t.metrics.encode()).unwrap();
+        assert!(text.contains(
+            r#"cutover_requests_total{backend="new",code="2xx",role="primary",route="orders"} 1"#
+        ));
+        assert!(text.contains(
+            r#"cutover_requests_total{backend="new",code="error",role="primary",route="orders"} 1"#
+        ));
+        assert!(text.contains(r#"cutover_weight{backend="new",route="orders"} 25"#));
+        assert!(text.contains("cutover_request_duration_seconds_bucket"));
+        let w = r.windows.get(BackendKind::New, Role::Primary).read(now);
+        assert_eq!((w.count, w.errors), (2, 1));
+    }
+}
