@@ -155,6 +155,16 @@ fn check_framing(headers: &HeaderMap, http1: bool, http11: bool) -> Result<(), R
     Ok(())
 }
 
+/// RELIABILITY 7: a line ending that is not CRLF (a bare LF, which httparse tolerates, or a bare
+/// CR) in the raw request head. Such a request is refused, never re-framed and forwarded.
+pub fn has_bare_cr_or_lf(raw_head: &[u8]) -> bool {
+    raw_head.iter().enumerate().any(|(i, &b)| match b {
+        b'\n' => i == 0 || raw_head[i - 1] != b'\r',
+        b'\r' => raw_head.get(i + 1) != Some(&b'\n'),
+        _ => false,
+    })
+}
+
 /// The request's Content-Length, when it has exactly one valid one.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -345,6 +355,15 @@ mod tests {
                 .status,
             400
         );
+    }
+
+    #[test]
+    fn bare_line_endings() {
+        assert!(!has_bare_cr_or_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(has_bare_cr_or_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
+        assert!(has_bare_cr_or_lf(b"GET / HTTP/1.1\r\nHost: a\n\n"));
+        assert!(has_bare_cr_or_lf(b"GET / HTTP/1.1\rHost: a\r\n\r\n"));
+        assert!(has_bare_cr_or_lf(b"\n"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use cutover_config::Sticky;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
@@ -105,10 +106,18 @@ impl ProxyHttp for Cutover {
         }
         session.set_read_timeout(Some(t.body_read_timeout));
         session.set_write_timeout(Some(t.write_timeout));
+        // Pipelined requests are answered in order, one after the other (RFC 9112 §9.3.2);
+        // pingora's default would answer the first and drop the rest.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let ServerSession::H1(h1) = session.as_downstream() {
+            if hygiene::has_bare_cr_or_lf(&h1.get_headers_raw_bytes()) {
+                return respond(session, 400, "line endings must be CRLF").await;
+            }
+        }
         let req = session.req_header();
         let http1 = !session.is_http2();
         let http11 = http1 && req.version == http::Version::HTTP_11;

@@ -1,0 +1,42 @@
+# cutover — the two entry points are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: demo test build lint unit e2e validate-examples bench clean
+
+## Run the self-contained demo (no etcd needed).
+demo:
+	@scripts/prereqs.sh build
+	$(CARGO) build --release --locked -p cutover-proxy --bin cutover
+	./target/release/cutover demo
+
+## Run every check CI runs: format, lints, unit + end-to-end tests, golden configs.
+test:
+	@scripts/prereqs.sh test
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) build --locked -p cutover-proxy --bin cutover
+	$(MAKE) --no-print-directory validate-examples
+	$(CARGO) test --locked --workspace
+
+## Every golden example must pass `cutover validate`; every invalid one must fail with exit 1.
+validate-examples:
+	@set -e; for f in config/examples/*.toml config/examples/*.json; do \
+	  ./target/debug/cutover validate "$$f"; \
+	done; \
+	for f in config/examples/invalid/*; do \
+	  if ./target/debug/cutover validate "$$f" 2>/dev/null; then echo "$$f: expected to be rejected" >&2; exit 1; fi; \
+	  code=0; ./target/debug/cutover validate "$$f" 2>/dev/null || code=$$?; \
+	  [ "$$code" = 1 ] || { echo "$$f: expected exit 1, got $$code" >&2; exit 1; }; \
+	done; echo "golden examples: ok"
+
+build:
+	@scripts/prereqs.sh build
+	$(CARGO) build --release --locked -p cutover-proxy --bin cutover
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

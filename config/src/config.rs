@@ -1,0 +1,829 @@
+//! The config file (SPEC §2): `[proxy]`, `[admin]`, `[stats]`, `[etcd]` and
+//! the embedded `[[routes]]`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::check;
+use crate::error::{ConfigErrors, FieldPath, Report};
+use crate::raw::{RawAdmin, RawConfig, RawEtcd, RawProxy, RawRouteConfig, RawStats};
+use crate::route::{self, RouteId, RouteSpec};
+use crate::weights::{self, Weights};
+
+/// A validated config file.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// The data plane: listeners, timeouts, limits.
+    pub proxy: ProxySettings,
+    /// The admin API listener.
+    pub admin: AdminSettings,
+    /// The statistics window used by rollback rules and the admin API.
+    pub stats: StatsSettings,
+    /// Where routes come from; `None` means from this file.
+    pub etcd: Option<EtcdSettings>,
+    /// Embedded routes: the live routes without `[etcd]`, the cold-start
+    /// fallback with it.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[proxy]`: listeners, timeouts and request limits of the data plane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxySettings {
+    /// Plain-text listeners (HTTP/1.1 and h2c); at least one.
+    pub listen: Vec<SocketAddr>,
+    /// The TLS listener, when `tls_listen`, `tls_cert` and `tls_key` are set.
+    pub tls: Option<TlsSettings>,
+    /// Worker threads, 1 to 256.
+    pub threads: usize,
+    /// Time limit for connecting to a backend.
+    pub connect_timeout: Duration,
+    /// Longest wait for a backend's response bytes before answering 504.
+    pub upstream_timeout: Duration,
+    /// Time limit for reading a client's request body.
+    pub body_read_timeout: Duration,
+    /// How long an idle keep-alive connection is kept open.
+    pub idle_timeout: Duration,
+    /// Time limit for writing a response to a client.
+    pub write_timeout: Duration,
+    /// Largest request head accepted (431 above).
+    pub max_header_bytes: usize,
+    /// Most request headers accepted (431 above).
+    pub max_headers: usize,
+    /// Longest request URI accepted (414 above).
+    pub max_uri_bytes: usize,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: u64,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub grace_period: Duration,
+    /// What to do with request headers whose names contain `_`.
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)],
+            tls: None,
+            threads: 2,
+            connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            max_header_bytes: 32_768,
+            max_headers: 100,
+            max_uri_bytes: 8_192,
+            max_body_bytes: 10_485_760,
+            grace_period: Duration::from_secs(30),
+            underscore_headers: UnderscoreHeaders::Allow,
+        }
+    }
+}
+
+/// The TLS listener (`tls_listen`, `tls_cert`, `tls_key` of `[proxy]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Address of the TLS listener (HTTP/1.1 and h2 via ALPN).
+    pub listen: SocketAddr,
+    /// PEM certificate chain file.
+    pub cert: PathBuf,
+    /// PEM private key file.
+    pub key: PathBuf,
+}
+
+/// `underscore_headers = "allow" | "reject"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    /// Forward headers with `_` in their names.
+    #[default]
+    Allow,
+    /// Answer 400 to requests with such headers (they can smuggle past
+    /// proxies that treat `_` and `-` alike).
+    Reject,
+}
+
+/// `[admin]`: the admin API listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Address of `/metrics`, `/healthz`, `/readyz`, `/api/v1/*` and the dashboard.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    /// `127.0.0.1:9090`.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090),
+        }
+    }
+}
+
+/// `[stats]`: the sliding window behind rollback rules and `/stats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsSettings {
+    /// Length of the window (at least 1s).
+    pub window: Duration,
+    /// Number of slices the window rotates through (1 to 600, each at least 100ms).
+    pub slices: u32,
+}
+
+impl Default for StatsSettings {
+    /// 60s in 12 slices.
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            slices: 12,
+        }
+    }
+}
+
+/// `[etcd]`: the cluster routes and weights are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// `http://host:port`, `https://host:port` or `host:port`, as written.
+    pub endpoints: Vec<String>,
+    /// Key prefix, e.g. `/cutover` (starts with `/`, no trailing `/`).
+    pub prefix: String,
+    /// File where the last valid etcd state is kept for restarts without etcd.
+    pub last_known_good: Option<PathBuf>,
+    /// Time limit for connecting to etcd.
+    pub dial_timeout: Duration,
+}
+
+impl EtcdSettings {
+    /// Default key prefix.
+    pub const DEFAULT_PREFIX: &'static str = "/cutover";
+    /// Default dial timeout.
+    pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+}
+
+/// One `[[routes]]` entry: an id, its spec, and its weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// The route's name.
+    pub id: RouteId,
+    /// What the route is.
+    pub spec: RouteSpec,
+    /// How traffic is split (all-legacy when not given).
+    pub weights: Weights,
+}
+
+/// Validates a raw config file.
+pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut report = Report::default();
+    let root = FieldPath::root();
+    let proxy = proxy(
+        &mut report,
+        &root.key("proxy"),
+        raw.proxy.unwrap_or_default(),
+    );
+    let admin = admin(
+        &mut report,
+        &root.key("admin"),
+        raw.admin.unwrap_or_default(),
+    );
+    let stats = stats(
+        &mut report,
+        &root.key("stats"),
+        raw.stats.unwrap_or_default(),
+    );
+    let etcd = raw
+        .etcd
+        .map(|etcd| self::etcd(&mut report, &root.key("etcd"), etcd));
+    let routes = routes(&mut report, &root.key("routes"), raw.routes);
+    if let (Some(proxy), Some(admin)) = (&proxy, &admin) {
+        check_admin_port(&mut report, &root.key("admin").key("listen"), proxy, admin);
+    }
+    let config = match (proxy, admin, stats, check::optional(etcd), routes) {
+        (Some(proxy), Some(admin), Some(stats), Some(etcd), Some(routes)) => Some(Config {
+            proxy,
+            admin,
+            stats,
+            etcd,
+            routes,
+        }),
+        _ => None,
+    };
+    report.finish(config)
+}
+
+fn proxy(report: &mut Report, at: &FieldPath, raw: RawProxy) -> Option<ProxySettings> {
+    let d = ProxySettings::default();
+    let listen = listen(report, &at.key("listen"), raw.listen.map(|l| l.0));
+    let tls = tls(report, at, raw.tls_listen, raw.tls_cert, raw.tls_key);
+    let threads = check::size(report, &at.key("threads"), raw.threads, d.threads, (1, 256));
+    let mut timeout =
+        |name: &str, raw, default| check::positive_duration(report, &at.key(name), raw, default);
+    let connect_timeout = timeout("connect_timeout", raw.connect_timeout, d.connect_timeout);
+    let upstream_timeout = timeout("upstream_timeout", raw.upstream_timeout, d.upstream_timeout);
+    let body_read_timeout = timeout(
+        "body_read_timeout",
+        raw.body_read_timeout,
+        d.body_read_timeout,
+    );
+    let idle_timeout = timeout("idle_timeout", raw.idle_timeout, d.idle_timeout);
+    let write_timeout = timeout("write_timeout", raw.write_timeout, d.write_timeout);
+    let grace_period = check::duration(
+        report,
+        &at.key("grace_period"),
+        raw.grace_period,
+        d.grace_period,
+    );
+    let mut limit =
+        |name: &str, raw, default| check::size(report, &at.key(name), raw, default, (1, u64::MAX));
+    let max_header_bytes = limit("max_header_bytes", raw.max_header_bytes, d.max_header_bytes);
+    let max_headers = limit("max_headers", raw.max_headers, d.max_headers);
+    let max_uri_bytes = limit("max_uri_bytes", raw.max_uri_bytes, d.max_uri_bytes);
+    Some(ProxySettings {
+        listen: listen?,
+        tls: tls?,
+        threads: threads?,
+        connect_timeout: connect_timeout?,
+        upstream_timeout: upstream_timeout?,
+        body_read_timeout: body_read_timeout?,
+        idle_timeout: idle_timeout?,
+        write_timeout: write_timeout?,
+        max_header_bytes: max_header_bytes?,
+        max_headers: max_headers?,
+        max_uri_bytes: max_uri_bytes?,
+        max_body_bytes: raw.max_body_bytes.unwrap_or(d.max_body_bytes),
+        grace_period: grace_period?,
+        underscore_headers: raw.underscore_headers.unwrap_or(d.underscore_headers),
+    })
+}
+
+fn listen(
+    report: &mut Report,
+    at: &FieldPath,
+    raw: Option<Vec<String>>,
+) -> Option<Vec<SocketAddr>> {
+    let Some(raw) = raw else {
+        return Some(ProxySettings::default().listen);
+    };
+    if raw.is_empty() {
+        report.error(
+            at,
+            "must list at least one address, e.g. \"127.0.0.1:8080\"",
+        );
+        return None;
+    }
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(raw.len());
+    let mut ok = true;
+    for (i, text) in raw.iter().enumerate() {
+        match check::socket_addr(report, &at.index(i), text) {
+            Some(addr) if addr.port() != 0 && addrs.contains(&addr) => {
+                report.error(&at.index(i), format!("duplicate address {addr}"));
+                ok = false;
+            }
+            Some(addr) => addrs.push(addr),
+            None => ok = false,
+        }
+    }
+    ok.then_some(addrs)
+}
+
+/// `tls_listen`, `tls_cert`, `tls_key`: all three or none.
+fn tls(
+    report: &mut Report,
+    at: &FieldPath,
+    listen: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Option<Option<TlsSettings>> {
+    if listen.is_none() && cert.is_none() && key.is_none() {
+        return Some(None);
+    }
+    let mut field = |name: &str, value: Option<String>| {
+        let value = value.filter(|v| !v.trim().is_empty());
+        if value.is_none() {
+            report.error(
+                &at.key(name),
+                "required: tls_listen, tls_cert and tls_key must be set together",
+            );
+        }
+        value
+    };
+    let (listen, cert, key) = (
+        field("tls_listen", listen),
+        field("tls_cert", cert),
+        field("tls_key", key),
+    );
+    let listen = check::socket_addr(report, &at.key("tls_listen"), &listen?)?;
+    Some(Some(TlsSettings {
+        listen,
+        cert: PathBuf::from(cert?),
+        key: PathBuf::from(key?),
+    }))
+}
+
+/// The admin listener must not take a proxy listener's address.
+fn check_admin_port(
+    report: &mut Report,
+    at: &FieldPath,
+    proxy: &ProxySettings,
+    admin: &AdminSettings,
+) {
+    let taken = proxy
+        .listen
+        .iter()
+        .chain(proxy.tls.as_ref().map(|tls| &tls.listen))
+        .any(|addr| *addr == admin.listen);
+    if taken && admin.listen.port() != 0 {
+        report.error(
+            at,
+            format!("{} is also a proxy listen address", admin.listen),
+        );
+    }
+}
+
+fn admin(report: &mut Report, at: &FieldPath, raw: RawAdmin) -> Option<AdminSettings> {
+    match raw.listen {
+        None => Some(AdminSettings::default()),
+        Some(text) => {
+            let listen = check::socket_addr(report, &at.key("listen"), &text)?;
+            Some(AdminSettings { listen })
+        }
+    }
+}
+
+fn stats(report: &mut Report, at: &FieldPath, raw: RawStats) -> Option<StatsSettings> {
+    let default = StatsSettings::default();
+    let window = check::duration(report, &at.key("window"), raw.window, default.window);
+    let window = window.filter(|window| {
+        let ok = *window >= Duration::from_secs(1);
+        if !ok {
+            report.error(&at.key("window"), "must be at least 1s");
+        }
+        ok
+    });
+    let slices = check::int_in_range(
+        report,
+        &at.key("slices"),
+        raw.slices,
+        u64::from(default.slices),
+        (1, 600),
+    )
+    .and_then(|slices| u32::try_from(slices).ok());
+    let (window, slices) = (window?, slices?);
+    let slice = window / slices;
+    if slice < Duration::from_millis(100) {
+        report.error(
+            at,
+            format!(
+                "window / slices must be at least 100ms (got {})",
+                check::format_duration(slice)
+            ),
+        );
+        return None;
+    }
+    Some(StatsSettings { window, slices })
+}
+
+fn etcd(report: &mut Report, at: &FieldPath, raw: RawEtcd) -> Option<EtcdSettings> {
+    let endpoints = etcd_endpoints(report, &at.key("endpoints"), raw.endpoints);
+    let prefix = raw
+        .prefix
+        .unwrap_or_else(|| EtcdSettings::DEFAULT_PREFIX.to_owned());
+    let prefix_ok = etcd_prefix(&prefix)
+        .map_err(|reason| report.error(&at.key("prefix"), reason))
+        .is_ok();
+    let last_known_good = raw.last_known_good.map(|path| {
+        if path.trim().is_empty() {
+            report.error(&at.key("last_known_good"), "must not be empty");
+            None
+        } else {
+            Some(PathBuf::from(path))
+        }
+    });
+    let dial_timeout = check::positive_duration(
+        report,
+        &at.key("dial_timeout"),
+        raw.dial_timeout,
+        EtcdSettings::DEFAULT_DIAL_TIMEOUT,
+    );
+    Some(EtcdSettings {
+        endpoints: endpoints?,
+        prefix: prefix_ok.then_some(prefix)?,
+        last_known_good: check::optional(last_known_good)?,
+        dial_timeout: dial_timeout?,
+    })
+}
+
+fn etcd_endpoints(report: &mut Report, at: &FieldPath, raw: Vec<String>) -> Option<Vec<String>> {
+    if raw.is_empty() {
+        report.error(at, "must not be empty");
+        return None;
+    }
+    let mut ok = true;
+    for (i, text) in raw.iter().enumerate() {
+        if let Err(reason) = etcd_endpoint(text) {
+            report.error(&at.index(i), reason);
+            ok = false;
+        }
+    }
+    ok.then_some(raw)
+}
+
+/// `http://host:port`, `https://host:port` or `host:port`.
+fn etcd_endpoint(text: &str) -> Result<(), String> {
+    let authority = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .unwrap_or(text);
+    crate::Endpoint::parse(authority).map(drop).map_err(|_| {
+        format!(
+            "invalid etcd endpoint {text:?}: expected \"http://host:port\", \
+             \"https://host:port\" or \"host:port\""
+        )
+    })
+}
+
+fn etcd_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') {
+        return Err(format!("must start with '/' (got {prefix:?})"));
+    }
+    if prefix.ends_with('/') {
+        return Err(format!("must not end with '/' (got {prefix:?})"));
+    }
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("must not contain whitespace (got {prefix:?})"));
+    }
+    Ok(())
+}
+
+fn routes(
+    report: &mut Report,
+    at: &FieldPath,
+    raw: Vec<RawRouteConfig>,
+) -> Option<Vec<RouteConfig>> {
+    let count = raw.len();
+    let mut routes = Vec::with_capacity(count);
+    for (i, raw) in raw.into_iter().enumerate() {
+        if let Some(route) = route_config(report, &at.index(i), raw) {
+            routes.push((i, route));
+        }
+    }
+    check_unique(report, at, &routes);
+    (routes.len() == count).then(|| routes.into_iter().map(|(_, route)| route).collect())
+}
+
+fn route_config(report: &mut Report, at: &FieldPath, raw: RawRouteConfig) -> Option<RouteConfig> {
+    let (id, spec, weights) = raw.split();
+    let id = RouteId::parse(&id)
+        .map_err(|reason| report.error(&at.key("id"), reason))
+        .ok();
+    let spec = route::validate_spec(report, at, spec);
+    let weights = match weights {
+        Some(raw) => weights::validate(report, &at.key("weights"), raw),
+        None => Some(Weights::default()),
+    };
+    Some(RouteConfig {
+        id: id?,
+        spec: spec?,
+        weights: weights?,
+    })
+}
+
+/// Route ids are unique, and no two routes match the same host and path prefix.
+fn check_unique(report: &mut Report, at: &FieldPath, routes: &[(usize, RouteConfig)]) {
+    for (n, (i, route)) in routes.iter().enumerate() {
+        let earlier = &routes[..n];
+        // Reported once per duplicated id, at its second occurrence.
+        if earlier
+            .iter()
+            .filter(|(_, other)| other.id == route.id)
+            .count()
+            == 1
+        {
+            report.error(at, format!("duplicate route id \"{}\"", route.id));
+        }
+        if let Some((j, _)) = earlier
+            .iter()
+            .find(|(_, other)| other.spec.matcher == route.spec.matcher)
+        {
+            report.error(
+                &at.index(*i).key("match"),
+                format!("same host and path_prefix as routes[{j}]"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod document_tests {
+    //! The rules above, seen through whole documents.
+    use crate::tests::{addr, config, errors, route_toml, secs, strings};
+    use crate::*;
+
+    #[test]
+    fn config_reports_all_route_errors_with_paths() {
+        let text = format!(
+            "{}\n{}\n{}",
+            route_toml("legacy = { endpoints = [] }")
+                .replace("legacy = { endpoints = [\"127.0.0.1:9001\"] }\n", ""),
+            route_toml("weights = { legacy = -1, new = 0 }")
+                .replace("id = \"orders\"", "id = \"users\"")
+                .replace("path_prefix = \"/\"", "path_prefix = \"/users\""),
+            route_toml("shadow = { timeout = \"5x\" }")
+                .replace("id = \"orders\"", "id = \"b\"")
+                .replace("path_prefix = \"/\"", "path_prefix = \"/b\""),
+        );
+        assert_eq!(
+            errors(parse_config_toml(&text)),
+            vec![
+            "routes[0].legacy.endpoints: must not be empty",
+            "routes[1].weights.legacy: must be >= 0 (got -1)",
+            "routes[2].shadow.timeout: invalid duration \"5x\": expected e.g. \"250ms\", \"5s\", \
+             \"1m\"",
+        ]
+        );
+    }
+
+    #[test]
+    fn weights_sum_error_is_at_the_weights_table() {
+        let text = route_toml("weights = { legacy = 0, new = 0, shadow = 0 }");
+        assert_eq!(
+            errors(parse_config_toml(&text)),
+            vec!["routes[0].weights: legacy + new must be > 0"]
+        );
+    }
+
+    #[test]
+    fn toml_weights_accept_integers_and_floats() {
+        let config = config(&route_toml(
+            "weights = { legacy = 99.5, new = 0.5, shadow = 12 }",
+        ));
+        assert_eq!(
+            config.routes[0].weights,
+            Weights {
+                legacy: 99.5,
+                new: 0.5,
+                shadow: 12.0
+            }
+        );
+        let errors = errors(parse_config_toml(&route_toml(
+            "weights = { legacy = nan, new = 1 }",
+        )));
+        assert_eq!(
+            errors,
+            vec!["routes[0].weights.legacy: must be a finite number (got NaN)"]
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_and_matches() {
+        let a = route_toml("");
+        let b = route_toml("").replace("path_prefix = \"/\"", "path_prefix = \"/b\"");
+        let c = route_toml("").replace("id = \"orders\"", "id = \"c\"");
+        let text = format!("{a}\n{b}\n{c}\n{b}");
+        assert_eq!(
+            errors(parse_config_toml(&text)),
+            vec![
+                "routes: duplicate route id \"orders\"",
+                "routes[2].match: same host and path_prefix as routes[0]",
+                "routes[3].match: same host and path_prefix as routes[1]",
+            ]
+        );
+    }
+
+    #[test]
+    fn same_prefix_on_different_hosts_is_fine() {
+        let a = route_toml("").replace("match = { ", "match = { host = \"a.example.com\", ");
+        let b = route_toml("").replace("id = \"orders\"", "id = \"b\"");
+        assert_eq!(config(&format!("{a}\n{b}")).routes.len(), 2);
+    }
+
+    #[test]
+    fn bad_route_id() {
+        let text = route_toml("").replace("id = \"orders\"", "id = \"Orders!\"");
+        let errors = errors(parse_config_toml(&text));
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with("routes[0].id: invalid route id \"Orders!\""),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn no_routes_is_allowed() {
+        assert!(config("").routes.is_empty());
+    }
+
+    #[test]
+    fn rollback_block_semantics_in_toml() {
+        let off = config(&route_toml("rollback = {}"));
+        assert_eq!(off.routes[0].spec.rollback, RollbackPolicy::disabled());
+        let one = config(&route_toml(
+            "rollback = { error_rate = { max = 0.1, for = \"30s\" } }",
+        ));
+        assert_eq!(
+            one.routes[0].spec.rollback.error_rate,
+            Some(ErrorRateRule {
+                max: 0.1,
+                window: secs(30),
+                min_requests: 100
+            })
+        );
+        assert_eq!(one.routes[0].spec.rollback.latency_p99, None);
+    }
+
+    #[test]
+    fn listen_accepts_a_string_or_a_list() {
+        let one = config("[proxy]\nlisten = \"0.0.0.0:80\"\n");
+        assert_eq!(one.proxy.listen, vec![addr("0.0.0.0:80")]);
+        let two = config("[proxy]\nlisten = [\"0.0.0.0:80\", \"[::]:81\"]\n");
+        assert_eq!(two.proxy.listen, vec![addr("0.0.0.0:80"), addr("[::]:81")]);
+        let zeros = config("[proxy]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n");
+        assert_eq!(zeros.proxy.listen.len(), 2);
+    }
+
+    #[test]
+    fn listen_errors() {
+        assert_eq!(
+            errors(parse_config_toml("[proxy]\nlisten = []\n")),
+            vec!["proxy.listen: must list at least one address, e.g. \"127.0.0.1:8080\""]
+        );
+        let errors_ = errors(parse_config_toml(
+            "[proxy]\nlisten = [\"localhost:80\", \"1.2.3.4:5\", \"1.2.3.4:5\"]\n",
+        ));
+        assert_eq!(errors_.len(), 2, "{errors_:?}");
+        assert!(errors_[0].starts_with("proxy.listen[0]: invalid socket address \"localhost:80\""));
+        assert_eq!(errors_[1], "proxy.listen[2]: duplicate address 1.2.3.4:5");
+        let errors_ = errors(parse_config_toml("[proxy]\nlisten = 8080\n"));
+        assert!(
+        errors_[0].starts_with(
+            "proxy.listen: invalid type: integer `8080`, expected an address string or an array"
+        ),
+        "{errors_:?}"
+    );
+        let errors_ = errors(parse_config_toml("[proxy]\nlisten = [\"a:1\", 2]\n"));
+        assert!(
+            errors_[0].starts_with("proxy.listen[1]: invalid type"),
+            "{errors_:?}"
+        );
+    }
+
+    #[test]
+    fn tls_needs_all_three_keys() {
+        assert_eq!(
+            errors(parse_config_toml(
+                "[proxy]\ntls_listen = \"0.0.0.0:8443\"\ntls_key = \"k\"\n"
+            )),
+            vec!["proxy.tls_cert: required: tls_listen, tls_cert and tls_key must be set together"]
+        );
+        assert_eq!(
+            errors(parse_config_toml("[proxy]\ntls_cert = \"c\"\n")).len(),
+            2
+        );
+        let errors_ = errors(parse_config_toml(
+            "[proxy]\ntls_listen = \"x\"\ntls_cert = \"c\"\ntls_key = \"k\"\n",
+        ));
+        assert!(
+            errors_[0].starts_with("proxy.tls_listen: invalid socket address"),
+            "{errors_:?}"
+        );
+    }
+
+    #[test]
+    fn proxy_numbers_and_timeouts() {
+        let text = "[proxy]\nthreads = 0\nconnect_timeout = \"0s\"\nidle_timeout = \"x\"\n\
+                max_headers = 0\ngrace_period = \"0s\"\n";
+        assert_eq!(
+            errors(parse_config_toml(text)),
+            vec![
+            "proxy.threads: must be between 1 and 256 (got 0)",
+            "proxy.connect_timeout: must be greater than 0",
+            "proxy.idle_timeout: invalid duration \"x\": expected e.g. \"250ms\", \"5s\", \"1m\"",
+            "proxy.max_headers: must be >= 1 (got 0)",
+        ]
+        );
+        assert!(errors(parse_config_toml("[proxy]\nthreads = 257\n"))[0].contains("(got 257)"));
+        let errors_ = errors(parse_config_toml("[proxy]\nthreads = -1\n"));
+        assert!(
+            errors_[0].starts_with("proxy.threads: invalid value"),
+            "{errors_:?}"
+        );
+    }
+
+    #[test]
+    fn underscore_headers_values() {
+        let reject = config("[proxy]\nunderscore_headers = \"reject\"\n");
+        assert_eq!(reject.proxy.underscore_headers, UnderscoreHeaders::Reject);
+        let errors = errors(parse_config_toml(
+            "[proxy]\nunderscore_headers = \"drop\"\n",
+        ));
+        assert!(
+        errors[0].starts_with(
+            "proxy.underscore_headers: unknown variant \"drop\", expected \"allow\" or \"reject\""
+        ),
+        "{errors:?}"
+    );
+    }
+
+    #[test]
+    fn admin_must_not_share_a_proxy_address() {
+        let text = "[proxy]\nlisten = \"127.0.0.1:9090\"\n";
+        assert_eq!(
+            errors(parse_config_toml(text)),
+            vec!["admin.listen: 127.0.0.1:9090 is also a proxy listen address"]
+        );
+        let errors_ = errors(parse_config_toml("[admin]\nlisten = \"nope\"\n"));
+        assert!(
+            errors_[0].starts_with("admin.listen: invalid socket address"),
+            "{errors_:?}"
+        );
+    }
+
+    #[test]
+    fn stats_rules() {
+        let ok = config("[stats]\nwindow = \"10s\"\nslices = 100\n");
+        assert_eq!(
+            ok.stats,
+            StatsSettings {
+                window: secs(10),
+                slices: 100
+            }
+        );
+        assert_eq!(
+            errors(parse_config_toml(
+                "[stats]\nwindow = \"500ms\"\nslices = 0\n"
+            )),
+            vec![
+                "stats.window: must be at least 1s",
+                "stats.slices: must be between 1 and 600 (got 0)",
+            ]
+        );
+        assert_eq!(
+            errors(parse_config_toml(
+                "[stats]\nwindow = \"10s\"\nslices = 600\n"
+            )),
+            vec!["stats: window / slices must be at least 100ms (got 16ms 666us 666ns)"]
+        );
+    }
+
+    #[test]
+    fn etcd_defaults() {
+        let config = config("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n");
+        assert_eq!(
+            config.etcd,
+            Some(EtcdSettings {
+                endpoints: strings(&["127.0.0.1:2379"]),
+                prefix: "/cutover".into(),
+                last_known_good: None,
+                dial_timeout: secs(2),
+            })
+        );
+    }
+
+    #[test]
+    fn etcd_rules() {
+        let text = "[etcd]\nendpoints = [\"ftp://a:1\", \"http://a\", \"https://[::1]:2379\"]\n\
+                prefix = \"cutover/\"\nlast_known_good = \"\"\ndial_timeout = \"0s\"\n";
+        let errors_ = errors(parse_config_toml(text));
+        assert_eq!(errors_.len(), 5, "{errors_:?}");
+        assert!(errors_[0].starts_with("etcd.endpoints[0]: invalid etcd endpoint \"ftp://a:1\""));
+        assert!(errors_[1].starts_with("etcd.endpoints[1]: invalid etcd endpoint \"http://a\""));
+        assert_eq!(
+            errors_[2],
+            "etcd.prefix: must start with '/' (got \"cutover/\")"
+        );
+        assert_eq!(errors_[3], "etcd.last_known_good: must not be empty");
+        assert_eq!(errors_[4], "etcd.dial_timeout: must be greater than 0");
+        assert_eq!(
+            errors(parse_config_toml(
+                "[etcd]\nendpoints = []\nprefix = \"/a/\"\n"
+            )),
+            vec![
+                "etcd.endpoints: must not be empty",
+                "etcd.prefix: must not end with '/' (got \"/a/\")",
+            ]
+        );
+        let missing = errors(parse_config_toml("[etcd]\nprefix = \"/a\"\n"));
+        assert!(
+            missing[0].starts_with("etcd: missing field \"endpoints\""),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn proxy_defaults_match_the_brief() {
+        let p = ProxySettings::default();
+        assert_eq!(p.threads, 2);
+        assert_eq!(p.tls, None);
+        assert_eq!(p.connect_timeout, secs(2));
+        assert_eq!(p.upstream_timeout, secs(30));
+        assert_eq!(p.body_read_timeout, secs(30));
+        assert_eq!(p.idle_timeout, secs(60));
+        assert_eq!(p.write_timeout, secs(30));
+        assert_eq!(p.max_header_bytes, 32_768);
+        assert_eq!(p.max_headers, 100);
+        assert_eq!(p.max_uri_bytes, 8_192);
+        assert_eq!(p.max_body_bytes, 10_485_760);
+        assert_eq!(p.grace_period, secs(30));
+        assert_eq!(p.underscore_headers, UnderscoreHeaders::Allow);
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what `make demo` / `make test` need and is missing, via apt-get (Debian).
+#   scripts/prereqs.sh build   cmake, protobuf-compiler (build of the workspace)
+#   scripts/prereqs.sh test    the above + etcd-server (end-to-end tests)
+# Fails with a clear message where it cannot install.
+set -euo pipefail
+
+want=${1:-build}
+missing=()
+need() { # need COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+}
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found. Install Rust (https://rustup.rs) and run this again." >&2
+  exit 1
+fi
+need cmake cmake
+need protoc protobuf-compiler
+need cc gcc
+if [ "$want" = test ]; then
+  need etcd etcd-server
+  need etcdctl etcd-client
+fi
+
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing missing prerequisites: ${missing[*]}" >&2
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "error: missing ${missing[*]} and apt-get is not available; install them with your package manager." >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo="sudo -n"
+  else
+    echo "error: missing ${missing[*]}; run as root or with password-less sudo, or: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+if ! $sudo apt-get update -qq || ! $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; then
+  echo "error: apt-get could not install ${missing[*]} (is a Debian package mirror reachable?)" >&2
+  exit 1
+fi
+echo "installed: ${missing[*]}" >&2
