@@ -155,6 +155,20 @@ fn check_framing(headers: &HeaderMap, http1: bool, http11: bool) -> Result<(), R
     Ok(())
 }
 
+/// RELIABILITY 18: the request target must be origin-form (`/path`), absolute-form
+/// (`http://host/path`), or `*` for OPTIONS. (pingora refuses CONNECT's authority-form itself.)
+pub fn check_target(method: &http::Method, target: &str) -> Result<(), Rejection> {
+    let ok = target.starts_with('/')
+        || (*method == http::Method::OPTIONS && target == "*")
+        || target.starts_with("http://")
+        || target.starts_with("https://");
+    if ok {
+        Ok(())
+    } else {
+        reject(400, "invalid request target")
+    }
+}
+
 /// RELIABILITY 7: a line ending that is not CRLF (a bare LF, which httparse tolerates, or a bare
 /// CR) in the raw request head. Such a request is refused, never re-framed and forwarded.
 pub fn has_bare_cr_or_lf(raw_head: &[u8]) -> bool {
@@ -355,6 +369,17 @@ mod tests {
                 .status,
             400
         );
+    }
+
+    #[test]
+    fn request_targets() {
+        let get = http::Method::GET;
+        assert!(check_target(&get, "/x?y").is_ok());
+        assert!(check_target(&get, "http://a/x").is_ok());
+        assert!(check_target(&http::Method::OPTIONS, "*").is_ok());
+        assert_eq!(check_target(&get, "*").unwrap_err().status, 400);
+        assert_eq!(check_target(&get, "case18-target").unwrap_err().status, 400);
+        assert_eq!(check_target(&get, "").unwrap_err().status, 400);
     }
 
     #[test]

@@ -117,6 +117,11 @@ impl ProxyHttp for Cutover {
             if hygiene::has_bare_cr_or_lf(&h1.get_headers_raw_bytes()) {
                 return respond(session, 400, "line endings must be CRLF").await;
             }
+            let req = h1.req_header();
+            let target = String::from_utf8_lossy(req.raw_path());
+            if let Err(r) = hygiene::check_target(&req.method, &target) {
+                return respond(session, r.status, r.reason).await;
+            }
         }
         let req = session.req_header();
         let http1 = !session.is_http2();
@@ -230,6 +235,19 @@ impl ProxyHttp for Cutover {
             up.remove_header(n);
         });
         up.remove_header(SHADOW_MARKER);
+        // pingora strips every Connection-nominated header before this hook; Content-Length is
+        // framing, not the client's to remove (RELIABILITY 20), so it goes back in.
+        if let Some(cl) = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+        {
+            if !up.headers.contains_key(http::header::CONTENT_LENGTH)
+                && !up.headers.contains_key(http::header::TRANSFER_ENCODING)
+            {
+                up.insert_header(http::header::CONTENT_LENGTH, cl.clone())?;
+            }
+        }
         if up.headers.get(http::header::HOST).is_none() {
             if let Some(authority) = up.uri.authority().map(|a| a.to_string()) {
                 up.insert_header(http::header::HOST, authority)?;

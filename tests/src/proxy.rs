@@ -1,0 +1,593 @@
+//! Runs the real `cutover` binary: [`ProxyConfig`]/[`Route`] render the TOML config,
+//! [`Proxy::start`] writes it to a temp dir, spawns `cutover serve --config FILE`, waits for
+//! `/readyz`, and kills the process on drop. Admin API helpers live here too.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client::{Client, Response};
+use crate::{free_addr, metrics};
+
+/// How long [`Proxy::start`] waits for `/readyz` before giving up.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long helpers wait for a config change to show up in the admin API.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The `cutover` binary under test: `$CUTOVER_BIN` if set; otherwise
+/// `<target dir>/debug/cutover`, where the target dir is `$CARGO_TARGET_DIR` (relative to the
+/// workspace root) or `<workspace root>/target`. When that file is missing it is built once
+/// with `cargo build -p cutover-proxy --bin cutover` (same environment, so same target dir).
+pub fn cutover_bin() -> PathBuf {
+    BIN.get_or_init(locate_or_build)
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn locate_or_build() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("CUTOVER_BIN") {
+        let bin = PathBuf::from(bin);
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(format!(
+                "CUTOVER_BIN={} does not exist; unset it or point it at a built `cutover` binary",
+                bin.display()
+            ))
+        };
+    }
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_relative() { root.join(d) } else { d })
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("cutover");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "-p", "cutover-proxy", "--bin", "cutover"])
+        .current_dir(&root)
+        .status()
+        .map_err(|e| format!("could not run `cargo build -p cutover-proxy --bin cutover`: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "`cargo build -p cutover-proxy --bin cutover` failed ({status}); fix the build or set CUTOVER_BIN"
+        ));
+    }
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "`cargo build` succeeded but {} is missing; set CUTOVER_BIN to the binary",
+            bin.display()
+        ))
+    }
+}
+
+/// Formats a duration the way the config expects (`"500ms"`, `"2s"`).
+pub fn toml_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 && d.as_secs() > 0 {
+        format!("\"{}s\"", d.as_secs())
+    } else {
+        format!("\"{}ms\"", d.as_millis())
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("string serialises")
+}
+
+fn toml_number(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x}")
+    }
+}
+
+/// One `[[routes]]` entry.
+#[derive(Clone, Debug)]
+pub struct Route {
+    id: String,
+    host: Option<String>,
+    path_prefix: String,
+    legacy: Vec<SocketAddr>,
+    new: Vec<SocketAddr>,
+    weights: Option<(f64, f64, f64)>,
+    sticky: Option<(&'static str, String)>,
+    extra: Vec<String>,
+}
+
+impl Route {
+    /// A route matching every path (`path_prefix = "/"`), no weights key until set.
+    pub fn new(id: &str) -> Self {
+        Route {
+            id: id.to_string(),
+            host: None,
+            path_prefix: "/".to_string(),
+            legacy: Vec::new(),
+            new: Vec::new(),
+            weights: None,
+            sticky: None,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `match.host` (exact, or `*.example.com`).
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_string());
+        self
+    }
+
+    pub fn path_prefix(mut self, prefix: &str) -> Self {
+        self.path_prefix = prefix.to_string();
+        self
+    }
+
+    pub fn legacy_endpoints(mut self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.legacy = endpoints.into_iter().collect();
+        self
+    }
+
+    pub fn new_endpoints(mut self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.new = endpoints.into_iter().collect();
+        self
+    }
+
+    /// `weights = { legacy, new, shadow }` (shadow keeps its previous value, default 0).
+    pub fn weights(mut self, legacy: impl Into<f64>, new: impl Into<f64>) -> Self {
+        let shadow = self.weights.map_or(0.0, |w| w.2);
+        self.weights = Some((legacy.into(), new.into(), shadow));
+        self
+    }
+
+    pub fn shadow(mut self, percent: impl Into<f64>) -> Self {
+        let (l, n) = self.weights.map_or((100.0, 0.0), |w| (w.0, w.1));
+        self.weights = Some((l, n, percent.into()));
+        self
+    }
+
+    /// `sticky = { header = NAME }`.
+    pub fn sticky_header(mut self, name: &str) -> Self {
+        self.sticky = Some(("header", name.to_string()));
+        self
+    }
+
+    /// `sticky = { cookie = NAME }`.
+    pub fn sticky_cookie(mut self, name: &str) -> Self {
+        self.sticky = Some(("cookie", name.to_string()));
+        self
+    }
+
+    /// A raw `key = value` TOML line added to this route's table.
+    pub fn line(mut self, toml: &str) -> Self {
+        self.extra.push(toml.to_string());
+        self
+    }
+
+    fn render(&self, out: &mut String) {
+        let endpoints = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(|a| toml_string(&a.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(out, "[[routes]]");
+        let _ = writeln!(out, "id = {}", toml_string(&self.id));
+        let mut matcher = format!("path_prefix = {}", toml_string(&self.path_prefix));
+        if let Some(host) = &self.host {
+            let _ = write!(matcher, ", host = {}", toml_string(host));
+        }
+        let _ = writeln!(out, "match = {{ {matcher} }}");
+        let _ = writeln!(
+            out,
+            "legacy = {{ endpoints = [{}] }}",
+            endpoints(&self.legacy)
+        );
+        let _ = writeln!(out, "new = {{ endpoints = [{}] }}", endpoints(&self.new));
+        if let Some((l, n, s)) = self.weights {
+            let _ = writeln!(
+                out,
+                "weights = {{ legacy = {}, new = {}, shadow = {} }}",
+                toml_number(l),
+                toml_number(n),
+                toml_number(s)
+            );
+        }
+        if let Some((kind, name)) = &self.sticky {
+            let _ = writeln!(out, "sticky = {{ {kind} = {} }}", toml_string(name));
+        }
+        for line in &self.extra {
+            let _ = writeln!(out, "{line}");
+        }
+        out.push('\n');
+    }
+}
+
+/// The whole config file minus the listen addresses, which [`Proxy`] picks.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    proxy: Vec<(String, String)>,
+    stats_window: Option<Duration>,
+    routes: Vec<Route>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProxyConfig {
+    /// `[proxy]` with `connect_timeout = "500ms"`, `upstream_timeout = "2s"`, `threads = 2`;
+    /// `[stats] window = "60s"`; no routes.
+    pub fn new() -> Self {
+        ProxyConfig {
+            proxy: Vec::new(),
+            stats_window: Some(Duration::from_secs(60)),
+            routes: Vec::new(),
+        }
+        .set_duration("connect_timeout", Duration::from_millis(500))
+        .set_duration("upstream_timeout", Duration::from_secs(2))
+        .set("threads", "2")
+    }
+
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Sets `[proxy] key = value`, `value` being TOML (`"\"2s\""`, `"100"`).
+    pub fn set(mut self, key: &str, toml_value: &str) -> Self {
+        self.proxy.retain(|(k, _)| k != key);
+        self.proxy.push((key.to_string(), toml_value.to_string()));
+        self
+    }
+
+    /// Sets a `[proxy]` string key.
+    pub fn set_str(self, key: &str, value: &str) -> Self {
+        self.set(key, &toml_string(value))
+    }
+
+    /// Sets a `[proxy]` duration key.
+    pub fn set_duration(self, key: &str, d: Duration) -> Self {
+        self.set(key, &toml_duration(d))
+    }
+
+    pub fn stats_window(mut self, window: Duration) -> Self {
+        self.stats_window = Some(window);
+        self
+    }
+
+    /// A copy with route `id`'s weights replaced.
+    pub fn with_weights(&self, id: &str, legacy: impl Into<f64>, new: impl Into<f64>) -> Self {
+        let (legacy, new) = (legacy.into(), new.into());
+        let mut next = self.clone();
+        let route = next
+            .routes
+            .iter_mut()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("no route {id:?} in the test config"));
+        *route = route.clone().weights(legacy, new);
+        next
+    }
+
+    /// The TOML file for these listen addresses.
+    pub fn render(&self, listen: SocketAddr, admin: SocketAddr) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "[proxy]");
+        let _ = writeln!(out, "listen = {}", toml_string(&listen.to_string()));
+        for (k, v) in &self.proxy {
+            let _ = writeln!(out, "{k} = {v}");
+        }
+        let _ = writeln!(out, "\n[admin]");
+        let _ = writeln!(out, "listen = {}", toml_string(&admin.to_string()));
+        if let Some(window) = self.stats_window {
+            let _ = writeln!(out, "\n[stats]");
+            let _ = writeln!(out, "window = {}", toml_duration(window));
+        }
+        out.push('\n');
+        for route in &self.routes {
+            route.render(&mut out);
+        }
+        out
+    }
+}
+
+/// A running `cutover serve` process. Killed (SIGKILL + wait) on drop; its combined
+/// stdout/stderr is printed when the test panics.
+pub struct Proxy {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    config: ProxyConfig,
+    client: Client,
+}
+
+impl Proxy {
+    /// Starts the binary on fresh ports and waits (≤ 20 s) until `/readyz` answers 200.
+    /// If the process dies because a port was taken meanwhile, retries with new ports
+    /// (3 attempts).
+    pub async fn start(config: ProxyConfig) -> Proxy {
+        let bin = cutover_bin();
+        let client = Client::new().with_timeout(Duration::from_millis(500));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let dir = tempfile::tempdir().expect("temp dir for the proxy");
+            let config_path = dir.path().join("cutover.toml");
+            let log_path = dir.path().join("cutover.log");
+            let addr = free_addr();
+            let mut admin_addr = free_addr();
+            while admin_addr == addr {
+                admin_addr = free_addr();
+            }
+            std::fs::write(&config_path, config.render(addr, admin_addr)).expect("write config");
+            let log = File::create(&log_path).expect("create log file");
+            let child = Command::new(&bin)
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone log handle"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+            let mut proxy = Proxy {
+                child: Some(child),
+                dir,
+                config_path,
+                log_path,
+                addr,
+                admin_addr,
+                config: config.clone(),
+                client: Client::new(),
+            };
+            match proxy.wait_ready(&client).await {
+                Ok(()) => return proxy,
+                Err(exit) => {
+                    let log = proxy.log();
+                    let port_taken = {
+                        let l = log.to_ascii_lowercase();
+                        l.contains("in use")
+                            || l.contains("os error 98")
+                            || l.contains("eaddrinuse")
+                    };
+                    if port_taken && attempt < 3 {
+                        continue;
+                    }
+                    let config_text =
+                        std::fs::read_to_string(&proxy.config_path).unwrap_or_default();
+                    // Avoid printing the log twice (Drop prints it when panicking).
+                    proxy.kill();
+                    proxy.child = None;
+                    std::fs::write(&proxy.log_path, b"").ok();
+                    panic!(
+                        "cutover did not become ready ({exit}); binary {}\n--- config ---\n{config_text}--- output ---\n{log}",
+                        bin.display()
+                    );
+                }
+            }
+        }
+    }
+
+    async fn wait_ready(&mut self, client: &Client) -> Result<(), String> {
+        let start = Instant::now();
+        let url = self.admin_url("/readyz");
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("process exited with {status}"));
+                }
+            }
+            if let Ok(res) = client.get(&url).await {
+                if res.status == 200 {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(format!("/readyz not 200 after {READY_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The data-plane listen address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// `http://<listen><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://<admin listen><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
+    }
+
+    /// A pooled client (clones share the pool).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The temp dir holding config and log (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config last written through [`Proxy::start`] or [`Proxy::apply`].
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// Renders `config` with this proxy's listen addresses.
+    pub fn render(&self, config: &ProxyConfig) -> String {
+        config.render(self.addr, self.admin_addr)
+    }
+
+    /// Everything the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Atomically replaces the config file: write a temp file beside it, then rename.
+    pub fn rewrite_config(&self, toml: &str) {
+        let tmp = self.dir.path().join(".cutover.toml.tmp");
+        std::fs::write(&tmp, toml).expect("write temp config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename config into place");
+    }
+
+    /// Rewrites the config file from `config` (same listen addresses).
+    pub fn apply(&mut self, config: &ProxyConfig) {
+        self.rewrite_config(&self.render(config));
+        self.config = config.clone();
+    }
+
+    /// Sends SIGTERM (via `kill -TERM`, keeping the crate free of `unsafe`).
+    pub fn sigterm(&self) {
+        let pid = self.pid().expect("proxy process still owned");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits in i32"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .unwrap_or_else(|e| panic!("SIGTERM to {pid} failed: {e}"));
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    // ---- admin API ----
+
+    /// GET on the admin listener; panics on transport errors.
+    pub async fn admin_get(&self, path: &str) -> Response {
+        self.client
+            .get(&self.admin_url(path))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "admin GET {path}: {e}\n--- proxy output ---\n{}",
+                    self.log()
+                )
+            })
+    }
+
+    async fn admin_json(&self, path: &str) -> Value {
+        let res = self.admin_get(path).await;
+        assert_eq!(res.status, 200, "admin GET {path}: {}", res.text());
+        res.json()
+    }
+
+    /// `/api/v1/routes/<id>/stats`.
+    pub async fn stats(&self, route: &str) -> Value {
+        self.admin_json(&format!("/api/v1/routes/{route}/stats"))
+            .await
+    }
+
+    /// `/api/v1/routes`.
+    pub async fn routes(&self) -> Value {
+        self.admin_json("/api/v1/routes").await
+    }
+
+    /// The `/api/v1/routes` entry with this id.
+    pub async fn route_info(&self, id: &str) -> Option<Value> {
+        self.routes()
+            .await
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["id"] == id).cloned())
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let res = self.admin_get("/metrics").await;
+        assert_eq!(res.status, 200, "/metrics: {}", res.text());
+        res.text()
+    }
+
+    /// Sum of the samples of `name` whose labels include `labels`; `None` if absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metrics::metric_value(&self.metrics().await, name, labels)
+    }
+
+    /// Waits until `/api/v1/routes` shows these weights for route `id`.
+    pub async fn wait_for_weights(&self, id: &str, legacy: f64, new: f64) {
+        let what = format!("route {id} to show weights legacy={legacy} new={new}");
+        crate::eventually(APPLY_TIMEOUT, &what, || async {
+            self.route_info(id).await.is_some_and(|r| {
+                r["weights"]["legacy"].as_f64() == Some(legacy)
+                    && r["weights"]["new"].as_f64() == Some(new)
+            })
+        })
+        .await;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            if !log.is_empty() {
+                eprintln!(
+                    "--- cutover output (listen {}, admin {}) ---\n{log}--- end of cutover output ---",
+                    self.addr, self.admin_addr
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! `cutover demo` (SPEC §1) runs to the end on its own: demo backends, the real proxy on the
+//! embedded source, the weight walk 0 → 10 → 50 → 100, and a clean drain.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cutover_tests::cutover_bin;
+
+#[test]
+fn demo_walks_the_weights_and_drains() {
+    let started = Instant::now();
+    let out = Command::new(cutover_bin())
+        .args(["demo", "--step", "300ms", "--connections", "4"])
+        .output()
+        .expect("run cutover demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "demo took {:?}",
+        started.elapsed()
+    );
+
+    // One table row per step: `new %`, legacy share, new share, …, errors, req/s.
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.contains('|') && !l.contains("new %"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "one row per weight step:\n{stdout}");
+    for (row, want_new) in rows.iter().zip([0.0, 10.0, 50.0, 100.0]) {
+        assert_eq!(
+            row[0].parse::<f64>().unwrap(),
+            want_new,
+            "step order:\n{stdout}"
+        );
+        let shares: Vec<f64> = row[1]
+            .split_whitespace()
+            .map(|s| s.trim_end_matches('%').parse().unwrap())
+            .collect();
+        let tolerance = if want_new == 0.0 || want_new == 100.0 {
+            0.0
+        } else {
+            15.0
+        };
+        assert!(
+            (shares[1] - want_new).abs() <= tolerance,
+            "new served {}% at weight {want_new}:\n{stdout}",
+            shares[1]
+        );
+        assert_eq!(
+            row[4], "0",
+            "no failed requests at step {want_new}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("drained and exited (exit status: 0)"),
+        "clean drain:\n{stdout}"
+    );
+}

@@ -1,0 +1,820 @@
+//! HTTP/1 hygiene at the edge, over raw sockets (SPEC §7, RELIABILITY cases 1–7, 9, 11,
+//! 14–22, 28, 29). "400" is checked as RELIABILITY defines it: the status line is 400, the
+//! connection is closed, and no backend recorded a (complete) request.
+
+use std::time::Duration;
+
+use cutover_tests::{
+    raw_exchange, Backend, ParsedResponse, Proxy, ProxyConfig, RawReply, RecordedRequest, Route,
+    RunningBackend,
+};
+
+/// Bound for one raw exchange; a proxy that should have closed but did not costs this much.
+const RAW_TIMEOUT: Duration = Duration::from_secs(3);
+const HOST: &str = "cutover.test";
+
+/// A proxy sending all traffic to `legacy` (weights 100/0), with `new` watching for leaks.
+struct Edge {
+    legacy: RunningBackend,
+    new: RunningBackend,
+    proxy: Proxy,
+}
+
+async fn edge() -> Edge {
+    edge_with(Backend::new("legacy"), |c| c).await
+}
+
+async fn edge_with(legacy: Backend, config: impl FnOnce(ProxyConfig) -> ProxyConfig) -> Edge {
+    let legacy = legacy.run().await;
+    let new = Backend::new("new").run().await;
+    let route = Route::new("edge")
+        .legacy_endpoints([legacy.addr()])
+        .new_endpoints([new.addr()])
+        .weights(100, 0);
+    let proxy = Proxy::start(config(ProxyConfig::new().route(route))).await;
+    Edge { legacy, new, proxy }
+}
+
+impl Edge {
+    async fn send(&self, bytes: &[u8]) -> RawReply {
+        raw_exchange(self.proxy.addr(), bytes, RAW_TIMEOUT).await
+    }
+
+    /// Every complete request either backend received.
+    fn forwarded(&self) -> Vec<RecordedRequest> {
+        let mut all = self.legacy.requests();
+        all.extend(self.new.requests());
+        all
+    }
+
+    fn forwarded_paths(&self) -> Vec<String> {
+        self.forwarded()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    }
+
+    /// Sends each variant on its own connection (concurrently) and checks that each got
+    /// one of `allowed` as its first status and was closed, and that nothing was forwarded.
+    async fn assert_rejected(&self, variants: &[(&str, &[u8])], allowed: &[u16]) {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, (label, bytes)) in variants.iter().enumerate() {
+            let addr = self.proxy.addr();
+            let bytes = bytes.to_vec();
+            let label = label.to_string();
+            set.spawn(async move { (i, label, raw_exchange(addr, &bytes, RAW_TIMEOUT).await) });
+        }
+        let mut replies = Vec::new();
+        while let Some(r) = set.join_next().await {
+            replies.push(r.expect("raw exchange task"));
+        }
+        replies.sort_by_key(|(i, _, _)| *i);
+        let mut failures = Vec::new();
+        for (_, label, reply) in &replies {
+            let status = reply.status();
+            if !status.is_some_and(|s| allowed.contains(&s)) {
+                failures.push(format!(
+                    "{label}: expected status {allowed:?}, got {status:?}; reply {:?}",
+                    truncate(&reply.text())
+                ));
+            } else if !reply.closed {
+                failures.push(format!(
+                    "{label}: answered {status:?} but the connection was left open"
+                ));
+            }
+        }
+        let forwarded = self.forwarded_paths();
+        assert!(
+            failures.is_empty() && forwarded.is_empty(),
+            "rejections failed:\n  {}\nforwarded to a backend: {forwarded:?}",
+            failures.join("\n  ")
+        );
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(300).collect()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The request head (through CRLFCRLF) that starts with `start` in `bytes`.
+fn head_starting_with(bytes: &[u8], start: &[u8]) -> Option<String> {
+    let at = find(bytes, start)?;
+    let end = find(&bytes[at..], b"\r\n\r\n")? + at;
+    Some(String::from_utf8_lossy(&bytes[at..end]).to_ascii_lowercase())
+}
+
+/// The only response on the connection, asserting it was 200.
+fn single_ok(reply: &RawReply) -> ParsedResponse {
+    let responses = reply.responses();
+    assert_eq!(
+        responses.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200],
+        "expected one 200 response, got {:?}",
+        truncate(&reply.text())
+    );
+    responses.into_iter().next().expect("one response")
+}
+
+/// Comma-separated tokens of every `Connection` header value, lowercased.
+fn connection_tokens(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+// ---------------------------------------------------------------- framing / smuggling
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_01_content_length_with_transfer_encoding() {
+    let edge = edge().await;
+    let orders: [&[u8]; 2] = [
+        b"POST /case01/cl-first HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /case01/smuggled HTTP/1.1\r\nHost: cutover.test\r\n\r\n",
+        b"POST /case01/te-first HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /case01/smuggled HTTP/1.1\r\nHost: cutover.test\r\n\r\n",
+    ];
+    for request in orders {
+        let line_end = find(request, b" HTTP/1.1").expect("request line");
+        let path = String::from_utf8_lossy(&request[5..line_end]).into_owned();
+        let reply = edge.send(request).await;
+        let responses = reply.responses();
+        let first = responses.first().map(|r| r.status);
+        assert!(
+            reply.closed,
+            "{path}: connection must be closed after the response"
+        );
+        match first {
+            Some(400) => {
+                assert_eq!(
+                    edge.legacy.requests_to(&path).len() + edge.new.requests_to(&path).len(),
+                    0,
+                    "{path}: answered 400 but was forwarded"
+                );
+            }
+            Some(200) => {
+                // RFC 9112 §6.1: forwarded framed by TE alone, CL removed, then closed.
+                assert_eq!(
+                    responses.len(),
+                    1,
+                    "{path}: only one response may come back on this connection: {:?}",
+                    truncate(&reply.text())
+                );
+                let got = edge.legacy.requests_to(&path);
+                assert_eq!(got.len(), 1, "{path}: forwarded exactly once");
+                assert_eq!(
+                    String::from_utf8_lossy(&got[0].body),
+                    "hello",
+                    "{path}: chunked body intact"
+                );
+                let head = head_starting_with(
+                    &edge.legacy.received_bytes(),
+                    format!("POST {path} ").as_bytes(),
+                )
+                .expect("forwarded head on the wire");
+                assert!(
+                    !head.contains("\r\ncontent-length:"),
+                    "{path}: Content-Length must be removed, upstream saw:\n{head}"
+                );
+            }
+            other => panic!(
+                "{path}: expected 400, or 200 with RFC 9112 handling; got {other:?}: {:?}",
+                truncate(&reply.text())
+            ),
+        }
+    }
+    let smuggled = [&edge.legacy, &edge.new]
+        .iter()
+        .any(|b| find(&b.received_bytes(), b"/case01/smuggled").is_some());
+    assert!(
+        !smuggled,
+        "bytes pipelined behind the body reached a backend: {:?}",
+        edge.forwarded_paths()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_02_duplicate_content_length() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            ("two equal CL", b"POST /case02/equal HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"),
+            ("two differing CL", b"POST /case02/differing HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+            ("CL list", b"POST /case02/list HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: 5, 5\r\n\r\nhello"),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_03_invalid_content_length() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            ("empty", b"POST /case03/empty HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: \r\n\r\nhello"),
+            ("plus sign", b"POST /case03/plus HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: +5\r\n\r\nhello"),
+            ("minus sign", b"POST /case03/minus HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: -5\r\n\r\nhello"),
+            ("hex", b"POST /case03/hex HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: 0x5\r\n\r\nhello"),
+            ("underscore", b"POST /case03/underscore HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: 0_5\r\n\r\nhello"),
+            ("u64 overflow", b"POST /case03/overflow HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: 18446744073709551616\r\n\r\nhello"),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_04_transfer_encoding_variants() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            ("chunked, chunked", b"POST /case04/double HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            ("two TE lines", b"POST /case04/two-lines HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            ("leading comma", b"POST /case04/leading-comma HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: , chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            ("xchunked", b"POST /case04/xchunked HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            ("non-ASCII space", b"POST /case04/nbsp HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding:\xa0chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_05_transfer_encoding_http10_or_not_final_chunked() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            ("TE on HTTP/1.0", b"POST /case05/http10 HTTP/1.0\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            ("chunked, gzip", b"POST /case05/gzip-last HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            ("gzip only", b"POST /case05/gzip HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: gzip\r\n\r\nhello"),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_06_bad_chunk_size() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            ("0x prefix", b"POST /case06/0x HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n"),
+            ("plus sign", b"POST /case06/plus HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n"),
+            ("leading space", b"POST /case06/space HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n"),
+            ("overflow", b"POST /case06/overflow HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff5\r\nhello\r\n0\r\n\r\n"),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_07_bare_lf_or_cr() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            ("bare LF ending the request line", b"GET /case07/lf-request-line HTTP/1.1\nHost: cutover.test\r\n\r\n"),
+            ("bare CR ending the request line", b"GET /case07/cr-request-line HTTP/1.1\rHost: cutover.test\r\n\r\n"),
+            ("bare LF between headers", b"GET /case07/lf-header HTTP/1.1\r\nHost: cutover.test\nX-A: b\r\n\r\n"),
+            ("bare CR between headers", b"GET /case07/cr-header HTTP/1.1\r\nHost: cutover.test\rX-A: b\r\n\r\n"),
+            ("bare LF after chunk size", b"POST /case07/lf-chunk HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"),
+            ("bare CR after chunk size", b"POST /case07/cr-chunk HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n5\rhello\r\n0\r\n\r\n"),
+            ("bare LF after chunk data", b"POST /case07/lf-chunk-data HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n"),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+/// RELIABILITY 6 (an empty chunk-size line) and 9 (an extra CRLF before the last chunk):
+/// pingora 0.9's chunked decoder tolerates both before any hook sees the body, so cutover does
+/// not answer 400 for them yet (docs/hygiene.md, "known gaps"). What must hold instead — and
+/// what keeps the backend safe — is one deterministic reading, re-framed: pingora reads an
+/// empty size line as the last chunk (the bytes up to the blank line become trailer lines and
+/// are dropped) and skips an extra CRLF; the request pipelined behind is answered as its own,
+/// second request, in order, with no body bytes leaking into it. Or the exchange is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_06_09_tolerated_chunk_quirks_are_reframed_consistently() {
+    let edge = edge().await;
+    let variants: [(&str, &str, &[u8], &[u8]); 2] = [
+        ("empty chunk-size line", "/case06/empty", b"", b"POST /case06/empty HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\nGET /case06/next HTTP/1.1\r\nHost: cutover.test\r\nConnection: close\r\n\r\n"),
+        ("extra CRLF before the last chunk", "/case09/extra-crlf", b"hello", b"POST /case09/extra-crlf HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n0\r\n\r\nGET /case09/next HTTP/1.1\r\nHost: cutover.test\r\nConnection: close\r\n\r\n"),
+    ];
+    for (label, path, body, bytes) in variants {
+        let reply = edge.send(bytes).await;
+        let statuses: Vec<u16> = reply.responses().iter().map(|r| r.status).collect();
+        let posts = edge.legacy.requests_to(path);
+        if statuses.first() == Some(&400) {
+            assert!(posts.is_empty(), "{label}: refused, yet forwarded");
+            continue;
+        }
+        assert_eq!(
+            statuses,
+            [200, 200],
+            "{label}: POST and the pipelined GET each answered: {:?}",
+            truncate(&reply.text())
+        );
+        assert_eq!(posts.len(), 1, "{label}: the POST is forwarded once");
+        assert_eq!(
+            &posts[0].body[..],
+            body,
+            "{label}: the body pingora's reading gives"
+        );
+        let next = path
+            .rsplit_once('/')
+            .map(|(dir, _)| format!("{dir}/next"))
+            .unwrap_or_default();
+        let nexts = edge.legacy.requests_to(&next);
+        assert_eq!(
+            nexts.len(),
+            1,
+            "{label}: the pipelined GET is its own request"
+        );
+        assert_eq!(nexts[0].method, "GET");
+        assert!(
+            nexts[0].body.is_empty(),
+            "{label}: no body bytes leak into the next request"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_11_pipelined_requests_are_framed_right() {
+    let edge = edge().await;
+
+    // Three requests in one write, the first with CL: 0.
+    let reply = edge
+        .send(b"POST /case11/a HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: 0\r\n\r\nGET /case11/b HTTP/1.1\r\nHost: cutover.test\r\n\r\nGET /case11/c HTTP/1.1\r\nHost: cutover.test\r\nConnection: close\r\n\r\n")
+        .await;
+    let responses = reply.responses();
+    assert_eq!(
+        responses.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200, 200, 200],
+        "every pipelined request answered: {:?}",
+        truncate(&reply.text())
+    );
+    let answered: Vec<String> = responses
+        .iter()
+        .map(|r| {
+            r.json().expect("backend JSON")["path"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        ["/case11/a", "/case11/b", "/case11/c"],
+        "answers in order"
+    );
+    let seen: Vec<String> = edge
+        .legacy
+        .requests_to("/case11/")
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(seen, ["/case11/a", "/case11/b", "/case11/c"]);
+
+    // A bad request pipelined behind a good one: the good one is answered, the bad one 400.
+    let reply = edge
+        .send(b"GET /case11/good HTTP/1.1\r\nHost: cutover.test\r\n\r\nGET /case11/bad HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: 1, 2\r\n\r\nab")
+        .await;
+    let responses = reply.responses();
+    assert_eq!(
+        responses.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200, 400],
+        "good then bad: {:?}",
+        truncate(&reply.text())
+    );
+    assert_eq!(
+        responses[0].json().expect("backend JSON")["path"],
+        "/case11/good"
+    );
+    assert!(reply.closed, "connection closed after the 400");
+    assert_eq!(edge.legacy.requests_to("/case11/good").len(), 1);
+    assert!(edge.legacy.requests_to("/case11/bad").is_empty());
+    assert!(edge.new.requests().is_empty());
+}
+
+// ---------------------------------------------------------------- header syntax
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_14_whitespace_around_header_names() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            ("space before colon", b"GET /case14/space HTTP/1.1\r\nHost: cutover.test\r\nX-Foo : bar\r\n\r\n"),
+            ("tab before colon", b"GET /case14/tab HTTP/1.1\r\nHost: cutover.test\r\nX-Foo\t: bar\r\n\r\n"),
+            ("space before Host colon", b"GET /case14/host-space HTTP/1.1\r\nHost : cutover.test\r\n\r\n"),
+            ("leading whitespace", b"GET /case14/leading HTTP/1.1\r\n X-Foo: bar\r\nHost: cutover.test\r\n\r\n"),
+            ("obs-fold", b"GET /case14/obs-fold HTTP/1.1\r\nHost: cutover.test\r\nX-Foo: bar\r\n baz\r\n\r\n"),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_15_invalid_header_names() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            (
+                "delimiter in name",
+                b"GET /case15/paren HTTP/1.1\r\nHost: cutover.test\r\nX(Foo: bar\r\n\r\n",
+            ),
+            (
+                "control byte in name",
+                b"GET /case15/ctl HTTP/1.1\r\nHost: cutover.test\r\nX-F\x01o: bar\r\n\r\n",
+            ),
+            (
+                "DEL in name",
+                b"GET /case15/del HTTP/1.1\r\nHost: cutover.test\r\nX\x7fFoo: bar\r\n\r\n",
+            ),
+            (
+                "empty name",
+                b"GET /case15/empty HTTP/1.1\r\nHost: cutover.test\r\n: bar\r\n\r\n",
+            ),
+            (
+                "no colon",
+                b"GET /case15/no-colon HTTP/1.1\r\nHost: cutover.test\r\nX-Foo bar\r\n\r\n",
+            ),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_16_nul_cr_lf_in_header_values() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            (
+                "NUL in value",
+                b"GET /case16/nul HTTP/1.1\r\nHost: cutover.test\r\nX-A: a\x00b\r\n\r\n",
+            ),
+            (
+                "CR in value",
+                b"GET /case16/cr HTTP/1.1\r\nHost: cutover.test\r\nX-A: a\rb\r\n\r\n",
+            ),
+            (
+                "LF in value",
+                b"GET /case16/lf HTTP/1.1\r\nHost: cutover.test\r\nX-A: a\nb\r\n\r\n",
+            ),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_17_missing_duplicate_or_invalid_host() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            (
+                "missing Host",
+                b"GET /case17/missing HTTP/1.1\r\nX-A: b\r\n\r\n",
+            ),
+            (
+                "two different Hosts",
+                b"GET /case17/different HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+            ),
+            (
+                "two equal Hosts",
+                b"GET /case17/equal HTTP/1.1\r\nHost: cutover.test\r\nHost: cutover.test\r\n\r\n",
+            ),
+            (
+                "space in Host",
+                b"GET /case17/space HTTP/1.1\r\nHost: cutover .test\r\n\r\n",
+            ),
+            (
+                "slash in Host",
+                b"GET /case17/slash HTTP/1.1\r\nHost: cutover.test/x\r\n\r\n",
+            ),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_18_bad_method_version_target() {
+    let edge = edge().await;
+    edge.assert_rejected(
+        &[
+            (
+                "delimiter in method",
+                b"G(T /case18/method HTTP/1.1\r\nHost: cutover.test\r\n\r\n",
+            ),
+            (
+                "target not origin-form",
+                b"GET case18-target HTTP/1.1\r\nHost: cutover.test\r\n\r\n",
+            ),
+        ],
+        &[400],
+    )
+    .await;
+    edge.assert_rejected(
+        &[
+            (
+                "HTTP/1.32",
+                b"GET /case18/version HTTP/1.32\r\nHost: cutover.test\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1x",
+                b"GET /case18/version-suffix HTTP/1.1x\r\nHost: cutover.test\r\n\r\n",
+            ),
+        ],
+        &[400, 505],
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------- header semantics
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_19_hop_by_hop_headers_stripped_both_ways() {
+    let legacy = Backend::new("legacy")
+        .response_header("Connection", "x-bar")
+        .response_header("X-Bar", "secret")
+        .response_header("Keep-Alive", "timeout=5")
+        .response_header("Proxy-Connection", "keep-alive")
+        .response_header("Upgrade", "foo")
+        .response_header("X-Kept", "yes");
+    let edge = edge_with(legacy, |c| c).await;
+    let reply = edge
+        .send(b"GET /case19 HTTP/1.1\r\nHost: cutover.test\r\nConnection: close, X-Foo\r\nX-Foo: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nUpgrade: foo\r\nX-Kept: yes\r\n\r\n")
+        .await;
+    let response = single_ok(&reply);
+
+    let got = edge.legacy.requests_to("/case19");
+    assert_eq!(got.len(), 1, "forwarded once");
+    let upstream = &got[0];
+    assert_eq!(upstream.header("x-kept").as_deref(), Some("yes"));
+    for name in [
+        "x-foo",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        assert!(
+            !upstream.has_header(name),
+            "upstream must not see {name}: {:?}",
+            upstream.headers
+        );
+    }
+    // The proxy may manage its own upstream connection with keep-alive/close; nothing the
+    // client nominated may come through.
+    let tokens = connection_tokens(&upstream.header_all("connection"));
+    assert!(
+        tokens.iter().all(|t| t == "keep-alive" || t == "close"),
+        "upstream Connection carries client tokens: {tokens:?}"
+    );
+
+    assert_eq!(
+        response.header("x-kept"),
+        Some("yes"),
+        "end-to-end header kept"
+    );
+    assert_eq!(response.header("x-backend"), Some("legacy"));
+    for name in ["x-bar", "keep-alive", "proxy-connection", "upgrade"] {
+        assert!(
+            response.header(name).is_none(),
+            "client must not see {name}: {:?}",
+            response.headers
+        );
+    }
+    let tokens = connection_tokens(
+        &response
+            .headers_named("connection")
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        tokens.iter().all(|t| t == "keep-alive" || t == "close"),
+        "client-side Connection carries backend tokens: {tokens:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_20_connection_cannot_strip_essential_headers() {
+    let edge = edge().await;
+    // Nominating framing or internal headers: forwarded, and they are not stripped on the
+    // client's say-so (x-cutover-shadow is removed anyway, as every client-sent one is).
+    let reply = edge
+        .send(b"POST /case20 HTTP/1.1\r\nHost: cutover.test\r\nConnection: close, Content-Length, x-cutover-shadow\r\nX-Forwarded-For: 203.0.113.7\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    single_ok(&reply);
+    let got = edge.legacy.requests_to("/case20");
+    assert_eq!(got.len(), 1, "forwarded once");
+    let upstream = &got[0];
+    assert_eq!(upstream.header("host").as_deref(), Some(HOST));
+    assert_eq!(upstream.header("content-length").as_deref(), Some("5"));
+    assert_eq!(&upstream.body[..], b"hello");
+    let xff = upstream.header_all("x-forwarded-for").join(", ");
+    assert!(
+        xff.contains("203.0.113.7") && xff.contains("127.0.0.1"),
+        "X-Forwarded-For kept and appended, got {xff:?}"
+    );
+
+    // Nominating Host or a forwarding header is refused outright (pingora's Envoy-style rule,
+    // kept as cutover's documented policy): 400, connection closed, nothing forwarded.
+    let edge = self::edge().await;
+    edge.assert_rejected(
+        &[
+            ("Connection: Host", b"GET /case20/host HTTP/1.1\r\nHost: cutover.test\r\nConnection: Host\r\n\r\n"),
+            ("Connection: X-Forwarded-For", b"GET /case20/xff HTTP/1.1\r\nHost: cutover.test\r\nConnection: close, X-Forwarded-For\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n"),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_21_internal_headers_removed_forwarding_headers_set() {
+    let edge = edge().await;
+    let reply = edge
+        .send(b"GET /case21/spoof HTTP/1.1\r\nHost: cutover.test\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nx-cutover-shadow: 1\r\nConnection: close\r\n\r\n")
+        .await;
+    single_ok(&reply);
+    let reply = edge
+        .send(b"GET /case21/plain HTTP/1.1\r\nHost: cutover.test\r\nConnection: close\r\n\r\n")
+        .await;
+    single_ok(&reply);
+
+    let spoof = &edge.legacy.requests_to("/case21/spoof")[0];
+    assert!(
+        !spoof.has_header("x-cutover-shadow"),
+        "client-sent x-cutover-shadow must be removed"
+    );
+    let xff: Vec<String> = spoof
+        .header_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    assert_eq!(xff, ["203.0.113.7", "127.0.0.1"], "client ip appended");
+    assert_eq!(spoof.header_all("x-forwarded-proto"), ["http"]);
+    let via = spoof.header_all("via").join(", ");
+    assert!(
+        via.to_ascii_lowercase().contains("cutover"),
+        "Via added: {via:?}"
+    );
+
+    let plain = &edge.legacy.requests_to("/case21/plain")[0];
+    assert_eq!(plain.header_all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(plain.header_all("x-forwarded-proto"), ["http"]);
+    assert!(plain
+        .header_all("via")
+        .join(", ")
+        .to_ascii_lowercase()
+        .contains("cutover"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_22_underscore_headers_allow() {
+    let edge = edge_with(Backend::new("legacy"), |c| {
+        c.set_str("underscore_headers", "allow")
+    })
+    .await;
+    let reply = edge
+        .send(b"GET /case22 HTTP/1.1\r\nHost: cutover.test\r\nx_foo: bar\r\nConnection: close\r\n\r\n")
+        .await;
+    single_ok(&reply);
+    let got = edge.legacy.requests_to("/case22");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("x_foo").as_deref(), Some("bar"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_22_underscore_headers_reject() {
+    let edge = edge_with(Backend::new("legacy"), |c| {
+        c.set_str("underscore_headers", "reject")
+    })
+    .await;
+    edge.assert_rejected(
+        &[(
+            "x_foo",
+            b"GET /case22/reject HTTP/1.1\r\nHost: cutover.test\r\nx_foo: bar\r\n\r\n",
+        )],
+        &[400],
+    )
+    .await;
+    // The policy rejects only underscores: a normal request on the same proxy still works.
+    let reply = edge
+        .send(b"GET /case22/ok HTTP/1.1\r\nHost: cutover.test\r\nx-foo: bar\r\nConnection: close\r\n\r\n")
+        .await;
+    single_ok(&reply);
+}
+
+// ---------------------------------------------------------------- limits
+
+fn limits(c: ProxyConfig) -> ProxyConfig {
+    c.set("max_header_bytes", "32768")
+        .set("max_headers", "100")
+        .set("max_uri_bytes", "8192")
+        .set("max_body_bytes", "1048576")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_28_header_and_uri_limits() {
+    let edge = edge_with(Backend::new("legacy"), limits).await;
+
+    let mut many =
+        b"GET /case28/count HTTP/1.1\r\nHost: cutover.test\r\nConnection: close\r\n".to_vec();
+    for i in 0..200 {
+        many.extend_from_slice(format!("X-H-{i:03}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+
+    let mut big =
+        b"GET /case28/bytes HTTP/1.1\r\nHost: cutover.test\r\nConnection: close\r\nX-Big: "
+            .to_vec();
+    big.extend(std::iter::repeat_n(b'a', 40 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+
+    let mut long_uri = b"GET /case28/uri/".to_vec();
+    long_uri.extend(std::iter::repeat_n(b'u', 9 * 1024));
+    long_uri.extend_from_slice(b" HTTP/1.1\r\nHost: cutover.test\r\nConnection: close\r\n\r\n");
+
+    for (label, bytes, expected) in [
+        ("200 headers", many, 431),
+        ("40 KiB of headers", big, 431),
+        ("9 KiB URI", long_uri, 414),
+    ] {
+        let reply = edge.send(&bytes).await;
+        assert_eq!(
+            reply.status(),
+            Some(expected),
+            "{label}: {:?}",
+            truncate(&reply.text())
+        );
+    }
+    assert!(
+        edge.forwarded().is_empty(),
+        "nothing over the limits may be forwarded: {:?}",
+        edge.forwarded_paths()
+    );
+    assert_eq!(
+        edge.legacy.started(),
+        0,
+        "not even a request head was forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_29_body_limit() {
+    let edge = edge_with(Backend::new("legacy"), limits).await;
+    let max_body = 1_048_576usize;
+
+    // Declared too large: refused up front, before any body byte is read or forwarded.
+    let mut declared = format!(
+        "POST /case29/content-length HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: {}\r\n\r\n",
+        2 * max_body
+    )
+    .into_bytes();
+    declared.extend(std::iter::repeat_n(b'x', 1024));
+    let reply = edge.send(&declared).await;
+    assert_eq!(reply.status(), Some(413), "{:?}", truncate(&reply.text()));
+    assert!(
+        edge.legacy.received_bytes().is_empty() && edge.new.received_bytes().is_empty(),
+        "an oversized Content-Length body must not reach a backend at all"
+    );
+
+    // Chunked, discovered mid-stream: 413 or a reset; the backend never gets it whole.
+    let chunk = 64 * 1024;
+    let mut chunked =
+        b"POST /case29/chunked HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for _ in 0..(max_body * 3 / 2 / chunk) {
+        chunked.extend_from_slice(format!("{chunk:x}\r\n").as_bytes());
+        chunked.extend(std::iter::repeat_n(b'y', chunk));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let reply = edge.send(&chunked).await;
+    match reply.status() {
+        Some(413) => {}
+        None => assert!(
+            reply.closed,
+            "no response and the connection was not closed/reset"
+        ),
+        Some(other) => panic!(
+            "chunked body over the limit: expected 413 or a reset, got {other}: {:?}",
+            truncate(&reply.text())
+        ),
+    }
+    assert!(
+        edge.forwarded().iter().all(|r| r.body.len() <= max_body),
+        "a backend received a complete body over max_body_bytes"
+    );
+}

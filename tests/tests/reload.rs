@@ -1,0 +1,281 @@
+//! Hot reload of the config file (SPEC §2, §3; RELIABILITY 50, 57): weight changes under load
+//! fail no request, an invalid rewrite keeps the last good config (counted and shown in
+//! `/api/v1/routes`), and `cutover validate` reports problems as `path: reason`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_tests::{cutover_bin, eventually, Backend, Proxy, ProxyConfig, Route, RunningBackend};
+
+struct Reload {
+    _legacy: RunningBackend,
+    _new: RunningBackend,
+    proxy: Proxy,
+}
+
+async fn reload(legacy: f64, new: f64) -> Reload {
+    let l = Backend::new("legacy").run().await;
+    let n = Backend::new("new").run().await;
+    let proxy = Proxy::start(
+        ProxyConfig::new().route(
+            Route::new("orders")
+                .legacy_endpoints([l.addr()])
+                .new_endpoints([n.addr()])
+                .weights(legacy, new),
+        ),
+    )
+    .await;
+    Reload {
+        _legacy: l,
+        _new: n,
+        proxy,
+    }
+}
+
+/// Sends `n` sequential GETs and returns the serving backends, asserting each is 200.
+async fn serve(proxy: &Proxy, n: usize) -> Vec<String> {
+    let client = proxy.client();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let res = client.get(&proxy.url("/reload")).await.expect("request");
+        assert_eq!(res.status, 200, "{}", res.text());
+        out.push(res.backend().expect("x-backend"));
+    }
+    out
+}
+
+async fn config_errors(proxy: &Proxy) -> f64 {
+    proxy
+        .metric("cutover_config_errors_total", &[])
+        .await
+        .expect("cutover_config_errors_total is exported")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weight_changes_under_load_fail_no_request() {
+    let mut r = reload(50.0, 50.0).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let client = r.proxy.client();
+        let url = r.proxy.url("/load");
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failures, mut by_backend) = (0usize, Vec::new(), [0usize; 2]);
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(&url).await {
+                    Ok(res) if res.status == 200 => {
+                        ok += 1;
+                        match res.backend().as_deref() {
+                            Some("legacy") => by_backend[0] += 1,
+                            Some("new") => by_backend[1] += 1,
+                            other => failures.push(format!("200 from unknown backend {other:?}")),
+                        }
+                    }
+                    Ok(res) => failures.push(format!("{}: {}", res.status, res.text())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (ok, failures, by_backend)
+        }));
+    }
+
+    for i in 0..40 {
+        let (legacy, new) = if i % 2 == 0 {
+            (80.0, 20.0)
+        } else {
+            (20.0, 80.0)
+        };
+        let next = r.proxy.config().with_weights("orders", legacy, new);
+        r.proxy.apply(&next);
+        r.proxy.wait_for_weights("orders", legacy, new).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut ok, mut failures, mut by_backend) = (0, Vec::new(), [0, 0]);
+    for w in workers {
+        let (o, f, b) = w.await.expect("worker");
+        ok += o;
+        failures.extend(f);
+        by_backend[0] += b[0];
+        by_backend[1] += b[1];
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during reloads, e.g. {:?}",
+        failures.len(),
+        ok + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 0, "the workers sent requests");
+    assert!(
+        by_backend[0] > 0 && by_backend[1] > 0,
+        "both backends served: {by_backend:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_rewrite_keeps_last_good_config() {
+    let mut r = reload(100.0, 0.0).await;
+    let good = r.proxy.config().clone();
+    let revision = r.proxy.route_info("orders").await.expect("route listed")["revision"].clone();
+    assert!(
+        r.proxy.route_info("orders").await.expect("route")["last_error"].is_null(),
+        "no error after a valid start"
+    );
+
+    // 1. An unknown key (with weights that would move everything to new if applied).
+    let errors_before = config_errors(&r.proxy).await;
+    let unknown_key = good
+        .with_weights("orders", 0, 100)
+        .render(r.proxy.addr(), r.proxy.admin_addr())
+        .replace("[[routes]]\n", "[[routes]]\ncolour = \"blue\"\n");
+    r.proxy.rewrite_config(&unknown_key);
+    eventually(
+        Duration::from_secs(5),
+        "config error counted for the unknown key",
+        || async { config_errors(&r.proxy).await > errors_before },
+    )
+    .await;
+    assert_last_error_everywhere(&r.proxy).await;
+    assert!(
+        serve(&r.proxy, 50).await.iter().all(|b| b == "legacy"),
+        "still serving the last good weights (100/0)"
+    );
+    let info = r.proxy.route_info("orders").await.expect("route");
+    assert_eq!(info["weights"]["legacy"].as_f64(), Some(100.0));
+    assert_eq!(info["weights"]["new"].as_f64(), Some(0.0));
+    assert_eq!(
+        info["revision"], revision,
+        "a rejected file does not bump the revision"
+    );
+
+    // 2. Weights summing to zero.
+    let errors_before = config_errors(&r.proxy).await;
+    let zero = good.with_weights("orders", 0, 0);
+    r.proxy
+        .rewrite_config(&zero.render(r.proxy.addr(), r.proxy.admin_addr()));
+    eventually(
+        Duration::from_secs(5),
+        "config error counted for weights 0/0",
+        || async { config_errors(&r.proxy).await > errors_before },
+    )
+    .await;
+    assert_last_error_everywhere(&r.proxy).await;
+    assert!(serve(&r.proxy, 50).await.iter().all(|b| b == "legacy"));
+
+    // 3. A valid rewrite is applied and clears the error.
+    let all_new = good.with_weights("orders", 0, 100);
+    r.proxy.apply(&all_new);
+    r.proxy.wait_for_weights("orders", 0.0, 100.0).await;
+    eventually(
+        Duration::from_secs(5),
+        "last_error cleared by a valid rewrite",
+        || async {
+            r.proxy
+                .route_info("orders")
+                .await
+                .is_some_and(|i| i["last_error"].is_null())
+        },
+    )
+    .await;
+    let info = r.proxy.route_info("orders").await.expect("route");
+    assert_ne!(
+        info["revision"], revision,
+        "an applied change bumps the revision"
+    );
+    assert!(serve(&r.proxy, 50).await.iter().all(|b| b == "new"));
+}
+
+async fn assert_last_error_everywhere(proxy: &Proxy) {
+    let routes = proxy.routes().await;
+    let routes = routes.as_array().expect("/api/v1/routes is an array");
+    assert!(!routes.is_empty());
+    for route in routes {
+        let err = &route["last_error"];
+        assert!(
+            !err.is_null() && err.as_str() != Some(""),
+            "route {} shows no last_error after a rejected rewrite: {route}",
+            route["id"]
+        );
+    }
+}
+
+/// `path: reason` — a non-empty path without spaces, a colon, a non-empty reason.
+fn is_path_reason(line: &str) -> bool {
+    line.split_once(": ").is_some_and(|(path, reason)| {
+        !path.trim().is_empty() && !path.trim().contains(' ') && !reason.trim().is_empty()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn validate_reports_path_and_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = "127.0.0.1:18080".parse().expect("addr");
+    let admin = "127.0.0.1:19090".parse().expect("addr");
+    let good = ProxyConfig::new().route(
+        Route::new("orders")
+            .legacy_endpoints(["127.0.0.1:9001".parse().expect("addr")])
+            .new_endpoints(["127.0.0.1:9002".parse().expect("addr")])
+            .weights(90, 10),
+    );
+    let valid = good.render(listen, admin);
+    let invalid = [
+        (
+            "unknown key",
+            valid.replace("[[routes]]\n", "[[routes]]\ncolour = \"blue\"\n"),
+            "colour",
+        ),
+        (
+            "weights 0/0",
+            good.with_weights("orders", 0, 0).render(listen, admin),
+            "weights",
+        ),
+    ];
+
+    let path = dir.path().join("valid.toml");
+    std::fs::write(&path, &valid).expect("write");
+    let out = tokio::process::Command::new(cutover_bin())
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .await
+        .expect("run cutover validate");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "valid file rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for (label, text, mentions) in invalid {
+        let path = dir.path().join("invalid.toml");
+        std::fs::write(&path, &text).expect("write");
+        let out = tokio::process::Command::new(cutover_bin())
+            .arg("validate")
+            .arg(&path)
+            .output()
+            .await
+            .expect("run cutover validate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{label}: exit code; stderr: {stderr}"
+        );
+        let problems: Vec<&str> = stderr.lines().filter(|l| is_path_reason(l)).collect();
+        assert!(
+            !problems.is_empty(),
+            "{label}: no `path: reason` line on stderr: {stderr}"
+        );
+        assert!(
+            problems.iter().any(|l| l.contains(mentions)),
+            "{label}: no problem line names {mentions:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "{label}: validate panicked: {stderr}"
+        );
+    }
+}
