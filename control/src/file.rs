@@ -150,15 +150,7 @@ fn watch_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const BASE: &str = r#"
-        [[routes]]
-        id = "orders"
-        match = { path_prefix = "/" }
-        legacy = { endpoints = ["127.0.0.1:9001"] }
-        new = { endpoints = ["127.0.0.1:9002"] }
-        weights = { legacy = 90, new = 10 }
-    "#;
+    use crate::tests::ONE as BASE;
 
     fn write_atomic(path: &Path, text: &str) {
         let tmp = path.with_extension("tmp");

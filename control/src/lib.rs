@@ -99,7 +99,8 @@ mod tests {
         cutover_config::parse_config_toml(toml).unwrap().routes
     }
 
-    const ONE: &str = r#"
+    /// One route at 90/10, shared by the tests of this crate.
+    pub(crate) const ONE: &str = r#"
         [[routes]]
         id = "orders"
         match = { path_prefix = "/" }

@@ -164,3 +164,92 @@ impl ServeHttp for Admin {
 
 /// The dashboard: one static page that polls the JSON API.
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_control::ConfigState;
+
+    fn admin() -> (Admin, Arc<Shared>) {
+        let config = cutover_config::parse_config_toml(
+            r#"
+            [[routes]]
+            id = "orders"
+            match = { path_prefix = "/" }
+            legacy = { endpoints = ["127.0.0.1:9001"] }
+            new = { endpoints = ["127.0.0.1:9002"] }
+            weights = { legacy = 75, new = 25 }
+            "#,
+        )
+        .unwrap();
+        let shared = Arc::new(Shared::new(
+            &config,
+            &ConfigState::initial(config.routes.clone()),
+        ));
+        (Admin::new(shared.clone()), shared)
+    }
+
+    fn get(admin: &Admin, path: &str) -> (u16, Vec<u8>) {
+        let r = admin.handle(&http::Method::GET, path);
+        (r.status().as_u16(), r.into_body())
+    }
+
+    #[test]
+    fn readyz_follows_ready_and_draining() {
+        let (admin, shared) = admin();
+        assert_eq!(
+            get(&admin, "/readyz").0,
+            503,
+            "not ready before listeners are bound"
+        );
+        assert_eq!(get(&admin, "/livez").0, 200);
+        shared.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(&admin, "/readyz").0, 200);
+        shared.draining.store(true, Ordering::Relaxed);
+        assert_eq!(
+            get(&admin, "/readyz").0,
+            503,
+            "draining takes the instance out of rotation"
+        );
+        assert_eq!(get(&admin, "/healthz").0, 200, "but it is still alive");
+    }
+
+    #[test]
+    fn stats_have_the_spec_shape() {
+        let (admin, _) = admin();
+        let (status, body) = get(&admin, "/api/v1/routes/orders/stats");
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["route"], "orders");
+        assert_eq!(v["window_seconds"], 60);
+        for b in ["legacy", "new"] {
+            for r in ["primary", "shadow"] {
+                let cell = &v["backends"][b][r];
+                for k in ["count", "errors", "error_rate"] {
+                    assert!(cell[k].is_number(), "{b}.{r}.{k} in {v}");
+                }
+                for k in ["p50_ms", "p90_ms", "p99_ms", "p999_ms"] {
+                    assert!(cell[k].is_null(), "{b}.{r}.{k} is null without samples");
+                }
+            }
+        }
+        for k in ["comparisons", "divergences", "divergence_rate"] {
+            assert!(v[k].is_number(), "{k} in {v}");
+        }
+        assert_eq!(get(&admin, "/api/v1/routes/nope/stats").0, 404);
+    }
+
+    #[test]
+    fn routes_list_weights_phase_and_revision() {
+        let (admin, _) = admin();
+        let (status, body) = get(&admin, "/api/v1/routes");
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v[0]["id"], "orders");
+        assert_eq!(v[0]["weights"]["new"], 25.0);
+        assert_eq!(v[0]["phase"], "canary");
+        assert_eq!(v[0]["revision"], 1);
+        assert!(v[0]["last_error"].is_null());
+        assert_eq!(v[0]["match"]["path_prefix"], "/");
+    }
+}

@@ -69,12 +69,6 @@ fn sticky_key<'a>(req: &'a RequestHeader, sticky: Option<&Sticky>) -> Option<&'a
     }
 }
 
-fn strip_hop_by_hop<F: FnMut(&http::HeaderName)>(headers: &http::HeaderMap, mut remove: F) {
-    for name in hygiene::hop_by_hop_names(headers) {
-        remove(&name);
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Cutover {
     type CTX = RequestCtx;
@@ -231,9 +225,9 @@ impl ProxyHttp for Cutover {
         up: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        strip_hop_by_hop(&up.headers.clone(), |n| {
-            up.remove_header(n);
-        });
+        for name in hygiene::hop_by_hop_names(&up.headers) {
+            up.remove_header(&name);
+        }
         up.remove_header(SHADOW_MARKER);
         // pingora strips every Connection-nominated header before this hook; Content-Length is
         // framing, not the client's to remove (RELIABILITY 20), so it goes back in.
@@ -297,12 +291,12 @@ impl ProxyHttp for Cutover {
         resp: &mut ResponseHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        strip_hop_by_hop(&resp.headers.clone(), |n| {
+        for name in hygiene::hop_by_hop_names(&resp.headers) {
             // Transfer-Encoding is the downstream writer's framing decision; leave it to pingora.
-            if n != http::header::TRANSFER_ENCODING {
-                resp.remove_header(n);
+            if name != http::header::TRANSFER_ENCODING {
+                resp.remove_header(&name);
             }
-        });
+        }
         let via = hygiene::via(
             resp.headers.get(http::header::VIA).map(|v| v.as_bytes()),
             session.req_header().version,

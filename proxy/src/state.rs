@@ -130,3 +130,65 @@ impl Drop for InflightGuard {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = r#"
+        [[routes]]
+        id = "orders"
+        match = { path_prefix = "/" }
+        legacy = { endpoints = ["127.0.0.1:9001"] }
+        new = { endpoints = ["127.0.0.1:9002"] }
+        weights = { legacy = 90, new = 10 }
+    "#;
+
+    #[test]
+    fn apply_swaps_forward_counts_rejections_and_never_goes_back() {
+        let config = cutover_config::parse_config_toml(ONE).unwrap();
+        let v1 = ConfigState::initial(config.routes.clone());
+        let shared = Shared::new(&config, &v1);
+        let v2 = v1.applied(
+            cutover_config::parse_config_toml(&ONE.replace("new = 10", "new = 40"))
+                .unwrap()
+                .routes,
+        );
+        shared.apply(&v2);
+        assert_eq!(shared.snapshot.load().revision, 2);
+        assert_eq!(shared.snapshot.load().routes[0].weights.new, 40.0);
+
+        let rejected = v2.rejected("routes[0].weights: legacy + new must be > 0");
+        shared.apply(&rejected);
+        shared.apply(&rejected);
+        let live = shared.snapshot.load();
+        assert_eq!(live.revision, 2, "a rejection keeps the live routes");
+        assert_eq!(live.routes[0].weights.new, 40.0);
+        assert!(live.last_error.is_some());
+        assert_eq!(
+            shared.telemetry.metrics.config_errors.get(),
+            1,
+            "counted once"
+        );
+
+        shared.apply(&v1);
+        assert_eq!(
+            shared.snapshot.load().revision,
+            2,
+            "an older revision is never applied"
+        );
+        assert_eq!(shared.telemetry.metrics.config_revision.get(), 2);
+    }
+
+    #[test]
+    fn inflight_guard_counts_until_dropped() {
+        let config = cutover_config::parse_config_toml(ONE).unwrap();
+        let shared = Shared::new(&config, &ConfigState::initial(config.routes.clone()));
+        let a = shared.inflight_guard();
+        let b = shared.inflight_guard();
+        assert_eq!(shared.inflight(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(shared.inflight(), 0);
+    }
+}

@@ -209,6 +209,15 @@ fn is_path_reason(line: &str) -> bool {
     })
 }
 
+async fn run_validate(path: &std::path::Path) -> std::process::Output {
+    tokio::process::Command::new(cutover_bin())
+        .arg("validate")
+        .arg(path)
+        .output()
+        .await
+        .expect("run cutover validate")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn validate_reports_path_and_reason() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -236,12 +245,7 @@ async fn validate_reports_path_and_reason() {
 
     let path = dir.path().join("valid.toml");
     std::fs::write(&path, &valid).expect("write");
-    let out = tokio::process::Command::new(cutover_bin())
-        .arg("validate")
-        .arg(&path)
-        .output()
-        .await
-        .expect("run cutover validate");
+    let out = run_validate(&path).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -252,12 +256,7 @@ async fn validate_reports_path_and_reason() {
     for (label, text, mentions) in invalid {
         let path = dir.path().join("invalid.toml");
         std::fs::write(&path, &text).expect("write");
-        let out = tokio::process::Command::new(cutover_bin())
-            .arg("validate")
-            .arg(&path)
-            .output()
-            .await
-            .expect("run cutover validate");
+        let out = run_validate(&path).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),
