@@ -4,10 +4,17 @@
 //! Every source implements [`ConfigSource`] and publishes [`ConfigState`]s on a
 //! `tokio::sync::watch` channel: the data plane and the tests wait on the same channel.
 
+pub mod ctl;
+mod etcd;
 mod file;
+pub mod keys;
+pub mod lkg;
+pub mod model;
 
+pub use etcd::EtcdSource;
 pub use file::FileSource;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,19 +22,29 @@ use cutover_config::RouteConfig;
 use tokio::sync::watch;
 
 /// What a config source says right now: the last valid routes (with their weights) and the last
-/// rejection, if the most recent input was invalid.
+/// rejections, if recent inputs were invalid.
 ///
 /// A rejected input never replaces `routes`: the last valid state stays live.
 #[derive(Debug, Clone)]
 pub struct ConfigState {
-    /// Increases by one with every applied (valid and different) change; starts at 1.
+    /// Increases with every applied (valid and different) change. The file source counts from
+    /// 1; the etcd source uses etcd's revision, and 0 while serving a cold-start fallback.
     pub revision: u64,
-    /// The routes of the last valid input, in the order they were written.
+    /// The routes of the last valid input, in a stable order.
     pub routes: Arc<[RouteConfig]>,
-    /// Why the latest input was rejected; `None` once a valid input has been applied since.
+    /// Why the latest input of the whole source was rejected (the file source); `None` once a
+    /// valid input has been applied since.
     pub last_error: Option<Arc<str>>,
+    /// Why the latest value of one route's key was rejected (the etcd source), by route id.
+    pub route_errors: Arc<BTreeMap<String, Arc<str>>>,
     /// How many inputs have been rejected since start (monotonic).
     pub errors_total: u64,
+    /// A valid routing state exists. `false` only when nothing valid was ever loaded (etcd
+    /// unreachable at cold start with no last-known-good and no fallback routes): the proxy is
+    /// then not ready and answers 503 — it never serves an empty table as if it were valid.
+    pub loaded: bool,
+    /// Whether the source's connection is healthy, for sources that have one (etcd).
+    pub connected: Option<bool>,
 }
 
 impl ConfigState {
@@ -37,7 +54,10 @@ impl ConfigState {
             revision: 1,
             routes: routes.into(),
             last_error: None,
+            route_errors: Arc::default(),
             errors_total: 0,
+            loaded: true,
+            connected: None,
         }
     }
 
@@ -58,7 +78,7 @@ impl ConfigState {
                 self.routes.clone()
             },
             last_error: None,
-            errors_total: self.errors_total,
+            ..self.clone()
         }
     }
 
@@ -66,11 +86,15 @@ impl ConfigState {
     #[must_use]
     pub fn rejected(&self, reason: impl Into<Arc<str>>) -> Self {
         Self {
-            revision: self.revision,
-            routes: self.routes.clone(),
             last_error: Some(reason.into()),
             errors_total: self.errors_total + 1,
+            ..self.clone()
         }
+    }
+
+    /// The error to show for route `id`: its own rejection, else the source's.
+    pub fn error_for(&self, id: &str) -> Option<&Arc<str>> {
+        self.route_errors.get(id).or(self.last_error.as_ref())
     }
 }
 

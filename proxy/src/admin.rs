@@ -35,10 +35,15 @@ impl Admin {
         match path {
             "/livez" | "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
-                if self.shared.draining.load(Ordering::Relaxed) {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else if self.shared.ready.load(Ordering::Relaxed) {
+                if self.shared.is_ready() {
                     text(StatusCode::OK, "ready\n")
+                } else if self.shared.draining.load(Ordering::Relaxed) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else if !snapshot.loaded {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: no valid routing config yet (etcd unreachable, no last-known-good snapshot, no [[routes]] fallback)\n",
+                    )
                 } else {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -115,7 +120,7 @@ pub fn routes_json(snapshot: &Snapshot) -> Value {
                 "weights": r.weights,
                 "phase": r.weights.implied_phase(),
                 "revision": snapshot.revision,
-                "last_error": snapshot.last_error.as_deref(),
+                "last_error": snapshot.error_for(r.id.as_str()).map(|e| &**e),
             })
         })
         .collect()

@@ -32,12 +32,8 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
-    /// Operator CLI for the etcd keys (not built yet: it lands with the etcd control plane).
-    Ctl {
-        /// Everything after `ctl`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Operator CLI for the etcd keys: status, set, promote, rollback, history, apply, diffs.
+    Ctl(cutover_control::ctl::CtlArgs),
     /// Self-contained showcase: demo backends, the real proxy, live weight changes.
     Demo(cutover_proxy::demo::DemoArgs),
 }
@@ -69,13 +65,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Validate { file } => validate(&file),
-        Command::Ctl { .. } => {
-            eprintln!(
-                "cutover ctl: the etcd control plane is not built yet, so there is nothing to read or write.\n\
-                 Change weights by editing [[routes]] weights in the config file; `cutover serve` hot-reloads it."
-            );
-            ExitCode::from(2)
-        }
+        Command::Ctl(args) => cutover_control::ctl::run(args),
         Command::Demo(args) => match cutover_proxy::demo::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

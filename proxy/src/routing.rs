@@ -116,8 +116,12 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub revision: u64,
-    /// Why the latest config input was rejected, if it was.
+    /// A valid routing state exists (false only before anything valid was ever loaded).
+    pub loaded: bool,
+    /// Why the latest config input was rejected, if it was (whole source).
     pub last_error: Option<Arc<str>>,
+    /// Why a route's latest key value was rejected, by route id.
+    pub route_errors: Arc<std::collections::BTreeMap<String, Arc<str>>>,
     /// All routes in config order.
     pub routes: Vec<Arc<Route>>,
     exact: HashMap<String, Vec<Arc<Route>>>,
@@ -169,7 +173,9 @@ impl Snapshot {
         });
         Snapshot {
             revision: state.revision,
+            loaded: state.loaded,
             last_error: state.last_error.clone(),
+            route_errors: state.route_errors.clone(),
             routes,
             exact,
             others,
@@ -193,6 +199,11 @@ impl Snapshot {
                     _ => true,
                 }
         })
+    }
+
+    /// The error to show for route `id`: its own rejection, else the source's.
+    pub fn error_for(&self, id: &str) -> Option<&Arc<str>> {
+        self.route_errors.get(id).or(self.last_error.as_ref())
     }
 
     /// The route with id `id`.

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cutover_config::Config;
-use cutover_control::{ConfigSource, FileSource};
+use cutover_control::{ConfigSource, EtcdSource, FileSource};
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::admin::Admin;
 use crate::service::Cutover;
@@ -52,10 +52,14 @@ pub fn serve(path: &Path) -> Result<(), ServeError> {
         source,
     })?;
     let config = cutover_config::parse_config_toml(&text).map_err(ServeError::Invalid)?;
-    if config.etcd.is_some() {
-        warn!("[etcd] is configured but the etcd source is not built yet: serving the file's [[routes]] (watched) instead");
-    }
-    let source: Box<dyn ConfigSource> = Box::new(FileSource::new(path, text, config.clone()));
+    let source: Box<dyn ConfigSource> = match &config.etcd {
+        Some(etcd) => Box::new(EtcdSource::new(
+            etcd.clone(),
+            config.routes.clone(),
+            cutover_control::model::instance_id(),
+        )),
+        None => Box::new(FileSource::new(path, text, config.clone())),
+    };
     run(config, source)
 }
 

@@ -131,6 +131,9 @@ impl ProxyHttp for Cutover {
             return respond(session, r.status, r.reason).await;
         }
         let snapshot = self.shared.snapshot.load();
+        if !snapshot.loaded {
+            return respond(session, 503, "no valid routing config yet").await;
+        }
         let host = request_host(
             req.uri.authority().map(|a| a.as_str()),
             req.headers.get(http::header::HOST).map(|v| v.as_bytes()),

@@ -84,23 +84,28 @@ impl Shared {
     /// Apply a state published by the config source: build the next snapshot off the hot path
     /// and swap it in (one store). Rejections are counted.
     pub fn apply(&self, state: &ConfigState) {
-        let current = self.snapshot.load();
+        let metrics = &self.telemetry.metrics;
+        metrics
+            .etcd_connected
+            .set(i64::from(state.connected.unwrap_or(false)));
         let new_errors = state
             .errors_total
-            .saturating_sub(self.telemetry.metrics.config_errors.get());
-        self.telemetry.metrics.config_errors.inc_by(new_errors);
+            .saturating_sub(metrics.config_errors.get());
+        metrics.config_errors.inc_by(new_errors);
+        let current = self.snapshot.load();
         if state.revision < current.revision {
             // Never go back to an older revision.
             return;
         }
-        if state.revision == current.revision && state.last_error == current.last_error {
+        let unchanged = state.revision == current.revision
+            && state.loaded == current.loaded
+            && state.last_error == current.last_error
+            && state.route_errors == current.route_errors;
+        if unchanged {
             return;
         }
         let next = Snapshot::build(state, &self.telemetry);
-        self.telemetry
-            .metrics
-            .config_revision
-            .set(next.revision as i64);
+        metrics.config_revision.set(next.revision as i64);
         if next.revision != current.revision {
             info!(
                 revision = next.revision,
@@ -109,6 +114,14 @@ impl Shared {
             );
         }
         self.snapshot.store(Arc::new(next));
+    }
+
+    /// Whether the process should receive traffic: a valid config is loaded, the listeners
+    /// accept connections, and it is not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
+            && self.snapshot.load().loaded
     }
 
     pub fn inflight_guard(&self) -> InflightGuard {

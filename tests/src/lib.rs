@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod etcd;
 pub mod metrics;
 pub mod proxy;
 pub mod raw;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 pub use backend::{Backend, RecordedRequest, RefusingEndpoint, RunningBackend, SilentBackend};
 pub use client::{Client, ClientError, Response};
+pub use etcd::{etcd_bin, Etcd};
 pub use metrics::{parse_prometheus, Sample};
 pub use proxy::{cutover_bin, Proxy, ProxyConfig, Route};
 pub use raw::{parse_responses, raw, raw_exchange, status_codes, ParsedResponse, RawReply};

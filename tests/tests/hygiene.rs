@@ -1,5 +1,5 @@
-//! HTTP/1 hygiene at the edge, over raw sockets (SPEC §7, RELIABILITY cases 1–7, 9, 11,
-//! 14–22, 28, 29). "400" is checked as RELIABILITY defines it: the status line is 400, the
+//! HTTP/1 hygiene at the edge, over raw sockets (SPEC §7, RELIABILITY cases 1–11, 13–22,
+//! 28, 29). "400" is checked as RELIABILITY defines it: the status line is 400, the
 //! connection is closed, and no backend recorded a (complete) request.
 
 use std::time::Duration;
@@ -341,6 +341,67 @@ async fn case_06_09_tolerated_chunk_quirks_are_reframed_consistently() {
             "{label}: no body bytes leak into the next request"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_08_chunk_extension_with_cr_or_huge() {
+    let edge = edge().await;
+    let huge = format!(
+        "POST /case08/huge HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n5;{}\r\nhello\r\n0\r\n\r\n",
+        "x=".repeat(40_000)
+    );
+    edge.assert_rejected(
+        &[
+            ("CR in a chunk extension", b"POST /case08/cr HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\rb\r\nhello\r\n0\r\n\r\n"),
+            ("huge chunk extension", huge.as_bytes()),
+        ],
+        &[400],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_10_get_with_body_keeps_body_and_length() {
+    let edge = edge().await;
+    let reply = edge
+        .send(b"GET /case10 HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        .await;
+    single_ok(&reply);
+    let got = edge.legacy.requests_to("/case10");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].method, "GET");
+    assert_eq!(
+        got[0].header("content-length").as_deref(),
+        Some("5"),
+        "CL kept"
+    );
+    assert_eq!(&got[0].body[..], b"hello", "body forwarded, never dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_13_upgrade_with_pipelined_request_stays_http() {
+    let edge = edge().await;
+    let reply = edge
+        .send(b"GET /case13/a HTTP/1.1\r\nHost: cutover.test\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\nGET /case13/b HTTP/1.1\r\nHost: cutover.test\r\nConnection: close\r\n\r\n")
+        .await;
+    let statuses: Vec<u16> = reply.responses().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200],
+        "both answered in HTTP mode: {:?}",
+        truncate(&reply.text())
+    );
+    let a = edge.legacy.requests_to("/case13/a");
+    assert_eq!(a.len(), 1);
+    assert!(
+        !a[0].has_header("upgrade"),
+        "Upgrade is hop-by-hop and not forwarded"
+    );
+    assert_eq!(
+        edge.legacy.requests_to("/case13/b").len(),
+        1,
+        "the pipelined request is its own request"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,0 +1,637 @@
+//! The etcd config source (SPEC §3): routes and weights from `<prefix>/routes/<id>/{spec,weights}`.
+//!
+//! One session: read the whole prefix in one request at revision R, publish, then watch from
+//! R + 1. Every watch response is applied to an in-memory copy of the keys (only the changed
+//! keys are parsed again), responses already waiting are folded in (bursts coalesce without a
+//! timer), and one state is published per batch. A compacted or cancelled watch, an ended
+//! stream, a failed request or a silent server (no answer to a progress request within
+//! [`LIVENESS`]) ends the session; the next one starts with a fresh read, after a jittered
+//! exponential backoff when the connection failed. Nothing is lost: the fresh read is the whole
+//! truth at its revision.
+//!
+//! An invalid value never replaces the last valid one of that route: it is logged at WARN,
+//! counted, shown as the route's error, and recorded as a `rejected` event in etcd.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cutover_config::{EtcdSettings, RouteConfig, RouteId, RouteSpec, Weights};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use rand::Rng;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::keys::{Keys, RouteKeyKind};
+use crate::model::{Event, EventKind};
+use crate::{lkg, ConfigSource, ConfigState};
+
+/// A watch that has not answered anything (events, progress) for this long is dead.
+const LIVENESS: Duration = Duration::from_secs(3);
+/// How often to ask the server for a progress notification.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Time limit of one unary request (the initial read, event writes).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Routes and weights from etcd, with the config file's routes and the on-disk last-known-good
+/// snapshot as the cold-start fallbacks.
+#[derive(Debug)]
+pub struct EtcdSource {
+    settings: EtcdSettings,
+    keys: Keys,
+    instance: String,
+    initial: ConfigState,
+}
+
+impl EtcdSource {
+    /// A source for `settings`; `fallback` are the config file's `[[routes]]`; `instance` names
+    /// this proxy in events.
+    pub fn new(settings: EtcdSettings, fallback: Vec<RouteConfig>, instance: String) -> Self {
+        let initial = cold_start(settings.last_known_good.as_deref(), fallback);
+        EtcdSource {
+            keys: Keys::new(&settings.prefix),
+            settings,
+            instance,
+            initial,
+        }
+    }
+}
+
+/// What to serve before etcd answers: the last-known-good snapshot, else the file's routes,
+/// else nothing (not ready).
+fn cold_start(lkg_path: Option<&std::path::Path>, fallback: Vec<RouteConfig>) -> ConfigState {
+    let mut state = ConfigState::initial(Vec::new());
+    state.revision = 0;
+    state.connected = Some(false);
+    state.loaded = false;
+    if let Some(path) = lkg_path {
+        match lkg::read(path) {
+            Ok(Some((revision, routes))) => {
+                info!(path = %path.display(), revision, routes = routes.len(), "cold start from the last-known-good snapshot");
+                state.routes = routes.into();
+                state.loaded = true;
+                return state;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "ignoring an unreadable last-known-good snapshot"),
+        }
+    }
+    if !fallback.is_empty() {
+        info!(
+            routes = fallback.len(),
+            "cold start from the config file's [[routes]] until etcd answers"
+        );
+        state.routes = fallback.into();
+        state.loaded = true;
+    }
+    state
+}
+
+/// A key's value as last seen, parsed once.
+#[derive(Debug, Clone)]
+struct Parsed<T> {
+    mod_revision: i64,
+    value: Result<T, String>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct RouteKeys {
+    spec: Option<Parsed<RouteSpec>>,
+    weights: Option<Parsed<Weights>>,
+}
+
+/// The route keys under the prefix, as of some revision.
+#[derive(Debug, Default)]
+struct Store {
+    routes: BTreeMap<String, RouteKeys>,
+}
+
+impl Store {
+    fn put(&mut self, keys: &Keys, key: &[u8], value: &[u8], rev: i64) {
+        let Some(key) = keys.parse_route_key(key) else {
+            return;
+        };
+        let entry = self.routes.entry(key.route).or_default();
+        let text = String::from_utf8_lossy(value);
+        match key.kind {
+            RouteKeyKind::Spec => {
+                if entry.spec.as_ref().is_none_or(|p| p.mod_revision != rev) {
+                    entry.spec = Some(Parsed {
+                        mod_revision: rev,
+                        value: cutover_config::parse_route_spec_json(&text)
+                            .map_err(|e| one_line(&e)),
+                    });
+                }
+            }
+            RouteKeyKind::Weights => {
+                if entry.weights.as_ref().is_none_or(|p| p.mod_revision != rev) {
+                    entry.weights = Some(Parsed {
+                        mod_revision: rev,
+                        value: cutover_config::parse_weights_json(&text).map_err(|e| one_line(&e)),
+                    });
+                }
+            }
+            RouteKeyKind::Status | RouteKeyKind::Event(_) => {}
+        }
+    }
+
+    fn delete(&mut self, keys: &Keys, key: &[u8]) {
+        let Some(key) = keys.parse_route_key(key) else {
+            return;
+        };
+        if let Some(entry) = self.routes.get_mut(&key.route) {
+            match key.kind {
+                RouteKeyKind::Spec => entry.spec = None,
+                RouteKeyKind::Weights => entry.weights = None,
+                _ => {}
+            }
+            if entry.spec.is_none() && entry.weights.is_none() {
+                self.routes.remove(&key.route);
+            }
+        }
+    }
+}
+
+/// A value's problems on one line; a whole-document problem is shown without its `(root)` path
+/// (the key already names the document).
+fn one_line(errors: &cutover_config::ConfigErrors) -> String {
+    errors
+        .0
+        .iter()
+        .map(|e| {
+            if e.path == "(root)" {
+                e.reason.clone()
+            } else {
+                e.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One rejected key value, to log, count and record once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Rejection {
+    route: String,
+    key: String,
+    mod_revision: i64,
+    reason: String,
+}
+
+/// The routes to serve for `store`, keeping each route's last good spec and weights (from
+/// `previous`) where the current value is invalid. Returns the routes, the error per route,
+/// and the rejections seen.
+fn resolve(
+    keys: &Keys,
+    store: &Store,
+    previous: &ConfigState,
+) -> (Vec<RouteConfig>, BTreeMap<String, Arc<str>>, Vec<Rejection>) {
+    let last_good: HashMap<&str, &RouteConfig> =
+        previous.routes.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut routes = Vec::new();
+    let mut errors = BTreeMap::new();
+    let mut rejections = Vec::new();
+    for (id, entry) in &store.routes {
+        let mut reject = |key: String, mod_revision: i64, reason: &str| {
+            errors.insert(
+                id.clone(),
+                Arc::from(format!(
+                    "{}: {reason}",
+                    key.trim_start_matches(keys.prefix())
+                        .trim_start_matches('/')
+                )),
+            );
+            rejections.push(Rejection {
+                route: id.clone(),
+                key,
+                mod_revision,
+                reason: reason.to_string(),
+            });
+        };
+        let route_id = match RouteId::parse(id) {
+            Ok(r) => r,
+            Err(reason) => {
+                let rev = entry.spec.as_ref().map_or(0, |p| p.mod_revision);
+                reject(
+                    keys.spec(id),
+                    rev,
+                    &format!("invalid route id {id:?} in the key: {reason}"),
+                );
+                continue;
+            }
+        };
+        let previous = last_good.get(id.as_str()).copied();
+        let spec = match &entry.spec {
+            // No spec (deleted, or weights written first): the route is not served.
+            None => continue,
+            Some(Parsed {
+                value: Ok(spec), ..
+            }) => spec.clone(),
+            Some(Parsed {
+                value: Err(reason),
+                mod_revision,
+            }) => {
+                reject(keys.spec(id), *mod_revision, reason);
+                match previous {
+                    Some(prev) => prev.spec.clone(),
+                    None => continue,
+                }
+            }
+        };
+        let weights = match &entry.weights {
+            None => Weights::default(),
+            Some(Parsed { value: Ok(w), .. }) => *w,
+            Some(Parsed {
+                value: Err(reason),
+                mod_revision,
+            }) => {
+                reject(keys.weights(id), *mod_revision, reason);
+                previous.map_or_else(Weights::default, |p| p.weights)
+            }
+        };
+        routes.push(RouteConfig {
+            id: route_id,
+            spec,
+            weights,
+        });
+    }
+    (routes, errors, rejections)
+}
+
+/// How a session ended.
+enum SessionEnd {
+    Shutdown,
+    /// The connection failed or went silent: back off, then reconnect.
+    Lost(String),
+}
+
+/// The state of a running source between sessions.
+struct Runner {
+    source: EtcdSource,
+    tx: watch::Sender<Arc<ConfigState>>,
+    shutdown: watch::Receiver<bool>,
+    /// Rejections already logged, counted and recorded (key + mod_revision).
+    counted: HashSet<(String, i64)>,
+    /// The last event key's millis, so two events of one instance never share a key.
+    last_event_millis: u64,
+}
+
+impl Runner {
+    fn current(&self) -> Arc<ConfigState> {
+        self.tx.borrow().clone()
+    }
+
+    /// Publish the state for `store` at `revision` (never older than what is live).
+    fn publish(&mut self, client: &Client, store: &Store, revision: i64) {
+        let previous = self.current();
+        let revision = u64::try_from(revision).unwrap_or(0);
+        if revision < previous.revision {
+            warn!(revision, live = previous.revision, "etcd answered with an older revision than the one live; ignored (after restoring etcd from a backup, restart the proxies)");
+            return;
+        }
+        let (routes, route_errors, rejections) = resolve(&self.source.keys, store, &previous);
+        let mut new_rejections = 0;
+        for r in rejections {
+            if self.counted.insert((r.key.clone(), r.mod_revision)) {
+                new_rejections += 1;
+                warn!(key = %r.key, mod_revision = r.mod_revision, reason = %r.reason, "etcd value rejected; the route keeps its last valid state");
+                self.record_rejection(client, r);
+            }
+        }
+        let routes_changed = *previous.routes != *routes;
+        let state = ConfigState {
+            // The revision names the last applied change: a rejected write does not move it.
+            revision: if routes_changed || !previous.loaded {
+                revision
+            } else {
+                previous.revision
+            },
+            routes: if routes_changed {
+                routes.into()
+            } else {
+                previous.routes.clone()
+            },
+            last_error: None,
+            route_errors: Arc::new(route_errors),
+            errors_total: previous.errors_total + new_rejections,
+            loaded: true,
+            connected: Some(true),
+        };
+        if routes_changed || !previous.loaded {
+            self.persist(&state);
+        }
+        self.tx.send_replace(Arc::new(state));
+    }
+
+    fn set_connected(&self, connected: bool) {
+        let current = self.current();
+        if current.connected != Some(connected) {
+            let mut next = (*current).clone();
+            next.connected = Some(connected);
+            self.tx.send_replace(Arc::new(next));
+        }
+    }
+
+    fn persist(&self, state: &ConfigState) {
+        if let Some(path) = &self.source.settings.last_known_good {
+            if let Err(e) = lkg::write(path, state.revision, &state.routes) {
+                warn!(path = %path.display(), error = %e, "cannot write the last-known-good snapshot");
+            }
+        }
+    }
+
+    /// Append a `rejected` event for `r` (detached: never delays applying the next state).
+    fn record_rejection(&mut self, client: &Client, r: Rejection) {
+        let millis = crate::model::unix_millis_now().max(self.last_event_millis + 1);
+        self.last_event_millis = millis;
+        let key = self
+            .source
+            .keys
+            .event(&r.route, millis, &self.source.instance);
+        let mut event = Event::now(
+            EventKind::Rejected,
+            format!("{}: {}", r.key, r.reason),
+            self.source.instance.clone(),
+        );
+        event.to = Some(serde_json::json!({"key": r.key, "mod_revision": r.mod_revision}));
+        let Ok(value) = serde_json::to_vec(&event) else {
+            return;
+        };
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, client.put(key.clone(), value, None)).await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(%key, error = %e, "cannot record the rejection event"),
+                Err(_) => warn!(%key, "timed out recording the rejection event"),
+            }
+        });
+    }
+
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            match self.session(&mut backoff).await {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Lost(reason) => {
+                    self.set_connected(false);
+                    let jitter = rand::rng().random_range(0.5..1.5);
+                    let wait = backoff.mul_f64(jitter);
+                    warn!(%reason, retry_in = ?wait, endpoints = ?self.source.settings.endpoints, "etcd unavailable; serving the last good routes");
+                    tokio::select! {
+                        _ = self.shutdown.changed() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_CAP);
+                }
+            }
+        }
+    }
+
+    /// Connect, then read + watch until the connection fails or shutdown.
+    async fn session(&mut self, backoff: &mut Duration) -> SessionEnd {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(self.source.settings.dial_timeout)
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let endpoints = self.source.settings.endpoints.clone();
+        let mut client =
+            match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
+                .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return SessionEnd::Lost(format!("connect: {e}")),
+                Err(_) => return SessionEnd::Lost("connect timed out".into()),
+            };
+        loop {
+            // The whole prefix at one revision: the truth to start (or restart) from.
+            let read = client.get(
+                self.source.keys.routes(),
+                Some(GetOptions::new().with_prefix()),
+            );
+            let resp = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    return SessionEnd::Lost(format!("read {}: {e}", self.source.keys.routes()))
+                }
+                Err(_) => return SessionEnd::Lost("read timed out".into()),
+            };
+            let revision = resp.header().map_or(0, |h| h.revision());
+            let mut store = Store::default();
+            for kv in resp.kvs() {
+                store.put(&self.source.keys, kv.key(), kv.value(), kv.mod_revision());
+            }
+            self.publish(&client, &store, revision);
+            *backoff = BACKOFF_START;
+            match self.watch(&mut client, &mut store, revision).await {
+                WatchEnd::Reread(reason) => info!(%reason, "re-reading the whole prefix"),
+                WatchEnd::Session(end) => return end,
+            }
+        }
+    }
+
+    /// Watch from `revision + 1`, applying every change to `store`.
+    async fn watch(&mut self, client: &mut Client, store: &mut Store, revision: i64) -> WatchEnd {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+            .with_progress_notify();
+        let (mut watcher, mut stream) = match tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            client.watch(self.source.keys.routes(), Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(w)) => w.split(),
+            Ok(Err(e)) => return WatchEnd::Session(SessionEnd::Lost(format!("watch: {e}"))),
+            Err(_) => return WatchEnd::Session(SessionEnd::Lost("watch timed out".into())),
+        };
+        let mut last_heard = Instant::now();
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.changed() => return WatchEnd::Session(SessionEnd::Shutdown),
+                _ = progress.tick() => {
+                    if last_heard.elapsed() > LIVENESS {
+                        return WatchEnd::Session(SessionEnd::Lost(format!("no answer from etcd for {:?}", last_heard.elapsed())));
+                    }
+                    if let Err(e) = watcher.request_progress().await {
+                        return WatchEnd::Session(SessionEnd::Lost(format!("progress request: {e}")));
+                    }
+                }
+                msg = stream.message() => {
+                    let mut msg = msg;
+                    let mut latest = None;
+                    let mut dirty = false;
+                    // Fold in every response already waiting: one state per burst.
+                    loop {
+                        match msg {
+                            Ok(Some(resp)) => {
+                                last_heard = Instant::now();
+                                self.set_connected(true);
+                                if resp.compact_revision() > 0 || resp.canceled() {
+                                    let why = format!("watch cancelled (compact_revision {}, reason {:?})", resp.compact_revision(), resp.cancel_reason());
+                                    return WatchEnd::Reread(why);
+                                }
+                                for event in resp.events() {
+                                    let Some(kv) = event.kv() else { continue };
+                                    match event.event_type() {
+                                        EventType::Put => store.put(&self.source.keys, kv.key(), kv.value(), kv.mod_revision()),
+                                        EventType::Delete => store.delete(&self.source.keys, kv.key()),
+                                    }
+                                    dirty = true;
+                                }
+                                if let Some(h) = resp.header() {
+                                    latest = Some(h.revision());
+                                }
+                            }
+                            Ok(None) => return WatchEnd::Session(SessionEnd::Lost("watch stream ended".into())),
+                            Err(e) => return WatchEnd::Session(SessionEnd::Lost(format!("watch: {e}"))),
+                        }
+                        match tokio::time::timeout(Duration::ZERO, stream.message()).await {
+                            Ok(next) => msg = next,
+                            Err(_) => break,
+                        }
+                    }
+                    if dirty {
+                        if let Some(rev) = latest {
+                            self.publish(client, store, rev);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum WatchEnd {
+    /// Start over from a fresh read on the same connection.
+    Reread(String),
+    Session(SessionEnd),
+}
+
+#[async_trait]
+impl ConfigSource for EtcdSource {
+    fn initial_state(&self) -> ConfigState {
+        self.initial.clone()
+    }
+
+    async fn run(
+        self: Box<Self>,
+        tx: watch::Sender<Arc<ConfigState>>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        Runner {
+            source: *self,
+            tx,
+            shutdown,
+            counted: HashSet::new(),
+            last_event_millis: 0,
+        }
+        .run()
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store holding `(route/kind, json, mod_revision)` values, parsed as etcd values are.
+    fn kv_store(pairs: &[(&str, &str, i64)]) -> Store {
+        let keys = Keys::default();
+        let mut store = Store::default();
+        for (path, value, rev) in pairs {
+            let key = format!("{}{path}", keys.routes());
+            store.put(&keys, key.as_bytes(), value.as_bytes(), *rev);
+        }
+        store
+    }
+
+    const SPEC: &str = r#"{"match":{"path_prefix":"/"},"legacy":{"endpoints":["127.0.0.1:1"]},"new":{"endpoints":["127.0.0.1:2"]}}"#;
+
+    fn empty() -> ConfigState {
+        let mut s = ConfigState::initial(Vec::new());
+        s.revision = 0;
+        s
+    }
+
+    #[test]
+    fn missing_weights_mean_all_legacy_and_weights_alone_serve_nothing() {
+        let store = kv_store(&[
+            ("a/spec", SPEC, 2),
+            ("b/weights", r#"{"legacy":1,"new":1}"#, 3),
+        ]);
+        let (routes, errors, rejections) = resolve(&Keys::default(), &store, &empty());
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].id.as_str(), "a");
+        assert_eq!(routes[0].weights, Weights::default());
+        assert!(errors.is_empty() && rejections.is_empty());
+    }
+
+    #[test]
+    fn invalid_values_keep_the_last_good_ones() {
+        let good = kv_store(&[
+            ("a/spec", SPEC, 2),
+            ("a/weights", r#"{"legacy":75,"new":25}"#, 3),
+        ]);
+        let (routes, _, _) = resolve(&Keys::default(), &good, &empty());
+        let mut previous = empty();
+        previous.routes = routes.into();
+
+        let bad = kv_store(&[
+            ("a/spec", r#"{"match":{}}"#, 4),
+            ("a/weights", r#"{"legacy":0,"new":0}"#, 5),
+        ]);
+        let (routes, errors, rejections) = resolve(&Keys::default(), &bad, &previous);
+        assert_eq!(routes.len(), 1, "the route stays with its last good spec");
+        assert_eq!(routes[0].weights.new, 25.0, "and its last good weights");
+        assert_eq!(rejections.len(), 2);
+        let err = errors.get("a").unwrap();
+        assert!(err.starts_with("routes/a/weights:"), "{err}");
+
+        // A brand-new route with an invalid spec is simply not served.
+        let (routes, errors, _) =
+            resolve(&Keys::default(), &kv_store(&[("n/spec", "{", 6)]), &empty());
+        assert!(routes.is_empty());
+        assert!(errors.get("n").unwrap().starts_with("routes/n/spec:"));
+    }
+
+    #[test]
+    fn bad_route_id_in_a_key_is_rejected() {
+        let (routes, errors, _) = resolve(
+            &Keys::default(),
+            &kv_store(&[("Bad Id/spec", SPEC, 2)]),
+            &empty(),
+        );
+        assert!(routes.is_empty());
+        assert!(errors.contains_key("Bad Id"));
+    }
+
+    #[test]
+    fn cold_start_prefers_lkg_then_fallback_else_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lkg.json");
+        let fallback = cutover_config::parse_config_toml(crate::tests::ONE)
+            .unwrap()
+            .routes;
+        let s = cold_start(Some(&path), Vec::new());
+        assert!(!s.loaded, "nothing to serve: not loaded");
+        let s = cold_start(Some(&path), fallback.clone());
+        assert!(s.loaded);
+        assert_eq!(s.routes.len(), 1);
+        assert_eq!(s.revision, 0);
+        let mut lkg_routes = fallback.clone();
+        lkg_routes[0].weights.new = 50.0;
+        lkg::write(&path, 9, &lkg_routes).unwrap();
+        let s = cold_start(Some(&path), fallback);
+        assert_eq!(
+            s.routes[0].weights.new, 50.0,
+            "the snapshot wins over the file's routes"
+        );
+        assert_eq!(s.connected, Some(false));
+    }
+}
