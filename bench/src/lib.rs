@@ -1,6 +1,9 @@
 //! cutover's load generator: closed-loop load (N connections, each sending its next request
-//! when the previous answer is complete) with HDR latency percentiles. The benchmark harness
+//! when the previous answer is complete) with HDR latency percentiles, and benchmark
+//! scenarios such as [`propagation`] (etcd write → traffic follows). The benchmark harness
 //! (targets, open loop, reports) grows from here; see `cutover-bench --help`.
+
+pub mod propagation;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

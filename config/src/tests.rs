@@ -243,15 +243,28 @@ fn demo_config() {
 fn etcd_config() {
     let config = config(ETCD_TOML);
     let etcd = config.etcd.unwrap();
-    assert_eq!(etcd.endpoints.len(), 3);
-    assert_eq!(etcd.endpoints[0], "http://10.0.2.1:2379");
+    assert_eq!(etcd.endpoints, ["http://127.0.0.1:2379"]);
     assert_eq!(etcd.prefix, "/cutover");
     assert_eq!(
         etcd.last_known_good,
-        Some(PathBuf::from("/var/lib/cutover/last-known-good.json"))
+        Some(PathBuf::from("/tmp/cutover-last-known-good.json"))
     );
     assert_eq!(etcd.dial_timeout, secs(2));
     assert_eq!(config.routes.len(), 2);
+}
+
+#[test]
+fn etcd_endpoint_forms() {
+    let config = config(
+        r#"
+        [etcd]
+        endpoints = ["http://10.0.2.1:2379", "https://etcd-2.internal:2379", "etcd-3.internal:2379"]
+        "#,
+    );
+    let etcd = config.etcd.unwrap();
+    assert_eq!(etcd.endpoints.len(), 3);
+    assert_eq!(etcd.endpoints[0], "http://10.0.2.1:2379");
+    assert_eq!(etcd.prefix, "/cutover", "default prefix");
 }
 
 // ---- serialization -----------------------------------------------------------

@@ -22,6 +22,7 @@ pub mod etcd;
 pub mod metrics;
 pub mod proxy;
 pub mod raw;
+pub mod relay;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ pub use etcd::{etcd_bin, Etcd};
 pub use metrics::{parse_prometheus, Sample};
 pub use proxy::{cutover_bin, Proxy, ProxyConfig, Route};
 pub use raw::{parse_responses, raw, raw_exchange, status_codes, ParsedResponse, RawReply};
+pub use relay::TcpRelay;
 
 /// How often [`eventually`] polls its condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(25);

@@ -231,7 +231,16 @@ impl Route {
 pub struct ProxyConfig {
     proxy: Vec<(String, String)>,
     stats_window: Option<Duration>,
+    etcd: Option<EtcdTable>,
     routes: Vec<Route>,
+}
+
+/// The `[etcd]` table: endpoints, prefix and raw extra lines.
+#[derive(Clone, Debug)]
+struct EtcdTable {
+    endpoints: Vec<String>,
+    prefix: String,
+    extra: Vec<(String, String)>,
 }
 
 impl Default for ProxyConfig {
@@ -247,6 +256,7 @@ impl ProxyConfig {
         ProxyConfig {
             proxy: Vec::new(),
             stats_window: Some(Duration::from_secs(60)),
+            etcd: None,
             routes: Vec::new(),
         }
         .set_duration("connect_timeout", Duration::from_millis(500))
@@ -274,6 +284,48 @@ impl ProxyConfig {
     /// Sets a `[proxy]` duration key.
     pub fn set_duration(self, key: &str, d: Duration) -> Self {
         self.set(key, &toml_duration(d))
+    }
+
+    /// Adds `[etcd] endpoints = [endpoint], prefix = prefix`: routes and weights then come from
+    /// etcd, and the `[[routes]]` of the file are only the cold-start fallback (SPEC §2).
+    /// Calling it again replaces endpoints and prefix and keeps lines added by
+    /// [`ProxyConfig::etcd_line`].
+    pub fn etcd(mut self, endpoint: &str, prefix: &str) -> Self {
+        let extra = self.etcd.take().map(|t| t.extra).unwrap_or_default();
+        self.etcd = Some(EtcdTable {
+            endpoints: vec![endpoint.to_string()],
+            prefix: prefix.to_string(),
+            extra,
+        });
+        self
+    }
+
+    /// A raw `key = value` TOML line in `[etcd]` (e.g. `dial_timeout = "1s"`); a later line with
+    /// the same key replaces an earlier one. Panics unless [`ProxyConfig::etcd`] came first.
+    pub fn etcd_line(mut self, toml: &str) -> Self {
+        let table = self
+            .etcd
+            .as_mut()
+            .expect("ProxyConfig::etcd_line needs ProxyConfig::etcd first");
+        let key = toml.split('=').next().unwrap_or("").trim().to_string();
+        table.extra.retain(|(k, _)| *k != key);
+        table.extra.push((key, toml.to_string()));
+        self
+    }
+
+    /// `[etcd] last_known_good = "<path>"`.
+    pub fn etcd_last_known_good(self, path: &Path) -> Self {
+        let line = format!(
+            "last_known_good = {}",
+            toml_string(&path.display().to_string())
+        );
+        self.etcd_line(&line)
+    }
+
+    /// `[etcd] dial_timeout = "<d>"`.
+    pub fn etcd_dial_timeout(self, d: Duration) -> Self {
+        let line = format!("dial_timeout = {}", toml_duration(d));
+        self.etcd_line(&line)
     }
 
     pub fn stats_window(mut self, window: Duration) -> Self {
@@ -308,6 +360,20 @@ impl ProxyConfig {
             let _ = writeln!(out, "\n[stats]");
             let _ = writeln!(out, "window = {}", toml_duration(window));
         }
+        if let Some(etcd) = &self.etcd {
+            let endpoints = etcd
+                .endpoints
+                .iter()
+                .map(|e| toml_string(e))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(out, "\n[etcd]");
+            let _ = writeln!(out, "endpoints = [{endpoints}]");
+            let _ = writeln!(out, "prefix = {}", toml_string(&etcd.prefix));
+            for (_, line) in &etcd.extra {
+                let _ = writeln!(out, "{line}");
+            }
+        }
         out.push('\n');
         for route in &self.routes {
             route.render(&mut out);
@@ -329,46 +395,47 @@ pub struct Proxy {
     client: Client,
 }
 
+/// What [`Proxy::start_until`] waits for.
+#[derive(Clone, Copy, Debug)]
+enum Readiness {
+    /// `/readyz` 200.
+    Ready,
+    /// `/livez` 200 (the admin API is up; routes may not be loaded).
+    Live,
+}
+
+impl Readiness {
+    fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Ready => "ready",
+            Readiness::Live => "live",
+        }
+    }
+}
+
 impl Proxy {
     /// Starts the binary on fresh ports and waits (≤ 20 s) until `/readyz` answers 200.
     /// If the process dies because a port was taken meanwhile, retries with new ports
     /// (3 attempts).
     pub async fn start(config: ProxyConfig) -> Proxy {
+        Self::start_until(config, Readiness::Ready).await
+    }
+
+    /// Like [`Proxy::start`], but only waits (≤ 20 s) until the admin API answers `/livez`:
+    /// for tests of a proxy that must stay not-ready (e.g. etcd unreachable at start and nothing
+    /// to fall back on).
+    pub async fn launch(config: ProxyConfig) -> Proxy {
+        Self::start_until(config, Readiness::Live).await
+    }
+
+    async fn start_until(config: ProxyConfig, until: Readiness) -> Proxy {
         let bin = cutover_bin();
         let client = Client::new().with_timeout(Duration::from_millis(500));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let dir = tempfile::tempdir().expect("temp dir for the proxy");
-            let config_path = dir.path().join("cutover.toml");
-            let log_path = dir.path().join("cutover.log");
-            let addr = free_addr();
-            let mut admin_addr = free_addr();
-            while admin_addr == addr {
-                admin_addr = free_addr();
-            }
-            std::fs::write(&config_path, config.render(addr, admin_addr)).expect("write config");
-            let log = File::create(&log_path).expect("create log file");
-            let child = Command::new(&bin)
-                .arg("serve")
-                .arg("--config")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-            let mut proxy = Proxy {
-                child: Some(child),
-                dir,
-                config_path,
-                log_path,
-                addr,
-                admin_addr,
-                config: config.clone(),
-                client: Client::new(),
-            };
-            match proxy.wait_ready(&client).await {
+            let mut proxy = Self::spawn(&bin, &config);
+            match proxy.wait_for(&client, until).await {
                 Ok(()) => return proxy,
                 Err(exit) => {
                     let log = proxy.log();
@@ -388,11 +455,73 @@ impl Proxy {
                     proxy.child = None;
                     std::fs::write(&proxy.log_path, b"").ok();
                     panic!(
-                        "cutover did not become ready ({exit}); binary {}\n--- config ---\n{config_text}--- output ---\n{log}",
+                        "cutover did not become {} ({exit}); binary {}\n--- config ---\n{config_text}--- output ---\n{log}",
+                        until.as_str(),
                         bin.display()
                     );
                 }
             }
+        }
+    }
+
+    /// Writes the config on fresh ports and spawns `cutover serve`.
+    fn spawn(bin: &Path, config: &ProxyConfig) -> Proxy {
+        let dir = tempfile::tempdir().expect("temp dir for the proxy");
+        let config_path = dir.path().join("cutover.toml");
+        let log_path = dir.path().join("cutover.log");
+        let addr = free_addr();
+        let mut admin_addr = free_addr();
+        while admin_addr == addr {
+            admin_addr = free_addr();
+        }
+        std::fs::write(&config_path, config.render(addr, admin_addr)).expect("write config");
+        let log = File::create(&log_path).expect("create log file");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        Proxy {
+            child: Some(child),
+            dir,
+            config_path,
+            log_path,
+            addr,
+            admin_addr,
+            config: config.clone(),
+            client: Client::new(),
+        }
+    }
+
+    async fn wait_for(&mut self, client: &Client, until: Readiness) -> Result<(), String> {
+        match until {
+            Readiness::Ready => self.wait_ready(client).await,
+            Readiness::Live => self.wait_live(client).await,
+        }
+    }
+
+    async fn wait_live(&mut self, client: &Client) -> Result<(), String> {
+        let start = Instant::now();
+        let url = self.admin_url("/livez");
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("process exited with {status}"));
+                }
+            }
+            if let Ok(res) = client.get(&url).await {
+                if res.status == 200 {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(format!("/livez not 200 after {READY_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -1,16 +1,38 @@
-//! `cutover-bench`: closed-loop load against a URL, with HDR percentiles.
+//! `cutover-bench`: closed-loop load against a URL with HDR percentiles (`load`), and the
+//! etcd → traffic propagation scenario (`propagation`).
 
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use cutover_bench::propagation::{self, PropagationOptions};
 use cutover_bench::{run_closed_loop, ClosedLoop};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "cutover-bench",
-    about = "Closed-loop HTTP load with HDR latency percentiles (loopback targets only)."
+    about = "cutover load generator and benchmark scenarios (loopback targets only)."
 )]
-struct Args {
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Closed-loop HTTP load against a URL, with HDR latency percentiles.
+    Load(LoadArgs),
+    /// Time how long a weights write to etcd takes to change the backend serving requests.
+    ///
+    /// Starts its own etcd, a legacy and a new backend and the real proxy with [etcd]
+    /// (binary: $CUTOVER_BIN, else <target dir>/debug/cutover, built when missing), flips the
+    /// weights between 100/0 and 0/100 CHANGES times, and prints p50/p90/p99/max as a Markdown
+    /// table. Exit 0 when every change propagated, 2 otherwise.
+    Propagation(PropagationArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
     /// Target URL, e.g. http://127.0.0.1:8080/orders
     url: hyper::Uri,
     /// Concurrent connections.
@@ -24,19 +46,40 @@ struct Args {
     max_requests: u64,
 }
 
-fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+#[derive(Debug, Args)]
+struct PropagationArgs {
+    /// Weight changes to time (10 is a smoke run).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    changes: u32,
+    /// A change not served by the chosen backend within this long is reported as a failure.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let workers = match cli.command {
+        Command::Load(_) => 1,
+        Command::Propagation(_) => 2,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cutover-bench: cannot start a runtime: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
+    match cli.command {
+        Command::Load(args) => load(&rt, args),
+        Command::Propagation(args) => propagation(&rt, args),
+    }
+}
+
+fn load(rt: &tokio::runtime::Runtime, args: LoadArgs) -> ExitCode {
     let report = rt.block_on(run_closed_loop(&ClosedLoop {
         url: args.url,
         connections: args.connections,
@@ -62,5 +105,47 @@ fn main() -> std::process::ExitCode {
         p(99.0),
         p(99.9)
     );
-    std::process::ExitCode::SUCCESS
+    ExitCode::SUCCESS
+}
+
+fn propagation(rt: &tokio::runtime::Runtime, args: PropagationArgs) -> ExitCode {
+    let opts = PropagationOptions {
+        changes: args.changes as usize,
+        timeout: args.timeout,
+    };
+    // The harness panics with a descriptive message when etcd or the proxy cannot start; run
+    // it on a task so that becomes an error exit instead of an abort.
+    let outcome = rt
+        .block_on(async move { tokio::spawn(async move { propagation::run(&opts).await }).await });
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("cutover-bench: the propagation scenario could not run (see the message above): {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}", report.to_markdown(&command_line()));
+    if report.propagated() == report.changes.len() && report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+/// This process's command line, shell-quoted where needed.
+fn command_line() -> String {
+    std::env::args()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+            if plain {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -1,0 +1,413 @@
+//! The propagation scenario: how long after a `weights` write to etcd the proxy serves the next
+//! request from the backend the write chose.
+//!
+//! It starts its own etcd, a `legacy` and a `new` backend (the test harness's fakes, which tag
+//! each response with `x-backend`) and the real `cutover` binary with `[etcd]` (weights 100/0),
+//! all on loopback. Each change flips the weights between `{100, 0}` and `{0, 100}`: `t0` is
+//! taken just before the etcd put, then requests go back-to-back over one keep-alive connection
+//! until one is served by the expected backend; its arrival is `t1`, and `t1 - t0` is the
+//! propagation latency. A change not seen within the timeout (5 s) is a failure and the run
+//! goes on.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use cutover_bench::propagation::{run, PropagationOptions};
+//! let report = run(&PropagationOptions { changes: 10, ..Default::default() }).await;
+//! println!("{}", report.to_markdown("example"));
+//! # }
+//! ```
+//!
+//! The binary is the test harness's: `$CUTOVER_BIN`, else `<target dir>/debug/cutover` (built
+//! when missing).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cutover_tests::{cutover_bin, Backend, Etcd, Proxy, ProxyConfig};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The key prefix the scenario writes under.
+pub const PREFIX: &str = "/cutover-bench";
+/// The route the scenario flips.
+pub const ROUTE: &str = "bench";
+/// The path requests go to.
+const PATH: &str = "/propagation";
+/// Most failures listed in the report.
+const MAX_LISTED_FAILURES: usize = 20;
+/// Bound for the proxy to serve the initial weights (100/0) before timing starts.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct PropagationOptions {
+    /// Weight changes to time.
+    pub changes: usize,
+    /// A change not served within this long is a failure.
+    pub timeout: Duration,
+}
+
+impl Default for PropagationOptions {
+    fn default() -> Self {
+        PropagationOptions {
+            changes: 200,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One timed weight change.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// 0-based.
+    pub index: usize,
+    /// The backend the write sends all traffic to.
+    pub to: &'static str,
+    /// The etcd revision of the write (0 if the write failed).
+    pub revision: i64,
+    /// `t1 - t0`, `None` when the change was not seen in time (see the failures).
+    pub latency: Option<Duration>,
+    /// Requests sent until the expected backend answered.
+    pub requests: u64,
+}
+
+/// What happened.
+#[derive(Debug)]
+pub struct PropagationReport {
+    /// The `cutover` binary measured.
+    pub binary: PathBuf,
+    pub options: PropagationOptions,
+    /// One entry per change, in order.
+    pub changes: Vec<Change>,
+    /// One line per failed change (or setup problem).
+    pub failures: Vec<String>,
+    /// Requests sent through the proxy in total.
+    pub requests: u64,
+    /// Answers other than 200, and requests without an answer.
+    pub bad_answers: u64,
+    /// How often the keep-alive connection had to be re-established.
+    pub reconnects: u64,
+    /// Wall time of the timed part.
+    pub elapsed: Duration,
+}
+
+impl PropagationReport {
+    /// Changes served by the expected backend in time.
+    pub fn propagated(&self) -> usize {
+        self.changes.iter().filter(|c| c.latency.is_some()).count()
+    }
+
+    /// Latencies of the propagated changes, in µs.
+    pub fn histogram(&self) -> Histogram<u64> {
+        let mut h = Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
+        for latency in self.changes.iter().filter_map(|c| c.latency) {
+            h.saturating_record(latency.as_micros().try_into().unwrap_or(u64::MAX));
+        }
+        h
+    }
+
+    /// Percentile `q` (0–100) of the propagated changes in ms; `None` without any.
+    pub fn percentile_ms(&self, q: f64) -> Option<f64> {
+        let h = self.histogram();
+        (!h.is_empty()).then(|| h.value_at_percentile(q) as f64 / 1000.0)
+    }
+
+    /// The slowest propagated change in ms (exact, not bucketed).
+    pub fn max_ms(&self) -> Option<f64> {
+        self.changes
+            .iter()
+            .filter_map(|c| c.latency)
+            .max()
+            .map(|d| d.as_secs_f64() * 1000.0)
+    }
+
+    /// The report as Markdown: the command line, a table of count/p50/p90/p99/max, the setup,
+    /// and the failures.
+    pub fn to_markdown(&self, command_line: &str) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        // Changes not timed (a setup failure stops the run before any) count as failed.
+        let failed = self.options.changes.max(self.changes.len()) - self.propagated();
+        let mut out = String::new();
+        out.push_str("## cutover propagation: etcd weights write → first request served by the chosen backend\n\n");
+        out.push_str(&format!("Command: `{command_line}`\n\n"));
+        out.push_str("| changes | propagated | failed | p50 ms | p90 ms | p99 ms | max ms |\n");
+        out.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n\n",
+            self.options.changes.max(self.changes.len()),
+            self.propagated(),
+            failed,
+            ms(self.percentile_ms(50.0)),
+            ms(self.percentile_ms(90.0)),
+            ms(self.percentile_ms(99.0)),
+            ms(self.max_ms()),
+        ));
+        out.push_str(&format!(
+            "Setup: binary `{}`, one etcd, one legacy and one new backend, all on 127.0.0.1; \
+             weights flipped between 100/0 and 0/100; latency = put start → first response from \
+             the chosen backend over one keep-alive connection; timeout {:?} per change.\n\n",
+            self.binary.display(),
+            self.options.timeout
+        ));
+        out.push_str(&format!(
+            "Requests: {} (non-200 or unanswered: {}, reconnects: {}); timed part took {:.2} s.\n",
+            self.requests,
+            self.bad_answers,
+            self.reconnects,
+            self.elapsed.as_secs_f64()
+        ));
+        if !self.failures.is_empty() {
+            out.push_str(&format!("\nFailures ({}):\n\n", self.failures.len()));
+            for f in self.failures.iter().take(MAX_LISTED_FAILURES) {
+                out.push_str(&format!("- {f}\n"));
+            }
+            if self.failures.len() > MAX_LISTED_FAILURES {
+                out.push_str(&format!(
+                    "- … and {} more\n",
+                    self.failures.len() - MAX_LISTED_FAILURES
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// `{"legacy": L, "new": N, "shadow": 0}`.
+fn weights(legacy: u32, new: u32) -> String {
+    format!("{{\"legacy\":{legacy},\"new\":{new},\"shadow\":0}}")
+}
+
+/// Runs the scenario. Panics (with the harness's message) only when etcd, the backends or the
+/// proxy cannot be started at all; everything after that is reported.
+pub async fn run(opts: &PropagationOptions) -> PropagationReport {
+    let etcd = Etcd::start().await;
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let spec = format!(
+        "{{\"match\":{{\"path_prefix\":\"/\"}},\"legacy\":{{\"endpoints\":[\"{}\"]}},\"new\":{{\"endpoints\":[\"{}\"]}}}}",
+        legacy.addr(),
+        new.addr()
+    );
+    let weights_key = format!("{PREFIX}/routes/{ROUTE}/weights");
+    etcd.put(&format!("{PREFIX}/routes/{ROUTE}/spec"), spec)
+        .await;
+    etcd.put(&weights_key, weights(100, 0)).await;
+    let proxy = Proxy::start(
+        ProxyConfig::new()
+            .etcd(&etcd.endpoint(), PREFIX)
+            .etcd_dial_timeout(Duration::from_secs(1)),
+    )
+    .await;
+
+    let mut report = PropagationReport {
+        binary: cutover_bin(),
+        options: opts.clone(),
+        changes: Vec::with_capacity(opts.changes),
+        failures: Vec::new(),
+        requests: 0,
+        bad_answers: 0,
+        reconnects: 0,
+        elapsed: Duration::ZERO,
+    };
+    let mut conn = OneConnection::new(proxy.addr());
+    let mut kv = etcd.client().await;
+
+    // The starting point: legacy serves.
+    if let Err(e) = conn
+        .until_served_by("legacy", Instant::now() + SETUP_TIMEOUT)
+        .await
+    {
+        report.failures.push(format!(
+            "setup: the initial weights 100/0 were never served by legacy: {e}"
+        ));
+        conn.account(&mut report);
+        return report;
+    }
+    conn.reset_counts();
+
+    let started = Instant::now();
+    for index in 0..opts.changes {
+        let (l, n, to, from) = if index % 2 == 0 {
+            (0, 100, "new", "legacy")
+        } else {
+            (100, 0, "legacy", "new")
+        };
+        let mut change = Change {
+            index,
+            to,
+            revision: 0,
+            latency: None,
+            requests: 0,
+        };
+        // A measurement only means something from the previous state: wait (bounded) until it
+        // is what is served. With a healthy proxy this is a single request.
+        let synced = conn
+            .until_served_by(from, Instant::now() + opts.timeout)
+            .await;
+        let t0 = Instant::now();
+        match kv.put(weights_key.as_str(), weights(l, n), None).await {
+            Ok(put) => change.revision = put.header().map_or(0, |h| h.revision()),
+            Err(e) => {
+                report
+                    .failures
+                    .push(format!("change {index} (→ {to}): etcd put failed: {e}"));
+                report.changes.push(change);
+                continue;
+            }
+        }
+        if let Err(e) = synced {
+            report.failures.push(format!(
+                "change {index} (→ {to}, revision {}): not timed, the previous state ({from}) was not served within {:?}: {e}",
+                change.revision, opts.timeout
+            ));
+            report.changes.push(change);
+            continue;
+        }
+        let sent_before = conn.requests;
+        match conn.until_served_by(to, t0 + opts.timeout).await {
+            Ok(t1) => change.latency = Some(t1 - t0),
+            Err(e) => report.failures.push(format!(
+                "change {index} (→ {to}, revision {}): not served by {to} within {:?}: {e}",
+                change.revision, opts.timeout
+            )),
+        }
+        change.requests = conn.requests - sent_before;
+        report.changes.push(change);
+    }
+    report.elapsed = started.elapsed();
+    conn.account(&mut report);
+    drop(proxy);
+    report
+}
+
+/// One HTTP/1.1 keep-alive connection to the proxy (re-established only if it breaks).
+struct OneConnection {
+    addr: SocketAddr,
+    sender: Option<SendRequest<Empty<Bytes>>>,
+    ever_connected: bool,
+    requests: u64,
+    bad_answers: u64,
+    reconnects: u64,
+}
+
+impl OneConnection {
+    fn new(addr: SocketAddr) -> Self {
+        OneConnection {
+            addr,
+            sender: None,
+            ever_connected: false,
+            requests: 0,
+            bad_answers: 0,
+            reconnects: 0,
+        }
+    }
+
+    fn reset_counts(&mut self) {
+        self.requests = 0;
+        self.bad_answers = 0;
+        self.reconnects = 0;
+    }
+
+    fn account(&self, report: &mut PropagationReport) {
+        report.requests += self.requests;
+        report.bad_answers += self.bad_answers;
+        report.reconnects += self.reconnects;
+    }
+
+    async fn connect(&mut self) -> Result<(), String> {
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| format!("connect to the proxy at {}: {e}", self.addr))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP/1.1 handshake with {}: {e}", self.addr))?;
+        tokio::spawn(connection);
+        if self.ever_connected {
+            self.reconnects += 1;
+        }
+        self.ever_connected = true;
+        self.sender = Some(sender);
+        Ok(())
+    }
+
+    /// One GET: status and `x-backend` once the whole response arrived.
+    async fn get(&mut self) -> Result<(u16, Option<String>), String> {
+        let outcome = self.exchange().await;
+        self.requests += 1;
+        match &outcome {
+            Ok((200, _)) => {}
+            Ok(_) => self.bad_answers += 1,
+            Err(_) => {
+                self.bad_answers += 1;
+                self.sender = None;
+            }
+        }
+        outcome
+    }
+
+    async fn exchange(&mut self) -> Result<(u16, Option<String>), String> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            self.connect().await?;
+        }
+        let sender = self.sender.as_mut().expect("connected above");
+        sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection not ready: {e}"))?;
+        let request = hyper::Request::get(PATH)
+            .header(hyper::header::HOST, "cutover.bench")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("building the request: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status().as_u16();
+        let backend = response
+            .headers()
+            .get("x-backend")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?;
+        Ok((status, backend))
+    }
+
+    /// Requests back-to-back until one is answered 200 by `backend`; the instant it arrived.
+    async fn until_served_by(
+        &mut self,
+        backend: &str,
+        deadline: Instant,
+    ) -> Result<Instant, String> {
+        let mut last = String::from("no request sent");
+        loop {
+            if Instant::now() >= deadline {
+                return Err(format!("last answer: {last}"));
+            }
+            let answer = tokio::time::timeout_at(deadline.into(), self.get()).await;
+            match answer {
+                Ok(Ok((200, Some(b)))) if b == backend => return Ok(Instant::now()),
+                Ok(Ok((status, b))) => last = format!("{status} from {b:?}"),
+                Ok(Err(e)) => {
+                    last = e;
+                    // Do not spin on a proxy that refuses connections.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    self.sender = None;
+                    return Err(format!(
+                        "request still pending at the deadline; last answer: {last}"
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! `cutover ctl`: the operator CLI for the etcd keys of SPEC §3.
+//!
+//! Every subcommand is a small async function over a [`store::Store`]; what it prints is built
+//! by pure functions (tables, plans, conflict messages) that are unit-tested beside them. Writes
+//! are validated first and go through etcd transactions that compare `mod_revision`, so two
+//! operators never overwrite each other silently.
+
+mod apply;
+mod diffs;
+mod history;
+mod status;
+mod store;
+mod table;
+mod view;
+mod write;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use cutover_config::RouteId;
+
+use crate::keys::Keys;
+use crate::model::operator_id;
+
+/// `cutover ctl [--etcd URL,...] [--prefix P] SUBCOMMAND`.
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "CUTOVER_ETCD",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        global = true
+    )]
+    pub etcd: Vec<String>,
+    /// Key prefix.
+    #[arg(
+        long,
+        env = "CUTOVER_PREFIX",
+        default_value = "/cutover",
+        global = true
+    )]
+    pub prefix: String,
+    /// Who a write is recorded as in events and status [default: $USER@host].
+    #[arg(long, value_name = "WHO", global = true)]
+    pub by: Option<String>,
+    /// Print JSON instead of text (status, history, diffs and the result of writes).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Time limit for each etcd or admin API request (e.g. "500ms", "5s").
+    #[arg(long, default_value = "5s", value_parser = parse_timeout, global = true)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// Weights, live share, phase and last rollback of one route or all.
+    Status {
+        /// Only this route.
+        route: Option<String>,
+    },
+    /// Write a route's weights (compare-and-swap on the weights key).
+    Set(SetArgs),
+    /// Send all live traffic to `new`: legacy 0, new 100, shadow unchanged.
+    Promote {
+        /// The route id.
+        route: String,
+        /// Why, recorded in the event.
+        #[arg(long, default_value = "promote")]
+        reason: String,
+    },
+    /// Send all live traffic back to `legacy`: legacy 100, new 0, shadow unchanged; phase
+    /// rolled_back.
+    Rollback {
+        /// The route id.
+        route: String,
+        /// Why, recorded in the event and the status.
+        #[arg(long, default_value = "operator rollback")]
+        reason: String,
+    },
+    /// The route's events (audit trail), newest first.
+    History {
+        /// The route id.
+        route: String,
+        /// How many events to show.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Write the [[routes]] of a config file (specs and weights) in one transaction.
+    Apply(ApplyArgs),
+    /// Recent diverging shadow pairs of a route, from a proxy's admin API.
+    Diffs {
+        /// The route id.
+        route: String,
+        /// Base URL of a `cutover serve` admin API ([admin].listen).
+        #[arg(long, env = "CUTOVER_ADMIN", default_value = "http://127.0.0.1:9090")]
+        admin: String,
+    },
+}
+
+/// `set ROUTE --legacy N --new N [--shadow N]`.
+#[derive(Debug, Clone, Args)]
+pub struct SetArgs {
+    /// The route id.
+    pub route: String,
+    /// Weight of the legacy backend (>= 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub legacy: f64,
+    /// Weight of the new backend (>= 0; legacy + new > 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub new: f64,
+    /// Percent (0-100) of requests also copied to the other backend [default: unchanged].
+    #[arg(long, allow_negative_numbers = true)]
+    pub shadow: Option<f64>,
+    /// Why, recorded in the event.
+    #[arg(long, default_value = "set by ctl")]
+    pub reason: String,
+}
+
+/// `apply FILE`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// A config file (TOML, SPEC §2); its [[routes]] are written.
+    pub file: PathBuf,
+    /// Print what would change and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write only the specs; leave every weights key as it is.
+    #[arg(long)]
+    pub specs_only: bool,
+    /// etcd's --max-txn-ops: the most compares, and the most writes, one transaction may hold.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(4..))]
+    pub max_txn_ops: u32,
+}
+
+/// Run `cutover ctl`; the exit code follows SPEC §1 (0 ok, 1 validation/usage, 2 runtime).
+pub fn run(args: CtlArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cutover ctl: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(args)) {
+        Ok(output) => {
+            if !output.is_empty() {
+                println!("{}", output.trim_end());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{}", error.to_string().trim_end());
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// Why `cutover ctl` failed, and so its exit code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum CtlError {
+    /// Bad input (arguments, files, unknown routes): exit 1, nothing written.
+    #[error("{0}")]
+    Usage(String),
+    /// etcd or the admin API failed or answered unexpectedly, or a write lost a race: exit 2.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl CtlError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Usage(_) => 1,
+            CtlError::Runtime(_) => 2,
+        }
+    }
+}
+
+type Result<T, E = CtlError> = std::result::Result<T, E>;
+
+/// What every subcommand needs besides its own arguments.
+#[derive(Debug, Clone)]
+struct Ctx {
+    keys: Keys,
+    endpoints: Vec<String>,
+    /// Who writes (events, status).
+    by: String,
+    json: bool,
+    timeout: Duration,
+}
+
+impl Ctx {
+    fn new(args: &CtlArgs) -> Result<Ctx> {
+        let endpoints: Vec<String> = args
+            .etcd
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(CtlError::Usage(
+                "--etcd is empty: pass etcd endpoints like --etcd http://127.0.0.1:2379".into(),
+            ));
+        }
+        let by = match &args.by {
+            Some(by) if by.trim().is_empty() => {
+                return Err(CtlError::Usage(
+                    "--by is empty: pass who you are, e.g. --by alice@ops".into(),
+                ))
+            }
+            Some(by) => by.trim().to_string(),
+            None => operator_id(),
+        };
+        Ok(Ctx {
+            keys: Keys::new(&args.prefix),
+            endpoints,
+            by,
+            json: args.json,
+            timeout: args.timeout,
+        })
+    }
+
+    /// The prefix as shown in messages.
+    fn prefix(&self) -> &str {
+        match self.keys.prefix() {
+            "" => "(empty prefix)",
+            p => p,
+        }
+    }
+
+    /// Connect to etcd (bounded by `--timeout`).
+    async fn store(&self) -> Result<store::Store> {
+        store::Store::connect(&self.endpoints, self.timeout).await
+    }
+}
+
+async fn dispatch(args: CtlArgs) -> Result<String> {
+    let ctx = Ctx::new(&args)?;
+    match args.command {
+        CtlCommand::Status { route } => status::run(&ctx, route.as_deref()).await,
+        CtlCommand::Set(set) => {
+            let change = write::Change::Set {
+                legacy: set.legacy,
+                new: set.new,
+                shadow: set.shadow,
+                reason: set.reason,
+            };
+            write::run(&ctx, &set.route, change).await
+        }
+        CtlCommand::Promote { route, reason } => {
+            write::run(&ctx, &route, write::Change::Promote { reason }).await
+        }
+        CtlCommand::Rollback { route, reason } => {
+            write::run(&ctx, &route, write::Change::Rollback { reason }).await
+        }
+        CtlCommand::History { route, limit } => history::run(&ctx, &route, limit).await,
+        CtlCommand::Apply(apply) => apply::run(&ctx, &apply).await,
+        CtlCommand::Diffs { route, admin } => diffs::run(&ctx, &route, &admin).await,
+    }
+}
+
+/// A route id from the command line, or a usage error that says what ids look like.
+fn route_id(text: &str) -> Result<RouteId> {
+    RouteId::parse(text).map_err(CtlError::Usage)
+}
+
+/// The message for a route that has no keys under the prefix.
+fn no_route(ctx: &Ctx, route: &str) -> CtlError {
+    CtlError::Usage(format!(
+        "no route {route} under {}; write its spec first with `cutover ctl apply FILE` \
+         (list routes with `cutover ctl status`, or pass the right --prefix)",
+        ctx.prefix()
+    ))
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (use a duration like \"500ms\", \"5s\" or \"1m\")"))?;
+    if d.is_zero() {
+        return Err("must be more than 0 (e.g. \"5s\")".into());
+    }
+    Ok(d)
+}
+
+/// A JSON value as compact text.
+fn compact(value: &serde_json::Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        ctl: CtlArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<CtlArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ctl").chain(args.iter().copied())).map(|c| c.ctl)
+    }
+
+    #[test]
+    fn negative_weights_reach_validation() {
+        let args = parse(&["set", "orders", "--legacy", "-1", "--new", "5"]).unwrap();
+        match args.command {
+            CtlCommand::Set(set) => {
+                assert_eq!(set.legacy, -1.0);
+                assert_eq!(set.shadow, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn global_flags_after_the_subcommand() {
+        let args = parse(&[
+            "status",
+            "--json",
+            "--etcd",
+            "http://a:1,http://b:2",
+            "--timeout",
+            "250ms",
+        ])
+        .unwrap();
+        assert!(args.json);
+        assert_eq!(args.etcd, ["http://a:1", "http://b:2"]);
+        assert_eq!(args.timeout, Duration::from_millis(250));
+        assert!(parse(&["status", "--timeout", "soon"]).is_err());
+        assert!(parse(&["status", "--timeout", "0s"]).is_err());
+        assert!(parse(&["history", "orders", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn context_checks_endpoints_and_by() {
+        let mut args = parse(&["status"]).unwrap();
+        args.etcd = vec![" ".into()];
+        assert!(matches!(Ctx::new(&args), Err(CtlError::Usage(_))));
+        let mut args = parse(&["status", "--by", "alice"]).unwrap();
+        assert_eq!(Ctx::new(&args).unwrap().by, "alice");
+        args.by = Some(String::new());
+        assert!(matches!(Ctx::new(&args), Err(CtlError::Usage(_))));
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(CtlError::Usage("x".into()).exit_code(), 1);
+        assert_eq!(CtlError::Runtime("x".into()).exit_code(), 2);
+    }
+}

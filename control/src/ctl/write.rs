@@ -1,0 +1,511 @@
+//! `set`, `promote` and `rollback`: one weights write, compare-and-swap on the weights key's
+//! mod_revision, with its event in the same transaction; then `status` in a second transaction
+//! that only lands while the weights are still the ones just written.
+
+use cutover_config::{ConfigErrors, Phase, Weights};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use serde_json::json;
+
+use super::store::{revision_of, RawKv, Store};
+use super::view::{self, Decoded, RouteRead, Writer};
+use super::{compact, no_route, route_id, CtlError, Ctx, Result};
+use crate::keys::Keys;
+use crate::model::{unix_millis_now, Event, EventKind, RollbackRecord, Status};
+
+/// What an operator asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Change {
+    Set {
+        legacy: f64,
+        new: f64,
+        shadow: Option<f64>,
+        reason: String,
+    },
+    Promote {
+        reason: String,
+    },
+    Rollback {
+        reason: String,
+    },
+}
+
+impl Change {
+    /// Checks what can be checked before reading etcd (the shadow may still be "unchanged").
+    pub(super) fn precheck(&self) -> Result<(), ConfigErrors> {
+        match self {
+            Change::Set {
+                legacy,
+                new,
+                shadow,
+                ..
+            } => Weights::new(*legacy, *new, shadow.unwrap_or(0.0)).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The weights to write, given the current shadow.
+    pub(super) fn target(&self, current_shadow: f64) -> Result<Weights, ConfigErrors> {
+        match self {
+            Change::Set {
+                legacy,
+                new,
+                shadow,
+                ..
+            } => Weights::new(*legacy, *new, shadow.unwrap_or(current_shadow)),
+            Change::Promote { .. } => Weights::new(0.0, 100.0, current_shadow),
+            Change::Rollback { .. } => Weights::new(100.0, 0.0, current_shadow),
+        }
+    }
+
+    fn kind(&self) -> EventKind {
+        match self {
+            Change::Rollback { .. } => EventKind::Rollback,
+            _ => EventKind::Weights,
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Change::Set { reason, .. }
+            | Change::Promote { reason }
+            | Change::Rollback { reason } => reason,
+        }
+    }
+
+    /// The status written after the weights: the implied phase, or `rolled_back` with the
+    /// operator's record.
+    fn status(&self, target: &Weights, weights_revision: i64, event: &Event) -> Status {
+        match self {
+            Change::Rollback { reason } => Status {
+                phase: Phase::RolledBack,
+                weights_revision,
+                rollback: Some(RollbackRecord {
+                    at: event.at.clone(),
+                    rule: "operator".to_string(),
+                    reason: reason.clone(),
+                    by: event.by.clone(),
+                }),
+            },
+            _ => Status {
+                phase: target.implied_phase(),
+                weights_revision,
+                rollback: None,
+            },
+        }
+    }
+}
+
+/// `weights: reason` lines for invalid weights, and a hint.
+pub(super) fn invalid_weights(route: &str, errors: &ConfigErrors) -> CtlError {
+    let mut msg = String::new();
+    for e in errors {
+        if e.path == "(root)" {
+            msg.push_str(&format!("weights: {}\n", e.reason));
+        } else {
+            msg.push_str(&format!("weights.{}: {}\n", e.path, e.reason));
+        }
+    }
+    msg.push_str(&format!(
+        "nothing written to {route}: weights are numbers >= 0 with legacy + new > 0, and shadow \
+         is a percent from 0 to 100"
+    ));
+    CtlError::Usage(msg)
+}
+
+/// How many times a write is retried when only its event key collided (same millisecond, same
+/// writer); a changed weights key is never retried.
+const EVENT_KEY_ATTEMPTS: u64 = 3;
+
+pub(super) async fn run(ctx: &Ctx, route: &str, change: Change) -> Result<String> {
+    let id = route_id(route)?;
+    change.precheck().map_err(|e| invalid_weights(&id, &e))?;
+    let store = ctx.store().await?;
+    let read = view::read_route(&store, &ctx.keys, &id, None).await?;
+    if read.spec.value.is_missing() {
+        return Err(no_route(ctx, &id));
+    }
+    if let Decoded::Invalid { error, .. } = &read.spec.value {
+        eprintln!(
+            "warning: the spec of {id} is invalid ({error}); proxies ignore it until it is \
+             fixed with `cutover ctl apply`"
+        );
+    }
+    let current_shadow = match &read.weights.value {
+        Decoded::Valid(w) => w.shadow,
+        Decoded::Missing => 0.0,
+        Decoded::Invalid { error, .. } => {
+            eprintln!("note: the current weights of {id} are invalid ({error}); replacing them");
+            0.0
+        }
+    };
+    let target = change
+        .target(current_shadow)
+        .map_err(|e| invalid_weights(&id, &e))?;
+    let written = write_weights(ctx, &store, &read, &change, &target).await?;
+    let status = change.status(&target, written.revision, &written.event);
+    let status_written = write_status(&store, &ctx.keys, &id, &status).await?;
+    Ok(report(
+        ctx,
+        &read,
+        &target,
+        &written,
+        &status,
+        status_written,
+    ))
+}
+
+/// A weights write that landed.
+pub(super) struct Written {
+    revision: i64,
+    event: Event,
+    event_key: String,
+}
+
+async fn write_weights(
+    ctx: &Ctx,
+    store: &Store,
+    read: &RouteRead,
+    change: &Change,
+    target: &Weights,
+) -> Result<Written> {
+    let id = &read.id;
+    let weights_key = ctx.keys.weights(id);
+    let spec_key = ctx.keys.spec(id);
+    let mut event = Event::now(change.kind(), change.reason(), ctx.by.as_str());
+    event.from = read.weights_json();
+    event.to = Some(target.to_json());
+    let event_json = serde_json::to_string(&event).expect("events serialise");
+    let millis = unix_millis_now();
+    for attempt in 0..EVENT_KEY_ATTEMPTS {
+        let event_key = ctx.keys.event(id, millis + attempt, &key_segment(&ctx.by));
+        let txn = Txn::new()
+            .when([
+                unchanged(&weights_key, read.weights.mod_revision),
+                Compare::version(spec_key.as_str(), CompareOp::Greater, 0),
+                Compare::version(event_key.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(weights_key.as_str(), target.to_json().to_string(), None),
+                TxnOp::put(event_key.as_str(), event_json.as_str(), None),
+            ])
+            .or_else([
+                TxnOp::get(weights_key.as_str(), None),
+                TxnOp::get(spec_key.as_str(), None),
+            ]);
+        let resp = store.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(Written {
+                revision: revision_of(resp.header()),
+                event,
+                event_key,
+            });
+        }
+        let mut now = resp.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(RawKv::from),
+            _ => None,
+        });
+        let (weights_now, spec_now) = (now.next().flatten(), now.next().flatten());
+        let now_rev = weights_now.as_ref().map_or(0, |kv| kv.mod_revision);
+        if now_rev != read.weights.mod_revision {
+            let writer = view::writer_at(store, &ctx.keys, id, now_rev).await?;
+            return Err(CtlError::Runtime(conflict_message(&Conflict {
+                what: "weights",
+                route: id,
+                read_revision: read.weights.mod_revision,
+                now: weights_now.as_ref(),
+                writer: writer.as_ref(),
+            })));
+        }
+        if spec_now.is_none() {
+            return Err(CtlError::Runtime(format!(
+                "the spec of {id} was deleted since it was read; nothing written — write the \
+                 spec again with `cutover ctl apply FILE`, then re-run"
+            )));
+        }
+        // Only the event key was taken (same writer, same millisecond): next millisecond.
+    }
+    Err(CtlError::Runtime(format!(
+        "could not find a free event key for {id} after {EVENT_KEY_ATTEMPTS} attempts; \
+         nothing written — re-run"
+    )))
+}
+
+/// `status` in a transaction that only lands while the weights key is still at
+/// `status.weights_revision`; false (and nothing written) when something newer came meanwhile.
+pub(super) async fn write_status(
+    store: &Store,
+    keys: &Keys,
+    id: &str,
+    status: &Status,
+) -> Result<bool> {
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            keys.weights(id),
+            CompareOp::Equal,
+            status.weights_revision,
+        )])
+        .and_then([TxnOp::put(
+            keys.status(id),
+            serde_json::to_string(status).expect("status serialises"),
+            None,
+        )]);
+    Ok(store.txn(txn).await?.succeeded())
+}
+
+/// The compare for "this key is as it was read": same mod_revision, or still absent.
+pub(super) fn unchanged(key: &str, mod_revision: i64) -> Compare {
+    if mod_revision > 0 {
+        Compare::mod_revision(key, CompareOp::Equal, mod_revision)
+    } else {
+        Compare::version(key, CompareOp::Equal, 0)
+    }
+}
+
+/// `who` made safe as the last segment of an event key (no `/`, no control characters).
+pub(super) fn key_segment(who: &str) -> String {
+    who.chars()
+        .map(|c| if c == '/' || c.is_control() { '_' } else { c })
+        .collect()
+}
+
+/// A compare-and-swap that lost: what was read, and what is there now.
+#[derive(Debug)]
+pub(super) struct Conflict<'a> {
+    /// `weights` or `spec`.
+    pub(super) what: &'a str,
+    pub(super) route: &'a str,
+    /// mod_revision when read; 0 = absent.
+    pub(super) read_revision: i64,
+    pub(super) now: Option<&'a RawKv>,
+    pub(super) writer: Option<&'a Writer>,
+}
+
+fn revision_text(rev: i64, zero: &str) -> String {
+    if rev > 0 {
+        rev.to_string()
+    } else {
+        zero.to_string()
+    }
+}
+
+/// `weights of orders changed since they were read (mod_revision 41 -> 57) by alice@host at
+/// 2026-…: now {"legacy":50,…}; nothing written — re-run to apply on top`.
+pub(super) fn conflict_message(c: &Conflict<'_>) -> String {
+    let now_rev = c.now.map_or(0, |kv| kv.mod_revision);
+    let verb = if c.what.ends_with('s') { "were" } else { "was" };
+    let mut msg = format!(
+        "{} of {} changed since {} read (mod_revision {} -> {})",
+        c.what,
+        c.route,
+        if verb == "were" {
+            "they were"
+        } else {
+            "it was"
+        },
+        revision_text(c.read_revision, "absent"),
+        revision_text(now_rev, "deleted"),
+    );
+    match c.writer {
+        Some(w) => msg.push_str(&format!(" by {} at {}", w.by, w.at)),
+        None if now_rev > 0 => msg.push_str(" by a writer that left no event"),
+        None => {}
+    }
+    match c.now {
+        Some(kv) => msg.push_str(&format!(": now {}", String::from_utf8_lossy(&kv.value))),
+        None if c.what == "weights" => msg.push_str(": now absent (all traffic on legacy)"),
+        None => msg.push_str(": now absent"),
+    }
+    msg.push_str("; nothing written — re-run to apply on top");
+    msg
+}
+
+fn report(
+    ctx: &Ctx,
+    read: &RouteRead,
+    target: &Weights,
+    written: &Written,
+    status: &Status,
+    status_written: bool,
+) -> String {
+    let from = read.weights_json();
+    if ctx.json {
+        return compact(&json!({
+            "route": read.id,
+            "from": from,
+            "to": target.to_json(),
+            "weights_revision": written.revision,
+            "phase": status.phase.as_str(),
+            "status_written": status_written,
+            "event_key": written.event_key,
+            "event": written.event,
+        }));
+    }
+    let from = from.map_or("(no key: all legacy)".to_string(), |v| compact(&v));
+    let mut out = format!(
+        "{}: weights {from} -> {} (revision {}), phase {}",
+        read.id,
+        compact(&target.to_json()),
+        written.revision,
+        status.phase
+    );
+    if !status_written {
+        out.push_str(&format!(
+            "\nnote: the weights of {} changed again right after this write; its status was left \
+             to that writer",
+            read.id
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(legacy: f64, new: f64, shadow: Option<f64>) -> Change {
+        Change::Set {
+            legacy,
+            new,
+            shadow,
+            reason: "set by ctl".into(),
+        }
+    }
+
+    #[test]
+    fn set_keeps_shadow_unless_given() {
+        assert_eq!(
+            set(90.0, 10.0, None).target(30.0).unwrap(),
+            Weights::new(90.0, 10.0, 30.0).unwrap()
+        );
+        assert_eq!(
+            set(90.0, 10.0, Some(0.0)).target(30.0).unwrap(),
+            Weights::new(90.0, 10.0, 0.0).unwrap()
+        );
+        let promote = Change::Promote {
+            reason: "promote".into(),
+        };
+        assert_eq!(
+            promote.target(5.0).unwrap(),
+            Weights::new(0.0, 100.0, 5.0).unwrap()
+        );
+        let rollback = Change::Rollback { reason: "x".into() };
+        assert_eq!(
+            rollback.target(5.0).unwrap(),
+            Weights::new(100.0, 0.0, 5.0).unwrap()
+        );
+    }
+
+    #[test]
+    fn invalid_set_is_rejected_before_etcd() {
+        let err = set(-1.0, 5.0, None).precheck().unwrap_err();
+        let CtlError::Usage(msg) = invalid_weights("orders", &err) else {
+            panic!()
+        };
+        assert!(
+            msg.starts_with("weights.legacy: must be >= 0 (got -1)\n"),
+            "{msg}"
+        );
+        let err = set(0.0, 0.0, None).precheck().unwrap_err();
+        let CtlError::Usage(msg) = invalid_weights("orders", &err) else {
+            panic!()
+        };
+        assert!(
+            msg.starts_with("weights: legacy + new must be > 0\n"),
+            "{msg}"
+        );
+        assert!(msg.contains("nothing written to orders"));
+        assert!(set(1.0, 1.0, Some(101.0)).precheck().is_err());
+        assert!(set(f64::NAN, 1.0, None).precheck().is_err());
+        assert!(Change::Promote {
+            reason: String::new()
+        }
+        .precheck()
+        .is_ok());
+    }
+
+    #[test]
+    fn statuses() {
+        let e = Event::now(EventKind::Rollback, "bad", "alice@h");
+        let w = Weights::new(100.0, 0.0, 0.0).unwrap();
+        let s = Change::Rollback {
+            reason: "bad".into(),
+        }
+        .status(&w, 57, &e);
+        assert_eq!(s.phase, Phase::RolledBack);
+        assert_eq!(s.weights_revision, 57);
+        let r = s.rollback.unwrap();
+        assert_eq!(
+            (r.rule.as_str(), r.reason.as_str(), r.by.as_str()),
+            ("operator", "bad", "alice@h")
+        );
+        assert_eq!(r.at, e.at);
+        let w = Weights::new(50.0, 50.0, 0.0).unwrap();
+        let s = set(50.0, 50.0, None).status(&w, 9, &e);
+        assert_eq!((s.phase, s.rollback), (Phase::Canary, None));
+    }
+
+    #[test]
+    fn conflict_messages() {
+        let now = RawKv {
+            key: "/c/routes/orders/weights".into(),
+            value: br#"{"legacy":50,"new":50,"shadow":0}"#.to_vec(),
+            mod_revision: 57,
+        };
+        let writer = Writer {
+            by: "alice@host".into(),
+            at: "2026-11-21T14:03:07.120Z".into(),
+        };
+        let msg = conflict_message(&Conflict {
+            what: "weights",
+            route: "orders",
+            read_revision: 41,
+            now: Some(&now),
+            writer: Some(&writer),
+        });
+        assert_eq!(
+            msg,
+            r#"weights of orders changed since they were read (mod_revision 41 -> 57) by alice@host at 2026-11-21T14:03:07.120Z: now {"legacy":50,"new":50,"shadow":0}; nothing written — re-run to apply on top"#
+        );
+        let msg = conflict_message(&Conflict {
+            what: "weights",
+            route: "orders",
+            read_revision: 0,
+            now: Some(&now),
+            writer: None,
+        });
+        assert!(
+            msg.contains("(mod_revision absent -> 57) by a writer that left no event: now"),
+            "{msg}"
+        );
+        let msg = conflict_message(&Conflict {
+            what: "spec",
+            route: "orders",
+            read_revision: 3,
+            now: None,
+            writer: None,
+        });
+        assert_eq!(
+            msg,
+            "spec of orders changed since it was read (mod_revision 3 -> deleted): now absent; \
+             nothing written — re-run to apply on top"
+        );
+    }
+
+    #[test]
+    fn key_segments() {
+        assert_eq!(key_segment("alice@host"), "alice@host");
+        assert_eq!(key_segment("a/b\n"), "a_b_");
+    }
+
+    #[test]
+    fn compares() {
+        // Absent keys compare on version 0, present ones on their mod_revision.
+        let absent = format!("{:?}", unchanged("k", 0));
+        assert!(absent.contains("Version"), "{absent}");
+        let present = format!("{:?}", unchanged("k", 41));
+        assert!(
+            present.contains("Mod") && present.contains("41"),
+            "{present}"
+        );
+    }
+}

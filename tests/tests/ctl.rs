@@ -1,0 +1,789 @@
+//! `cutover ctl` (SPEC §1, §3): the real binary against a real etcd. Every test reads the keys
+//! back to check what was (or was not) written, not only the exit code.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cutover_tests::{cutover_bin, free_port, Backend, Etcd, Proxy, ProxyConfig, Route};
+use etcd_client::GetOptions;
+use serde_json::{json, Value};
+
+/// What one `cutover ctl` run did.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// `cutover ctl --etcd E --prefix P ...`, isolated from the caller's CUTOVER_* environment.
+struct Ctl {
+    endpoint: String,
+    prefix: String,
+}
+
+impl Ctl {
+    fn new(etcd: &Etcd, prefix: &str) -> Ctl {
+        Ctl {
+            endpoint: etcd.endpoint(),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> Out {
+        let out = tokio::process::Command::new(cutover_bin())
+            .arg("ctl")
+            .args(["--etcd", &self.endpoint, "--prefix", &self.prefix])
+            .args(args)
+            .env_remove("CUTOVER_ETCD")
+            .env_remove("CUTOVER_PREFIX")
+            .env_remove("CUTOVER_ADMIN")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run cutover ctl");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs and asserts exit 0.
+    async fn ok(&self, args: &[&str]) -> Out {
+        let out = self.run(args).await;
+        assert_eq!(out.code, 0, "cutover ctl {args:?} failed: {out:?}");
+        out
+    }
+
+    fn key(&self, route: &str, what: &str) -> String {
+        format!("{}/routes/{route}/{what}", self.prefix)
+    }
+}
+
+/// A key's JSON value and mod_revision.
+async fn read(etcd: &Etcd, key: &str) -> Option<(Value, i64)> {
+    let resp = etcd.client().await.get(key, None).await.expect("etcd get");
+    resp.kvs().first().map(|kv| {
+        let value = serde_json::from_slice(kv.value())
+            .unwrap_or_else(|e| panic!("{key} is not JSON ({e}): {:?}", kv.value_str()));
+        (value, kv.mod_revision())
+    })
+}
+
+/// A route's events in key (= time) order, with their mod_revisions.
+async fn events(etcd: &Etcd, ctl: &Ctl, route: &str) -> Vec<(Value, i64)> {
+    let resp = etcd
+        .client()
+        .await
+        .get(
+            ctl.key(route, "events/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("etcd get events");
+    resp.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                serde_json::from_slice(kv.value()).expect("event JSON"),
+                kv.mod_revision(),
+            )
+        })
+        .collect()
+}
+
+/// Keys under the prefix (to prove nothing was written).
+async fn keys_under(etcd: &Etcd, prefix: &str) -> Vec<String> {
+    etcd.get_prefix(prefix)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+const ORDERS: &str = r#"
+[[routes]]
+id = "orders"
+match = { path_prefix = "/orders" }
+legacy = { endpoints = ["127.0.0.1:9001"] }
+new = { endpoints = ["127.0.0.1:9002"] }
+weights = { legacy = 90, new = 10, shadow = 20 }
+"#;
+
+const USERS: &str = r#"
+[[routes]]
+id = "users"
+match = { host = "users.example.com", path_prefix = "/" }
+legacy = { endpoints = ["127.0.0.1:9101"] }
+new = { endpoints = ["127.0.0.1:9102"] }
+"#;
+
+fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}
+
+/// etcd with `ORDERS` applied under `prefix`.
+async fn with_orders(prefix: &str) -> (Etcd, Ctl, tempfile::TempDir) {
+    let etcd = Etcd::start().await;
+    let ctl = Ctl::new(&etcd, prefix);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_file(&dir, "orders.toml", ORDERS);
+    ctl.ok(&["apply", file.to_str().expect("utf-8 path")]).await;
+    (etcd, ctl, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_writes_specs_weights_and_events_then_status_shows_them() {
+    let etcd = Etcd::start().await;
+    let ctl = Ctl::new(&etcd, "/apply");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_file(&dir, "routes.toml", &format!("{ORDERS}{USERS}"));
+    let file = file.to_str().expect("utf-8 path");
+
+    let out = ctl.ok(&["apply", file]).await;
+    assert!(
+        out.stdout.contains("orders: new route: spec written"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("users: new route: spec written"),
+        "{out:?}"
+    );
+
+    let (spec, _) = read(&etcd, &ctl.key("orders", "spec"))
+        .await
+        .expect("orders spec");
+    assert_eq!(spec["match"]["path_prefix"], "/orders");
+    assert_eq!(spec["legacy"]["endpoints"], json!(["127.0.0.1:9001"]));
+    let (weights, weights_rev) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(weights, json!({"legacy": 90, "new": 10, "shadow": 20}));
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(
+        status,
+        json!({"phase": "canary", "weights_revision": weights_rev})
+    );
+    // users states no weights: none are written (a missing key means all-legacy, SPEC §3).
+    assert!(
+        read(&etcd, &ctl.key("users", "weights")).await.is_none(),
+        "weights the file does not state are never written"
+    );
+    let kinds: Vec<Value> = events(&etcd, &ctl, "orders")
+        .await
+        .into_iter()
+        .map(|(e, _)| e["kind"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("spec"), json!("weights")]);
+
+    let status = ctl.ok(&["status", "--json"]).await.json();
+    let routes = status.as_array().expect("array");
+    assert_eq!(routes.len(), 2, "{status}");
+    let orders = &routes[0];
+    assert_eq!(orders["route"], "orders");
+    assert_eq!(
+        orders["weights"],
+        json!({"legacy": 90, "new": 10, "shadow": 20})
+    );
+    assert_eq!(orders["new_share_percent"], 10.0);
+    assert_eq!(orders["phase"], "canary");
+    assert_eq!(orders["phase_source"], "status");
+    assert_eq!(orders["weights_mod_revision"], weights_rev);
+    assert_eq!(orders["spec"], "valid");
+    assert_eq!(orders["rollback"], Value::Null);
+    assert_eq!(routes[1]["route"], "users");
+    assert_eq!(routes[1]["phase"], "legacy");
+
+    let text = ctl.ok(&["status"]).await.stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("ROUTE") && lines[0].contains("PHASE"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("orders") && lines[1].contains("canary"),
+        "{text}"
+    );
+    assert!(lines[1].contains(" 10%"), "{text}");
+
+    // A ramp set by an operator survives an apply of a file that states no weights for it.
+    ctl.ok(&["set", "users", "--legacy", "40", "--new", "60"])
+        .await;
+    let out = ctl.ok(&["apply", file]).await;
+    assert!(out.stdout.contains("users: unchanged"), "{out:?}");
+    let (users_weights, _) = read(&etcd, &ctl.key("users", "weights"))
+        .await
+        .expect("users weights");
+    assert_eq!(users_weights, json!({"legacy": 40, "new": 60, "shadow": 0}));
+
+    // Applying the same file again changes nothing and records nothing.
+    let before = etcd.revision().await;
+    let again = ctl.ok(&["apply", file]).await;
+    assert!(again.stdout.contains("orders: unchanged"), "{again:?}");
+    assert!(again.stdout.contains("nothing to apply"), "{again:?}");
+    assert_eq!(
+        etcd.revision().await,
+        before,
+        "an unchanged apply wrote something"
+    );
+
+    // A changed spec and weights: one transaction, reported per route.
+    let changed = ORDERS
+        .replace("/orders\"", "/v2/orders\"")
+        .replace("new = 10", "new = 30");
+    let file2 = write_file(&dir, "changed.toml", &format!("{changed}{USERS}"));
+    let out = ctl
+        .ok(&["apply", file2.to_str().expect("utf-8 path")])
+        .await;
+    assert!(
+        out.stdout.contains("orders: spec changed; weights changed"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("users: unchanged"), "{out:?}");
+    let (spec, spec_rev) = read(&etcd, &ctl.key("orders", "spec")).await.expect("spec");
+    let (weights, weights_rev) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(spec["match"]["path_prefix"], "/v2/orders");
+    assert_eq!(weights["new"], 30);
+    assert_eq!(
+        spec_rev, weights_rev,
+        "spec and weights must land in one transaction"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_writes_weights_event_and_status_and_history_lists_newest_first() {
+    let (etcd, ctl, _dir) = with_orders("/set").await;
+
+    let out = ctl
+        .ok(&[
+            "set",
+            "orders",
+            "--legacy",
+            "50",
+            "--new",
+            "50",
+            "--shadow",
+            "5",
+            "--by",
+            "alice@test",
+        ])
+        .await;
+    assert!(out.stdout.contains("phase canary"), "{out:?}");
+    let (weights, rev) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(weights, json!({"legacy": 50, "new": 50, "shadow": 5}));
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(status, json!({"phase": "canary", "weights_revision": rev}));
+    let (event, event_rev) = events(&etcd, &ctl, "orders").await.pop().expect("an event");
+    assert_eq!(
+        event_rev, rev,
+        "the event lands in the same transaction as the weights"
+    );
+    assert_eq!(event["kind"], "weights");
+    assert_eq!(event["by"], "alice@test");
+    assert_eq!(event["reason"], "set by ctl");
+    assert_eq!(
+        event["from"],
+        json!({"legacy": 90, "new": 10, "shadow": 20})
+    );
+    assert_eq!(event["to"], json!({"legacy": 50, "new": 50, "shadow": 5}));
+
+    // Without --shadow the current shadow stays.
+    ctl.ok(&[
+        "set", "orders", "--legacy", "25", "--new", "75", "--by", "bob@test",
+    ])
+    .await;
+    let (weights, _) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(weights, json!({"legacy": 25, "new": 75, "shadow": 5}));
+
+    let history = ctl.ok(&["history", "orders", "--json"]).await.json();
+    let history = history.as_array().expect("array");
+    assert_eq!(
+        history.len(),
+        4,
+        "spec + weights from apply, two sets: {history:?}"
+    );
+    assert_eq!(history[0]["by"], "bob@test");
+    assert_eq!(
+        history[0]["to"],
+        json!({"legacy": 25, "new": 75, "shadow": 5})
+    );
+    assert_eq!(history[1]["by"], "alice@test");
+    assert_eq!(history[3]["kind"], "spec");
+    let limited = ctl
+        .ok(&["history", "orders", "--json", "--limit", "1"])
+        .await
+        .json();
+    assert_eq!(limited.as_array().map(Vec::len), Some(1));
+
+    let text = ctl.ok(&["history", "orders"]).await.stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("AT"), "{text}");
+    assert!(
+        lines[1].contains("bob@test") && lines[1].contains("50/50/5 -> 25/75/5"),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("alice@test") && lines[2].contains("90/10/20 -> 50/50/5"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_set_exits_1_and_writes_nothing() {
+    let (etcd, ctl, _dir) = with_orders("/invalid").await;
+    let before = etcd.revision().await;
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--legacy", "-1", "--new", "5"],
+            "weights.legacy: must be >= 0 (got -1)",
+        ),
+        (
+            &["--legacy", "0", "--new", "0"],
+            "weights: legacy + new must be > 0",
+        ),
+        (
+            &["--legacy", "1", "--new", "1", "--shadow", "101"],
+            "weights.shadow: must be between 0 and 100",
+        ),
+        (&["--legacy", "NaN", "--new", "1"], "weights.legacy"),
+    ];
+    for (args, message) in cases {
+        let mut full = vec!["set", "orders"];
+        full.extend_from_slice(args);
+        let out = ctl.run(&full).await;
+        assert_eq!(out.code, 1, "{full:?}: {out:?}");
+        assert!(out.stderr.contains(message), "{full:?}: {out:?}");
+        assert!(out.stderr.contains("nothing written"), "{full:?}: {out:?}");
+        assert!(!out.stderr.contains("panicked"), "{out:?}");
+    }
+    let out = ctl
+        .run(&["set", "orders", "--legacy", "ten", "--new", "1"])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        etcd.revision().await,
+        before,
+        "an invalid set wrote something"
+    );
+    let (weights, _) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(weights, json!({"legacy": 90, "new": 10, "shadow": 20}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_an_unknown_route_exit_1() {
+    let etcd = Etcd::start().await;
+    let ctl = Ctl::new(&etcd, "/unknown");
+    for args in [
+        &["set", "ghost", "--legacy", "1", "--new", "1"][..],
+        &["promote", "ghost"],
+        &["rollback", "ghost"],
+        &["status", "ghost"],
+        &["history", "ghost"],
+    ] {
+        let out = ctl.run(args).await;
+        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("no route ghost under /unknown"),
+            "{args:?}: {out:?}"
+        );
+    }
+    let out = ctl
+        .run(&["set", "Ghost/x", "--legacy", "1", "--new", "1"])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("invalid route id"), "{out:?}");
+    assert!(
+        keys_under(&etcd, "/unknown").await.is_empty(),
+        "nothing may be written"
+    );
+    // Weights alone do not make a route: the spec must exist.
+    etcd.put("/unknown/routes/ghost/weights", r#"{"legacy":1,"new":0}"#)
+        .await;
+    let out = ctl
+        .run(&["set", "ghost", "--legacy", "1", "--new", "1"])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("write its spec first"), "{out:?}");
+    assert_eq!(
+        keys_under(&etcd, "/unknown").await,
+        ["/unknown/routes/ghost/weights"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sets_never_overwrite_each_other_silently() {
+    let (etcd, ctl, _dir) = with_orders("/race").await;
+    let ctl = std::sync::Arc::new(ctl);
+    let mut results = Vec::new();
+    for round in 0..6u32 {
+        let mut set = tokio::task::JoinSet::new();
+        for writer in 0..5u32 {
+            let ctl = ctl.clone();
+            let k = round * 5 + writer + 1;
+            set.spawn(async move {
+                let (legacy, new, by) =
+                    ((1000 - k).to_string(), k.to_string(), format!("w{k}@race"));
+                let out = ctl
+                    .run(&[
+                        "set", "orders", "--legacy", &legacy, "--new", &new, "--by", &by,
+                    ])
+                    .await;
+                (k, out)
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            results.push(done.expect("writer task"));
+        }
+    }
+    let events = events(&etcd, &ctl, "orders").await;
+    let mut successes = Vec::new();
+    for (k, out) in &results {
+        let by = format!("w{k}@race");
+        let written: Vec<&(Value, i64)> = events
+            .iter()
+            .filter(|(e, _)| e["by"] == by.as_str())
+            .collect();
+        match out.code {
+            0 => {
+                assert_eq!(
+                    written.len(),
+                    1,
+                    "writer {k} succeeded but left {} events",
+                    written.len()
+                );
+                assert_eq!(
+                    written[0].0["to"],
+                    json!({"legacy": 1000 - k, "new": k, "shadow": 20})
+                );
+                successes.push((*k, written[0].1));
+            }
+            2 => {
+                assert!(written.is_empty(), "writer {k} failed but left an event");
+                assert!(
+                    out.stderr
+                        .contains("weights of orders changed since they were read"),
+                    "{out:?}"
+                );
+                assert!(out.stderr.contains("nothing written"), "{out:?}");
+            }
+            _ => panic!("writer {k}: exit must be 0 or 2: {out:?}"),
+        }
+    }
+    assert!(!successes.is_empty(), "no writer succeeded: {results:?}");
+    let (last, last_rev) = *successes
+        .iter()
+        .max_by_key(|(_, rev)| *rev)
+        .expect("a success");
+    let (weights, rev) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(
+        rev, last_rev,
+        "the final weights are the newest successful write"
+    );
+    assert_eq!(
+        weights,
+        json!({"legacy": 1000 - last, "new": last, "shadow": 20})
+    );
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(
+        status["weights_revision"], rev,
+        "status follows the last write"
+    );
+    eprintln!(
+        "{} writes: {} succeeded, {} lost the compare-and-swap",
+        results.len(),
+        successes.len(),
+        results.len() - successes.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_records_operator_rule_and_reason() {
+    let (etcd, ctl, _dir) = with_orders("/rollback").await;
+    ctl.ok(&[
+        "rollback",
+        "orders",
+        "--reason",
+        "p99 doubled",
+        "--by",
+        "carol@test",
+    ])
+    .await;
+    let (weights, rev) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(
+        weights,
+        json!({"legacy": 100, "new": 0, "shadow": 20}),
+        "shadow unchanged"
+    );
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(status["phase"], "rolled_back");
+    assert_eq!(status["weights_revision"], rev);
+    assert_eq!(status["rollback"]["rule"], "operator");
+    assert_eq!(status["rollback"]["reason"], "p99 doubled");
+    assert_eq!(status["rollback"]["by"], "carol@test");
+    let (event, _) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    assert_eq!(event["kind"], "rollback");
+    assert_eq!(event["reason"], "p99 doubled");
+    assert_eq!(event["at"], status["rollback"]["at"]);
+
+    let shown = ctl.ok(&["status", "orders", "--json"]).await.json();
+    assert_eq!(shown[0]["phase"], "rolled_back");
+    assert_eq!(shown[0]["rollback"]["reason"], "p99 doubled");
+    let text = ctl.ok(&["status", "orders"]).await.stdout;
+    assert!(
+        text.contains("operator by carol@test: p99 doubled"),
+        "{text}"
+    );
+
+    // The next operator write of weights sets the phase its weights imply.
+    ctl.ok(&["set", "orders", "--legacy", "95", "--new", "5"])
+        .await;
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(status["phase"], "canary");
+    assert!(status.get("rollback").is_none(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_sends_all_traffic_to_new() {
+    let (etcd, ctl, _dir) = with_orders("/promote").await;
+    let out = ctl.ok(&["promote", "orders", "--json"]).await.json();
+    assert_eq!(out["to"], json!({"legacy": 0, "new": 100, "shadow": 20}));
+    assert_eq!(out["phase"], "promoted");
+    let (weights, rev) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(weights, json!({"legacy": 0, "new": 100, "shadow": 20}));
+    assert_eq!(out["weights_revision"], rev);
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(
+        status,
+        json!({"phase": "promoted", "weights_revision": rev})
+    );
+    let (event, _) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    assert_eq!(
+        (event["kind"].as_str(), event["reason"].as_str()),
+        (Some("weights"), Some("promote"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_of_an_invalid_file_exits_1_and_writes_nothing() {
+    let etcd = Etcd::start().await;
+    let ctl = Ctl::new(&etcd, "/badfile");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = ORDERS
+        .replace("[\"127.0.0.1:9002\"]", "[]")
+        .replace("legacy = 90", "legacy = -90");
+    let file = write_file(&dir, "bad.toml", &format!("{USERS}{bad}"));
+    let out = ctl
+        .run(&["apply", file.to_str().expect("utf-8 path")])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let problems: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("routes[1]."))
+        .collect();
+    assert_eq!(
+        problems.len(),
+        2,
+        "one `path: reason` line per problem: {out:?}"
+    );
+    assert!(out.stderr.contains("nothing written"), "{out:?}");
+    assert!(
+        keys_under(&etcd, "/badfile").await.is_empty(),
+        "the valid route must not be written either"
+    );
+
+    let missing = ctl.run(&["apply", "/nonexistent/cutover.toml"]).await;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(missing.stderr.contains("cannot read"), "{missing:?}");
+
+    // Too many routes for one transaction: refused before anything is written.
+    let many: String = (0..40)
+        .map(|i| {
+            ORDERS
+                .replace("\"orders\"", &format!("\"r{i}\""))
+                .replace("/orders", &format!("/r{i}"))
+        })
+        .collect();
+    let file = write_file(&dir, "many.toml", &many);
+    let out = ctl
+        .run(&["apply", file.to_str().expect("utf-8 path")])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("only the first 32 of the 40 routes fit"),
+        "{out:?}"
+    );
+    assert!(keys_under(&etcd, "/badfile").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_values_are_shown_not_fatal() {
+    let (etcd, ctl, _dir) = with_orders("/garbage").await;
+    etcd.put(
+        &ctl.key("orders", "events/9999999999999-mallory"),
+        "not json",
+    )
+    .await;
+    etcd.put(&ctl.key("orders", "weights"), r#"{"legacy":0,"new":0}"#)
+        .await;
+    etcd.put(&ctl.key("orders", "status"), "\u{0}garbage").await;
+
+    let history = ctl.ok(&["history", "orders"]).await.stdout;
+    let first = history.lines().nth(1).expect("a row");
+    assert!(
+        first.contains("undecodable") && first.contains("mallory"),
+        "{history}"
+    );
+    let json = ctl.ok(&["history", "orders", "--json"]).await.json();
+    assert_eq!(json[0]["raw"], "not json");
+
+    let status = ctl.ok(&["status"]).await.stdout;
+    assert!(status.contains("orders: weights key invalid"), "{status}");
+    assert!(
+        status.contains("orders: status key undecodable"),
+        "{status}"
+    );
+    let shown = ctl.ok(&["status", "--json"]).await.json();
+    assert_eq!(shown[0]["weights_source"], "invalid");
+
+    // An operator write repairs the weights; the invalid value is recorded as `from`.
+    ctl.ok(&["set", "orders", "--legacy", "1", "--new", "0"])
+        .await;
+    let (weights, _) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(weights, json!({"legacy": 1, "new": 0, "shadow": 0}));
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(status["phase"], "legacy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_etcd_exits_2_quickly_with_a_hint() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    for args in [
+        &["status"][..],
+        &["set", "orders", "--legacy", "1", "--new", "0"],
+    ] {
+        let started = Instant::now();
+        let out = tokio::process::Command::new(cutover_bin())
+            .args(["ctl", "--etcd", &dead])
+            .args(args)
+            .output()
+            .await
+            .expect("run cutover ctl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            stderr.starts_with(&format!("cannot reach etcd at {dead}: ")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("(is etcd running? pass --etcd URL)"),
+            "{stderr}"
+        );
+    }
+
+    // A frozen etcd accepts connections but never answers: --timeout bounds the wait.
+    let mut etcd = Etcd::start().await;
+    let ctl = Ctl::new(&etcd, "/frozen");
+    etcd.freeze();
+    let started = Instant::now();
+    let out = ctl.run(&["status", "--timeout", "300ms"]).await;
+    let elapsed = started.elapsed();
+    etcd.thaw();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert!(out.stderr.contains("no answer"), "{out:?}");
+    assert!(keys_under(&etcd, "/frozen").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn diffs_reads_a_running_proxy() {
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let proxy = Proxy::start(
+        ProxyConfig::new().route(
+            Route::new("orders")
+                .legacy_endpoints([legacy.addr()])
+                .new_endpoints([new.addr()])
+                .weights(90, 10),
+        ),
+    )
+    .await;
+    let etcd = Etcd::start().await;
+    let ctl = Ctl::new(&etcd, "/diffs");
+    let admin = format!("http://{}", proxy.admin_addr());
+
+    let out = ctl.ok(&["diffs", "orders", "--admin", &admin]).await;
+    assert_eq!(
+        out.stdout.trim(),
+        "no divergences recorded for orders",
+        "{out:?}"
+    );
+    let raw = ctl
+        .ok(&["diffs", "orders", "--admin", &admin, "--json"])
+        .await
+        .json();
+    assert_eq!(raw, json!([]));
+
+    let unknown = ctl.run(&["diffs", "ghost", "--admin", &admin]).await;
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    assert!(unknown.stderr.contains("answered 404"), "{unknown:?}");
+
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let down = ctl.run(&["diffs", "orders", "--admin", &dead]).await;
+    assert_eq!(down.code, 2, "{down:?}");
+    assert!(
+        down.stderr.contains("cannot reach the admin API"),
+        "{down:?}"
+    );
+    assert!(
+        keys_under(&etcd, "/diffs").await.is_empty(),
+        "diffs never writes to etcd"
+    );
+}
