@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test build lint unit e2e validate-examples bench clean
+.PHONY: demo test build lint validate-examples propagation clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -29,6 +29,12 @@ validate-examples:
 	  code=0; ./target/debug/cutover validate "$$f" 2>/dev/null || code=$$?; \
 	  [ "$$code" = 1 ] || { echo "$$f: expected exit 1, got $$code" >&2; exit 1; }; \
 	done; echo "golden examples: ok"
+
+## etcd put -> first request routed by the new weights, over 200 changes (release build).
+propagation:
+	@scripts/prereqs.sh test
+	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
+	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench propagation --changes 200
 
 build:
 	@scripts/prereqs.sh build

@@ -498,15 +498,12 @@ impl Proxy {
     }
 
     async fn wait_for(&mut self, client: &Client, until: Readiness) -> Result<(), String> {
-        match until {
-            Readiness::Ready => self.wait_ready(client).await,
-            Readiness::Live => self.wait_live(client).await,
-        }
-    }
-
-    async fn wait_live(&mut self, client: &Client) -> Result<(), String> {
+        let path = match until {
+            Readiness::Ready => "/readyz",
+            Readiness::Live => "/livez",
+        };
         let start = Instant::now();
-        let url = self.admin_url("/livez");
+        let url = self.admin_url(path);
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -519,28 +516,7 @@ impl Proxy {
                 }
             }
             if start.elapsed() > READY_TIMEOUT {
-                return Err(format!("/livez not 200 after {READY_TIMEOUT:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn wait_ready(&mut self, client: &Client) -> Result<(), String> {
-        let start = Instant::now();
-        let url = self.admin_url("/readyz");
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("process exited with {status}"));
-                }
-            }
-            if let Ok(res) = client.get(&url).await {
-                if res.status == 200 {
-                    return Ok(());
-                }
-            }
-            if start.elapsed() > READY_TIMEOUT {
-                return Err(format!("/readyz not 200 after {READY_TIMEOUT:?}"));
+                return Err(format!("{path} not 200 after {READY_TIMEOUT:?}"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
