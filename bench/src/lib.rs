@@ -1,9 +1,11 @@
 //! cutover's load generator: closed-loop load (N connections, each sending its next request
 //! when the previous answer is complete) with HDR latency percentiles, and benchmark
-//! scenarios such as [`propagation`] (etcd write → traffic follows). The benchmark harness
+//! scenarios such as [`propagation`] (etcd write → traffic follows) and [`shadow_cost`] (proxy
+//! CPU per request with and without shadowing + comparison). The benchmark harness
 //! (targets, open loop, reports) grows from here; see `cutover-bench --help`.
 
 pub mod propagation;
+pub mod shadow_cost;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

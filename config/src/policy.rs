@@ -59,10 +59,15 @@ pub struct ComparePolicy {
     /// learn which JSON paths differ between two legacy answers.
     #[serde(serialize_with = "ser::number")]
     pub learn_noise_percent: f64,
+    /// How long a learned volatile JSON path stays excluded from divergence
+    /// when it is not seen to vary again.
+    #[serde(serialize_with = "ser::duration")]
+    pub noise_ttl: Duration,
 }
 
 impl Default for ComparePolicy {
-    /// Status, `content-type`, JSON bodies; ignoring date/server/set-cookie.
+    /// Status, `content-type`, JSON bodies; ignoring date/server/set-cookie;
+    /// learned noise kept for 10 minutes.
     fn default() -> Self {
         Self {
             status: true,
@@ -71,8 +76,15 @@ impl Default for ComparePolicy {
             ignore_json_paths: Vec::new(),
             ignore_headers: ["date", "server", "set-cookie"].map(String::from).to_vec(),
             learn_noise_percent: 0.0,
+            noise_ttl: ComparePolicy::DEFAULT_NOISE_TTL,
         }
     }
+}
+
+impl ComparePolicy {
+    /// Default time a learned volatile JSON path is kept without being seen
+    /// again: 10 minutes.
+    pub const DEFAULT_NOISE_TTL: Duration = Duration::from_secs(600);
 }
 
 /// How bodies are compared: `"json"`, `"bytes"` or `"none"`.
@@ -300,6 +312,12 @@ pub(crate) fn compare(
             .unwrap_or(default.learn_noise_percent),
         (0.0, 100.0),
     );
+    let noise_ttl = check::positive_duration(
+        report,
+        &at.key("noise_ttl"),
+        raw.noise_ttl,
+        default.noise_ttl,
+    );
     Some(ComparePolicy {
         status: raw.status.unwrap_or(default.status),
         headers: headers?,
@@ -307,6 +325,7 @@ pub(crate) fn compare(
         ignore_json_paths: ignore_json_paths?,
         ignore_headers: ignore_headers?,
         learn_noise_percent: learn_noise_percent?,
+        noise_ttl: noise_ttl?,
     })
 }
 
@@ -561,6 +580,7 @@ mod tests {
         assert!(policy.ignore_json_paths.is_empty());
         assert_eq!(policy.ignore_headers, ["date", "server", "set-cookie"]);
         assert_eq!(policy.learn_noise_percent, 0.0);
+        assert_eq!(policy.noise_ttl, Duration::from_secs(600));
     }
 
     #[test]
@@ -572,6 +592,7 @@ mod tests {
             ignore_json_paths: Some(vec!["$.a".into()]),
             ignore_headers: Some(vec!["X-Trace".into()]),
             learn_noise_percent: Some(2.5),
+            noise_ttl: dur("30s"),
         };
         let policy = ok(|r| compare(r, &at(), raw));
         assert!(!policy.status);
@@ -580,6 +601,7 @@ mod tests {
         assert_eq!(policy.ignore_json_paths[0].source, "$.a");
         assert_eq!(policy.ignore_headers, ["x-trace"]);
         assert_eq!(policy.learn_noise_percent, 2.5);
+        assert_eq!(policy.noise_ttl, Duration::from_secs(30));
     }
 
     #[test]
@@ -587,6 +609,7 @@ mod tests {
         let raw = RawCompare {
             ignore_json_paths: Some(vec!["$.ok".into(), "timestamp".into()]),
             learn_noise_percent: Some(101.0),
+            noise_ttl: dur("0s"),
             ..RawCompare::default()
         };
         assert_eq!(
@@ -594,6 +617,18 @@ mod tests {
             vec![
                 "p.ignore_json_paths[1]: invalid JSON path \"timestamp\": must start with \"$\"",
                 "p.learn_noise_percent: must be between 0 and 100 (got 101)",
+                "p.noise_ttl: must be greater than 0",
+            ]
+        );
+        let raw = RawCompare {
+            noise_ttl: dur("10 minutes-ish"),
+            ..RawCompare::default()
+        };
+        assert_eq!(
+            errors(|r| compare(r, &at(), raw)),
+            vec![
+                "p.noise_ttl: invalid duration \"10 minutes-ish\": expected e.g. \"250ms\", \"5s\", \
+                 \"1m\""
             ]
         );
     }

@@ -211,6 +211,7 @@ pub(crate) struct RawCompare {
     pub(crate) ignore_json_paths: Option<Vec<String>>,
     pub(crate) ignore_headers: Option<Vec<String>>,
     pub(crate) learn_noise_percent: Option<f64>,
+    pub(crate) noise_ttl: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

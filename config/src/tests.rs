@@ -105,6 +105,7 @@ fn spec_example() -> RouteSpec {
             ],
             ignore_headers: strings(&["date", "server", "set-cookie"]),
             learn_noise_percent: 1.0,
+            noise_ttl: secs(600),
         },
         rollback: RollbackPolicy::default(),
         ramp: Some(Ramp {
@@ -302,7 +303,7 @@ fn spec_serializes_to_the_spec_shape() {
         "compare": {"status": true, "headers": ["content-type"], "body": "json",
                     "ignore_json_paths": ["$.timestamp", "$.meta.request_id"],
                     "ignore_headers": ["date", "server", "set-cookie"],
-                    "learn_noise_percent": 1},
+                    "learn_noise_percent": 1, "noise_ttl": "10m"},
         "rollback": {"error_rate": {"max": 0.05, "for": "1m", "min_requests": 100},
                      "latency_p99": {"max_ratio": 2, "for": "5m", "min_requests": 100},
                      "divergence": {"max": 0.01, "for": "1m", "min_samples": 100}},

@@ -73,8 +73,11 @@ impl Admin {
                     ),
                 },
                 Some((id, "divergences")) => match snapshot.route(id) {
-                    // Shadow comparison lands with the divergence engine; until then there are none.
-                    Some(_) => json_response(StatusCode::OK, &json!([])),
+                    Some(route) => json_response(
+                        StatusCode::OK,
+                        &serde_json::to_value(route.telemetry.divergences.recent())
+                            .expect("plain records"),
+                    ),
                     None => json_response(
                         StatusCode::NOT_FOUND,
                         &json!({"error": format!("no route {id:?}")}),
@@ -141,13 +144,15 @@ pub fn stats_json(route: &Route, now: Instant) -> Value {
         }
         backends.insert(b.as_str().into(), Value::Object(roles));
     }
+    let compared = route.telemetry.comparisons.read(now);
     json!({
         "route": route.id.as_str(),
         "window_seconds": windows.shape.window.as_secs(),
         "backends": backends,
-        "comparisons": 0,
-        "divergences": 0,
-        "divergence_rate": 0.0,
+        "comparisons": compared.count,
+        "divergences": compared.errors,
+        "divergence_rate": compared.error_rate,
+        "learned_noise": route.telemetry.noise.learned(now),
     })
 }
 

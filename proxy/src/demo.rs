@@ -46,7 +46,9 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
     rt.block_on(walk(args))
 }
 
-const STEPS: [u32; 4] = [0, 10, 50, 100];
+/// The walk: `(new weight, shadow %)`. First shadow mode (new serves nothing, every request is
+/// mirrored to it and compared), then the canary steps.
+const STEPS: [(u32, u32); 4] = [(0, 100), (10, 0), (50, 0), (100, 0)];
 
 async fn walk(args: DemoArgs) -> Result<(), DemoError> {
     let legacy = start_backend("legacy", Duration::from_millis(2)).await?;
@@ -54,8 +56,10 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
     let dir = tempfile::tempdir()?;
     let config_path = dir.path().join("cutover.toml");
     let (listen, admin) = (free_port()?, free_port()?);
-    let render = |new_weight: u32| render_config(listen, admin, legacy, new, new_weight);
-    write_atomic(&config_path, &render(0))?;
+    let render = |(new_weight, shadow): (u32, u32)| {
+        render_config(listen, admin, legacy, new, new_weight, shadow)
+    };
+    write_atomic(&config_path, &render((0, 0)))?;
 
     let log_path = dir.path().join("cutover.log");
     let mut proxy = ProxyChild::spawn(&config_path, &log_path)?;
@@ -75,7 +79,7 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
 
     println!("cutover demo");
     println!("  legacy backend  http://{legacy}   (answers in ~2 ms)");
-    println!("  new backend     http://{new}   (answers in ~1 ms)");
+    println!("  new backend     http://{new}   (answers in ~1 ms; its /orders/{{n}} disagrees on \"total\")");
     println!("  proxy           http://{listen}");
     println!("  dashboard       http://{admin}/   (metrics: http://{admin}/metrics)");
     println!(
@@ -84,23 +88,34 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
     );
     println!();
     println!(
-        "{:>6} | {:>8} {:>8} | {:>9} {:>9} | {:>9} {:>9} | {:>6} | {:>7}",
-        "new %", "legacy", "new", "leg p50", "leg p99", "new p50", "new p99", "errors", "req/s"
+        "{:>6} | {:>8} | {:>8} {:>8} | {:>9} {:>9} | {:>9} {:>9} | {:>6} | {:>7}",
+        "new %",
+        "shadow %",
+        "legacy",
+        "new",
+        "leg p50",
+        "leg p99",
+        "new p50",
+        "new p99",
+        "errors",
+        "req/s"
     );
-    println!("{}", "-".repeat(96));
+    println!("{}", "-".repeat(107));
+    let mut shadow_report = None;
     for step in STEPS {
+        let (new_weight, shadow) = step;
         write_atomic(&config_path, &render(step))?;
-        let want = f64::from(step);
         wait_until(Duration::from_secs(10), || async {
-            weight_applied(&client, admin, want).await
+            weights_applied(&client, admin, f64::from(new_weight), f64::from(shadow)).await
         })
         .await
-        .map_err(|_| format!("weight {step} was not applied within 10s"))?;
+        .map_err(|_| format!("weights {step:?} were not applied within 10s"))?;
         let r = drive(&client, listen, args.step, args.connections).await;
         let total = (r.legacy.len() + r.new.len()).max(1) as f64;
         println!(
-            "{:>6} | {:>7.1}% {:>7.1}% | {:>9} {:>9} | {:>9} {:>9} | {:>6} | {:>7.0}",
-            step,
+            "{:>6} | {:>8} | {:>7.1}% {:>7.1}% | {:>9} {:>9} | {:>9} {:>9} | {:>6} | {:>7.0}",
+            new_weight,
+            shadow,
             r.legacy.len() as f64 * 100.0 / total,
             r.new.len() as f64 * 100.0 / total,
             ms(&r.legacy, 0.5),
@@ -110,6 +125,13 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
             r.errors,
             total / args.step.as_secs_f64(),
         );
+        if shadow > 0 {
+            shadow_report = Some(shadow_summary(&client, admin).await);
+        }
+    }
+    if let Some(report) = shadow_report {
+        println!();
+        println!("{report}");
     }
     println!();
     println!(
@@ -160,7 +182,13 @@ async fn drive(
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     n += 1;
-                    let url = format!("http://{listen}/orders/{}", i as u64 * 1_000_000 + n);
+                    // Two endpoints: /orders/{n} (new disagrees on one field) and /users/{n}.
+                    let resource = if n.is_multiple_of(2) {
+                        "orders"
+                    } else {
+                        "users"
+                    };
+                    let url = format!("http://{listen}/{resource}/{}", i as u64 * 1_000_000 + n);
                     let t = Instant::now();
                     let outcome = get(&client, &url).await;
                     let micros = t.elapsed().as_micros() as u64;
@@ -200,18 +228,67 @@ async fn get(
     Ok((status, backend, body))
 }
 
-async fn weight_applied(
+async fn weights_applied(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     admin: SocketAddr,
     new: f64,
+    shadow: f64,
 ) -> bool {
-    let Ok((200, _, body)) = get(client, &format!("http://{admin}/api/v1/routes")).await else {
-        return false;
-    };
-    let Ok(routes) = serde_json::from_slice::<serde_json::Value>(&body) else {
+    let Ok(routes) = get_json(client, &format!("http://{admin}/api/v1/routes")).await else {
         return false;
     };
     routes[0]["weights"]["new"].as_f64() == Some(new)
+        && routes[0]["weights"]["shadow"].as_f64() == Some(shadow)
+}
+
+async fn get_json(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    url: &str,
+) -> Result<serde_json::Value, DemoError> {
+    let (status, _, body) = get(client, url).await?;
+    if status != 200 {
+        return Err(format!("{url}: status {status}").into());
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// What shadow mode found: the divergence rate and one sample diff.
+async fn shadow_summary(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    admin: SocketAddr,
+) -> String {
+    let base = format!("http://{admin}/api/v1/routes/orders");
+    // The last comparisons finish just after the load stops.
+    let _ = wait_until(Duration::from_secs(2), || async {
+        get_json(client, &format!("{base}/divergences"))
+            .await
+            .is_ok_and(|d| d.as_array().is_some_and(|a| !a.is_empty()))
+    })
+    .await;
+    let (Ok(stats), Ok(divergences)) = (
+        get_json(client, &format!("{base}/stats")).await,
+        get_json(client, &format!("{base}/divergences")).await,
+    ) else {
+        return "shadow mode: the admin API did not answer".to_string();
+    };
+    let mut out = format!(
+        "shadow mode: {} comparisons, {} diverged ({:.1} %) — new disagrees with legacy",
+        stats["comparisons"],
+        stats["divergences"],
+        stats["divergence_rate"].as_f64().unwrap_or(0.0) * 100.0
+    );
+    if let Some(d) = divergences.as_array().and_then(|a| a.last()) {
+        out.push_str(&format!(
+            "\n  sample: {} {} (endpoint {}) differs at {}\n    legacy: {}\n    new:    {}",
+            d["method"].as_str().unwrap_or("?"),
+            d["path"].as_str().unwrap_or("?"),
+            d["endpoint"].as_str().unwrap_or("?"),
+            d["json_paths"],
+            d["legacy_body"].as_str().unwrap_or(""),
+            d["new_body"].as_str().unwrap_or(""),
+        ));
+    }
+    out
 }
 
 async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> Result<(), ()>
@@ -230,7 +307,8 @@ where
 }
 
 /// A demo backend: answers every path with a small JSON body after `delay`, tagged
-/// `x-backend: <name>`.
+/// `x-backend: <name>`. Both backends answer alike, except that `new` gets `total` wrong on
+/// `/orders/{n}`.
 async fn start_backend(name: &'static str, delay: Duration) -> Result<SocketAddr, DemoError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -243,8 +321,15 @@ async fn start_backend(name: &'static str, delay: Duration) -> Result<SocketAddr
                 let service = service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| async move {
                         tokio::time::sleep(delay).await;
-                        let body =
-                            format!(r#"{{"backend":"{name}","path":"{}"}}"#, req.uri().path());
+                        let path = req.uri().path();
+                        let total = if name == "new" && path.starts_with("/orders/") {
+                            "42.49"
+                        } else {
+                            "42.5"
+                        };
+                        let body = format!(
+                            r#"{{"path":"{path}","items":3,"total":{total},"currency":"EUR"}}"#
+                        );
                         Ok::<_, Infallible>(
                             hyper::Response::builder()
                                 .header("content-type", "application/json")
@@ -273,6 +358,7 @@ fn render_config(
     legacy: SocketAddr,
     new: SocketAddr,
     new_weight: u32,
+    shadow: u32,
 ) -> String {
     format!(
         r#"# Written by `cutover demo`; edit the weights to steer traffic.
@@ -292,7 +378,7 @@ id = "orders"
 match = {{ path_prefix = "/" }}
 legacy = {{ endpoints = ["{legacy}"] }}
 new = {{ endpoints = ["{new}"] }}
-weights = {{ legacy = {}, new = {new_weight}, shadow = 0 }}
+weights = {{ legacy = {}, new = {new_weight}, shadow = {shadow} }}
 "#,
         100 - new_weight
     )

@@ -3,11 +3,13 @@
 //! Start at [`server::serve`]; the request phases are charted in `docs/architecture.md`.
 
 pub mod admin;
+pub mod compare;
 pub mod demo;
 pub mod hygiene;
 pub mod routing;
 pub mod server;
 pub mod service;
+pub mod shadow;
 pub mod split;
 pub mod state;
 pub mod stats;

@@ -137,7 +137,7 @@ impl Snapshot {
             .iter()
             .map(|rc| {
                 let split = Split::new(&rc.weights);
-                let telemetry = telemetry.route(rc.id.as_str());
+                let telemetry = telemetry.route(rc.id.as_str(), rc.spec.compare.noise_ttl);
                 telemetry.set_weight_percent(100.0 - split.new_percent(), split.new_percent());
                 Arc::new(Route {
                     id: rc.id.clone(),

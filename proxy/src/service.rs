@@ -16,6 +16,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::hygiene::{self, SHADOW_MARKER};
 use crate::routing::{request_host, Route};
+use crate::shadow::{self, ShadowRequest};
 use crate::state::{InflightGuard, Shared};
 use crate::stats::{BackendKind, Role};
 use crate::telemetry::Outcome;
@@ -46,6 +47,8 @@ pub struct RequestCtx {
     sent_upstream: bool,
     upstream_status: Option<u16>,
     body_bytes: u64,
+    /// The shadow copy of this request, when it is sampled and eligible.
+    shadow: Option<ShadowRequest>,
     _inflight: InflightGuard,
 }
 
@@ -56,6 +59,41 @@ async fn respond(session: &mut Session, status: u16, reason: &str) -> Result<boo
     let body = Bytes::from(format!("cutover: {reason}\n"));
     session.respond_error_with_body(status, body).await?;
     Ok(true)
+}
+
+/// Sample the request for shadowing and check it is eligible; ineligible samples are counted.
+fn plan_shadow(
+    route: &Route,
+    req: &RequestHeader,
+    served_by: BackendKind,
+) -> Option<ShadowRequest> {
+    let share = route.weights.shadow;
+    if share <= 0.0 || (share < 100.0 && rand::random::<f64>() * 100.0 >= share) {
+        return None;
+    }
+    let policy = &route.spec.shadow;
+    let declared = hygiene::content_length(&req.headers);
+    if let Err(reason) = shadow::eligibility(policy, &req.method, &req.headers, declared) {
+        route.telemetry.shadow_dropped(reason);
+        return None;
+    }
+    let target = match served_by {
+        BackendKind::Legacy => BackendKind::New,
+        BackendKind::New => BackendKind::Legacy,
+    };
+    let noise = route.spec.compare.learn_noise_percent;
+    let noise_copy = noise > 0.0 && rand::random::<f64>() * 100.0 < noise;
+    let path = req
+        .uri
+        .path_and_query()
+        .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string());
+    Some(ShadowRequest::new(
+        target,
+        req.method.clone(),
+        path,
+        policy.max_body_bytes,
+        noise_copy,
+    ))
 }
 
 fn sticky_key<'a>(req: &'a RequestHeader, sticky: Option<&Sticky>) -> Option<&'a [u8]> {
@@ -83,6 +121,7 @@ impl ProxyHttp for Cutover {
             sent_upstream: false,
             upstream_status: None,
             body_bytes: 0,
+            shadow: None,
             _inflight: self.shared.inflight_guard(),
         }
     }
@@ -145,6 +184,7 @@ impl ProxyHttp for Cutover {
             .split
             .choose(sticky_key(req, route.spec.sticky.as_ref()));
         ctx.rr_start = route.upstream(ctx.backend).start_index();
+        ctx.shadow = plan_shadow(route, req, ctx.backend);
         ctx.route = Some(route.clone());
         Ok(false)
     }
@@ -153,7 +193,7 @@ impl ProxyHttp for Cutover {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(b) = body {
@@ -163,6 +203,19 @@ impl ProxyHttp for Cutover {
                     ErrorType::HTTPStatus(413),
                     "request body over max_body_bytes",
                 );
+            }
+        }
+        if let (Some(shadow), Some(route)) = (ctx.shadow.as_mut(), ctx.route.as_ref()) {
+            if let Some(b) = body {
+                if let Err(reason) = shadow.tee_request(b) {
+                    route.telemetry.shadow_dropped(reason);
+                    ctx.shadow = None;
+                    return Ok(());
+                }
+            }
+            if end_of_stream {
+                shadow.finish_body();
+                shadow.dispatch(route, &self.shared.shadow_client, Instant::now());
             }
         }
         Ok(())
@@ -226,7 +279,7 @@ impl ProxyHttp for Cutover {
         &self,
         session: &mut Session,
         up: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         for name in hygiene::hop_by_hop_names(&up.headers) {
             up.remove_header(&name);
@@ -275,6 +328,10 @@ impl ProxyHttp for Cutover {
             session.req_header().version,
         );
         up.insert_header(http::header::VIA, via)?;
+        if let (Some(shadow), Some(route)) = (ctx.shadow.as_mut(), ctx.route.as_ref()) {
+            shadow.set_headers(shadow::copy_headers(&up.headers, &route.spec.shadow));
+            shadow.dispatch(route, &self.shared.shadow_client, Instant::now());
+        }
         Ok(())
     }
 
@@ -285,6 +342,9 @@ impl ProxyHttp for Cutover {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_status = Some(resp.status.as_u16());
+        if let Some(shadow) = ctx.shadow.as_mut() {
+            shadow.primary_head(resp.status.as_u16(), &resp.headers);
+        }
         Ok(())
     }
 
@@ -306,6 +366,19 @@ impl ProxyHttp for Cutover {
         );
         resp.insert_header(http::header::VIA, via)?;
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(shadow), Some(b)) = (ctx.shadow.as_mut(), body.as_ref()) {
+            shadow.primary_body(b);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -337,6 +410,9 @@ impl ProxyHttp for Cutover {
             Some(status) if !broke => Outcome::Status(status),
             _ => Outcome::NoResponse,
         };
+        if let Some(shadow) = ctx.shadow.as_mut() {
+            shadow.primary_done(e.is_none());
+        }
         route.telemetry.record(
             ctx.backend,
             Role::Primary,

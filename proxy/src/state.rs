@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::hygiene::Limits;
 use crate::routing::Snapshot;
+use crate::shadow::ShadowClient;
 use crate::stats::WindowShape;
 use crate::telemetry::Telemetry;
 
@@ -55,6 +56,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub telemetry: Telemetry,
     pub settings: Settings,
+    /// cutover's own client and pool for shadow copies.
+    pub shadow_client: ShadowClient,
     /// Requests being processed right now (for draining).
     inflight: Arc<AtomicUsize>,
     /// A valid config is loaded and the listeners accept connections.
@@ -75,6 +78,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             telemetry,
             settings: Settings::from_config(config),
+            shadow_client: ShadowClient::new(config.proxy.connect_timeout),
             inflight: Arc::new(AtomicUsize::new(0)),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

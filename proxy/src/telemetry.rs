@@ -5,15 +5,23 @@
 //! counters and histograms.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
 
-use crate::stats::{BackendKind, Role, RouteWindows, Sample, WindowShape};
+use crate::compare::{Difference, DivergenceLog, Groups, NoiseLearner};
+use crate::shadow::DropReason;
+use crate::stats::{BackendKind, Role, RouteWindows, Sample, WindowShape, WindowedStats};
+
+/// Distinct endpoint groups tracked per route; later ones are counted as `{other}`.
+const MAX_GROUPS: usize = 256;
+/// Recent diverging pairs kept per route.
+const DIVERGENCE_LOG: usize = 256;
 
 /// Request duration buckets: 100 µs to 10 s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -184,30 +192,22 @@ impl Metrics {
                 .with_label_values(&[route, b.as_str(), r.as_str()]),
         };
         let per_backend = |b| [cell(b, Role::Primary), cell(b, Role::Shadow)];
-        // Touch the route's other series so dashboards see zeros, not gaps.
-        self.comparisons.with_label_values(&[route]);
-        for kind in ["status", "headers", "body"] {
-            self.divergences.with_label_values(&[route, kind]);
-        }
         RouteMetrics {
             cells: [
                 per_backend(BackendKind::Legacy),
                 per_backend(BackendKind::New),
             ],
             weight: BackendKind::ALL.map(|b| self.weight.with_label_values(&[route, b.as_str()])),
+            comparisons: self.comparisons.with_label_values(&[route]),
+            divergences: DIVERGENCE_KINDS.map(|k| self.divergences.with_label_values(&[route, k])),
+            shadow_dropped: DROP_REASONS
+                .map(|r| self.shadow_dropped.with_label_values(&[route, r.as_str()])),
         }
     }
 
     /// Count a rollback of `route` by `rule`.
     pub fn rollback(&self, route: &str, rule: &str) {
         self.rollbacks.with_label_values(&[route, rule]).inc();
-    }
-
-    /// Count a request that was not shadowed, by reason.
-    pub fn shadow_dropped(&self, route: &str, reason: &str) {
-        self.shadow_dropped
-            .with_label_values(&[route, reason])
-            .inc();
     }
 }
 
@@ -222,14 +222,33 @@ struct RoleMetrics {
     duration: Histogram,
 }
 
+const DIVERGENCE_KINDS: [&str; 3] = ["status", "headers", "body"];
+const DROP_REASONS: [DropReason; 4] = [
+    DropReason::Overload,
+    DropReason::BodyTooLarge,
+    DropReason::Method,
+    DropReason::Timeout,
+];
+
 struct RouteMetrics {
     cells: [[RoleMetrics; 2]; 2],
     weight: [prometheus::Gauge; 2],
+    comparisons: IntCounter,
+    divergences: [IntCounter; 3],
+    shadow_dropped: [IntCounter; 4],
 }
 
-/// Everything one route records into: its window statistics and its metric handles.
+/// Everything one route records into and keeps across snapshots: window statistics, metric
+/// handles, and the shadow/comparison state (in-flight copies, endpoint groups, learned noise,
+/// recent divergences).
 pub struct RouteTelemetry {
     pub windows: RouteWindows,
+    /// Comparisons over the window: `count` = compared pairs, `errors` = diverging pairs.
+    pub comparisons: WindowedStats,
+    pub shadow_in_flight: AtomicUsize,
+    pub groups: Groups,
+    pub noise: NoiseLearner,
+    pub divergences: DivergenceLog,
     metrics: RouteMetrics,
 }
 
@@ -264,6 +283,32 @@ impl RouteTelemetry {
         );
     }
 
+    /// Count a sampled request that was not shadowed.
+    pub fn shadow_dropped(&self, reason: DropReason) {
+        let i = DROP_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        self.metrics.shadow_dropped[i].inc();
+    }
+
+    /// Count one compared pair (and its divergences by kind).
+    pub fn record_comparison(&self, diff: &Difference, now: Instant) {
+        self.metrics.comparisons.inc();
+        for kind in diff.kinds() {
+            if let Some(i) = DIVERGENCE_KINDS.iter().position(|k| *k == kind) {
+                self.metrics.divergences[i].inc();
+            }
+        }
+        self.comparisons.record(
+            now,
+            Sample {
+                latency: Duration::ZERO,
+                error: diff.diverged(),
+            },
+        );
+    }
+
     /// Publish the live share (percent) each backend serves.
     pub fn set_weight_percent(&self, legacy: f64, new: f64) {
         self.metrics.weight[BackendKind::Legacy.index()].set(legacy);
@@ -291,14 +336,19 @@ impl Telemetry {
     }
 
     /// The telemetry of route `id`, created the first time the route is seen (snapshot build,
-    /// not the hot path).
-    pub fn route(&self, id: &str) -> Arc<RouteTelemetry> {
+    /// not the hot path). `noise_ttl` applies from creation on.
+    pub fn route(&self, id: &str, noise_ttl: Duration) -> Arc<RouteTelemetry> {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes
             .entry(id.to_string())
             .or_insert_with(|| {
                 Arc::new(RouteTelemetry {
                     windows: RouteWindows::new(self.shape, self.origin),
+                    comparisons: WindowedStats::new(self.shape, self.origin),
+                    shadow_in_flight: AtomicUsize::new(0),
+                    groups: Groups::new(MAX_GROUPS),
+                    noise: NoiseLearner::new(noise_ttl, NoiseLearner::DEFAULT_MIN_SEEN),
+                    divergences: DivergenceLog::new(DIVERGENCE_LOG),
                     metrics: self.metrics.route_metrics(id),
                 })
             })
@@ -328,8 +378,9 @@ mod tests {
             window: Duration::from_secs(60),
             slices: 12,
         });
-        let r = t.route("orders");
-        assert!(Arc::ptr_eq(&r, &t.route("orders")), "kept per id");
+        let ttl = Duration::from_secs(600);
+        let r = t.route("orders", ttl);
+        assert!(Arc::ptr_eq(&r, &t.route("orders", ttl)), "kept per id");
         let now = Instant::now();
         r.record(
             BackendKind::New,

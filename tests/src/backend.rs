@@ -1,7 +1,11 @@
 //! Fake upstreams on port 0: a scriptable JSON [`Backend`] (hyper, HTTP/1.1 keep-alive) that
 //! records every request it receives, plus [`RefusingEndpoint`] and [`SilentBackend`] for faults.
+//! Bodies can be fixed per path ([`Backend::route`], [`Backend::raw_route`]), computed per
+//! request ([`Backend::body_fn`]), padded to a size ([`Backend::json_body_bytes`]) and made to
+//! diverge on every n-th answer ([`Backend::diverge_every`]) for shadow-comparison tests.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,15 +27,45 @@ use tokio::task::{JoinHandle, JoinSet};
 
 /// Builder for a fake upstream. Every response carries `x-backend: <name>`; by default any
 /// path answers 200 `{"backend":"<name>","path":"<path>"}`.
+///
+/// The body of a normal (non-error) answer is, first match wins: the [`Backend::raw_route`]
+/// bytes for the path, the [`Backend::route`] JSON for the path, the [`Backend::body_fn`]
+/// result, the [`Backend::json_body_bytes`] document, the default above. JSON bodies then get
+/// the [`Backend::diverge_every`] override when it is their turn.
 #[derive(Clone, Debug)]
 pub struct Backend {
     name: String,
     routes: HashMap<String, serde_json::Value>,
+    raw_routes: HashMap<String, Bytes>,
+    body_fn: Option<BodyFn>,
+    default_body: Option<serde_json::Value>,
+    diverge: Option<Diverge>,
     status: u16,
     delay: Option<Duration>,
     error_fraction: f64,
     response_headers: Vec<(String, String)>,
     hang_up: bool,
+}
+
+/// A per-request JSON body: gets the recorded request and the 0-based index of this answer
+/// (counting every answered request of the backend, in the order answers are produced).
+#[derive(Clone)]
+struct BodyFn(Arc<BodyFnInner>);
+
+type BodyFnInner = dyn Fn(&RecordedRequest, usize) -> serde_json::Value + Send + Sync;
+
+impl fmt::Debug for BodyFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BodyFn(..)")
+    }
+}
+
+/// Every `every`-th JSON answer gets `field` set to `value`.
+#[derive(Clone, Debug)]
+struct Diverge {
+    every: usize,
+    field: String,
+    value: serde_json::Value,
 }
 
 /// One request as the backend saw it (recorded once its body was read completely).
@@ -59,6 +93,11 @@ impl RecordedRequest {
     pub fn has_header(&self, name: &str) -> bool {
         self.headers.contains_key(name)
     }
+
+    /// True for a shadow copy (`x-cutover-shadow: 1`, SPEC §7).
+    pub fn is_shadow(&self) -> bool {
+        self.header("x-cutover-shadow").as_deref() == Some("1")
+    }
 }
 
 fn lossy(v: &HeaderValue) -> String {
@@ -81,6 +120,10 @@ impl Backend {
         Backend {
             name: name.to_string(),
             routes: HashMap::new(),
+            raw_routes: HashMap::new(),
+            body_fn: None,
+            default_body: None,
+            diverge: None,
             status: 200,
             delay: None,
             error_fraction: 0.0,
@@ -92,6 +135,45 @@ impl Backend {
     /// Answer `path` (exact match, query ignored) with this JSON body.
     pub fn route(mut self, path: &str, body: serde_json::Value) -> Self {
         self.routes.insert(path.to_string(), body);
+        self
+    }
+
+    /// Answer `path` (exact match, query ignored) with exactly these bytes (still labelled
+    /// `content-type: application/json`): for key order, whitespace and non-JSON bodies.
+    pub fn raw_route(mut self, path: &str, body: impl Into<Bytes>) -> Self {
+        self.raw_routes.insert(path.to_string(), body.into());
+        self
+    }
+
+    /// Compute the JSON body of every answer not covered by a route: `f(request, n)` where
+    /// `n` is the 0-based index of this answer among all answers of this backend (a counter
+    /// that differs on every call, so `f` can put per-response values such as a request id
+    /// or a timestamp into the body).
+    pub fn body_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&RecordedRequest, usize) -> serde_json::Value + Send + Sync + 'static,
+    {
+        self.body_fn = Some(BodyFn(Arc::new(f)));
+        self
+    }
+
+    /// Answer every path not covered by a route with one fixed JSON document of at least
+    /// `bytes` bytes (an `items` array of small objects). It does not contain the backend's
+    /// name, so two backends built with the same size answer identical bodies.
+    pub fn json_body_bytes(mut self, bytes: usize) -> Self {
+        self.default_body = Some(padded_document(bytes));
+        self
+    }
+
+    /// Every `every`-th JSON answer (the 5th, 10th, … for `every = 5`) gets the top-level
+    /// `field` set to `value`: an exact, deterministic share `1/every` of diverging answers.
+    pub fn diverge_every(mut self, every: usize, field: &str, value: serde_json::Value) -> Self {
+        assert!(every > 0, "diverge_every needs every > 0");
+        self.diverge = Some(Diverge {
+            every,
+            field: field.to_string(),
+            value,
+        });
         self
     }
 
@@ -198,40 +280,36 @@ async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| parts.uri.to_string());
-    state.requests.lock().expect("lock").push(RecordedRequest {
+    let recorded = RecordedRequest {
         method: parts.method.clone(),
         path: path.clone(),
         version: parts.version,
         headers: parts.headers.clone(),
         body,
-    });
+    };
+    state.requests.lock().expect("lock").push(recorded.clone());
     if config.hang_up {
         return Err(HangUp);
     }
     if let Some(delay) = config.delay {
         tokio::time::sleep(delay).await;
     }
-    let n = state.served.fetch_add(1, Ordering::SeqCst) as f64;
+    let index = state.served.fetch_add(1, Ordering::SeqCst);
+    let n = index as f64;
     let f = config.error_fraction;
     let fail = ((n + 1.0) * f).floor() > (n * f).floor();
     let (status, body) = if fail {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({"backend": config.name, "error": true}),
+            Bytes::from(serde_json::json!({"backend": config.name, "error": true}).to_string()),
         )
     } else {
-        let bare_path = parts.uri.path();
-        let body = config
-            .routes
-            .get(bare_path)
-            .cloned()
-            .unwrap_or_else(|| serde_json::json!({"backend": config.name, "path": bare_path}));
         (
             StatusCode::from_u16(config.status).expect("valid status"),
-            body,
+            answer_body(&config, &recorded, parts.uri.path(), index),
         )
     };
-    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut res = Response::new(Full::new(body));
     *res.status_mut() = status;
     let headers = res.headers_mut();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
@@ -246,6 +324,48 @@ async fn handle(
         );
     }
     Ok(res)
+}
+
+/// The body of a normal answer (see [`Backend`] for the order of precedence).
+fn answer_body(config: &Backend, req: &RecordedRequest, bare_path: &str, index: usize) -> Bytes {
+    if let Some(raw) = config.raw_routes.get(bare_path) {
+        return raw.clone();
+    }
+    let mut body = if let Some(fixed) = config.routes.get(bare_path) {
+        fixed.clone()
+    } else if let Some(f) = &config.body_fn {
+        (f.0)(req, index)
+    } else if let Some(doc) = &config.default_body {
+        doc.clone()
+    } else {
+        serde_json::json!({"backend": config.name, "path": bare_path})
+    };
+    if let Some(d) = &config.diverge {
+        if index % d.every == d.every - 1 {
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert(d.field.clone(), d.value.clone());
+            }
+        }
+    }
+    Bytes::from(body.to_string())
+}
+
+/// A JSON document of at least `bytes` bytes: `{"kind":"catalog","items":[{..},..]}`.
+fn padded_document(bytes: usize) -> serde_json::Value {
+    let mut items: Vec<serde_json::Value> = Vec::new();
+    loop {
+        let doc = serde_json::json!({"kind": "catalog", "items": items});
+        if doc.to_string().len() >= bytes {
+            return doc;
+        }
+        let i = items.len();
+        items.push(serde_json::json!({
+            "id": i,
+            "name": format!("item-{i}"),
+            "price": i as f64 * 1.25 + 0.5,
+            "in_stock": i % 4 < 3,
+        }));
+    }
 }
 
 /// A started [`Backend`]; stops (and closes every connection) when dropped.
@@ -294,6 +414,19 @@ impl RunningBackend {
             out.extend_from_slice(&c.lock().expect("lock"));
         }
         out
+    }
+
+    /// Recorded shadow copies (requests carrying `x-cutover-shadow: 1`).
+    pub fn shadow_requests(&self) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(RecordedRequest::is_shadow)
+            .collect()
+    }
+
+    /// Number of recorded shadow copies.
+    pub fn shadow_count(&self) -> usize {
+        self.shadow_requests().len()
     }
 
     /// Recorded requests whose path starts with `prefix`.

@@ -112,6 +112,10 @@ pub struct Route {
     new: Vec<SocketAddr>,
     weights: Option<(f64, f64, f64)>,
     sticky: Option<(&'static str, String)>,
+    /// Inside of the `shadow = { .. }` inline table.
+    shadow_block: Option<String>,
+    /// Inside of the `compare = { .. }` inline table.
+    compare_block: Option<String>,
     extra: Vec<String>,
 }
 
@@ -126,6 +130,8 @@ impl Route {
             new: Vec::new(),
             weights: None,
             sticky: None,
+            shadow_block: None,
+            compare_block: None,
             extra: Vec::new(),
         }
     }
@@ -180,6 +186,26 @@ impl Route {
         self
     }
 
+    /// `shadow = { <inner> }` (SPEC §3), `inner` being raw TOML inline-table content, e.g.
+    /// `methods = ["POST"], max_body_bytes = 1024`. Replaces an earlier shadow block.
+    pub fn shadow_block(mut self, inner: &str) -> Self {
+        self.shadow_block = Some(inner.to_string());
+        self
+    }
+
+    /// `compare = { <inner> }` (SPEC §3), e.g. `body = "json", ignore_json_paths = ["$.ts"]`.
+    /// Replaces an earlier compare block.
+    pub fn compare_block(mut self, inner: &str) -> Self {
+        self.compare_block = Some(inner.to_string());
+        self
+    }
+
+    /// `rollback = {}`: automatic rollback off, so a test's deliberate divergence or errors
+    /// cannot move traffic behind its back.
+    pub fn rollback_off(self) -> Self {
+        self.line("rollback = {}")
+    }
+
     /// A raw `key = value` TOML line added to this route's table.
     pub fn line(mut self, toml: &str) -> Self {
         self.extra.push(toml.to_string());
@@ -218,6 +244,12 @@ impl Route {
         }
         if let Some((kind, name)) = &self.sticky {
             let _ = writeln!(out, "sticky = {{ {kind} = {} }}", toml_string(name));
+        }
+        if let Some(inner) = &self.shadow_block {
+            let _ = writeln!(out, "shadow = {{ {inner} }}");
+        }
+        if let Some(inner) = &self.compare_block {
+            let _ = writeln!(out, "compare = {{ {inner} }}");
         }
         for line in &self.extra {
             let _ = writeln!(out, "{line}");
@@ -343,6 +375,19 @@ impl ProxyConfig {
             .find(|r| r.id == id)
             .unwrap_or_else(|| panic!("no route {id:?} in the test config"));
         *route = route.clone().weights(legacy, new);
+        next
+    }
+
+    /// A copy with route `id`'s shadow percentage replaced (legacy/new weights kept).
+    pub fn with_shadow(&self, id: &str, percent: impl Into<f64>) -> Self {
+        let percent = percent.into();
+        let mut next = self.clone();
+        let route = next
+            .routes
+            .iter_mut()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("no route {id:?} in the test config"));
+        *route = route.clone().shadow(percent);
         next
     }
 
@@ -667,6 +712,37 @@ impl Proxy {
     /// Sum of the samples of `name` whose labels include `labels`; `None` if absent.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         metrics::metric_value(&self.metrics().await, name, labels)
+    }
+
+    /// Like [`Proxy::metric`], 0 when absent (a counter never incremented).
+    pub async fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.metric(name, labels).await.unwrap_or(0.0)
+    }
+
+    /// `/api/v1/routes/<id>/divergences` (a JSON array, newest last).
+    pub async fn divergences(&self, route: &str) -> Value {
+        self.admin_json(&format!("/api/v1/routes/{route}/divergences"))
+            .await
+    }
+
+    /// Number of file descriptors the proxy process has open (`/proc/<pid>/fd`); `None` when
+    /// that cannot be read (not Linux, process gone).
+    pub fn open_fds(&self) -> Option<usize> {
+        let pid = self.pid()?;
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()
+            .map(|d| d.count())
+    }
+
+    /// Waits until `/api/v1/routes` shows `weights.shadow == percent` for route `id`.
+    pub async fn wait_for_shadow(&self, id: &str, percent: f64) {
+        let what = format!("route {id} to show weights.shadow={percent}");
+        crate::eventually(APPLY_TIMEOUT, &what, || async {
+            self.route_info(id)
+                .await
+                .is_some_and(|r| r["weights"]["shadow"].as_f64() == Some(percent))
+        })
+        .await;
     }
 
     /// Waits until `/api/v1/routes` shows these weights for route `id`.

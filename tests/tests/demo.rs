@@ -26,20 +26,26 @@ fn demo_walks_the_weights_and_drains() {
         started.elapsed()
     );
 
-    // One table row per step: `new %`, legacy share, new share, …, errors, req/s.
+    // One table row per step: `new %`, `shadow %`, legacy/new share, …, errors, req/s.
     let rows: Vec<Vec<&str>> = stdout
         .lines()
         .filter(|l| l.contains('|') && !l.contains("new %"))
         .map(|l| l.split('|').map(str::trim).collect())
         .collect();
     assert_eq!(rows.len(), 4, "one row per weight step:\n{stdout}");
-    for (row, want_new) in rows.iter().zip([0.0, 10.0, 50.0, 100.0]) {
+    let steps = [(0.0, 100.0), (10.0, 0.0), (50.0, 0.0), (100.0, 0.0)];
+    for (row, (want_new, want_shadow)) in rows.iter().zip(steps) {
         assert_eq!(
             row[0].parse::<f64>().unwrap(),
             want_new,
             "step order:\n{stdout}"
         );
-        let shares: Vec<f64> = row[1]
+        assert_eq!(
+            row[1].parse::<f64>().unwrap(),
+            want_shadow,
+            "shadow share:\n{stdout}"
+        );
+        let shares: Vec<f64> = row[2]
             .split_whitespace()
             .map(|s| s.trim_end_matches('%').parse().unwrap())
             .collect();
@@ -54,10 +60,30 @@ fn demo_walks_the_weights_and_drains() {
             shares[1]
         );
         assert_eq!(
-            row[4], "0",
+            row[5], "0",
             "no failed requests at step {want_new}:\n{stdout}"
         );
     }
+
+    // Shadow mode found new's one wrong field, on the one endpoint that has it.
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("shadow mode:"))
+        .unwrap_or_else(|| panic!("no shadow summary:\n{stdout}"));
+    let rate: f64 = summary
+        .split('(')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no divergence rate in {summary:?}"));
+    assert!(
+        (30.0..=70.0).contains(&rate),
+        "about half diverge (orders, not users): {summary}"
+    );
+    assert!(
+        stdout.contains("(endpoint GET /orders/{n}) differs at [\"/total\"]"),
+        "sample diff:\n{stdout}"
+    );
     assert!(
         stdout.contains("drained and exited (exit status: 0)"),
         "clean drain:\n{stdout}"

@@ -1,11 +1,13 @@
-//! `cutover-bench`: closed-loop load against a URL with HDR percentiles (`load`), and the
-//! etcd → traffic propagation scenario (`propagation`).
+//! `cutover-bench`: closed-loop load against a URL with HDR percentiles (`load`), the
+//! etcd → traffic propagation scenario (`propagation`) and the shadow CPU-cost scenario
+//! (`shadow-cost`).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use cutover_bench::propagation::{self, PropagationOptions};
+use cutover_bench::shadow_cost::{self, ShadowCostOptions};
 use cutover_bench::{run_closed_loop, ClosedLoop};
 
 #[derive(Debug, Parser)]
@@ -29,6 +31,16 @@ enum Command {
     /// weights between 100/0 and 0/100 CHANGES times, and prints p50/p90/p99/max as a Markdown
     /// table. Exit 0 when every change propagated, 2 otherwise.
     Propagation(PropagationArgs),
+    /// Proxy CPU per request without shadowing (A) and with shadow 100 + JSON compare (B).
+    ///
+    /// Starts a legacy and a new backend (identical ~1 KiB JSON answers) and two proxies over
+    /// them (binary: $CUTOVER_BIN, else <target dir>/debug/cutover, built when missing; point
+    /// CUTOVER_BIN at a release build for meaningful numbers), all on loopback. Runs the same
+    /// closed-loop load against A then B for ROUNDS rounds and reads each proxy's utime+stime
+    /// from /proc/<pid>/stat around each run. Prints per-run and median CPU µs/request, the
+    /// ratio B/A (target ≤ 2) and req/s as Markdown. Exit 0 when every run completed without
+    /// errors and B's copies were all compared, 2 otherwise (the ratio does not affect it).
+    ShadowCost(ShadowCostArgs),
 }
 
 #[derive(Debug, Args)]
@@ -56,11 +68,30 @@ struct PropagationArgs {
     timeout: Duration,
 }
 
+#[derive(Debug, Args)]
+struct ShadowCostArgs {
+    /// Requests per run (each round runs A and B once).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+    /// Concurrent connections of the closed loop.
+    #[arg(long, short, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    connections: u32,
+    /// Rounds of A then B.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    /// Upper bound for one run.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    run_timeout: Duration,
+    /// Size of the JSON document the backends answer, in bytes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(2..=16_777_216))]
+    body_bytes: u32,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let workers = match cli.command {
         Command::Load(_) => 1,
-        Command::Propagation(_) => 2,
+        Command::Propagation(_) | Command::ShadowCost(_) => 2,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -76,6 +107,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Load(args) => load(&rt, args),
         Command::Propagation(args) => propagation(&rt, args),
+        Command::ShadowCost(args) => shadow_cost(&rt, args),
     }
 }
 
@@ -126,6 +158,32 @@ fn propagation(rt: &tokio::runtime::Runtime, args: PropagationArgs) -> ExitCode 
     };
     println!("{}", report.to_markdown(&command_line()));
     if report.propagated() == report.changes.len() && report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn shadow_cost(rt: &tokio::runtime::Runtime, args: ShadowCostArgs) -> ExitCode {
+    let opts = ShadowCostOptions {
+        requests: args.requests,
+        connections: args.connections as usize,
+        rounds: args.rounds as usize,
+        run_timeout: args.run_timeout,
+        body_bytes: args.body_bytes as usize,
+    };
+    // As for propagation: a harness panic (proxy cannot start) becomes an error exit.
+    let outcome = rt
+        .block_on(async move { tokio::spawn(async move { shadow_cost::run(&opts).await }).await });
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("cutover-bench: the shadow-cost scenario could not run (see the message above): {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}", report.to_markdown(&command_line()));
+    if report.completed() && report.errors() == 0 && report.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

@@ -1,0 +1,476 @@
+//! Shadow traffic: a sampled share of eligible requests is copied to the backend that did not
+//! serve them, and the two answers are compared once both are complete.
+//!
+//! The copy never touches the primary's path: the request body is teed (bounded) while it
+//! streams to the primary, the copy is sent from a detached task on cutover's own connection
+//! pool once the body is complete, bounded per route by `shadow.max_in_flight` (over that, it
+//! is dropped and counted — never queued) and by `shadow.timeout`. The primary's answer reaches
+//! the task through a one-shot channel when the primary finishes; a primary that fails or a
+//! client that goes away simply closes the channel.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cutover_config::ShadowPolicy;
+use http::{HeaderMap, HeaderValue, Method};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::compare::{self, Answer, BodySampler, DivergenceRecord};
+use crate::hygiene::{self, SHADOW_MARKER};
+use crate::routing::Route;
+use crate::stats::{BackendKind, Role};
+use crate::telemetry::Outcome;
+
+/// Longest a shadow task waits for the primary's answer after its own arrived.
+const PRIMARY_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a sampled request was not shadowed (`cutover_shadow_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Overload,
+    BodyTooLarge,
+    Method,
+    Timeout,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Overload => "overload",
+            DropReason::BodyTooLarge => "body_too_large",
+            DropReason::Method => "method",
+            DropReason::Timeout => "timeout",
+        }
+    }
+}
+
+/// cutover's own client for shadow copies (its own connection pool, never the primary's).
+#[derive(Debug, Clone)]
+pub struct ShadowClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ShadowClient {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        ShadowClient { client }
+    }
+}
+
+/// Is `method` with these headers eligible for shadowing under `policy`? `content_length` is
+/// the declared body size, if any.
+pub fn eligibility(
+    policy: &ShadowPolicy,
+    method: &Method,
+    headers: &HeaderMap,
+    content_length: Option<u64>,
+) -> Result<(), DropReason> {
+    if *method == Method::CONNECT
+        || headers.contains_key(http::header::UPGRADE)
+        || !policy.methods.iter().any(|m| m == method.as_str())
+    {
+        return Err(DropReason::Method);
+    }
+    if content_length.is_some_and(|len| len > policy.max_body_bytes) {
+        return Err(DropReason::BodyTooLarge);
+    }
+    Ok(())
+}
+
+/// The headers the copy carries: the primary's forwarded headers, minus `strip_headers`, plus
+/// the marker. (`traceparent` and everything else pass through.)
+pub fn copy_headers(forwarded: &HeaderMap, policy: &ShadowPolicy) -> HeaderMap {
+    let mut headers = forwarded.clone();
+    for name in &policy.strip_headers {
+        headers.remove(name.as_str());
+    }
+    headers.remove(SHADOW_MARKER);
+    headers.insert(SHADOW_MARKER, HeaderValue::from_static("1"));
+    headers
+}
+
+/// A request being shadowed: what the copy needs, collected while the primary runs.
+#[derive(Debug)]
+pub struct ShadowRequest {
+    /// The backend the copy goes to (the one that did not serve).
+    pub target: BackendKind,
+    pub method: Method,
+    pub path_and_query: String,
+    headers: Option<HeaderMap>,
+    body: BytesMut,
+    body_done: bool,
+    limit: u64,
+    /// Also send legacy a second copy, to learn noise.
+    pub noise_copy: bool,
+    sent: bool,
+    primary: Option<PrimaryTap>,
+}
+
+/// The primary's answer, teed as it streams to the client.
+#[derive(Debug)]
+struct PrimaryTap {
+    tx: oneshot::Sender<Answer>,
+    status: Option<u16>,
+    headers: HeaderMap,
+    body: Option<BodySampler>,
+}
+
+impl ShadowRequest {
+    pub fn new(
+        target: BackendKind,
+        method: Method,
+        path_and_query: String,
+        limit: u64,
+        noise_copy: bool,
+    ) -> Self {
+        ShadowRequest {
+            target,
+            method,
+            path_and_query,
+            headers: None,
+            body: BytesMut::new(),
+            body_done: false,
+            limit,
+            noise_copy,
+            sent: false,
+            primary: None,
+        }
+    }
+
+    /// Tee a request body chunk; `Err` when the body outgrew the shadow limit (the copy is
+    /// abandoned; the primary is untouched).
+    pub fn tee_request(&mut self, chunk: &[u8]) -> Result<(), DropReason> {
+        if self.body.len() as u64 + chunk.len() as u64 > self.limit {
+            self.body = BytesMut::new();
+            return Err(DropReason::BodyTooLarge);
+        }
+        self.body.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// The headers the copy carries (the primary's forwarded headers, see [`copy_headers`]).
+    pub fn set_headers(&mut self, headers: HeaderMap) {
+        self.headers = Some(headers);
+    }
+
+    /// The request body is complete.
+    pub fn finish_body(&mut self) {
+        self.body_done = true;
+    }
+
+    /// Headers known and body complete, not sent yet.
+    pub fn is_ready(&self) -> bool {
+        !self.sent && self.body_done && self.headers.is_some()
+    }
+
+    /// Record the primary's response head (before hop-by-hop stripping).
+    pub fn primary_head(&mut self, status: u16, headers: &HeaderMap) {
+        if let Some(tap) = self.primary.as_mut() {
+            tap.status = Some(status);
+            tap.headers = headers.clone();
+        }
+    }
+
+    /// Tee a primary response body chunk.
+    pub fn primary_body(&mut self, chunk: &[u8]) {
+        if let Some(body) = self.primary.as_mut().and_then(|t| t.body.as_mut()) {
+            body.push(chunk);
+        }
+    }
+
+    /// The primary finished: hand its answer to the shadow task (`ok == false`: it failed, so
+    /// there is nothing to compare).
+    pub fn primary_done(&mut self, ok: bool) {
+        let Some(tap) = self.primary.take() else {
+            return;
+        };
+        if let (true, Some(status), Some(body)) = (ok, tap.status, tap.body) {
+            let _ = tap.tx.send(Answer {
+                status,
+                headers: tap.headers,
+                body: body.finish(),
+            });
+        }
+    }
+
+    /// Send the copy from a detached task, once [`ShadowRequest::is_ready`].
+    pub fn dispatch(&mut self, route: &Arc<Route>, client: &ShadowClient, now: Instant) {
+        if !self.is_ready() {
+            return;
+        }
+        self.sent = true;
+        let Some(headers) = self.headers.take() else {
+            return;
+        };
+        let rt = &route.telemetry;
+        let max = route.spec.shadow.max_in_flight;
+        if rt.shadow_in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+            rt.shadow_in_flight.fetch_sub(1, Ordering::AcqRel);
+            rt.shadow_dropped(DropReason::Overload);
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let limit = usize::try_from(route.spec.shadow.max_body_bytes).unwrap_or(usize::MAX);
+        self.primary = Some(PrimaryTap {
+            tx,
+            status: None,
+            headers: HeaderMap::new(),
+            body: Some(BodySampler::new(limit)),
+        });
+        let job = Job {
+            route: route.clone(),
+            client: client.clone(),
+            target: self.target,
+            method: self.method.clone(),
+            path_and_query: self.path_and_query.clone(),
+            headers,
+            body: std::mem::take(&mut self.body).freeze(),
+            noise_copy: self.noise_copy,
+            started: now,
+        };
+        tokio::spawn(job.run(rx));
+    }
+}
+
+/// One detached shadow exchange.
+struct Job {
+    route: Arc<Route>,
+    client: ShadowClient,
+    target: BackendKind,
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+    noise_copy: bool,
+    started: Instant,
+}
+
+/// Releases the route's in-flight slot however the job ends.
+struct Slot(Arc<Route>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0
+            .telemetry
+            .shadow_in_flight
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Job {
+    async fn run(self, primary: oneshot::Receiver<Answer>) {
+        let _slot = Slot(self.route.clone());
+        let policy = &self.route.spec.shadow;
+        let limit = usize::try_from(policy.max_body_bytes).unwrap_or(usize::MAX);
+        let copy = self.send(self.target, limit);
+        let noise = async {
+            if self.noise_copy {
+                self.send(BackendKind::Legacy, limit).await
+            } else {
+                None
+            }
+        };
+        let (answer, second_legacy) =
+            match tokio::time::timeout(policy.timeout, async { tokio::join!(copy, noise) }).await {
+                Ok(answers) => answers,
+                Err(_) => {
+                    let now = Instant::now();
+                    self.route.telemetry.record(
+                        self.target,
+                        Role::Shadow,
+                        Outcome::NoResponse,
+                        self.started,
+                        now,
+                    );
+                    self.route.telemetry.shadow_dropped(DropReason::Timeout);
+                    return;
+                }
+            };
+        let Some(answer) = answer else {
+            return;
+        };
+        let Ok(Ok(primary)) = tokio::time::timeout(PRIMARY_WAIT, primary).await else {
+            debug!(route = %self.route.id, "primary did not complete; nothing to compare");
+            return;
+        };
+        let (legacy, new) = match self.target {
+            BackendKind::New => (primary, answer),
+            BackendKind::Legacy => (answer, primary),
+        };
+        self.compare(&legacy, &new, second_legacy.as_ref());
+    }
+
+    /// Send one copy to `to`; records its statistics. `None` when it got no complete answer.
+    async fn send(&self, to: BackendKind, limit: usize) -> Option<Answer> {
+        let upstream = self.route.upstream(to);
+        let start = Instant::now();
+        let endpoint = upstream.endpoint(upstream.start_index(), 0);
+        let outcome = match (endpoint.addr, upstream.tls) {
+            (Some(addr), false) => self.exchange(addr, limit).await,
+            // Shadow copies to TLS backends are not supported yet: counted as no answer.
+            _ => Err("unresolved endpoint or TLS backend".to_string()),
+        };
+        let now = Instant::now();
+        match outcome {
+            Ok(answer) => {
+                self.route.telemetry.record(
+                    to,
+                    Role::Shadow,
+                    Outcome::Status(answer.status),
+                    start,
+                    now,
+                );
+                Some(answer)
+            }
+            Err(e) => {
+                debug!(route = %self.route.id, backend = to.as_str(), error = %e, "shadow copy got no answer");
+                self.route
+                    .telemetry
+                    .record(to, Role::Shadow, Outcome::NoResponse, start, now);
+                None
+            }
+        }
+    }
+
+    async fn exchange(&self, addr: std::net::SocketAddr, limit: usize) -> Result<Answer, String> {
+        let uri = format!("http://{addr}{}", self.path_and_query);
+        let mut req = http::Request::builder()
+            .method(self.method.clone())
+            .uri(uri)
+            .body(Full::new(self.body.clone()))
+            .map_err(|e| e.to_string())?;
+        *req.headers_mut() = self.headers.clone();
+        if !self.body.is_empty() || req.headers().contains_key(http::header::CONTENT_LENGTH) {
+            req.headers_mut().insert(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(self.body.len()),
+            );
+        }
+        let resp = self
+            .client
+            .client
+            .request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let mut headers = resp.headers().clone();
+        for name in hygiene::hop_by_hop_names(&headers) {
+            headers.remove(name);
+        }
+        let mut body = resp.into_body();
+        let mut sampler = BodySampler::new(limit);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Some(data) = frame.data_ref() {
+                sampler.push(data);
+            }
+        }
+        Ok(Answer {
+            status,
+            headers,
+            body: sampler.finish(),
+        })
+    }
+
+    fn compare(&self, legacy: &Answer, new: &Answer, second_legacy: Option<&Answer>) {
+        let rt = &self.route.telemetry;
+        let policy = &self.route.spec.compare;
+        let path = self.path_and_query.split('?').next().unwrap_or_default();
+        let group = rt
+            .groups
+            .intern(compare::endpoint_group(&self.method, path));
+        let now = Instant::now();
+        if let Some(second) = second_legacy {
+            // Learn from the raw legacy-vs-legacy difference (ignore rules applied, learned
+            // noise not removed), so a volatile path keeps being seen and does not expire.
+            let pointers = compare::noise_pointers(policy, legacy, second);
+            if !pointers.is_empty() {
+                rt.noise.observe(&group, &pointers, now);
+            }
+        }
+        let noise = rt.noise.noise(&group, now);
+        let diff = compare::compare(policy, legacy, new, &noise);
+        rt.record_comparison(&diff, now);
+        if diff.diverged() {
+            rt.divergences.push(DivergenceRecord::new(
+                cutover_control::model::rfc3339_now(),
+                self.method.as_str(),
+                &self.path_and_query,
+                &group,
+                legacy,
+                new,
+                &diff,
+                &noise,
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> ShadowPolicy {
+        ShadowPolicy {
+            strip_headers: vec!["authorization".into(), "cookie".into()],
+            ..ShadowPolicy::default()
+        }
+    }
+
+    #[test]
+    fn eligibility_rules() {
+        let p = policy();
+        let h = HeaderMap::new();
+        assert_eq!(eligibility(&p, &Method::GET, &h, None), Ok(()));
+        assert_eq!(
+            eligibility(&p, &Method::POST, &h, None),
+            Err(DropReason::Method)
+        );
+        assert_eq!(
+            eligibility(&p, &Method::CONNECT, &h, None),
+            Err(DropReason::Method)
+        );
+        let mut up = HeaderMap::new();
+        up.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            eligibility(&p, &Method::GET, &up, None),
+            Err(DropReason::Method)
+        );
+        assert_eq!(
+            eligibility(&p, &Method::GET, &h, Some(p.max_body_bytes + 1)),
+            Err(DropReason::BodyTooLarge)
+        );
+    }
+
+    #[test]
+    fn copy_headers_strip_and_mark() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("secret"));
+        h.insert("cookie", HeaderValue::from_static("a=1"));
+        h.insert("traceparent", HeaderValue::from_static("00-abc-def-01"));
+        h.insert(SHADOW_MARKER, HeaderValue::from_static("spoofed"));
+        let c = copy_headers(&h, &policy());
+        assert!(!c.contains_key("authorization") && !c.contains_key("cookie"));
+        assert_eq!(c.get("traceparent").unwrap(), "00-abc-def-01");
+        assert_eq!(c.get_all(SHADOW_MARKER).iter().collect::<Vec<_>>(), ["1"]);
+    }
+
+    #[test]
+    fn request_tee_is_bounded() {
+        let mut r = ShadowRequest::new(BackendKind::New, Method::POST, "/x".into(), 4, false);
+        assert!(r.tee_request(b"ab").is_ok());
+        assert_eq!(r.tee_request(b"cde"), Err(DropReason::BodyTooLarge));
+    }
+}
