@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test build lint validate-examples propagation clean
+.PHONY: demo test build lint validate-examples propagation shadow-cost clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -35,6 +35,12 @@ propagation:
 	@scripts/prereqs.sh test
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
 	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench propagation --changes 200
+
+## CPU per request of the proxy: 100 % shadow + JSON compare vs no shadow, same run (release).
+shadow-cost:
+	@scripts/prereqs.sh build
+	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
+	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench shadow-cost
 
 build:
 	@scripts/prereqs.sh build
