@@ -91,11 +91,6 @@ impl ConfigState {
             ..self.clone()
         }
     }
-
-    /// The error to show for route `id`: its own rejection, else the source's.
-    pub fn error_for(&self, id: &str) -> Option<&Arc<str>> {
-        self.route_errors.get(id).or(self.last_error.as_ref())
-    }
 }
 
 /// A place routes and weights come from (a watched file now, etcd next).

@@ -368,26 +368,24 @@ impl ProxyConfig {
     /// A copy with route `id`'s weights replaced.
     pub fn with_weights(&self, id: &str, legacy: impl Into<f64>, new: impl Into<f64>) -> Self {
         let (legacy, new) = (legacy.into(), new.into());
-        let mut next = self.clone();
-        let route = next
-            .routes
-            .iter_mut()
-            .find(|r| r.id == id)
-            .unwrap_or_else(|| panic!("no route {id:?} in the test config"));
-        *route = route.clone().weights(legacy, new);
-        next
+        self.with_route(id, |r| r.weights(legacy, new))
     }
 
     /// A copy with route `id`'s shadow percentage replaced (legacy/new weights kept).
     pub fn with_shadow(&self, id: &str, percent: impl Into<f64>) -> Self {
         let percent = percent.into();
+        self.with_route(id, |r| r.shadow(percent))
+    }
+
+    /// A copy with route `id` changed by `change`.
+    fn with_route(&self, id: &str, change: impl FnOnce(Route) -> Route) -> Self {
         let mut next = self.clone();
         let route = next
             .routes
             .iter_mut()
             .find(|r| r.id == id)
             .unwrap_or_else(|| panic!("no route {id:?} in the test config"));
-        *route = route.clone().shadow(percent);
+        *route = change(route.clone());
         next
     }
 
