@@ -27,6 +27,9 @@ pub struct RollbackRecord {
     pub rule: String,
     pub reason: String,
     pub by: String,
+    /// The numbers the rule saw (automatic rollbacks): rates, counts, test statistic, window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<serde_json::Value>,
 }
 
 /// What an event records.
@@ -36,6 +39,10 @@ pub enum EventKind {
     Rollback,
     Weights,
     RampStep,
+    /// An operator paused an automatic ramp (`cutover ctl pause`).
+    Pause,
+    /// An operator resumed (or started) an automatic ramp (`cutover ctl resume`).
+    Resume,
     Rejected,
     /// A route spec written by `cutover ctl apply`.
     Spec,

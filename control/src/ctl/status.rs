@@ -276,6 +276,7 @@ mod tests {
                     rule: "operator".into(),
                     reason: "bad deploy".into(),
                     by: "alice@h".into(),
+                    evidence: None,
                 }),
             }),
         ));

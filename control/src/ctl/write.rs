@@ -84,6 +84,7 @@ impl Change {
                     rule: "operator".to_string(),
                     reason: reason.clone(),
                     by: event.by.clone(),
+                    evidence: None,
                 }),
             },
             _ => Status {
