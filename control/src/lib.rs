@@ -10,6 +10,8 @@ mod file;
 pub mod keys;
 pub mod lkg;
 pub mod model;
+pub mod rules;
+pub mod window;
 
 pub use etcd::EtcdSource;
 pub use file::FileSource;

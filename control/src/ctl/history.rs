@@ -187,6 +187,30 @@ mod tests {
     }
 
     #[test]
+    fn pause_and_resume_events() {
+        let pause = kv(
+            "1700000000200-alice@h",
+            r#"{"at":"2026-01-01T00:00:00.000Z","kind":"pause","from":{"legacy":95,"new":5,"shadow":0},"to":{"legacy":95,"new":5,"shadow":0},"reason":"paused by alice@h","by":"alice@h"}"#,
+        );
+        let resume = kv(
+            "1700000000300-alice@h",
+            r#"{"at":"2026-01-01T00:00:01.000Z","kind":"resume","from":{"legacy":100,"new":0,"shadow":0},"to":{"legacy":99,"new":1,"shadow":0},"reason":"ramp started at 1% by alice@h","by":"alice@h"}"#,
+        );
+        let entries: Vec<Entry> = [resume, pause].iter().map(Entry::decode).collect();
+        let out = render(&entries);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[1].contains("resume") && lines[1].contains("100/0/0 -> 99/1/0"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("pause") && lines[2].contains("95/5/0 -> 95/5/0"),
+            "{out}"
+        );
+        assert_eq!(entries[1].to_json()["kind"], "pause");
+    }
+
+    #[test]
     fn garbage_key_names_do_not_panic() {
         let e = Entry::decode(&RawKv {
             key: "x".into(),

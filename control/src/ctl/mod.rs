@@ -8,6 +8,7 @@
 mod apply;
 mod diffs;
 mod history;
+mod ramp;
 mod status;
 mod store;
 mod table;
@@ -83,6 +84,30 @@ pub enum CtlCommand {
         /// Why, recorded in the event and the status.
         #[arg(long, default_value = "operator rollback")]
         reason: String,
+    },
+    /// Hold a route's ramp at its current step: status phase paused, weights untouched.
+    Pause {
+        /// The route id (its spec must have a `ramp`).
+        route: String,
+        /// Why, recorded in the event [default: "paused by WHO"].
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Continue a paused ramp, or start the ramp at its first step when new has no traffic.
+    Resume {
+        /// The route id (its spec must have a `ramp`).
+        route: String,
+        /// Why, recorded in the event [default: "resumed by WHO" / "ramp started at N% by WHO"].
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Stop a ramp and send all live traffic back to `legacy`: `rollback` with its own reason.
+    Abort {
+        /// The route id.
+        route: String,
+        /// Why, recorded in the event and the status [default: "ramp aborted by WHO"].
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// The route's events (audit trail), newest first.
     History {
@@ -262,6 +287,12 @@ async fn dispatch(args: CtlArgs) -> Result<String> {
         CtlCommand::Rollback { route, reason } => {
             write::run(&ctx, &route, write::Change::Rollback { reason }).await
         }
+        CtlCommand::Pause { route, reason } => ramp::pause(&ctx, &route, reason).await,
+        CtlCommand::Resume { route, reason } => ramp::resume(&ctx, &route, reason).await,
+        CtlCommand::Abort { route, reason } => {
+            let reason = reason.unwrap_or_else(|| format!("ramp aborted by {}", ctx.by));
+            write::run(&ctx, &route, write::Change::Rollback { reason }).await
+        }
         CtlCommand::History { route, limit } => history::run(&ctx, &route, limit).await,
         CtlCommand::Apply(apply) => apply::run(&ctx, &apply).await,
         CtlCommand::Diffs { route, admin } => diffs::run(&ctx, &route, &admin).await,
@@ -351,6 +382,26 @@ mod tests {
         assert_eq!(Ctx::new(&args).unwrap().by, "alice");
         args.by = Some(String::new());
         assert!(matches!(Ctx::new(&args), Err(CtlError::Usage(_))));
+    }
+
+    #[test]
+    fn ramp_commands_take_an_optional_reason() {
+        let args = parse(&["pause", "orders"]).unwrap();
+        assert!(matches!(
+            args.command,
+            CtlCommand::Pause { ref route, reason: None } if route == "orders"
+        ));
+        let args = parse(&["resume", "orders", "--reason", "fixed"]).unwrap();
+        assert!(matches!(
+            args.command,
+            CtlCommand::Resume { reason: Some(ref r), .. } if r == "fixed"
+        ));
+        let args = parse(&["abort", "orders", "--by", "eve"]).unwrap();
+        assert!(matches!(
+            args.command,
+            CtlCommand::Abort { reason: None, .. }
+        ));
+        assert!(parse(&["pause"]).is_err());
     }
 
     #[test]

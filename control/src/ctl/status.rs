@@ -122,6 +122,12 @@ impl RouteStatus {
                 (weights.map(|w| w.implied_phase()), true, None, None)
             }
         };
+        if phase == Some(Phase::Paused) && !phase_implied {
+            problems.push(format!(
+                "ramp paused by an operator: it stays at this step until `cutover ctl resume {}`",
+                read.id
+            ));
+        }
         RouteStatus {
             route: read.id.clone(),
             weights,
@@ -286,6 +292,26 @@ mod tests {
             rollback_text(rolled.rollback.as_ref()),
             "2026-01-01T00:00:00.000Z operator by alice@h: bad deploy"
         );
+    }
+
+    #[test]
+    fn paused_routes_say_how_to_resume() {
+        let s = RouteStatus::from_read(&read(
+            "orders",
+            Some(r#"{"legacy":95,"new":5}"#),
+            Some(Status {
+                phase: Phase::Paused,
+                weights_revision: 41,
+                rollback: None,
+            }),
+        ));
+        assert_eq!(s.phase_text(), "paused");
+        assert_eq!(
+            s.problems,
+            ["ramp paused by an operator: it stays at this step until `cutover ctl resume orders`"]
+        );
+        let out = render(&[s]);
+        assert!(out.lines().nth(1).unwrap().contains(" paused "), "{out}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! `set`, `promote` and `rollback`: one weights write, compare-and-swap on the weights key's
-//! mod_revision, with its event in the same transaction; then `status` in a second transaction
-//! that only lands while the weights are still the ones just written.
+//! `set`, `promote`, `rollback` (and `abort`, and `resume` when it starts a ramp): one weights
+//! write, compare-and-swap on the weights key's mod_revision, with its event in the same
+//! transaction; then `status` in a second transaction that only lands while the weights are
+//! still the ones just written. [`write_guarded`] is that transaction for any keys (`pause`
+//! uses it for the status key).
 
 use cutover_config::{ConfigErrors, Phase, Weights};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
@@ -25,6 +27,11 @@ pub(super) enum Change {
         reason: String,
     },
     Rollback {
+        reason: String,
+    },
+    /// Start a route's ramp at its first step: new at `step` percent, legacy the rest.
+    Resume {
+        step: f64,
         reason: String,
     },
 }
@@ -54,12 +61,14 @@ impl Change {
             } => Weights::new(*legacy, *new, shadow.unwrap_or(current_shadow)),
             Change::Promote { .. } => Weights::new(0.0, 100.0, current_shadow),
             Change::Rollback { .. } => Weights::new(100.0, 0.0, current_shadow),
+            Change::Resume { step, .. } => Weights::new(100.0 - step, *step, current_shadow),
         }
     }
 
     fn kind(&self) -> EventKind {
         match self {
             Change::Rollback { .. } => EventKind::Rollback,
+            Change::Resume { .. } => EventKind::Resume,
             _ => EventKind::Weights,
         }
     }
@@ -68,7 +77,8 @@ impl Change {
         match self {
             Change::Set { reason, .. }
             | Change::Promote { reason }
-            | Change::Rollback { reason } => reason,
+            | Change::Rollback { reason }
+            | Change::Resume { reason, .. } => reason,
         }
     }
 
@@ -131,6 +141,17 @@ pub(super) async fn run(ctx: &Ctx, route: &str, change: Change) -> Result<String
              fixed with `cutover ctl apply`"
         );
     }
+    apply(ctx, &store, &read, change).await
+}
+
+/// Writes `change` on top of `read` (a route whose spec exists): weights and event, then status.
+pub(super) async fn apply(
+    ctx: &Ctx,
+    store: &Store,
+    read: &RouteRead,
+    change: Change,
+) -> Result<String> {
+    let id = &read.id;
     let current_shadow = match &read.weights.value {
         Decoded::Valid(w) => w.shadow,
         Decoded::Missing => 0.0,
@@ -141,13 +162,13 @@ pub(super) async fn run(ctx: &Ctx, route: &str, change: Change) -> Result<String
     };
     let target = change
         .target(current_shadow)
-        .map_err(|e| invalid_weights(&id, &e))?;
-    let written = write_weights(ctx, &store, &read, &change, &target).await?;
+        .map_err(|e| invalid_weights(id, &e))?;
+    let written = write_weights(ctx, store, read, &change, &target).await?;
     let status = change.status(&target, written.revision, &written.event);
-    let status_written = write_status(&store, &ctx.keys, &id, &status).await?;
+    let status_written = write_status(store, &ctx.keys, id, &status).await?;
     Ok(report(
         ctx,
-        &read,
+        read,
         &target,
         &written,
         &status,
@@ -155,11 +176,22 @@ pub(super) async fn run(ctx: &Ctx, route: &str, change: Change) -> Result<String
     ))
 }
 
-/// A weights write that landed.
+/// A guarded write that landed.
 pub(super) struct Written {
-    revision: i64,
-    event: Event,
-    event_key: String,
+    /// The store revision of the transaction (the mod_revision of every key it put).
+    pub(super) revision: i64,
+    pub(super) event: Event,
+    pub(super) event_key: String,
+}
+
+/// A key a write requires to be as it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Guard {
+    /// What the key is called in a conflict message (`weights`, `status`).
+    pub(super) what: &'static str,
+    pub(super) key: String,
+    /// mod_revision when read; 0 = absent.
+    pub(super) read_revision: i64,
 }
 
 async fn write_weights(
@@ -169,30 +201,53 @@ async fn write_weights(
     change: &Change,
     target: &Weights,
 ) -> Result<Written> {
-    let id = &read.id;
-    let weights_key = ctx.keys.weights(id);
-    let spec_key = ctx.keys.spec(id);
     let mut event = Event::now(change.kind(), change.reason(), ctx.by.as_str());
     event.from = read.weights_json();
     event.to = Some(target.to_json());
+    let weights_key = ctx.keys.weights(&read.id);
+    let guard = Guard {
+        what: "weights",
+        key: weights_key.clone(),
+        read_revision: read.weights.mod_revision,
+    };
+    let put = (weights_key, target.to_json().to_string());
+    write_guarded(ctx, store, &read.id, &[guard], &[put], event).await
+}
+
+/// Puts `puts`, and `event` under a new event key, in one transaction that lands only while
+/// every guard is as it was read and the route's spec exists. When a guard changed, nothing is
+/// written and the error names what changed and who wrote it (exit 2); only a taken event key
+/// (same writer, same millisecond) is retried.
+pub(super) async fn write_guarded(
+    ctx: &Ctx,
+    store: &Store,
+    id: &str,
+    guards: &[Guard],
+    puts: &[(String, String)],
+    event: Event,
+) -> Result<Written> {
+    let spec_key = ctx.keys.spec(id);
     let event_json = serde_json::to_string(&event).expect("events serialise");
     let millis = unix_millis_now();
     for attempt in 0..EVENT_KEY_ATTEMPTS {
         let event_key = ctx.keys.event(id, millis + attempt, &key_segment(&ctx.by));
-        let txn = Txn::new()
-            .when([
-                unchanged(&weights_key, read.weights.mod_revision),
-                Compare::version(spec_key.as_str(), CompareOp::Greater, 0),
-                Compare::version(event_key.as_str(), CompareOp::Equal, 0),
-            ])
-            .and_then([
-                TxnOp::put(weights_key.as_str(), target.to_json().to_string(), None),
-                TxnOp::put(event_key.as_str(), event_json.as_str(), None),
-            ])
-            .or_else([
-                TxnOp::get(weights_key.as_str(), None),
-                TxnOp::get(spec_key.as_str(), None),
-            ]);
+        let mut compares: Vec<Compare> = guards
+            .iter()
+            .map(|g| unchanged(&g.key, g.read_revision))
+            .collect();
+        compares.push(Compare::version(spec_key.as_str(), CompareOp::Greater, 0));
+        compares.push(Compare::version(event_key.as_str(), CompareOp::Equal, 0));
+        let mut ops: Vec<TxnOp> = puts
+            .iter()
+            .map(|(key, value)| TxnOp::put(key.as_str(), value.as_str(), None))
+            .collect();
+        ops.push(TxnOp::put(event_key.as_str(), event_json.as_str(), None));
+        let mut gets: Vec<TxnOp> = guards
+            .iter()
+            .map(|g| TxnOp::get(g.key.as_str(), None))
+            .collect();
+        gets.push(TxnOp::get(spec_key.as_str(), None));
+        let txn = Txn::new().when(compares).and_then(ops).or_else(gets);
         let resp = store.txn(txn).await?;
         if resp.succeeded() {
             return Ok(Written {
@@ -201,23 +256,26 @@ async fn write_weights(
                 event_key,
             });
         }
-        let mut now = resp.op_responses().into_iter().map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().map(RawKv::from),
-            _ => None,
-        });
-        let (weights_now, spec_now) = (now.next().flatten(), now.next().flatten());
-        let now_rev = weights_now.as_ref().map_or(0, |kv| kv.mod_revision);
-        if now_rev != read.weights.mod_revision {
+        let now: Vec<Option<RawKv>> = resp
+            .op_responses()
+            .into_iter()
+            .map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(RawKv::from),
+                _ => None,
+            })
+            .collect();
+        if let Some((guard, now)) = first_changed(guards, &now) {
+            let now_rev = now.map_or(0, |kv| kv.mod_revision);
             let writer = view::writer_at(store, &ctx.keys, id, now_rev).await?;
             return Err(CtlError::Runtime(conflict_message(&Conflict {
-                what: "weights",
+                what: guard.what,
                 route: id,
-                read_revision: read.weights.mod_revision,
-                now: weights_now.as_ref(),
+                read_revision: guard.read_revision,
+                now,
                 writer: writer.as_ref(),
             })));
         }
-        if spec_now.is_none() {
+        if !matches!(now.get(guards.len()), Some(Some(_))) {
             return Err(CtlError::Runtime(format!(
                 "the spec of {id} was deleted since it was read; nothing written — write the \
                  spec again with `cutover ctl apply FILE`, then re-run"
@@ -229,6 +287,18 @@ async fn write_weights(
         "could not find a free event key for {id} after {EVENT_KEY_ATTEMPTS} attempts; \
          nothing written — re-run"
     )))
+}
+
+/// The first guard whose key is no longer as read, given the keys as they are `now` (in guard
+/// order), and what it is now.
+pub(super) fn first_changed<'a>(
+    guards: &'a [Guard],
+    now: &'a [Option<RawKv>],
+) -> Option<(&'a Guard, Option<&'a RawKv>)> {
+    guards.iter().zip(now).find_map(|(guard, now)| {
+        let now_rev = now.as_ref().map_or(0, |kv| kv.mod_revision);
+        (now_rev != guard.read_revision).then_some((guard, now.as_ref()))
+    })
 }
 
 /// `status` in a transaction that only lands while the weights key is still at
@@ -272,7 +342,7 @@ pub(super) fn key_segment(who: &str) -> String {
 /// A compare-and-swap that lost: what was read, and what is there now.
 #[derive(Debug)]
 pub(super) struct Conflict<'a> {
-    /// `weights` or `spec`.
+    /// `weights`, `spec` or `status`.
     pub(super) what: &'a str,
     pub(super) route: &'a str,
     /// mod_revision when read; 0 = absent.
@@ -293,12 +363,11 @@ fn revision_text(rev: i64, zero: &str) -> String {
 /// 2026-…: now {"legacy":50,…}; nothing written — re-run to apply on top`.
 pub(super) fn conflict_message(c: &Conflict<'_>) -> String {
     let now_rev = c.now.map_or(0, |kv| kv.mod_revision);
-    let verb = if c.what.ends_with('s') { "were" } else { "was" };
     let mut msg = format!(
         "{} of {} changed since {} read (mod_revision {} -> {})",
         c.what,
         c.route,
-        if verb == "were" {
+        if c.what == "weights" {
             "they were"
         } else {
             "it was"
@@ -489,6 +558,45 @@ mod tests {
             msg,
             "spec of orders changed since it was read (mod_revision 3 -> deleted): now absent; \
              nothing written — re-run to apply on top"
+        );
+    }
+
+    #[test]
+    fn the_first_changed_guard_is_named() {
+        let guard = |what, rev| Guard {
+            what,
+            key: format!("/c/routes/orders/{what}"),
+            read_revision: rev,
+        };
+        let kv = |what: &str, rev| RawKv {
+            key: format!("/c/routes/orders/{what}"),
+            value: b"{}".to_vec(),
+            mod_revision: rev,
+        };
+        let guards = [guard("weights", 41), guard("status", 0)];
+        let same = [Some(kv("weights", 41)), None];
+        assert!(first_changed(&guards, &same).is_none());
+        let status_written = [Some(kv("weights", 41)), Some(kv("status", 60))];
+        let (g, now) = first_changed(&guards, &status_written).unwrap();
+        assert_eq!(
+            (g.what, now.map(|kv| kv.mod_revision)),
+            ("status", Some(60))
+        );
+        let weights_deleted = [None, Some(kv("status", 60))];
+        let (g, now) = first_changed(&guards, &weights_deleted).unwrap();
+        assert_eq!((g.what, now), ("weights", None));
+        let msg = conflict_message(&Conflict {
+            what: "status",
+            route: "orders",
+            read_revision: 0,
+            now: status_written[1].as_ref(),
+            writer: None,
+        });
+        assert!(
+            msg.starts_with(
+                "status of orders changed since it was read (mod_revision absent -> 60)"
+            ),
+            "{msg}"
         );
     }
 
