@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::error::{ConfigErrors, FieldPath, Report};
-use crate::raw::{RawAdmin, RawConfig, RawEtcd, RawProxy, RawRouteConfig, RawStats};
+use crate::raw::{RawAdmin, RawConfig, RawEtcd, RawNotify, RawProxy, RawRouteConfig, RawStats};
 use crate::route::{self, RouteId, RouteSpec};
 use crate::weights::{self, Weights};
 
@@ -24,6 +24,8 @@ pub struct Config {
     pub stats: StatsSettings,
     /// Where routes come from; `None` means from this file.
     pub etcd: Option<EtcdSettings>,
+    /// Where rollback events are announced.
+    pub notify: NotifySettings,
     /// Embedded routes: the live routes without `[etcd]`, the cold-start
     /// fallback with it.
     pub routes: Vec<RouteConfig>,
@@ -194,18 +196,26 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let etcd = raw
         .etcd
         .map(|etcd| self::etcd(&mut report, &root.key("etcd"), etcd));
+    let notify = notify(
+        &mut report,
+        &root.key("notify"),
+        raw.notify.unwrap_or_default(),
+    );
     let routes = routes(&mut report, &root.key("routes"), raw.routes);
     if let (Some(proxy), Some(admin)) = (&proxy, &admin) {
         check_admin_port(&mut report, &root.key("admin").key("listen"), proxy, admin);
     }
-    let config = match (proxy, admin, stats, check::optional(etcd), routes) {
-        (Some(proxy), Some(admin), Some(stats), Some(etcd), Some(routes)) => Some(Config {
-            proxy,
-            admin,
-            stats,
-            etcd,
-            routes,
-        }),
+    let config = match (proxy, admin, stats, check::optional(etcd), notify, routes) {
+        (Some(proxy), Some(admin), Some(stats), Some(etcd), Some(notify), Some(routes)) => {
+            Some(Config {
+                proxy,
+                admin,
+                stats,
+                etcd,
+                notify,
+                routes,
+            })
+        }
         _ => None,
     };
     report.finish(config)
@@ -381,6 +391,38 @@ fn stats(report: &mut Report, at: &FieldPath, raw: RawStats) -> Option<StatsSett
         return None;
     }
     Some(StatsSettings { window, slices })
+}
+
+/// `[notify]`: optional webhook for rollback events.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NotifySettings {
+    /// `http://host:port/path` that every rollback event is POSTed to as JSON.
+    pub webhook: Option<String>,
+}
+
+fn notify(report: &mut Report, at: &FieldPath, raw: RawNotify) -> Option<NotifySettings> {
+    let Some(url) = raw.webhook else {
+        return Some(NotifySettings::default());
+    };
+    let authority = url
+        .strip_prefix("http://")
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""));
+    match authority {
+        Some(a) if !a.is_empty() && !a.contains(char::is_whitespace) => {
+            Some(NotifySettings { webhook: Some(url) })
+        }
+        Some(_) => {
+            report.error(&at.key("webhook"), "needs a host: http://host:port/path");
+            None
+        }
+        None => {
+            report.error(
+                &at.key("webhook"),
+                "must be an http:// URL (https webhooks are not supported yet; use a local relay)",
+            );
+            None
+        }
+    }
 }
 
 fn etcd(report: &mut Report, at: &FieldPath, raw: RawEtcd) -> Option<EtcdSettings> {
@@ -706,6 +748,28 @@ mod document_tests {
         assert!(
             errors_[0].starts_with("proxy.threads: invalid value"),
             "{errors_:?}"
+        );
+    }
+
+    #[test]
+    fn notify_webhook() {
+        assert_eq!(config("").notify.webhook, None);
+        let ok = config("[notify]\nwebhook = \"http://127.0.0.1:9/hook\"\n");
+        assert_eq!(
+            ok.notify.webhook.as_deref(),
+            Some("http://127.0.0.1:9/hook")
+        );
+        assert_eq!(
+            errors(parse_config_toml("[notify]\nwebhook = \"https://x/hook\"\n")),
+            vec!["notify.webhook: must be an http:// URL (https webhooks are not supported yet; use a local relay)"]
+        );
+        assert_eq!(
+            errors(parse_config_toml("[notify]\nwebhook = \"http:///hook\"\n")),
+            vec!["notify.webhook: needs a host: http://host:port/path"]
+        );
+        assert!(
+            errors(parse_config_toml("[notify]\nurl = \"http://x\"\n"))[0]
+                .contains("unknown field")
         );
     }
 

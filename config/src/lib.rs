@@ -13,7 +13,7 @@ mod ser;
 mod weights;
 
 pub use config::{
-    AdminSettings, Config, EtcdSettings, ProxySettings, RouteConfig, StatsSettings, TlsSettings,
+    AdminSettings, Config, EtcdSettings, NotifySettings, ProxySettings, RouteConfig, StatsSettings, TlsSettings,
     UnderscoreHeaders,
 };
 pub use error::{ConfigError, ConfigErrors};

@@ -66,8 +66,16 @@ pub(crate) struct RawConfig {
     pub(crate) admin: Option<RawAdmin>,
     pub(crate) stats: Option<RawStats>,
     pub(crate) etcd: Option<RawEtcd>,
+    pub(crate) notify: Option<RawNotify>,
     #[serde(default)]
     pub(crate) routes: Vec<RawRouteConfig>,
+}
+
+/// `[notify]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub(crate) struct RawNotify {
+    pub(crate) webhook: Option<String>,
 }
 
 /// `[proxy]`.
@@ -272,6 +280,7 @@ object_only! {
     RawAdmin => "the [admin] table",
     RawStats => "the [stats] table",
     RawEtcd => "the [etcd] table",
+    RawNotify => "the [notify] table",
     RawRouteConfig => "a route table",
     RawRouteSpec => "a route spec object",
     RawMatch => "a match object with optional \"host\" and \"path_prefix\"",

@@ -184,16 +184,14 @@ struct Rejection {
 /// The routes to serve for `store`, keeping each route's last good spec and weights (from
 /// `previous`) where the current value is invalid. Returns the routes, the error per route,
 /// and the rejections seen.
-fn resolve(
-    keys: &Keys,
-    store: &Store,
-    previous: &ConfigState,
-) -> (Vec<RouteConfig>, BTreeMap<String, Arc<str>>, Vec<Rejection>) {
+fn resolve(keys: &Keys, store: &Store, previous: &ConfigState) -> Resolved {
     let last_good: HashMap<&str, &RouteConfig> =
         previous.routes.iter().map(|r| (r.id.as_str(), r)).collect();
+    let last_revisions = &previous.weights_revisions;
     let mut routes = Vec::new();
     let mut errors = BTreeMap::new();
     let mut rejections = Vec::new();
+    let mut weights_revisions = BTreeMap::new();
     for (id, entry) in &store.routes {
         let mut reject = |key: String, mod_revision: i64, reason: &str| {
             errors.insert(
@@ -241,24 +239,44 @@ fn resolve(
                 }
             }
         };
-        let weights = match &entry.weights {
-            None => Weights::default(),
-            Some(Parsed { value: Ok(w), .. }) => *w,
+        let (weights, weights_revision) = match &entry.weights {
+            None => (Weights::default(), 0),
+            Some(Parsed {
+                value: Ok(w),
+                mod_revision,
+            }) => (*w, *mod_revision),
             Some(Parsed {
                 value: Err(reason),
                 mod_revision,
             }) => {
                 reject(keys.weights(id), *mod_revision, reason);
-                previous.map_or_else(Weights::default, |p| p.weights)
+                (
+                    previous.map_or_else(Weights::default, |p| p.weights),
+                    last_revisions.get(id).copied().unwrap_or(0),
+                )
             }
         };
+        weights_revisions.insert(id.clone(), weights_revision);
         routes.push(RouteConfig {
             id: route_id,
             spec,
             weights,
         });
     }
-    (routes, errors, rejections)
+    Resolved {
+        routes,
+        errors,
+        rejections,
+        weights_revisions,
+    }
+}
+
+/// The routes a store resolves to, with the rejected values and each route's weights revision.
+struct Resolved {
+    routes: Vec<RouteConfig>,
+    errors: BTreeMap<String, Arc<str>>,
+    rejections: Vec<Rejection>,
+    weights_revisions: BTreeMap<String, i64>,
 }
 
 /// How a session ended.
@@ -292,7 +310,12 @@ impl Runner {
             warn!(revision, live = previous.revision, "etcd answered with an older revision than the one live; ignored (after restoring etcd from a backup, restart the proxies)");
             return;
         }
-        let (routes, route_errors, rejections) = resolve(&self.source.keys, store, &previous);
+        let Resolved {
+            routes,
+            errors: route_errors,
+            rejections,
+            weights_revisions,
+        } = resolve(&self.source.keys, store, &previous);
         let mut new_rejections = 0;
         for r in rejections {
             if self.counted.insert((r.key.clone(), r.mod_revision)) {
@@ -301,7 +324,10 @@ impl Runner {
                 self.record_rejection(client, r);
             }
         }
-        let routes_changed = *previous.routes != *routes;
+        // A rewrite of the same weights is an operator's write too (it overrides a local
+        // rollback), so a new weights revision counts as a change.
+        let routes_changed =
+            *previous.routes != *routes || *previous.weights_revisions != weights_revisions;
         let state = ConfigState {
             // The revision names the last applied change: a rejected write does not move it.
             revision: if routes_changed || !previous.loaded {
@@ -314,6 +340,7 @@ impl Runner {
             } else {
                 previous.routes.clone()
             },
+            weights_revisions: Arc::new(weights_revisions),
             last_error: None,
             route_errors: Arc::new(route_errors),
             errors_total: previous.errors_total + new_rejections,
@@ -565,7 +592,13 @@ mod tests {
             ("a/spec", SPEC, 2),
             ("b/weights", r#"{"legacy":1,"new":1}"#, 3),
         ]);
-        let (routes, errors, rejections) = resolve(&Keys::default(), &store, &empty());
+        let Resolved {
+            routes,
+            errors,
+            rejections,
+            weights_revisions,
+        } = resolve(&Keys::default(), &store, &empty());
+        assert_eq!(weights_revisions["a"], 0, "no weights key: revision 0");
         assert_eq!(routes.len(), 1);
         assert_eq!(routes[0].id.as_str(), "a");
         assert_eq!(routes[0].weights, Weights::default());
@@ -578,15 +611,26 @@ mod tests {
             ("a/spec", SPEC, 2),
             ("a/weights", r#"{"legacy":75,"new":25}"#, 3),
         ]);
-        let (routes, _, _) = resolve(&Keys::default(), &good, &empty());
+        let resolved = resolve(&Keys::default(), &good, &empty());
+        assert_eq!(resolved.weights_revisions["a"], 3);
         let mut previous = empty();
-        previous.routes = routes.into();
+        previous.routes = resolved.routes.into();
+        previous.weights_revisions = Arc::new(resolved.weights_revisions);
 
         let bad = kv_store(&[
             ("a/spec", r#"{"match":{}}"#, 4),
             ("a/weights", r#"{"legacy":0,"new":0}"#, 5),
         ]);
-        let (routes, errors, rejections) = resolve(&Keys::default(), &bad, &previous);
+        let Resolved {
+            routes,
+            errors,
+            rejections,
+            weights_revisions,
+        } = resolve(&Keys::default(), &bad, &previous);
+        assert_eq!(
+            weights_revisions["a"], 3,
+            "the revision of the weights still applied"
+        );
         assert_eq!(routes.len(), 1, "the route stays with its last good spec");
         assert_eq!(routes[0].weights.new, 25.0, "and its last good weights");
         assert_eq!(rejections.len(), 2);
@@ -594,7 +638,7 @@ mod tests {
         assert!(err.starts_with("routes/a/weights:"), "{err}");
 
         // A brand-new route with an invalid spec is simply not served.
-        let (routes, errors, _) =
+        let Resolved { routes, errors, .. } =
             resolve(&Keys::default(), &kv_store(&[("n/spec", "{", 6)]), &empty());
         assert!(routes.is_empty());
         assert!(errors.get("n").unwrap().starts_with("routes/n/spec:"));
@@ -602,7 +646,7 @@ mod tests {
 
     #[test]
     fn bad_route_id_in_a_key_is_rejected() {
-        let (routes, errors, _) = resolve(
+        let Resolved { routes, errors, .. } = resolve(
             &Keys::default(),
             &kv_store(&[("Bad Id/spec", SPEC, 2)]),
             &empty(),

@@ -34,6 +34,11 @@ pub struct ConfigState {
     pub revision: u64,
     /// The routes of the last valid input, in a stable order.
     pub routes: Arc<[RouteConfig]>,
+    /// Per route id, the revision its weights were last written at: the etcd mod_revision of
+    /// the `weights` key (0 when the key is missing); for the file source, the revision at which
+    /// the route's weights last changed. A local override (a rollback decided before etcd
+    /// heard of it, or an in-process ramp step) holds until this moves past it.
+    pub weights_revisions: Arc<BTreeMap<String, i64>>,
     /// Why the latest input of the whole source was rejected (the file source); `None` once a
     /// valid input has been applied since.
     pub last_error: Option<Arc<str>>,
@@ -54,6 +59,7 @@ impl ConfigState {
     pub fn initial(routes: Vec<RouteConfig>) -> Self {
         Self {
             revision: 1,
+            weights_revisions: Arc::new(routes.iter().map(|r| (r.id.to_string(), 1)).collect()),
             routes: routes.into(),
             last_error: None,
             route_errors: Arc::default(),
@@ -68,12 +74,35 @@ impl ConfigState {
     #[must_use]
     pub fn applied(&self, routes: Vec<RouteConfig>) -> Self {
         let changed = *self.routes != *routes;
+        let revision = if changed {
+            self.revision + 1
+        } else {
+            self.revision
+        };
+        let weights_revisions = if changed {
+            let before: BTreeMap<&str, &RouteConfig> =
+                self.routes.iter().map(|r| (r.id.as_str(), r)).collect();
+            let revisions = routes
+                .iter()
+                .map(|r| {
+                    let id = r.id.to_string();
+                    let same = before
+                        .get(id.as_str())
+                        .is_some_and(|b| b.weights == r.weights);
+                    let rev = match self.weights_revisions.get(&id) {
+                        Some(&rev) if same => rev,
+                        _ => revision as i64,
+                    };
+                    (id, rev)
+                })
+                .collect();
+            Arc::new(revisions)
+        } else {
+            self.weights_revisions.clone()
+        };
         Self {
-            revision: if changed {
-                self.revision + 1
-            } else {
-                self.revision
-            },
+            revision,
+            weights_revisions,
             routes: if changed {
                 routes.into()
             } else {
@@ -138,6 +167,16 @@ mod tests {
         let changed = s.applied(routes(&ONE.replace("new = 10", "new = 20")));
         assert_eq!(changed.revision, 2);
         assert_eq!(changed.routes[0].weights.new, 20.0);
+        assert_eq!(changed.weights_revisions["orders"], 2);
+        let spec_only = changed.applied(routes(
+            &ONE.replace("new = 10", "new = 20")
+                .replace("path_prefix = \"/\"", "path_prefix = \"/o\""),
+        ));
+        assert_eq!(spec_only.revision, 3);
+        assert_eq!(
+            spec_only.weights_revisions["orders"], 2,
+            "a spec change is not a weights write"
+        );
     }
 
     #[test]
