@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cutover_tests::{cutover_bin, free_port, Backend, Etcd, Proxy, ProxyConfig, Route};
-use etcd_client::GetOptions;
+use etcd_client::{GetOptions, Txn, TxnOp};
 use serde_json::{json, Value};
 
 /// What one `cutover ctl` run did.
@@ -133,12 +135,28 @@ fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// `ORDERS` with a ramp, at its 5 % step (phase canary).
+const RAMPED: &str = r#"
+[[routes]]
+id = "orders"
+match = { path_prefix = "/orders" }
+legacy = { endpoints = ["127.0.0.1:9001"] }
+new = { endpoints = ["127.0.0.1:9002"] }
+weights = { legacy = 95, new = 5, shadow = 20 }
+ramp = { steps = [1, 5, 25, 100], hold = "5m", auto = true }
+"#;
+
 /// etcd with `ORDERS` applied under `prefix`.
 async fn with_orders(prefix: &str) -> (Etcd, Ctl, tempfile::TempDir) {
+    with_routes(prefix, ORDERS).await
+}
+
+/// etcd with the `[[routes]]` of `toml` applied under `prefix`.
+async fn with_routes(prefix: &str, toml: &str) -> (Etcd, Ctl, tempfile::TempDir) {
     let etcd = Etcd::start().await;
     let ctl = Ctl::new(&etcd, prefix);
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = write_file(&dir, "orders.toml", ORDERS);
+    let file = write_file(&dir, "routes.toml", toml);
     ctl.ok(&["apply", file.to_str().expect("utf-8 path")]).await;
     (etcd, ctl, dir)
 }
@@ -785,5 +803,323 @@ async fn diffs_reads_a_running_proxy() {
     assert!(
         keys_under(&etcd, "/diffs").await.is_empty(),
         "diffs never writes to etcd"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_the_ramp_and_resume_continues_it() {
+    let (etcd, ctl, _dir) = with_routes("/pause", RAMPED).await;
+    let (weights_before, weights_rev) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+
+    let out = ctl.ok(&["pause", "orders", "--by", "alice@test"]).await;
+    assert!(out.stdout.contains("orders: paused at 5% new"), "{out:?}");
+    assert!(out.stdout.contains("cutover ctl resume orders"), "{out:?}");
+    assert_eq!(
+        read(&etcd, &ctl.key("orders", "weights")).await,
+        Some((weights_before.clone(), weights_rev)),
+        "pause leaves the weights untouched"
+    );
+    let (status, status_rev) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(
+        status,
+        json!({"phase": "paused", "weights_revision": weights_rev})
+    );
+    let (event, event_rev) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    assert_eq!(event_rev, status_rev, "event and status in one transaction");
+    assert_eq!(event["kind"], "pause");
+    assert_eq!(event["by"], "alice@test");
+    assert_eq!(event["reason"], "paused by alice@test");
+    assert_eq!(event["from"], weights_before);
+    assert_eq!(event["to"], weights_before);
+
+    let shown = ctl.ok(&["status", "orders", "--json"]).await.json();
+    assert_eq!(shown[0]["phase"], "paused");
+    assert_eq!(shown[0]["phase_source"], "status");
+    let text = ctl.ok(&["status", "orders"]).await.stdout;
+    assert!(
+        text.contains("orders: ramp paused by an operator"),
+        "{text}"
+    );
+    let history = ctl.ok(&["history", "orders"]).await.stdout;
+    let newest = history.lines().nth(1).expect("a row");
+    assert!(
+        newest.contains("pause") && newest.contains("95/5/20 -> 95/5/20"),
+        "{history}"
+    );
+
+    // Pausing a paused ramp says so and writes nothing.
+    let before = etcd.revision().await;
+    let again = ctl.ok(&["pause", "orders"]).await;
+    assert!(
+        again.stdout.contains("orders is already paused"),
+        "{again:?}"
+    );
+    let json = ctl.ok(&["pause", "orders", "--json"]).await.json();
+    assert_eq!(json["written"], false);
+    assert_eq!(
+        etcd.revision().await,
+        before,
+        "a second pause wrote something"
+    );
+
+    let out = ctl
+        .ok(&[
+            "resume", "orders", "--reason", "p99 back", "--by", "bob@test",
+        ])
+        .await;
+    assert!(out.stdout.contains("phase canary"), "{out:?}");
+    assert!(out.stdout.contains("next steps: 25%, 100%"), "{out:?}");
+    assert_eq!(
+        read(&etcd, &ctl.key("orders", "weights")).await,
+        Some((weights_before.clone(), weights_rev)),
+        "resuming a paused ramp leaves the weights untouched"
+    );
+    let (status, status_rev) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(
+        status,
+        json!({"phase": "canary", "weights_revision": weights_rev})
+    );
+    let (event, event_rev) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    assert_eq!(event_rev, status_rev);
+    assert_eq!(
+        (&event["kind"], &event["reason"], &event["by"]),
+        (&json!("resume"), &json!("p99 back"), &json!("bob@test"))
+    );
+
+    // Resuming a ramp that runs is a no-op.
+    let before = etcd.revision().await;
+    let out = ctl.ok(&["resume", "orders"]).await;
+    assert!(
+        out.stdout.starts_with("nothing to resume: canary"),
+        "{out:?}"
+    );
+    assert_eq!(
+        etcd.revision().await,
+        before,
+        "a no-op resume wrote something"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_starts_the_ramp_and_abort_rolls_it_back() {
+    let legacy_only = RAMPED.replace("legacy = 95, new = 5", "legacy = 100, new = 0");
+    let (etcd, ctl, _dir) = with_routes("/resume", &legacy_only).await;
+    let shown = ctl.ok(&["status", "orders", "--json"]).await.json();
+    assert_eq!(shown[0]["phase"], "shadow", "new 0 with shadow 20");
+
+    let out = ctl.ok(&["resume", "orders", "--by", "bob@test"]).await;
+    assert!(out.stdout.contains("phase canary"), "{out:?}");
+    assert!(out.stdout.contains("next steps: 5%, 25%, 100%"), "{out:?}");
+    let (weights, weights_rev) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(
+        weights,
+        json!({"legacy": 99, "new": 1, "shadow": 20}),
+        "the first step, shadow unchanged"
+    );
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(
+        status,
+        json!({"phase": "canary", "weights_revision": weights_rev})
+    );
+    let (event, event_rev) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    assert_eq!(
+        event_rev, weights_rev,
+        "event and weights in one transaction"
+    );
+    assert_eq!(event["kind"], "resume");
+    assert_eq!(event["reason"], "ramp started at 1% by bob@test");
+    assert_eq!(
+        event["from"],
+        json!({"legacy": 100, "new": 0, "shadow": 20})
+    );
+    assert_eq!(event["to"], weights);
+
+    // Abort: rollback with its own reason; shadow unchanged.
+    ctl.ok(&["pause", "orders"]).await;
+    ctl.ok(&["abort", "orders", "--by", "carol@test"]).await;
+    let (weights, weights_rev) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(weights, json!({"legacy": 100, "new": 0, "shadow": 20}));
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(status["phase"], "rolled_back");
+    assert_eq!(status["weights_revision"], weights_rev);
+    assert_eq!(status["rollback"]["rule"], "operator");
+    assert_eq!(status["rollback"]["reason"], "ramp aborted by carol@test");
+    assert_eq!(status["rollback"]["by"], "carol@test");
+    let (event, event_rev) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    assert_eq!(event_rev, weights_rev);
+    assert_eq!(event["kind"], "rollback");
+    assert_eq!(event["reason"], "ramp aborted by carol@test");
+
+    // A rolled-back ramp cannot be paused, but resume starts it again.
+    let before = etcd.revision().await;
+    let out = ctl.run(&["pause", "orders"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("its phase is rolled_back"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("only a ramp in progress (phase canary) can be paused"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("cutover ctl resume orders"), "{out:?}");
+    assert_eq!(etcd.revision().await, before);
+    ctl.ok(&["resume", "orders"]).await;
+    let (weights, _) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(weights, json!({"legacy": 99, "new": 1, "shadow": 20}));
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(status["phase"], "canary");
+    assert!(status.get("rollback").is_none(), "{status}");
+
+    // A promoted route has nothing to resume and cannot be paused.
+    ctl.ok(&["promote", "orders"]).await;
+    let before = etcd.revision().await;
+    let out = ctl.ok(&["resume", "orders"]).await;
+    assert!(
+        out.stdout.starts_with("nothing to resume: promoted"),
+        "{out:?}"
+    );
+    let out = ctl.run(&["pause", "orders"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("its phase is promoted"), "{out:?}");
+    assert_eq!(etcd.revision().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_need_a_ramp_abort_does_not() {
+    let (etcd, ctl, _dir) = with_orders("/noramp").await;
+    let before = etcd.revision().await;
+    for (verb, nothing) in [
+        ("pause", "nothing to pause"),
+        ("resume", "nothing to resume"),
+    ] {
+        let out = ctl.run(&[verb, "orders"]).await;
+        assert_eq!(out.code, 1, "{verb}: {out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("route orders has no ramp in its spec; {nothing}")),
+            "{out:?}"
+        );
+        assert!(out.stderr.contains("cutover ctl apply FILE"), "{out:?}");
+        let ghost = ctl.run(&[verb, "ghost"]).await;
+        assert_eq!(ghost.code, 1, "{ghost:?}");
+        assert!(
+            ghost.stderr.contains("no route ghost under /noramp"),
+            "{ghost:?}"
+        );
+    }
+    let out = ctl.run(&["abort", "ghost"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(etcd.revision().await, before, "nothing may be written");
+
+    ctl.ok(&["abort", "orders", "--reason", "bad deploy"]).await;
+    let (weights, _) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    assert_eq!(weights, json!({"legacy": 100, "new": 0, "shadow": 20}));
+    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
+        .await
+        .expect("status");
+    assert_eq!(status["phase"], "rolled_back");
+    assert_eq!(status["rollback"]["rule"], "operator");
+    assert_eq!(status["rollback"]["reason"], "bad deploy");
+
+    // A ramp that has not started (legacy) cannot be paused either.
+    let legacy = RAMPED
+        .replace("\"orders\"", "\"users\"")
+        .replace("/orders", "/users")
+        .replace("legacy = 95, new = 5, shadow = 20", "legacy = 100, new = 0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_file(&dir, "users.toml", &legacy);
+    ctl.ok(&["apply", file.to_str().expect("utf-8 path")]).await;
+    let before = etcd.revision().await;
+    let out = ctl.run(&["pause", "users"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("its phase is legacy"), "{out:?}");
+    assert_eq!(etcd.revision().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_that_loses_a_race_on_status_exits_2_and_writes_nothing() {
+    let (etcd, ctl, _dir) = with_routes("/pauserace", RAMPED).await;
+    let (weights, weights_rev) = read(&etcd, &ctl.key("orders", "weights"))
+        .await
+        .expect("weights");
+    // A ramp controller stand-in rewrites status (with its event, in one transaction) as fast
+    // as etcd takes it, so a pause reads one status and finds another at its write.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, mut client) = (stop.clone(), etcd.client().await);
+        let (status_key, events) = (ctl.key("orders", "status"), ctl.key("orders", "events/"));
+        let status = json!({"phase": "canary", "weights_revision": weights_rev}).to_string();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let event = json!({"at": "2026-01-01T00:00:00.000Z", "kind": "ramp_step",
+                    "from": null, "to": null, "reason": "race", "by": "ramp@test"});
+                let txn = Txn::new().and_then([
+                    TxnOp::put(status_key.as_str(), status.as_str(), None),
+                    TxnOp::put(
+                        format!("{events}{:013}-ramp@test", 9_000_000_000_000 + n),
+                        event.to_string(),
+                        None,
+                    ),
+                ]);
+                client.txn(txn).await.expect("status writer txn");
+            }
+            n
+        })
+    };
+    let mut lost = None;
+    for attempt in 0..20 {
+        let by = format!("op{attempt}@race");
+        let out = ctl.run(&["pause", "orders", "--by", &by]).await;
+        let mine = events(&etcd, &ctl, "orders")
+            .await
+            .into_iter()
+            .filter(|(e, _)| e["by"] == by.as_str())
+            .count();
+        match out.code {
+            0 => assert_eq!(mine, 1, "pause {attempt} succeeded: {out:?}"),
+            2 => {
+                assert_eq!(mine, 0, "pause {attempt} lost but left an event");
+                lost = Some(out);
+                break;
+            }
+            _ => panic!("pause {attempt}: exit must be 0 or 2: {out:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.expect("status writer");
+    let out =
+        lost.unwrap_or_else(|| panic!("no pause lost the race in 20 tries ({writes} writes)"));
+    assert!(
+        out.stderr
+            .contains("status of orders changed since it was read"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("by ramp@test"), "{out:?}");
+    assert!(out.stderr.contains("nothing written"), "{out:?}");
+    assert_eq!(
+        read(&etcd, &ctl.key("orders", "weights")).await,
+        Some((weights, weights_rev)),
+        "the weights were never touched"
     );
 }
