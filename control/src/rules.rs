@@ -549,9 +549,11 @@ mod tests {
 
     #[test]
     fn divergence_outcomes() {
-        let mut w = WindowStats::default();
-        w.comparisons = 50;
-        w.divergences = 40;
+        let mut w = WindowStats {
+            comparisons: 50,
+            divergences: 40,
+            ..WindowStats::default()
+        };
         assert_eq!(divergence(0.01, 100, &w).outcome, Outcome::NoData);
         w.comparisons = 1_000;
         w.divergences = 5;

@@ -121,8 +121,6 @@ pub struct Published {
     /// The mod_revision of the weights the window was collected under: the leader merges only
     /// windows of the weights it evaluates.
     pub weights_revision: i64,
-    /// Length of the window in seconds (it starts later when the weights changed since).
-    pub window_seconds: f64,
     pub stats: WireWindow,
 }
 

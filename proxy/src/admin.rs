@@ -57,6 +57,9 @@ impl Admin {
                 .body(self.shared.telemetry.metrics.encode())
                 .expect("static response"),
             "/api/v1/routes" => json_response(StatusCode::OK, &routes_json(&snapshot)),
+            "/api/v1/control" => {
+                json_response(StatusCode::OK, &json!(self.shared.control.snapshot()))
+            }
             "/" => Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "text/html; charset=utf-8")
@@ -121,7 +124,9 @@ pub fn routes_json(snapshot: &Snapshot) -> Value {
                 "id": r.id.as_str(),
                 "match": r.spec.matcher,
                 "weights": r.weights,
-                "phase": r.weights.implied_phase(),
+                "phase": r.overridden.as_ref().map_or(r.weights.implied_phase(), |o| o.phase),
+                "weights_revision": r.weights_revision,
+                "rollback": r.overridden.as_ref().and_then(|o| o.rollback.as_ref()),
                 "revision": snapshot.revision,
                 "last_error": snapshot.error_for(r.id.as_str()).map(|e| &**e),
             })

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cutover_config::{Backend, HostMatch, RouteId, RouteSpec, Weights};
+use cutover_control::controller::Override;
 use cutover_control::ConfigState;
 use tracing::warn;
 
@@ -87,8 +88,14 @@ fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
 #[derive(Debug)]
 pub struct Route {
     pub id: RouteId,
-    pub spec: RouteSpec,
+    pub spec: Arc<RouteSpec>,
+    /// The weights in effect: the source's, or the override's.
     pub weights: Weights,
+    /// The source's weights revision (`ConfigState::weights_revisions`).
+    pub weights_revision: i64,
+    /// What the controller put in effect ahead of the source (a rollback, an in-process ramp
+    /// step), until the source's weights revision moves past it.
+    pub overridden: Option<Override>,
     pub split: Split,
     pub legacy: Upstream,
     pub new: Upstream,
@@ -130,19 +137,35 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Build the snapshot for `state`, reusing each route's telemetry by id.
-    pub fn build(state: &ConfigState, telemetry: &Telemetry) -> Self {
+    /// Build the snapshot for `state` with the controller's `overrides` in effect, reusing
+    /// each route's telemetry by id.
+    pub fn build(
+        state: &ConfigState,
+        telemetry: &Telemetry,
+        overrides: &HashMap<String, Override>,
+    ) -> Self {
+        let now = std::time::Instant::now();
         let routes: Vec<Arc<Route>> = state
             .routes
             .iter()
             .map(|rc| {
-                let split = Split::new(&rc.weights);
+                let weights_revision = state
+                    .weights_revisions
+                    .get(rc.id.as_str())
+                    .copied()
+                    .unwrap_or(0);
+                let overridden = overrides.get(rc.id.as_str()).cloned();
+                let weights = overridden.as_ref().map_or(rc.weights, |o| o.weights);
+                let split = Split::new(&weights);
                 let telemetry = telemetry.route(rc.id.as_str(), rc.spec.compare.noise_ttl);
                 telemetry.set_weight_percent(100.0 - split.new_percent(), split.new_percent());
+                telemetry.note_weights(weights, weights_revision, now);
                 Arc::new(Route {
                     id: rc.id.clone(),
-                    spec: rc.spec.clone(),
-                    weights: rc.weights,
+                    spec: Arc::new(rc.spec.clone()),
+                    weights,
+                    weights_revision,
+                    overridden,
                     split,
                     legacy: Upstream::build(&rc.spec.legacy),
                     new: Upstream::build(&rc.spec.new),
@@ -241,7 +264,11 @@ mod tests {
             window: Duration::from_secs(60),
             slices: 12,
         });
-        Snapshot::build(&ConfigState::initial(config.routes), &telemetry)
+        Snapshot::build(
+            &ConfigState::initial(config.routes),
+            &telemetry,
+            &HashMap::new(),
+        )
     }
 
     fn route(id: &str, host: Option<&str>, prefix: &str) -> String {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cutover_config::Config;
+use cutover_control::controller::Controller;
 use cutover_control::{ConfigSource, EtcdSource, FileSource};
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
@@ -114,6 +115,8 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>) -> Result<(), ServeErr
             source: Mutex::new(Some(source)),
             initial: Arc::new(initial),
             probe_addrs,
+            etcd: config.etcd.clone(),
+            webhook: config.notify.webhook.clone(),
         },
     );
 
@@ -142,6 +145,8 @@ struct Control {
     source: Mutex<Option<Box<dyn ConfigSource>>>,
     initial: Arc<cutover_control::ConfigState>,
     probe_addrs: Vec<SocketAddr>,
+    etcd: Option<cutover_config::EtcdSettings>,
+    webhook: Option<String>,
 }
 
 #[async_trait]
@@ -152,6 +157,15 @@ impl BackgroundService for Control {
         };
         let (tx, mut rx) = watch::channel(self.initial.clone());
         let source_task = tokio::spawn(source.run(tx, shutdown.clone()));
+
+        let (dp, view) = (self.shared.clone(), self.shared.control.clone());
+        let instance = cutover_control::model::instance_id();
+        let webhook = self.webhook.clone();
+        let controller = match &self.etcd {
+            Some(etcd) => Controller::etcd(dp, view, etcd, instance, webhook),
+            None => Controller::local(dp, view, instance, webhook),
+        };
+        let controller_task = tokio::spawn(controller.run(shutdown.clone()));
 
         let shared = self.shared.clone();
         let addrs = self.probe_addrs.clone();
@@ -170,6 +184,9 @@ impl BackgroundService for Control {
         }
         if let Err(e) = source_task.await {
             error!(error = %e, "config source task failed");
+        }
+        if let Err(e) = controller_task.await {
+            error!(error = %e, "controller task failed");
         }
     }
 }

@@ -1,12 +1,15 @@
 //! What the data plane, the admin API and the control loop share: the one snapshot swap, the
 //! telemetry, the fixed settings and the lifecycle flags.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use cutover_config::{Config, UnderscoreHeaders};
+use cutover_config::{Config, Phase, UnderscoreHeaders};
+use cutover_control::controller::{ControlView, DataPlane, LiveRoute, Override};
+use cutover_control::window::WindowStats;
 use cutover_control::ConfigState;
 use tracing::info;
 
@@ -64,6 +67,17 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// SIGTERM/SIGINT received: stop taking new work, finish what is in flight.
     pub draining: AtomicBool,
+    /// What the rollback/ramp controller shows on the admin API.
+    pub control: Arc<ControlView>,
+    /// The last state the source published and the controller's overrides on top of it; the
+    /// snapshot is always built from both, under this lock.
+    source: Mutex<Source>,
+}
+
+#[derive(Debug)]
+struct Source {
+    state: Arc<ConfigState>,
+    overrides: HashMap<String, Override>,
 }
 
 impl Shared {
@@ -72,7 +86,7 @@ impl Shared {
             window: config.stats.window,
             slices: config.stats.slices,
         });
-        let snapshot = Snapshot::build(state, &telemetry);
+        let snapshot = Snapshot::build(state, &telemetry, &HashMap::new());
         telemetry.metrics.config_revision.set(state.revision as i64);
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -82,6 +96,11 @@ impl Shared {
             inflight: Arc::new(AtomicUsize::new(0)),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            control: Arc::default(),
+            source: Mutex::new(Source {
+                state: Arc::new(state.clone()),
+                overrides: HashMap::new(),
+            }),
         }
     }
 
@@ -96,6 +115,7 @@ impl Shared {
             .errors_total
             .saturating_sub(metrics.config_errors.get());
         metrics.config_errors.inc_by(new_errors);
+        let mut source = self.source.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot.load();
         if state.revision < current.revision {
             // Never go back to an older revision.
@@ -108,7 +128,31 @@ impl Shared {
         if unchanged {
             return;
         }
-        let next = Snapshot::build(state, &self.telemetry);
+        // An override holds until the source's weights move past the revision it overrode:
+        // the controller's own write landed, or an operator's newer write wins.
+        // A rollback whose own write landed (the source now has its weights) stays shown as
+        // `rolled_back` until the next write of the weights, as the etcd status does.
+        source.overrides.retain(|id, o| {
+            let Some(&rev) = state.weights_revisions.get(id) else {
+                return false;
+            };
+            if rev <= o.weights_revision {
+                return true;
+            }
+            let landed = o.phase == Phase::RolledBack
+                && state
+                    .routes
+                    .iter()
+                    .any(|r| r.id.as_str() == id && r.weights == o.weights);
+            if landed {
+                o.weights_revision = rev;
+            } else {
+                info!(route = %id, "override ends: the source's weights moved past it");
+            }
+            landed
+        });
+        source.state = Arc::new(state.clone());
+        let next = Snapshot::build(state, &self.telemetry, &source.overrides);
         metrics.config_revision.set(next.revision as i64);
         if next.revision != current.revision {
             info!(
@@ -117,6 +161,19 @@ impl Shared {
                 "routing snapshot swapped"
             );
         }
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Put `o` in effect for `route` at once: the next request already uses its weights.
+    pub fn set_override(&self, route: &str, o: Override) {
+        let mut source = self.source.lock().unwrap_or_else(|p| p.into_inner());
+        let current_rev = source.state.weights_revisions.get(route).copied();
+        if current_rev.is_none_or(|rev| rev > o.weights_revision) {
+            // The source already moved on: the decision was about weights no longer live.
+            return;
+        }
+        source.overrides.insert(route.to_string(), o);
+        let next = Snapshot::build(&source.state, &self.telemetry, &source.overrides);
         self.snapshot.store(Arc::new(next));
     }
 
@@ -135,6 +192,37 @@ impl Shared {
 
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
+    }
+}
+
+impl DataPlane for Shared {
+    fn routes(&self) -> Vec<LiveRoute> {
+        self.snapshot
+            .load()
+            .routes
+            .iter()
+            .map(|r| LiveRoute {
+                id: r.id.to_string(),
+                spec: r.spec.clone(),
+                weights: r.weights,
+                weights_revision: r.weights_revision,
+                overridden: r.overridden.clone(),
+            })
+            .collect()
+    }
+
+    fn window(&self, route: &str) -> Option<WindowStats> {
+        let snapshot = self.snapshot.load();
+        let r = snapshot.route(route)?;
+        Some(r.telemetry.window_stats(std::time::Instant::now()))
+    }
+
+    fn set_override(&self, route: &str, o: Override) {
+        Shared::set_override(self, route, o);
+    }
+
+    fn count_rollback(&self, route: &str, rule: &str) {
+        self.telemetry.metrics.rollback(route, rule);
     }
 }
 

@@ -9,12 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use cutover_control::window::{latency_histogram, RoleStats, MAX_MICROS, SIGFIG};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-
-/// Largest latency the histograms hold (1 hour, in µs); larger values are clamped to it.
-const MAX_MICROS: u64 = 3_600_000_000;
-const SIGFIG: u8 = 3;
 
 /// Which backend served (or was sent) a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -183,8 +180,34 @@ impl WindowedStats {
 
     /// Merge the slices inside the window ending at `now`.
     pub fn read(&self, now: Instant) -> WindowSummary {
+        let (count, errors, merged) = self.merge(now, None);
+        WindowSummary::new(count, errors, merged.as_ref())
+    }
+
+    /// The window ending at `now`, starting no earlier than the slice holding `since`, as the
+    /// rule engine reads it.
+    pub fn role_stats(&self, now: Instant, since: Instant) -> RoleStats {
+        let (count, errors, merged) = self.merge(now, Some(since));
+        let mut latency = latency_histogram();
+        if let Some(h) = merged {
+            for v in h.iter_recorded() {
+                // Same bounds: cannot fail.
+                let _ = latency.record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
+            }
+        }
+        RoleStats {
+            count,
+            errors,
+            latency,
+        }
+    }
+
+    fn merge(&self, now: Instant, since: Option<Instant>) -> (u64, u64, Option<Histogram<u32>>) {
         let epoch = self.epoch(now);
-        let oldest = epoch.saturating_sub(u64::from(self.shape.slices) - 1);
+        let mut oldest = epoch.saturating_sub(u64::from(self.shape.slices) - 1);
+        if let Some(since) = since {
+            oldest = oldest.max(self.epoch(since));
+        }
         let mut merged: Option<Histogram<u32>> = None;
         let (mut count, mut errors) = (0, 0);
         for shard in self.shards.iter() {
@@ -204,7 +227,7 @@ impl WindowedStats {
                 }
             }
         }
-        WindowSummary::new(count, errors, merged.as_ref())
+        (count, errors, merged)
     }
 }
 

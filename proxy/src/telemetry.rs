@@ -17,6 +17,8 @@ use prometheus::{
 use crate::compare::{Difference, DivergenceLog, Groups, NoiseLearner};
 use crate::shadow::DropReason;
 use crate::stats::{BackendKind, Role, RouteWindows, Sample, WindowShape, WindowedStats};
+use cutover_config::Weights;
+use cutover_control::window::{BackendStats, WindowStats};
 
 /// Distinct endpoint groups tracked per route; later ones are counted as `{other}`.
 const MAX_GROUPS: usize = 256;
@@ -250,6 +252,9 @@ pub struct RouteTelemetry {
     pub noise: NoiseLearner,
     pub divergences: DivergenceLog,
     metrics: RouteMetrics,
+    /// The effective weights (and their source revision) last applied, and since when: the
+    /// start of the rules' evaluation window.
+    evaluated: Mutex<(Option<(Weights, i64)>, Instant)>,
 }
 
 impl std::fmt::Debug for RouteTelemetry {
@@ -281,6 +286,33 @@ impl RouteTelemetry {
                 error: outcome.is_error(),
             },
         );
+    }
+
+    /// Note the weights a new snapshot applies; a change starts a fresh evaluation window.
+    pub fn note_weights(&self, weights: Weights, revision: i64, now: Instant) {
+        let mut e = self.evaluated.lock().unwrap_or_else(|p| p.into_inner());
+        if e.0 != Some((weights, revision)) {
+            *e = (Some((weights, revision)), now);
+        }
+    }
+
+    /// The route's statistics since its weights last changed, within the window ending `now`.
+    pub fn window_stats(&self, now: Instant) -> WindowStats {
+        let since = self.evaluated.lock().unwrap_or_else(|p| p.into_inner()).1;
+        let role = |b, r| self.windows.get(b, r).role_stats(now, since);
+        let comparisons = self.comparisons.role_stats(now, since);
+        WindowStats {
+            legacy: BackendStats {
+                primary: role(BackendKind::Legacy, Role::Primary),
+                shadow: role(BackendKind::Legacy, Role::Shadow),
+            },
+            new: BackendStats {
+                primary: role(BackendKind::New, Role::Primary),
+                shadow: role(BackendKind::New, Role::Shadow),
+            },
+            comparisons: comparisons.count,
+            divergences: comparisons.errors,
+        }
     }
 
     /// Count a sampled request that was not shadowed.
@@ -350,6 +382,7 @@ impl Telemetry {
                     noise: NoiseLearner::new(noise_ttl, NoiseLearner::DEFAULT_MIN_SEEN),
                     divergences: DivergenceLog::new(DIVERGENCE_LOG),
                     metrics: self.metrics.route_metrics(id),
+                    evaluated: Mutex::new((None, Instant::now())),
                 })
             })
             .clone()

@@ -113,6 +113,15 @@ struct State {
     served: AtomicUsize,
     /// Raw bytes read from each accepted connection, in accept order.
     connections: Mutex<Vec<Arc<Mutex<Vec<u8>>>>>,
+    /// Faults switched on while running ([`RunningBackend::set_errors`], `set_delay`); they
+    /// replace the builder's `errors`/`delay`.
+    fault: Mutex<Fault>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Fault {
+    errors: Option<f64>,
+    delay: Option<Duration>,
 }
 
 impl Backend {
@@ -291,12 +300,13 @@ async fn handle(
     if config.hang_up {
         return Err(HangUp);
     }
-    if let Some(delay) = config.delay {
+    let fault = *state.fault.lock().expect("lock");
+    if let Some(delay) = fault.delay.or(config.delay) {
         tokio::time::sleep(delay).await;
     }
     let index = state.served.fetch_add(1, Ordering::SeqCst);
     let n = index as f64;
-    let f = config.error_fraction;
+    let f = fault.errors.unwrap_or(config.error_fraction);
     let fail = ((n + 1.0) * f).floor() > (n * f).floor();
     let (status, body) = if fail {
         (
@@ -383,6 +393,16 @@ impl RunningBackend {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// From now on answer this share of requests (exactly, evenly spread) with 500.
+    pub fn set_errors(&self, fraction: f64) {
+        self.state.fault.lock().expect("lock").errors = Some(fraction);
+    }
+
+    /// From now on wait this long before every answer (`Duration::ZERO` to stop).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.fault.lock().expect("lock").delay = Some(delay);
     }
 
     /// Every complete request received so far, in arrival order.

@@ -263,6 +263,9 @@ impl Route {
 pub struct ProxyConfig {
     proxy: Vec<(String, String)>,
     stats_window: Option<Duration>,
+    stats_slices: Option<u32>,
+    webhook: Option<String>,
+    instance: Option<String>,
     etcd: Option<EtcdTable>,
     routes: Vec<Route>,
 }
@@ -288,6 +291,9 @@ impl ProxyConfig {
         ProxyConfig {
             proxy: Vec::new(),
             stats_window: Some(Duration::from_secs(60)),
+            stats_slices: None,
+            webhook: None,
+            instance: None,
             etcd: None,
             routes: Vec::new(),
         }
@@ -365,6 +371,24 @@ impl ProxyConfig {
         self
     }
 
+    /// `[stats] slices = n` (with [`ProxyConfig::stats_window`]).
+    pub fn stats_slices(mut self, slices: u32) -> Self {
+        self.stats_slices = Some(slices);
+        self
+    }
+
+    /// `[notify] webhook = url`.
+    pub fn webhook(mut self, url: &str) -> Self {
+        self.webhook = Some(url.to_string());
+        self
+    }
+
+    /// `$CUTOVER_INSTANCE` of the process: its name in the fleet keys and in events.
+    pub fn instance(mut self, id: &str) -> Self {
+        self.instance = Some(id.to_string());
+        self
+    }
+
     /// A copy with route `id`'s weights replaced.
     pub fn with_weights(&self, id: &str, legacy: impl Into<f64>, new: impl Into<f64>) -> Self {
         let (legacy, new) = (legacy.into(), new.into());
@@ -402,6 +426,12 @@ impl ProxyConfig {
         if let Some(window) = self.stats_window {
             let _ = writeln!(out, "\n[stats]");
             let _ = writeln!(out, "window = {}", toml_duration(window));
+            if let Some(slices) = self.stats_slices {
+                let _ = writeln!(out, "slices = {slices}");
+            }
+        }
+        if let Some(url) = &self.webhook {
+            let _ = writeln!(out, "\n[notify]\nwebhook = {}", toml_string(url));
         }
         if let Some(etcd) = &self.etcd {
             let endpoints = etcd
@@ -519,7 +549,11 @@ impl Proxy {
         }
         std::fs::write(&config_path, config.render(addr, admin_addr)).expect("write config");
         let log = File::create(&log_path).expect("create log file");
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some(id) = &config.instance {
+            command.env("CUTOVER_INSTANCE", id);
+        }
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

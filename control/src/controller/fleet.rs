@@ -1,0 +1,361 @@
+//! The fleet: several proxy instances against one etcd.
+//!
+//! Each instance holds a lease ([`LEASE_TTL`], kept alive every second) and, bound to it,
+//! registers `<prefix>/instances/<id>`, publishes its window statistics per route under
+//! `<prefix>/stats/<route>/<id>` every [`super::TICK`], and campaigns in etcd's election under
+//! `<prefix>/leader`. An instance that dies drops out with its lease: its keys vanish, and if it
+//! led, the next campaigner leads. The leader reads every instance's fresh windows for the
+//! weights it evaluates and merges them ([`WindowStats::merge`]), and reads each route's
+//! `status` (to respect a pause, and to keep it in step with the weights).
+//!
+//! This task never blocks the controller's tick: the tick reads [`FleetState`], the last thing
+//! this task learnt. Every etcd call has a short timeout; while etcd is unreachable the instance
+//! is not leader (rollback on local evidence still works; nothing else needs etcd).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover_config::EtcdSettings;
+use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::DataPlane;
+use crate::keys::Keys;
+use crate::model::{rfc3339_now, unix_millis_now, Status};
+use crate::window::{Published, WindowStats};
+
+/// Lifetime of the instance's lease without keep-alives: how long a dead instance stays.
+pub const LEASE_TTL: i64 = 3;
+/// A published window older than this is not merged.
+const FRESH: Duration = Duration::from_secs(3);
+/// Bound of every etcd call of this task.
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// The fleet as this instance last saw it.
+#[derive(Debug, Clone, Default)]
+pub struct FleetState {
+    pub leader: bool,
+    pub instances: Vec<String>,
+    /// Leader only: the merged window per route.
+    pub merged: HashMap<String, Merged>,
+    /// Leader only: each route's status and its key's mod_revision.
+    pub statuses: HashMap<String, (Status, i64)>,
+}
+
+/// The fleet's merged window of one route.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub weights_revision: i64,
+    pub instances: usize,
+    pub stats: WindowStats,
+}
+
+/// Handle of the fleet task.
+pub struct Fleet {
+    endpoints: Vec<String>,
+    dial_timeout: Duration,
+    keys: Keys,
+    instance: String,
+    state: Arc<Mutex<FleetState>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    lease: Arc<Mutex<Option<(Client, i64)>>>,
+}
+
+impl Fleet {
+    pub(super) fn new(settings: &EtcdSettings, keys: Keys, instance: String) -> Self {
+        Fleet {
+            endpoints: settings.endpoints.clone(),
+            dial_timeout: settings.dial_timeout,
+            keys,
+            instance,
+            state: Arc::default(),
+            task: Mutex::new(None),
+            lease: Arc::default(),
+        }
+    }
+
+    /// The last state the task saw.
+    pub fn state(&self) -> FleetState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn start<D: DataPlane>(&self, dp: Arc<D>, shutdown: watch::Receiver<bool>) {
+        let task = Task {
+            endpoints: self.endpoints.clone(),
+            dial_timeout: self.dial_timeout,
+            keys: self.keys.clone(),
+            instance: self.instance.clone(),
+            state: self.state.clone(),
+            lease: self.lease.clone(),
+            dp,
+        };
+        let handle = tokio::spawn(task.run(shutdown));
+        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+    }
+
+    /// Stop publishing and give up the lease, so this instance leaves the fleet (and the
+    /// leadership) at once rather than after [`LEASE_TTL`].
+    pub(super) async fn stop(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((mut client, id)) = lease {
+            let _ = tokio::time::timeout(CALL_TIMEOUT, client.lease_revoke(id)).await;
+        }
+    }
+}
+
+struct Task<D> {
+    endpoints: Vec<String>,
+    dial_timeout: Duration,
+    keys: Keys,
+    instance: String,
+    state: Arc<Mutex<FleetState>>,
+    lease: Arc<Mutex<Option<(Client, i64)>>>,
+    dp: Arc<D>,
+}
+
+async fn call<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {CALL_TIMEOUT:?}")),
+    }
+}
+
+impl<D: DataPlane> Task<D> {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let reason = tokio::select! {
+                _ = shutdown.changed() => return,
+                r = self.session() => r,
+            };
+            self.set_state(FleetState::default());
+            warn!(%reason, retry_in = ?backoff, "fleet: lost etcd; this instance is not leader until it is back (local rollback still works)");
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_CAP);
+        }
+    }
+
+    fn set_state(&self, s: FleetState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// One lease's life: register, publish, campaign, until something fails.
+    async fn session(&self) -> String {
+        // No per-request timeout on the channel: the campaign blocks for as long as another
+        // instance leads. Every other call is bounded by `call`.
+        let options = ConnectOptions::new().with_connect_timeout(self.dial_timeout);
+        let mut client = match tokio::time::timeout(
+            self.dial_timeout + CALL_TIMEOUT,
+            Client::connect(self.endpoints.clone(), Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return format!("connect: {e}"),
+            Err(_) => return "connect timed out".into(),
+        };
+        let lease = match call("lease grant", client.lease_grant(LEASE_TTL, None)).await {
+            Ok(l) => l.id(),
+            Err(e) => return e,
+        };
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some((client.clone(), lease));
+        let (mut keeper, mut alive) = match call("keep-alive", client.lease_keep_alive(lease)).await
+        {
+            Ok(k) => k,
+            Err(e) => return e,
+        };
+        let me = json!({"id": self.instance, "host": crate::model::hostname(),
+                        "pid": std::process::id(), "since": rfc3339_now()});
+        if let Err(e) = call(
+            "register",
+            client.put(
+                self.keys.instance(&self.instance),
+                me.to_string(),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await
+        {
+            return e;
+        }
+        info!(instance = %self.instance, lease, "fleet: registered; campaigning for leader");
+        // The campaign blocks until this instance leads; it ends with the lease.
+        let mut campaigner = client.clone();
+        let (name, value) = (self.keys.leader(), self.instance.clone());
+        let campaign = tokio::spawn(async move {
+            loop {
+                match campaigner
+                    .campaign(name.clone(), value.clone(), lease)
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(e) => {
+                        debug!(error = %e, "campaign interrupted; campaigning again");
+                        tokio::time::sleep(KEEPALIVE_EVERY).await;
+                    }
+                }
+            }
+        });
+        let _abort = AbortOnDrop(campaign);
+        let mut tick = tokio::time::interval(super::TICK);
+        let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
+        let mut was_leader = false;
+        loop {
+            tokio::select! {
+                _ = keepalive.tick() => {
+                    if let Err(e) = call("keep-alive", keeper.keep_alive()).await {
+                        return e;
+                    }
+                }
+                msg = alive.message() => match msg {
+                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    Ok(Some(_)) => return "the lease expired".into(),
+                    Ok(None) => return "the keep-alive stream ended".into(),
+                    Err(e) => return format!("keep-alive: {e}"),
+                },
+                _ = tick.tick() => {
+                    match self.round(&mut client, lease).await {
+                        Ok(state) => {
+                            if state.leader != was_leader {
+                                info!(instance = %self.instance, leader = state.leader, "fleet: leadership changed");
+                                was_leader = state.leader;
+                            }
+                            self.set_state(state);
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "fleet round failed");
+                            // Unsure whether still leader: act as a follower.
+                            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                            s.leader = false;
+                            s.merged.clear();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publish this instance's windows; learn the leader, the instances and (as leader) the
+    /// merged windows and statuses.
+    async fn round(&self, client: &mut Client, lease: i64) -> Result<FleetState, String> {
+        let routes = self.dp.routes();
+        for route in &routes {
+            let Some(stats) = self.dp.window(&route.id) else {
+                continue;
+            };
+            let published = Published {
+                instance: self.instance.clone(),
+                at_ms: unix_millis_now(),
+                weights_revision: route.weights_revision,
+                stats: stats.to_wire(),
+            };
+            let body = serde_json::to_string(&published).map_err(|e| e.to_string())?;
+            call(
+                "publish stats",
+                client.put(
+                    self.keys.stats(&route.id, &self.instance),
+                    body,
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+            )
+            .await?;
+        }
+        let leader = call("leader", client.leader(self.keys.leader()))
+            .await
+            .ok()
+            .and_then(|r| r.kv().map(|kv| kv.lease() == lease))
+            .unwrap_or(false);
+        let instances = call(
+            "instances",
+            client.get(
+                self.keys.instances(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+        )
+        .await?
+        .kvs()
+        .iter()
+        .filter_map(|kv| kv.key_str().ok())
+        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+        .collect();
+        let mut state = FleetState {
+            leader,
+            instances,
+            ..FleetState::default()
+        };
+        if !leader {
+            return Ok(state);
+        }
+        let now_ms = unix_millis_now();
+        for route in &routes {
+            let prefix = format!("{}/", self.keys.stats(&route.id, "").trim_end_matches('/'));
+            let resp = call(
+                "read stats",
+                client.get(prefix, Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+            let mut merged = WindowStats::default();
+            let mut n = 0;
+            for kv in resp.kvs() {
+                let Ok(p) = serde_json::from_slice::<Published>(kv.value()) else {
+                    warn!(key = ?kv.key_str(), "fleet: unreadable published stats ignored");
+                    continue;
+                };
+                let fresh = now_ms.saturating_sub(p.at_ms) <= FRESH.as_millis() as u64;
+                if !fresh || p.weights_revision != route.weights_revision {
+                    continue;
+                }
+                match p.stats.decode() {
+                    Ok(s) => {
+                        merged.merge(&s);
+                        n += 1;
+                    }
+                    Err(e) => {
+                        warn!(instance = %p.instance, error = %e, "fleet: undecodable stats ignored")
+                    }
+                }
+            }
+            state.merged.insert(
+                route.id.clone(),
+                Merged {
+                    weights_revision: route.weights_revision,
+                    instances: n,
+                    stats: merged,
+                },
+            );
+            let status = call("read status", client.get(self.keys.status(&route.id), None)).await?;
+            if let Some(kv) = status.kvs().first() {
+                if let Ok(s) = serde_json::from_slice::<Status>(kv.value()) {
+                    state
+                        .statuses
+                        .insert(route.id.clone(), (s, kv.mod_revision()));
+                }
+            }
+        }
+        Ok(state)
+    }
+}
+
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,497 @@
+//! The rollback and ramp controller (SPEC §3 `rollback`/`ramp`, §4), one per proxy process.
+//!
+//! Every [`TICK`] it evaluates each route's rules ([`crate::rules`]) on the route's own window
+//! statistics, read from the data plane through [`DataPlane`]. With etcd it also takes part in
+//! the fleet ([`fleet`]): it publishes its windows, and the elected leader evaluates the same
+//! rules on the merged windows of every instance, advances ramps and keeps `status` in step
+//! with the weights.
+//!
+//! A breach rolls the route back: the data plane stops sending live traffic to `new` at once
+//! ([`DataPlane::set_override`], before any etcd round trip); then a transaction writes
+//! `{"legacy": 100, "new": 0, "shadow": <unchanged>}` conditioned on the weights key's
+//! mod_revision, the `rolled_back` status and an event ([`writes`]), retried until it lands or
+//! an operator's newer write supersedes it. Any instance may roll back on its own evidence;
+//! only the leader advances a ramp. Without etcd the controller does all of it in-process.
+//!
+//! Rules are evaluated only while `new` serves live traffic (its effective weight is above 0):
+//! with nothing live on `new` there is nothing to roll back. Every change of the weights
+//! (an operator's write, a ramp step) starts fresh evaluation windows.
+
+pub mod fleet;
+mod notify;
+mod writes;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover_config::{EtcdSettings, Phase, RouteSpec, Weights};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::keys::Keys;
+use crate::model::{rfc3339_now, Event, EventKind, RollbackRecord};
+use crate::rules::{Breach, Evaluation, Outcome, RuleEngine};
+use crate::window::WindowStats;
+
+pub use notify::Notifier;
+
+/// How often rules are evaluated (SPEC: at least every second).
+pub const TICK: Duration = Duration::from_millis(500);
+/// How many in-process events the admin API keeps (embedded config source).
+const LOCAL_EVENTS: usize = 100;
+/// How long a written ramp step has to show up in the weights before the step is decided again.
+const RAMP_WRITE_WAIT: Duration = Duration::from_secs(5);
+
+/// A route as the data plane applies it right now.
+#[derive(Debug, Clone)]
+pub struct LiveRoute {
+    pub id: String,
+    pub spec: Arc<RouteSpec>,
+    /// The weights in effect (the source's, or an override's).
+    pub weights: Weights,
+    /// The source's weights revision ([`crate::ConfigState::weights_revisions`]).
+    pub weights_revision: i64,
+    /// The override in effect, if any.
+    pub overridden: Option<Override>,
+}
+
+/// Weights the controller put in effect ahead of the config source: a rollback decided before
+/// etcd heard of it, or (without etcd) a ramp step or rollback. It holds until the source's
+/// weights revision moves past `weights_revision` — the controller's own write landing, or an
+/// operator's newer write, which wins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    pub weights_revision: i64,
+    pub weights: Weights,
+    pub phase: Phase,
+    pub rollback: Option<RollbackRecord>,
+}
+
+/// What the controller needs from the data plane.
+pub trait DataPlane: Send + Sync + 'static {
+    /// The live routes.
+    fn routes(&self) -> Vec<LiveRoute>;
+    /// The route's statistics over the evaluation window: the stats window, starting no
+    /// earlier than the last change of its weights. `None` for an unknown route.
+    fn window(&self, route: &str) -> Option<WindowStats>;
+    /// Put `o` in effect for `route` at once.
+    fn set_override(&self, route: &str, o: Override);
+    /// Count a rollback in `cutover_rollbacks_total{route,rule}`.
+    fn count_rollback(&self, route: &str, rule: &str);
+}
+
+/// What the controller shows on the admin API (`/api/v1/control`).
+#[derive(Debug, Default)]
+pub struct ControlView {
+    inner: Mutex<ViewState>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ViewState {
+    pub instance: String,
+    /// `true` for the elected fleet leader, and always without etcd.
+    pub leader: bool,
+    /// Instances registered in etcd (empty without etcd).
+    pub instances: Vec<String>,
+    pub routes: BTreeMap<String, RouteView>,
+    /// Events of the in-process controller (without etcd); newest last.
+    pub events: VecDeque<serde_json::Value>,
+}
+
+/// One route's evaluation as last seen.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RouteView {
+    /// Rules over this instance's own window.
+    pub local: Option<Evaluation>,
+    /// Rules over the fleet's merged window (leader only).
+    pub fleet: Option<FleetView>,
+    /// The automatic ramp, when the route has one.
+    pub ramp: Option<RampView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetView {
+    /// Instances whose windows were merged.
+    pub instances: usize,
+    /// Requests on `new` (primary) and `legacy` (primary) in the merged window.
+    pub new_requests: u64,
+    pub legacy_requests: u64,
+    pub comparisons: u64,
+    pub evaluation: Evaluation,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RampView {
+    pub steps: Vec<f64>,
+    pub current_percent: f64,
+    pub next_percent: Option<f64>,
+    pub held_seconds: f64,
+    pub hold_seconds: f64,
+    /// Why it is not advancing right now.
+    pub waiting_for: String,
+}
+
+impl ControlView {
+    pub fn snapshot(&self) -> ViewState {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ViewState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push_event(&self, route: &str, event: &Event) {
+        let mut v = self.lock();
+        let mut json = serde_json::to_value(event).unwrap_or_default();
+        json["route"] = route.into();
+        v.events.push_back(json);
+        while v.events.len() > LOCAL_EVENTS {
+            v.events.pop_front();
+        }
+    }
+}
+
+/// Where decisions are written.
+enum Store {
+    /// No etcd: overrides in the data plane are the whole truth.
+    Local,
+    Etcd(writes::EtcdWriter, fleet::Fleet),
+}
+
+/// Per-route memory between ticks.
+#[derive(Debug)]
+struct RouteCtl {
+    /// The weights and revision the engines' history belongs to.
+    weights: Weights,
+    weights_revision: i64,
+    /// When the current weights took effect (start of the step's hold).
+    since: Instant,
+    local: RuleEngine,
+    fleet: RuleEngine,
+    /// A rule failed (or was inconclusive) since the step started: the hold starts over.
+    last_doubt: Option<Instant>,
+    /// When a ramp step was last written; no other is decided for [`RAMP_WRITE_WAIT`].
+    ramp_pending: Option<Instant>,
+}
+
+/// The controller: call [`Controller::run`] on the control runtime.
+pub struct Controller<D: DataPlane> {
+    dp: Arc<D>,
+    store: Store,
+    instance: String,
+    notifier: Option<Notifier>,
+    view: Arc<ControlView>,
+    routes: HashMap<String, RouteCtl>,
+}
+
+impl<D: DataPlane> Controller<D> {
+    /// A controller without etcd: rollbacks and ramp steps apply in-process.
+    pub fn local(
+        dp: Arc<D>,
+        view: Arc<ControlView>,
+        instance: String,
+        webhook: Option<String>,
+    ) -> Self {
+        Self::with_store(dp, view, Store::Local, instance, webhook)
+    }
+
+    /// A controller writing to etcd and taking part in the fleet.
+    pub fn etcd(
+        dp: Arc<D>,
+        view: Arc<ControlView>,
+        settings: &EtcdSettings,
+        instance: String,
+        webhook: Option<String>,
+    ) -> Self {
+        let keys = Keys::new(&settings.prefix);
+        let writer = writes::EtcdWriter::new(settings, keys.clone(), instance.clone());
+        let fleet = fleet::Fleet::new(settings, keys, instance.clone());
+        Self::with_store(dp, view, Store::Etcd(writer, fleet), instance, webhook)
+    }
+
+    fn with_store(
+        dp: Arc<D>,
+        view: Arc<ControlView>,
+        store: Store,
+        instance: String,
+        webhook: Option<String>,
+    ) -> Self {
+        {
+            let mut v = view.lock();
+            v.instance = instance.clone();
+            v.leader = matches!(store, Store::Local);
+        }
+        Controller {
+            dp,
+            store,
+            instance,
+            notifier: webhook.map(Notifier::new),
+            view,
+            routes: HashMap::new(),
+        }
+    }
+
+    /// Evaluate every [`TICK`] until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        if let Store::Etcd(_, fleet) = &self.store {
+            fleet.start(self.dp.clone(), shutdown.clone());
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if let Store::Etcd(_, fleet) = &self.store {
+                        fleet.stop().await;
+                    }
+                    return;
+                }
+                _ = tick.tick() => self.tick(Instant::now()),
+            }
+        }
+    }
+
+    /// One evaluation of every route.
+    pub fn tick(&mut self, now: Instant) {
+        let routes = self.dp.routes();
+        let fleet_state = match &self.store {
+            Store::Local => None,
+            Store::Etcd(_, fleet) => Some(fleet.state()),
+        };
+        let leader = fleet_state.as_ref().is_none_or(|f| f.leader);
+        self.routes
+            .retain(|id, _| routes.iter().any(|r| &r.id == id));
+        let mut views = BTreeMap::new();
+        for route in &routes {
+            let ctl = self
+                .routes
+                .entry(route.id.clone())
+                .or_insert_with(|| RouteCtl {
+                    weights: route.weights,
+                    weights_revision: route.weights_revision,
+                    since: now,
+                    local: RuleEngine::default(),
+                    fleet: RuleEngine::default(),
+                    last_doubt: None,
+                    ramp_pending: None,
+                });
+            if ctl.weights != route.weights || ctl.weights_revision != route.weights_revision {
+                // New weights: fresh evaluation windows and a fresh hold.
+                ctl.weights = route.weights;
+                ctl.weights_revision = route.weights_revision;
+                ctl.since = now;
+                ctl.local.reset();
+                ctl.fleet.reset();
+                ctl.last_doubt = None;
+                ctl.ramp_pending = None;
+            }
+            let mut view = RouteView::default();
+            let rolled_back = route
+                .overridden
+                .as_ref()
+                .is_some_and(|o| o.phase == Phase::RolledBack);
+            let live_on_new = route.weights.new > 0.0 && !rolled_back;
+            let policy = &route.spec.rollback;
+            let mut decision: Option<(Breach, &'static str)> = None;
+            let mut for_ramp: Option<Evaluation> = None;
+            if live_on_new && policy.is_enabled() {
+                if let Some(stats) = self.dp.window(&route.id) {
+                    let e = ctl.local.evaluate(policy, &stats, now);
+                    if let Some(b) = &e.breach {
+                        decision = Some((b.clone(), "local"));
+                    }
+                    for_ramp = Some(e.clone());
+                    view.local = Some(e);
+                }
+                if let Some(merged) = fleet_state
+                    .as_ref()
+                    .filter(|f| f.leader)
+                    .and_then(|f| f.merged.get(&route.id))
+                    .filter(|m| m.weights_revision == route.weights_revision)
+                {
+                    let e = ctl.fleet.evaluate(policy, &merged.stats, now);
+                    if decision.is_none() {
+                        if let Some(b) = &e.breach {
+                            decision = Some((b.clone(), "fleet"));
+                        }
+                    }
+                    view.fleet = Some(FleetView {
+                        instances: merged.instances,
+                        new_requests: merged.stats.new.primary.count,
+                        legacy_requests: merged.stats.legacy.primary.count,
+                        comparisons: merged.stats.comparisons,
+                        evaluation: e.clone(),
+                    });
+                    for_ramp = Some(e);
+                } else {
+                    ctl.fleet.reset();
+                }
+            } else {
+                ctl.local.reset();
+                ctl.fleet.reset();
+            }
+            if let Some(e) = &for_ramp {
+                if e.verdicts
+                    .iter()
+                    .any(|r| matches!(r.verdict.outcome, Outcome::Fail | Outcome::Inconclusive))
+                {
+                    ctl.last_doubt = Some(now);
+                }
+            }
+            if let Some((breach, scope)) = decision {
+                self.rollback(route, &breach, scope);
+            } else if leader && !rolled_back {
+                let paused = fleet_state
+                    .as_ref()
+                    .and_then(|f| f.statuses.get(&route.id))
+                    .is_some_and(|(s, _)| {
+                        s.phase == Phase::Paused && s.weights_revision == route.weights_revision
+                    });
+                view.ramp = self.ramp(route, now, for_ramp.as_ref(), paused);
+            }
+            if leader {
+                if let (Store::Etcd(writer, _), Some(f)) = (&self.store, &fleet_state) {
+                    writer.keep_status_in_step(route, f.statuses.get(&route.id));
+                }
+            }
+            views.insert(route.id.clone(), view);
+        }
+        let mut v = self.view.lock();
+        v.leader = leader;
+        v.instances = fleet_state.map(|f| f.instances).unwrap_or_default();
+        v.routes = views;
+    }
+
+    /// Roll `route` back now: locally at once, then in the store.
+    fn rollback(&mut self, route: &LiveRoute, breach: &Breach, scope: &str) {
+        let rule = breach.verdict.rule.as_str();
+        let to = route.weights.rolled_back();
+        let reason = breach.reason();
+        let mut evidence = breach.verdict.evidence(breach.held);
+        evidence["scope"] = scope.into();
+        evidence["instance"] = self.instance.as_str().into();
+        let record = RollbackRecord {
+            at: rfc3339_now(),
+            rule: rule.to_string(),
+            reason: reason.clone(),
+            by: self.instance.clone(),
+            evidence: Some(evidence),
+        };
+        self.dp.set_override(
+            &route.id,
+            Override {
+                weights_revision: route.weights_revision,
+                weights: to,
+                phase: Phase::RolledBack,
+                rollback: Some(record.clone()),
+            },
+        );
+        self.dp.count_rollback(&route.id, rule);
+        warn!(route = %route.id, rule, %reason, scope, from = %route.weights.to_json(), "automatic rollback: new gets no more live traffic");
+        let event = Event {
+            at: record.at.clone(),
+            kind: EventKind::Rollback,
+            from: Some(route.weights.to_json()),
+            to: Some(to.to_json()),
+            reason,
+            by: self.instance.clone(),
+        };
+        match &self.store {
+            Store::Local => self.view.push_event(&route.id, &event),
+            Store::Etcd(writer, _) => {
+                writer.rollback(&route.id, route.weights_revision, to, record, event.clone())
+            }
+        }
+        if let Some(n) = &self.notifier {
+            n.send(&route.id, &event);
+        }
+    }
+
+    /// Advance `route`'s automatic ramp when its step has been held long enough with every
+    /// rule passing. Returns what the admin API shows.
+    fn ramp(
+        &mut self,
+        route: &LiveRoute,
+        now: Instant,
+        evaluation: Option<&Evaluation>,
+        paused: bool,
+    ) -> Option<RampView> {
+        let ramp = route.spec.ramp.as_ref().filter(|r| r.auto)?;
+        let ctl = self.routes.get_mut(&route.id)?;
+        let current = route.weights.new_share() * 100.0;
+        let next = ramp.steps.iter().copied().find(|s| *s > current + 1e-6);
+        let start = ctl.last_doubt.map_or(ctl.since, |d| d.max(ctl.since));
+        let held = now.saturating_duration_since(start);
+        let phase = route.weights.implied_phase();
+        let all_pass = evaluation.is_none_or(Evaluation::all_pass);
+        let waiting_for = if phase != Phase::Canary {
+            format!("phase {phase}: a ramp advances only in canary (start it with `cutover ctl resume`)")
+        } else if paused {
+            "paused by an operator (`cutover ctl resume`)".to_string()
+        } else if next.is_none() {
+            "the last step is reached".to_string()
+        } else if ctl
+            .ramp_pending
+            .is_some_and(|t| now.saturating_duration_since(t) < RAMP_WRITE_WAIT)
+        {
+            "the step is being written".to_string()
+        } else if held < ramp.hold {
+            format!(
+                "hold: {:.0}s of {}",
+                held.as_secs_f64(),
+                humantime::format_duration(ramp.hold)
+            )
+        } else if !all_pass {
+            "every rule to have enough samples and pass".to_string()
+        } else {
+            String::new()
+        };
+        let view = RampView {
+            steps: ramp.steps.clone(),
+            current_percent: current,
+            next_percent: next,
+            held_seconds: held.as_secs_f64(),
+            hold_seconds: ramp.hold.as_secs_f64(),
+            waiting_for: waiting_for.clone(),
+        };
+        let Some(next) = next.filter(|_| waiting_for.is_empty()) else {
+            return Some(view);
+        };
+        let to = match Weights::new(100.0 - next, next, route.weights.shadow) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(route = %route.id, error = %e.to_string(), "ramp step has invalid weights");
+                return Some(view);
+            }
+        };
+        let reason = format!(
+            "ramp step {current:.2}% -> {next}% after holding {} with every rule passing",
+            humantime::format_duration(Duration::from_secs(held.as_secs()))
+        );
+        info!(route = %route.id, %reason, "ramp advances");
+        let event = Event::now(EventKind::RampStep, reason, self.instance.as_str())
+            .weights(Some(&route.weights), &to);
+        ctl.ramp_pending = Some(now);
+        match &self.store {
+            Store::Local => {
+                self.dp.set_override(
+                    &route.id,
+                    Override {
+                        weights_revision: route.weights_revision,
+                        weights: to,
+                        phase: to.implied_phase(),
+                        rollback: None,
+                    },
+                );
+                self.view.push_event(&route.id, &event);
+            }
+            Store::Etcd(writer, _) => {
+                writer.ramp_step(&route.id, route.weights_revision, to, event);
+            }
+        }
+        Some(view)
+    }
+}

@@ -1,0 +1,271 @@
+//! The controller's writes to etcd: rollback, ramp step, status. Each is a transaction
+//! conditioned on the weights key's mod_revision (and the status key's, for status), so an
+//! operator's newer write always wins and nothing is lost; each runs in its own task and never
+//! blocks the controller's tick.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover_config::{EtcdSettings, Phase, Weights};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use tracing::{info, warn};
+
+use super::LiveRoute;
+use crate::keys::Keys;
+use crate::model::{unix_millis_now, Event, RollbackRecord, Status};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const RETRY_START: Duration = Duration::from_millis(250);
+const RETRY_CAP: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub(super) struct EtcdWriter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    dial_timeout: Duration,
+    keys: Keys,
+    instance: String,
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// Status writes in flight or done, by route: the weights revision they describe.
+    status_written: Mutex<HashMap<String, i64>>,
+}
+
+/// Why a guarded write did not land.
+enum Failure {
+    /// The weights (or status) changed since: someone else's newer write wins.
+    Superseded(String),
+    /// etcd did not answer: try again.
+    Unavailable(String),
+}
+
+/// A compare that holds while `key` is at `mod_revision` (absent when 0).
+fn unchanged(key: &str, mod_revision: i64) -> Compare {
+    if mod_revision > 0 {
+        Compare::mod_revision(key, CompareOp::Equal, mod_revision)
+    } else {
+        Compare::version(key, CompareOp::Equal, 0)
+    }
+}
+
+impl EtcdWriter {
+    pub(super) fn new(settings: &EtcdSettings, keys: Keys, instance: String) -> Self {
+        EtcdWriter {
+            inner: Arc::new(Inner {
+                endpoints: settings.endpoints.clone(),
+                dial_timeout: settings.dial_timeout,
+                keys,
+                instance,
+                client: tokio::sync::Mutex::new(None),
+                status_written: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Write the rollback of `route` (read at `weights_revision`) in a task that retries until
+    /// it lands or an operator's newer write supersedes it.
+    pub(super) fn rollback(
+        &self,
+        route: &str,
+        weights_revision: i64,
+        to: Weights,
+        record: RollbackRecord,
+        event: Event,
+    ) {
+        let this = self.clone();
+        let route = route.to_string();
+        tokio::spawn(async move {
+            let mut wait = RETRY_START;
+            loop {
+                let status = |rev| Status {
+                    phase: Phase::RolledBack,
+                    weights_revision: rev,
+                    rollback: Some(record.clone()),
+                };
+                match this
+                    .write_weights(&route, weights_revision, to, &event, status)
+                    .await
+                {
+                    Ok(rev) => {
+                        info!(%route, revision = rev, "rollback written to etcd");
+                        return;
+                    }
+                    Err(Failure::Superseded(why)) => {
+                        info!(%route, %why, "rollback not written to etcd: a newer write of the weights wins (it starts fresh evaluation windows)");
+                        return;
+                    }
+                    Err(Failure::Unavailable(why)) => {
+                        warn!(%route, %why, retry_in = ?wait, "rollback not yet written to etcd; the local rollback holds");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(RETRY_CAP);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Write a ramp step (one attempt; the next tick decides again if it did not land).
+    pub(super) fn ramp_step(&self, route: &str, weights_revision: i64, to: Weights, event: Event) {
+        let this = self.clone();
+        let route = route.to_string();
+        tokio::spawn(async move {
+            let status = |rev| Status {
+                phase: to.implied_phase(),
+                weights_revision: rev,
+                rollback: None,
+            };
+            match this
+                .write_weights(&route, weights_revision, to, &event, status)
+                .await
+            {
+                Ok(rev) => info!(%route, revision = rev, to = %to.to_json(), "ramp step written"),
+                Err(Failure::Superseded(why) | Failure::Unavailable(why)) => {
+                    warn!(%route, %why, "ramp step not written")
+                }
+            }
+        });
+    }
+
+    /// Leader: when `status` describes older weights than the route's (or is missing), write
+    /// the phase the weights imply. A status written for the current weights (a rollback, a
+    /// pause) is left alone; the write is guarded on both keys.
+    pub(super) fn keep_status_in_step(&self, route: &LiveRoute, status: Option<&(Status, i64)>) {
+        if route.weights_revision <= 0 || route.overridden.is_some() {
+            return;
+        }
+        if status.is_some_and(|(s, _)| s.weights_revision >= route.weights_revision) {
+            return;
+        }
+        {
+            let mut done = self
+                .inner
+                .status_written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if done.get(&route.id) == Some(&route.weights_revision) {
+                return;
+            }
+            done.insert(route.id.clone(), route.weights_revision);
+        }
+        let this = self.clone();
+        let (id, rev) = (route.id.clone(), route.weights_revision);
+        let status_rev = status.map_or(0, |(_, r)| *r);
+        let next = Status {
+            phase: route.weights.implied_phase(),
+            weights_revision: rev,
+            rollback: None,
+        };
+        tokio::spawn(async move {
+            let keys = &this.inner.keys;
+            let (wk, sk) = (keys.weights(&id), keys.status(&id));
+            let body = serde_json::to_string(&next).expect("status serialises");
+            let txn = Txn::new()
+                .when([unchanged(&wk, rev), unchanged(&sk, status_rev)])
+                .and_then([TxnOp::put(sk.as_str(), body, None)]);
+            match this.txn(txn).await {
+                Ok(true) => {
+                    info!(route = %id, phase = %next.phase, weights_revision = rev, "status kept in step with the weights")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // Let a later tick try again.
+                    this.inner
+                        .status_written
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    warn!(route = %id, error = %e, "status not written");
+                }
+            }
+        });
+    }
+
+    async fn client(&self) -> Result<Client, String> {
+        let mut slot = self.inner.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(self.inner.dial_timeout)
+            .with_timeout(CALL_TIMEOUT);
+        let c = tokio::time::timeout(
+            self.inner.dial_timeout + CALL_TIMEOUT,
+            Client::connect(self.inner.endpoints.clone(), Some(options)),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Run `txn`; `Ok(succeeded)`.
+    async fn txn(&self, txn: Txn) -> Result<bool, String> {
+        let mut client = self.client().await?;
+        match tokio::time::timeout(CALL_TIMEOUT, client.txn(txn)).await {
+            Ok(Ok(r)) => Ok(r.succeeded()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+        }
+        .inspect_err(|_| {
+            // Reconnect next time: the channel may be stuck on a dead endpoint.
+            if let Ok(mut slot) = self.inner.client.try_lock() {
+                *slot = None;
+            }
+        })
+    }
+
+    /// Weights + event in one transaction guarded on the weights' `read` revision, then the
+    /// status (built for the new revision) guarded on the weights just written.
+    async fn write_weights(
+        &self,
+        route: &str,
+        read: i64,
+        to: Weights,
+        event: &Event,
+        status: impl Fn(i64) -> Status,
+    ) -> Result<i64, Failure> {
+        let keys = &self.inner.keys;
+        let wk = keys.weights(route);
+        let event_key = keys.event(route, unix_millis_now(), &self.inner.instance);
+        let event_json = serde_json::to_string(event).expect("events serialise");
+        let txn = Txn::new().when([unchanged(&wk, read)]).and_then([
+            TxnOp::put(wk.as_str(), to.to_json().to_string(), None),
+            TxnOp::put(event_key.as_str(), event_json, None),
+        ]);
+        let mut client = self.client().await.map_err(Failure::Unavailable)?;
+        let resp = match tokio::time::timeout(CALL_TIMEOUT, client.txn(txn)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                *self.inner.client.lock().await = None;
+                return Err(Failure::Unavailable(e.to_string()));
+            }
+            Err(_) => {
+                *self.inner.client.lock().await = None;
+                return Err(Failure::Unavailable(format!(
+                    "no answer within {CALL_TIMEOUT:?}"
+                )));
+            }
+        };
+        if !resp.succeeded() {
+            return Err(Failure::Superseded(format!(
+                "{wk} changed since revision {read}"
+            )));
+        }
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let sk = keys.status(route);
+        let body = serde_json::to_string(&status(rev)).expect("status serialises");
+        let txn =
+            Txn::new()
+                .when([unchanged(&wk, rev)])
+                .and_then([TxnOp::put(sk.as_str(), body, None)]);
+        // The weights landed; a status that does not is caught up by the leader.
+        if let Err(e) = self.txn(txn).await {
+            warn!(%route, error = %e, "status not written after the weights");
+        }
+        Ok(rev)
+    }
+}

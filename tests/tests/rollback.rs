@@ -1,0 +1,778 @@
+//! Automatic rollback, progressive ramp and the fleet (SPEC §3 `rollback`/`ramp`/fleet keys, §4),
+//! end to end: real etcd, real backends whose faults are switched on mid-run, the real binary.
+//!
+//! Rules here use short windows (`[stats] window = "2s"` in 100 ms slices, `for` of 1–2 s) so
+//! each test takes seconds; the semantics are the same at the defaults. Every wait is a
+//! bounded `eventually`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cutover_tests::{
+    eventually, Backend, Client, Etcd, Proxy, ProxyConfig, RunningBackend, TcpRelay,
+};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+const ROUTE: &str = "orders";
+/// Bound for a proxy to see a weights write (the propagation p99 is a few ms).
+const APPLIED: Duration = Duration::from_secs(5);
+
+// ------------------------------------------------------------------------------ harness
+
+/// One etcd, a legacy and a new backend, and a key prefix.
+struct Site {
+    etcd: Etcd,
+    prefix: String,
+    legacy: RunningBackend,
+    new: RunningBackend,
+}
+
+impl Site {
+    async fn start(name: &str) -> Site {
+        Self::with(name, Backend::new("legacy"), Backend::new("new")).await
+    }
+
+    async fn with(name: &str, legacy: Backend, new: Backend) -> Site {
+        Site {
+            etcd: Etcd::start().await,
+            prefix: format!("/e2e/{name}"),
+            legacy: legacy.run().await,
+            new: new.run().await,
+        }
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("{}/routes/{ROUTE}/{what}", self.prefix)
+    }
+
+    /// Spec with `extra` merged in (e.g. `rollback`, `shadow`, `compare`, `ramp`).
+    async fn put_spec(&self, extra: Value) {
+        let mut spec = json!({
+            "match": {"path_prefix": "/"},
+            "legacy": {"endpoints": [self.legacy.addr().to_string()]},
+            "new": {"endpoints": [self.new.addr().to_string()]},
+        });
+        if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+            spec.extend(extra);
+        }
+        self.etcd.put(&self.key("spec"), spec.to_string()).await;
+    }
+
+    async fn put_weights(&self, legacy: f64, new: f64, shadow: f64) -> i64 {
+        self.etcd
+            .put(
+                &self.key("weights"),
+                json!({"legacy": legacy, "new": new, "shadow": shadow}).to_string(),
+            )
+            .await
+    }
+
+    async fn get_json(&self, what: &str) -> Option<Value> {
+        let bytes = self.etcd.get(&self.key(what)).await?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    async fn weights_new(&self) -> Option<f64> {
+        self.get_json("weights").await?["new"].as_f64()
+    }
+
+    async fn events(&self) -> Vec<Value> {
+        self.etcd
+            .get_prefix(&format!("{}/", self.key("events")))
+            .await
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect()
+    }
+
+    /// A proxy on this etcd via `endpoint`, with a 2 s window in 100 ms slices.
+    fn config_via(&self, endpoint: &str) -> ProxyConfig {
+        ProxyConfig::new()
+            .etcd(endpoint, &self.prefix)
+            .etcd_dial_timeout(Duration::from_secs(1))
+            .stats_window(Duration::from_secs(2))
+            .stats_slices(20)
+    }
+
+    fn config(&self) -> ProxyConfig {
+        self.config_via(&self.etcd.endpoint())
+    }
+}
+
+/// GETs through proxies from 4 tasks until stopped; counts answers by class.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    server_errors: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(urls: Vec<String>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, server_errors, failed) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let tasks = (0..4)
+            .map(|i| {
+                let url = urls[i % urls.len()].clone();
+                let (stop, ok, server_errors, failed) = (
+                    stop.clone(),
+                    ok.clone(),
+                    server_errors.clone(),
+                    failed.clone(),
+                );
+                tokio::spawn(async move {
+                    let client = Client::new().with_timeout(Duration::from_secs(5));
+                    while !stop.load(Ordering::Relaxed) {
+                        match client.get(&url).await {
+                            Ok(r) if !r.status.is_server_error() => {
+                                ok.fetch_add(1, Ordering::Relaxed)
+                            }
+                            Ok(_) => server_errors.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        // ~250 req/s per task at most: enough samples, light on 2 cores.
+                        tokio::time::sleep(Duration::from_millis(4)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            server_errors,
+            failed,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> (usize, usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.server_errors.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn control(proxy: &Proxy) -> Value {
+    proxy.admin_get("/api/v1/control").await.json()
+}
+
+/// Wait until the proxy routes with `new` at this weight.
+async fn wait_new_weight(proxy: &Proxy, new: f64) {
+    eventually!(
+        APPLIED,
+        async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["weights"]["new"] == new)
+        },
+        "proxy applies new = {new}"
+    );
+}
+
+/// Wait until `new` has served `n` more primary requests than now.
+async fn wait_new_traffic(site: &Site, n: usize) {
+    let start = site.new.count();
+    eventually!(
+        Duration::from_secs(10),
+        async { site.new.count() >= start + n },
+        "{n} requests reach new"
+    );
+}
+
+/// Requests `backend` received as the primary (not shadow copies).
+fn live_count(backend: &RunningBackend) -> usize {
+    backend.requests().iter().filter(|r| !r.is_shadow()).count()
+}
+
+/// Assert that `new` gets no more live traffic (shadow copies may go on).
+async fn assert_no_live_traffic_to_new(site: &Site) {
+    // Requests already in flight may still land; then nothing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = live_count(&site.new);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(live_count(&site.new), before, "new still gets live traffic");
+}
+
+fn error_rate_rule(for_: &str, min: u64) -> Value {
+    json!({"error_rate": {"max": 0.05, "for": for_, "min_requests": min}})
+}
+
+// ------------------------------------------------------------------------------ rules
+
+/// new at 40 % errors → weights in etcd `new: 0` (shadow unchanged), status `rolled_back` with
+/// rule `error_rate`, within `for` + 2 s of the fault; an event, the metric, the webhook.
+#[tokio::test]
+async fn error_rate_breach_rolls_back_the_fleet_within_for_plus_2s() {
+    let site = Site::start("error-rate").await;
+    let hook = Backend::new("hook").run().await;
+    site.put_spec(json!({"rollback": error_rate_rule("2s", 50)}))
+        .await;
+    site.put_weights(50.0, 50.0, 10.0).await;
+    let proxy = Proxy::start(
+        site.config()
+            .webhook(&format!("http://{}/hooks/cutover", hook.addr()))
+            .instance("proxy-a"),
+    )
+    .await;
+    wait_new_weight(&proxy, 50.0).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    wait_new_traffic(&site, 100).await;
+    assert_eq!(site.weights_new().await, Some(50.0), "healthy: no rollback");
+
+    site.new.set_errors(0.4);
+    let fault = Instant::now();
+    eventually!(
+        Duration::from_secs(10),
+        async { site.weights_new().await == Some(0.0) },
+        "etcd weights new = 0"
+    );
+    let took = fault.elapsed();
+    assert!(
+        took <= Duration::from_secs(4),
+        "fault → etcd rollback took {took:?} (for 2s + 2s)"
+    );
+    let weights = site.get_json("weights").await.unwrap();
+    let numbers: Vec<_> = ["legacy", "new", "shadow"]
+        .iter()
+        .map(|k| weights[k].as_f64())
+        .collect();
+    assert_eq!(
+        numbers,
+        [Some(100.0), Some(0.0), Some(10.0)],
+        "shadow unchanged: {weights}"
+    );
+    eventually!(
+        APPLIED,
+        async {
+            site.get_json("status")
+                .await
+                .is_some_and(|s| s["phase"] == "rolled_back")
+        },
+        "status rolled_back"
+    );
+    let status = site.get_json("status").await.unwrap();
+    let rollback = &status["rollback"];
+    assert_eq!(rollback["rule"], "error_rate");
+    assert_eq!(rollback["by"], "proxy-a");
+    let reason = rollback["reason"].as_str().unwrap();
+    assert!(reason.starts_with("new error rate "), "{reason}");
+    assert!(
+        reason.contains("> 5.0%") && reason.ends_with("for 2s"),
+        "{reason}"
+    );
+    assert!(rollback["evidence"]["samples"].as_u64().unwrap() >= 50);
+    let events = site.events().await;
+    let event = events
+        .iter()
+        .find(|e| e["kind"] == "rollback")
+        .unwrap_or_else(|| panic!("a rollback event in {events:?}"));
+    assert_eq!(event["to"]["new"], 0.0);
+    assert_eq!(event["by"], "proxy-a");
+
+    assert_no_live_traffic_to_new(&site).await;
+    let route = proxy.route_info(ROUTE).await.unwrap();
+    assert_eq!(route["phase"], "rolled_back");
+    assert_eq!(route["rollback"]["rule"], "error_rate");
+    assert_eq!(
+        proxy
+            .counter(
+                "cutover_rollbacks_total",
+                &[("route", ROUTE), ("rule", "error_rate")]
+            )
+            .await,
+        1.0
+    );
+    assert!(proxy.log().contains("automatic rollback"), "a WARN line");
+    eventually!(
+        Duration::from_secs(5),
+        async { !hook.requests_to("/hooks/cutover").is_empty() },
+        "the webhook receives the event"
+    );
+    let posted: Value =
+        serde_json::from_slice(&hook.requests_to("/hooks/cutover")[0].body).unwrap();
+    assert_eq!(posted["kind"], "rollback");
+    assert_eq!(posted["route"], ROUTE);
+    assert_eq!(posted["reason"], rollback["reason"]);
+    let (ok, _, failed) = load.stop().await;
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "no request failed because of the rollback");
+}
+
+/// new's p99 far above 3× legacy's → `latency_p99`.
+#[tokio::test]
+async fn slow_new_rolls_back_on_latency_p99() {
+    let site = Site::start("latency").await;
+    site.put_spec(json!({"rollback": {"latency_p99":
+        {"max_ratio": 3.0, "for": "1s", "min_requests": 30}}}))
+        .await;
+    site.put_weights(50.0, 50.0, 0.0).await;
+    let proxy = Proxy::start(site.config()).await;
+    wait_new_weight(&proxy, 50.0).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    wait_new_traffic(&site, 50).await;
+    site.new.set_delay(Duration::from_millis(100));
+    eventually!(
+        Duration::from_secs(15),
+        async { site.weights_new().await == Some(0.0) },
+        "etcd weights new = 0"
+    );
+    eventually!(
+        APPLIED,
+        async {
+            site.get_json("status")
+                .await
+                .is_some_and(|s| s["rollback"]["rule"] == "latency_p99")
+        },
+        "status rolled_back by latency_p99"
+    );
+    let status = site.get_json("status").await.unwrap();
+    let reason = status["rollback"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("new p99 ") && reason.contains("> 3x legacy live p99"),
+        "{reason}"
+    );
+    load.stop().await;
+}
+
+/// 80 % of compared pairs diverge under shadow → `divergence`.
+#[tokio::test]
+async fn divergence_under_shadow_rolls_back() {
+    let new = Backend::new("new").body_fn(|_, n| {
+        if n % 5 == 0 {
+            json!({"id": 1, "total": 10})
+        } else {
+            json!({"id": 1, "total": 11})
+        }
+    });
+    let legacy = Backend::new("legacy").body_fn(|_, _| json!({"id": 1, "total": 10}));
+    let site = Site::with("divergence", legacy, new).await;
+    site.put_spec(json!({
+        "compare": {"body": "json"},
+        "rollback": {"divergence": {"max": 0.01, "for": "1s", "min_samples": 30}}
+    }))
+    .await;
+    site.put_weights(90.0, 10.0, 100.0).await;
+    let proxy = Proxy::start(site.config()).await;
+    wait_new_weight(&proxy, 10.0).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    eventually!(
+        Duration::from_secs(15),
+        async { site.weights_new().await == Some(0.0) },
+        "etcd weights new = 0"
+    );
+    eventually!(
+        APPLIED,
+        async {
+            site.get_json("status")
+                .await
+                .is_some_and(|s| s["rollback"]["rule"] == "divergence")
+        },
+        "status rolled_back by divergence"
+    );
+    let reason = site.get_json("status").await.unwrap()["rollback"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.starts_with("divergence rate "), "{reason}");
+    assert_eq!(site.get_json("weights").await.unwrap()["shadow"], 100.0);
+    load.stop().await;
+}
+
+/// Both backends at 1 % errors with a 0.5 % limit for a long stretch: over the threshold, but
+/// new is no worse than legacy, so nothing rolls back.
+#[tokio::test]
+async fn equal_error_rates_never_roll_back() {
+    let site = Site::with(
+        "equal",
+        Backend::new("legacy").errors(0.01),
+        Backend::new("new").errors(0.01),
+    )
+    .await;
+    site.put_spec(json!({"rollback": {"error_rate":
+        {"max": 0.005, "for": "1s", "min_requests": 100}}}))
+        .await;
+    site.put_weights(50.0, 50.0, 0.0).await;
+    let proxy = Proxy::start(
+        site.config()
+            .stats_window(Duration::from_secs(5))
+            .stats_slices(50),
+    )
+    .await;
+    wait_new_weight(&proxy, 50.0).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    // The rule must have had data and been over its threshold: otherwise this proves nothing.
+    eventually!(
+        Duration::from_secs(15),
+        async {
+            let c = control(&proxy).await;
+            c["routes"][ROUTE]["local"]["verdicts"][0]["verdict"]["outcome"] == "inconclusive"
+        },
+        "error_rate over 0.5% but not significantly worse than legacy"
+    );
+    let stretch = Instant::now();
+    while stretch.elapsed() < Duration::from_secs(8) {
+        assert_eq!(site.weights_new().await, Some(50.0), "no rollback");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (_, server_errors, _) = load.stop().await;
+    assert!(server_errors > 0, "both backends did fail some requests");
+    assert_eq!(
+        proxy
+            .counter(
+                "cutover_rollbacks_total",
+                &[("route", ROUTE), ("rule", "error_rate")]
+            )
+            .await,
+        0.0
+    );
+    assert_ne!(
+        proxy.route_info(ROUTE).await.unwrap()["phase"],
+        "rolled_back"
+    );
+}
+
+// ------------------------------------------------------------------------------ etcd faults
+
+/// etcd unreachable during a breach: the local rollback holds (no live traffic to new), and
+/// etcd catches up once it is reachable again.
+#[tokio::test]
+async fn local_rollback_holds_while_etcd_is_down_and_etcd_catches_up() {
+    let site = Site::start("etcd-down").await;
+    site.put_spec(json!({"rollback": error_rate_rule("1s", 30)}))
+        .await;
+    site.put_weights(50.0, 50.0, 0.0).await;
+    let relay = TcpRelay::start(
+        site.etcd
+            .endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let proxy = Proxy::start(site.config_via(&relay.endpoint())).await;
+    wait_new_weight(&proxy, 50.0).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    wait_new_traffic(&site, 50).await;
+
+    relay.cut();
+    site.new.set_errors(0.4);
+    eventually!(
+        Duration::from_secs(10),
+        async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["phase"] == "rolled_back")
+        },
+        "local rollback"
+    );
+    assert_no_live_traffic_to_new(&site).await;
+    assert_eq!(
+        site.weights_new().await,
+        Some(50.0),
+        "etcd not reachable: not written yet"
+    );
+    assert_no_live_traffic_to_new(&site).await;
+
+    relay.restore();
+    eventually!(
+        Duration::from_secs(15),
+        async { site.weights_new().await == Some(0.0) },
+        "etcd catches up: weights new = 0"
+    );
+    eventually!(
+        APPLIED,
+        async {
+            site.get_json("status")
+                .await
+                .is_some_and(|s| s["phase"] == "rolled_back")
+        },
+        "status rolled_back"
+    );
+    let (_, _, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+}
+
+/// An operator's write racing a rollback wins: the proxy rolled back locally while etcd was
+/// unreachable, the operator wrote 80/20 meanwhile; the stale rollback never overwrites it.
+#[tokio::test]
+async fn operator_write_racing_a_rollback_wins() {
+    let site = Site::start("race").await;
+    site.put_spec(json!({"rollback": error_rate_rule("1s", 30)}))
+        .await;
+    site.put_weights(50.0, 50.0, 0.0).await;
+    let relay = TcpRelay::start(
+        site.etcd
+            .endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let proxy = Proxy::start(site.config_via(&relay.endpoint())).await;
+    wait_new_weight(&proxy, 50.0).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    wait_new_traffic(&site, 50).await;
+
+    relay.cut();
+    site.new.set_errors(0.4);
+    eventually!(
+        Duration::from_secs(10),
+        async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["phase"] == "rolled_back")
+        },
+        "local rollback"
+    );
+    // The operator fixed new and writes 80/20 while the proxy cannot reach etcd.
+    site.new.set_errors(0.0);
+    let operator_revision = site.put_weights(80.0, 20.0, 0.0).await;
+    relay.restore();
+    wait_new_weight(&proxy, 20.0).await;
+    // Give the stale rollback every chance to land: it must not.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            site.weights_new().await,
+            Some(20.0),
+            "the operator's write stays"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !site.events().await.iter().any(|e| e["kind"] == "rollback"),
+        "the superseded rollback wrote no event"
+    );
+    let route = proxy.route_info(ROUTE).await.unwrap();
+    assert_eq!(route["phase"], "canary");
+    assert_eq!(route["weights_revision"], operator_revision);
+    wait_new_traffic(&site, 20).await;
+    load.stop().await;
+}
+
+// ------------------------------------------------------------------------------ fleet
+
+/// Two instances against one etcd: one leader, merged stats, a rollback decided on one applies
+/// to both; when the leader dies the other leads.
+#[tokio::test]
+async fn two_instances_one_leader_merged_stats_and_a_shared_rollback() {
+    let site = Site::start("fleet").await;
+    site.put_spec(json!({"rollback": error_rate_rule("1s", 30)}))
+        .await;
+    site.put_weights(50.0, 50.0, 0.0).await;
+    let a = Proxy::start(site.config().instance("fleet-a")).await;
+    let b = Proxy::start(site.config().instance("fleet-b")).await;
+    wait_new_weight(&a, 50.0).await;
+    wait_new_weight(&b, 50.0).await;
+    eventually!(
+        Duration::from_secs(10),
+        async {
+            let (ca, cb) = (control(&a).await, control(&b).await);
+            let leaders = [&ca, &cb].iter().filter(|c| c["leader"] == true).count();
+            leaders == 1 && ca["instances"].as_array().is_some_and(|i| i.len() == 2)
+        },
+        "exactly one leader of two instances"
+    );
+    let leader_is_a = control(&a).await["leader"] == true;
+    let (leader, follower) = if leader_is_a { (&a, &b) } else { (&b, &a) };
+    // Load on both: the leader's fleet view merges both instances' windows.
+    let load = Load::start(vec![a.url("/items"), b.url("/items")]);
+    eventually!(
+        Duration::from_secs(10),
+        async {
+            let c = control(leader).await;
+            let fleet = &c["routes"][ROUTE]["fleet"];
+            let local = &c["routes"][ROUTE]["local"]["verdicts"][0]["verdict"]["samples"];
+            fleet["instances"] == 2
+                && fleet["new_requests"].as_u64().unwrap_or(0) > local.as_u64().unwrap_or(u64::MAX)
+        },
+        "the leader merges two instances' windows (more requests than its own)"
+    );
+    load.stop().await;
+    assert!(
+        control(follower).await["routes"][ROUTE]["fleet"].is_null(),
+        "followers don't merge"
+    );
+
+    // The fault is seen through the follower only; both end up with no live traffic to new.
+    let load = Load::start(vec![follower.url("/items")]);
+    site.new.set_errors(0.5);
+    eventually!(
+        Duration::from_secs(10),
+        async { site.weights_new().await == Some(0.0) },
+        "etcd weights new = 0"
+    );
+    wait_new_weight(&a, 0.0).await;
+    wait_new_weight(&b, 0.0).await;
+    load.stop().await;
+
+    // The leader leaves: the other one leads alone.
+    let (mut gone, survivor) = if leader_is_a { (a, b) } else { (b, a) };
+    gone.sigterm();
+    assert!(gone.wait_exit(Duration::from_secs(10)).await.is_some());
+    eventually!(
+        Duration::from_secs(10),
+        async {
+            let c = control(&survivor).await;
+            c["leader"] == true && c["instances"].as_array().is_some_and(|i| i.len() == 1)
+        },
+        "the survivor leads alone"
+    );
+}
+
+// ------------------------------------------------------------------------------ ramp
+
+/// `ramp.auto`: a healthy canary walks the steps, holding each; a pause stops it; no traffic
+/// (no data) means wait.
+#[tokio::test]
+async fn auto_ramp_walks_the_steps_and_waits_without_data_or_when_paused() {
+    let site = Site::start("ramp").await;
+    site.put_spec(json!({
+        "rollback": error_rate_rule("1s", 30),
+        "ramp": {"steps": [10, 50, 100], "hold": "1s", "auto": true}
+    }))
+    .await;
+    site.put_weights(90.0, 10.0, 5.0).await;
+    let proxy = Proxy::start(site.config()).await;
+    wait_new_weight(&proxy, 10.0).await;
+
+    // No traffic: rules have no data, the ramp waits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(site.weights_new().await, Some(10.0), "no data: no step");
+    let c = control(&proxy).await;
+    assert!(
+        c["routes"][ROUTE]["ramp"]["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("enough samples")),
+        "{c}"
+    );
+
+    let load = Load::start(vec![proxy.url("/items")]);
+    eventually!(
+        Duration::from_secs(15),
+        async { site.weights_new().await == Some(50.0) },
+        "the ramp steps to 50"
+    );
+    let status = site.get_json("status").await;
+    assert!(status.is_some_and(|s| s["phase"] == "canary"));
+
+    // Pause at 50 (as `cutover ctl pause` writes it): no step while paused.
+    wait_new_weight(&proxy, 50.0).await;
+    let weights_revision = proxy.route_info(ROUTE).await.unwrap()["weights_revision"].clone();
+    site.etcd
+        .put(
+            &site.key("status"),
+            json!({"phase": "paused", "weights_revision": weights_revision}).to_string(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(site.weights_new().await, Some(50.0), "paused: no step");
+    assert!(
+        control(&proxy).await["routes"][ROUTE]["ramp"]["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("paused"))
+    );
+
+    // Resume: the ramp goes on to 100 and the route is promoted; shadow stays (reverse
+    // validation of legacy).
+    site.etcd
+        .put(
+            &site.key("status"),
+            json!({"phase": "canary", "weights_revision": weights_revision}).to_string(),
+        )
+        .await;
+    eventually!(
+        Duration::from_secs(15),
+        async { site.weights_new().await == Some(100.0) },
+        "the ramp reaches 100"
+    );
+    eventually!(
+        APPLIED,
+        async {
+            site.get_json("status")
+                .await
+                .is_some_and(|s| s["phase"] == "promoted")
+        },
+        "status promoted"
+    );
+    assert_eq!(site.get_json("weights").await.unwrap()["shadow"], 5.0);
+    let steps: Vec<f64> = site
+        .events()
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "ramp_step")
+        .filter_map(|e| e["to"]["new"].as_f64())
+        .collect();
+    assert_eq!(steps, vec![50.0, 100.0]);
+    load.stop().await;
+}
+
+// ------------------------------------------------------------------------------ embedded
+
+/// Without etcd the rollback applies in-process and shows on the admin API.
+#[tokio::test]
+async fn embedded_source_rolls_back_in_process() {
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let proxy = Proxy::start(
+        ProxyConfig::new()
+            .stats_window(Duration::from_secs(2))
+            .stats_slices(20)
+            .route(
+                cutover_tests::Route::new(ROUTE)
+                    .legacy_endpoints([legacy.addr()])
+                    .new_endpoints([new.addr()])
+                    .weights(50, 50)
+                    .line(r#"rollback = { error_rate = { max = 0.05, for = "1s", min_requests = 30 } }"#),
+            ),
+    )
+    .await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    eventually!(
+        Duration::from_secs(10),
+        async { new.count() >= 50 },
+        "traffic on new"
+    );
+    new.set_errors(0.5);
+    eventually!(
+        Duration::from_secs(10),
+        async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["phase"] == "rolled_back")
+        },
+        "rolled back in-process"
+    );
+    let route = proxy.route_info(ROUTE).await.unwrap();
+    assert_eq!(route["weights"]["new"], 0.0);
+    assert_eq!(route["rollback"]["rule"], "error_rate");
+    let c = control(&proxy).await;
+    assert_eq!(c["leader"], true);
+    assert!(c["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "rollback"));
+    let before = new.count();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(new.count() <= before + 4, "no live traffic to new");
+    let (_, _, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+}
