@@ -1,6 +1,8 @@
 //! `cutover demo`: two in-process demo backends, the real `cutover serve` (this binary, as a
-//! child process) on the embedded file source, load from 8 concurrent clients, and the weights
-//! walked 0 → 10 → 50 → 100 by rewriting the config file, with a table per step.
+//! child process) on the embedded file source, and load from 8 concurrent clients. The story:
+//! shadow (every request mirrored to new and compared), then a canary at 1 % that the proxy's
+//! own controller ramps 1 → 5 → 25 %, then a fault in new (20 % of answers fail) and the
+//! automatic rollback, with the rule, the reason and the time from fault to rollback.
 //!
 //! Needs no etcd and binds only 127.0.0.1.
 
@@ -8,6 +10,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,24 +49,28 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
     rt.block_on(walk(args))
 }
 
-/// The walk: `(new weight, shadow %)`. First shadow mode (new serves nothing, every request is
-/// mirrored to it and compared), then the canary steps.
-const STEPS: [(u32, u32); 4] = [(0, 100), (10, 0), (50, 0), (100, 0)];
+/// The ramp the controller walks after the shadow step (percent of live traffic on new).
+const RAMP: [u32; 3] = [1, 5, 25];
+/// Share of `new`'s answers that fail once the demo injects its fault.
+const FAULT_PERCENT: u64 = 20;
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 async fn walk(args: DemoArgs) -> Result<(), DemoError> {
-    let legacy = start_backend("legacy", Duration::from_millis(2)).await?;
-    let new = start_backend("new", Duration::from_millis(1)).await?;
+    let fault = Arc::new(AtomicBool::new(false));
+    let legacy = start_backend("legacy", Duration::from_millis(2), None).await?;
+    let new = start_backend("new", Duration::from_millis(1), Some(fault.clone())).await?;
     let dir = tempfile::tempdir()?;
     let config_path = dir.path().join("cutover.toml");
     let (listen, admin) = (free_port()?, free_port()?);
-    let render = |(new_weight, shadow): (u32, u32)| {
-        render_config(listen, admin, legacy, new, new_weight, shadow)
+    let render = |new_weight: u32, shadow: u32| {
+        render_config(listen, admin, legacy, new, new_weight, shadow, args.step)
     };
-    write_atomic(&config_path, &render((0, 0)))?;
+    write_atomic(&config_path, &render(0, 0))?;
 
     let log_path = dir.path().join("cutover.log");
     let mut proxy = ProxyChild::spawn(&config_path, &log_path)?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     wait_until(Duration::from_secs(20), || async {
         get(&client, &format!("http://{admin}/readyz"))
             .await
@@ -87,6 +94,108 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
         config_path.display()
     );
     println!();
+    print_header();
+
+    // 1. Shadow: new serves nothing live, every request is mirrored to it and compared.
+    write_atomic(&config_path, &render(0, 100))?;
+    wait_for_weights(&client, admin, 0.0, 100.0).await?;
+    let load = Load::start(&client, listen, args.connections);
+    tokio::time::sleep(args.step).await;
+    print_row(0, 100, &load.take().await, args.step);
+    let shadow_report = shadow_summary(&client, admin).await;
+
+    // 2. Canary at the ramp's first step; the controller walks the rest, holding each step
+    //    and advancing only while every rule has enough samples and passes.
+    write_atomic(&config_path, &render(RAMP[0], 0))?;
+    wait_for_weights(&client, admin, f64::from(RAMP[0]), 0.0).await?;
+    let _ = load.take().await;
+    let mut current = RAMP[0];
+    let mut step_started = Instant::now();
+    let last = RAMP[RAMP.len() - 1];
+    // Bound: every step's hold plus time to gather samples, generously.
+    let ramp_deadline =
+        Instant::now() + args.step * 4 * RAMP.len() as u32 + Duration::from_secs(30);
+    loop {
+        if Instant::now() > ramp_deadline {
+            return Err(format!(
+                "the ramp did not reach {last}% (stuck at {current}%); see {}",
+                log_path.display()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(route) = route_json(&client, admin).await else {
+            continue;
+        };
+        let weight = route["weights"]["new"].as_f64().unwrap_or(0.0).round() as u32;
+        let at_last_long_enough = current == last && step_started.elapsed() >= args.step;
+        if weight != current || at_last_long_enough {
+            print_row(current, 0, &load.take().await, step_started.elapsed());
+            if at_last_long_enough {
+                break;
+            }
+            current = weight;
+            step_started = Instant::now();
+        }
+    }
+    println!();
+    println!("{shadow_report}");
+
+    // 3. The fault: new starts failing; the error_rate rule fires and the weights snap back.
+    println!();
+    println!("fault: new now answers {FAULT_PERCENT}% of requests with 500");
+    fault.store(true, Ordering::Relaxed);
+    let fault_at = Instant::now();
+    let rolled_back = loop {
+        if fault_at.elapsed() > Duration::from_secs(30) {
+            return Err("no rollback within 30s of the fault".into());
+        }
+        if let Ok(route) = route_json(&client, admin).await {
+            if route["phase"] == "rolled_back" {
+                break route;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = fault_at.elapsed();
+    let during = load.take().await;
+    fault.store(false, Ordering::Relaxed);
+    let rollback = &rolled_back["rollback"];
+    println!(
+        "ROLLBACK after {:.1}s: rule {} — {}",
+        took.as_secs_f64(),
+        rollback["rule"].as_str().unwrap_or("?"),
+        rollback["reason"].as_str().unwrap_or("?")
+    );
+    println!(
+        "  weights snapped to legacy {} / new {} (decided by {}; {} requests failed on new meanwhile)",
+        rolled_back["weights"]["legacy"],
+        rolled_back["weights"]["new"],
+        rollback["by"].as_str().unwrap_or("?"),
+        during.errors
+    );
+    println!();
+    print_header();
+    tokio::time::sleep(args.step).await;
+    print_row(0, 0, &load.take().await, args.step);
+    load.stop().await;
+    println!();
+    println!(
+        "The shadow step rewrote the config file; the ramp and the rollback were the proxy's own \
+         decisions (without etcd they apply in-process; with etcd they are written for the fleet)."
+    );
+    if args.keep_running {
+        println!(
+            "Proxy still running at http://{listen} (dashboard http://{admin}/). Ctrl-C to stop."
+        );
+        tokio::signal::ctrl_c().await?;
+    }
+    let code = proxy.terminate()?;
+    println!("proxy drained and exited ({code})");
+    Ok(())
+}
+
+fn print_header() {
     println!(
         "{:>6} | {:>8} | {:>8} {:>8} | {:>9} {:>9} | {:>9} {:>9} | {:>6} | {:>7}",
         "new %",
@@ -101,51 +210,47 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
         "req/s"
     );
     println!("{}", "-".repeat(107));
-    let mut shadow_report = None;
-    for step in STEPS {
-        let (new_weight, shadow) = step;
-        write_atomic(&config_path, &render(step))?;
-        wait_until(Duration::from_secs(10), || async {
-            weights_applied(&client, admin, f64::from(new_weight), f64::from(shadow)).await
-        })
-        .await
-        .map_err(|_| format!("weights {step:?} were not applied within 10s"))?;
-        let r = drive(&client, listen, args.step, args.connections).await;
-        let total = (r.legacy.len() + r.new.len()).max(1) as f64;
-        println!(
-            "{:>6} | {:>8} | {:>7.1}% {:>7.1}% | {:>9} {:>9} | {:>9} {:>9} | {:>6} | {:>7.0}",
-            new_weight,
-            shadow,
-            r.legacy.len() as f64 * 100.0 / total,
-            r.new.len() as f64 * 100.0 / total,
-            ms(&r.legacy, 0.5),
-            ms(&r.legacy, 0.99),
-            ms(&r.new, 0.5),
-            ms(&r.new, 0.99),
-            r.errors,
-            total / args.step.as_secs_f64(),
-        );
-        if shadow > 0 {
-            shadow_report = Some(shadow_summary(&client, admin).await);
-        }
-    }
-    if let Some(report) = shadow_report {
-        println!();
-        println!("{report}");
-    }
-    println!();
+}
+
+fn print_row(new_weight: u32, shadow: u32, r: &StepResult, elapsed: Duration) {
+    let total = (r.legacy.len() + r.new.len()).max(1) as f64;
     println!(
-        "Each step rewrote the config file; the proxy hot-swapped the weights with no restart."
+        "{:>6} | {:>8} | {:>7.1}% {:>7.1}% | {:>9} {:>9} | {:>9} {:>9} | {:>6} | {:>7.0}",
+        new_weight,
+        shadow,
+        r.legacy.len() as f64 * 100.0 / total,
+        r.new.len() as f64 * 100.0 / total,
+        ms(&r.legacy, 0.5),
+        ms(&r.legacy, 0.99),
+        ms(&r.new, 0.5),
+        ms(&r.new, 0.99),
+        r.errors,
+        total / elapsed.as_secs_f64().max(1e-3),
     );
-    if args.keep_running {
-        println!(
-            "Proxy still running at http://{listen} (dashboard http://{admin}/). Ctrl-C to stop."
-        );
-        tokio::signal::ctrl_c().await?;
-    }
-    let code = proxy.terminate()?;
-    println!("proxy drained and exited ({code})");
-    Ok(())
+}
+
+async fn wait_for_weights(
+    client: &HttpClient,
+    admin: SocketAddr,
+    new: f64,
+    shadow: f64,
+) -> Result<(), DemoError> {
+    wait_until(Duration::from_secs(10), || async {
+        route_json(client, admin).await.is_ok_and(|r| {
+            r["weights"]["new"].as_f64() == Some(new)
+                && r["weights"]["shadow"].as_f64() == Some(shadow)
+        })
+    })
+    .await
+    .map_err(|_| format!("weights new={new} shadow={shadow} were not applied within 10s").into())
+}
+
+async fn route_json(
+    client: &HttpClient,
+    admin: SocketAddr,
+) -> Result<serde_json::Value, DemoError> {
+    let routes = get_json(client, &format!("http://{admin}/api/v1/routes")).await?;
+    Ok(routes[0].clone())
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> String {
@@ -162,61 +267,77 @@ struct StepResult {
     errors: u64,
 }
 
-async fn drive(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    listen: SocketAddr,
-    duration: Duration,
-    connections: usize,
-) -> StepResult {
-    let result = Arc::new(Mutex::new(StepResult {
+fn empty_result() -> StepResult {
+    StepResult {
         legacy: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds"),
         new: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds"),
         errors: 0,
-    }));
-    let deadline = Instant::now() + duration;
-    let tasks: Vec<_> = (0..connections)
-        .map(|i| {
-            let client = client.clone();
-            let result = result.clone();
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    n += 1;
-                    // Two endpoints: /orders/{n} (new disagrees on one field) and /users/{n}.
-                    let resource = if n.is_multiple_of(2) {
-                        "orders"
-                    } else {
-                        "users"
-                    };
-                    let url = format!("http://{listen}/{resource}/{}", i as u64 * 1_000_000 + n);
-                    let t = Instant::now();
-                    let outcome = get(&client, &url).await;
-                    let micros = t.elapsed().as_micros() as u64;
-                    let mut r = result.lock().await;
-                    match outcome {
-                        Ok((200, Some(backend), _)) if backend == "new" => {
-                            r.new.saturating_record(micros)
-                        }
-                        Ok((200, Some(_), _)) => r.legacy.saturating_record(micros),
-                        _ => r.errors += 1,
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        let _ = t.await;
     }
-    Arc::try_unwrap(result)
-        .map(Mutex::into_inner)
-        .unwrap_or_else(|_| unreachable!("all load tasks joined"))
+}
+
+/// Load from `connections` clients until stopped; [`Load::take`] hands over what was measured
+/// since the last take.
+struct Load {
+    result: Arc<Mutex<StepResult>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(client: &HttpClient, listen: SocketAddr, connections: usize) -> Load {
+        let result = Arc::new(Mutex::new(empty_result()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..connections)
+            .map(|i| {
+                let (client, result, stop) = (client.clone(), result.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        // Two endpoints: /orders/{n} (new disagrees on one field) and /users/{n}.
+                        let resource = if n.is_multiple_of(2) {
+                            "orders"
+                        } else {
+                            "users"
+                        };
+                        let url =
+                            format!("http://{listen}/{resource}/{}", i as u64 * 1_000_000 + n);
+                        let t = Instant::now();
+                        let outcome = get(&client, &url).await;
+                        let micros = t.elapsed().as_micros() as u64;
+                        let mut r = result.lock().await;
+                        match outcome {
+                            Ok((200, Some(backend), _)) if backend == "new" => {
+                                r.new.saturating_record(micros)
+                            }
+                            Ok((200, Some(_), _)) => r.legacy.saturating_record(micros),
+                            _ => r.errors += 1,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            result,
+            stop,
+            tasks,
+        }
+    }
+
+    async fn take(&self) -> StepResult {
+        std::mem::replace(&mut *self.result.lock().await, empty_result())
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
 }
 
 /// GET `url`: status, the `x-backend` header, body.
-async fn get(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    url: &str,
-) -> Result<(u16, Option<String>, Bytes), DemoError> {
+async fn get(client: &HttpClient, url: &str) -> Result<(u16, Option<String>, Bytes), DemoError> {
     let resp = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse()?)).await??;
     let status = resp.status().as_u16();
     let backend = resp
@@ -228,23 +349,7 @@ async fn get(
     Ok((status, backend, body))
 }
 
-async fn weights_applied(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    admin: SocketAddr,
-    new: f64,
-    shadow: f64,
-) -> bool {
-    let Ok(routes) = get_json(client, &format!("http://{admin}/api/v1/routes")).await else {
-        return false;
-    };
-    routes[0]["weights"]["new"].as_f64() == Some(new)
-        && routes[0]["weights"]["shadow"].as_f64() == Some(shadow)
-}
-
-async fn get_json(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    url: &str,
-) -> Result<serde_json::Value, DemoError> {
+async fn get_json(client: &HttpClient, url: &str) -> Result<serde_json::Value, DemoError> {
     let (status, _, body) = get(client, url).await?;
     if status != 200 {
         return Err(format!("{url}: status {status}").into());
@@ -253,10 +358,7 @@ async fn get_json(
 }
 
 /// What shadow mode found: the divergence rate and one sample diff.
-async fn shadow_summary(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    admin: SocketAddr,
-) -> String {
+async fn shadow_summary(client: &HttpClient, admin: SocketAddr) -> String {
     let base = format!("http://{admin}/api/v1/routes/orders");
     // The last comparisons finish just after the load stops.
     let _ = wait_until(Duration::from_secs(2), || async {
@@ -308,19 +410,39 @@ where
 
 /// A demo backend: answers every path with a small JSON body after `delay`, tagged
 /// `x-backend: <name>`. Both backends answer alike, except that `new` gets `total` wrong on
-/// `/orders/{n}`.
-async fn start_backend(name: &'static str, delay: Duration) -> Result<SocketAddr, DemoError> {
+/// `/orders/{n}`. While `fault` is set, [`FAULT_PERCENT`] % of answers are 500s.
+async fn start_backend(
+    name: &'static str,
+    delay: Duration,
+    fault: Option<Arc<AtomicBool>>,
+) -> Result<SocketAddr, DemoError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let served = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let (fault, served) = (fault.clone(), served.clone());
             tokio::spawn(async move {
-                let service = service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (fault, served) = (fault.clone(), served.clone());
+                    async move {
                         tokio::time::sleep(delay).await;
+                        let n = served.fetch_add(1, Ordering::Relaxed);
+                        let failing = fault.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
+                        if failing && n % 100 < FAULT_PERCENT {
+                            return Ok::<_, Infallible>(
+                                hyper::Response::builder()
+                                    .status(500)
+                                    .header("x-backend", name)
+                                    .body(Full::new(Bytes::from_static(
+                                        b"{\"error\":\"injected\"}",
+                                    )))
+                                    .expect("static response"),
+                            );
+                        }
                         let path = req.uri().path();
                         let total = if name == "new" && path.starts_with("/orders/") {
                             "42.49"
@@ -337,8 +459,8 @@ async fn start_backend(name: &'static str, delay: Duration) -> Result<SocketAddr
                                 .body(Full::new(Bytes::from(body)))
                                 .expect("static response"),
                         )
-                    },
-                );
+                    }
+                });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -359,7 +481,10 @@ fn render_config(
     new: SocketAddr,
     new_weight: u32,
     shadow: u32,
+    hold: Duration,
 ) -> String {
+    let steps = RAMP.map(|s| s.to_string()).join(", ");
+    let hold = humantime::format_duration(hold);
     format!(
         r#"# Written by `cutover demo`; edit the weights to steer traffic.
 [proxy]
@@ -370,8 +495,8 @@ threads = 1
 listen = "{admin}"
 
 [stats]
-window = "10s"
-slices = 10
+window = "5s"
+slices = 50
 
 [[routes]]
 id = "orders"
@@ -379,6 +504,10 @@ match = {{ path_prefix = "/" }}
 legacy = {{ endpoints = ["{legacy}"] }}
 new = {{ endpoints = ["{new}"] }}
 weights = {{ legacy = {}, new = {new_weight}, shadow = {shadow} }}
+# The controller walks these steps on its own, holding each and advancing only while every
+# rule passes; a breach rolls back at once.
+ramp = {{ steps = [{steps}], hold = "{hold}", auto = true }}
+rollback = {{ error_rate = {{ max = 0.05, for = "1s", min_requests = 20 }}, latency_p99 = {{ max_ratio = 3.0, for = "2s", min_requests = 20 }} }}
 "#,
         100 - new_weight
     )

@@ -1,5 +1,6 @@
 //! `cutover demo` (SPEC §1) runs to the end on its own: demo backends, the real proxy on the
-//! embedded source, the weight walk 0 → 10 → 50 → 100, and a clean drain.
+//! embedded source, shadow, the controller's own ramp 1 → 5 → 25, a fault in new, the
+//! automatic rollback, and a clean drain.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -7,10 +8,10 @@ use std::time::{Duration, Instant};
 use cutover_tests::cutover_bin;
 
 #[test]
-fn demo_walks_the_weights_and_drains() {
+fn demo_shadows_ramps_rolls_back_and_drains() {
     let started = Instant::now();
     let out = Command::new(cutover_bin())
-        .args(["demo", "--step", "300ms", "--connections", "4"])
+        .args(["demo", "--step", "1s", "--connections", "4"])
         .output()
         .expect("run cutover demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -32,8 +33,18 @@ fn demo_walks_the_weights_and_drains() {
         .filter(|l| l.contains('|') && !l.contains("new %"))
         .map(|l| l.split('|').map(str::trim).collect())
         .collect();
-    assert_eq!(rows.len(), 4, "one row per weight step:\n{stdout}");
-    let steps = [(0.0, 100.0), (10.0, 0.0), (50.0, 0.0), (100.0, 0.0)];
+    assert_eq!(
+        rows.len(),
+        5,
+        "shadow, three ramp steps, after the rollback:\n{stdout}"
+    );
+    let steps = [
+        (0.0, 100.0),
+        (1.0, 0.0),
+        (5.0, 0.0),
+        (25.0, 0.0),
+        (0.0, 0.0),
+    ];
     for (row, (want_new, want_shadow)) in rows.iter().zip(steps) {
         assert_eq!(
             row[0].parse::<f64>().unwrap(),
@@ -83,6 +94,19 @@ fn demo_walks_the_weights_and_drains() {
     assert!(
         stdout.contains("(endpoint GET /orders/{n}) differs at [\"/total\"]"),
         "sample diff:\n{stdout}"
+    );
+    // The fault fired the error_rate rule and the weights snapped back.
+    let rollback = stdout
+        .lines()
+        .find(|l| l.starts_with("ROLLBACK after "))
+        .unwrap_or_else(|| panic!("no rollback line:\n{stdout}"));
+    assert!(
+        rollback.contains("rule error_rate — new error rate "),
+        "{rollback}"
+    );
+    assert!(
+        stdout.contains("weights snapped to legacy 100 / new 0"),
+        "{stdout}"
     );
     assert!(
         stdout.contains("drained and exited (exit status: 0)"),
