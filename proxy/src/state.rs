@@ -286,6 +286,90 @@ mod tests {
     }
 
     #[test]
+    fn an_override_holds_until_the_source_moves_past_it() {
+        let config = cutover_config::parse_config_toml(ONE).unwrap();
+        let v1 = ConfigState::initial(config.routes.clone());
+        let shared = Shared::new(&config, &v1);
+        let rolled_back = Override {
+            weights_revision: 1,
+            weights: shared.snapshot.load().routes[0].weights.rolled_back(),
+            phase: Phase::RolledBack,
+            rollback: None,
+        };
+        shared.set_override("orders", rolled_back.clone());
+        let live = shared.snapshot.load();
+        assert_eq!(live.routes[0].weights.new, 0.0, "in effect at once");
+        assert_eq!(
+            live.routes[0].overridden.as_ref().unwrap().phase,
+            Phase::RolledBack
+        );
+        assert_eq!(live.revision, 1, "same source revision");
+
+        // A rejected input does not end it.
+        shared.apply(&v1.rejected("bad"));
+        assert_eq!(shared.snapshot.load().routes[0].weights.new, 0.0);
+
+        // A spec-only change keeps the weights revision: still overridden.
+        let spec_only = v1.applied(
+            cutover_config::parse_config_toml(&ONE.replace("9001", "9003"))
+                .unwrap()
+                .routes,
+        );
+        assert_eq!(spec_only.weights_revisions["orders"], 1);
+        shared.apply(&spec_only);
+        assert_eq!(shared.snapshot.load().routes[0].weights.new, 0.0);
+
+        // The operator's newer weights win.
+        let operator = spec_only.applied(
+            cutover_config::parse_config_toml(
+                &ONE.replace("9001", "9003").replace("new = 10", "new = 30"),
+            )
+            .unwrap()
+            .routes,
+        );
+        shared.apply(&operator);
+        let live = shared.snapshot.load();
+        assert_eq!(live.routes[0].weights.new, 30.0);
+        assert!(live.routes[0].overridden.is_none());
+
+        // A decision about weights no longer live is ignored.
+        shared.set_override("orders", rolled_back);
+        assert_eq!(shared.snapshot.load().routes[0].weights.new, 30.0);
+    }
+
+    #[test]
+    fn a_landed_rollback_stays_shown_until_the_next_write() {
+        let config = cutover_config::parse_config_toml(ONE).unwrap();
+        let v1 = ConfigState::initial(config.routes.clone());
+        let shared = Shared::new(&config, &v1);
+        let to = shared.snapshot.load().routes[0].weights.rolled_back();
+        shared.set_override(
+            "orders",
+            Override {
+                weights_revision: 1,
+                weights: to,
+                phase: Phase::RolledBack,
+                rollback: None,
+            },
+        );
+        // The rollback's own write lands: same weights at a newer revision.
+        let landed = v1.applied(
+            cutover_config::parse_config_toml(
+                &ONE.replace("legacy = 90, new = 10", "legacy = 100, new = 0"),
+            )
+            .unwrap()
+            .routes,
+        );
+        shared.apply(&landed);
+        let route = &shared.snapshot.load().routes[0];
+        assert_eq!(
+            route.overridden.as_ref().map(|o| o.phase),
+            Some(Phase::RolledBack)
+        );
+        assert_eq!(route.weights, to);
+    }
+
+    #[test]
     fn inflight_guard_counts_until_dropped() {
         let config = cutover_config::parse_config_toml(ONE).unwrap();
         let shared = Shared::new(&config, &ConfigState::initial(config.routes.clone()));

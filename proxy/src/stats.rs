@@ -320,6 +320,28 @@ mod tests {
     }
 
     #[test]
+    fn role_stats_start_at_since() {
+        let t0 = Instant::now();
+        let w = WindowedStats::new(shape(), t0);
+        w.record(t0, ok(1));
+        w.record(t0 + Duration::from_secs(20), ok(300));
+        w.record(
+            t0 + Duration::from_secs(21),
+            Sample {
+                latency: Duration::from_millis(2),
+                error: true,
+            },
+        );
+        let now = t0 + Duration::from_secs(22);
+        let all = w.role_stats(now, t0);
+        assert_eq!((all.count, all.errors, all.latency.len()), (3, 1, 3));
+        // From the slice holding t0 + 20s on: the first sample is not in it.
+        let fresh = w.role_stats(now, t0 + Duration::from_secs(20));
+        assert_eq!((fresh.count, fresh.errors), (2, 1));
+        assert_eq!(fresh.count_above(250_000), 1);
+    }
+
+    #[test]
     fn percentiles_and_errors() {
         let t0 = Instant::now();
         let w = WindowedStats::new(shape(), t0);
