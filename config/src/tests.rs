@@ -186,6 +186,10 @@ fn full_config_sets_every_key() {
     );
     assert_eq!(p.threads, 4);
     assert_eq!(p.underscore_headers, UnderscoreHeaders::Reject);
+    assert_eq!(
+        config.notify.webhook.as_deref(),
+        Some("http://127.0.0.1:9300/hooks/cutover")
+    );
     assert_eq!(config.routes.len(), 2);
 }
 
