@@ -159,6 +159,37 @@ fn legacy_baseline(stats: &WindowStats) -> (&RoleStats, &'static str) {
     }
 }
 
+/// The rate `x / n` labelled `label` against `max`: pass when within, else fail with the
+/// one-sample test's z ([`require_significance`] decides whether the failure stands).
+fn rate_verdict(rule: RuleKind, label: &str, x: u64, n: u64, max: f64) -> Verdict {
+    let p = x.min(n) as f64 / n as f64;
+    let over = p > max;
+    Verdict {
+        rule,
+        outcome: if over { Outcome::Fail } else { Outcome::Pass },
+        value: Some(p),
+        threshold: Some(max),
+        samples: n,
+        baseline: None,
+        z: over.then(|| z_one_sample(p, max, n)),
+        summary: format!(
+            "{label} {} {} {} (n={n})",
+            pct(p),
+            if over { ">" } else { "<=" },
+            pct(max)
+        ),
+    }
+}
+
+/// A failing verdict whose test statistic is not significant at 99 % is only inconclusive.
+fn require_significance(mut v: Verdict) -> Verdict {
+    if v.outcome == Outcome::Fail && v.z.is_none_or(|z| z <= Z_99) {
+        v.outcome = Outcome::Inconclusive;
+        v.summary.push_str(" — not significant at 99%");
+    }
+    v
+}
+
 /// `error_rate`: new's error rate as primary above `max`.
 pub fn error_rate(max: f64, min_requests: u64, stats: &WindowStats) -> Verdict {
     let rule = RuleKind::ErrorRate;
@@ -167,29 +198,16 @@ pub fn error_rate(max: f64, min_requests: u64, stats: &WindowStats) -> Verdict {
     if n < min_requests.max(1) {
         return Verdict::no_data(rule, n, format!("{n} of {min_requests} requests on new"));
     }
-    let p = new.errors as f64 / n as f64;
     let (legacy, how) = legacy_baseline(stats);
-    let baseline =
+    let mut v = rate_verdict(rule, "new error rate", new.errors, n, max);
+    v.baseline =
         (legacy.count >= min_requests.max(1)).then(|| legacy.errors as f64 / legacy.count as f64);
-    let mut v = Verdict {
-        rule,
-        outcome: Outcome::Pass,
-        value: Some(p),
-        threshold: Some(max),
-        samples: n,
-        baseline,
-        z: None,
-        summary: format!("new error rate {} <= {} (n={n})", pct(p), pct(max)),
-    };
-    if p <= max {
+    if v.outcome == Outcome::Pass {
         return v;
     }
-    let z_max = z_one_sample(p, max, n);
-    v.z = Some(z_max);
-    v.summary = format!("new error rate {} > {} (n={n})", pct(p), pct(max));
-    if let Some(lp) = baseline {
-        let z_legacy = z_two_proportions(new.errors, n, legacy.errors, legacy.count);
+    if let Some(lp) = v.baseline {
         v.summary.push_str(&format!(", legacy {how} {}", pct(lp)));
+        let z_legacy = z_two_proportions(new.errors, n, legacy.errors, legacy.count);
         if z_legacy <= Z_99 {
             v.z = Some(z_legacy);
             v.outcome = Outcome::Inconclusive;
@@ -197,15 +215,10 @@ pub fn error_rate(max: f64, min_requests: u64, stats: &WindowStats) -> Verdict {
                 .push_str(" — new is not significantly worse than legacy");
             return v;
         }
-        v.z = Some(z_max.min(z_legacy));
+        // Both tests must pass: the weaker one decides.
+        v.z = v.z.map(|z| z.min(z_legacy));
     }
-    if z_max <= Z_99 {
-        v.outcome = Outcome::Inconclusive;
-        v.summary.push_str(" — not significant at 99%");
-        return v;
-    }
-    v.outcome = Outcome::Fail;
-    v
+    require_significance(v)
 }
 
 /// `latency_p99`: new's p99 above `max_ratio` × legacy's p99.
@@ -250,8 +263,8 @@ pub fn latency_p99(max_ratio: f64, min_requests: u64, stats: &WindowStats) -> Ve
     }
     let above = new.count_above(threshold);
     let share = above as f64 / new.latency.len().max(1) as f64;
-    let z = z_one_sample(share, 0.01, new.latency.len());
-    v.z = Some(z);
+    v.outcome = Outcome::Fail;
+    v.z = Some(z_one_sample(share, 0.01, new.latency.len()));
     v.summary = format!(
         "new p99 {:.1}ms > {max_ratio}x legacy {how} p99 {:.1}ms (n={n}, {} above {:.1}ms)",
         ms(new_p99),
@@ -259,13 +272,7 @@ pub fn latency_p99(max_ratio: f64, min_requests: u64, stats: &WindowStats) -> Ve
         pct(share),
         ms(threshold)
     );
-    if z <= Z_99 {
-        v.outcome = Outcome::Inconclusive;
-        v.summary.push_str(" — not significant at 99%");
-    } else {
-        v.outcome = Outcome::Fail;
-    }
-    v
+    require_significance(v)
 }
 
 /// `divergence`: the share of compared pairs that differ above `max`.
@@ -275,30 +282,13 @@ pub fn divergence(max: f64, min_samples: u64, stats: &WindowStats) -> Verdict {
     if n < min_samples.max(1) {
         return Verdict::no_data(rule, n, format!("{n} of {min_samples} comparisons"));
     }
-    let p = stats.divergences.min(n) as f64 / n as f64;
-    let mut v = Verdict {
+    require_significance(rate_verdict(
         rule,
-        outcome: Outcome::Pass,
-        value: Some(p),
-        threshold: Some(max),
-        samples: n,
-        baseline: None,
-        z: None,
-        summary: format!("divergence rate {} <= {} (n={n})", pct(p), pct(max)),
-    };
-    if p <= max {
-        return v;
-    }
-    let z = z_one_sample(p, max, n);
-    v.z = Some(z);
-    v.summary = format!("divergence rate {} > {} (n={n})", pct(p), pct(max));
-    if z <= Z_99 {
-        v.outcome = Outcome::Inconclusive;
-        v.summary.push_str(" — not significant at 99%");
-    } else {
-        v.outcome = Outcome::Fail;
-    }
-    v
+        "divergence rate",
+        stats.divergences,
+        n,
+        max,
+    ))
 }
 
 /// Every active rule of `policy` over `stats`, in [`RuleKind::ALL`] order.

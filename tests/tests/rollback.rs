@@ -207,6 +207,29 @@ async fn assert_no_live_traffic_to_new(site: &Site) {
     assert_eq!(live_count(&site.new), before, "new still gets live traffic");
 }
 
+/// Wait until etcd has weights `new: 0` and status `rolled_back` by `rule`; the reason.
+async fn wait_rolled_back_by(site: &Site, rule: &str) -> String {
+    eventually!(
+        Duration::from_secs(15),
+        async { site.weights_new().await == Some(0.0) },
+        "etcd weights new = 0"
+    );
+    eventually!(
+        APPLIED,
+        async {
+            site.get_json("status")
+                .await
+                .is_some_and(|s| s["phase"] == "rolled_back" && s["rollback"]["rule"] == rule)
+        },
+        "status rolled_back by {rule}"
+    );
+    let status = site.get_json("status").await.expect("status");
+    status["rollback"]["reason"]
+        .as_str()
+        .expect("a reason")
+        .to_string()
+}
+
 fn error_rate_rule(for_: &str, min: u64) -> Value {
     json!({"error_rate": {"max": 0.05, "for": for_, "min_requests": min}})
 }
@@ -325,22 +348,7 @@ async fn slow_new_rolls_back_on_latency_p99() {
     let load = Load::start(vec![proxy.url("/items")]);
     wait_new_traffic(&site, 50).await;
     site.new.set_delay(Duration::from_millis(100));
-    eventually!(
-        Duration::from_secs(15),
-        async { site.weights_new().await == Some(0.0) },
-        "etcd weights new = 0"
-    );
-    eventually!(
-        APPLIED,
-        async {
-            site.get_json("status")
-                .await
-                .is_some_and(|s| s["rollback"]["rule"] == "latency_p99")
-        },
-        "status rolled_back by latency_p99"
-    );
-    let status = site.get_json("status").await.unwrap();
-    let reason = status["rollback"]["reason"].as_str().unwrap();
+    let reason = wait_rolled_back_by(&site, "latency_p99").await;
     assert!(
         reason.starts_with("new p99 ") && reason.contains("> 3x legacy live p99"),
         "{reason}"
@@ -369,24 +377,7 @@ async fn divergence_under_shadow_rolls_back() {
     let proxy = Proxy::start(site.config()).await;
     wait_new_weight(&proxy, 10.0).await;
     let load = Load::start(vec![proxy.url("/items")]);
-    eventually!(
-        Duration::from_secs(15),
-        async { site.weights_new().await == Some(0.0) },
-        "etcd weights new = 0"
-    );
-    eventually!(
-        APPLIED,
-        async {
-            site.get_json("status")
-                .await
-                .is_some_and(|s| s["rollback"]["rule"] == "divergence")
-        },
-        "status rolled_back by divergence"
-    );
-    let reason = site.get_json("status").await.unwrap()["rollback"]["reason"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let reason = wait_rolled_back_by(&site, "divergence").await;
     assert!(reason.starts_with("divergence rate "), "{reason}");
     assert_eq!(site.get_json("weights").await.unwrap()["shadow"], 100.0);
     load.stop().await;
@@ -447,22 +438,15 @@ async fn equal_error_rates_never_roll_back() {
 
 // ------------------------------------------------------------------------------ etcd faults
 
-/// etcd unreachable during a breach: the local rollback holds (no live traffic to new), and
-/// etcd catches up once it is reachable again.
-#[tokio::test]
-async fn local_rollback_holds_while_etcd_is_down_and_etcd_catches_up() {
-    let site = Site::start("etcd-down").await;
+/// A 50/50 route whose proxy reaches etcd through a relay; the relay is cut, then new fails
+/// 40 % of requests until the proxy has rolled back locally.
+async fn rolled_back_while_etcd_is_cut_off(name: &str) -> (Site, TcpRelay, Proxy, Load) {
+    let site = Site::start(name).await;
     site.put_spec(json!({"rollback": error_rate_rule("1s", 30)}))
         .await;
     site.put_weights(50.0, 50.0, 0.0).await;
-    let relay = TcpRelay::start(
-        site.etcd
-            .endpoint()
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap(),
-    )
-    .await;
+    let etcd_addr = site.etcd.endpoint().trim_start_matches("http://").parse();
+    let relay = TcpRelay::start(etcd_addr.expect("etcd endpoint is http://ip:port")).await;
     let proxy = Proxy::start(site.config_via(&relay.endpoint())).await;
     wait_new_weight(&proxy, 50.0).await;
     let load = Load::start(vec![proxy.url("/items")]);
@@ -480,6 +464,14 @@ async fn local_rollback_holds_while_etcd_is_down_and_etcd_catches_up() {
         },
         "local rollback"
     );
+    (site, relay, proxy, load)
+}
+
+/// etcd unreachable during a breach: the local rollback holds (no live traffic to new), and
+/// etcd catches up once it is reachable again.
+#[tokio::test]
+async fn local_rollback_holds_while_etcd_is_down_and_etcd_catches_up() {
+    let (site, relay, proxy, load) = rolled_back_while_etcd_is_cut_off("etcd-down").await;
     assert_no_live_traffic_to_new(&site).await;
     assert_eq!(
         site.weights_new().await,
@@ -511,35 +503,7 @@ async fn local_rollback_holds_while_etcd_is_down_and_etcd_catches_up() {
 /// unreachable, the operator wrote 80/20 meanwhile; the stale rollback never overwrites it.
 #[tokio::test]
 async fn operator_write_racing_a_rollback_wins() {
-    let site = Site::start("race").await;
-    site.put_spec(json!({"rollback": error_rate_rule("1s", 30)}))
-        .await;
-    site.put_weights(50.0, 50.0, 0.0).await;
-    let relay = TcpRelay::start(
-        site.etcd
-            .endpoint()
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap(),
-    )
-    .await;
-    let proxy = Proxy::start(site.config_via(&relay.endpoint())).await;
-    wait_new_weight(&proxy, 50.0).await;
-    let load = Load::start(vec![proxy.url("/items")]);
-    wait_new_traffic(&site, 50).await;
-
-    relay.cut();
-    site.new.set_errors(0.4);
-    eventually!(
-        Duration::from_secs(10),
-        async {
-            proxy
-                .route_info(ROUTE)
-                .await
-                .is_some_and(|r| r["phase"] == "rolled_back")
-        },
-        "local rollback"
-    );
+    let (site, relay, proxy, load) = rolled_back_while_etcd_is_cut_off("race").await;
     // The operator fixed new and writes 80/20 while the proxy cannot reach etcd.
     site.new.set_errors(0.0);
     let operator_revision = site.put_weights(80.0, 20.0, 0.0).await;
