@@ -495,6 +495,12 @@ async fn local_rollback_holds_while_etcd_is_down_and_etcd_catches_up() {
         },
         "status rolled_back"
     );
+    let route = proxy.route_info(ROUTE).await.expect("route");
+    assert_eq!(
+        route["phase"], "rolled_back",
+        "still shown rolled back once its own write landed"
+    );
+    assert_eq!(route["weights"]["new"], 0.0);
     let (_, _, failed) = load.stop().await;
     assert_eq!(failed, 0);
 }
