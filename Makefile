@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test build lint validate-examples propagation shadow-cost clean
+.PHONY: demo test build lint validate-examples propagation shadow-cost bench bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -41,6 +41,24 @@ shadow-cost:
 	@scripts/prereqs.sh build
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
 	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench shadow-cost
+
+## The benchmark report: BENCHMARKS.md and bench/reports/*.svg, every number from this run.
+## Installs nginx and haproxy to compare with when it can (else runs without them and says so).
+BENCH_MICRO = $(CARGO) bench --locked -p cutover-bench --benches -- --warm-up-time 0.5 --measurement-time 1 --noplot
+bench:
+	scripts/bench-prereqs.sh
+	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
+	rm -rf "$${CARGO_TARGET_DIR:-target}/criterion"
+	$(BENCH_MICRO)
+	t="$${CARGO_TARGET_DIR:-target}"; CUTOVER_BIN="$$t/release/cutover" "$$t/release/cutover-bench" report \
+	  --criterion-dir "$$t/criterion" --markdown BENCHMARKS.md --charts-dir bench/reports \
+	  --step scripts/bench-prereqs.sh \
+	  --step "$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench" \
+	  --step "$(BENCH_MICRO)"
+
+## The benchmark harness's smoke run (a few hundred requests per target; writes no report).
+bench-smoke:
+	$(CARGO) test --locked -p cutover-bench --test suite -- --nocapture
 
 build:
 	@scripts/prereqs.sh build

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use cutover_tests::{cutover_bin, Backend, Proxy, ProxyConfig, Route, RunningBackend};
 
+use crate::suite::{median, quiesce, QUIET_INTERVAL};
 use crate::{run_closed_loop, ClosedLoop};
 
 /// The route both proxies serve.
@@ -40,13 +41,10 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// B's settle wait stops when no copy arrived for this long.
 const STALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// A process is quiet when it used at most one clock tick over this long.
-const QUIET_INTERVAL: Duration = Duration::from_millis(200);
 /// Bound for the proxies to go quiet around a run.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long each proxy's idle CPU burn is measured before the rounds.
 const IDLE_PROBE: Duration = Duration::from_secs(2);
-/// Clock ticks per second assumed when `getconf CLK_TCK` cannot be run (Linux's value).
-const ASSUMED_CLK_TCK: u64 = 100;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -280,62 +278,7 @@ impl ShadowCostReport {
     }
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    })
-}
-
-/// Clock ticks per second from `getconf CLK_TCK`, else [`ASSUMED_CLK_TCK`]; and which it was.
-pub fn clk_tck() -> (u64, String) {
-    let probed = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .filter(|&t| t > 0);
-    match probed {
-        Some(t) => (t, "from `getconf CLK_TCK`".to_string()),
-        None => (
-            ASSUMED_CLK_TCK,
-            "assumed: `getconf CLK_TCK` unavailable".to_string(),
-        ),
-    }
-}
-
-/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks.
-pub fn parse_cpu_ticks(stat: &str) -> Result<u64, String> {
-    // The command name (field 2) is in parentheses and may contain spaces or ')'.
-    let close = stat
-        .rfind(')')
-        .ok_or_else(|| format!("no ')' in /proc stat line {stat:?}"))?;
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    // fields[0] is field 3 (state), so field n is fields[n - 3].
-    let field = |n: usize| -> Result<u64, String> {
-        fields
-            .get(n - 3)
-            .ok_or_else(|| format!("/proc stat line has no field {n}: {stat:?}"))?
-            .parse::<u64>()
-            .map_err(|e| format!("/proc stat field {n} is not a number ({e}): {stat:?}"))
-    };
-    Ok(field(14)? + field(15)?)
-}
-
-/// CPU time (utime + stime) of process `pid` so far, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-    parse_cpu_ticks(&stat)
-}
+pub use crate::sys::{clk_tck, cpu_ticks, parse_cpu_ticks};
 
 /// One proxy under measurement.
 struct Target {
@@ -474,7 +417,7 @@ async fn measure(
     opts: &ShadowCostOptions,
 ) -> Result<(Run, Vec<String>), String> {
     let mut problems = Vec::new();
-    if !quiesce(pids).await {
+    if !quiesce(pids, QUIET_INTERVAL, QUIET_TIMEOUT).await {
         problems.push(format!(
             "round {round} {}: the proxies did not go quiet within {QUIET_TIMEOUT:?} before the run",
             t.variant.label()
@@ -488,7 +431,7 @@ async fn measure(
     if t.variant == Variant::B {
         settle(new, copies_before + load.ok as usize).await;
     }
-    if !quiesce(&[t.pid]).await {
+    if !quiesce(&[t.pid], QUIET_INTERVAL, QUIET_TIMEOUT).await {
         problems.push(format!(
             "round {round} {}: the proxy did not go quiet within {QUIET_TIMEOUT:?} after the run",
             t.variant.label()
@@ -524,33 +467,6 @@ async fn measure(
     ))
 }
 
-/// Waits (≤ [`QUIET_TIMEOUT`]) until every process in `pids` used at most one clock tick
-/// over a [`QUIET_INTERVAL`]; false if that never happened.
-async fn quiesce(pids: &[u32]) -> bool {
-    let deadline = Instant::now() + QUIET_TIMEOUT;
-    let read = || {
-        pids.iter()
-            .map(|&p| cpu_ticks(p).unwrap_or(0))
-            .collect::<Vec<_>>()
-    };
-    let mut before = read();
-    loop {
-        tokio::time::sleep(QUIET_INTERVAL).await;
-        let after = read();
-        if before
-            .iter()
-            .zip(&after)
-            .all(|(b, a)| a.saturating_sub(*b) <= 1)
-        {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        before = after;
-    }
-}
-
 /// Waits (≤ [`SETTLE_TIMEOUT`]) until `new` has received `copies` requests in total, or no
 /// copy arrived for [`STALL_TIMEOUT`] (shadowing off or broken: an idle proxy still burns a
 /// little CPU, which would otherwise be charged to B). Polls only the in-process backend, so
@@ -572,27 +488,6 @@ async fn settle(new: &RunningBackend, copies: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_utime_plus_stime() {
-        let line = "4242 (cutover (x) y) S 1 4242 4242 0 -1 4194560 3187 0 0 0 157 43 0 0 20 0 6 0 123456 1000000 2000 18446744073709551615 1 1 0 0 0 0 0 4096 17662 0 0 0 17 1 0 0 0 0 0\n";
-        assert_eq!(parse_cpu_ticks(line), Ok(200));
-        assert!(parse_cpu_ticks("garbage").is_err());
-        assert!(parse_cpu_ticks("1 (x) S 1 2").is_err());
-    }
-
-    #[test]
-    fn reads_own_cpu_time() {
-        let pid = std::process::id();
-        assert!(cpu_ticks(pid).is_ok());
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(vec![]), None);
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
-    }
 
     #[test]
     fn ratio_of_medians() {

@@ -1,14 +1,21 @@
-//! `cutover-bench`: closed-loop load against a URL with HDR percentiles (`load`), the
-//! etcd → traffic propagation scenario (`propagation`) and the shadow CPU-cost scenario
-//! (`shadow-cost`).
+//! `cutover-bench`: the standard benchmark report (`report`, what `make bench` runs), its
+//! backend process (`backend`), closed- and open-loop load against a URL with HDR percentiles
+//! (`load`), the etcd → traffic propagation scenario (`propagation`) and the shadow CPU-cost
+//! scenario (`shadow-cost`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use cutover_bench::backend::{self, BackendOptions};
 use cutover_bench::propagation::{self, PropagationOptions};
+use cutover_bench::report::{self, Output};
 use cutover_bench::shadow_cost::{self, ShadowCostOptions};
-use cutover_bench::{run_closed_loop, ClosedLoop};
+use cutover_bench::suite::{self, SuiteOptions};
+use cutover_bench::targets::TargetKind;
+use cutover_bench::ui::Progress;
+use cutover_bench::{run_closed_loop, run_open_loop, ClosedLoop, OpenLoop};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,7 +29,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Closed-loop HTTP load against a URL, with HDR latency percentiles.
+    /// The standard benchmark: every target, interleaved rounds, report and charts.
+    ///
+    /// Starts its backend (`cutover-bench backend`), cutover (binary: $CUTOVER_BIN, else
+    /// <target dir>/debug/cutover — point it at a release build), and nginx / HAProxy when
+    /// installed, all on loopback; pins the generator and the servers to different CPUs; runs
+    /// closed loop (1 KiB, 64 KiB), open loop and a 1,000-connection run; then the etcd
+    /// propagation scenario when etcd is installed. Writes the Markdown report (default
+    /// BENCHMARKS.md) and SVG charts (default bench/reports/). Exit 0 when the report was
+    /// written (whether or not the targets were met), 2 when the suite could not run, 130 on
+    /// Ctrl-C (every started process is stopped first).
+    Report(ReportArgs),
+    /// The benchmark backend (started by `report`; prints its addresses, serves until stdin
+    /// closes).
+    Backend(BackendArgs),
+    /// HTTP load against a URL with HDR latency percentiles: closed loop, or open loop with
+    /// --rate (latency from the intended send time).
     Load(LoadArgs),
     /// Time how long a weights write to etcd takes to change the backend serving requests.
     ///
@@ -56,6 +78,66 @@ struct LoadArgs {
     /// Upper bound on the number of requests.
     #[arg(long, default_value_t = 10_000_000)]
     max_requests: u64,
+    /// Open loop at this many requests per second (spread over the connections).
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// Where the Markdown report goes.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    markdown: PathBuf,
+    /// Where the SVG charts go.
+    #[arg(long, default_value = "bench/reports")]
+    charts_dir: PathBuf,
+    /// Rounds per phase (default 3; 1 with --smoke).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: Option<u32>,
+    /// Extra rounds per phase allowed to replace disturbed ones (default 1; 0 with --smoke).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10))]
+    max_repeats: Option<u32>,
+    /// Comma-separated targets (default: all; nginx / HAProxy ones only when installed).
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Length of one closed-loop 1 KiB run (and of one open-loop run).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Closed- and open-loop connections.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    connections: Option<u32>,
+    /// Connections of the memory run.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    crowd_connections: Option<u32>,
+    /// Weight changes of the propagation scenario (0 skips it).
+    #[arg(long, default_value_t = 200)]
+    propagation_changes: u32,
+    /// Do not pin the generator and the servers to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// A few hundred requests per target, one round: checks the harness, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Include criterion results found here (`cargo bench` writes target/criterion).
+    #[arg(long)]
+    criterion_dir: Option<PathBuf>,
+    /// A command that ran before this one to produce the report (shown in the report, in
+    /// order); repeatable.
+    #[arg(long = "step")]
+    steps: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct BackendArgs {
+    /// Wait this long before each answer.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    delay: Option<Duration>,
+    /// Answer every n-th request of each listener with 500.
+    #[arg(long)]
+    error_every: Option<u64>,
+    /// Every n-th answer of listener b diverges.
+    #[arg(long)]
+    diverge_every: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -90,9 +172,28 @@ struct ShadowCostArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let workers = match cli.command {
+        Command::Report(_) | Command::Backend(_) => 0,
         Command::Load(_) => 1,
         Command::Propagation(_) | Command::ShadowCost(_) => 2,
     };
+    // The suite's generator and the backend each use one CPU: one thread.
+    if workers == 0 {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("cutover-bench: cannot start a runtime: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        return match cli.command {
+            Command::Report(args) => report(&rt, args),
+            Command::Backend(args) => serve_backend(&rt, args),
+            _ => unreachable!("only report and backend run on one thread"),
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -108,16 +209,184 @@ fn main() -> ExitCode {
         Command::Load(args) => load(&rt, args),
         Command::Propagation(args) => propagation(&rt, args),
         Command::ShadowCost(args) => shadow_cost(&rt, args),
+        Command::Report(_) | Command::Backend(_) => unreachable!("handled above"),
     }
 }
 
+fn serve_backend(rt: &tokio::runtime::Runtime, args: BackendArgs) -> ExitCode {
+    let opts = BackendOptions {
+        delay: args.delay,
+        error_every: args.error_every,
+        diverge_every: args.diverge_every,
+    };
+    match rt.block_on(backend::serve(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cutover-bench backend: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report(rt: &tokio::runtime::Runtime, args: ReportArgs) -> ExitCode {
+    let bench_bin = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cutover-bench: cannot find my own binary: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut opts = if args.smoke {
+        SuiteOptions::smoke(bench_bin)
+    } else {
+        SuiteOptions::standard(bench_bin)
+    };
+    if !args.targets.is_empty() {
+        let mut targets = Vec::new();
+        for name in &args.targets {
+            match TargetKind::parse(name) {
+                Some(k) => targets.push(k),
+                None => {
+                    let known: Vec<&str> = TargetKind::ALL.iter().map(|k| k.name()).collect();
+                    eprintln!(
+                        "cutover-bench: unknown target {name:?} (known: {})",
+                        known.join(", ")
+                    );
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        opts.targets = targets;
+    }
+    if let Some(n) = args.rounds {
+        opts.rounds = n as usize;
+    }
+    if let Some(n) = args.max_repeats {
+        opts.max_repeats = n as usize;
+    }
+    if let Some(d) = args.duration {
+        opts.closed.duration = d;
+        if let Some(open) = opts.open.as_mut() {
+            open.duration = d;
+        }
+    }
+    if let Some(c) = args.connections {
+        opts.closed.connections = c as usize;
+        if let Some(large) = opts.large.as_mut() {
+            large.connections = c as usize;
+        }
+        if let Some(open) = opts.open.as_mut() {
+            open.connections = c as usize;
+        }
+    }
+    if let (Some(c), Some(crowd)) = (args.crowd_connections, opts.crowd.as_mut()) {
+        crowd.connections = c as usize;
+    }
+    if args.no_pin {
+        opts.pin = None;
+    }
+    opts.propagation = (args.propagation_changes > 0 && !args.smoke).then(|| PropagationOptions {
+        changes: args.propagation_changes as usize,
+        ..PropagationOptions::default()
+    });
+    let present = opts
+        .targets
+        .iter()
+        .filter(|k| {
+            k.program()
+                .is_none_or(|p| cutover_bench::sys::find_program(p).is_some())
+        })
+        .count();
+    let ui = Progress::stderr(suite::planned_runs(&opts, present));
+
+    // Ctrl-C / SIGTERM drop the suite future, and with it every process it started.
+    let outcome = rt.block_on(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            r = suite::run(&opts, &ui) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+            _ = terminated => None,
+        }
+    });
+    ui.finish();
+    let suite_report = match outcome {
+        None => {
+            eprintln!("cutover-bench: interrupted; every started process was stopped");
+            return ExitCode::from(130);
+        }
+        Some(Err(e)) => {
+            eprintln!("cutover-bench: the suite could not run: {e}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(r)) => r,
+    };
+    let micro = args
+        .criterion_dir
+        .as_deref()
+        .map(report::read_criterion)
+        .unwrap_or_default();
+    let mut reproduce = args.steps.clone();
+    reproduce.push(match std::env::var("CUTOVER_BIN") {
+        Ok(bin) => format!("CUTOVER_BIN={bin} {}", command_line()),
+        Err(_) => command_line(),
+    });
+    let out = Output {
+        markdown: args.markdown.clone(),
+        charts_dir: args.charts_dir.clone(),
+        command: if args.steps.is_empty() {
+            command_line()
+        } else {
+            "make bench".into()
+        },
+        reproduce,
+        micro,
+        micro_dir: args.criterion_dir.clone(),
+    };
+    match report::write(&suite_report, &out) {
+        Ok(problems) => {
+            for p in problems {
+                eprintln!("cutover-bench: {p}");
+            }
+        }
+        Err(e) => {
+            eprintln!("cutover-bench: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    print!("{}", report::summary(&suite_report));
+    println!(
+        "report: {} (charts in {})",
+        out.markdown.display(),
+        out.charts_dir.display()
+    );
+    ExitCode::SUCCESS
+}
+
 fn load(rt: &tokio::runtime::Runtime, args: LoadArgs) -> ExitCode {
-    let report = rt.block_on(run_closed_loop(&ClosedLoop {
-        url: args.url,
-        connections: args.connections,
-        duration: args.duration,
-        max_requests: args.max_requests,
-    }));
+    let report = match args.rate {
+        Some(rate) => rt.block_on(run_open_loop(&OpenLoop {
+            url: args.url,
+            rate,
+            connections: args.connections,
+            duration: args.duration,
+            max_requests: args.max_requests,
+        })),
+        None => rt.block_on(run_closed_loop(&ClosedLoop {
+            url: args.url,
+            connections: args.connections,
+            duration: args.duration,
+            max_requests: args.max_requests,
+        })),
+    };
     let p = |q| {
         report
             .percentile_ms(q)

@@ -1,0 +1,1024 @@
+//! The suite's report: the goals with met / missed computed from the run, Markdown tables
+//! (medians over undisturbed rounds, ratios taken within a round), per-run details with the
+//! noise columns, SVG charts, the control-plane scenarios and the criterion micro-benchmarks.
+//! `make bench` writes it to `BENCHMARKS.md` and `bench/reports/`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::charts;
+use crate::suite::{ControlPlane, Phase, Run, SuiteReport};
+use crate::sys;
+use crate::targets::TargetKind;
+
+/// CPU per request of cutover against nginx's (closed loop, 1 KiB).
+pub const GOAL_CPU_VS_NGINX: f64 = 0.8;
+/// Open-loop p99 of cutover against nginx's at the same rate.
+pub const GOAL_P99_VS_NGINX: f64 = 1.0;
+/// CPU per request with 100 % shadow + JSON compare against without.
+pub const GOAL_SHADOW_CPU: f64 = 2.0;
+/// Peak RSS of cutover with 1,000 connections, MiB.
+pub const GOAL_RSS_MIB: f64 = 64.0;
+/// Propagation p99, ms (README).
+pub const GOAL_PROPAGATION_P99_MS: f64 = 50.0;
+
+/// Whether a goal was met.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Met,
+    Missed,
+    /// Not measurable in this run, and why.
+    NotEvaluated(String),
+}
+
+impl Verdict {
+    fn cell(&self) -> String {
+        match self {
+            Verdict::Met => "**met**".into(),
+            Verdict::Missed => "**missed**".into(),
+            Verdict::NotEvaluated(why) => format!("not evaluated: {why}"),
+        }
+    }
+
+    fn of(ok: bool) -> Verdict {
+        if ok {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        }
+    }
+}
+
+/// One target of the issue, with what the run measured.
+#[derive(Debug, Clone)]
+pub struct Goal {
+    pub name: &'static str,
+    pub wanted: String,
+    pub measured: String,
+    pub verdict: Verdict,
+}
+
+/// The goals, computed from the run.
+pub fn goals(r: &SuiteReport) -> Vec<Goal> {
+    let clk = r.clk_tck;
+    let cpu = move |run: &Run| run.cpu_us_per_request(clk);
+    let p99 = |run: &Run| run.percentile_ms(99.0);
+    let ran = |k| r.targets.contains(&k);
+    let missing = |k: TargetKind| {
+        r.skipped.iter().find(|(s, _)| *s == k).map_or_else(
+            || format!("{} did not run", k.name()),
+            |(_, why)| why.clone(),
+        )
+    };
+    let mut goals = Vec::new();
+
+    let (c, n) = (TargetKind::Cutover, TargetKind::Nginx);
+    goals.push(if ran(c) && ran(n) {
+        match r.median_ratio(Phase::Closed1k, c, n, cpu) {
+            Some(ratio) => Goal {
+                name: "CPU per request vs nginx",
+                wanted: format!("cutover ≤ {GOAL_CPU_VS_NGINX}× nginx (closed loop, 1 KiB)"),
+                measured: format!(
+                    "{ratio:.2}× (cutover {} µs, nginx {} µs)",
+                    f1(r.median(Phase::Closed1k, c, cpu)),
+                    f1(r.median(Phase::Closed1k, n, cpu))
+                ),
+                verdict: Verdict::of(ratio <= GOAL_CPU_VS_NGINX),
+            },
+            None => not_evaluated("CPU per request vs nginx", "no CPU measured"),
+        }
+    } else {
+        not_evaluated("CPU per request vs nginx", &missing(n))
+    });
+
+    let basis_is_nginx = r
+        .open_rate
+        .as_ref()
+        .is_some_and(|(_, basis)| basis.contains("nginx"));
+    goals.push(if ran(c) && ran(n) && basis_is_nginx {
+        let rate = r.open_rate.as_ref().map_or(0.0, |(rate, _)| *rate);
+        match r.median_ratio(Phase::Open1k, c, n, p99) {
+            Some(ratio) => Goal {
+                name: "Open-loop p99 vs nginx",
+                wanted: "cutover's p99 ≤ nginx's at 50 % of nginx's max closed-loop rate".into(),
+                measured: format!(
+                    "{ratio:.2}× at {rate:.0} req/s (cutover {} ms, nginx {} ms)",
+                    f3(r.median(Phase::Open1k, c, p99)),
+                    f3(r.median(Phase::Open1k, n, p99))
+                ),
+                verdict: Verdict::of(ratio <= GOAL_P99_VS_NGINX),
+            },
+            None => not_evaluated("Open-loop p99 vs nginx", "no open-loop samples"),
+        }
+    } else {
+        let why = if ran(n) {
+            "the open loop did not run at nginx's rate".to_string()
+        } else {
+            missing(n)
+        };
+        not_evaluated("Open-loop p99 vs nginx", &why)
+    });
+
+    let s = TargetKind::CutoverShadow;
+    goals.push(if ran(c) && ran(s) {
+        match r.median_ratio(Phase::Closed1k, s, c, cpu) {
+            Some(ratio) => {
+                let copies = r
+                    .used_rounds(Phase::Closed1k)
+                    .filter_map(|round| round.run(s)?.copy_ratio())
+                    .fold(f64::MAX, f64::min);
+                let mut measured = format!(
+                    "{ratio:.2}× (shadow {} µs, no shadow {} µs)",
+                    f1(r.median(Phase::Closed1k, s, cpu)),
+                    f1(r.median(Phase::Closed1k, c, cpu))
+                );
+                if copies < 0.999 {
+                    let _ = write!(measured, "; only {:.1} % of copies arrived", copies * 100.0);
+                }
+                Goal {
+                    name: "Shadow cost",
+                    wanted: format!(
+                        "100 % shadow + JSON compare ≤ {GOAL_SHADOW_CPU}× cutover's CPU/request"
+                    ),
+                    measured,
+                    verdict: Verdict::of(ratio <= GOAL_SHADOW_CPU && copies >= 0.999),
+                }
+            }
+            None => not_evaluated("Shadow cost", "no CPU measured"),
+        }
+    } else {
+        not_evaluated("Shadow cost", &missing(s))
+    });
+
+    let crowd = r.crowd.iter().find(|run| run.target == c);
+    let connections = r.options.crowd.map_or(0, |s| s.connections);
+    goals.push(match crowd.and_then(|run| run.peak_rss_kib) {
+        Some(kib) => {
+            let mib = kib as f64 / 1024.0;
+            let crowd = crowd.expect("peak RSS comes from a crowd run");
+            let mut measured = format!(
+                "{mib:.1} MiB peak (VmHWM) with {connections} connections, {} req/s, {} errors",
+                crowd.requests_per_second().round(),
+                crowd.errors
+            );
+            if connections < 1000 {
+                measured += " (fewer than 1,000 connections: smoke run)";
+            }
+            Goal {
+                name: "Memory with 1,000 connections",
+                wanted: format!(
+                    "cutover's RSS < {GOAL_RSS_MIB} MiB with 1,000 concurrent connections"
+                ),
+                measured,
+                verdict: Verdict::of(mib < GOAL_RSS_MIB && crowd.errors == 0),
+            }
+        }
+        None => not_evaluated("Memory with 1,000 connections", "no crowd run of cutover"),
+    });
+
+    if let Some(p) = r.propagation() {
+        goals.push(match p {
+            Ok(p) => match p.percentile_ms(99.0) {
+                Some(p99) => Goal {
+                    name: "Propagation",
+                    wanted: format!(
+                        "etcd put → traffic follows, p99 < {GOAL_PROPAGATION_P99_MS} ms"
+                    ),
+                    measured: format!(
+                        "p99 {p99:.1} ms over {}/{} changes",
+                        p.propagated(),
+                        p.options.changes
+                    ),
+                    verdict: Verdict::of(
+                        p99 < GOAL_PROPAGATION_P99_MS && p.propagated() == p.options.changes,
+                    ),
+                },
+                None => not_evaluated("Propagation", "no change propagated"),
+            },
+            Err(why) => not_evaluated("Propagation", why),
+        });
+    }
+    goals
+}
+
+fn not_evaluated(name: &'static str, why: &str) -> Goal {
+    Goal {
+        name,
+        wanted: String::new(),
+        measured: "-".into(),
+        verdict: Verdict::NotEvaluated(why.to_string()),
+    }
+}
+
+fn f1(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1}"))
+}
+
+fn f3(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.3}"))
+}
+
+fn x2(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}×"))
+}
+
+/// One criterion result.
+#[derive(Debug, Clone)]
+pub struct MicroBench {
+    /// `group/function`.
+    pub id: String,
+    /// Mean time per iteration, ns, with its 95 % confidence interval.
+    pub mean_ns: f64,
+    pub low_ns: f64,
+    pub high_ns: f64,
+}
+
+/// Reads criterion's `*/new/estimates.json` under `dir` (`target/criterion`).
+pub fn read_criterion(dir: &Path) -> Vec<MicroBench> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == "new") {
+                    if let Some(m) = read_estimate(&p) {
+                        found.push(m);
+                    }
+                } else if p.file_name().is_none_or(|n| n != "report") {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    found
+}
+
+fn read_estimate(new_dir: &Path) -> Option<MicroBench> {
+    let json = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(new_dir.join(name)).ok()?).ok()
+    };
+    let bench = json("benchmark.json")?;
+    let est = json("estimates.json")?;
+    let mean = &est["mean"];
+    Some(MicroBench {
+        id: bench["full_id"].as_str()?.to_string(),
+        mean_ns: mean["point_estimate"].as_f64()?,
+        low_ns: mean["confidence_interval"]["lower_bound"].as_f64()?,
+        high_ns: mean["confidence_interval"]["upper_bound"].as_f64()?,
+    })
+}
+
+/// Where and how the report is written.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The Markdown file (`BENCHMARKS.md`).
+    pub markdown: PathBuf,
+    /// Directory of the charts (`bench/reports`).
+    pub charts_dir: PathBuf,
+    /// The command that produced the run, as shown in the report.
+    pub command: String,
+    /// The commands to reproduce it (shown verbatim).
+    pub reproduce: Vec<String>,
+    /// Criterion results to include.
+    pub micro: Vec<MicroBench>,
+    /// Where they came from.
+    pub micro_dir: Option<PathBuf>,
+}
+
+/// A chart file written for the report.
+#[derive(Debug, Clone)]
+pub struct Chart {
+    pub title: String,
+    pub path: PathBuf,
+}
+
+/// Draws the charts into `out.charts_dir`; problems (an empty phase) are returned as text.
+pub fn write_charts(r: &SuiteReport, out: &Output) -> (Vec<Chart>, Vec<String>) {
+    let mut charts = Vec::new();
+    let mut problems = Vec::new();
+    if let Err(e) = std::fs::create_dir_all(&out.charts_dir) {
+        problems.push(format!("create {}: {e}", out.charts_dir.display()));
+        return (charts, problems);
+    }
+    let phases: Vec<(Phase, &str, &str)> = vec![
+        (
+            Phase::Closed1k,
+            "latency-closed-1k.svg",
+            "Latency, closed loop, 1 KiB answers",
+        ),
+        (
+            Phase::Closed64k,
+            "latency-closed-64k.svg",
+            "Latency, closed loop, 64 KiB answers",
+        ),
+        (
+            Phase::Open1k,
+            "latency-open-1k.svg",
+            "Latency from intended send time, open loop, 1 KiB",
+        ),
+    ];
+    for (phase, file, title) in phases {
+        if r.used_rounds(phase).next().is_none() {
+            continue;
+        }
+        let hists: Vec<(String, hdrhistogram::Histogram<u64>)> = r
+            .targets
+            .iter()
+            .map(|&k| (k.name().to_string(), r.merged_latency(phase, k)))
+            .collect();
+        let series: Vec<(String, &hdrhistogram::Histogram<u64>)> =
+            hists.iter().map(|(n, h)| (n.clone(), h)).collect();
+        let title = match (phase, &r.open_rate) {
+            (Phase::Open1k, Some((rate, _))) => format!("{title} at {rate:.0} req/s"),
+            _ => title.to_string(),
+        };
+        let path = out.charts_dir.join(file);
+        match charts::latency_percentiles(&path, &title, &series) {
+            Ok(()) => charts.push(Chart { title, path }),
+            Err(e) => problems.push(format!("chart {file}: {e}")),
+        }
+    }
+
+    let proxies: Vec<TargetKind> = r.targets.iter().copied().filter(|k| k.is_proxy()).collect();
+    let clk = r.clk_tck;
+    let names: Vec<String> = proxies.iter().map(|k| k.name().to_string()).collect();
+    let cpu_series: Vec<(String, Vec<Option<f64>>)> =
+        [Phase::Closed1k, Phase::Closed64k, Phase::Open1k]
+            .into_iter()
+            .filter(|&p| r.used_rounds(p).next().is_some())
+            .map(|p| {
+                let values = proxies
+                    .iter()
+                    .map(|&k| r.median(p, k, |run| run.cpu_us_per_request(clk)))
+                    .collect();
+                (p.name().to_string(), values)
+            })
+            .collect();
+    let path = out.charts_dir.join("cpu-per-request.svg");
+    let title = "Proxy CPU per request (µs, median of rounds)".to_string();
+    match charts::grouped_bars(&path, &title, "CPU µs / request", &names, &cpu_series, 1) {
+        Ok(()) => charts.push(Chart { title, path }),
+        Err(e) => problems.push(format!("chart cpu-per-request.svg: {e}")),
+    }
+
+    let all: Vec<String> = r.targets.iter().map(|k| k.name().to_string()).collect();
+    let rps: Vec<(String, Vec<Option<f64>>)> = [Phase::Closed1k, Phase::Closed64k]
+        .into_iter()
+        .filter(|&p| r.used_rounds(p).next().is_some())
+        .map(|p| {
+            let values = r
+                .targets
+                .iter()
+                .map(|&k| r.median(p, k, |run| Some(run.requests_per_second())))
+                .collect();
+            (p.name().to_string(), values)
+        })
+        .collect();
+    let path = out.charts_dir.join("throughput.svg");
+    let title = "Closed-loop throughput (req/s, median of rounds)".to_string();
+    match charts::grouped_bars(&path, &title, "requests / s", &all, &rps, 0) {
+        Ok(()) => charts.push(Chart { title, path }),
+        Err(e) => problems.push(format!("chart throughput.svg: {e}")),
+    }
+    (charts, problems)
+}
+
+/// `file` as a link from the directory of `markdown` (relative when below it).
+fn link(markdown: &Path, file: &Path) -> String {
+    let base = markdown.parent().unwrap_or(Path::new(""));
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        }
+    };
+    let (base, file) = (abs(base), abs(file));
+    file.strip_prefix(&base)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| file.display().to_string())
+}
+
+/// The whole report as Markdown.
+pub fn markdown(r: &SuiteReport, out: &Output, charts: &[Chart]) -> String {
+    let clk = r.clk_tck;
+    let mut md = String::new();
+    let w = &mut md;
+    let date = humantime::format_rfc3339_seconds(r.started);
+    let _ = writeln!(w, "# cutover benchmarks\n");
+    let _ = writeln!(
+        w,
+        "<!-- Generated by `{}` on {date}. Do not edit by hand: run `make bench` again. -->\n",
+        out.command
+    );
+    let _ = writeln!(
+        w,
+        "Generated by `{}` on {date} in {:.0} s. Every number below comes from that run; \
+         nothing is typed in. How to read them: [What the numbers mean](#what-the-numbers-mean).\n",
+        out.command,
+        r.elapsed.as_secs_f64()
+    );
+
+    // Goals.
+    let _ = writeln!(w, "## Targets\n");
+    let _ = writeln!(
+        w,
+        "| target | wanted | measured | verdict |\n|:--|:--|:--|:--|"
+    );
+    for g in goals(r) {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} |",
+            g.name,
+            g.wanted,
+            g.measured,
+            g.verdict.cell()
+        );
+    }
+    let _ = writeln!(w);
+    noise_summary(w, r);
+
+    // Machine and commands.
+    let m = &r.machine;
+    let _ = writeln!(w, "## Machine and commands\n");
+    let _ = writeln!(
+        w,
+        "- Machine: {} CPUs ({}), kernel {}, {:.1} GiB memory; CLK_TCK {} ({}).",
+        m.cpus, m.cpu_model, m.kernel, m.memory_gib, r.clk_tck, r.clk_tck_source
+    );
+    match &r.pinning {
+        Ok(p) => {
+            let _ = writeln!(
+                w,
+                "- Pinning: load generator on CPU {}, backend and every proxy on CPU {} \
+                 (`sched_setaffinity` on every thread).",
+                p.generator_cpu, p.servers_cpu
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(w, "- Pinning: none ({why}).");
+        }
+    }
+    let _ = writeln!(w, "- cutover binary: `{}`.", r.cutover_bin.display());
+    if let Some(head) = git_head() {
+        let _ = writeln!(w, "- Commit: `{head}`.");
+    }
+    for (program, version) in &r.versions {
+        let _ = writeln!(w, "- {program}: {version}.");
+    }
+    for (kind, why) in &r.skipped {
+        let _ = writeln!(w, "- **{} not run**: {why}.", kind.name());
+    }
+    let _ = writeln!(w, "\nCommands (`make bench` runs them):\n\n```sh");
+    for c in &out.reproduce {
+        let _ = writeln!(w, "{c}");
+    }
+    let _ = writeln!(w, "```\n");
+    setup(w, r);
+
+    // Tables.
+    closed_table(w, r, Phase::Closed1k, "Closed loop, 1 KiB JSON answers");
+    if r.used_rounds(Phase::Closed64k).next().is_some() {
+        closed_table(w, r, Phase::Closed64k, "Closed loop, 64 KiB JSON answers");
+    }
+    open_table(w, r);
+    crowd_table(w, r);
+
+    if !charts.is_empty() {
+        let _ = writeln!(w, "## Charts\n");
+        for c in charts {
+            let l = link(&out.markdown, &c.path);
+            let _ = writeln!(w, "### {}\n\n![{}]({l})\n", c.title, c.title);
+        }
+    }
+
+    control_plane(w, r);
+    micro(w, out);
+    details(w, r, clk);
+    meaning(w, r);
+    if !r.problems.is_empty() {
+        let _ = writeln!(w, "## Problems\n");
+        for p in &r.problems {
+            let _ = writeln!(w, "- {p}");
+        }
+        let _ = writeln!(w);
+    }
+    md
+}
+
+fn noise_summary(w: &mut String, r: &SuiteReport) {
+    let _ = writeln!(w, "### Noise\n");
+    let phases = [Phase::Closed1k, Phase::Closed64k, Phase::Open1k];
+    let mut lines = Vec::new();
+    for p in phases {
+        let all: Vec<_> = r.rounds.iter().filter(|x| x.phase == p).collect();
+        if all.is_empty() {
+            continue;
+        }
+        let disturbed = all.iter().filter(|x| x.disturbed()).count();
+        let used = all.iter().filter(|x| x.used).count();
+        let mut line = format!(
+            "- {}: {} rounds run, {disturbed} disturbed, {used} used for the medians",
+            p.name(),
+            all.len()
+        );
+        if r.all_disturbed(p) {
+            line += " — **every round was disturbed: these numbers are noisy, re-run on a quiet machine**";
+        }
+        lines.push(line);
+    }
+    let crowd_noisy = r.crowd.iter().filter(|x| !x.noise.is_empty()).count();
+    if !r.crowd.is_empty() {
+        lines.push(format!(
+            "- crowd: {} runs, {crowd_noisy} disturbed",
+            r.crowd.len()
+        ));
+    }
+    let max_steal = r.runs().map(Run::steal_share).fold(0.0, f64::max);
+    let max_others = r
+        .runs()
+        .map(|x| x.others_cores(r.clk_tck))
+        .fold(0.0, f64::max);
+    let saturated = r
+        .runs()
+        .filter(|x| x.notes.iter().any(|n| n.contains("generator")))
+        .count();
+    lines.push(format!(
+        "- Worst run: hypervisor steal {:.1} % (limit {:.0} %), other processes {:.2} cores \
+         (limit {:.2}); runs with the generator near saturation (flag only): {saturated}.",
+        max_steal * 100.0,
+        r.options.limits.steal * 100.0,
+        max_others,
+        r.options.limits.others_cores
+    ));
+    for l in lines {
+        let _ = writeln!(w, "{l}");
+    }
+    let _ = writeln!(w);
+}
+
+fn setup(w: &mut String, r: &SuiteReport) {
+    let o = &r.options;
+    let _ = writeln!(w, "### Setup\n");
+    let _ = writeln!(
+        w,
+        "- Backend: `cutover-bench backend`, one process, one thread, hyper HTTP/1.1; listener \
+         **a** answers fixed JSON documents of exactly 1,024 and 65,536 bytes; listener **b** \
+         (shadow / mirror target) answers the same documents with their keys in another order \
+         (same length, other bytes), so every JSON comparison parses both bodies and finds no \
+         divergence."
+    );
+    for k in &r.targets {
+        let _ = writeln!(w, "- `{}`: {}.", k.name(), k.setup());
+    }
+    let _ = writeln!(
+        w,
+        "- Load: HTTP/1.1 keep-alive GETs from `cutover-bench` itself (hyper client, one request \
+         in flight per connection). Closed loop: {} connections, {:?} per run (64 KiB: {}). \
+         Open loop: {}. Crowd: {}.",
+        o.closed.connections,
+        o.closed.duration,
+        o.large
+            .map_or("not run".into(), |s| format!("{:?} per run", s.duration)),
+        match (&o.open, &r.open_rate) {
+            (Some(s), Some((rate, basis))) => format!(
+                "{rate:.0} req/s ({basis}) spread over {} connections, {:?} per run",
+                s.connections, s.duration
+            ),
+            _ => "not run".into(),
+        },
+        o.crowd.map_or("not run".into(), |s| format!(
+            "{} connections, {:?}, against every proxy",
+            s.connections, s.duration
+        )),
+    );
+    let _ = writeln!(
+        w,
+        "- Rounds: {} per phase, targets interleaved in the order above within each round; a \
+         disturbed round is repeated (at most {} extra per phase) and left out of the medians \
+         when undisturbed ones exist. An unmeasured warm-up precedes each phase.\n",
+        o.rounds, o.max_repeats
+    );
+}
+
+fn closed_table(w: &mut String, r: &SuiteReport, phase: Phase, title: &str) {
+    let clk = r.clk_tck;
+    let cpu = move |x: &Run| x.cpu_us_per_request(clk);
+    let rps = |x: &Run| Some(x.requests_per_second());
+    let _ = writeln!(w, "## {title}\n");
+    let _ = writeln!(
+        w,
+        "Medians over {} used rounds; `×direct` and `×nginx` are medians of ratios taken within \
+         each round.\n",
+        r.used_rounds(phase).count()
+    );
+    let _ = writeln!(
+        w,
+        "| target | req/s | ×direct | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | ×nginx CPU \
+         | backend CPU µs/req | new upstream conns/req | peak RSS MiB | errors |"
+    );
+    let _ = writeln!(w, "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for &k in &r.targets {
+        let errors: u64 = r
+            .used_rounds(phase)
+            .filter_map(|x| x.run(k))
+            .map(|x| x.errors)
+            .sum();
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            k.name(),
+            r.median(phase, k, rps)
+                .map_or("-".into(), |v| format!("{v:.0}")),
+            x2(r.median_ratio(phase, k, TargetKind::Direct, rps)),
+            f3(r.median(phase, k, |x| x.percentile_ms(50.0))),
+            f3(r.median(phase, k, |x| x.percentile_ms(99.0))),
+            f3(r.median(phase, k, |x| x.percentile_ms(99.9))),
+            f1(r.median(phase, k, cpu)),
+            x2(r.median_ratio(phase, k, TargetKind::Nginx, cpu)),
+            f1(r.median(phase, k, |x| x.backend_us_per_request(clk))),
+            f3(r.median(phase, k, Run::upstream_opens_per_request)),
+            f1(r.median(phase, k, |x| x.peak_rss_kib.map(|v| v as f64 / 1024.0))),
+            errors
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn open_table(w: &mut String, r: &SuiteReport) {
+    let phase = Phase::Open1k;
+    if r.used_rounds(phase).next().is_none() {
+        return;
+    }
+    let clk = r.clk_tck;
+    let p = |q: f64| move |x: &Run| x.percentile_ms(q);
+    let _ = writeln!(w, "## Open loop, 1 KiB, fixed rate\n");
+    if let Some((rate, basis)) = &r.open_rate {
+        let _ = writeln!(
+            w,
+            "{rate:.0} req/s ({basis}). Latency is measured from each request's *intended* send \
+             time, so a stall is charged to every request that queued behind it. Medians over {} \
+             used rounds.\n",
+            r.used_rounds(phase).count()
+        );
+    }
+    let _ = writeln!(
+        w,
+        "| target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 ×nginx | proxy CPU \
+         µs/req | ×nginx CPU | new upstream conns/req | send lag p99 µs | errors |"
+    );
+    let _ = writeln!(w, "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for &k in &r.targets {
+        let errors: u64 = r
+            .used_rounds(phase)
+            .filter_map(|x| x.run(k))
+            .map(|x| x.errors)
+            .sum();
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            k.name(),
+            r.median(phase, k, |x| Some(x.requests_per_second()))
+                .map_or("-".into(), |v| format!("{v:.0}")),
+            f3(r.median(phase, k, p(50.0))),
+            f3(r.median(phase, k, p(90.0))),
+            f3(r.median(phase, k, p(99.0))),
+            f3(r.median(phase, k, p(99.9))),
+            f3(r.median(phase, k, p(100.0))),
+            x2(r.median_ratio(phase, k, TargetKind::Nginx, p(99.0))),
+            f1(r.median(phase, k, |x| x.cpu_us_per_request(clk))),
+            x2(r.median_ratio(phase, k, TargetKind::Nginx, |x| x.cpu_us_per_request(clk))),
+            f3(r.median(phase, k, Run::upstream_opens_per_request)),
+            r.median(phase, k, |x| x.send_lag_p99_us.map(|v| v as f64))
+                .map_or("-".into(), |v| format!("{v:.0}")),
+            errors
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn crowd_table(w: &mut String, r: &SuiteReport) {
+    if r.crowd.is_empty() {
+        return;
+    }
+    let connections = r.options.crowd.map_or(0, |s| s.connections);
+    let _ = writeln!(w, "## {connections} concurrent connections (memory)\n");
+    let _ = writeln!(
+        w,
+        "One closed-loop run per proxy with {connections} connections (1 KiB). Peak RSS is the \
+         process's high-water mark (`VmHWM`, summed over nginx's master and worker) over its \
+         whole life, so it covers every earlier phase too.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| target | req/s | p99 ms | proxy CPU µs/req | peak RSS MiB | RSS after MiB | new upstream conns | errors |"
+    );
+    let _ = writeln!(w, "|:--|--:|--:|--:|--:|--:|--:|--:|");
+    for x in &r.crowd {
+        let _ = writeln!(
+            w,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            x.target.name(),
+            x.requests_per_second(),
+            f3(x.percentile_ms(99.0)),
+            f1(x.cpu_us_per_request(r.clk_tck)),
+            f1(x.peak_rss_kib.map(|v| v as f64 / 1024.0)),
+            f1(x.rss_kib.map(|v| v as f64 / 1024.0)),
+            x.upstream_opens().map_or("-".into(), |v| v.to_string()),
+            x.errors
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn control_plane(w: &mut String, r: &SuiteReport) {
+    let _ = writeln!(w, "## Control plane\n");
+    for c in &r.control_plane {
+        match c {
+            ControlPlane::Propagation(Ok(p)) => {
+                // The scenario's own report, one heading level down.
+                let text = p.to_markdown("cutover-bench report (propagation scenario)");
+                let _ = writeln!(w, "#{text}");
+            }
+            ControlPlane::Propagation(Err(why)) => {
+                let _ = writeln!(
+                    w,
+                    "### Propagation (etcd put → traffic follows)\n\nNot run: {why}.\n"
+                );
+            }
+            ControlPlane::FaultRollback => {
+                let _ = writeln!(
+                    w,
+                    "### Fault → automatic rollback\n\nPending: added with automatic rollback \
+                     (its own issue). It will inject a backend fault under load and report time \
+                     to detect and time to roll back (`ControlPlane::FaultRollback` in \
+                     `bench/src/suite.rs`).\n"
+                );
+            }
+        }
+    }
+}
+
+fn micro(w: &mut String, out: &Output) {
+    let _ = writeln!(w, "## Micro-benchmarks (criterion)\n");
+    if out.micro.is_empty() {
+        let _ = writeln!(
+            w,
+            "Not included in this run. `cargo bench -p cutover-bench` runs them (route lookup, \
+             split choice, JSON comparison).\n"
+        );
+        return;
+    }
+    if let Some(d) = &out.micro_dir {
+        let _ = writeln!(
+            w,
+            "Mean time per call with its 95 % confidence interval, from `{}` (written by the \
+             `cargo bench` step of `make bench`).\n",
+            d.display()
+        );
+    }
+    let _ = writeln!(w, "| benchmark | mean | 95 % CI |\n|:--|--:|--:|");
+    for m in &out.micro {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} – {} |",
+            m.id,
+            ns(m.mean_ns),
+            ns(m.low_ns),
+            ns(m.high_ns)
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn ns(v: f64) -> String {
+    if v >= 1_000_000.0 {
+        format!("{:.2} ms", v / 1_000_000.0)
+    } else if v >= 1000.0 {
+        format!("{:.2} µs", v / 1000.0)
+    } else {
+        format!("{v:.1} ns")
+    }
+}
+
+fn details(w: &mut String, r: &SuiteReport, clk: u64) {
+    let _ = writeln!(w, "## Every run\n");
+    let _ = writeln!(
+        w,
+        "<details><summary>{} runs with their noise columns</summary>\n",
+        r.runs().count()
+    );
+    let _ = writeln!(
+        w,
+        "`steal` = hypervisor steal over the run's window; `others` = CPU of every process but the \
+         generator, backend and proxies (cores); `gen` = the generator's CPU (cores); `opens` = \
+         `/proc/net/snmp` ActiveOpens growth minus the generator's and harness's own connections; \
+         `accepts a/b` = connections the backend's listeners accepted (exact); `b reqs` = requests \
+         at backend b (shadow copies, mirrors).\n"
+    );
+    let _ = writeln!(
+        w,
+        "| phase | round | used | target | requests | errors | req/s | p99 ms | proxy µs/req | steal % | others | gen | opens | accepts a/b | b reqs | flags |"
+    );
+    let _ = writeln!(
+        w,
+        "|:--|--:|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:--|"
+    );
+    let rows = r
+        .rounds
+        .iter()
+        .flat_map(|round| round.runs.iter().map(move |x| (Some(round.used), x)))
+        .chain(r.crowd.iter().map(|x| (None, x)));
+    for (used, x) in rows {
+        let flags: Vec<String> = x.noise.iter().chain(x.notes.iter()).cloned().collect();
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {:.1} | {:.2} | {:.2} | {} | {}/{} | {} | {} |",
+            x.phase.name(),
+            x.round,
+            match used {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            },
+            x.target.name(),
+            x.requests(),
+            x.errors,
+            x.requests_per_second(),
+            f3(x.percentile_ms(99.0)),
+            f1(x.cpu_us_per_request(clk)),
+            x.steal_share() * 100.0,
+            x.others_cores(clk),
+            x.generator_cores(clk),
+            x.upstream_opens().map_or("-".into(), |v| v.to_string()),
+            x.backend.a.accepted,
+            x.backend.b.accepted,
+            x.backend.b.requests,
+            flags.join("; ")
+        );
+    }
+    let _ = writeln!(w, "\n</details>\n");
+}
+
+fn meaning(w: &mut String, r: &SuiteReport) {
+    let resolution = r
+        .used_rounds(Phase::Closed1k)
+        .flat_map(|x| x.runs.iter())
+        .map(Run::requests)
+        .min()
+        .filter(|&n| n > 0)
+        .map(|n| 1e6 / r.clk_tck.max(1) as f64 / n as f64);
+    let _ = writeln!(w, "## What the numbers mean\n");
+    let _ = writeln!(
+        w,
+        "- **Proxy CPU µs/req**: utime + stime of the proxy's processes (nginx: master + \
+         worker) from `/proc/<pid>/stat` over the run's window, divided by the requests of the \
+         run. The window starts when every process is quiet and ends when the proxy is quiet \
+         again and, for shadowing / mirroring targets, when the copies have reached backend b, \
+         so asynchronous work is inside it. Resolution: one clock tick ({} ms){}. The backend \
+         and the generator are not counted.",
+        1000 / r.clk_tck.max(1),
+        resolution.map_or(String::new(), |v| format!(
+            ", i.e. ±{v:.2} µs/req on the smallest closed-loop run"
+        ))
+    );
+    let _ = writeln!(
+        w,
+        "- **Closed loop** measures the most the single proxy thread can do while sharing one \
+         CPU with the backend: req/s and CPU/request are its cost; its latency is mostly \
+         queueing. **Open loop** sends at a fixed rate, as real clients do, and is the latency \
+         to compare: measured from the intended send time (no coordinated omission)."
+    );
+    let _ = writeln!(
+        w,
+        "- **Ratios** (`×direct`, `×nginx`) are taken within a round (targets of one round ran \
+         seconds apart) and their median reported, so drift of the machine between rounds \
+         cancels out."
+    );
+    let _ = writeln!(
+        w,
+        "- **New upstream conns/req**: TCP connections the machine opened during the run \
+         (`/proc/net/snmp` ActiveOpens) minus the generator's and the harness's own: the \
+         proxy's new connections to backends. ~0 means pooled keep-alive connections are \
+         reused; ~1 means a new connection per request (nginx's `mirror` subrequests). Other \
+         processes opening connections show here too; the backend's exact accept counts are \
+         in [Every run](#every-run)."
+    );
+    let _ = writeln!(
+        w,
+        "- **Noise**: a run is *disturbed* when hypervisor steal exceeds {:.0} % of the \
+         window's CPU time, other processes use more than {:.2} cores, or (open loop) the \
+         generator sent late (p99 > {} µs); its round is repeated. A closed-loop generator \
+         above {:.0} % of its CPU is flagged (the client may be the bottleneck there, typically \
+         for `direct`), not repeated.",
+        r.options.limits.steal * 100.0,
+        r.options.limits.others_cores,
+        r.options.limits.send_lag_p99_us,
+        r.options.limits.generator_cores * 100.0
+    );
+    let _ = writeln!(
+        w,
+        "- **Peak RSS** is `VmHWM` of `/proc/<pid>/status` (the high-water mark since start).\n"
+    );
+}
+
+/// Writes the charts and the Markdown file; returns the problems met (the file is written
+/// anyway).
+pub fn write(r: &SuiteReport, out: &Output) -> Result<Vec<String>, String> {
+    let (charts, problems) = write_charts(r, out);
+    let md = markdown(r, out, &charts);
+    if let Some(dir) = out.markdown.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&out.markdown, md)
+        .map_err(|e| format!("write {}: {e}", out.markdown.display()))?;
+    Ok(problems)
+}
+
+/// One line per goal, for the terminal.
+pub fn summary(r: &SuiteReport) -> String {
+    let mut s = String::new();
+    for g in goals(r) {
+        let verdict = match &g.verdict {
+            Verdict::Met => "met".to_string(),
+            Verdict::Missed => "MISSED".to_string(),
+            Verdict::NotEvaluated(why) => format!("not evaluated ({why})"),
+        };
+        let _ = writeln!(s, "{}: {} — {verdict}", g.name, g.measured);
+    }
+    let noisy: Vec<&str> = [Phase::Closed1k, Phase::Closed64k, Phase::Open1k]
+        .into_iter()
+        .filter(|&p| r.all_disturbed(p))
+        .map(Phase::name)
+        .collect();
+    if !noisy.is_empty() {
+        let _ = writeln!(
+            s,
+            "every round disturbed in: {} (numbers are noisy)",
+            noisy.join(", ")
+        );
+    }
+    s
+}
+
+/// The first line of `git rev-parse --short HEAD` in the current directory, if any.
+pub fn git_head() -> Option<String> {
+    sys::first_line_of(Path::new("git"), &["rev-parse", "--short", "HEAD"])
+        .filter(|s| !s.is_empty() && !s.contains(' '))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(ns(12.34), "12.3 ns");
+        assert_eq!(ns(12_340.0), "12.34 µs");
+        assert_eq!(ns(2_500_000.0), "2.50 ms");
+        assert_eq!(x2(Some(0.8)), "0.80×");
+        assert_eq!(f1(None), "-");
+    }
+
+    #[test]
+    fn links_are_relative_below_the_markdown() {
+        assert_eq!(
+            link(Path::new("BENCHMARKS.md"), Path::new("bench/reports/a.svg")),
+            "bench/reports/a.svg"
+        );
+        assert_eq!(
+            link(Path::new("/tmp/x/R.md"), Path::new("/tmp/x/reports/a.svg")),
+            "reports/a.svg"
+        );
+        assert_eq!(
+            link(Path::new("/tmp/x/R.md"), Path::new("/elsewhere/a.svg")),
+            "/elsewhere/a.svg"
+        );
+    }
+
+    #[test]
+    fn reads_criterion_estimates() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("split/weighted_random/new");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(
+            new.join("benchmark.json"),
+            r#"{"full_id":"split/weighted_random"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            new.join("estimates.json"),
+            r#"{"mean":{"point_estimate":12.5,"confidence_interval":{"lower_bound":12.0,"upper_bound":13.0}}}"#,
+        )
+        .unwrap();
+        let found = read_criterion(dir.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, "split/weighted_random");
+        assert_eq!(found[0].mean_ns, 12.5);
+    }
+}

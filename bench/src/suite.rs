@@ -1,0 +1,993 @@
+//! The standard benchmark: every target (see [`crate::targets`]) under the same load, in
+//! interleaved rounds (A B C … A B C …), with the proxy's CPU per request, peak memory, new
+//! upstream connections and errors measured for each run, and the machine's noise (hypervisor
+//! steal, other processes, the load generator itself) recorded so a disturbed round is
+//! repeated or flagged.
+//!
+//! Phases, in order:
+//! 1. warm-up of every target (unmeasured);
+//! 2. closed loop, 1 KiB answers ([`Phase::Closed1k`]) — max throughput, CPU per request;
+//! 3. closed loop, 64 KiB answers ([`Phase::Closed64k`]);
+//! 4. open loop, 1 KiB, at a fixed rate: half of nginx's median closed-loop throughput (or of
+//!    cutover's when nginx is not installed), latency from the intended send time
+//!    ([`Phase::Open1k`]);
+//! 5. 1,000 concurrent connections against every proxy, for peak RSS ([`Phase::Crowd`]);
+//! 6. control-plane scenarios: [`crate::propagation`] when etcd is installed; the fault →
+//!    rollback scenario has its place in [`ControlPlane`] and is not implemented yet.
+//!
+//! Pinning: the load generator (this process) runs on one CPU, the backend and every proxy
+//! (each single-threaded) on another, so the generator never competes with what it measures.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use hdrhistogram::Histogram;
+
+use crate::backend::{BackendCounts, BackendOptions, BackendProcess, BODY_1K_PATH, BODY_64K_PATH};
+use crate::load::{histogram, run_closed_loop, run_open_loop, ClosedLoop, OpenLoop, Report};
+use crate::propagation::{self, PropagationOptions, PropagationReport};
+use crate::sys::{self, CpuTimes, Machine};
+use crate::targets::{RunningTarget, TargetKind};
+use crate::ui::Progress;
+
+/// A process is quiet when it used at most one clock tick over this long (the standard run's
+/// [`SuiteOptions::quiet`], and the shadow-cost scenario's).
+pub const QUIET_INTERVAL: Duration = Duration::from_millis(200);
+/// Bound for the processes to go quiet around a run.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound for the copies of a run to reach backend b after its last answer.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The settle wait ends early when no copy arrived for this long.
+const STALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the settle wait asks the backend for its counts.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
+
+/// Closed-loop load of one phase.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadShape {
+    pub connections: usize,
+    pub duration: Duration,
+    pub max_requests: u64,
+}
+
+/// Open-loop load of the open phase.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenShape {
+    pub connections: usize,
+    pub duration: Duration,
+    /// The rate as a share of nginx's (else cutover's) median closed-loop 1 KiB throughput.
+    pub fraction: f64,
+}
+
+/// Which CPUs the generator and the servers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pinning {
+    pub generator_cpu: usize,
+    pub servers_cpu: usize,
+}
+
+/// Above these a run counts as disturbed (its round is repeated) or flagged.
+#[derive(Debug, Clone, Copy)]
+pub struct NoiseLimits {
+    /// Hypervisor steal, as a share of all CPU time of the window.
+    pub steal: f64,
+    /// CPU used by processes other than the generator, backend and proxies, in cores.
+    pub others_cores: f64,
+    /// Generator CPU in a closed loop, in cores (flag only: the client may be the bottleneck).
+    pub generator_cores: f64,
+    /// Open loop: 99th percentile of how late the generator sent, in µs.
+    pub send_lag_p99_us: u64,
+}
+
+impl Default for NoiseLimits {
+    fn default() -> Self {
+        NoiseLimits {
+            steal: 0.05,
+            others_cores: 0.10,
+            generator_cores: 0.95,
+            send_lag_p99_us: 1000,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SuiteOptions {
+    /// The `cutover-bench` binary, started as `cutover-bench backend`.
+    pub bench_bin: PathBuf,
+    /// Targets to run; nginx / HAProxy ones are skipped (and said so) when not installed.
+    pub targets: Vec<TargetKind>,
+    /// Rounds wanted per phase.
+    pub rounds: usize,
+    /// Extra rounds per phase allowed to replace disturbed ones.
+    pub max_repeats: usize,
+    /// Unmeasured closed loop per target before each phase.
+    pub warmup: Duration,
+    /// Before and after each run, every process must have used at most one clock tick over
+    /// this long (bounded wait), so no run pays for another's trailing work.
+    pub quiet: Duration,
+    pub closed: LoadShape,
+    pub large: Option<LoadShape>,
+    pub open: Option<OpenShape>,
+    /// The many-connections run (peak RSS).
+    pub crowd: Option<LoadShape>,
+    pub pin: Option<Pinning>,
+    pub limits: NoiseLimits,
+    pub backend: BackendOptions,
+    /// Run the etcd propagation scenario (needs etcd on PATH).
+    pub propagation: Option<PropagationOptions>,
+}
+
+impl SuiteOptions {
+    /// The standard report (`make bench`): 3 rounds, a few seconds per run.
+    pub fn standard(bench_bin: PathBuf) -> SuiteOptions {
+        SuiteOptions {
+            bench_bin,
+            targets: TargetKind::ALL.to_vec(),
+            rounds: 3,
+            max_repeats: 1,
+            warmup: Duration::from_millis(500),
+            quiet: QUIET_INTERVAL,
+            closed: LoadShape {
+                connections: 32,
+                duration: Duration::from_millis(2500),
+                max_requests: 5_000_000,
+            },
+            large: Some(LoadShape {
+                connections: 32,
+                duration: Duration::from_millis(1500),
+                max_requests: 5_000_000,
+            }),
+            open: Some(OpenShape {
+                connections: 32,
+                duration: Duration::from_millis(2500),
+                fraction: 0.5,
+            }),
+            crowd: Some(LoadShape {
+                connections: 1000,
+                duration: Duration::from_secs(2),
+                max_requests: 5_000_000,
+            }),
+            pin: Some(Pinning {
+                generator_cpu: 0,
+                servers_cpu: 1,
+            }),
+            limits: NoiseLimits::default(),
+            backend: BackendOptions::default(),
+            propagation: Some(PropagationOptions::default()),
+        }
+    }
+
+    /// A few hundred requests per target and phase, one round, no pinning, no etcd: checks
+    /// that the harness works, not how fast anything is.
+    pub fn smoke(bench_bin: PathBuf) -> SuiteOptions {
+        let shape = |connections| LoadShape {
+            connections,
+            duration: Duration::from_secs(5),
+            max_requests: 200,
+        };
+        SuiteOptions {
+            rounds: 1,
+            max_repeats: 0,
+            warmup: Duration::from_millis(50),
+            quiet: Duration::from_millis(30),
+            closed: shape(4),
+            large: Some(shape(4)),
+            open: Some(OpenShape {
+                connections: 4,
+                duration: Duration::from_millis(200),
+                fraction: 0.2,
+            }),
+            crowd: Some(shape(50)),
+            pin: None,
+            propagation: None,
+            ..SuiteOptions::standard(bench_bin)
+        }
+    }
+}
+
+/// A measured phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    Closed1k,
+    Closed64k,
+    Open1k,
+    Crowd,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Closed1k => "closed-1k",
+            Phase::Closed64k => "closed-64k",
+            Phase::Open1k => "open-1k",
+            Phase::Crowd => "crowd",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Phase::Closed64k => BODY_64K_PATH,
+            _ => BODY_1K_PATH,
+        }
+    }
+}
+
+/// One measured run: one target, one phase, one round.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub phase: Phase,
+    /// 1-based attempt number within the phase.
+    pub round: usize,
+    pub target: TargetKind,
+    /// The load generator's view.
+    pub ok: u64,
+    pub errors: u64,
+    /// Duration of the load itself.
+    pub elapsed: Duration,
+    pub latency: Histogram<u64>,
+    /// Open loop: the generator's send lag, 99th percentile, µs.
+    pub send_lag_p99_us: Option<u64>,
+    /// The measurement window: load, settle wait for copies, quiet wait.
+    pub window: Duration,
+    /// CPU ticks of the proxy's processes over the window (`None` for `direct`).
+    pub proxy_ticks: Option<u64>,
+    pub backend_ticks: u64,
+    pub generator_ticks: u64,
+    /// The machine's CPU time over the window.
+    pub machine: CpuTimes,
+    /// Busy ticks of everything but the generator, backend and proxies.
+    pub others_ticks: u64,
+    /// `ActiveOpens` growth over the window (`None` when unreadable).
+    pub active_opens: Option<u64>,
+    /// Connections the generator opened.
+    pub client_connects: u64,
+    /// Connections the harness opened to the backend's control port inside the window.
+    pub control_connects: u64,
+    /// What the backend saw over the window.
+    pub backend: BackendCounts,
+    /// Peak and current RSS of the proxy's processes at the end of the run, KiB.
+    pub peak_rss_kib: Option<u64>,
+    pub rss_kib: Option<u64>,
+    /// Reasons the run counts as disturbed (its round is repeated when allowed).
+    pub noise: Vec<String>,
+    /// Other flags (errors, missing copies, a saturated generator).
+    pub notes: Vec<String>,
+}
+
+impl Run {
+    pub fn requests(&self) -> u64 {
+        self.ok + self.errors
+    }
+
+    pub fn requests_per_second(&self) -> f64 {
+        self.requests() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Proxy CPU µs per request (`None` for `direct` or without requests).
+    pub fn cpu_us_per_request(&self, clk_tck: u64) -> Option<f64> {
+        let ticks = self.proxy_ticks?;
+        (self.requests() > 0)
+            .then(|| sys::ticks_to_ms(ticks, clk_tck) * 1000.0 / self.requests() as f64)
+    }
+
+    /// Backend CPU µs per request.
+    pub fn backend_us_per_request(&self, clk_tck: u64) -> Option<f64> {
+        (self.requests() > 0).then(|| {
+            sys::ticks_to_ms(self.backend_ticks, clk_tck) * 1000.0 / self.requests() as f64
+        })
+    }
+
+    /// Latency percentile in ms.
+    pub fn percentile_ms(&self, q: f64) -> Option<f64> {
+        (!self.latency.is_empty()).then(|| self.latency.value_at_percentile(q) as f64 / 1000.0)
+    }
+
+    /// New TCP connections opened on this machine during the window that were not the
+    /// generator's nor the harness's: the proxy's connections to its upstreams (plus any
+    /// other process's, which the noise columns show).
+    pub fn upstream_opens(&self) -> Option<u64> {
+        self.active_opens
+            .map(|a| a.saturating_sub(self.client_connects + self.control_connects))
+    }
+
+    /// New upstream connections per request.
+    pub fn upstream_opens_per_request(&self) -> Option<f64> {
+        let opens = self.upstream_opens()?;
+        (self.requests() > 0).then(|| opens as f64 / self.requests() as f64)
+    }
+
+    /// Copies that reached backend b per answered request (mirroring targets).
+    pub fn copy_ratio(&self) -> Option<f64> {
+        (self.target.copies() && self.ok > 0)
+            .then(|| self.backend.b.requests as f64 / self.ok as f64)
+    }
+
+    pub fn steal_share(&self) -> f64 {
+        self.machine.steal as f64 / self.machine.total().max(1) as f64
+    }
+
+    pub fn others_cores(&self, clk_tck: u64) -> f64 {
+        sys::cores(self.others_ticks, clk_tck, self.window)
+    }
+
+    pub fn generator_cores(&self, clk_tck: u64) -> f64 {
+        sys::cores(self.generator_ticks, clk_tck, self.window)
+    }
+}
+
+/// One round of a phase: every target once.
+#[derive(Debug, Clone)]
+pub struct Round {
+    pub phase: Phase,
+    pub round: usize,
+    pub runs: Vec<Run>,
+    /// Counted in the medians (false for a disturbed round that was replaced).
+    pub used: bool,
+}
+
+impl Round {
+    pub fn disturbed(&self) -> bool {
+        self.runs.iter().any(|r| !r.noise.is_empty())
+    }
+
+    pub fn run(&self, target: TargetKind) -> Option<&Run> {
+        self.runs.iter().find(|r| r.target == target)
+    }
+}
+
+/// Control-plane scenarios of the report.
+#[derive(Debug)]
+pub enum ControlPlane {
+    /// etcd put → first request served by the newly weighted backend.
+    Propagation(Result<PropagationReport, String>),
+    /// Injected backend fault → automatic rollback, time to detect and to roll back. Pending:
+    /// automatic rollback is being built in its own issue, which adds this scenario.
+    FaultRollback,
+}
+
+/// Everything a suite run measured.
+#[derive(Debug)]
+pub struct SuiteReport {
+    pub options: SuiteOptions,
+    pub machine: Machine,
+    pub clk_tck: u64,
+    pub clk_tck_source: String,
+    pub cutover_bin: PathBuf,
+    /// `program: version line` of nginx / HAProxy found.
+    pub versions: BTreeMap<String, String>,
+    /// Targets that ran, in report order.
+    pub targets: Vec<TargetKind>,
+    /// Targets asked for but not run, and why.
+    pub skipped: Vec<(TargetKind, String)>,
+    pub rounds: Vec<Round>,
+    /// The open-loop rate and where it came from.
+    pub open_rate: Option<(f64, String)>,
+    pub crowd: Vec<Run>,
+    pub control_plane: Vec<ControlPlane>,
+    /// Why the runs were not pinned, when they were not.
+    pub pinning: Result<Pinning, String>,
+    /// Problems that make numbers doubtful or missing.
+    pub problems: Vec<String>,
+    pub started: SystemTime,
+    pub elapsed: Duration,
+}
+
+impl SuiteReport {
+    /// The rounds of `phase` counted in the medians.
+    pub fn used_rounds(&self, phase: Phase) -> impl Iterator<Item = &Round> {
+        self.rounds
+            .iter()
+            .filter(move |r| r.phase == phase && r.used)
+    }
+
+    /// Whether every round of `phase` was disturbed (so the medians include disturbed ones).
+    pub fn all_disturbed(&self, phase: Phase) -> bool {
+        let mut rounds = self.rounds.iter().filter(|r| r.phase == phase).peekable();
+        rounds.peek().is_some() && rounds.all(Round::disturbed)
+    }
+
+    /// Median over the used rounds of `f(run of target)`.
+    pub fn median(
+        &self,
+        phase: Phase,
+        target: TargetKind,
+        f: impl Fn(&Run) -> Option<f64>,
+    ) -> Option<f64> {
+        median(
+            self.used_rounds(phase)
+                .filter_map(|r| r.run(target).and_then(&f))
+                .collect(),
+        )
+    }
+
+    /// Median over the used rounds of `f(target) / f(base)`, each ratio taken within a round.
+    pub fn median_ratio(
+        &self,
+        phase: Phase,
+        target: TargetKind,
+        base: TargetKind,
+        f: impl Fn(&Run) -> Option<f64>,
+    ) -> Option<f64> {
+        median(
+            self.used_rounds(phase)
+                .filter_map(|r| {
+                    let (t, b) = (f(r.run(target)?)?, f(r.run(base)?)?);
+                    (b > 0.0).then(|| t / b)
+                })
+                .collect(),
+        )
+    }
+
+    /// The latency of every used run of `target` in `phase`, merged.
+    pub fn merged_latency(&self, phase: Phase, target: TargetKind) -> Histogram<u64> {
+        let mut h = histogram();
+        for run in self.used_rounds(phase).filter_map(|r| r.run(target)) {
+            let _ = h.add(&run.latency);
+        }
+        h
+    }
+
+    /// All runs (rounds and crowd).
+    pub fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.rounds
+            .iter()
+            .flat_map(|r| r.runs.iter())
+            .chain(self.crowd.iter())
+    }
+
+    pub fn propagation(&self) -> Option<&Result<PropagationReport, String>> {
+        self.control_plane.iter().find_map(|c| match c {
+            ControlPlane::Propagation(p) => Some(p),
+            ControlPlane::FaultRollback => None,
+        })
+    }
+}
+
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+/// What one run's load is.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    Closed(LoadShape),
+    Open { rate: f64, shape: OpenShape },
+}
+
+/// The running system: backend, targets, and how to measure.
+struct Bench<'a> {
+    opts: &'a SuiteOptions,
+    ui: &'a Progress,
+    clk_tck: u64,
+    backend: BackendProcess,
+    targets: Vec<RunningTarget>,
+}
+
+/// Counters read at the edges of a measurement window.
+struct Snapshot {
+    at: Instant,
+    machine: CpuTimes,
+    generator: u64,
+    backend: u64,
+    target: u64,
+    ours: u64,
+    active_opens: Option<u64>,
+    control_connects: u64,
+    counts: BackendCounts,
+}
+
+impl Bench<'_> {
+    /// Every process the harness started (backend, every target's tree).
+    fn all_pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.backend.pid()];
+        for t in &self.targets {
+            pids.extend(t.pids());
+        }
+        pids
+    }
+
+    async fn snapshot(&self, target_pids: &[u32], all: &[u32], end: bool) -> Snapshot {
+        // The control connection is made outside the window: first at the start, last at the end.
+        let counts = if end {
+            None
+        } else {
+            self.backend.counts().await.ok()
+        };
+        let snap = Snapshot {
+            at: Instant::now(),
+            machine: CpuTimes::now().unwrap_or_default(),
+            generator: sys::cpu_ticks(std::process::id()).unwrap_or(0),
+            backend: sys::cpu_ticks(self.backend.pid()).unwrap_or(0),
+            target: sys::cpu_ticks_of(target_pids),
+            ours: sys::cpu_ticks_of(all),
+            active_opens: sys::tcp_active_opens().ok(),
+            control_connects: self.backend.control_connects(),
+            counts: counts.unwrap_or_default(),
+        };
+        if end {
+            Snapshot {
+                counts: self.backend.counts().await.unwrap_or_default(),
+                ..snap
+            }
+        } else {
+            snap
+        }
+    }
+
+    async fn measure(&self, t: &RunningTarget, phase: Phase, round: usize, load: Load) -> Run {
+        let all = self.all_pids();
+        let target_pids = t.pids();
+        let mut notes = Vec::new();
+        if !quiesce(&all, self.opts.quiet, QUIET_TIMEOUT).await {
+            notes.push(format!(
+                "processes not quiet within {QUIET_TIMEOUT:?} before the run"
+            ));
+        }
+        let before = self.snapshot(&target_pids, &all, false).await;
+        let url: hyper::Uri = t.url(phase.path()).parse().expect("harness URL");
+        let report: Report = match load {
+            Load::Closed(shape) => {
+                run_closed_loop(&ClosedLoop {
+                    url,
+                    connections: shape.connections,
+                    duration: shape.duration,
+                    max_requests: shape.max_requests,
+                })
+                .await
+            }
+            Load::Open { rate, shape } => {
+                run_open_loop(&OpenLoop {
+                    url,
+                    rate,
+                    connections: shape.connections,
+                    duration: shape.duration,
+                    max_requests: (rate * shape.duration.as_secs_f64()).ceil() as u64 + 1,
+                })
+                .await
+            }
+        };
+        if t.kind.copies() {
+            self.settle(before.counts.b.requests + report.ok).await;
+        }
+        let mut quiet_pids = target_pids.clone();
+        quiet_pids.push(self.backend.pid());
+        if !quiesce(&quiet_pids, self.opts.quiet, QUIET_TIMEOUT).await {
+            notes.push(format!(
+                "processes not quiet within {QUIET_TIMEOUT:?} after the run"
+            ));
+        }
+        let after = self.snapshot(&target_pids, &all, true).await;
+        let ours = after.ours.saturating_sub(before.ours);
+        let generator = after.generator.saturating_sub(before.generator);
+        let machine = after.machine.since(&before.machine);
+        let window = after.at - before.at;
+        let mut run = Run {
+            phase,
+            round,
+            target: t.kind,
+            ok: report.ok,
+            errors: report.errors,
+            elapsed: report.elapsed,
+            send_lag_p99_us: matches!(load, Load::Open { .. })
+                .then(|| report.send_lag.value_at_percentile(99.0)),
+            latency: report.latency,
+            window,
+            proxy_ticks: t
+                .kind
+                .is_proxy()
+                .then(|| after.target.saturating_sub(before.target)),
+            backend_ticks: after.backend.saturating_sub(before.backend),
+            generator_ticks: generator,
+            machine,
+            others_ticks: machine.busy.saturating_sub(ours + generator),
+            active_opens: before
+                .active_opens
+                .zip(after.active_opens)
+                .map(|(b, a)| a.saturating_sub(b)),
+            client_connects: report.connects,
+            control_connects: after.control_connects - before.control_connects,
+            backend: after.counts.since(&before.counts),
+            peak_rss_kib: sys::peak_rss_kib(&target_pids),
+            rss_kib: sys::rss_kib(&target_pids),
+            noise: Vec::new(),
+            notes,
+        };
+        self.judge(&mut run, matches!(load, Load::Closed(_)));
+        run
+    }
+
+    /// Sets the run's noise and notes from its numbers.
+    fn judge(&self, run: &mut Run, closed: bool) {
+        let limits = &self.opts.limits;
+        let clk = self.clk_tck;
+        if run.steal_share() > limits.steal {
+            run.noise.push(format!(
+                "hypervisor steal {:.1} %",
+                run.steal_share() * 100.0
+            ));
+        }
+        if run.others_cores(clk) > limits.others_cores {
+            run.noise.push(format!(
+                "other processes used {:.2} cores",
+                run.others_cores(clk)
+            ));
+        }
+        if let Some(lag) = run.send_lag_p99_us.filter(|&l| l > limits.send_lag_p99_us) {
+            run.noise
+                .push(format!("generator sent late: send lag p99 {lag} µs"));
+        }
+        let generator = sys::cores(run.generator_ticks, clk, run.elapsed);
+        if closed && generator > limits.generator_cores {
+            run.notes.push(format!(
+                "generator {:.0} % busy: the client may be the bottleneck",
+                generator * 100.0
+            ));
+        }
+        if run.errors > 0 {
+            run.notes.push(format!(
+                "{} of {} requests failed",
+                run.errors,
+                run.requests()
+            ));
+        }
+        if let Some(ratio) = run.copy_ratio().filter(|&r| r < 0.999) {
+            run.notes.push(format!(
+                "only {} copies reached backend b for {} answers ({:.1} %)",
+                run.backend.b.requests,
+                run.ok,
+                ratio * 100.0
+            ));
+        }
+    }
+
+    /// Waits until backend b has received `requests` in total (bounded; ends early when the
+    /// copies stop coming).
+    async fn settle(&self, requests: u64) {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let (mut seen, mut progress_at) = (0, Instant::now());
+        while Instant::now() < deadline {
+            let b = self
+                .backend
+                .counts()
+                .await
+                .map(|c| c.b.requests)
+                .unwrap_or(0);
+            if b >= requests {
+                return;
+            }
+            if b != seen {
+                (seen, progress_at) = (b, Instant::now());
+            } else if progress_at.elapsed() > STALL_TIMEOUT {
+                return;
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+    }
+
+    /// Rounds of `phase` until `rounds` undisturbed ones (or the repeat budget is spent).
+    async fn phase(&self, phase: Phase, load: Load) -> Vec<Round> {
+        let (want, budget) = (self.opts.rounds, self.opts.rounds + self.opts.max_repeats);
+        let mut rounds: Vec<Round> = Vec::new();
+        let mut clean = 0;
+        while clean < want && rounds.len() < budget {
+            let round = rounds.len() + 1;
+            if round > want {
+                self.ui.add_runs(self.targets.len() as u64);
+                self.ui.note(&format!(
+                    "{}: repeating a disturbed round ({} of at most {budget})",
+                    phase.name(),
+                    round
+                ));
+            }
+            let mut runs = Vec::with_capacity(self.targets.len());
+            for t in &self.targets {
+                self.ui.start(&format!(
+                    "{} round {round}/{want}: {}",
+                    phase.name(),
+                    t.kind.name()
+                ));
+                runs.push(self.measure(t, phase, round, load).await);
+                self.ui.done();
+            }
+            let r = Round {
+                phase,
+                round,
+                runs,
+                used: true,
+            };
+            if r.disturbed() {
+                let why: Vec<String> = r
+                    .runs
+                    .iter()
+                    .filter(|x| !x.noise.is_empty())
+                    .map(|x| format!("{}: {}", x.target.name(), x.noise.join(", ")))
+                    .collect();
+                self.ui.note(&format!(
+                    "{} round {round} disturbed ({})",
+                    phase.name(),
+                    why.join("; ")
+                ));
+            } else {
+                clean += 1;
+            }
+            rounds.push(r);
+        }
+        if clean > 0 {
+            for r in &mut rounds {
+                r.used = !r.disturbed();
+            }
+        }
+        rounds
+    }
+
+    /// Unmeasured load against every target; copies are let arrive before measuring.
+    async fn warm_up(&self, path: &str) {
+        for t in &self.targets {
+            self.ui.start(&format!("warm-up: {}", t.kind.name()));
+            let before = self.backend.counts().await.unwrap_or_default();
+            let r = run_closed_loop(&ClosedLoop {
+                url: t.url(path).parse().expect("harness URL"),
+                connections: self.opts.closed.connections,
+                duration: self.opts.warmup,
+                max_requests: self.opts.closed.max_requests,
+            })
+            .await;
+            if t.kind.copies() {
+                self.settle(before.b.requests + r.ok).await;
+            }
+        }
+    }
+}
+
+/// Waits (≤ `timeout`) until every process in `pids` used at most one clock tick over
+/// `interval`; false if that never happened.
+pub async fn quiesce(pids: &[u32], interval: Duration, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let read = || {
+        pids.iter()
+            .map(|&p| sys::cpu_ticks(p).unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    let mut before = read();
+    loop {
+        tokio::time::sleep(interval).await;
+        let after = read();
+        if before
+            .iter()
+            .zip(&after)
+            .all(|(b, a)| a.saturating_sub(*b) <= 1)
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        before = after;
+    }
+}
+
+/// Runs the suite. Errors only when the backend cannot start; a target that cannot start is
+/// skipped and reported (cutover's harness panics instead, with its log).
+pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, String> {
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let machine = Machine::probe();
+    let (clk_tck, clk_tck_source) = sys::clk_tck();
+    let mut problems = Vec::new();
+    let mut skipped = Vec::new();
+    let mut versions = BTreeMap::new();
+    let mut programs = BTreeMap::new();
+    for kind in &opts.targets {
+        if let Some(name) = kind.program() {
+            match sys::find_program(name) {
+                Some(path) => {
+                    if let Some(v) = sys::first_line_of(&path, &["-v"]) {
+                        versions.insert(name.to_string(), v);
+                    }
+                    programs.insert(name, path);
+                }
+                None => skipped.push((
+                    *kind,
+                    format!("{name} is not installed (scripts/bench-prereqs.sh installs it)"),
+                )),
+            }
+        }
+    }
+
+    let pinning = match opts.pin {
+        None => Err("pinning off (smoke run or --no-pin)".to_string()),
+        Some(_) if machine.cpus < 2 => Err(format!(
+            "{} CPU: generator and servers share it",
+            machine.cpus
+        )),
+        Some(p) if p.generator_cpu.max(p.servers_cpu) >= machine.cpus => Err(format!(
+            "CPUs {} and {} asked for, {} present",
+            p.generator_cpu, p.servers_cpu, machine.cpus
+        )),
+        Some(p) => sys::pin_processes(&[std::process::id()], p.generator_cpu).map(|()| p),
+    };
+    if let (Some(_), Err(e)) = (opts.pin, &pinning) {
+        problems.push(format!("not pinned: {e}"));
+    }
+    let pin_servers = |pids: &[u32], problems: &mut Vec<String>| {
+        if let Ok(p) = &pinning {
+            if let Err(e) = sys::pin_processes(pids, p.servers_cpu) {
+                problems.push(format!("pinning: {e}"));
+            }
+        }
+    };
+
+    ui.start("starting the backend");
+    let backend = BackendProcess::spawn(&opts.bench_bin, &opts.backend).await?;
+    pin_servers(&[backend.pid()], &mut problems);
+    let mut targets = Vec::new();
+    for &kind in &opts.targets {
+        if skipped.iter().any(|(k, _)| *k == kind) {
+            continue;
+        }
+        ui.start(&format!("starting {}", kind.name()));
+        let program = kind.program().and_then(|p| programs.get(p)).cloned();
+        match RunningTarget::start(kind, &backend, program.as_deref()).await {
+            Ok(t) => {
+                pin_servers(&t.pids(), &mut problems);
+                targets.push(t);
+            }
+            Err(e) => {
+                ui.note(&format!("{} skipped: {e}", kind.name()));
+                skipped.push((kind, format!("did not start: {e}")));
+            }
+        }
+    }
+    let kinds: Vec<TargetKind> = targets.iter().map(|t| t.kind).collect();
+    let bench = Bench {
+        opts,
+        ui,
+        clk_tck,
+        backend,
+        targets,
+    };
+
+    bench.warm_up(BODY_1K_PATH).await;
+    let mut rounds = bench
+        .phase(Phase::Closed1k, Load::Closed(opts.closed))
+        .await;
+    if let Some(shape) = opts.large {
+        bench.warm_up(BODY_64K_PATH).await;
+        rounds.extend(bench.phase(Phase::Closed64k, Load::Closed(shape)).await);
+    }
+    let mut open_rate = None;
+    if let Some(shape) = opts.open {
+        let rps_of = |kind| {
+            median(
+                rounds
+                    .iter()
+                    .filter(|r| r.phase == Phase::Closed1k && r.used)
+                    .filter_map(|r| r.run(kind).map(Run::requests_per_second))
+                    .collect(),
+            )
+        };
+        let basis = [TargetKind::Nginx, TargetKind::Cutover, TargetKind::Direct]
+            .into_iter()
+            .find_map(|k| rps_of(k).map(|rps| (k, rps)));
+        match basis {
+            Some((kind, rps)) => {
+                let rate = (rps * shape.fraction).max(1.0);
+                open_rate = Some((
+                    rate,
+                    format!(
+                        "{:.0} % of {}'s median closed-loop 1 KiB throughput ({rps:.0} req/s)",
+                        shape.fraction * 100.0,
+                        kind.name()
+                    ),
+                ));
+                bench.warm_up(BODY_1K_PATH).await;
+                rounds.extend(bench.phase(Phase::Open1k, Load::Open { rate, shape }).await);
+            }
+            None => problems
+                .push("open loop skipped: no closed-loop throughput to base its rate on".into()),
+        }
+    }
+    let mut crowd = Vec::new();
+    if let Some(shape) = opts.crowd {
+        for t in bench.targets.iter().filter(|t| t.kind.is_proxy()) {
+            ui.start(&format!(
+                "{} connections: {}",
+                shape.connections,
+                t.kind.name()
+            ));
+            crowd.push(bench.measure(t, Phase::Crowd, 1, Load::Closed(shape)).await);
+            ui.done();
+        }
+    }
+    drop(bench);
+    // The control-plane scenarios start their own processes, which should not all share the
+    // generator's CPU.
+    if pinning.is_ok() {
+        if let Err(e) = sys::unpin_processes(&[std::process::id()], machine.cpus) {
+            problems.push(format!("unpinning: {e}"));
+        }
+    }
+
+    let mut control_plane = Vec::new();
+    if let Some(p) = &opts.propagation {
+        if sys::find_program("etcd").is_some() || std::env::var_os("ETCD_BIN").is_some() {
+            ui.start(&format!(
+                "propagation: {} weight changes through etcd",
+                p.changes
+            ));
+            let p = p.clone();
+            // The scenario's harness panics when etcd or the proxy cannot start.
+            let outcome = tokio::spawn(async move { propagation::run(&p).await }).await;
+            control_plane.push(ControlPlane::Propagation(
+                outcome.map_err(|e| format!("the scenario could not run: {e}")),
+            ));
+        } else {
+            control_plane.push(ControlPlane::Propagation(Err(
+                "etcd is not installed (`make test` installs etcd-server)".into(),
+            )));
+        }
+    }
+    control_plane.push(ControlPlane::FaultRollback);
+    ui.finish();
+
+    Ok(SuiteReport {
+        options: opts.clone(),
+        machine,
+        clk_tck,
+        clk_tck_source,
+        cutover_bin: cutover_tests::cutover_bin(),
+        versions,
+        targets: kinds,
+        skipped,
+        rounds,
+        open_rate,
+        crowd,
+        control_plane,
+        pinning,
+        problems,
+        started,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// Runs planned for `opts` with `targets` targets (for the progress bar).
+pub fn planned_runs(opts: &SuiteOptions, targets: usize) -> u64 {
+    let phases = 1 + usize::from(opts.large.is_some()) + usize::from(opts.open.is_some());
+    let crowd = if opts.crowd.is_some() {
+        targets.saturating_sub(1)
+    } else {
+        0
+    };
+    (phases * opts.rounds * targets + crowd) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+
+    #[test]
+    fn planned_runs_count_every_phase() {
+        let opts = SuiteOptions::standard("x".into());
+        assert_eq!(planned_runs(&opts, 6), 3 * 3 * 6 + 5);
+        let smoke = SuiteOptions::smoke("x".into());
+        assert_eq!(planned_runs(&smoke, 3), 3 * 3 + 2);
+    }
+}

@@ -1,0 +1,385 @@
+//! What the benchmark reads from Linux: a process tree's CPU time and peak memory
+//! (`/proc/<pid>/stat`, `/proc/<pid>/status`), the machine's CPU time by state including
+//! hypervisor steal (`/proc/stat`), TCP connections opened (`/proc/net/snmp`), CPU pinning
+//! (`sched_setaffinity`) and a description of the machine.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+
+/// Clock ticks per second assumed when `getconf CLK_TCK` cannot be run (Linux's value).
+const ASSUMED_CLK_TCK: u64 = 100;
+
+/// Clock ticks per second from `getconf CLK_TCK`, else 100; and which it was.
+pub fn clk_tck() -> (u64, String) {
+    let probed = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&t| t > 0);
+    match probed {
+        Some(t) => (t, "from `getconf CLK_TCK`".to_string()),
+        None => (
+            ASSUMED_CLK_TCK,
+            "assumed: `getconf CLK_TCK` unavailable".to_string(),
+        ),
+    }
+}
+
+/// The fields after the command name of a `/proc/<pid>/stat` line (field 3 first).
+fn stat_fields(stat: &str) -> Result<Vec<&str>, String> {
+    // The command name (field 2) is in parentheses and may contain spaces or ')'.
+    let close = stat
+        .rfind(')')
+        .ok_or_else(|| format!("no ')' in /proc stat line {stat:?}"))?;
+    Ok(stat[close + 1..].split_whitespace().collect())
+}
+
+fn stat_field(stat: &str, n: usize) -> Result<u64, String> {
+    let fields = stat_fields(stat)?;
+    // fields[0] is field 3 (state), so field n is fields[n - 3].
+    fields
+        .get(n - 3)
+        .ok_or_else(|| format!("/proc stat line has no field {n}: {stat:?}"))?
+        .parse::<u64>()
+        .map_err(|e| format!("/proc stat field {n} is not a number ({e}): {stat:?}"))
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks.
+pub fn parse_cpu_ticks(stat: &str) -> Result<u64, String> {
+    Ok(stat_field(stat, 14)? + stat_field(stat, 15)?)
+}
+
+/// CPU time (utime + stime) of process `pid` so far, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    parse_cpu_ticks(&stat)
+}
+
+/// Summed CPU time of `pids`, in clock ticks; processes that are gone count 0.
+pub fn cpu_ticks_of(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| cpu_ticks(p).unwrap_or(0)).sum()
+}
+
+/// `pid` and all its descendants (by the parent pid in `/proc/*/stat`), `pid` first.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let ppid = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| stat_field(&s, 4).ok());
+            if let Some(ppid) = ppid {
+                parents.push((p, ppid as u32));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// A `kB` line (`VmHWM:`, `VmRSS:`) of `/proc/<pid>/status`, in KiB.
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, key)
+}
+
+fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Peak resident set size (`VmHWM`) summed over `pids`, in KiB; `None` if none could be read.
+pub fn peak_rss_kib(pids: &[u32]) -> Option<u64> {
+    let values: Vec<u64> = pids
+        .iter()
+        .filter_map(|&p| status_kib(p, "VmHWM"))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Current resident set size (`VmRSS`) summed over `pids`, in KiB.
+pub fn rss_kib(pids: &[u32]) -> Option<u64> {
+    let values: Vec<u64> = pids
+        .iter()
+        .filter_map(|&p| status_kib(p, "VmRSS"))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The machine's CPU time by state (`/proc/stat` `cpu` line), in clock ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// user + nice + system (guest time is inside user): time charged to processes.
+    pub busy: u64,
+    /// irq + softirq: interrupt work (loopback packet processing among it), which the kernel
+    /// charges to no process.
+    pub irq: u64,
+    /// idle + iowait.
+    pub idle: u64,
+    /// Time the hypervisor ran something else while this machine wanted to run.
+    pub steal: u64,
+}
+
+impl CpuTimes {
+    /// Reads `/proc/stat`.
+    pub fn now() -> Result<CpuTimes, String> {
+        let text = std::fs::read_to_string("/proc/stat")
+            .map_err(|e| format!("reading /proc/stat: {e}"))?;
+        parse_proc_stat(&text)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.busy + self.irq + self.idle + self.steal
+    }
+
+    /// `self - earlier`, field by field.
+    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            busy: self.busy.saturating_sub(earlier.busy),
+            irq: self.irq.saturating_sub(earlier.irq),
+            idle: self.idle.saturating_sub(earlier.idle),
+            steal: self.steal.saturating_sub(earlier.steal),
+        }
+    }
+}
+
+fn parse_proc_stat(text: &str) -> Result<CpuTimes, String> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or("/proc/stat has no `cpu` line")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().map_err(|e| format!("/proc/stat `cpu` line: {e}")))
+        .collect::<Result<_, _>>()?;
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    Ok(CpuTimes {
+        busy: at(0) + at(1) + at(2),
+        irq: at(5) + at(6),
+        idle: at(3) + at(4),
+        steal: at(7),
+    })
+}
+
+/// `Tcp: ActiveOpens` of `/proc/net/snmp`: TCP connections this machine opened so far.
+pub fn tcp_active_opens() -> Result<u64, String> {
+    let text = std::fs::read_to_string("/proc/net/snmp")
+        .map_err(|e| format!("reading /proc/net/snmp: {e}"))?;
+    parse_active_opens(&text)
+}
+
+fn parse_active_opens(text: &str) -> Result<u64, String> {
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next(), tcp.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        return Err("/proc/net/snmp has no Tcp lines".into());
+    };
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "ActiveOpens")
+        .ok_or("/proc/net/snmp: no ActiveOpens")?;
+    values
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "/proc/net/snmp: bad ActiveOpens value".to_string())
+}
+
+/// Pins the calling thread (and so every thread it starts later) to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> Result<(), String> {
+    let mut set = CpuSet::new();
+    set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| format!("pin to cpu {cpu}: {e}"))
+}
+
+/// Pins every thread of every process in `pids` to `cpu` (threads they start later inherit it).
+pub fn pin_processes(pids: &[u32], cpu: usize) -> Result<(), String> {
+    let mut set = CpuSet::new();
+    set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
+    set_affinity(pids, &set)
+}
+
+/// Lets every thread of every process in `pids` run on CPUs `0..cpus` again.
+pub fn unpin_processes(pids: &[u32], cpus: usize) -> Result<(), String> {
+    let mut set = CpuSet::new();
+    for cpu in 0..cpus.min(CpuSet::count()) {
+        set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
+    }
+    set_affinity(pids, &set)
+}
+
+fn set_affinity(pids: &[u32], set: &CpuSet) -> Result<(), String> {
+    for &pid in pids {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map_err(|e| format!("listing threads of {pid}: {e}"))?;
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            sched_setaffinity(Pid::from_raw(tid), set)
+                .map_err(|e| format!("set the CPUs of thread {tid} of {pid}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The machine the numbers were taken on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// Online CPUs (`/proc/cpuinfo` processors, independent of this process's affinity).
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub memory_gib: f64,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpus = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count()
+            .max(1);
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+            .map(|(_, m)| m.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let memory_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| parse_status_kib(&m, "MemTotal"))
+            .map_or(0.0, |kib| kib as f64 / (1024.0 * 1024.0));
+        Machine {
+            cpus,
+            cpu_model,
+            kernel,
+            memory_gib,
+        }
+    }
+}
+
+/// The first line `program ARGS` prints (stdout or stderr), e.g. a version; `None` when it
+/// cannot be run.
+pub fn first_line_of(program: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_string())
+}
+
+/// `name` on `$PATH`, else in `/usr/sbin` and `/sbin` (where Debian puts nginx and haproxy,
+/// which are not on an ordinary user's PATH).
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Ticks → ms.
+pub fn ticks_to_ms(ticks: u64, clk_tck: u64) -> f64 {
+    ticks as f64 * 1000.0 / clk_tck.max(1) as f64
+}
+
+/// Ticks over a wall-clock span → cores used (1.0 = one CPU fully busy).
+pub fn cores(ticks: u64, clk_tck: u64, wall: Duration) -> f64 {
+    ticks_to_ms(ticks, clk_tck) / 1000.0 / wall.as_secs_f64().max(1e-9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_utime_plus_stime() {
+        let line = "4242 (cutover (x) y) S 1 4242 4242 0 -1 4194560 3187 0 0 0 157 43 0 0 20 0 6 0 123456 1000000 2000 18446744073709551615 1 1 0 0 0 0 0 4096 17662 0 0 0 17 1 0 0 0 0 0\n";
+        assert_eq!(parse_cpu_ticks(line), Ok(200));
+        assert_eq!(stat_field(line, 4), Ok(1));
+        assert!(parse_cpu_ticks("garbage").is_err());
+        assert!(parse_cpu_ticks("1 (x) S 1 2").is_err());
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let pid = std::process::id();
+        assert!(cpu_ticks(pid).is_ok());
+        assert!(peak_rss_kib(&[pid]).is_some_and(|k| k > 0));
+        assert!(rss_kib(&[pid]).is_some_and(|k| k > 0));
+        assert_eq!(process_tree(pid)[0], pid);
+    }
+
+    #[test]
+    fn parses_proc_stat_and_snmp() {
+        let stat = "cpu  100 2 30 400 5 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let t = parse_proc_stat(stat).unwrap();
+        assert_eq!(
+            t,
+            CpuTimes {
+                busy: 132,
+                irq: 13,
+                idle: 405,
+                steal: 8
+            }
+        );
+        assert_eq!(t.total(), 558);
+        let snmp = "Ip: Forwarding\nIp: 1\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens\nTcp: 1 200 120000 -1 54843 47880\n";
+        assert_eq!(parse_active_opens(snmp), Ok(54843));
+        assert!(CpuTimes::now().is_ok());
+        assert!(tcp_active_opens().is_ok());
+    }
+
+    #[test]
+    fn parses_status_lines() {
+        let status = "Name:\tx\nVmHWM:\t   12345 kB\nVmRSS:\t  1000 kB\n";
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(12345));
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(1000));
+        assert_eq!(parse_status_kib(status, "VmSwap"), None);
+    }
+}

@@ -1,0 +1,121 @@
+//! Smoke run of the benchmark suite (`cutover-bench report --smoke` as a library call): the
+//! backend process, direct, cutover and cutover-shadow — plus nginx / HAProxy when installed —
+//! a few hundred requests each through every phase, then the report and charts written to a
+//! temp dir (never BENCHMARKS.md). Checks the harness works and counts what it should, not
+//! how fast anything is.
+
+use cutover_bench::report::{self, Output, Verdict};
+use cutover_bench::suite::{self, Phase, SuiteOptions};
+use cutover_bench::targets::TargetKind;
+use cutover_bench::ui::Progress;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_smoke() {
+    let mut opts = SuiteOptions::smoke(env!("CARGO_BIN_EXE_cutover-bench").into());
+    // The external proxies run when installed; the suite skips them (and says so) otherwise.
+    opts.targets = TargetKind::ALL.to_vec();
+    let report = suite::run(&opts, &Progress::quiet())
+        .await
+        .expect("the suite runs");
+
+    let must = [
+        TargetKind::Direct,
+        TargetKind::Cutover,
+        TargetKind::CutoverShadow,
+    ];
+    for k in must {
+        assert!(report.targets.contains(&k), "{} ran", k.name());
+    }
+    for (k, why) in &report.skipped {
+        assert!(k.program().is_some(), "only external proxies are skipped");
+        println!("skipped {}: {why}", k.name());
+    }
+    for phase in [Phase::Closed1k, Phase::Closed64k, Phase::Open1k] {
+        let round = report
+            .used_rounds(phase)
+            .next()
+            .unwrap_or_else(|| panic!("{} ran", phase.name()));
+        for &k in &report.targets {
+            let run = round.run(k).expect("every target in every round");
+            assert_eq!(
+                run.errors,
+                0,
+                "{} {}: {:?}",
+                phase.name(),
+                k.name(),
+                run.notes
+            );
+            assert!(run.ok > 0, "{} {} answered", phase.name(), k.name());
+            assert!(run.latency.len() as u64 == run.ok);
+            if k.is_proxy() {
+                assert!(run.proxy_ticks.is_some());
+                assert!(run.peak_rss_kib.is_some_and(|kib| kib > 0));
+            }
+            // The backend counts exactly what the generator sent (plus copies at b).
+            assert_eq!(
+                run.backend.a.requests,
+                run.ok,
+                "{} {}",
+                phase.name(),
+                k.name()
+            );
+            if k.copies() {
+                assert_eq!(run.backend.b.requests, run.ok, "every copy reached b");
+            }
+        }
+    }
+    // Pooled connections: after the warm-up cutover opens (almost) no new upstream connection
+    // per request, primary or shadow (exact counts from the backend; the machine-wide counter
+    // is noisy on a shared machine). A copy outliving its primary can need one more.
+    let closed = report.used_rounds(Phase::Closed1k).next().unwrap();
+    let shadow = closed.run(TargetKind::CutoverShadow).unwrap();
+    let accepted = shadow.backend.a.accepted + shadow.backend.b.accepted;
+    assert!(
+        accepted * 10 <= shadow.ok,
+        "cutover reused its pooled connections: {accepted} new for {} requests",
+        shadow.ok
+    );
+    assert_eq!(
+        report.crowd.len(),
+        report.targets.len() - 1,
+        "every proxy ran the crowd"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Output {
+        markdown: dir.path().join("BENCH.md"),
+        charts_dir: dir.path().join("reports"),
+        command: "cargo test -p cutover-bench --test suite".into(),
+        reproduce: vec!["cargo test -p cutover-bench --test suite".into()],
+        micro: Vec::new(),
+        micro_dir: None,
+    };
+    let problems = report::write(&report, &out).expect("the report is written");
+    assert!(problems.is_empty(), "{problems:?}");
+    let md = std::fs::read_to_string(&out.markdown).unwrap();
+    for needle in [
+        "## Targets",
+        "Closed loop, 1 KiB",
+        "Open loop, 1 KiB",
+        "cutover-shadow",
+        "Fault → automatic rollback",
+        "![",
+    ] {
+        assert!(md.contains(needle), "report has {needle:?}:\n{md}");
+    }
+    for chart in [
+        "latency-closed-1k.svg",
+        "latency-open-1k.svg",
+        "cpu-per-request.svg",
+    ] {
+        let svg = std::fs::read_to_string(out.charts_dir.join(chart)).unwrap();
+        assert!(svg.starts_with("<svg"), "{chart}");
+    }
+    let goals = report::goals(&report);
+    let shadow_goal = goals.iter().find(|g| g.name == "Shadow cost").unwrap();
+    assert!(
+        !matches!(shadow_goal.verdict, Verdict::NotEvaluated(_)),
+        "the shadow goal is computed: {shadow_goal:?}"
+    );
+    println!("{}", report::summary(&report));
+}
