@@ -126,6 +126,17 @@ impl Default for Keys {
     }
 }
 
+/// The compare of a guarded write: `key` is as it was read — same mod_revision, or still
+/// absent when read as absent (`mod_revision` 0).
+pub fn unchanged(key: &str, mod_revision: i64) -> etcd_client::Compare {
+    use etcd_client::{Compare, CompareOp};
+    if mod_revision > 0 {
+        Compare::mod_revision(key, CompareOp::Equal, mod_revision)
+    } else {
+        Compare::version(key, CompareOp::Equal, 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cutover_config::{EtcdSettings, Phase, Weights};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use etcd_client::{Client, ConnectOptions, Txn, TxnOp};
 use tracing::{info, warn};
 
 use super::LiveRoute;
-use crate::keys::Keys;
+use crate::keys::{unchanged, Keys};
 use crate::model::{unix_millis_now, Event, RollbackRecord, Status};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,15 +40,6 @@ enum Failure {
     Superseded(String),
     /// etcd did not answer: try again.
     Unavailable(String),
-}
-
-/// A compare that holds while `key` is at `mod_revision` (absent when 0).
-fn unchanged(key: &str, mod_revision: i64) -> Compare {
-    if mod_revision > 0 {
-        Compare::mod_revision(key, CompareOp::Equal, mod_revision)
-    } else {
-        Compare::version(key, CompareOp::Equal, 0)
-    }
 }
 
 impl EtcdWriter {

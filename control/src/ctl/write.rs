@@ -323,14 +323,7 @@ pub(super) async fn write_status(
     Ok(store.txn(txn).await?.succeeded())
 }
 
-/// The compare for "this key is as it was read": same mod_revision, or still absent.
-pub(super) fn unchanged(key: &str, mod_revision: i64) -> Compare {
-    if mod_revision > 0 {
-        Compare::mod_revision(key, CompareOp::Equal, mod_revision)
-    } else {
-        Compare::version(key, CompareOp::Equal, 0)
-    }
-}
+pub(super) use crate::keys::unchanged;
 
 /// `who` made safe as the last segment of an event key (no `/`, no control characters).
 pub(super) fn key_segment(who: &str) -> String {
