@@ -44,17 +44,14 @@ shadow-cost:
 
 ## The benchmark report: BENCHMARKS.md and bench/reports/*.svg, every number from this run.
 ## Installs nginx and haproxy to compare with when it can (else runs without them and says so).
-BENCH_MICRO = $(CARGO) bench --locked -p cutover-bench --benches -- --warm-up-time 0.5 --measurement-time 1 --noplot
+## Micro-benchmarks (criterion) are separate: cargo bench -p cutover-bench --bench routing --bench split --bench compare
 bench:
 	scripts/bench-prereqs.sh
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
-	rm -rf "$${CARGO_TARGET_DIR:-target}/criterion"
-	$(BENCH_MICRO)
 	t="$${CARGO_TARGET_DIR:-target}"; CUTOVER_BIN="$$t/release/cutover" "$$t/release/cutover-bench" report \
-	  --criterion-dir "$$t/criterion" --markdown BENCHMARKS.md --charts-dir bench/reports \
+	  --markdown BENCHMARKS.md --charts-dir bench/reports \
 	  --step scripts/bench-prereqs.sh \
-	  --step "$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench" \
-	  --step "$(BENCH_MICRO)"
+	  --step "$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench"
 
 ## The benchmark harness's smoke run (a few hundred requests per target; writes no report).
 bench-smoke:

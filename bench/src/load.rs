@@ -35,6 +35,10 @@ const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// The open loop sleeps on tokio's (millisecond) timer until this long before a send, then
 /// yields in a loop until the send time: send times accurate to a few µs.
 const SPIN_BEFORE_SEND: Duration = Duration::from_micros(1500);
+/// An open loop whose target fell behind stops sending this long (at most) after its
+/// schedule ended, plus half the schedule: a saturated target cannot stretch a run without
+/// bound.
+const OPEN_GRACE: Duration = Duration::from_millis(500);
 
 /// Closed-loop load.
 #[derive(Debug, Clone)]
@@ -80,6 +84,10 @@ pub struct Report {
     /// Open loop only: how late requests went out although their connection was free, in µs
     /// (the generator's own lateness; empty for the closed loop).
     pub send_lag: Histogram<u64>,
+    /// Open loop only: scheduled requests never sent because the target was still behind
+    /// schedule when the run's grace time ran out; each is in `latency` with the time it had
+    /// waited by then (a lower bound), so the percentiles still count it.
+    pub unsent: u64,
 }
 
 impl Report {
@@ -91,6 +99,7 @@ impl Report {
             errors: 0,
             connects: 0,
             send_lag: histogram(),
+            unsent: 0,
         }
     }
 
@@ -315,6 +324,7 @@ pub async fn run_open_loop(cfg: &OpenLoop) -> Report {
     }
     let schedule_start = Instant::now() + Duration::from_millis(5);
     let deadline = schedule_start + cfg.duration;
+    let hard_stop = deadline + OPEN_GRACE + cfg.duration / 2;
     let period = connections as f64 / cfg.rate;
     let workers: Vec<_> = conns
         .into_iter()
@@ -330,6 +340,24 @@ pub async fn run_open_loop(cfg: &OpenLoop) -> Report {
                         break;
                     }
                     let free_at = Instant::now();
+                    if free_at >= hard_stop {
+                        // Behind schedule past the grace time: this request and the rest of
+                        // this connection's schedule are counted as waiting since their
+                        // intended time, and not sent.
+                        let mut tally = conn.tally.lock().expect("tally lock");
+                        for j in k.. {
+                            let t = schedule_start
+                                + Duration::from_secs_f64(offset + j as f64 * period);
+                            if t >= deadline
+                                || (j > k && claimed.fetch_add(1, Ordering::Relaxed) >= max)
+                            {
+                                break;
+                            }
+                            tally.unsent += 1;
+                            tally.latency.saturating_record(micros(free_at - t));
+                        }
+                        break;
+                    }
                     sleep_until_precise(intended).await;
                     let sent_at = Instant::now();
                     if conn.ready().await.is_err() {
@@ -386,6 +414,11 @@ mod tests {
 
     /// An in-process backend answering `{}`; returns its address and a connection counter.
     async fn backend() -> (SocketAddr, Arc<AtomicU64>) {
+        slow_backend(Duration::ZERO).await
+    }
+
+    /// Like [`backend`], answering after `delay`.
+    async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<AtomicU64>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicU64::new(0));
@@ -395,7 +428,8 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req| async {
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
                         Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
                             Bytes::from_static(b"{}"),
                         )))
@@ -449,6 +483,29 @@ mod tests {
             "{:?}",
             report.elapsed
         );
+    }
+
+    /// A target far slower than the rate: the run still ends shortly after its schedule, and
+    /// the requests it never got are counted, with their waiting time, in the latency.
+    #[tokio::test]
+    async fn open_loop_gives_up_on_a_stalled_target() {
+        let (addr, _) = slow_backend(Duration::from_millis(100)).await;
+        let start = Instant::now();
+        let report = run_open_loop(&OpenLoop {
+            url: format!("http://{addr}/x").parse().unwrap(),
+            rate: 200.0,
+            connections: 1,
+            duration: Duration::from_millis(400),
+            max_requests: 10_000,
+        })
+        .await;
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        assert!(report.unsent > 50, "{} unsent", report.unsent);
+        assert_eq!(report.errors, 0);
+        assert_eq!(report.ok + report.unsent, 80, "every scheduled request is accounted for");
+        assert_eq!(report.latency.len(), 80);
+        assert!(report.latency.max() >= 300_000, "the last ones waited long");
     }
 
     #[test]

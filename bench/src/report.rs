@@ -523,7 +523,7 @@ fn noise_summary(w: &mut String, r: &SuiteReport) {
         let disturbed = all.iter().filter(|x| x.disturbed()).count();
         let used = all.iter().filter(|x| x.used).count();
         let mut line = format!(
-            "- {}: {} rounds run, {disturbed} disturbed, {used} used for the medians",
+            "- {}: {} round(s) run, {disturbed} disturbed, {used} used for the medians",
             p.name(),
             all.len()
         );
@@ -535,7 +535,7 @@ fn noise_summary(w: &mut String, r: &SuiteReport) {
     let crowd_noisy = r.crowd.iter().filter(|x| !x.noise.is_empty()).count();
     if !r.crowd.is_empty() {
         lines.push(format!(
-            "- crowd: {} runs, {crowd_noisy} disturbed",
+            "- crowd: {} run(s), {crowd_noisy} disturbed",
             r.crowd.len()
         ));
     }
@@ -662,26 +662,36 @@ fn open_table(w: &mut String, r: &SuiteReport) {
         let _ = writeln!(
             w,
             "{rate:.0} req/s ({basis}). Latency is measured from each request's *intended* send \
-             time, so a stall is charged to every request that queued behind it. Medians over {} \
-             used rounds.\n",
+             time, so a stall is charged to every request that queued behind it. A target that \
+             cannot keep up stops being sent to shortly after the schedule ends: the requests \
+             still waiting are `unsent`, counted in the latency with their waiting time so far \
+             (a lower bound). Medians over {} used rounds.\n",
             r.used_rounds(phase).count()
         );
     }
     let _ = writeln!(
         w,
         "| target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 ×nginx | proxy CPU \
-         µs/req | ×nginx CPU | new upstream conns/req | send lag p99 µs | errors |"
+         µs/req | ×nginx CPU | new upstream conns/req | send lag p99 µs | unsent | errors |"
     );
-    let _ = writeln!(w, "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(
+        w,
+        "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    );
     for &k in &r.targets {
         let errors: u64 = r
             .used_rounds(phase)
             .filter_map(|x| x.run(k))
             .map(|x| x.errors)
             .sum();
+        let unsent: u64 = r
+            .used_rounds(phase)
+            .filter_map(|x| x.run(k))
+            .map(|x| x.unsent)
+            .sum();
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             k.name(),
             r.median(phase, k, |x| Some(x.requests_per_second()))
                 .map_or("-".into(), |v| format!("{v:.0}")),
@@ -696,6 +706,7 @@ fn open_table(w: &mut String, r: &SuiteReport) {
             f3(r.median(phase, k, Run::upstream_opens_per_request)),
             r.median(phase, k, |x| x.send_lag_p99_us.map(|v| v as f64))
                 .map_or("-".into(), |v| format!("{v:.0}")),
+            unsent,
             errors
         );
     }
@@ -769,16 +780,19 @@ fn micro(w: &mut String, out: &Output) {
     if out.micro.is_empty() {
         let _ = writeln!(
             w,
-            "Not included in this run. `cargo bench -p cutover-bench` runs them (route lookup, \
-             split choice, JSON comparison).\n"
+            "Not part of `make bench` (their optimised build with criterion takes minutes of the \
+             10-minute budget). Run them with `cargo bench -p cutover-bench --bench routing \
+             --bench split --bench compare` (route lookup, split choice, JSON comparison); \
+             `cutover-bench report --criterion-dir target/criterion` then includes the \
+             results.\n"
         );
         return;
     }
     if let Some(d) = &out.micro_dir {
         let _ = writeln!(
             w,
-            "Mean time per call with its 95 % confidence interval, from `{}` (written by the \
-             `cargo bench` step of `make bench`).\n",
+            "Mean time per call with its 95 % confidence interval, read from `{}` (written by \
+             `cargo bench -p cutover-bench`; check that it ran just before this report).\n",
             d.display()
         );
     }

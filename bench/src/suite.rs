@@ -34,6 +34,8 @@ use crate::ui::Progress;
 /// A process is quiet when it used at most one clock tick over this long (the standard run's
 /// [`SuiteOptions::quiet`], and the shadow-cost scenario's).
 pub const QUIET_INTERVAL: Duration = Duration::from_millis(200);
+/// The standard run's quiet interval.
+const SUITE_QUIET_INTERVAL: Duration = Duration::from_millis(100);
 /// Bound for the processes to go quiet around a run.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound for the copies of a run to reach backend b after its last answer.
@@ -128,25 +130,25 @@ impl SuiteOptions {
             rounds: 3,
             max_repeats: 1,
             warmup: Duration::from_millis(500),
-            quiet: QUIET_INTERVAL,
+            quiet: SUITE_QUIET_INTERVAL,
             closed: LoadShape {
                 connections: 32,
-                duration: Duration::from_millis(2500),
+                duration: Duration::from_secs(2),
                 max_requests: 5_000_000,
             },
             large: Some(LoadShape {
                 connections: 32,
-                duration: Duration::from_millis(1500),
+                duration: Duration::from_millis(1200),
                 max_requests: 5_000_000,
             }),
             open: Some(OpenShape {
                 connections: 32,
-                duration: Duration::from_millis(2500),
+                duration: Duration::from_secs(2),
                 fraction: 0.5,
             }),
             crowd: Some(LoadShape {
                 connections: 1000,
-                duration: Duration::from_secs(2),
+                duration: Duration::from_millis(1500),
                 max_requests: 5_000_000,
             }),
             pin: Some(Pinning {
@@ -229,6 +231,9 @@ pub struct Run {
     pub latency: Histogram<u64>,
     /// Open loop: the generator's send lag, 99th percentile, µs.
     pub send_lag_p99_us: Option<u64>,
+    /// Open loop: scheduled requests not sent because the target fell too far behind (their
+    /// waiting time so far is in `latency`).
+    pub unsent: u64,
     /// The measurement window: load, settle wait for copies, quiet wait.
     pub window: Duration,
     /// CPU ticks of the proxy's processes over the window (`None` for `direct`).
@@ -582,6 +587,7 @@ impl Bench<'_> {
             send_lag_p99_us: matches!(load, Load::Open { .. })
                 .then(|| report.send_lag.value_at_percentile(99.0)),
             latency: report.latency,
+            unsent: report.unsent,
             window,
             proxy_ticks: t
                 .kind
@@ -632,6 +638,13 @@ impl Bench<'_> {
             run.notes.push(format!(
                 "generator {:.0} % busy: the client may be the bottleneck",
                 generator * 100.0
+            ));
+        }
+        if run.unsent > 0 {
+            run.notes.push(format!(
+                "could not keep up with the rate: {} requests still unsent at the end (counted \
+                 in the latency with their waiting time so far)",
+                run.unsent
             ));
         }
         if run.errors > 0 {
