@@ -266,5 +266,37 @@ mod tests {
         assert_eq!(v[0]["revision"], 1);
         assert!(v[0]["last_error"].is_null());
         assert_eq!(v[0]["match"]["path_prefix"], "/");
+        assert_eq!(v[0]["weights_revision"], 1);
+        assert!(v[0]["rollback"].is_null());
+    }
+
+    #[test]
+    fn a_local_rollback_shows_in_routes_and_control() {
+        let (admin, shared) = admin();
+        let (status, body) = get(&admin, "/api/v1/control");
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["routes"].is_object() && v["leader"].is_boolean(), "{v}");
+        let weights = shared.snapshot.load().routes[0].weights.rolled_back();
+        shared.set_override(
+            "orders",
+            cutover_control::controller::Override {
+                weights_revision: 1,
+                weights,
+                phase: cutover_config::Phase::RolledBack,
+                rollback: Some(cutover_control::model::RollbackRecord {
+                    at: "2026-11-21T14:03:07.120Z".into(),
+                    rule: "error_rate".into(),
+                    reason: "new error rate 40.0% > 5.0% (n=1000) for 2s".into(),
+                    by: "a".into(),
+                    evidence: None,
+                }),
+            },
+        );
+        let (_, body) = get(&admin, "/api/v1/routes");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v[0]["phase"], "rolled_back");
+        assert_eq!(v[0]["weights"]["new"], 0.0);
+        assert_eq!(v[0]["rollback"]["rule"], "error_rate");
     }
 }
