@@ -130,9 +130,11 @@ pub fn grouped_bars(
         .iter()
         .flat_map(|(_, v)| v.iter().flatten())
         .fold(0f64, |m, v| m.max(*v));
-    if categories.is_empty() || max <= 0.0 {
+    if categories.is_empty() {
         return Err(format!("{title}: nothing to draw"));
     }
+    // All zero (e.g. below the clock-tick resolution of a short run): an empty chart.
+    let max = if max > 0.0 { max } else { 1.0 };
     let n = categories.len() as f64;
     let width = 0.8 / series.len().max(1) as f64;
     let mut svg = String::new();
@@ -150,6 +152,7 @@ pub fn grouped_bars(
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(0)
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .y_desc(y_desc)
             .draw()
             .map_err(|e| e.to_string())?;
@@ -243,6 +246,8 @@ mod tests {
         )
         .unwrap();
         assert!(std::fs::read_to_string(&bars).unwrap().contains("<rect"));
+        let zeros = [("s".to_string(), vec![Some(0.0)])];
+        grouped_bars(&bars, "t", "µs", &["x".into()], &zeros, 1).unwrap();
         assert!(latency_percentiles(&lat, "t", &[]).is_err());
     }
 }

@@ -111,11 +111,21 @@ async fn suite_smoke() {
         let svg = std::fs::read_to_string(out.charts_dir.join(chart)).unwrap();
         assert!(svg.starts_with("<svg"), "{chart}");
     }
+    // Every target of the issue is in the report (met, missed, or not evaluated when a short
+    // run measured no CPU tick).
     let goals = report::goals(&report);
-    let shadow_goal = goals.iter().find(|g| g.name == "Shadow cost").unwrap();
+    for name in [
+        "CPU per request vs nginx",
+        "Open-loop p99 vs nginx",
+        "Shadow cost",
+        "Memory with 1,000 connections",
+    ] {
+        assert!(goals.iter().any(|g| g.name == name), "{name}: {goals:?}");
+    }
+    let memory = goals.iter().find(|g| g.name.starts_with("Memory")).unwrap();
     assert!(
-        !matches!(shadow_goal.verdict, Verdict::NotEvaluated(_)),
-        "the shadow goal is computed: {shadow_goal:?}"
+        !matches!(memory.verdict, Verdict::NotEvaluated(_)),
+        "the crowd run measured cutover's RSS: {memory:?}"
     );
     println!("{}", report::summary(&report));
 }
