@@ -503,7 +503,11 @@ mod tests {
         assert!(took < Duration::from_millis(1500), "{took:?}");
         assert!(report.unsent > 50, "{} unsent", report.unsent);
         assert_eq!(report.errors, 0);
-        assert_eq!(report.ok + report.unsent, 80, "every scheduled request is accounted for");
+        assert_eq!(
+            report.ok + report.unsent,
+            80,
+            "every scheduled request is accounted for"
+        );
         assert_eq!(report.latency.len(), 80);
         assert!(report.latency.max() >= 300_000, "the last ones waited long");
     }
