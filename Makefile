@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test build lint validate-examples propagation shadow-cost bench bench-smoke clean
+.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time bench bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -41,6 +41,12 @@ shadow-cost:
 	@scripts/prereqs.sh build
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
 	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench shadow-cost
+
+## Fault in new -> no more live traffic to it, 20 runs at a 5 s window (release).
+rollback-time:
+	@scripts/prereqs.sh build
+	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
+	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench rollback-time --runs 20
 
 ## The benchmark report: BENCHMARKS.md and bench/reports/*.svg, every number from this run.
 ## Installs nginx and haproxy to compare with when it can (else runs without them and says so).

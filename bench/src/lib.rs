@@ -11,6 +11,7 @@ pub mod charts;
 pub mod load;
 pub mod propagation;
 pub mod report;
+pub mod rollback_time;
 pub mod shadow_cost;
 pub mod suite;
 pub mod sys;

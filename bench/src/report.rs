@@ -176,6 +176,29 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
         None => not_evaluated("Memory with 1,000 connections", "no crowd run of cutover"),
     });
 
+    if let Some(t) = r.rollback_time() {
+        goals.push(match t {
+            Ok(t) => match t.quantile(0.99) {
+                Some(p99) => Goal {
+                    name: "Rollback time",
+                    wanted: format!(
+                        "fault → no live traffic to new, p99 ≤ window + 1 s = {:.0} s",
+                        t.target().as_secs_f64()
+                    ),
+                    measured: format!(
+                        "p50 {:.2} s, p99 {:.2} s over {} runs ({} missed)",
+                        t.quantile(0.5).unwrap_or_default().as_secs_f64(),
+                        p99.as_secs_f64(),
+                        t.times.len(),
+                        t.missed
+                    ),
+                    verdict: Verdict::of(t.target_met()),
+                },
+                None => not_evaluated("Rollback time", "no run rolled back"),
+            },
+            Err(why) => not_evaluated("Rollback time", why),
+        });
+    }
     if let Some(p) = r.propagation() {
         goals.push(match p {
             Ok(p) => match p.percentile_ms(99.0) {
@@ -762,14 +785,11 @@ fn control_plane(w: &mut String, r: &SuiteReport) {
                     "### Propagation (etcd put → traffic follows)\n\nNot run: {why}.\n"
                 );
             }
-            ControlPlane::FaultRollback => {
-                let _ = writeln!(
-                    w,
-                    "### Fault → automatic rollback\n\nPending: added with automatic rollback \
-                     (its own issue). It will inject a backend fault under load and report time \
-                     to detect and time to roll back (`ControlPlane::FaultRollback` in \
-                     `bench/src/suite.rs`).\n"
-                );
+            ControlPlane::FaultRollback(Ok(t)) => {
+                let _ = writeln!(w, "### Fault → automatic rollback\n\n{}", t.to_markdown());
+            }
+            ControlPlane::FaultRollback(Err(why)) => {
+                let _ = writeln!(w, "### Fault → automatic rollback\n\nNot run: {why}.\n");
             }
         }
     }

@@ -12,8 +12,8 @@
 //!    cutover's when nginx is not installed), latency from the intended send time
 //!    ([`Phase::Open1k`]);
 //! 5. 1,000 concurrent connections against every proxy, for peak RSS ([`Phase::Crowd`]);
-//! 6. control-plane scenarios: [`crate::propagation`] when etcd is installed; the fault →
-//!    rollback scenario has its place in [`ControlPlane`] and is not implemented yet.
+//! 6. control-plane scenarios: [`crate::propagation`] when etcd is installed, and
+//!    [`crate::rollback_time`] (fault → no more live traffic to `new`).
 //!
 //! Pinning: the load generator (this process) runs on one CPU, the backend and every proxy
 //! (each single-threaded) on another, so the generator never competes with what it measures.
@@ -27,6 +27,7 @@ use hdrhistogram::Histogram;
 use crate::backend::{BackendCounts, BackendOptions, BackendProcess, BODY_1K_PATH, BODY_64K_PATH};
 use crate::load::{histogram, run_closed_loop, run_open_loop, ClosedLoop, OpenLoop, Report};
 use crate::propagation::{self, PropagationOptions, PropagationReport};
+use crate::rollback_time::{self, RollbackTimeOptions, RollbackTimeReport};
 use crate::sys::{self, CpuTimes, Machine};
 use crate::targets::{RunningTarget, TargetKind};
 use crate::ui::Progress;
@@ -119,6 +120,8 @@ pub struct SuiteOptions {
     pub backend: BackendOptions,
     /// Run the etcd propagation scenario (needs etcd on PATH).
     pub propagation: Option<PropagationOptions>,
+    /// Run the fault → rollback scenario.
+    pub rollback_time: Option<RollbackTimeOptions>,
 }
 
 impl SuiteOptions {
@@ -158,6 +161,7 @@ impl SuiteOptions {
             limits: NoiseLimits::default(),
             backend: BackendOptions::default(),
             propagation: Some(PropagationOptions::default()),
+            rollback_time: Some(RollbackTimeOptions::default()),
         }
     }
 
@@ -184,6 +188,7 @@ impl SuiteOptions {
             crowd: Some(shape(50)),
             pin: None,
             propagation: None,
+            rollback_time: None,
             ..SuiteOptions::standard(bench_bin)
         }
     }
@@ -347,9 +352,8 @@ impl Round {
 pub enum ControlPlane {
     /// etcd put → first request served by the newly weighted backend.
     Propagation(Result<PropagationReport, String>),
-    /// Injected backend fault → automatic rollback, time to detect and to roll back. Pending:
-    /// automatic rollback is being built in its own issue, which adds this scenario.
-    FaultRollback,
+    /// Injected backend fault → no more live traffic to `new` ([`crate::rollback_time`]).
+    FaultRollback(Result<RollbackTimeReport, String>),
 }
 
 /// Everything a suite run measured.
@@ -445,7 +449,14 @@ impl SuiteReport {
     pub fn propagation(&self) -> Option<&Result<PropagationReport, String>> {
         self.control_plane.iter().find_map(|c| match c {
             ControlPlane::Propagation(p) => Some(p),
-            ControlPlane::FaultRollback => None,
+            ControlPlane::FaultRollback(_) => None,
+        })
+    }
+
+    pub fn rollback_time(&self) -> Option<&Result<RollbackTimeReport, String>> {
+        self.control_plane.iter().find_map(|c| match c {
+            ControlPlane::FaultRollback(r) => Some(r),
+            ControlPlane::Propagation(_) => None,
         })
     }
 }
@@ -951,7 +962,19 @@ pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, Stri
             )));
         }
     }
-    control_plane.push(ControlPlane::FaultRollback);
+    if let Some(o) = &opts.rollback_time {
+        ui.start(&format!(
+            "fault -> rollback: {} runs at a {} window",
+            o.runs,
+            humantime::format_duration(o.window)
+        ));
+        let o = o.clone();
+        let outcome = tokio::spawn(async move { rollback_time::run(&o, |_, _| {}).await }).await;
+        control_plane.push(ControlPlane::FaultRollback(
+            outcome.map_err(|e| format!("the scenario could not run: {e}")),
+        ));
+        ui.done();
+    }
     ui.finish();
 
     Ok(SuiteReport {

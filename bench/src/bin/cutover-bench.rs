@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use cutover_bench::backend::{self, BackendOptions};
 use cutover_bench::propagation::{self, PropagationOptions};
 use cutover_bench::report::{self, Output};
+use cutover_bench::rollback_time::{self, RollbackTimeOptions};
 use cutover_bench::shadow_cost::{self, ShadowCostOptions};
 use cutover_bench::suite::{self, SuiteOptions};
 use cutover_bench::targets::TargetKind;
@@ -63,6 +64,35 @@ enum Command {
     /// ratio B/A (target ≤ 2) and req/s as Markdown. Exit 0 when every run completed without
     /// errors and B's copies were all compared, 2 otherwise (the ratio does not affect it).
     ShadowCost(ShadowCostArgs),
+    /// Time from a fault in `new` to no more live traffic to it (automatic rollback).
+    ///
+    /// Starts a legacy and a new backend and the real proxy on its file source (binary:
+    /// $CUTOVER_BIN, else <target dir>/debug/cutover) with a 50/50 route, `[stats] window =
+    /// WINDOW` and `error_rate = { max = 0.05, for = FOR, min_requests = 100 }` under closed-loop
+    /// load. Each run arms fresh 50/50 weights, lets one window of healthy traffic pass, makes new
+    /// fail FAULT_PERCENT % of its answers, and measures fault → send time of the last request new
+    /// answered. Prints p50/p99/max and whether p99 ≤ window + 1 s. Exit 0 when every run rolled
+    /// back, 2 otherwise.
+    RollbackTime(RollbackTimeArgs),
+}
+
+#[derive(Debug, Args)]
+struct RollbackTimeArgs {
+    /// Runs (fault → rollback measurements).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    runs: u32,
+    /// `[stats] window`, the rules' evaluation window.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// The error_rate rule's `for`.
+    #[arg(long = "for", default_value = "1s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+    /// Share of new's answers that fail during the fault, in percent.
+    #[arg(long, default_value_t = 40.0)]
+    fault_percent: f64,
+    /// Closed-loop connections.
+    #[arg(long, short, default_value_t = 8)]
+    connections: usize,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +142,9 @@ struct ReportArgs {
     /// Weight changes of the propagation scenario (0 skips it).
     #[arg(long, default_value_t = 200)]
     propagation_changes: u32,
+    /// Runs of the fault → rollback scenario (0 skips it).
+    #[arg(long, default_value_t = 20)]
+    rollback_runs: u32,
     /// Do not pin the generator and the servers to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -174,7 +207,7 @@ fn main() -> ExitCode {
     let workers = match cli.command {
         Command::Report(_) | Command::Backend(_) => 0,
         Command::Load(_) => 1,
-        Command::Propagation(_) | Command::ShadowCost(_) => 2,
+        Command::Propagation(_) | Command::ShadowCost(_) | Command::RollbackTime(_) => 2,
     };
     // The suite's generator and the backend each use one CPU: one thread.
     if workers == 0 {
@@ -209,6 +242,7 @@ fn main() -> ExitCode {
         Command::Load(args) => load(&rt, args),
         Command::Propagation(args) => propagation(&rt, args),
         Command::ShadowCost(args) => shadow_cost(&rt, args),
+        Command::RollbackTime(args) => rollback_time(&rt, args),
         Command::Report(_) | Command::Backend(_) => unreachable!("handled above"),
     }
 }
@@ -288,6 +322,10 @@ fn report(rt: &tokio::runtime::Runtime, args: ReportArgs) -> ExitCode {
     opts.propagation = (args.propagation_changes > 0 && !args.smoke).then(|| PropagationOptions {
         changes: args.propagation_changes as usize,
         ..PropagationOptions::default()
+    });
+    opts.rollback_time = (args.rollback_runs > 0 && !args.smoke).then(|| RollbackTimeOptions {
+        runs: args.rollback_runs as usize,
+        ..RollbackTimeOptions::default()
     });
     let present = opts
         .targets
@@ -427,6 +465,39 @@ fn propagation(rt: &tokio::runtime::Runtime, args: PropagationArgs) -> ExitCode 
     };
     println!("{}", report.to_markdown(&command_line()));
     if report.propagated() == report.changes.len() && report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn rollback_time(rt: &tokio::runtime::Runtime, args: RollbackTimeArgs) -> ExitCode {
+    let opts = RollbackTimeOptions {
+        runs: args.runs as usize,
+        window: args.window,
+        hold: args.hold,
+        fault_percent: args.fault_percent,
+        connections: args.connections,
+    };
+    let outcome = rt.block_on(async move {
+        tokio::spawn(async move {
+            rollback_time::run(&opts, |run, took| match took {
+                Some(t) => eprintln!("run {}: {:.2} s", run + 1, t.as_secs_f64()),
+                None => eprintln!("run {}: no rollback", run + 1),
+            })
+            .await
+        })
+        .await
+    });
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("cutover-bench: the rollback-time scenario could not run (see the message above): {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("`{}`\n\n{}", command_line(), report.to_markdown());
+    if report.missed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

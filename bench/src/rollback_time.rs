@@ -1,0 +1,242 @@
+//! The rollback-time scenario: how long after `new` starts failing does it stop receiving live
+//! traffic?
+//!
+//! A `legacy` and a `new` backend (the test harness's fakes) and the real `cutover` binary on
+//! the embedded file source, all on loopback. The route is 50/50 with
+//! `[stats] window = WINDOW` (in 100 ms slices) and the rule
+//! `error_rate = { max = 0.05, for = FOR, min_requests = 100 }`. Closed-loop load runs
+//! throughout (`connections` clients). Each run: arm (write fresh 50/50 weights, which also
+//! ends the previous run's rollback, and let one whole window of healthy traffic pass), then
+//! switch `new` to answer `fault_percent` % of requests with 500 and note the time; the run ends
+//! when the admin API shows the route `rolled_back`. The measured time is from the fault to
+//! the *send time* of the last request that `new` answered (its answers carry
+//! `x-backend: new`), i.e. fault → no more live traffic to `new`, as the clients see it.
+//!
+//! Target (issue 6): p99 ≤ window + 1 s.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cutover_tests::{Backend, Client, Proxy, ProxyConfig, Route, RunningBackend};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RollbackTimeOptions {
+    pub runs: usize,
+    /// `[stats] window`: the evaluation window.
+    pub window: Duration,
+    /// The rule's `for`.
+    pub hold: Duration,
+    /// Share of `new`'s answers that fail during the fault.
+    pub fault_percent: f64,
+    pub connections: usize,
+}
+
+impl Default for RollbackTimeOptions {
+    fn default() -> Self {
+        RollbackTimeOptions {
+            runs: 20,
+            window: Duration::from_secs(5),
+            hold: Duration::from_secs(1),
+            fault_percent: 40.0,
+            connections: 8,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub struct RollbackTimeReport {
+    pub options: RollbackTimeOptions,
+    /// Fault → last live request to `new`, per completed run.
+    pub times: Vec<Duration>,
+    /// Runs whose rollback did not happen within the bound.
+    pub missed: usize,
+    /// The reason the proxy wrote for the last rollback.
+    pub last_reason: String,
+}
+
+impl RollbackTimeReport {
+    /// The `q` quantile (0–1) by nearest rank.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let mut t = self.times.clone();
+        t.sort();
+        let i = ((q * t.len() as f64).ceil() as usize).clamp(1, t.len().max(1)) - 1;
+        t.get(i).copied()
+    }
+
+    pub fn target(&self) -> Duration {
+        self.options.window + Duration::from_secs(1)
+    }
+
+    pub fn target_met(&self) -> bool {
+        self.missed == 0 && self.quantile(0.99).is_some_and(|p99| p99 <= self.target())
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let o = &self.options;
+        let fmt = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+        };
+        format!(
+            "Fault → no live traffic to `new`: {} runs, `[stats] window = {}`, `error_rate = {{ max = 0.05, for = {}, min_requests = 100 }}`, fault {} % of new's answers, {} connections.\n\n\
+             | runs | missed | p50 | p99 | max | target (window + 1 s) | met |\n|---|---|---|---|---|---|---|\n\
+             | {} | {} | {} | {} | {} | {:.1} s | {} |\n\n\
+             Last reason written: `{}`\n",
+            self.times.len() + self.missed,
+            humantime::format_duration(o.window),
+            humantime::format_duration(o.hold),
+            o.fault_percent,
+            o.connections,
+            self.times.len() + self.missed,
+            self.missed,
+            fmt(self.quantile(0.5)),
+            fmt(self.quantile(0.99)),
+            fmt(self.quantile(1.0)),
+            self.target().as_secs_f64(),
+            if self.target_met() { "yes" } else { "no" },
+            self.last_reason,
+        )
+    }
+}
+
+fn config(
+    o: &RollbackTimeOptions,
+    legacy: &RunningBackend,
+    new: &RunningBackend,
+    new_weight: f64,
+) -> ProxyConfig {
+    let slices = (o.window.as_millis() / 100).clamp(1, 600) as u32;
+    ProxyConfig::new()
+        .set("threads", "1")
+        .stats_window(o.window)
+        .stats_slices(slices)
+        .route(
+            Route::new("bench")
+                .legacy_endpoints([legacy.addr()])
+                .new_endpoints([new.addr()])
+                .weights(100.0 - new_weight, new_weight)
+                .line(&format!(
+                    "rollback = {{ error_rate = {{ max = 0.05, for = {}, min_requests = 100 }} }}",
+                    cutover_tests::proxy::toml_duration(o.hold)
+                )),
+        )
+}
+
+/// Closed-loop load recording the send time of the last request `new` answered.
+struct Load {
+    stop: Arc<AtomicBool>,
+    last_new_send: Arc<Mutex<Option<Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, connections: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let last_new_send = Arc::new(Mutex::new(None));
+        let tasks = (0..connections.max(1))
+            .map(|_| {
+                let (url, stop, last) = (url.clone(), stop.clone(), last_new_send.clone());
+                tokio::spawn(async move {
+                    let client = Client::new().with_timeout(Duration::from_secs(5));
+                    while !stop.load(Ordering::Relaxed) {
+                        let sent = Instant::now();
+                        if let Ok(r) = client.get(&url).await {
+                            if r.backend().as_deref() == Some("new") {
+                                let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
+                                *l = Some(l.map_or(sent, |t: Instant| t.max(sent)));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            last_new_send,
+            tasks,
+        }
+    }
+
+    fn last_new_send(&self) -> Option<Instant> {
+        *self.last_new_send.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn phase(proxy: &Proxy) -> Option<String> {
+    let route = proxy.route_info("bench").await?;
+    route["phase"].as_str().map(str::to_string)
+}
+
+/// Run the scenario.
+pub async fn run(
+    o: &RollbackTimeOptions,
+    mut progress: impl FnMut(usize, Option<Duration>),
+) -> RollbackTimeReport {
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let mut proxy = Proxy::start(config(o, &legacy, &new, 50.0)).await;
+    let load = Load::start(proxy.url("/bench/items"), o.connections);
+    let mut report = RollbackTimeReport {
+        options: o.clone(),
+        times: Vec::new(),
+        missed: 0,
+        last_reason: String::new(),
+    };
+    // Alternate 50/50 and 49/51: a new weights value, so the file source applies it and the
+    // previous run's rollback ends.
+    let mut flip = false;
+    for run in 0..o.runs {
+        flip = !flip;
+        let weight = if flip { 51.0 } else { 50.0 };
+        new.set_errors(0.0);
+        proxy.apply(&config(o, &legacy, &new, weight));
+        let armed = Instant::now();
+        while phase(&proxy).await.as_deref() == Some("rolled_back") {
+            if armed.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // One whole window of healthy traffic on new.
+        tokio::time::sleep(o.window).await;
+        new.set_errors(o.fault_percent / 100.0);
+        let fault = Instant::now();
+        let bound = o.window * 4 + o.hold + Duration::from_secs(10);
+        let mut rolled_back = false;
+        while fault.elapsed() < bound {
+            if phase(&proxy).await.as_deref() == Some("rolled_back") {
+                rolled_back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !rolled_back {
+            report.missed += 1;
+            progress(run, None);
+            continue;
+        }
+        // Answers to requests sent before the rollback may still be arriving.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let took = load
+            .last_new_send()
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(fault));
+        if let Some(route) = proxy.route_info("bench").await {
+            if let Some(reason) = route["rollback"]["reason"].as_str() {
+                report.last_reason = reason.to_string();
+            }
+        }
+        report.times.push(took);
+        progress(run, Some(took));
+    }
+    load.stop().await;
+    report
+}
