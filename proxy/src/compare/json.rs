@@ -8,9 +8,18 @@
 //! the new-side value of each `add`/`replace` it emits (so a document whose root type changed
 //! is copied once). Its array diff is index by index (O(n), no LCS): an element inserted at the
 //! front of an array reports every later index.
+//!
+//! Fast path: with no ignore rule and no learned noise, each document is first read once,
+//! streaming, into an order-independent 128-bit hash ([`equal_by_hash`]); equal hashes mean
+//! no difference and no tree is built. Only documents whose hashes differ are parsed again
+//! into trees and diffed, so a pair that differs pays one extra allocation-free pass.
+
+use std::fmt;
 
 use cutover_config::{JsonPath, JsonPathSegment};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_128_with_seed};
 
 use super::noise::{NoiseSet, PatternToken};
 
@@ -23,12 +32,19 @@ pub const MAX_POINTERS: usize = 256;
 /// Numbers compare by value: `1`, `1.0`, `1e0` and `-0` vs `0` are equal; integers compare
 /// exactly (`9007199254740993` ≠ `9007199254740992`). Pointers are sorted, deduplicated and at
 /// most [`MAX_POINTERS`].
+///
+/// Without `ignore` rules and `noise`, two documents whose structural hashes are equal are
+/// reported equal without building trees; the price is the chance of a hash collision, about
+/// 2^-128 per pair (`equal_by_hash` in this module says more).
 pub fn json_differences(
     a: &[u8],
     b: &[u8],
     ignore: &[JsonPath],
     noise: &NoiseSet,
 ) -> Option<Vec<String>> {
+    if ignore.is_empty() && noise.is_empty() && equal_by_hash(a, b)? {
+        return Some(Vec::new());
+    }
     let mut left: Value = serde_json::from_slice(a).ok()?;
     let mut right: Value = serde_json::from_slice(b).ok()?;
     let rules = Rules::new(ignore, noise);
@@ -73,7 +89,7 @@ const MINUS_TWO_POW_63: f64 = -9_223_372_036_854_775_808.0;
 /// and an integral float maps onto the same integer. Limits inherited from the parser: a
 /// non-integral number, or an integer beyond ±2^63..2^64, is as precise as the nearest `f64`,
 /// so `9007199254740993.0` (a float literal) reads as 2^53.
-fn canonical_numbers(value: &mut Value) {
+pub(super) fn canonical_numbers(value: &mut Value) {
     match value {
         Value::Number(number) => {
             if let Some(canonical) = canonical_number(number) {
@@ -101,6 +117,219 @@ fn canonical_number(number: &Number) -> Option<Number> {
         Some(Number::from(float as i64))
     } else {
         None
+    }
+}
+
+// ---- fast path: an order-independent structural hash ---------------------------------------
+
+/// Whether `a` and `b` hash alike: `Some(true)` means equal under [`json_differences`]' rules
+/// (no ignore rules, no noise), `Some(false)` that they may differ (the trees decide), `None`
+/// that either is not JSON (exactly when `serde_json::from_slice` fails, trailing data
+/// included).
+///
+/// Each document is read once by a serde [`Visitor`] over `serde_json::Deserializer`: no
+/// `Value`, no allocation per node (strings come borrowed from the input, or from the parser's
+/// scratch buffer when escaped); the only allocation is one stack of member-name hashes.
+/// The 128-bit hash of a node:
+/// - null, a boolean or a number: a tag and 8 bytes, as they are (no collision). A number is
+///   first made canonical as [`canonical_numbers`] does (`1.0` → `1`, `-0` → `0`, else the
+///   `f64` bits), so it hashes alike exactly when the trees compare equal;
+/// - a string: its unescaped UTF-8 (so `"\u00e9"` and `"é"` are alike), as it is with its
+///   length up to 15 bytes (no collision), xxh3-128 of it when longer;
+/// - an array: xxh3-128 chained over its elements' hashes in order, then over its length;
+/// - an object: the wrapping sum of xxh3-128 of each (name hash, value hash) entry, so member
+///   order does not count, then xxh3-128 of the sum and the member count.
+///
+/// A repeated member name makes the answer `Some(false)`: serde_json keeps the last value,
+/// and a sum over entries cannot tell `{"a":1,"a":2}` (= `{"a":2}`) from `{"a":2,"a":1}`.
+/// Repeats are found by sorting each object's name hashes (names that only collide there cost
+/// the slow path, nothing else).
+///
+/// Collisions: two documents that differ hash alike with probability about 2^-128 (treating
+/// xxh3-128 as random; the sum of entry hashes keeps that bound as long as no entry repeats,
+/// which the name check ensures). xxh3 is not cryptographic: a backend that crafted colliding
+/// answers on purpose could hide a divergence; the backends under comparison are trusted.
+pub(super) fn equal_by_hash(a: &[u8], b: &[u8]) -> Option<bool> {
+    let mut pass = Pass {
+        names: Vec::new(),
+        repeated_name: false,
+    };
+    let left = structural_hash(a, &mut pass)?;
+    let right = structural_hash(b, &mut pass)?;
+    Some(left == right && !pass.repeated_name)
+}
+
+/// The structural hash of `body`, or `None` when it is not one JSON document.
+fn structural_hash(body: &[u8], pass: &mut Pass) -> Option<u128> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let hash = Node(pass).deserialize(&mut deserializer).ok()?;
+    deserializer.end().ok()?;
+    Some(hash)
+}
+
+/// xxh3-128 seeds of the container steps.
+const ARRAY: u64 = 1;
+const ARRAY_END: u64 = 2;
+const ENTRY: u64 = 3;
+const OBJECT: u64 = 4;
+
+/// Tags of the scalars, in the top byte. A short string has its length (< 16) there.
+const NULL: u8 = 16;
+const BOOL: u8 = 17;
+const UNSIGNED: u8 = 18;
+const NEGATIVE: u8 = 19;
+const FLOAT: u8 = 20;
+
+fn scalar(tag: u8, payload: u64) -> u128 {
+    (u128::from(tag) << 120) | u128::from(payload)
+}
+
+fn string(text: &str) -> u128 {
+    let bytes = text.as_bytes();
+    if bytes.len() < 16 {
+        let mut packed = [0; 16];
+        packed[..bytes.len()].copy_from_slice(bytes);
+        packed[15] = bytes.len() as u8;
+        u128::from_le_bytes(packed)
+    } else {
+        xxh3_128(bytes)
+    }
+}
+
+fn pair(first: u128, second: u128, seed: u64) -> u128 {
+    let mut bytes = [0; 32];
+    bytes[..16].copy_from_slice(&first.to_le_bytes());
+    bytes[16..].copy_from_slice(&second.to_le_bytes());
+    xxh3_128_with_seed(&bytes, seed)
+}
+
+/// An integer as `Number` holds it: non-negative ones are unsigned.
+fn integer(value: i64) -> u128 {
+    match u64::try_from(value) {
+        Ok(unsigned) => scalar(UNSIGNED, unsigned),
+        Err(_) => scalar(NEGATIVE, value as u64),
+    }
+}
+
+/// Scratch state of one hashing pass.
+struct Pass {
+    /// The member-name hashes of the objects being read, innermost last.
+    names: Vec<u128>,
+    /// Some object repeats a member name.
+    repeated_name: bool,
+}
+
+/// Hashes one JSON value of any kind.
+struct Node<'p>(&'p mut Pass);
+
+impl<'de> DeserializeSeed<'de> for Node<'_> {
+    type Value = u128;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<u128, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_> {
+    type Value = u128;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<u128, E> {
+        Ok(scalar(NULL, 0))
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<u128, E> {
+        Ok(scalar(BOOL, u64::from(value)))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<u128, E> {
+        Ok(scalar(UNSIGNED, value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<u128, E> {
+        Ok(integer(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<u128, E> {
+        // The integer `canonical_number` makes of an integral one (-0.0 included), else its
+        // bits; serde_json yields no non-finite number.
+        let canonical = Number::from_f64(value).and_then(|number| canonical_number(&number));
+        Ok(
+            match canonical.map(|number| (number.as_u64(), number.as_i64())) {
+                Some((Some(unsigned), _)) => scalar(UNSIGNED, unsigned),
+                Some((None, Some(negative))) => integer(negative),
+                _ => scalar(FLOAT, value.to_bits()),
+            },
+        )
+    }
+
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<u128, E> {
+        Ok(string(value))
+    }
+
+    /// An escaped string, unescaped in serde_json's scratch buffer.
+    fn visit_str<E>(self, value: &str) -> Result<u128, E> {
+        Ok(string(value))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u128, A::Error> {
+        let pass = self.0;
+        let (mut chain, mut len) = (0u128, 0u128);
+        while let Some(element) = seq.next_element_seed(Node(&mut *pass))? {
+            chain = pair(chain, element, ARRAY);
+            len += 1;
+        }
+        Ok(pair(chain, len, ARRAY_END))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u128, A::Error> {
+        let pass = self.0;
+        let mark = pass.names.len();
+        let (mut sum, mut len) = (0u128, 0u128);
+        while let Some(name) = map.next_key_seed(Name)? {
+            pass.names.push(name);
+            let value = map.next_value_seed(Node(&mut *pass))?;
+            sum = sum.wrapping_add(pair(name, value, ENTRY));
+            len += 1;
+        }
+        // Nested objects have popped their names: this object's are `names[mark..]`.
+        let names = &mut pass.names[mark..];
+        if names.len() > 1 {
+            names.sort_unstable();
+            pass.repeated_name |= names.windows(2).any(|w| w[0] == w[1]);
+        }
+        pass.names.truncate(mark);
+        Ok(pair(sum, len, OBJECT))
+    }
+}
+
+/// Hashes a member name (as a string).
+struct Name;
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = u128;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<u128, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Name {
+    type Value = u128;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<u128, E> {
+        Ok(string(value))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<u128, E> {
+        Ok(string(value))
     }
 }
 
@@ -494,6 +723,160 @@ mod tests {
             Some(Vec::<String>::new())
         );
         assert_eq!(json_differences(b"1", b"x", &[], &noise), None);
+    }
+
+    /// The fast path's verdict, checked against the full comparison.
+    fn hashed(a: &str, b: &str) -> Option<bool> {
+        let fast = equal_by_hash(a.as_bytes(), b.as_bytes());
+        let slow = differences(a, b, &[]).map(|found| found.is_empty());
+        assert_eq!(fast.is_some(), slow.is_some(), "{a} vs {b}");
+        if fast == Some(true) {
+            assert_eq!(slow, Some(true), "{a} vs {b}");
+        }
+        fast
+    }
+
+    #[test]
+    fn equal_hashes_for_equal_documents() {
+        for (a, b) in [
+            (
+                r#"{"a": 1, "b": [true, null], "c": {"x": "y", "z": 2}}"#,
+                r#"{"c": {"z": 2, "x": "y"}, "b": [true, null], "a": 1}"#,
+            ),
+            ("{\"a\":[1,2]}", " {\n\t\"a\" : [ 1 , 2 ] }\r\n"),
+            ("1", "1.0"),
+            ("1", "1e0"),
+            ("[1, 1.0, 1e0, 100]", "[1e0, 1, 1.000, 1E2]"),
+            ("0", "-0"),
+            ("0", "-0.0"),
+            ("-5", "-5.0"),
+            ("1.5", "15e-1"),
+            ("18446744073709549568", "18446744073709549568.0"),
+            ("-9223372036854775808", "-9.223372036854775808e18"),
+            ("1e300", "1.0e300"),
+            (r#""\u00e9\/\n\"""#, "\"é/\\n\\\"\""),
+            (r#"{"\u0061": "\ud83d\ude00"}"#, r#"{"a": "😀"}"#),
+            ("[]", "[ ]"),
+            ("{}", "{ }"),
+            (r#"{"a": {}, "b": []}"#, r#"{"b": [], "a": {}}"#),
+        ] {
+            assert_eq!(hashed(a, b), Some(true), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn different_hashes_for_different_documents() {
+        for (a, b) in [
+            ("9007199254740993", "9007199254740992"),
+            ("18446744073709551615", "18446744073709551614"),
+            // 2^64 - 1 stays an integer; as a float it rounds to 2^64, out of integer range.
+            ("18446744073709551615", "18446744073709551615.0"),
+            // serde_json reads `n.0` as `n0 / 10` in f64: this one as 4061634494308974.5.
+            ("4061634494308974", "4061634494308974.0"),
+            ("1", "1.5"),
+            ("1", "-1"),
+            ("1", "\"1\""),
+            ("0", "false"),
+            ("0", "null"),
+            ("false", "null"),
+            ("true", "false"),
+            ("[]", "{}"),
+            ("[]", "[null]"),
+            ("\"\"", "null"),
+            ("[1, 2]", "[2, 1]"),
+            ("[[1, 2], [3]]", "[[1], [2, 3]]"),
+            ("[[1], [2]]", "[[2], [1]]"),
+            (r#"{"a": 1}"#, r#"{"b": 1}"#),
+            // An entry hashes its name and value together, not each on its own.
+            (r#"{"a": "b"}"#, r#"{"b": "a"}"#),
+            (r#"{"a": 1, "b": 2}"#, r#"{"a": 2, "b": 1}"#),
+            (r#"{"a": [1], "b": [2]}"#, r#"{"a": [2], "b": [1]}"#),
+            (r#"{"a": 1}"#, r#"{"a": 1, "b": 1}"#),
+            (r#"{"a": {"b": 1}}"#, r#"{"a": {"b": 1}, "b": {}}"#),
+            (r#"{"a": "b"}"#, r#"["a", "b"]"#),
+            // Short strings are their bytes and length; longer ones are hashed.
+            (r#""a""#, r#""a\u0000""#),
+            (r#""""#, r#""\u0000""#),
+            (r#""\u0001""#, "1"),
+            (r#""\u0000""#, "null"),
+            (r#""abcdefghijklmno""#, r#""abcdefghijklmnop""#),
+            (r#""abcdefghijklmnop""#, r#""abcdefghijklmnoq""#),
+            (r#"{"abcdefghijklmnop": 1}"#, r#"{"abcdefghijklmnoq": 1}"#),
+            (r#"{"a": [1, {"b": 2}]}"#, r#"{"a": [1, {"b": 3}]}"#),
+        ] {
+            assert_eq!(hashed(a, b), Some(false), "{a} vs {b}");
+            assert_eq!(hashed(b, a), Some(false), "{b} vs {a}");
+        }
+    }
+
+    #[test]
+    fn the_fast_path_rejects_what_serde_json_rejects() {
+        for (a, b) in [
+            ("{", "{}"),
+            ("{}", "<html>"),
+            ("", ""),
+            ("{} {}", "{}"),
+            ("{}", "{}x"),
+            ("[1,]", "[1]"),
+            ("01", "1"),
+            ("1e400", "1"),
+            (r#""\ud800""#, r#""""#),
+            ("nul", "null"),
+        ] {
+            assert_eq!(equal_by_hash(a.as_bytes(), b.as_bytes()), None, "{a}");
+            assert_eq!(equal_by_hash(b.as_bytes(), a.as_bytes()), None, "{a}");
+            assert_eq!(differences(a, b, &[]), None, "{a}");
+        }
+        assert_eq!(equal_by_hash(b" {} \n", b"{}"), Some(true));
+        assert_eq!(equal_by_hash(&[b'"', 0xff, b'"'], b"\"\""), None);
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert_eq!(differences(&deep, &deep, &[]), None);
+    }
+
+    #[test]
+    fn repeated_member_names_go_the_slow_way() {
+        // serde_json keeps the last value: {"a":2} vs {"a":1}, though the entries are alike.
+        assert_eq!(hashed(r#"{"a":1,"a":2}"#, r#"{"a":2,"a":1}"#), Some(false));
+        assert_eq!(
+            differences(r#"{"a":1,"a":2}"#, r#"{"a":2,"a":1}"#, &[]).unwrap(),
+            ["/a"]
+        );
+        assert_eq!(hashed(r#"{"a":1,"a":2}"#, r#"{"a":2}"#), Some(false));
+        assert_eq!(
+            differences(r#"{"a":1,"a":2}"#, r#"{"a":2}"#, &[]),
+            Some(vec![])
+        );
+        // Also deeper down, and when the repeat is spelled with an escape.
+        assert_eq!(
+            hashed(r#"[{"x":{"b":1,"\u0062":2}}]"#, r#"[{"x":{"b":2}}]"#),
+            Some(false)
+        );
+        // The same name in nested objects is not a repeat.
+        assert_eq!(
+            hashed(
+                r#"{"a":{"a":{"a":1}},"b":1}"#,
+                r#"{"b":1,"a":{"a":{"a":1.0}}}"#
+            ),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn rules_or_noise_skip_the_fast_path() {
+        // With a rule the trees are pruned; the answer is the same as without the fast path.
+        assert_eq!(
+            differences(r#"{"a": 1, "t": 1}"#, r#"{"t": 2, "a": 1}"#, &["$.t"]),
+            Some(vec![])
+        );
+        let noise = NoiseSet::from_patterns(vec!["/t".into()]);
+        assert_eq!(
+            json_differences(br#"{"a":1,"t":1}"#, br#"{"t":2,"a":1.0}"#, &[], &noise),
+            Some(vec![])
+        );
+        assert_eq!(
+            json_differences(br#"{"a":1,"t":1}"#, br#"{"t":1,"a":2}"#, &[], &noise).unwrap(),
+            ["/a"]
+        );
     }
 
     #[test]

@@ -61,23 +61,42 @@ struct Style {
     rotate: usize,
     /// Whitespace between tokens.
     spaced: bool,
-    /// Write small integers as `1.0` / `1e0`.
+    /// Write small integers as `1.0` / `1e0`. Only up to 2^53 / 10: serde_json (without
+    /// `float_roundtrip`) reads `n.0` as `n0 / 10` in `f64`, so `4061634494308974.0` reads
+    /// as `4061634494308974.5`.
     floats: bool,
+    /// Write every character of strings and member names as a `\uXXXX` escape.
+    escaped: bool,
 }
 
 fn arb_style() -> impl Strategy<Value = Style> {
-    (0usize..8, any::<bool>(), any::<bool>()).prop_map(|(rotate, spaced, floats)| Style {
-        rotate,
-        spaced,
-        floats,
-    })
+    (0usize..8, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(rotate, spaced, floats, escaped)| Style {
+            rotate,
+            spaced,
+            floats,
+            escaped,
+        },
+    )
+}
+
+fn write_string(text: &str, style: Style, out: &mut String) {
+    if style.escaped {
+        out.push('"');
+        for unit in text.encode_utf16() {
+            let _ = write!(out, "\\u{unit:04x}");
+        }
+        out.push('"');
+    } else {
+        out.push_str(&Value::String(text.to_owned()).to_string());
+    }
 }
 
 fn write(value: &Value, style: Style, out: &mut String) {
     let gap = if style.spaced { " \n\t" } else { "" };
     match value {
         Value::Number(number) => match (number.as_i64(), style.floats) {
-            (Some(n), true) if n.unsigned_abs() <= 1 << 53 => {
+            (Some(n), true) if n.unsigned_abs() <= (1 << 53) / 10 => {
                 if n % 2 == 0 {
                     let _ = write!(out, "{n}.0");
                 } else {
@@ -111,7 +130,7 @@ fn write(value: &Value, style: Style, out: &mut String) {
                     out.push(',');
                 }
                 out.push_str(gap);
-                out.push_str(&Value::String(key.clone()).to_string());
+                write_string(key, style, out);
                 out.push_str(gap);
                 out.push(':');
                 out.push_str(gap);
@@ -120,6 +139,7 @@ fn write(value: &Value, style: Style, out: &mut String) {
             out.push_str(gap);
             out.push('}');
         }
+        Value::String(text) => write_string(text, style, out),
         other => out.push_str(&other.to_string()),
     }
 }
@@ -165,7 +185,7 @@ fn pick_path(root: &Value, choices: &[usize]) -> (Vec<JsonPathSegment>, String) 
     (segments, pointer)
 }
 
-fn set_at(root: &mut Value, segments: &[JsonPathSegment], value: Value) {
+fn at_mut<'v>(root: &'v mut Value, segments: &[JsonPathSegment]) -> &'v mut Value {
     let mut at = root;
     for segment in segments {
         at = match (segment, at) {
@@ -174,7 +194,43 @@ fn set_at(root: &mut Value, segments: &[JsonPathSegment], value: Value) {
             _ => unreachable!("pick_path only walks existing members"),
         };
     }
-    *at = value;
+    at
+}
+
+fn set_at(root: &mut Value, segments: &[JsonPathSegment], value: Value) {
+    *at_mut(root, segments) = value;
+}
+
+/// Changes `at`, or not: `how` picks a replacement by `other`, swapping the first and last
+/// array elements, renaming an object member, or rewriting a number as a float (equal for
+/// integers up to 2^53, rounded beyond); what does not apply falls back to the replacement.
+fn mutate(at: &mut Value, how: u8, other: Value) {
+    match (how % 4, &mut *at) {
+        (1, Value::Array(items)) if items.len() > 1 => {
+            let last = items.len() - 1;
+            items.swap(0, last);
+        }
+        (2, Value::Object(map)) if !map.is_empty() => {
+            let key = map.keys().next().unwrap().clone();
+            let member = map.remove(&key).unwrap();
+            map.insert(format!("{key}!"), member);
+        }
+        (3, Value::Number(number)) => {
+            if let Some(float) = number.as_f64() {
+                *at = Value::from(float);
+            }
+        }
+        _ => *at = other,
+    }
+}
+
+/// The trees' verdict: whether `pointers` finds nothing between the canonical documents.
+fn equal_trees(a: &[u8], b: &[u8]) -> bool {
+    let mut left: Value = serde_json::from_slice(a).unwrap();
+    let mut right: Value = serde_json::from_slice(b).unwrap();
+    json::canonical_numbers(&mut left);
+    json::canonical_numbers(&mut right);
+    json::pointers(&left, &right).is_empty()
 }
 
 fn path(segments: Vec<JsonPathSegment>) -> JsonPath {
@@ -289,6 +345,44 @@ proptest! {
     }
 
     #[test]
+    fn the_hash_agrees_with_the_trees(
+        root in arb_document(),
+        one in arb_style(),
+        other in arb_style(),
+        choices in prop::collection::vec(any::<usize>(), 1..6),
+        how in any::<u8>(),
+        replacement in arb_json(),
+    ) {
+        // The same value, written out differently (member order, spacing, numbers, escapes).
+        let a = text(&root, one);
+        let b = text(&root, other);
+        prop_assert_eq!(json::equal_by_hash(a.as_bytes(), b.as_bytes()), Some(true));
+        prop_assert!(equal_trees(a.as_bytes(), b.as_bytes()));
+
+        // A mutated copy (sometimes still equal): the hash says what the trees say.
+        let (segments, _) = pick_path(&root, &choices);
+        let mut mutated = root.clone();
+        mutate(at_mut(&mut mutated, &segments), how, replacement);
+        let c = text(&mutated, other);
+        let trees = equal_trees(a.as_bytes(), c.as_bytes());
+        prop_assert_eq!(json::equal_by_hash(a.as_bytes(), c.as_bytes()), Some(trees), "{} vs {}", a, c);
+        prop_assert_eq!(json::equal_by_hash(c.as_bytes(), a.as_bytes()), Some(trees));
+        let found = json_differences(a.as_bytes(), c.as_bytes(), &[], &NoiseSet::default());
+        prop_assert_eq!(found.map(|p| p.is_empty()), Some(trees));
+    }
+
+    #[test]
+    fn the_hash_agrees_with_the_trees_on_unrelated_values(
+        a in arb_json(),
+        b in arb_json(),
+        style in arb_style(),
+    ) {
+        let (x, y) = (text(&a, style), text(&b, style));
+        let trees = equal_trees(x.as_bytes(), y.as_bytes());
+        prop_assert_eq!(json::equal_by_hash(x.as_bytes(), y.as_bytes()), Some(trees));
+    }
+
+    #[test]
     fn json_differences_never_panics_on_bytes(
         a in prop::collection::vec(any::<u8>(), 0..128),
         b in prop::collection::vec(any::<u8>(), 0..128),
@@ -353,8 +447,17 @@ fn the_style_writer_writes_what_it_claims() {
         rotate: 1,
         spaced: false,
         floats: true,
+        escaped: false,
     };
     assert_eq!(text(&value, style), r#"{"a":[1e0,2.0,{"b":null}],"c":"x"}"#);
+    let escaped = Style {
+        escaped: true,
+        ..style
+    };
+    assert_eq!(
+        text(&serde_json::json!({"é": "a😀"}), escaped),
+        r#"{"\u00e9":"\u0061\ud83d\ude00"}"#
+    );
     let round: Value = serde_json::from_str(&text(&value, style)).unwrap();
     assert_eq!(round.as_object().map(Map::len), Some(2));
 }
