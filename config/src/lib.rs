@@ -13,8 +13,8 @@ mod ser;
 mod weights;
 
 pub use config::{
-    AdminSettings, Config, EtcdSettings, NotifySettings, ProxySettings, RouteConfig, StatsSettings, TlsSettings,
-    UnderscoreHeaders,
+    AdminSettings, Config, EtcdSettings, NotifySettings, ProxySettings, RouteConfig, StatsSettings,
+    TlsSettings, UnderscoreHeaders,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use jsonpath::{JsonPath, JsonPathSegment};
