@@ -165,8 +165,8 @@ impl SuiteOptions {
         }
     }
 
-    /// A few hundred requests per target and phase, one round, no pinning, no etcd: checks
-    /// that the harness works, not how fast anything is.
+    /// A few hundred requests per target and phase, one round, no pinning, no etcd, one short
+    /// fault → rollback run: checks that the harness works, not how fast anything is.
     pub fn smoke(bench_bin: PathBuf) -> SuiteOptions {
         let shape = |connections| LoadShape {
             connections,
@@ -188,7 +188,14 @@ impl SuiteOptions {
             crowd: Some(shape(50)),
             pin: None,
             propagation: None,
-            rollback_time: None,
+            // One short fault → rollback run, so the scenario is exercised too.
+            rollback_time: Some(RollbackTimeOptions {
+                runs: 1,
+                window: Duration::from_secs(1),
+                hold: Duration::from_millis(200),
+                fault_percent: 50.0,
+                connections: 4,
+            }),
             ..SuiteOptions::standard(bench_bin)
         }
     }

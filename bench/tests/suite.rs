@@ -99,6 +99,7 @@ async fn suite_smoke() {
         "Open loop, 1 KiB",
         "cutover-shadow",
         "Fault → automatic rollback",
+        "| Rollback time |",
         "![",
     ] {
         assert!(md.contains(needle), "report has {needle:?}:\n{md}");
