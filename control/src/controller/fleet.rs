@@ -1,8 +1,8 @@
 //! The fleet: several proxy instances against one etcd.
 //!
 //! Each instance holds a lease ([`LEASE_TTL`], kept alive every second) and, bound to it,
-//! registers `<prefix>/instances/<id>`, publishes its window statistics per route under
-//! `<prefix>/stats/<route>/<id>` every [`super::TICK`], and campaigns in etcd's election under
+//! registers `<prefix>/instances/<id>`, publishes the window statistics the controller evaluated
+//! per route under `<prefix>/stats/<route>/<id>` every [`super::TICK`], and campaigns in etcd's election under
 //! `<prefix>/leader`. An instance that dies drops out with its lease: its keys vanish, and if it
 //! led, the next campaigner leads. The leader reads every instance's fresh windows for the
 //! weights it evaluates and merges them ([`WindowStats::merge`]), and reads each route's
@@ -65,7 +65,13 @@ pub struct Fleet {
     state: Arc<Mutex<FleetState>>,
     task: Mutex<Option<JoinHandle<()>>>,
     lease: Arc<Mutex<Option<(Client, i64)>>>,
+    /// Windows the controller evaluated since the last publication, by route: published once
+    /// each (the controller computes them anyway; nobody merges windows of routes it does not
+    /// evaluate).
+    pending: Pending,
 }
+
+type Pending = Arc<Mutex<HashMap<String, (i64, WindowStats)>>>;
 
 impl Fleet {
     pub(super) fn new(settings: &EtcdSettings, keys: Keys, instance: String) -> Self {
@@ -77,7 +83,16 @@ impl Fleet {
             state: Arc::default(),
             task: Mutex::new(None),
             lease: Arc::default(),
+            pending: Arc::default(),
         }
+    }
+
+    /// Hand over `route`'s window (collected under `weights_revision`) for the next publication.
+    pub(super) fn offer(&self, route: &str, weights_revision: i64, stats: WindowStats) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(route.to_string(), (weights_revision, stats));
     }
 
     /// The last state the task saw.
@@ -93,6 +108,7 @@ impl Fleet {
             instance: self.instance.clone(),
             state: self.state.clone(),
             lease: self.lease.clone(),
+            pending: self.pending.clone(),
             dp,
         };
         let handle = tokio::spawn(task.run(shutdown));
@@ -119,6 +135,7 @@ struct Task<D> {
     instance: String,
     state: Arc<Mutex<FleetState>>,
     lease: Arc<Mutex<Option<(Client, i64)>>>,
+    pending: Pending,
     dp: Arc<D>,
 }
 
@@ -254,22 +271,19 @@ impl<D: DataPlane> Task<D> {
     /// Publish this instance's windows; learn the leader, the instances and (as leader) the
     /// merged windows and statuses.
     async fn round(&self, client: &mut Client, lease: i64) -> Result<FleetState, String> {
-        let routes = self.dp.routes();
-        for route in &routes {
-            let Some(stats) = self.dp.window(&route.id) else {
-                continue;
-            };
+        let offered = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for (route, (weights_revision, stats)) in offered {
             let published = Published {
                 instance: self.instance.clone(),
                 at_ms: unix_millis_now(),
-                weights_revision: route.weights_revision,
+                weights_revision,
                 stats: stats.to_wire(),
             };
             let body = serde_json::to_string(&published).map_err(|e| e.to_string())?;
             call(
                 "publish stats",
                 client.put(
-                    self.keys.stats(&route.id, &self.instance),
+                    self.keys.stats(&route, &self.instance),
                     body,
                     Some(PutOptions::new().with_lease(lease)),
                 ),
@@ -302,6 +316,7 @@ impl<D: DataPlane> Task<D> {
         if !leader {
             return Ok(state);
         }
+        let routes = self.dp.routes();
         let now_ms = unix_millis_now();
         for route in &routes {
             let prefix = format!("{}/", self.keys.stats(&route.id, "").trim_end_matches('/'));

@@ -305,6 +305,9 @@ impl<D: DataPlane> Controller<D> {
                     }
                     for_ramp = Some(e.clone());
                     view.local = Some(e);
+                    if let Store::Etcd(_, fleet) = &self.store {
+                        fleet.offer(&route.id, route.weights_revision, stats);
+                    }
                 }
                 if let Some(merged) = fleet_state
                     .as_ref()
