@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod ctl;
 pub mod etcd;
 pub mod metrics;
 pub mod proxy;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use backend::{Backend, RecordedRequest, RefusingEndpoint, RunningBackend, SilentBackend};
 pub use client::{Client, ClientError, Response};
+pub use ctl::{Ctl, Out};
 pub use etcd::{etcd_bin, Etcd};
 pub use metrics::{parse_prometheus, Sample};
 pub use proxy::{cutover_bin, Proxy, ProxyConfig, Route};

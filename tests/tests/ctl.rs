@@ -2,74 +2,13 @@
 //! back to check what was (or was not) written, not only the exit code.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cutover_tests::{cutover_bin, free_port, Backend, Etcd, Proxy, ProxyConfig, Route};
+use cutover_tests::{cutover_bin, free_port, Backend, Ctl, Etcd, Proxy, ProxyConfig, Route};
 use etcd_client::{GetOptions, Txn, TxnOp};
 use serde_json::{json, Value};
-
-/// What one `cutover ctl` run did.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-}
-
-/// `cutover ctl --etcd E --prefix P ...`, isolated from the caller's CUTOVER_* environment.
-struct Ctl {
-    endpoint: String,
-    prefix: String,
-}
-
-impl Ctl {
-    fn new(etcd: &Etcd, prefix: &str) -> Ctl {
-        Ctl {
-            endpoint: etcd.endpoint(),
-            prefix: prefix.to_string(),
-        }
-    }
-
-    async fn run(&self, args: &[&str]) -> Out {
-        let out = tokio::process::Command::new(cutover_bin())
-            .arg("ctl")
-            .args(["--etcd", &self.endpoint, "--prefix", &self.prefix])
-            .args(args)
-            .env_remove("CUTOVER_ETCD")
-            .env_remove("CUTOVER_PREFIX")
-            .env_remove("CUTOVER_ADMIN")
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .expect("run cutover ctl");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Runs and asserts exit 0.
-    async fn ok(&self, args: &[&str]) -> Out {
-        let out = self.run(args).await;
-        assert_eq!(out.code, 0, "cutover ctl {args:?} failed: {out:?}");
-        out
-    }
-
-    fn key(&self, route: &str, what: &str) -> String {
-        format!("{}/routes/{route}/{what}", self.prefix)
-    }
-}
 
 /// A key's JSON value and mod_revision.
 async fn read(etcd: &Etcd, key: &str) -> Option<(Value, i64)> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cutover_tests::{
-    eventually, Backend, Client, Etcd, Proxy, ProxyConfig, RunningBackend, TcpRelay,
+    eventually, Backend, Client, Ctl, Etcd, Proxy, ProxyConfig, RunningBackend, TcpRelay,
 };
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
@@ -642,15 +642,10 @@ async fn auto_ramp_walks_the_steps_and_waits_without_data_or_when_paused() {
     let status = site.get_json("status").await;
     assert!(status.is_some_and(|s| s["phase"] == "canary"));
 
-    // Pause at 50 (as `cutover ctl pause` writes it): no step while paused.
+    // `cutover ctl pause` at 50: no step while paused.
     wait_new_weight(&proxy, 50.0).await;
-    let weights_revision = proxy.route_info(ROUTE).await.unwrap()["weights_revision"].clone();
-    site.etcd
-        .put(
-            &site.key("status"),
-            json!({"phase": "paused", "weights_revision": weights_revision}).to_string(),
-        )
-        .await;
+    let ctl = Ctl::new(&site.etcd, &site.prefix);
+    ctl.ok(&["pause", ROUTE]).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(site.weights_new().await, Some(50.0), "paused: no step");
     assert!(
@@ -659,14 +654,9 @@ async fn auto_ramp_walks_the_steps_and_waits_without_data_or_when_paused() {
             .is_some_and(|w| w.contains("paused"))
     );
 
-    // Resume: the ramp goes on to 100 and the route is promoted; shadow stays (reverse
-    // validation of legacy).
-    site.etcd
-        .put(
-            &site.key("status"),
-            json!({"phase": "canary", "weights_revision": weights_revision}).to_string(),
-        )
-        .await;
+    // `cutover ctl resume`: the ramp goes on to 100 and the route is promoted; shadow stays
+    // (reverse validation of legacy).
+    ctl.ok(&["resume", ROUTE]).await;
     eventually!(
         Duration::from_secs(15),
         async { site.weights_new().await == Some(100.0) },
