@@ -207,23 +207,30 @@ async fn assert_no_live_traffic_to_new(site: &Site) {
     assert_eq!(live_count(&site.new), before, "new still gets live traffic");
 }
 
-/// Wait until etcd has weights `new: 0` and status `rolled_back` by `rule`; the reason.
-async fn wait_rolled_back_by(site: &Site, rule: &str) -> String {
+/// Wait until etcd has weights with `new` and, right after, a status with `phase` (`within`
+/// bounds the weights, [`APPLIED`] the status); the status.
+async fn wait_etcd(site: &Site, within: Duration, new: f64, phase: &str) -> Value {
     eventually!(
-        Duration::from_secs(15),
-        async { site.weights_new().await == Some(0.0) },
-        "etcd weights new = 0"
+        within,
+        async { site.weights_new().await == Some(new) },
+        "etcd weights new = {new}"
     );
     eventually!(
         APPLIED,
         async {
             site.get_json("status")
                 .await
-                .is_some_and(|s| s["phase"] == "rolled_back" && s["rollback"]["rule"] == rule)
+                .is_some_and(|s| s["phase"] == phase)
         },
-        "status rolled_back by {rule}"
+        "status {phase}"
     );
-    let status = site.get_json("status").await.expect("status");
+    site.get_json("status").await.expect("status")
+}
+
+/// Wait until etcd has weights `new: 0` and status `rolled_back` by `rule`; the reason.
+async fn wait_rolled_back_by(site: &Site, rule: &str) -> String {
+    let status = wait_etcd(site, Duration::from_secs(15), 0.0, "rolled_back").await;
+    assert_eq!(status["rollback"]["rule"], rule, "{status}");
     status["rollback"]["reason"]
         .as_str()
         .expect("a reason")
@@ -481,20 +488,8 @@ async fn local_rollback_holds_while_etcd_is_down_and_etcd_catches_up() {
     assert_no_live_traffic_to_new(&site).await;
 
     relay.restore();
-    eventually!(
-        Duration::from_secs(15),
-        async { site.weights_new().await == Some(0.0) },
-        "etcd catches up: weights new = 0"
-    );
-    eventually!(
-        APPLIED,
-        async {
-            site.get_json("status")
-                .await
-                .is_some_and(|s| s["phase"] == "rolled_back")
-        },
-        "status rolled_back"
-    );
+    // etcd catches up.
+    wait_etcd(&site, Duration::from_secs(15), 0.0, "rolled_back").await;
     let route = proxy.route_info(ROUTE).await.expect("route");
     assert_eq!(
         route["phase"], "rolled_back",
@@ -657,20 +652,7 @@ async fn auto_ramp_walks_the_steps_and_waits_without_data_or_when_paused() {
     // `cutover ctl resume`: the ramp goes on to 100 and the route is promoted; shadow stays
     // (reverse validation of legacy).
     ctl.ok(&["resume", ROUTE]).await;
-    eventually!(
-        Duration::from_secs(15),
-        async { site.weights_new().await == Some(100.0) },
-        "the ramp reaches 100"
-    );
-    eventually!(
-        APPLIED,
-        async {
-            site.get_json("status")
-                .await
-                .is_some_and(|s| s["phase"] == "promoted")
-        },
-        "status promoted"
-    );
+    wait_etcd(&site, Duration::from_secs(15), 100.0, "promoted").await;
     assert_eq!(site.get_json("weights").await.unwrap()["shadow"], 5.0);
     let steps: Vec<f64> = site
         .events()
