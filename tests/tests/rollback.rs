@@ -193,6 +193,20 @@ async fn wait_new_traffic(site: &Site, n: usize) {
     );
 }
 
+/// Wait (≤ 10 s) until the proxy shows the route `rolled_back` (its local override).
+async fn wait_rolled_back_locally(proxy: &Proxy) {
+    eventually!(
+        Duration::from_secs(10),
+        async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["phase"] == "rolled_back")
+        },
+        "the proxy shows {ROUTE} rolled back"
+    );
+}
+
 /// Requests `backend` received as the primary (not shadow copies).
 fn live_count(backend: &RunningBackend) -> usize {
     backend.requests().iter().filter(|r| !r.is_shadow()).count()
@@ -461,16 +475,7 @@ async fn rolled_back_while_etcd_is_cut_off(name: &str) -> (Site, TcpRelay, Proxy
 
     relay.cut();
     site.new.set_errors(0.4);
-    eventually!(
-        Duration::from_secs(10),
-        async {
-            proxy
-                .route_info(ROUTE)
-                .await
-                .is_some_and(|r| r["phase"] == "rolled_back")
-        },
-        "local rollback"
-    );
+    wait_rolled_back_locally(&proxy).await;
     (site, relay, proxy, load)
 }
 
@@ -692,16 +697,7 @@ async fn embedded_source_rolls_back_in_process() {
         "traffic on new"
     );
     new.set_errors(0.5);
-    eventually!(
-        Duration::from_secs(10),
-        async {
-            proxy
-                .route_info(ROUTE)
-                .await
-                .is_some_and(|r| r["phase"] == "rolled_back")
-        },
-        "rolled back in-process"
-    );
+    wait_rolled_back_locally(&proxy).await;
     let route = proxy.route_info(ROUTE).await.unwrap();
     assert_eq!(route["weights"]["new"], 0.0);
     assert_eq!(route["rollback"]["rule"], "error_rate");

@@ -447,21 +447,34 @@ fn load(rt: &tokio::runtime::Runtime, args: LoadArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Run a scenario on a task: the harness panics with a descriptive message when etcd or the
+/// proxy cannot start, and that becomes exit 2 instead of an abort.
+fn run_scenario<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    scenario: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, ExitCode> {
+    rt.block_on(async move { tokio::spawn(scenario).await })
+        .map_err(|e| {
+            eprintln!(
+                "cutover-bench: the {name} scenario could not run (see the message above): {e}"
+            );
+            ExitCode::from(2)
+        })
+}
+
 fn propagation(rt: &tokio::runtime::Runtime, args: PropagationArgs) -> ExitCode {
     let opts = PropagationOptions {
         changes: args.changes as usize,
         timeout: args.timeout,
     };
-    // The harness panics with a descriptive message when etcd or the proxy cannot start; run
-    // it on a task so that becomes an error exit instead of an abort.
-    let outcome = rt
-        .block_on(async move { tokio::spawn(async move { propagation::run(&opts).await }).await });
-    let report = match outcome {
+    let report = match run_scenario(
+        rt,
+        "propagation",
+        async move { propagation::run(&opts).await },
+    ) {
         Ok(report) => report,
-        Err(e) => {
-            eprintln!("cutover-bench: the propagation scenario could not run (see the message above): {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     println!("{}", report.to_markdown(&command_line()));
     if report.propagated() == report.changes.len() && report.failures.is_empty() {
@@ -479,22 +492,15 @@ fn rollback_time(rt: &tokio::runtime::Runtime, args: RollbackTimeArgs) -> ExitCo
         fault_percent: args.fault_percent,
         connections: args.connections,
     };
-    let outcome = rt.block_on(async move {
-        tokio::spawn(async move {
-            rollback_time::run(&opts, |run, took| match took {
-                Some(t) => eprintln!("run {}: {:.2} s", run + 1, t.as_secs_f64()),
-                None => eprintln!("run {}: no rollback", run + 1),
-            })
-            .await
+    let report = match run_scenario(rt, "rollback-time", async move {
+        rollback_time::run(&opts, |run, took| match took {
+            Some(t) => eprintln!("run {}: {:.2} s", run + 1, t.as_secs_f64()),
+            None => eprintln!("run {}: no rollback", run + 1),
         })
         .await
-    });
-    let report = match outcome {
+    }) {
         Ok(report) => report,
-        Err(e) => {
-            eprintln!("cutover-bench: the rollback-time scenario could not run (see the message above): {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     println!("`{}`\n\n{}", command_line(), report.to_markdown());
     if report.missed == 0 {
@@ -512,15 +518,13 @@ fn shadow_cost(rt: &tokio::runtime::Runtime, args: ShadowCostArgs) -> ExitCode {
         run_timeout: args.run_timeout,
         body_bytes: args.body_bytes as usize,
     };
-    // As for propagation: a harness panic (proxy cannot start) becomes an error exit.
-    let outcome = rt
-        .block_on(async move { tokio::spawn(async move { shadow_cost::run(&opts).await }).await });
-    let report = match outcome {
+    let report = match run_scenario(
+        rt,
+        "shadow-cost",
+        async move { shadow_cost::run(&opts).await },
+    ) {
         Ok(report) => report,
-        Err(e) => {
-            eprintln!("cutover-bench: the shadow-cost scenario could not run (see the message above): {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     println!("{}", report.to_markdown(&command_line()));
     if report.completed() && report.errors() == 0 && report.problems.is_empty() {
