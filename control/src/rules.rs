@@ -323,9 +323,9 @@ impl Breach {
         format!(
             "{} for {}",
             self.verdict.summary,
-            humantime::format_duration(Duration::from_secs(
-                self.held.as_secs().max(self.required.as_secs())
-            ))
+            // The rule's own `for` (a sub-second one too); how long it really held is in
+            // the evidence (`held_seconds`).
+            humantime::format_duration(self.required)
         )
     }
 }
@@ -577,6 +577,17 @@ mod tests {
         assert_eq!(
             breach.reason(),
             "new error rate 40.0% > 5.0% (n=1000), legacy live 0.0% for 5s"
+        );
+        // The reason names the rule's `for`, also below a second and when held longer.
+        let longer = Breach {
+            held: Duration::from_millis(700),
+            required: Duration::from_millis(200),
+            ..breach
+        };
+        assert!(
+            longer.reason().ends_with(" for 200ms"),
+            "{}",
+            longer.reason()
         );
     }
 
