@@ -2,6 +2,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
+# CI builds once from a clean clone: incremental caches would only cost disk (gigabytes) and time.
+ifdef CI
+export CARGO_INCREMENTAL ?= 0
+endif
+
 .PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time bench bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
