@@ -716,7 +716,8 @@ async fn hundred_writes_per_second_converge_to_the_last() {
     // Observe /api/v1/routes throughout: (revision, weights_revision, legacy, new). The leader
     // may write the route's status after a weights write, so `revision` can move past the
     // weights' own revision; the weights shown must be those written at `weights_revision`.
-    let seen: Arc<Mutex<Vec<(i64, i64, f64, f64)>>> = Arc::default();
+    type Observation = (i64, i64, f64, f64);
+    let seen: Arc<Mutex<Vec<Observation>>> = Arc::default();
     let observing = Arc::new(AtomicBool::new(true));
     let observer = {
         let (seen, observing) = (seen.clone(), observing.clone());
