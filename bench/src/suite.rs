@@ -195,6 +195,7 @@ impl SuiteOptions {
                 hold: Duration::from_millis(200),
                 fault_percent: 50.0,
                 connections: 4,
+                lanes: 1,
             }),
             ..SuiteOptions::standard(bench_bin)
         }

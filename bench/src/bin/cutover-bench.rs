@@ -90,9 +90,13 @@ struct RollbackTimeArgs {
     /// Share of new's answers that fail during the fault, in percent.
     #[arg(long, default_value_t = 40.0)]
     fault_percent: f64,
-    /// Closed-loop connections.
-    #[arg(long, short, default_value_t = 8)]
+    /// Closed-loop connections per lane.
+    #[arg(long, short, default_value_t = RollbackTimeOptions::default().connections)]
     connections: usize,
+    /// Set-ups (backends, proxy, load) that run at the same time, sharing the runs out.
+    #[arg(long, default_value_t = RollbackTimeOptions::default().lanes as u32,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    lanes: u32,
 }
 
 #[derive(Debug, Args)]
@@ -491,6 +495,7 @@ fn rollback_time(rt: &tokio::runtime::Runtime, args: RollbackTimeArgs) -> ExitCo
         hold: args.hold,
         fault_percent: args.fault_percent,
         connections: args.connections,
+        lanes: args.lanes as usize,
     };
     let report = match run_scenario(rt, "rollback-time", async move {
         rollback_time::run(&opts, |run, took| match took {
