@@ -79,6 +79,8 @@ pub struct Report {
     pub ok: u64,
     /// 5xx answers, requests that got no answer, and failed connects.
     pub errors: u64,
+    /// The part of `errors` that got no answer at all (a failed connect, a reset, a timeout).
+    pub unanswered: u64,
     /// TCP connections the generator opened.
     pub connects: u64,
     /// Open loop only: how late requests went out although their connection was free, in µs
@@ -97,6 +99,7 @@ impl Report {
             latency: histogram(),
             ok: 0,
             errors: 0,
+            unanswered: 0,
             connects: 0,
             send_lag: histogram(),
             unsent: 0,
@@ -127,7 +130,10 @@ impl Report {
                 self.errors += 1;
                 self.latency.saturating_record(outcome.micros);
             }
-            None => self.errors += 1,
+            None => {
+                self.errors += 1;
+                self.unanswered += 1;
+            }
         }
     }
 }
@@ -265,7 +271,11 @@ pub async fn run_closed_loop(cfg: &ClosedLoop) -> Report {
     let endpoint = match Endpoint::parse(&cfg.url) {
         Ok(e) => Arc::new(e),
         Err(_) => {
-            tally.lock().expect("tally lock").errors += 1;
+            {
+                let mut t = tally.lock().expect("tally lock");
+                t.errors += 1;
+                t.unanswered += 1;
+            }
             return finish(tally, start);
         }
     };
@@ -309,7 +319,11 @@ pub async fn run_open_loop(cfg: &OpenLoop) -> Report {
     let endpoint = match Endpoint::parse(&cfg.url) {
         Ok(e) if cfg.rate > 0.0 => Arc::new(e),
         _ => {
-            tally.lock().expect("tally lock").errors += 1;
+            {
+                let mut t = tally.lock().expect("tally lock");
+                t.errors += 1;
+                t.unanswered += 1;
+            }
             return finish(tally, start);
         }
     };

@@ -239,6 +239,8 @@ pub struct Run {
     /// The load generator's view.
     pub ok: u64,
     pub errors: u64,
+    /// The part of `errors` with no answer at all (connect failed, reset, timed out).
+    pub unanswered: u64,
     /// Duration of the load itself.
     pub elapsed: Duration,
     pub latency: Histogram<u64>,
@@ -602,6 +604,7 @@ impl Bench<'_> {
             target: t.kind,
             ok: report.ok,
             errors: report.errors,
+            unanswered: report.unanswered,
             elapsed: report.elapsed,
             send_lag_p99_us: matches!(load, Load::Open { .. })
                 .then(|| report.send_lag.value_at_percentile(99.0)),
@@ -668,9 +671,11 @@ impl Bench<'_> {
         }
         if run.errors > 0 {
             run.notes.push(format!(
-                "{} of {} requests failed",
+                "{} of {} requests failed ({} 5xx, {} without an answer)",
                 run.errors,
-                run.requests()
+                run.requests(),
+                run.errors - run.unanswered,
+                run.unanswered
             ));
         }
         if let Some(ratio) = run.copy_ratio().filter(|&r| r < 0.999) {
