@@ -579,6 +579,17 @@ fn noise_summary(w: &mut String, r: &SuiteReport) {
         max_others,
         r.options.limits.others_cores
     ));
+    let slower = r
+        .runs()
+        .filter(|x| x.notes.iter().any(|n| n.starts_with("machine slower")))
+        .count();
+    lines.push(format!(
+        "- Runs made while the machine itself was slower (flag only: the backend needed more \
+         than {}× the CPU per request of the same target's best run in the phase; a busy \
+         neighbour on the host that steal does not show): {slower}. The `×nginx` ratios are \
+         taken within a round, so they are less affected than the absolute numbers.",
+        crate::suite::SLOW_MACHINE_RATIO
+    ));
     for l in lines {
         let _ = writeln!(w, "{l}");
     }

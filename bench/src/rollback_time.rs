@@ -14,7 +14,7 @@
 //!
 //! The runs are shared out over `lanes` independent set-ups (backends, proxy, load) that run at
 //! the same time: a run mostly waits (a whole window of healthy traffic, then the rule's `for`),
-//! so 20 runs take about a quarter of the time in 4 lanes, on a machine that is busier than with
+//! so 20 runs take about a fifth of the time in 5 lanes, on a machine that is busier than with
 //! one lane (a harsher condition for the measurement, not a kinder one).
 //!
 //! Target (issue 6): p99 ≤ window + 1 s.
@@ -50,7 +50,7 @@ impl Default for RollbackTimeOptions {
             hold: Duration::from_secs(1),
             fault_percent: 40.0,
             connections: 4,
-            lanes: 4,
+            lanes: 5,
         }
     }
 }
