@@ -130,11 +130,14 @@ impl Report {
                 self.errors += 1;
                 self.latency.saturating_record(outcome.micros);
             }
-            None => {
-                self.errors += 1;
-                self.unanswered += 1;
-            }
+            None => self.record_unanswered(),
         }
+    }
+
+    /// A request that got no answer at all.
+    fn record_unanswered(&mut self) {
+        self.errors += 1;
+        self.unanswered += 1;
     }
 }
 
@@ -271,11 +274,7 @@ pub async fn run_closed_loop(cfg: &ClosedLoop) -> Report {
     let endpoint = match Endpoint::parse(&cfg.url) {
         Ok(e) => Arc::new(e),
         Err(_) => {
-            {
-                let mut t = tally.lock().expect("tally lock");
-                t.errors += 1;
-                t.unanswered += 1;
-            }
+            tally.lock().expect("tally lock").record_unanswered();
             return finish(tally, start);
         }
     };
@@ -319,11 +318,7 @@ pub async fn run_open_loop(cfg: &OpenLoop) -> Report {
     let endpoint = match Endpoint::parse(&cfg.url) {
         Ok(e) if cfg.rate > 0.0 => Arc::new(e),
         _ => {
-            {
-                let mut t = tally.lock().expect("tally lock");
-                t.errors += 1;
-                t.unanswered += 1;
-            }
+            tally.lock().expect("tally lock").record_unanswered();
             return finish(tally, start);
         }
     };

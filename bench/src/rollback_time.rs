@@ -42,6 +42,13 @@ pub struct RollbackTimeOptions {
     pub lanes: usize,
 }
 
+impl RollbackTimeOptions {
+    /// Lanes actually used: at least one, at most one per run.
+    pub fn lanes_used(&self) -> usize {
+        self.lanes.clamp(1, self.runs.max(1))
+    }
+}
+
 impl Default for RollbackTimeOptions {
     fn default() -> Self {
         RollbackTimeOptions {
@@ -98,7 +105,7 @@ impl RollbackTimeReport {
             humantime::format_duration(o.window),
             humantime::format_duration(o.hold),
             o.fault_percent,
-            o.lanes.clamp(1, o.runs.max(1)),
+            o.lanes_used(),
             o.connections,
             self.times.len() + self.missed,
             self.missed,
@@ -197,7 +204,7 @@ pub async fn run(
     o: &RollbackTimeOptions,
     mut progress: impl FnMut(usize, Option<Duration>),
 ) -> RollbackTimeReport {
-    let lanes = o.lanes.clamp(1, o.runs.max(1));
+    let lanes = o.lanes_used();
     let (tx, mut rx) = mpsc::unbounded_channel::<RunOutcome>();
     let mut tasks = Vec::with_capacity(lanes);
     for lane in 0..lanes {
