@@ -68,9 +68,9 @@ pub fn serve(path: &Path) -> Result<(), ServeError> {
 /// Read buffer of each client connection: none. pingora's default is a 64 KiB buffer per
 /// connection, zero-filled when the connection is accepted, so every byte of it is resident:
 /// with 1,000 keep-alive clients that was most of the RSS (16 KiB: still +16 MiB). Without it
-/// reads go straight into the HTTP session's own header and body buffers; the same number of
-/// syscalls per request (strace, `make bench`'s closed loop), and `max_header_bytes` is
-/// enforced as before.
+/// reads go straight into the HTTP session's own header and body buffers: the same syscalls
+/// per request (strace over 20,000 closed-loop requests), and `max_header_bytes` is enforced
+/// as before.
 const DOWNSTREAM_READ_BUFFER: usize = 0;
 
 /// Run the data plane for `config`, taking routes from `source`.
