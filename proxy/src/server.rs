@@ -18,6 +18,7 @@ use cutover_config::Config;
 use cutover_control::controller::Controller;
 use cutover_control::{ConfigSource, EtcdSource, FileSource};
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -97,22 +98,21 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>) -> Result<(), ServeErr
         options.h2c = true;
         app.server_options = Some(options);
     }
+    let buffers = L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &config.proxy.listen {
-        proxy.add_listener(
-            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(
-                DOWNSTREAM_READ_BUFFER,
-                DEFAULT_L4_WRITE_BUFFER_SIZE,
-            )),
-        );
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     if let Some(tls) = &config.proxy.tls {
-        proxy
-            .add_tls(
-                &tls.listen.to_string(),
-                &tls.cert.to_string_lossy(),
-                &tls.key.to_string_lossy(),
-            )
-            .map_err(|e| ServeError::Runtime(format!("[proxy] tls_listen: {e}")))?;
+        // Mozilla's intermediate settings, and h2 offered by ALPN (SPEC §2), HTTP/1.1 otherwise.
+        let mut settings =
+            TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
+                .map_err(|e| ServeError::Runtime(format!("[proxy] tls_cert/tls_key: {e}")))?;
+        settings.enable_h2();
+        proxy.add_listener(
+            ListenerConfig::tcp(tls.listen.to_string())
+                .tls(settings)
+                .l4_buffer(buffers),
+        );
     }
 
     let mut admin = Service::new("cutover admin".to_string(), Admin::new(shared.clone()));
