@@ -20,6 +20,21 @@ async fn read(etcd: &Etcd, key: &str) -> Option<(Value, i64)> {
     })
 }
 
+/// A route's `status` and its mod_revision; panics when there is none.
+async fn read_status(etcd: &Etcd, ctl: &Ctl, route: &str) -> (Value, i64) {
+    read(etcd, &ctl.key(route, "status"))
+        .await
+        .unwrap_or_else(|| panic!("route {route} has no status"))
+}
+
+/// A route's newest event and its mod_revision; panics when there is none.
+async fn last_event(etcd: &Etcd, ctl: &Ctl, route: &str) -> (Value, i64) {
+    events(etcd, ctl, route)
+        .await
+        .pop()
+        .unwrap_or_else(|| panic!("route {route} has no event"))
+}
+
 /// A route's events in key (= time) order, with their mod_revisions.
 async fn events(etcd: &Etcd, ctl: &Ctl, route: &str) -> Vec<(Value, i64)> {
     let resp = etcd
@@ -127,9 +142,7 @@ async fn apply_writes_specs_weights_and_events_then_status_shows_them() {
         .await
         .expect("weights");
     assert_eq!(weights, json!({"legacy": 90, "new": 10, "shadow": 20}));
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(
         status,
         json!({"phase": "canary", "weights_revision": weights_rev})
@@ -245,11 +258,9 @@ async fn set_writes_weights_event_and_status_and_history_lists_newest_first() {
         .await
         .expect("weights");
     assert_eq!(weights, json!({"legacy": 50, "new": 50, "shadow": 5}));
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(status, json!({"phase": "canary", "weights_revision": rev}));
-    let (event, event_rev) = events(&etcd, &ctl, "orders").await.pop().expect("an event");
+    let (event, event_rev) = last_event(&etcd, &ctl, "orders").await;
     assert_eq!(
         event_rev, rev,
         "the event lands in the same transaction as the weights"
@@ -465,9 +476,7 @@ async fn concurrent_sets_never_overwrite_each_other_silently() {
         weights,
         json!({"legacy": 1000 - last, "new": last, "shadow": 20})
     );
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(
         status["weights_revision"], rev,
         "status follows the last write"
@@ -500,15 +509,13 @@ async fn rollback_records_operator_rule_and_reason() {
         json!({"legacy": 100, "new": 0, "shadow": 20}),
         "shadow unchanged"
     );
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(status["phase"], "rolled_back");
     assert_eq!(status["weights_revision"], rev);
     assert_eq!(status["rollback"]["rule"], "operator");
     assert_eq!(status["rollback"]["reason"], "p99 doubled");
     assert_eq!(status["rollback"]["by"], "carol@test");
-    let (event, _) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    let (event, _) = last_event(&etcd, &ctl, "orders").await;
     assert_eq!(event["kind"], "rollback");
     assert_eq!(event["reason"], "p99 doubled");
     assert_eq!(event["at"], status["rollback"]["at"]);
@@ -525,9 +532,7 @@ async fn rollback_records_operator_rule_and_reason() {
     // The next operator write of weights sets the phase its weights imply.
     ctl.ok(&["set", "orders", "--legacy", "95", "--new", "5"])
         .await;
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(status["phase"], "canary");
     assert!(status.get("rollback").is_none(), "{status}");
 }
@@ -543,14 +548,12 @@ async fn promote_sends_all_traffic_to_new() {
         .expect("weights");
     assert_eq!(weights, json!({"legacy": 0, "new": 100, "shadow": 20}));
     assert_eq!(out["weights_revision"], rev);
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(
         status,
         json!({"phase": "promoted", "weights_revision": rev})
     );
-    let (event, _) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    let (event, _) = last_event(&etcd, &ctl, "orders").await;
     assert_eq!(
         (event["kind"].as_str(), event["reason"].as_str()),
         (Some("weights"), Some("promote"))
@@ -648,9 +651,7 @@ async fn undecodable_values_are_shown_not_fatal() {
         .await
         .expect("weights");
     assert_eq!(weights, json!({"legacy": 1, "new": 0, "shadow": 0}));
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(status["phase"], "legacy");
 }
 
@@ -760,14 +761,12 @@ async fn pause_holds_the_ramp_and_resume_continues_it() {
         Some((weights_before.clone(), weights_rev)),
         "pause leaves the weights untouched"
     );
-    let (status, status_rev) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, status_rev) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(
         status,
         json!({"phase": "paused", "weights_revision": weights_rev})
     );
-    let (event, event_rev) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    let (event, event_rev) = last_event(&etcd, &ctl, "orders").await;
     assert_eq!(event_rev, status_rev, "event and status in one transaction");
     assert_eq!(event["kind"], "pause");
     assert_eq!(event["by"], "alice@test");
@@ -817,14 +816,12 @@ async fn pause_holds_the_ramp_and_resume_continues_it() {
         Some((weights_before.clone(), weights_rev)),
         "resuming a paused ramp leaves the weights untouched"
     );
-    let (status, status_rev) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, status_rev) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(
         status,
         json!({"phase": "canary", "weights_revision": weights_rev})
     );
-    let (event, event_rev) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    let (event, event_rev) = last_event(&etcd, &ctl, "orders").await;
     assert_eq!(event_rev, status_rev);
     assert_eq!(
         (&event["kind"], &event["reason"], &event["by"]),
@@ -863,14 +860,12 @@ async fn resume_starts_the_ramp_and_abort_rolls_it_back() {
         json!({"legacy": 99, "new": 1, "shadow": 20}),
         "the first step, shadow unchanged"
     );
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(
         status,
         json!({"phase": "canary", "weights_revision": weights_rev})
     );
-    let (event, event_rev) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    let (event, event_rev) = last_event(&etcd, &ctl, "orders").await;
     assert_eq!(
         event_rev, weights_rev,
         "event and weights in one transaction"
@@ -890,15 +885,13 @@ async fn resume_starts_the_ramp_and_abort_rolls_it_back() {
         .await
         .expect("weights");
     assert_eq!(weights, json!({"legacy": 100, "new": 0, "shadow": 20}));
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(status["phase"], "rolled_back");
     assert_eq!(status["weights_revision"], weights_rev);
     assert_eq!(status["rollback"]["rule"], "operator");
     assert_eq!(status["rollback"]["reason"], "ramp aborted by carol@test");
     assert_eq!(status["rollback"]["by"], "carol@test");
-    let (event, event_rev) = events(&etcd, &ctl, "orders").await.pop().expect("event");
+    let (event, event_rev) = last_event(&etcd, &ctl, "orders").await;
     assert_eq!(event_rev, weights_rev);
     assert_eq!(event["kind"], "rollback");
     assert_eq!(event["reason"], "ramp aborted by carol@test");
@@ -920,9 +913,7 @@ async fn resume_starts_the_ramp_and_abort_rolls_it_back() {
         .await
         .expect("weights");
     assert_eq!(weights, json!({"legacy": 99, "new": 1, "shadow": 20}));
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(status["phase"], "canary");
     assert!(status.get("rollback").is_none(), "{status}");
 
@@ -972,9 +963,7 @@ async fn pause_and_resume_need_a_ramp_abort_does_not() {
         .await
         .expect("weights");
     assert_eq!(weights, json!({"legacy": 100, "new": 0, "shadow": 20}));
-    let (status, _) = read(&etcd, &ctl.key("orders", "status"))
-        .await
-        .expect("status");
+    let (status, _) = read_status(&etcd, &ctl, "orders").await;
     assert_eq!(status["phase"], "rolled_back");
     assert_eq!(status["rollback"]["rule"], "operator");
     assert_eq!(status["rollback"]["reason"], "bad deploy");

@@ -208,6 +208,16 @@ async fn wait_rolled_back_locally(proxy: &Proxy) {
 }
 
 /// Requests `backend` received as the primary (not shadow copies).
+/// `cutover_rollbacks_total{route=ROUTE, rule="error_rate"}` of `proxy`.
+async fn error_rate_rollbacks(proxy: &Proxy) -> f64 {
+    proxy
+        .counter(
+            "cutover_rollbacks_total",
+            &[("route", ROUTE), ("rule", "error_rate")],
+        )
+        .await
+}
+
 fn live_count(backend: &RunningBackend) -> usize {
     backend.requests().iter().filter(|r| !r.is_shadow()).count()
 }
@@ -331,15 +341,7 @@ async fn error_rate_breach_rolls_back_the_fleet_within_for_plus_2s() {
     let route = proxy.route_info(ROUTE).await.unwrap();
     assert_eq!(route["phase"], "rolled_back");
     assert_eq!(route["rollback"]["rule"], "error_rate");
-    assert_eq!(
-        proxy
-            .counter(
-                "cutover_rollbacks_total",
-                &[("route", ROUTE), ("rule", "error_rate")]
-            )
-            .await,
-        1.0
-    );
+    assert_eq!(error_rate_rollbacks(&proxy).await, 1.0);
     assert!(proxy.log().contains("automatic rollback"), "a WARN line");
     eventually!(
         Duration::from_secs(5),
@@ -442,15 +444,7 @@ async fn equal_error_rates_never_roll_back() {
     }
     let (_, server_errors, _) = load.stop().await;
     assert!(server_errors > 0, "both backends did fail some requests");
-    assert_eq!(
-        proxy
-            .counter(
-                "cutover_rollbacks_total",
-                &[("route", ROUTE), ("rule", "error_rate")]
-            )
-            .await,
-        0.0
-    );
+    assert_eq!(error_rate_rollbacks(&proxy).await, 0.0);
     assert_ne!(
         proxy.route_info(ROUTE).await.unwrap()["phase"],
         "rolled_back"

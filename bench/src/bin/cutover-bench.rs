@@ -214,34 +214,27 @@ fn main() -> ExitCode {
         Command::Propagation(_) | Command::ShadowCost(_) | Command::RollbackTime(_) => 2,
     };
     // The suite's generator and the backend each use one CPU: one thread.
-    if workers == 0 {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("cutover-bench: cannot start a runtime: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        return match cli.command {
-            Command::Report(args) => report(&rt, args),
-            Command::Backend(args) => serve_backend(&rt, args),
-            _ => unreachable!("only report and backend run on one thread"),
-        };
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    let mut builder = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cutover-bench: cannot start a runtime: {e}");
             return ExitCode::from(2);
         }
     };
+    if workers == 0 {
+        return match cli.command {
+            Command::Report(args) => report(&rt, args),
+            Command::Backend(args) => serve_backend(&rt, args),
+            _ => unreachable!("only report and backend run on one thread"),
+        };
+    }
     match cli.command {
         Command::Load(args) => load(&rt, args),
         Command::Propagation(args) => propagation(&rt, args),
