@@ -276,20 +276,32 @@ fn empty_result() -> StepResult {
 }
 
 /// Load from `connections` clients until stopped; [`Load::take`] hands over what was measured
-/// since the last take.
+/// since the last take. A request counts in the window it was *sent* in: `take` waits for the
+/// window's requests still in flight, so an answer that arrives after a weight change is not
+/// shown under the new weights.
 struct Load {
-    result: Arc<Mutex<StepResult>>,
+    windows: Arc<Mutex<Windows>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The open window and the closed ones still waiting for answers.
+struct Windows {
+    current: u64,
+    /// Per window: what was measured and how many of its requests are still in flight.
+    open: std::collections::BTreeMap<u64, (StepResult, usize)>,
+}
+
 impl Load {
     fn start(client: &HttpClient, listen: SocketAddr, connections: usize) -> Load {
-        let result = Arc::new(Mutex::new(empty_result()));
+        let windows = Arc::new(Mutex::new(Windows {
+            current: 0,
+            open: std::collections::BTreeMap::from([(0, (empty_result(), 0))]),
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..connections)
             .map(|i| {
-                let (client, result, stop) = (client.clone(), result.clone(), stop.clone());
+                let (client, windows, stop) = (client.clone(), windows.clone(), stop.clone());
                 tokio::spawn(async move {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
@@ -302,10 +314,22 @@ impl Load {
                         };
                         let url =
                             format!("http://{listen}/{resource}/{}", i as u64 * 1_000_000 + n);
+                        let window = {
+                            let mut w = windows.lock().await;
+                            let current = w.current;
+                            if let Some((_, in_flight)) = w.open.get_mut(&current) {
+                                *in_flight += 1;
+                            }
+                            current
+                        };
                         let t = Instant::now();
                         let outcome = get(&client, &url).await;
                         let micros = t.elapsed().as_micros() as u64;
-                        let mut r = result.lock().await;
+                        let mut w = windows.lock().await;
+                        let Some((r, in_flight)) = w.open.get_mut(&window) else {
+                            continue;
+                        };
+                        *in_flight -= 1;
                         match outcome {
                             Ok((200, Some(backend), _)) if backend == "new" => {
                                 r.new.saturating_record(micros)
@@ -318,14 +342,35 @@ impl Load {
             })
             .collect();
         Load {
-            result,
+            windows,
             stop,
             tasks,
         }
     }
 
+    /// Close the current window and return it once its in-flight requests have answered
+    /// (each is bounded by `get`'s 5 s timeout).
     async fn take(&self) -> StepResult {
-        std::mem::replace(&mut *self.result.lock().await, empty_result())
+        let closed = {
+            let mut w = self.windows.lock().await;
+            let closed = w.current;
+            w.current += 1;
+            let next = w.current;
+            w.open.insert(next, (empty_result(), 0));
+            closed
+        };
+        loop {
+            {
+                let mut w = self.windows.lock().await;
+                if w.open
+                    .get(&closed)
+                    .is_none_or(|(_, in_flight)| *in_flight == 0)
+                {
+                    return w.open.remove(&closed).map_or_else(empty_result, |(r, _)| r);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn stop(self) {
