@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod charts;
+pub mod cli;
 pub mod load;
 pub mod propagation;
 pub mod report;

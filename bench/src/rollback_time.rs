@@ -14,8 +14,8 @@
 //!
 //! The runs are shared out over `lanes` independent set-ups (backends, proxy, load) that run at
 //! the same time: a run mostly waits (a whole window of healthy traffic, then the rule's `for`),
-//! so 20 runs take about a fifth of the time in 5 lanes, on a machine that is busier than with
-//! one lane (a harsher condition for the measurement, not a kinder one).
+//! so 20 runs in 10 lanes take two runs' time, on a machine that is busier than with one lane
+//! (a harsher condition for the measurement, not a kinder one; docs/rollback.md has both).
 //!
 //! Target (issue 6): p99 ≤ window + 1 s.
 
@@ -57,7 +57,7 @@ impl Default for RollbackTimeOptions {
             hold: Duration::from_secs(1),
             fault_percent: 40.0,
             connections: 4,
-            lanes: 5,
+            lanes: 10,
         }
     }
 }

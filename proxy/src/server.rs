@@ -179,7 +179,7 @@ impl BackgroundService for Control {
             Some(etcd) => Controller::etcd(dp, view, etcd, instance, webhook),
             None => Controller::local(dp, view, instance, webhook),
         };
-        let controller_task = tokio::spawn(controller.run(shutdown.clone()));
+        let controller_task = controller.spawn(shutdown.clone());
 
         let shared = self.shared.clone();
         let addrs = self.probe_addrs.clone();

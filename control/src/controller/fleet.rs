@@ -100,7 +100,7 @@ impl Fleet {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub(super) fn start<D: DataPlane>(&self, dp: Arc<D>, shutdown: watch::Receiver<bool>) {
+    pub(super) fn start(&self, dp: Arc<dyn DataPlane>, shutdown: watch::Receiver<bool>) {
         let task = Task {
             endpoints: self.endpoints.clone(),
             dial_timeout: self.dial_timeout,
@@ -128,7 +128,7 @@ impl Fleet {
     }
 }
 
-struct Task<D> {
+struct Task {
     endpoints: Vec<String>,
     dial_timeout: Duration,
     keys: Keys,
@@ -136,7 +136,7 @@ struct Task<D> {
     state: Arc<Mutex<FleetState>>,
     lease: Arc<Mutex<Option<(Client, i64)>>>,
     pending: Pending,
-    dp: Arc<D>,
+    dp: Arc<dyn DataPlane>,
 }
 
 async fn call<T>(
@@ -150,7 +150,7 @@ async fn call<T>(
     }
 }
 
-impl<D: DataPlane> Task<D> {
+impl Task {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         loop {

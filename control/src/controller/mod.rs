@@ -177,9 +177,13 @@ struct RouteCtl {
     ramp_pending: Option<Instant>,
 }
 
-/// The controller: call [`Controller::run`] on the control runtime.
-pub struct Controller<D: DataPlane> {
-    dp: Arc<D>,
+/// The controller: [`Controller::spawn`] it on the control runtime.
+///
+/// It holds the data plane as a trait object, and [`Controller::spawn`] starts its task here:
+/// so the controller, the fleet task and their etcd and webhook clients are compiled once, in
+/// this crate, rather than again inside the data plane's crate for its concrete type.
+pub struct Controller {
+    dp: Arc<dyn DataPlane>,
     store: Store,
     instance: String,
     notifier: Option<Notifier>,
@@ -187,10 +191,10 @@ pub struct Controller<D: DataPlane> {
     routes: HashMap<String, RouteCtl>,
 }
 
-impl<D: DataPlane> Controller<D> {
+impl Controller {
     /// A controller without etcd: rollbacks and ramp steps apply in-process.
     pub fn local(
-        dp: Arc<D>,
+        dp: Arc<dyn DataPlane>,
         view: Arc<ControlView>,
         instance: String,
         webhook: Option<String>,
@@ -200,7 +204,7 @@ impl<D: DataPlane> Controller<D> {
 
     /// A controller writing to etcd and taking part in the fleet.
     pub fn etcd(
-        dp: Arc<D>,
+        dp: Arc<dyn DataPlane>,
         view: Arc<ControlView>,
         settings: &EtcdSettings,
         instance: String,
@@ -213,7 +217,7 @@ impl<D: DataPlane> Controller<D> {
     }
 
     fn with_store(
-        dp: Arc<D>,
+        dp: Arc<dyn DataPlane>,
         view: Arc<ControlView>,
         store: Store,
         instance: String,
@@ -232,6 +236,11 @@ impl<D: DataPlane> Controller<D> {
             view,
             routes: HashMap::new(),
         }
+    }
+
+    /// Run [`Controller::run`] as a task of the current runtime.
+    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.run(shutdown))
     }
 
     /// Evaluate every [`TICK`] until `shutdown` turns true.
