@@ -94,7 +94,8 @@ impl TargetKind {
         match self {
             TargetKind::Direct => "client → backend a, no proxy",
             TargetKind::Cutover => {
-                "cutover, `[proxy] threads = 1`, weights {legacy = 100, new = 0, shadow = 0}"
+                "cutover, `[proxy] threads = 1`, default timeouts, \
+                 weights {legacy = 100, new = 0, shadow = 0}"
             }
             TargetKind::CutoverShadow => {
                 "cutover, `threads = 1`, weights {legacy = 100, new = 0, shadow = 100}, \
@@ -208,7 +209,13 @@ pub fn cutover_config(kind: TargetKind, backend: &BackendProcess) -> ProxyConfig
     } else {
         route.shadow(0)
     };
-    ProxyConfig::new().set("threads", "1").route(route)
+    // cutover's own timeouts (connect 2 s, upstream 30 s), not the tests' short ones: nginx and
+    // HAProxy run with theirs, and a crowd on a slow machine must not fail on a test's 500 ms.
+    ProxyConfig::new()
+        .unset("connect_timeout")
+        .unset("upstream_timeout")
+        .set("threads", "1")
+        .route(route)
 }
 
 /// nginx or HAProxy, started with a generated config; stopped (whole tree) on drop.

@@ -314,6 +314,12 @@ impl ProxyConfig {
         self
     }
 
+    /// Removes `[proxy] key`, so cutover's own default applies.
+    pub fn unset(mut self, key: &str) -> Self {
+        self.proxy.retain(|(k, _)| k != key);
+        self
+    }
+
     /// Sets a `[proxy]` string key.
     pub fn set_str(self, key: &str, value: &str) -> Self {
         self.set(key, &toml_string(value))
