@@ -132,13 +132,14 @@ impl SuiteOptions {
             targets: TargetKind::ALL.to_vec(),
             rounds: 3,
             max_repeats: 1,
-            warmup: Duration::from_millis(500),
+            warmup: Duration::from_millis(300),
             quiet: SUITE_QUIET_INTERVAL,
-            // 1.5 s is 18k to 70k requests per proxy run here, and 150 CPU ticks of a busy
-            // proxy (CLK_TCK 100): under 1 % resolution on CPU per request.
+            // 1.25 s is 12k to 60k requests per proxy run here, and 125 CPU ticks of a busy
+            // proxy (CLK_TCK 100): under 1 % resolution on CPU per request. Runs are this
+            // short to keep a fresh clone's `make bench` under 10 minutes.
             closed: LoadShape {
                 connections: 32,
-                duration: Duration::from_millis(1500),
+                duration: Duration::from_millis(1250),
                 max_requests: 5_000_000,
             },
             large: Some(LoadShape {
@@ -148,7 +149,7 @@ impl SuiteOptions {
             }),
             open: Some(OpenShape {
                 connections: 32,
-                duration: Duration::from_millis(1500),
+                duration: Duration::from_millis(1250),
                 fraction: 0.5,
             }),
             crowd: Some(LoadShape {
