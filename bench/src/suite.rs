@@ -134,7 +134,7 @@ impl SuiteOptions {
             max_repeats: 1,
             warmup: Duration::from_millis(300),
             quiet: SUITE_QUIET_INTERVAL,
-            // 1.25 s is 12k to 60k requests per proxy run here, and 125 CPU ticks of a busy
+            // 1.25 s is 8k to 36k requests per proxy run here, and 125 CPU ticks of a busy
             // proxy (CLK_TCK 100): under 1 % resolution on CPU per request. Runs are this
             // short to keep a fresh clone's `make bench` under 10 minutes.
             closed: LoadShape {

@@ -308,10 +308,10 @@ impl ProxyConfig {
     }
 
     /// Sets `[proxy] key = value`, `value` being TOML (`"\"2s\""`, `"100"`).
-    pub fn set(mut self, key: &str, toml_value: &str) -> Self {
-        self.proxy.retain(|(k, _)| k != key);
-        self.proxy.push((key.to_string(), toml_value.to_string()));
-        self
+    pub fn set(self, key: &str, toml_value: &str) -> Self {
+        let mut this = self.unset(key);
+        this.proxy.push((key.to_string(), toml_value.to_string()));
+        this
     }
 
     /// Removes `[proxy] key`, so cutover's own default applies.

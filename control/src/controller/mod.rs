@@ -180,8 +180,8 @@ struct RouteCtl {
 /// The controller: [`Controller::spawn`] it on the control runtime.
 ///
 /// It holds the data plane as a trait object, and [`Controller::spawn`] starts its task here:
-/// so the controller, the fleet task and their etcd and webhook clients are compiled once, in
-/// this crate, rather than again inside the data plane's crate for its concrete type.
+/// so the controller, the fleet task and their etcd and webhook clients are compiled in this
+/// crate, not in the data plane's crate for its concrete type.
 pub struct Controller {
     dp: Arc<dyn DataPlane>,
     store: Store,
@@ -238,13 +238,14 @@ impl Controller {
         }
     }
 
-    /// Run [`Controller::run`] as a task of the current runtime.
+    /// Start the controller as a task of the current runtime: it evaluates every [`TICK`]
+    /// until `shutdown` turns true.
     pub fn spawn(self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.run(shutdown))
     }
 
     /// Evaluate every [`TICK`] until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         if let Store::Etcd(_, fleet) = &self.store {
             fleet.start(self.dp.clone(), shutdown.clone());
         }
