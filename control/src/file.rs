@@ -129,6 +129,21 @@ impl ConfigSource for FileSource {
     }
 }
 
+/// Whether an event in the watched directory can mean new content. Opening, reading and
+/// closing a file unmodified cannot — and re-reading the file on those events fed the watcher
+/// its own reads: the file was re-read every [`SETTLE`], ~35 times a second, for as long as the
+/// process ran. Everything else counts: create, write, close after writing, rename, delete,
+/// attributes, and events of other entries (a ConfigMap's `..data` symlink swap).
+fn may_change_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(access) => {
+            matches!(access, AccessKind::Close(AccessMode::Write))
+        }
+        _ => true,
+    }
+}
+
 fn watch_dir(
     path: &Path,
     events: mpsc::UnboundedSender<()>,
@@ -138,7 +153,7 @@ fn watch_dir(
         _ => PathBuf::from("."),
     };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if res.is_ok_and(|event| may_change_content(&event.kind)) {
             // The receiver is gone only at shutdown.
             let _ = events.send(());
         }
@@ -151,6 +166,31 @@ fn watch_dir(
 mod tests {
     use super::*;
     use crate::tests::ONE as BASE;
+
+    #[test]
+    fn reads_of_the_file_are_not_changes() {
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+            RenameMode,
+        };
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+        ] {
+            assert!(!may_change_content(&kind), "{kind:?}");
+        }
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(may_change_content(&kind), "{kind:?}");
+        }
+    }
 
     fn write_atomic(path: &Path, text: &str) {
         let tmp = path.with_extension("tmp");

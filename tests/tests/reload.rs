@@ -278,3 +278,36 @@ async fn validate_reports_path_and_reason() {
         );
     }
 }
+
+/// Read syscalls of process `pid` so far (`syscr` of `/proc/<pid>/io`).
+fn read_syscalls(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/<pid>/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscr:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a syscr line")
+}
+
+/// An idle proxy reads its config file on change events and its 2 s safety poll only. Its own
+/// reads of the file used to wake the directory watcher (an "opened" event) and make it read
+/// the file again, every 25 ms, for as long as it ran: ~150 read syscalls a second at idle.
+#[tokio::test]
+async fn an_idle_proxy_does_not_keep_rereading_its_config_file() {
+    let r = reload(100.0, 0.0).await;
+    let pid = r.proxy.pid().expect("the harness owns the process");
+    serve(&r.proxy, 1).await;
+    let before = read_syscalls(pid);
+    // A measurement window, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = read_syscalls(pid) - before;
+    assert!(
+        reads < 40,
+        "{reads} read syscalls in 2 s of idle (expected a poll's few)"
+    );
+    // Changes are still seen.
+    r.proxy.rewrite_config(
+        &r.proxy
+            .render(&r.proxy.config().with_weights("orders", 0, 100)),
+    );
+    r.proxy.wait_for_weights("orders", 0.0, 100.0).await;
+}
