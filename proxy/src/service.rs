@@ -341,6 +341,16 @@ impl ProxyHttp for Cutover {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // `Upgrade` is never forwarded, so a 101 was never asked for (RELIABILITY 37). pingora
+        // would pass it to the client as the final response and splice the backend's bytes
+        // after it; refuse it as a malformed answer instead (502, connection not reused).
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "backend answered 101 Switching Protocols to a request without Upgrade",
+            )
+            .into_up());
+        }
         ctx.upstream_status = Some(resp.status.as_u16());
         if let Some(shadow) = ctx.shadow.as_mut() {
             shadow.primary_head(resp.status.as_u16(), &resp.headers);
