@@ -7,7 +7,7 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 
-.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time bench bench-smoke clean
+.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time soak bench bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -52,6 +52,15 @@ rollback-time:
 	@scripts/prereqs.sh build
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
 	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench rollback-time --runs 20
+
+## An hour of steady load (RELIABILITY.md 58): the proxy's RSS, open files, upstream connections,
+## threads and tasks must stay flat. SOAK_ARGS="--duration 10m --warmup 2m" for a shorter run.
+SOAK_ARGS ?=
+soak:
+	@scripts/prereqs.sh build
+	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
+	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench soak \
+	  --markdown bench/reports/soak.md $(SOAK_ARGS)
 
 ## The benchmark report: BENCHMARKS.md and bench/reports/*.svg, every number from this run.
 ## Installs nginx and haproxy to compare with when it can (else runs without them and says so).

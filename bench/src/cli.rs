@@ -1,7 +1,7 @@
 //! The `cutover-bench` command line: the standard benchmark report (`report`, what `make bench` runs), its
 //! backend process (`backend`), closed- and open-loop load against a URL with HDR percentiles
-//! (`load`), the etcd → traffic propagation scenario (`propagation`) and the shadow CPU-cost
-//! scenario (`shadow-cost`).
+//! (`load`), the etcd → traffic propagation scenario (`propagation`), the shadow CPU-cost
+//! scenario (`shadow-cost`), fault → rollback time (`rollback-time`) and the soak (`soak`).
 //!
 //! It lives in the library, and the binary only calls [`main`]: the futures it runs (the
 //! suite, the scenarios, the backend's and generator's hyper and etcd clients) are then
@@ -16,6 +16,7 @@ use crate::propagation::{self, PropagationOptions};
 use crate::report::{self, Output};
 use crate::rollback_time::{self, RollbackTimeOptions};
 use crate::shadow_cost::{self, ShadowCostOptions};
+use crate::soak::{self, SoakOptions};
 use crate::suite::{self, SuiteOptions};
 use crate::targets::TargetKind;
 use crate::ui::Progress;
@@ -78,6 +79,38 @@ enum Command {
     /// answered. Prints p50/p99/max and whether p99 ≤ window + 1 s. Exit 0 when every run rolled
     /// back, 2 otherwise.
     RollbackTime(RollbackTimeArgs),
+    /// Steady load for a long time (default 1 h); the proxy's RSS, open files, upstream
+    /// connections, threads and runtime tasks must stay flat (RELIABILITY.md case 58).
+    ///
+    /// Starts the benchmark backend and the real proxy (binary: $CUTOVER_BIN, else <target
+    /// dir>/debug/cutover) with weights 90/10, shadow 100 and JSON comparison; runs open-loop
+    /// segments of INTERVAL at RATE req/s over fresh connections, flips the weights between
+    /// 90/10 and 80/20 after each, and samples the proxy between segments. Prints a Markdown
+    /// report (also written to --markdown). Exit 0 when every series stayed flat and no request
+    /// failed, 2 otherwise.
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// Length of the run.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Length of one load segment; the proxy is sampled after each.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Samples before this are shown but not judged.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Requests per second (open loop).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    rate: u32,
+    /// Client connections of each segment.
+    #[arg(long, short, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    connections: u32,
+    /// Also write the report here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -216,7 +249,10 @@ pub fn main() -> ExitCode {
     let workers = match cli.command {
         Command::Report(_) | Command::Backend(_) => 0,
         Command::Load(_) => 1,
-        Command::Propagation(_) | Command::ShadowCost(_) | Command::RollbackTime(_) => 2,
+        Command::Propagation(_)
+        | Command::ShadowCost(_)
+        | Command::RollbackTime(_)
+        | Command::Soak(_) => 2,
     };
     // The suite's generator and the backend each use one CPU: one thread.
     let mut builder = if workers == 0 {
@@ -245,6 +281,7 @@ pub fn main() -> ExitCode {
         Command::Propagation(args) => propagation(&rt, args),
         Command::ShadowCost(args) => shadow_cost(&rt, args),
         Command::RollbackTime(args) => rollback_time(&rt, args),
+        Command::Soak(args) => soak(&rt, args),
         Command::Report(_) | Command::Backend(_) => unreachable!("handled above"),
     }
 }
@@ -341,20 +378,9 @@ fn report(rt: &tokio::runtime::Runtime, args: ReportArgs) -> ExitCode {
 
     // Ctrl-C / SIGTERM drop the suite future, and with it every process it started.
     let outcome = rt.block_on(async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let terminated = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
         tokio::select! {
             r = suite::run(&opts, &ui) => Some(r),
-            _ = tokio::signal::ctrl_c() => None,
-            _ = terminated => None,
+            _ = interrupted() => None,
         }
     });
     ui.finish();
@@ -449,20 +475,48 @@ fn load(rt: &tokio::runtime::Runtime, args: LoadArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
+}
+
 /// Run a scenario on a task: the harness panics with a descriptive message when etcd or the
-/// proxy cannot start, and that becomes exit 2 instead of an abort.
+/// proxy cannot start, and that becomes exit 2 instead of an abort. Ctrl-C or SIGTERM abort
+/// the task — dropping it stops every process it started — and exit 130.
 fn run_scenario<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
     name: &str,
     scenario: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Result<T, ExitCode> {
-    rt.block_on(async move { tokio::spawn(scenario).await })
-        .map_err(|e| {
-            eprintln!(
-                "cutover-bench: the {name} scenario could not run (see the message above): {e}"
-            );
-            ExitCode::from(2)
-        })
+    rt.block_on(async move {
+        let mut task = tokio::spawn(scenario);
+        tokio::select! {
+            result = &mut task => result.map_err(|e| {
+                eprintln!(
+                    "cutover-bench: the {name} scenario could not run (see the message above): {e}"
+                );
+                ExitCode::from(2)
+            }),
+            _ = interrupted() => {
+                task.abort();
+                let _ = task.await;
+                eprintln!("cutover-bench: interrupted; every started process was stopped");
+                Err(ExitCode::from(130))
+            }
+        }
+    })
 }
 
 fn propagation(rt: &tokio::runtime::Runtime, args: PropagationArgs) -> ExitCode {
@@ -531,6 +585,61 @@ fn shadow_cost(rt: &tokio::runtime::Runtime, args: ShadowCostArgs) -> ExitCode {
     };
     println!("{}", report.to_markdown(&command_line()));
     if report.completed() && report.errors() == 0 && report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn soak(rt: &tokio::runtime::Runtime, args: SoakArgs) -> ExitCode {
+    let bench_bin = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cutover-bench: cannot find its own binary: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = SoakOptions {
+        duration: args.duration,
+        interval: args.interval,
+        warmup: args.warmup,
+        rate: f64::from(args.rate),
+        connections: args.connections as usize,
+        ..SoakOptions::standard(bench_bin)
+    };
+    let segments = opts.segments();
+    let result = run_scenario(rt, "soak", async move {
+        soak::run(&opts, |i, s| {
+            eprintln!(
+                "segment {}/{segments}: {} requests, {} errors, RSS {} KiB, {} files, {} upstream, {} tasks",
+                i + 1,
+                s.requests,
+                s.errors,
+                s.rss_kib.unwrap_or(0),
+                s.fds.unwrap_or(0),
+                s.upstream.unwrap_or(0),
+                s.tasks.unwrap_or(0.0)
+            )
+        })
+        .await
+    });
+    let report = match result {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            eprintln!("cutover-bench soak: {e}");
+            return ExitCode::from(2);
+        }
+        Err(code) => return code,
+    };
+    let markdown = report.to_markdown(&command_line());
+    println!("{markdown}");
+    if let Some(path) = &args.markdown {
+        if let Err(e) = std::fs::write(path, &markdown) {
+            eprintln!("cutover-bench soak: writing {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if report.flat() && report.errors() == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

@@ -3,7 +3,8 @@
 //! targets it measures ([`targets`]: direct, cutover with and without shadowing, nginx,
 //! HAProxy), the standard suite ([`suite`]: interleaved rounds, CPU per request, peak RSS,
 //! upstream connections, noise checks) and its report ([`report`], [`charts`]: Markdown and
-//! SVG). Scenarios: [`propagation`] (etcd write → traffic follows) and [`shadow_cost`].
+//! SVG). Scenarios: [`propagation`] (etcd write → traffic follows), [`shadow_cost`],
+//! [`rollback_time`] and [`soak`] (an hour of steady load: resources stay flat).
 //! `make bench` runs the suite and writes `BENCHMARKS.md`; see `cutover-bench --help`.
 
 pub mod backend;
@@ -14,6 +15,7 @@ pub mod propagation;
 pub mod report;
 pub mod rollback_time;
 pub mod shadow_cost;
+pub mod soak;
 pub mod suite;
 pub mod sys;
 pub mod targets;

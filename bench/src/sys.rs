@@ -1,7 +1,8 @@
 //! What the benchmark reads from Linux: a process tree's CPU time and peak memory
 //! (`/proc/<pid>/stat`, `/proc/<pid>/status`), the machine's CPU time by state including
-//! hypervisor steal (`/proc/stat`), TCP connections opened (`/proc/net/snmp`), CPU pinning
-//! (`sched_setaffinity`) and a description of the machine.
+//! hypervisor steal (`/proc/stat`), TCP connections opened (`/proc/net/snmp`), a process's
+//! open files, threads and established connections (`/proc/<pid>/fd`, `/proc/net/tcp`), CPU
+//! pinning (`sched_setaffinity`) and a description of the machine.
 
 use std::path::Path;
 use std::time::Duration;
@@ -131,6 +132,77 @@ pub fn rss_kib(pids: &[u32]) -> Option<u64> {
         .filter_map(|&p| status_kib(p, "VmRSS"))
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Threads of process `pid` (`Threads:` of `/proc/<pid>/status`).
+pub fn threads(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Open file descriptors of process `pid` (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count() as u64)
+}
+
+/// The socket inodes among process `pid`'s open files (`socket:[N]` links in `/proc/<pid>/fd`).
+fn socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|target| {
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// TCP connections process `pid` holds in state ESTABLISHED to a remote port in `ports`
+/// (its sockets in `/proc/net/tcp` and `/proc/net/tcp6`): e.g. its pooled upstream connections.
+pub fn established_to(pid: u32, ports: &[u16]) -> Option<u64> {
+    let inodes = socket_inodes(pid);
+    let mut n = 0;
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            read_any = true;
+            n += count_established(&text, &inodes, ports);
+        }
+    }
+    read_any.then_some(n)
+}
+
+/// Rows of a `/proc/net/tcp` table in state `01` (ESTABLISHED) whose inode is in `inodes`
+/// and whose remote port is in `ports`.
+fn count_established(table: &str, inodes: &std::collections::HashSet<u64>, ports: &[u16]) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode …
+            let (Some(remote), Some(state), Some(inode)) = (f.get(2), f.get(3), f.get(9)) else {
+                return false;
+            };
+            let port = remote
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            *state == "01"
+                && port.is_some_and(|p| ports.contains(&p))
+                && inode.parse().is_ok_and(|i: u64| inodes.contains(&i))
+        })
+        .count() as u64
 }
 
 /// The machine's CPU time by state (`/proc/stat` `cpu` line), in clock ticks.
@@ -373,6 +445,36 @@ mod tests {
         assert_eq!(parse_active_opens(snmp), Ok(54843));
         assert!(CpuTimes::now().is_ok());
         assert!(tcp_active_opens().is_ok());
+    }
+
+    #[test]
+    fn counts_established_sockets_by_inode_and_remote_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:A1B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 111 1 0 20 4 30 10 -1
+   1: 0100007F:A1B3 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0 20 4 30 10 -1
+   2: 0100007F:A1B4 0100007F:1F90 06 00000000:00000000 00:00000000 00000000     0        0 333 1 0 20 4 30 10 -1
+   3: 0100007F:A1B5 0100007F:1F91 01 00000000:00000000 00:00000000 00000000     0        0 444 1 0 20 4 30 10 -1
+   4: 0100007F:1F90 0100007F:A1B2 01 00000000:00000000 00:00000000 00000000     0        0 555 1 0 20 4 30 10 -1
+";
+        // 0x1F90 = 8080: rows 0 and 1 are ours and established; 2 is TIME_WAIT, 3 goes to
+        // another port, 4 is not our socket.
+        let inodes = [111, 222, 333, 444].into_iter().collect();
+        assert_eq!(count_established(table, &inodes, &[8080]), 2);
+        assert_eq!(count_established(table, &inodes, &[8080, 8081]), 3);
+        assert_eq!(count_established(table, &inodes, &[9999]), 0);
+    }
+
+    #[test]
+    fn reads_own_files_threads_and_connections() {
+        let pid = std::process::id();
+        assert!(open_fds(pid).is_some_and(|n| n >= 1));
+        assert!(threads(pid).is_some_and(|n| n >= 1));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let before = established_to(pid, &[port]).unwrap();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _server = listener.accept().unwrap();
+        assert_eq!(established_to(pid, &[port]), Some(before + 1));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::routing::{Route, Snapshot};
 use crate::state::Shared;
 use crate::stats::{BackendKind, Role};
+use crate::telemetry::RuntimeKind;
 
 /// The admin API application.
 #[derive(Debug, Clone)]
@@ -28,6 +29,10 @@ impl Admin {
 
     /// Answer one admin request (method and path only; the admin API takes no bodies).
     pub fn handle(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
+        self.shared
+            .telemetry
+            .metrics
+            .note_runtime(RuntimeKind::Admin);
         if method != http::Method::GET && method != http::Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         }

@@ -30,6 +30,7 @@ use tracing::{error, info};
 use crate::admin::Admin;
 use crate::service::Cutover;
 use crate::state::Shared;
+use crate::telemetry::RuntimeKind;
 
 /// How long no request may be in flight before a draining process exits.
 const DRAIN_QUIET: Duration = Duration::from_millis(200);
@@ -169,6 +170,10 @@ impl BackgroundService for Control {
         let Some(source) = self.source.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
+        self.shared
+            .telemetry
+            .metrics
+            .note_runtime(RuntimeKind::Control);
         let (tx, mut rx) = watch::channel(self.initial.clone());
         let source_task = tokio::spawn(source.run(tx, shutdown.clone()));
 

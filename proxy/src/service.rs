@@ -19,7 +19,7 @@ use crate::routing::{request_host, Route};
 use crate::shadow::{self, ShadowRequest};
 use crate::state::{InflightGuard, Shared};
 use crate::stats::{BackendKind, Role};
-use crate::telemetry::Outcome;
+use crate::telemetry::{Outcome, RuntimeKind};
 
 /// The data plane.
 #[derive(Debug, Clone)]
@@ -112,6 +112,10 @@ impl ProxyHttp for Cutover {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        self.shared
+            .telemetry
+            .metrics
+            .note_runtime(RuntimeKind::Proxy);
         RequestCtx {
             started: Instant::now(),
             route: None,

@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use tokio::runtime::Handle;
 
 use crate::compare::{Difference, DivergenceLog, Groups, NoiseLearner};
 use crate::shadow::DropReason;
@@ -33,6 +34,30 @@ const DURATION_BUCKETS: &[f64] = &[
 
 /// Status classes of `cutover_requests_total{code}`; `error` is "no response".
 const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// The process's tokio runtimes (pingora runs one per service), by `cutover_runtime_tasks`'
+/// `runtime` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// The data plane: client connections, requests, shadow copies.
+    Proxy = 0,
+    /// The admin API.
+    Admin = 1,
+    /// The config source, the controller and the fleet.
+    Control = 2,
+}
+
+impl RuntimeKind {
+    const ALL: [RuntimeKind; 3] = [RuntimeKind::Proxy, RuntimeKind::Admin, RuntimeKind::Control];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Proxy => "proxy",
+            RuntimeKind::Admin => "admin",
+            RuntimeKind::Control => "control",
+        }
+    }
+}
 
 /// The outcome of one proxied request, for counting.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +98,9 @@ pub struct Metrics {
     pub config_revision: IntGauge,
     pub config_errors: IntCounter,
     pub etcd_connected: IntGauge,
+    runtime_tasks: IntGaugeVec,
+    /// Each runtime's handle, noted by the first code that runs on it; read at scrape time.
+    runtimes: [OnceLock<Handle>; 3],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -170,12 +198,44 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            runtime_tasks: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "cutover_runtime_tasks",
+                        "Tasks alive on each tokio runtime of the process (proxy: one per client \
+                         connection, request and shadow copy in flight). Flat under steady load.",
+                    ),
+                    &["runtime"],
+                )
+                .expect("valid metric"),
+            ),
+            runtimes: Default::default(),
             registry: r,
+        }
+    }
+
+    /// Remember the runtime the caller runs on as `kind` (the first call per kind wins; a call
+    /// outside a runtime does nothing). Cheap enough for every request: one atomic load once set.
+    pub fn note_runtime(&self, kind: RuntimeKind) {
+        let cell = &self.runtimes[kind as usize];
+        if cell.get().is_none() {
+            if let Ok(handle) = Handle::try_current() {
+                let _ = cell.set(handle);
+            }
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Vec<u8> {
+        for kind in RuntimeKind::ALL {
+            if let Some(handle) = self.runtimes[kind as usize].get() {
+                let tasks = handle.metrics().num_alive_tasks();
+                self.runtime_tasks
+                    .with_label_values(&[kind.as_str()])
+                    .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+            }
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -393,6 +453,38 @@ impl Telemetry {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn runtime_tasks_are_read_at_scrape_time() {
+        let m = Metrics::new();
+        m.note_runtime(RuntimeKind::Proxy); // outside a runtime: nothing to note
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(!text.contains("cutover_runtime_tasks{"), "{text}");
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        rt.block_on(async {
+            m.note_runtime(RuntimeKind::Proxy);
+            tokio::spawn(async move {
+                let _ = rx.await;
+            });
+        });
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            text.contains(r#"cutover_runtime_tasks{runtime="proxy"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"runtime="admin""#), "{text}");
+        tx.send(()).unwrap();
+        rt.block_on(tokio::task::yield_now());
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            text.contains(r#"cutover_runtime_tasks{runtime="proxy"} 0"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn outcome_classes() {
