@@ -568,19 +568,32 @@ async fn assert_not_reused(backend: &ScriptedBackend, proxy: &Proxy, path: &str)
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn case_36_malformed_response_head_is_502_and_never_pooled() {
-    let cases = malformed();
+/// A backend answering `/bad/<name>` with each case's bytes (keeping the connection open), and
+/// a proxy in front of it.
+async fn bad_cases(cases: &[(&'static str, &'static str)]) -> (ScriptedBackend, Proxy) {
     let replies = cases
         .iter()
         .map(|(name, bytes)| (format!("/bad/{name}"), Reply::keep(*bytes)))
         .collect();
     let backend = ScriptedBackend::run(replies).await;
     let proxy = proxy_to(&backend).await;
+    (backend, proxy)
+}
+
+/// Sends `GET /bad/<name>` on a new client connection; returns the path and the connection.
+async fn request_bad(proxy: &Proxy, name: &str) -> (String, RawConn) {
+    let path = format!("/bad/{name}");
+    let mut conn = RawConn::open(proxy.addr()).await;
+    conn.send(&get(&path)).await;
+    (path, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_36_malformed_response_head_is_502_and_never_pooled() {
+    let cases = malformed();
+    let (backend, proxy) = bad_cases(&cases).await;
     for (name, _) in &cases {
-        let path = format!("/bad/{name}");
-        let mut conn = RawConn::open(proxy.addr()).await;
-        conn.send(&get(&path)).await;
+        let (path, mut conn) = request_bad(&proxy, name).await;
         let responses = conn.read_responses(1, STEP).await;
         assert_eq!(
             responses.iter().map(|r| r.status).collect::<Vec<_>>(),
@@ -595,16 +608,9 @@ async fn case_36_malformed_response_head_is_502_and_never_pooled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn case_36_bad_chunk_size_is_aborted_and_never_pooled() {
     let cases = bad_chunks();
-    let replies = cases
-        .iter()
-        .map(|(name, bytes)| (format!("/bad/{name}"), Reply::keep(*bytes)))
-        .collect();
-    let backend = ScriptedBackend::run(replies).await;
-    let proxy = proxy_to(&backend).await;
+    let (backend, proxy) = bad_cases(&cases).await;
     for (name, _) in &cases {
-        let path = format!("/bad/{name}");
-        let mut conn = RawConn::open(proxy.addr()).await;
-        conn.send(&get(&path)).await;
+        let (path, mut conn) = request_bad(&proxy, name).await;
         let responses = conn.read_responses(1, STEP).await;
         let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
         if !statuses.is_empty() {
