@@ -204,7 +204,8 @@ impl Metrics {
                     Opts::new(
                         "cutover_runtime_tasks",
                         "Tasks alive on each tokio runtime of the process (proxy: one per client \
-                         connection, request and shadow copy in flight). Flat under steady load.",
+                         connection, shadow copy in flight and pooled upstream connection). Flat \
+                         under steady load.",
                     ),
                     &["runtime"],
                 )
