@@ -301,13 +301,18 @@ fn serve_backend(rt: &tokio::runtime::Runtime, args: BackendArgs) -> ExitCode {
     }
 }
 
+/// This binary's path: `report` and `soak` start it again as the benchmark backend.
+fn own_binary() -> Result<PathBuf, ExitCode> {
+    std::env::current_exe().map_err(|e| {
+        eprintln!("cutover-bench: cannot find its own binary: {e}");
+        ExitCode::from(2)
+    })
+}
+
 fn report(rt: &tokio::runtime::Runtime, args: ReportArgs) -> ExitCode {
-    let bench_bin = match std::env::current_exe() {
+    let bench_bin = match own_binary() {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("cutover-bench: cannot find my own binary: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let mut opts = if args.smoke {
         SuiteOptions::smoke(bench_bin)
@@ -592,12 +597,9 @@ fn shadow_cost(rt: &tokio::runtime::Runtime, args: ShadowCostArgs) -> ExitCode {
 }
 
 fn soak(rt: &tokio::runtime::Runtime, args: SoakArgs) -> ExitCode {
-    let bench_bin = match std::env::current_exe() {
+    let bench_bin = match own_binary() {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("cutover-bench: cannot find its own binary: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let opts = SoakOptions {
         duration: args.duration,
