@@ -362,7 +362,7 @@ pub async fn run(
     let pid = proxy
         .pid()
         .ok_or("the harness does not own the proxy process")?;
-    let url = proxy
+    let url: hyper::Uri = proxy
         .url(BODY_1K_PATH)
         .parse()
         .map_err(|e| format!("proxy URL: {e}"))?;
@@ -376,7 +376,7 @@ pub async fn run(
     let start = Instant::now();
     for segment in 0..opts.segments() {
         let load = run_open_loop(&OpenLoop {
-            url: Clone::clone(&url),
+            url: url.clone(),
             rate: opts.rate,
             connections: opts.connections,
             duration: opts.interval,
