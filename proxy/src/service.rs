@@ -139,7 +139,7 @@ impl ProxyHttp for Cutover {
         // Only retune keep-alive when the connection is being kept alive at all (the client's
         // `Connection: close`, HTTP/1.0 and draining turn it off).
         if session.get_keepalive().is_some() && !self.shared.draining.load(Ordering::Relaxed) {
-            session.set_keepalive(Some(t.idle_timeout.as_secs().max(1)));
+            session.set_keepalive(Some(t.idle_timeout_secs));
         }
         session.set_read_timeout(Some(t.body_read_timeout));
         session.set_write_timeout(Some(t.write_timeout));
