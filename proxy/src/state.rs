@@ -35,8 +35,8 @@ pub struct Settings {
 
 /// `idle` in whole seconds, rounded up, at least 1.
 fn keepalive_secs(idle: Duration) -> u64 {
-    let millis = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-    millis.div_ceil(1000).max(1)
+    let secs = idle.as_secs() + u64::from(idle.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 impl Settings {
@@ -255,6 +255,7 @@ mod tests {
         assert_eq!(keepalive_secs(ms(500)), 1);
         assert_eq!(keepalive_secs(ms(1000)), 1);
         assert_eq!(keepalive_secs(ms(1001)), 2);
+        assert_eq!(keepalive_secs(Duration::new(1, 1)), 2);
         assert_eq!(keepalive_secs(ms(1500)), 2);
         assert_eq!(keepalive_secs(Duration::from_secs(60)), 60);
     }
