@@ -56,7 +56,37 @@ pub fn free_addr() -> SocketAddr {
 
 /// Polls `condition` every [`POLL_INTERVAL`] until it returns true; panics naming `what`
 /// when `timeout` passes first. The only way tests wait for asynchronous effects.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    if !poll_until(timeout, condition).await {
+        panic!("timed out after {timeout:?} waiting for: {what}");
+    }
+}
+
+/// [`eventually`], but a timeout's panic also carries what `explain` reports at that moment
+/// (e.g. the proxy's rule verdicts), so a failure in CI says why the wait never ended.
+pub async fn eventually_explained<F, Fut, E, EFut>(
+    timeout: Duration,
+    what: &str,
+    condition: F,
+    explain: E,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+    E: FnOnce() -> EFut,
+    EFut: Future<Output = String>,
+{
+    if !poll_until(timeout, condition).await {
+        let why = explain().await;
+        panic!("timed out after {timeout:?} waiting for: {what}\nmeanwhile: {why}");
+    }
+}
+
+/// Whether `condition` became true within `timeout`, polled every [`POLL_INTERVAL`].
+async fn poll_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -64,10 +94,10 @@ where
     let start = Instant::now();
     loop {
         if condition().await {
-            return;
+            return true;
         }
         if start.elapsed() >= timeout {
-            panic!("timed out after {timeout:?} waiting for: {what}");
+            return false;
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }

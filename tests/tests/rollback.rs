@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cutover_tests::{
-    eventually, Backend, Client, Ctl, Etcd, Proxy, ProxyConfig, RunningBackend, TcpRelay,
+    eventually, eventually_explained, Backend, Client, Ctl, Etcd, Proxy, ProxyConfig,
+    RunningBackend, TcpRelay,
 };
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
@@ -101,7 +102,7 @@ impl Site {
     }
 }
 
-/// GETs through proxies from 4 tasks until stopped; counts answers by class.
+/// GETs through proxies from a few tasks until stopped; counts answers by class.
 struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
@@ -111,14 +112,20 @@ struct Load {
 }
 
 impl Load {
+    /// Load from 4 tasks.
     fn start(urls: Vec<String>) -> Load {
+        Self::with_tasks(urls, 4)
+    }
+
+    /// Load from `tasks` tasks, each sending its next request when the last is answered.
+    fn with_tasks(urls: Vec<String>, tasks: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, server_errors, failed) = (
             Arc::new(AtomicUsize::new(0)),
             Arc::new(AtomicUsize::new(0)),
             Arc::new(AtomicUsize::new(0)),
         );
-        let tasks = (0..4)
+        let tasks = (0..tasks)
             .map(|i| {
                 let url = urls[i % urls.len()].clone();
                 let (stop, ok, server_errors, failed) = (
@@ -251,9 +258,27 @@ async fn wait_etcd(site: &Site, within: Duration, new: f64, phase: &str) -> Valu
     site.get_json("status").await.expect("status")
 }
 
-/// Wait until etcd has weights `new: 0` and status `rolled_back` by `rule`; the reason.
-async fn wait_rolled_back_by(site: &Site, rule: &str) -> String {
-    let status = wait_etcd(site, Duration::from_secs(15), 0.0, "rolled_back").await;
+/// Wait until `proxy` rolls back (≤ 15 s; on timeout the panic shows its rule verdicts), then
+/// until etcd has weights `new: 0` and status `rolled_back` by `rule`; the reason.
+async fn wait_rolled_back_by(site: &Site, proxy: &Proxy, rule: &str) -> String {
+    eventually_explained(
+        Duration::from_secs(15),
+        &format!("the proxy rolls {ROUTE} back by {rule}"),
+        || async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["phase"] == "rolled_back")
+        },
+        || async {
+            format!(
+                "the proxy's evaluation: {}",
+                control(proxy).await["routes"][ROUTE]
+            )
+        },
+    )
+    .await;
+    let status = wait_etcd(site, APPLIED, 0.0, "rolled_back").await;
     assert_eq!(status["rollback"]["rule"], rule, "{status}");
     status["rollback"]["reason"]
         .as_str()
@@ -359,6 +384,12 @@ async fn error_rate_breach_rolls_back_the_fleet_within_for_plus_2s() {
 }
 
 /// new's p99 far above 3× legacy's → `latency_p99`.
+///
+/// new answers in 300 ms, so the rule fails unless legacy's p99 is above 100 ms. With 100 ms
+/// of delay this test once saw no rollback in 15 s in CI. The likeliest cause: in a 2 s window
+/// of a few dozen legacy requests p99 is the slowest of them, and a busy host stalling one of
+/// them by 34 ms keeps the rule passing. A timeout now prints the proxy's verdicts. Twelve
+/// load tasks keep both windows well above `min_requests` while new is slow.
 #[tokio::test]
 async fn slow_new_rolls_back_on_latency_p99() {
     let site = Site::start("latency").await;
@@ -368,10 +399,10 @@ async fn slow_new_rolls_back_on_latency_p99() {
     site.put_weights(50.0, 50.0, 0.0).await;
     let proxy = Proxy::start(site.config()).await;
     wait_new_weight(&proxy, 50.0).await;
-    let load = Load::start(vec![proxy.url("/items")]);
+    let load = Load::with_tasks(vec![proxy.url("/items")], 12);
     wait_new_traffic(&site, 50).await;
-    site.new.set_delay(Duration::from_millis(100));
-    let reason = wait_rolled_back_by(&site, "latency_p99").await;
+    site.new.set_delay(Duration::from_millis(300));
+    let reason = wait_rolled_back_by(&site, &proxy, "latency_p99").await;
     assert!(
         reason.starts_with("new p99 ") && reason.contains("> 3x legacy live p99"),
         "{reason}"
@@ -400,7 +431,7 @@ async fn divergence_under_shadow_rolls_back() {
     let proxy = Proxy::start(site.config()).await;
     wait_new_weight(&proxy, 10.0).await;
     let load = Load::start(vec![proxy.url("/items")]);
-    let reason = wait_rolled_back_by(&site, "divergence").await;
+    let reason = wait_rolled_back_by(&site, &proxy, "divergence").await;
     assert!(reason.starts_with("divergence rate "), "{reason}");
     assert_eq!(site.get_json("weights").await.unwrap()["shadow"], 100.0);
     load.stop().await;
@@ -695,13 +726,18 @@ async fn embedded_source_rolls_back_in_process() {
     let route = proxy.route_info(ROUTE).await.unwrap();
     assert_eq!(route["weights"]["new"], 0.0);
     assert_eq!(route["rollback"]["rule"], "error_rate");
-    let c = control(&proxy).await;
-    assert_eq!(c["leader"], true);
-    assert!(c["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["kind"] == "rollback"));
+    assert_eq!(control(&proxy).await["leader"], true);
+    // The route's phase (routing snapshot) and the event (controller's log) are two reads:
+    // on a busy host the event can land a moment after the phase shows.
+    eventually!(
+        APPLIED,
+        async {
+            control(&proxy).await["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["kind"] == "rollback"))
+        },
+        "a rollback event on the admin API"
+    );
     let before = new.count();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(new.count() <= before + 4, "no live traffic to new");
