@@ -7,7 +7,7 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 
-.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time soak bench bench-smoke clean
+.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time soak bench pingora-floor bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -72,6 +72,18 @@ bench:
 	  --markdown BENCHMARKS.md --charts-dir bench/reports \
 	  --step scripts/bench-prereqs.sh \
 	  --step "$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench"
+
+## cutover against pingora's own minimal proxy (`pingora-floor`, set up like cutover's data plane)
+## and nginx, interleaved: how much of cutover's CPU per request and memory is pingora's.
+## Report in bench/reports/pingora-floor.md. Not part of `make bench` (it needs its own build).
+pingora-floor:
+	scripts/bench-prereqs.sh
+	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench --features cutover-bench/pingora-floor
+	t="$${CARGO_TARGET_DIR:-target}"; CUTOVER_BIN="$$t/release/cutover" "$$t/release/cutover-bench" report \
+	  --targets direct,cutover,pingora,nginx --propagation-changes 0 --rollback-runs 0 \
+	  --markdown bench/reports/pingora-floor.md --charts-dir bench/reports/pingora-floor \
+	  --made-by "make pingora-floor" --step scripts/bench-prereqs.sh \
+	  --step "$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench --features cutover-bench/pingora-floor"
 
 ## The benchmark harness's smoke run (a few hundred requests per target; writes no report).
 bench-smoke:

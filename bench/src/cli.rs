@@ -168,7 +168,8 @@ struct ReportArgs {
     /// Extra rounds per phase allowed to replace disturbed ones (default 1; 0 with --smoke).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10))]
     max_repeats: Option<u32>,
-    /// Comma-separated targets (default: all; nginx / HAProxy ones only when installed).
+    /// Comma-separated targets (default: all but `pingora`; nginx / HAProxy ones only when
+    /// installed; `pingora` is pingora's minimal proxy, built by `make pingora-floor`).
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
     /// Length of one closed-loop 1 KiB run (and of one open-loop run).
@@ -199,6 +200,10 @@ struct ReportArgs {
     /// order); repeatable.
     #[arg(long = "step")]
     steps: Vec<String>,
+    /// The make target that runs this report and its steps, named as its origin when steps
+    /// are given.
+    #[arg(long, default_value = "make bench")]
+    made_by: String,
 }
 
 #[derive(Debug, Args)]
@@ -416,7 +421,7 @@ fn report(rt: &tokio::runtime::Runtime, args: ReportArgs) -> ExitCode {
         command: if args.steps.is_empty() {
             command_line()
         } else {
-            "make bench".into()
+            args.made_by.clone()
         },
         reproduce,
         micro,

@@ -129,7 +129,7 @@ impl SuiteOptions {
     pub fn standard(bench_bin: PathBuf) -> SuiteOptions {
         SuiteOptions {
             bench_bin,
-            targets: TargetKind::ALL.to_vec(),
+            targets: TargetKind::DEFAULT.to_vec(),
             rounds: 3,
             max_repeats: 1,
             warmup: Duration::from_millis(300),
@@ -884,7 +884,7 @@ pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, Stri
                 }
                 None => skipped.push((
                     *kind,
-                    format!("{name} is not installed (scripts/bench-prereqs.sh installs it)"),
+                    format!("{name} is not installed ({})", kind.how_to_install()),
                 )),
             }
         }

@@ -386,11 +386,16 @@ pub fn first_line_of(program: &Path, args: &[&str]) -> Option<String> {
 }
 
 /// `name` on `$PATH`, else in `/usr/sbin` and `/sbin` (where Debian puts nginx and haproxy,
-/// which are not on an ordinary user's PATH).
+/// which are not on an ordinary user's PATH), else next to this binary (pingora-floor).
 pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
+    // Next to cutover-bench itself: binaries of the same build (pingora-floor).
+    let own_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf));
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
+        .chain(own_dir)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
@@ -475,6 +480,16 @@ mod tests {
         let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _server = listener.accept().unwrap();
         assert_eq!(established_to(pid, &[port]), Some(before + 1));
+    }
+
+    #[test]
+    fn finds_programs_next_to_its_own_binary() {
+        // The test binary is not on PATH; its siblings are found the way cutover-bench finds
+        // pingora-floor.
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_str().unwrap();
+        assert_eq!(find_program(name), Some(exe.clone()));
+        assert_eq!(find_program("no-such-program-anywhere"), None);
     }
 
     #[test]

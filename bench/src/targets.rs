@@ -1,6 +1,7 @@
 //! What the load generator is pointed at: the backend directly, cutover without and with
 //! shadowing, and — when installed — nginx (with and without `mirror`) and HAProxy, each a
-//! single-threaded reverse proxy in front of the benchmark backend's listener **a**.
+//! single-threaded reverse proxy in front of the benchmark backend's listener **a**. On request
+//! (`--targets`, `make pingora-floor`) also pingora's own minimal proxy, the floor under cutover.
 //!
 //! cutover is started through the test harness ([`cutover_tests::Proxy`], the real binary,
 //! `[proxy] threads = 1`); nginx and HAProxy get a generated config in a temp dir and are
@@ -42,11 +43,25 @@ pub enum TargetKind {
     NginxMirror,
     /// HAProxy in HTTP mode with `http-reuse always`.
     Haproxy,
+    /// pingora's minimal proxy (`pingora-floor`): cutover's data plane without cutover. Only
+    /// when asked for by name; built by `make pingora-floor`.
+    Pingora,
 }
 
 impl TargetKind {
     /// All targets, in report order.
-    pub const ALL: [TargetKind; 6] = [
+    pub const ALL: [TargetKind; 7] = [
+        TargetKind::Direct,
+        TargetKind::Cutover,
+        TargetKind::CutoverShadow,
+        TargetKind::Pingora,
+        TargetKind::Nginx,
+        TargetKind::NginxMirror,
+        TargetKind::Haproxy,
+    ];
+
+    /// What `make bench` runs: all but [`TargetKind::Pingora`], which needs a build of its own.
+    pub const DEFAULT: [TargetKind; 6] = [
         TargetKind::Direct,
         TargetKind::Cutover,
         TargetKind::CutoverShadow,
@@ -63,6 +78,7 @@ impl TargetKind {
             TargetKind::Nginx => "nginx",
             TargetKind::NginxMirror => "nginx-mirror",
             TargetKind::Haproxy => "haproxy",
+            TargetKind::Pingora => "pingora",
         }
     }
 
@@ -75,7 +91,16 @@ impl TargetKind {
         match self {
             TargetKind::Nginx | TargetKind::NginxMirror => Some("nginx"),
             TargetKind::Haproxy => Some("haproxy"),
+            TargetKind::Pingora => Some("pingora-floor"),
             _ => None,
+        }
+    }
+
+    /// How to get this target's program when it is missing.
+    pub fn how_to_install(self) -> &'static str {
+        match self {
+            TargetKind::Pingora => "`make pingora-floor` builds it",
+            _ => "scripts/bench-prereqs.sh installs it",
         }
     }
 
@@ -110,6 +135,10 @@ impl TargetKind {
             }
             TargetKind::Haproxy => {
                 "HAProxy, `nbthread 1`, `mode http`, `option http-keep-alive`, `http-reuse always`"
+            }
+            TargetKind::Pingora => {
+                "`pingora-floor`: pingora's minimal proxy (one `ProxyHttp`, only `upstream_peer`), \
+                 set up as cutover's data plane (one thread, same listener buffers, h2c, mimalloc)"
             }
         }
     }
@@ -147,7 +176,10 @@ impl RunningTarget {
                 let proxy = Proxy::start(cutover_config(kind, backend)).await;
                 (proxy.addr(), Some(TargetProcess::Cutover(Box::new(proxy))))
             }
-            TargetKind::Nginx | TargetKind::NginxMirror | TargetKind::Haproxy => {
+            TargetKind::Nginx
+            | TargetKind::NginxMirror
+            | TargetKind::Haproxy
+            | TargetKind::Pingora => {
                 let ext = ExternalProcess::start(kind, &external(program)?, backend).await?;
                 (ext.addr, Some(TargetProcess::External(ext)))
             }
@@ -218,7 +250,8 @@ pub fn cutover_config(kind: TargetKind, backend: &BackendProcess) -> ProxyConfig
         .route(route)
 }
 
-/// nginx or HAProxy, started with a generated config; stopped (whole tree) on drop.
+/// nginx, HAProxy or pingora-floor, started with a generated config (pingora-floor: arguments);
+/// stopped (whole tree) on drop.
 struct ExternalProcess {
     child: Child,
     addr: SocketAddr,
@@ -243,6 +276,7 @@ impl ExternalProcess {
             let log = dir.path().join("output.log");
             let (config_name, config) = match kind {
                 TargetKind::Haproxy => ("haproxy.cfg", haproxy_config(addr, backend.a)),
+                TargetKind::Pingora => ("arguments", format!("{addr} -> {}\n", backend.a)),
                 _ => (
                     "nginx.conf",
                     nginx_config(
@@ -259,6 +293,11 @@ impl ExternalProcess {
             let mut cmd = Command::new(program);
             match kind {
                 TargetKind::Haproxy => cmd.arg("-db").arg("-f").arg(&config_path),
+                TargetKind::Pingora => cmd
+                    .arg("--listen")
+                    .arg(addr.to_string())
+                    .arg("--upstream")
+                    .arg(backend.a.to_string()),
                 _ => cmd
                     .arg("-p")
                     .arg(dir.path())
@@ -411,6 +450,18 @@ mod tests {
             assert_eq!(TargetKind::parse(k.name()), Some(k));
         }
         assert_eq!(TargetKind::parse("envoy"), None);
+    }
+
+    #[test]
+    fn pingora_floor_runs_only_when_asked_for() {
+        assert!(!TargetKind::DEFAULT.contains(&TargetKind::Pingora));
+        assert!(TargetKind::ALL
+            .iter()
+            .all(|k| *k == TargetKind::Pingora || TargetKind::DEFAULT.contains(k)));
+        assert_eq!(TargetKind::Pingora.program(), Some("pingora-floor"));
+        assert!(TargetKind::Pingora
+            .how_to_install()
+            .contains("make pingora-floor"));
     }
 
     #[test]
