@@ -40,6 +40,9 @@ pub struct ProxySettings {
     pub tls: Option<TlsSettings>,
     /// Worker threads, 1 to 256.
     pub threads: usize,
+    /// Most client connections open at once, over every listener; a connection accepted
+    /// above it is closed at once (RELIABILITY 32).
+    pub max_connections: usize,
     /// Time limit for connecting to a backend.
     pub connect_timeout: Duration,
     /// Longest wait for a backend's response bytes before answering 504.
@@ -70,6 +73,7 @@ impl Default for ProxySettings {
             listen: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)],
             tls: None,
             threads: 2,
+            max_connections: 10_000,
             connect_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
@@ -226,6 +230,13 @@ fn proxy(report: &mut Report, at: &FieldPath, raw: RawProxy) -> Option<ProxySett
     let listen = listen(report, &at.key("listen"), raw.listen.map(|l| l.0));
     let tls = tls(report, at, raw.tls_listen, raw.tls_cert, raw.tls_key);
     let threads = check::size(report, &at.key("threads"), raw.threads, d.threads, (1, 256));
+    let max_connections = check::size(
+        report,
+        &at.key("max_connections"),
+        raw.max_connections,
+        d.max_connections,
+        (1, 10_000_000),
+    );
     let mut timeout =
         |name: &str, raw, default| check::positive_duration(report, &at.key(name), raw, default);
     let connect_timeout = timeout("connect_timeout", raw.connect_timeout, d.connect_timeout);
@@ -252,6 +263,7 @@ fn proxy(report: &mut Report, at: &FieldPath, raw: RawProxy) -> Option<ProxySett
         listen: listen?,
         tls: tls?,
         threads: threads?,
+        max_connections: max_connections?,
         connect_timeout: connect_timeout?,
         upstream_timeout: upstream_timeout?,
         body_read_timeout: body_read_timeout?,
@@ -744,6 +756,12 @@ mod document_tests {
         ]
         );
         assert!(errors(parse_config_toml("[proxy]\nthreads = 257\n"))[0].contains("(got 257)"));
+        assert_eq!(
+            errors(parse_config_toml("[proxy]\nmax_connections = 0\n")),
+            vec!["proxy.max_connections: must be between 1 and 10000000 (got 0)"]
+        );
+        let ok = parse_config_toml("[proxy]\nmax_connections = 64\n").expect("valid");
+        assert_eq!(ok.proxy.max_connections, 64);
         let errors_ = errors(parse_config_toml("[proxy]\nthreads = -1\n"));
         assert!(
             errors_[0].starts_with("proxy.threads: invalid value"),
@@ -877,6 +895,7 @@ mod document_tests {
     fn proxy_defaults_match_the_brief() {
         let p = ProxySettings::default();
         assert_eq!(p.threads, 2);
+        assert_eq!(p.max_connections, 10_000);
         assert_eq!(p.tls, None);
         assert_eq!(p.connect_timeout, secs(2));
         assert_eq!(p.upstream_timeout, secs(30));

@@ -87,6 +87,7 @@ pub(crate) struct RawProxy {
     pub(crate) tls_cert: Option<String>,
     pub(crate) tls_key: Option<String>,
     pub(crate) threads: Option<u64>,
+    pub(crate) max_connections: Option<u64>,
     pub(crate) connect_timeout: Option<RawDuration>,
     pub(crate) upstream_timeout: Option<RawDuration>,
     pub(crate) body_read_timeout: Option<RawDuration>,

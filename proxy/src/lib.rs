@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod compare;
+pub mod connections;
 pub mod demo;
 pub mod hygiene;
 pub mod routing;

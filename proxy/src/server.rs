@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::admin::Admin;
+use crate::connections::ConnectionCap;
 use crate::service::Cutover;
 use crate::state::Shared;
 use crate::telemetry::RuntimeKind;
@@ -89,16 +90,18 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>) -> Result<(), ServeErr
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Cutover::new(shared.clone()),
-        "cutover proxy",
+    let mut app = pingora::proxy::http_proxy(&server.configuration, Cutover::new(shared.clone()));
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    app.server_options = Some(options);
+    let metrics = &shared.telemetry.metrics;
+    let app = ConnectionCap::new(
+        app,
+        config.proxy.max_connections,
+        metrics.downstream_connections.clone(),
+        metrics.downstream_rejected.clone(),
     );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
+    let mut proxy = Service::new("cutover proxy".to_string(), app);
     let buffers = L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &config.proxy.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));

@@ -98,6 +98,10 @@ pub struct Metrics {
     pub config_revision: IntGauge,
     pub config_errors: IntCounter,
     pub etcd_connected: IntGauge,
+    /// Client connections open (`[proxy] max_connections` caps them).
+    pub downstream_connections: IntGauge,
+    /// Client connections closed unread because `max_connections` were open.
+    pub downstream_rejected: IntCounter,
     runtime_tasks: IntGaugeVec,
     /// Each runtime's handle, noted by the first code that runs on it; read at scrape time.
     runtimes: [OnceLock<Handle>; 3],
@@ -195,6 +199,22 @@ impl Metrics {
                 IntGauge::new(
                     "cutover_etcd_connected",
                     "1 while the etcd watch is connected, else 0 (0 without [etcd]).",
+                )
+                .expect("valid metric"),
+            ),
+            downstream_connections: register(
+                &r,
+                IntGauge::new(
+                    "cutover_downstream_connections",
+                    "Client connections open, idle keep-alive ones included.",
+                )
+                .expect("valid metric"),
+            ),
+            downstream_rejected: register(
+                &r,
+                IntCounter::new(
+                    "cutover_downstream_connections_rejected_total",
+                    "Client connections closed unread because [proxy] max_connections were open.",
                 )
                 .expect("valid metric"),
             ),
