@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use cutover_tests::{parse_status_kib, status_kib};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
@@ -101,19 +102,6 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
         i += 1;
     }
     tree
-}
-
-/// A `kB` line (`VmHWM:`, `VmRSS:`) of `/proc/<pid>/status`, in KiB.
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_status_kib(&status, key)
-}
-
-fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// Peak resident set size (`VmHWM`) summed over `pids`, in KiB; `None` if none could be read.
@@ -490,13 +478,5 @@ mod tests {
         let name = exe.file_name().unwrap().to_str().unwrap();
         assert_eq!(find_program(name), Some(exe.clone()));
         assert_eq!(find_program("no-such-program-anywhere"), None);
-    }
-
-    #[test]
-    fn parses_status_lines() {
-        let status = "Name:\tx\nVmHWM:\t   12345 kB\nVmRSS:\t  1000 kB\n";
-        assert_eq!(parse_status_kib(status, "VmHWM"), Some(12345));
-        assert_eq!(parse_status_kib(status, "VmRSS"), Some(1000));
-        assert_eq!(parse_status_kib(status, "VmSwap"), None);
     }
 }

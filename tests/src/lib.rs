@@ -54,6 +54,20 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+/// A `kB` line (`VmHWM`, `VmRSS`) of `/proc/<pid>/status`, in KiB; `None` when unreadable.
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, key)
+}
+
+/// The `key: <n> kB` line of a `/proc` status-like text (`/proc/<pid>/status`, `/proc/meminfo`).
+pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// Polls `condition` every [`POLL_INTERVAL`] until it returns true; panics naming `what`
 /// when `timeout` passes first. The only way tests wait for asynchronous effects.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, condition: F)
@@ -139,4 +153,16 @@ where
     out.into_iter()
         .map(|r| r.expect("every task reported"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_status_lines() {
+        let status = "Name:\tx\nVmHWM:\t   12345 kB\nVmRSS:\t  1000 kB\n";
+        assert_eq!(super::parse_status_kib(status, "VmHWM"), Some(12345));
+        assert_eq!(super::parse_status_kib(status, "VmRSS"), Some(1000));
+        assert_eq!(super::parse_status_kib(status, "VmSwap"), None);
+        assert!(super::status_kib(std::process::id(), "VmRSS").is_some_and(|kib| kib > 0));
+    }
 }

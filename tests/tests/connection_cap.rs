@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cutover_tests::{eventually, status_codes, Backend, Proxy, ProxyConfig, Route};
+use cutover_tests::{eventually, status_codes, status_kib, Backend, Proxy, ProxyConfig, Route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -75,12 +75,7 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    status_kib(pid, "VmRSS").expect("the proxy's VmRSS")
 }
 
 #[tokio::test]
