@@ -35,7 +35,9 @@ pub use ctl::{Ctl, Out};
 pub use etcd::{etcd_bin, Etcd};
 pub use metrics::{parse_prometheus, Sample};
 pub use proxy::{cutover_bin, Proxy, ProxyConfig, Route};
-pub use raw::{parse_responses, raw, raw_exchange, status_codes, ParsedResponse, RawReply};
+pub use raw::{
+    parse_responses, raw, raw_exchange, status_codes, ParsedResponse, RawConn, RawReply,
+};
 pub use relay::TcpRelay;
 
 /// How often [`eventually`] polls its condition.

@@ -232,6 +232,80 @@ fn decode_chunked(mut input: &[u8]) -> Option<(Vec<u8>, usize)> {
     }
 }
 
+/// One client connection to the proxy, read incrementally.
+pub struct RawConn {
+    stream: TcpStream,
+    /// Every byte received so far.
+    pub bytes: Vec<u8>,
+    /// The proxy closed (or reset) the connection.
+    pub closed: bool,
+}
+
+impl RawConn {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the proxy at {addr}: {e}"));
+        let _ = stream.set_nodelay(true);
+        RawConn {
+            stream,
+            bytes: Vec::new(),
+            closed: false,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .await
+            .expect("write to the proxy");
+    }
+
+    /// Like [`RawConn::send`], for a connection the proxy may already have closed.
+    pub async fn try_send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Reads until `done(bytes so far)`, the proxy closes the connection, or `timeout`.
+    /// Returns whether `done` became true.
+    pub async fn read_until(&mut self, timeout: Duration, done: impl Fn(&[u8]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if done(&self.bytes) {
+                return true;
+            }
+            if self.closed {
+                return false;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
+                Ok(Ok(n)) => self.bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// Reads until `n` final responses are complete, or close, or `timeout`.
+    pub async fn read_responses(&mut self, n: usize, timeout: Duration) -> Vec<ParsedResponse> {
+        self.read_until(timeout, |b| parse_responses(b).len() >= n)
+            .await;
+        parse_responses(&self.bytes)
+    }
+
+    /// Reads until the proxy closes the connection, or `timeout`.
+    pub async fn read_to_close(&mut self, timeout: Duration) {
+        self.read_until(timeout, |_| false).await;
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes)
+            .chars()
+            .take(600)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

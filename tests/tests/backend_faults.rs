@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cutover_tests::{eventually, parse_responses, ParsedResponse, Proxy, ProxyConfig, Route};
+use cutover_tests::{
+    eventually, parse_responses, ParsedResponse, Proxy, ProxyConfig, RawConn, Route,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
 
 /// Bound for one step of a raw exchange (a response, or the proxy closing the connection).
 const STEP: Duration = Duration::from_secs(3);
@@ -220,80 +221,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").into_bytes()
-}
-
-/// One client connection to the proxy, read incrementally.
-struct RawConn {
-    stream: TcpStream,
-    /// Every byte received so far.
-    bytes: Vec<u8>,
-    /// The proxy closed (or reset) the connection.
-    closed: bool,
-}
-
-impl RawConn {
-    async fn open(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect to the proxy at {addr}: {e}"));
-        let _ = stream.set_nodelay(true);
-        RawConn {
-            stream,
-            bytes: Vec::new(),
-            closed: false,
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .await
-            .expect("write to the proxy");
-    }
-
-    /// Like [`RawConn::send`], for a connection the proxy may already have closed.
-    async fn try_send(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-    }
-
-    /// Reads until `done(bytes so far)`, the proxy closes the connection, or `timeout`.
-    /// Returns whether `done` became true.
-    async fn read_until(&mut self, timeout: Duration, done: impl Fn(&[u8]) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            if done(&self.bytes) {
-                return true;
-            }
-            if self.closed {
-                return false;
-            }
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
-                Err(_) => return false,
-                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
-                Ok(Ok(n)) => self.bytes.extend_from_slice(&buf[..n]),
-            }
-        }
-    }
-
-    /// Reads until `n` final responses are complete, or close, or `timeout`.
-    async fn read_responses(&mut self, n: usize, timeout: Duration) -> Vec<ParsedResponse> {
-        self.read_until(timeout, |b| parse_responses(b).len() >= n)
-            .await;
-        parse_responses(&self.bytes)
-    }
-
-    /// Reads until the proxy closes the connection, or `timeout`.
-    async fn read_to_close(&mut self, timeout: Duration) {
-        self.read_until(timeout, |_| false).await;
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes)
-            .chars()
-            .take(600)
-            .collect()
-    }
 }
 
 /// Number of interim (1xx) status lines in `bytes`.

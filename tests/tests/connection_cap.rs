@@ -3,12 +3,11 @@
 //! keep being served; a slot frees when its connection closes; a flood of connections above
 //! the cap is refused without the proxy's memory growing with it.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use cutover_tests::{eventually, status_codes, status_kib, Backend, Proxy, ProxyConfig, Route};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use cutover_tests::{
+    eventually, parse_responses, status_kib, Backend, Proxy, ProxyConfig, RawConn, Route,
+};
 
 const CAP: usize = 4;
 const REQUEST: &[u8] = b"GET /items HTTP/1.1\r\nHost: cutover.test\r\n\r\n";
@@ -31,47 +30,22 @@ async fn capped_proxy() -> (Proxy, cutover_tests::RunningBackend) {
     (proxy, legacy)
 }
 
-/// One request on a kept-alive connection; the status, `None` when the connection ended first.
-async fn request(conn: &mut TcpStream) -> Option<u16> {
-    conn.write_all(REQUEST).await.ok()?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            let n = conn.read(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            got.extend_from_slice(&buf[..n]);
-            // The backend answers a small JSON body with Content-Length: one read of the
-            // whole answer is enough to see its status line; wait for the end of the body.
-            if let Some(head_end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())?;
-                if got.len() >= head_end + 4 + len {
-                    return status_codes(&got).first().copied();
-                }
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read).await.ok().flatten()
+/// One more request on a kept-alive connection; its status, `None` when the connection ended
+/// (or [`WAIT`] passed) before the answer was complete.
+async fn request(conn: &mut RawConn) -> Option<u16> {
+    let answered = parse_responses(&conn.bytes).len();
+    conn.try_send(REQUEST).await;
+    conn.read_responses(answered + 1, WAIT)
+        .await
+        .get(answered)
+        .map(|r| r.status)
 }
 
 /// Whether the proxy closes `conn` (FIN or reset) within [`WAIT`] without answering.
-async fn closed_unanswered(conn: &mut TcpStream) -> bool {
-    let _ = conn.write_all(REQUEST).await;
-    let mut buf = [0u8; 1024];
-    match tokio::time::timeout(WAIT, conn.read(&mut buf)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => true,
-        Ok(Ok(_)) | Err(_) => false,
-    }
-}
-
-async fn connect(addr: SocketAddr) -> TcpStream {
-    TcpStream::connect(addr).await.expect("the kernel accepts")
+async fn closed_unanswered(conn: &mut RawConn) -> bool {
+    conn.try_send(REQUEST).await;
+    conn.read_to_close(WAIT).await;
+    conn.closed && conn.bytes.is_empty()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -83,7 +57,7 @@ async fn connections_above_the_cap_are_closed_and_a_freed_slot_is_reused() {
     let (proxy, _legacy) = capped_proxy().await;
     let mut admitted = Vec::new();
     for _ in 0..CAP {
-        let mut conn = connect(proxy.addr()).await;
+        let mut conn = RawConn::open(proxy.addr()).await;
         assert_eq!(request(&mut conn).await, Some(200), "within the cap");
         admitted.push(conn);
     }
@@ -94,7 +68,7 @@ async fn connections_above_the_cap_are_closed_and_a_freed_slot_is_reused() {
         "{CAP} open client connections"
     );
 
-    let mut over = connect(proxy.addr()).await;
+    let mut over = RawConn::open(proxy.addr()).await;
     assert!(
         closed_unanswered(&mut over).await,
         "a connection above the cap is closed unanswered"
@@ -118,7 +92,7 @@ async fn connections_above_the_cap_are_closed_and_a_freed_slot_is_reused() {
     eventually!(
         WAIT,
         async {
-            let mut conn = connect(proxy.addr()).await;
+            let mut conn = RawConn::open(proxy.addr()).await;
             request(&mut conn).await == Some(200)
         },
         "a new connection is served after one closed"
@@ -131,7 +105,7 @@ async fn a_flood_above_the_cap_is_refused_without_memory_growing_with_it() {
     let pid = proxy.pid().expect("the proxy runs");
     let mut admitted = Vec::new();
     for _ in 0..CAP {
-        let mut conn = connect(proxy.addr()).await;
+        let mut conn = RawConn::open(proxy.addr()).await;
         assert_eq!(request(&mut conn).await, Some(200));
         admitted.push(conn);
     }
@@ -143,7 +117,7 @@ async fn a_flood_above_the_cap_is_refused_without_memory_growing_with_it() {
             .map(|_| {
                 let addr = proxy.addr();
                 tokio::spawn(async move {
-                    let mut conn = connect(addr).await;
+                    let mut conn = RawConn::open(addr).await;
                     closed_unanswered(&mut conn).await
                 })
             })

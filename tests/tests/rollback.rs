@@ -200,18 +200,26 @@ async fn wait_new_traffic(site: &Site, n: usize) {
     );
 }
 
-/// Wait (≤ 10 s) until the proxy shows the route `rolled_back` (its local override).
-async fn wait_rolled_back_locally(proxy: &Proxy) {
-    eventually!(
-        Duration::from_secs(10),
-        async {
+/// Wait (≤ `within`) until the proxy shows the route `rolled_back` (its local override); on
+/// timeout the panic shows the proxy's rule verdicts.
+async fn wait_rolled_back_locally(proxy: &Proxy, within: Duration) {
+    eventually_explained(
+        within,
+        &format!("the proxy shows {ROUTE} rolled back"),
+        || async {
             proxy
                 .route_info(ROUTE)
                 .await
                 .is_some_and(|r| r["phase"] == "rolled_back")
         },
-        "the proxy shows {ROUTE} rolled back"
-    );
+        || async {
+            format!(
+                "the proxy's evaluation: {}",
+                control(proxy).await["routes"][ROUTE]
+            )
+        },
+    )
+    .await;
 }
 
 /// Requests `backend` received as the primary (not shadow copies).
@@ -261,23 +269,7 @@ async fn wait_etcd(site: &Site, within: Duration, new: f64, phase: &str) -> Valu
 /// Wait until `proxy` rolls back (≤ 15 s; on timeout the panic shows its rule verdicts), then
 /// until etcd has weights `new: 0` and status `rolled_back` by `rule`; the reason.
 async fn wait_rolled_back_by(site: &Site, proxy: &Proxy, rule: &str) -> String {
-    eventually_explained(
-        Duration::from_secs(15),
-        &format!("the proxy rolls {ROUTE} back by {rule}"),
-        || async {
-            proxy
-                .route_info(ROUTE)
-                .await
-                .is_some_and(|r| r["phase"] == "rolled_back")
-        },
-        || async {
-            format!(
-                "the proxy's evaluation: {}",
-                control(proxy).await["routes"][ROUTE]
-            )
-        },
-    )
-    .await;
+    wait_rolled_back_locally(proxy, Duration::from_secs(15)).await;
     let status = wait_etcd(site, APPLIED, 0.0, "rolled_back").await;
     assert_eq!(status["rollback"]["rule"], rule, "{status}");
     status["rollback"]["reason"]
@@ -500,7 +492,7 @@ async fn rolled_back_while_etcd_is_cut_off(name: &str) -> (Site, TcpRelay, Proxy
 
     relay.cut();
     site.new.set_errors(0.4);
-    wait_rolled_back_locally(&proxy).await;
+    wait_rolled_back_locally(&proxy, Duration::from_secs(10)).await;
     (site, relay, proxy, load)
 }
 
@@ -722,7 +714,7 @@ async fn embedded_source_rolls_back_in_process() {
         "traffic on new"
     );
     new.set_errors(0.5);
-    wait_rolled_back_locally(&proxy).await;
+    wait_rolled_back_locally(&proxy, Duration::from_secs(10)).await;
     let route = proxy.route_info(ROUTE).await.unwrap();
     assert_eq!(route["weights"]["new"], 0.0);
     assert_eq!(route["rollback"]["rule"], "error_rate");
