@@ -76,6 +76,19 @@ pub fn serve(path: &Path) -> Result<(), ServeError> {
 /// as before.
 const DOWNSTREAM_READ_BUFFER: usize = 0;
 
+/// The HTTP server options of the client listeners: h2c offered besides HTTP/1.1.
+pub fn http_server_options() -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    options
+}
+
+/// Socket buffers of each client connection: no separate read buffer (see
+/// `DOWNSTREAM_READ_BUFFER`).
+pub fn client_buffers() -> L4BufferSettings {
+    L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE)
+}
+
 /// Run the data plane for `config`, taking routes from `source`.
 pub fn run(config: Config, source: Box<dyn ConfigSource>) -> Result<(), ServeError> {
     let initial = source.initial_state();
@@ -91,9 +104,7 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>) -> Result<(), ServeErr
     server.bootstrap();
 
     let mut app = pingora::proxy::http_proxy(&server.configuration, Cutover::new(shared.clone()));
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    app.server_options = Some(options);
+    app.server_options = Some(http_server_options());
     let metrics = &shared.telemetry.metrics;
     let app = ConnectionCap::new(
         app,
@@ -102,7 +113,7 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>) -> Result<(), ServeErr
         metrics.downstream_rejected.clone(),
     );
     let mut proxy = Service::new("cutover proxy".to_string(), app);
-    let buffers = L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    let buffers = client_buffers();
     for addr in &config.proxy.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use clap::Parser;
-use pingora::apps::HttpServerOptions;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use cutover_proxy::server::{client_buffers, http_server_options};
+use pingora::listeners::ListenerConfig;
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -72,14 +72,11 @@ fn main() {
         },
         "pingora floor",
     );
+    // cutover's own listener settings, from the same functions `cutover serve` calls.
     if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
+        app.server_options = Some(http_server_options());
     }
-    // cutover's listener settings: no separate read buffer per client connection.
-    let buffers = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
-    proxy.add_listener(ListenerConfig::tcp(args.listen.to_string()).l4_buffer(buffers));
+    proxy.add_listener(ListenerConfig::tcp(args.listen.to_string()).l4_buffer(client_buffers()));
     server.add_service(proxy);
     server.run_forever();
 }
