@@ -73,11 +73,15 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
     let mut goals = Vec::new();
 
     let (c, n) = (TargetKind::Cutover, TargetKind::Nginx);
+    let (name, wanted) = (
+        "CPU per request vs nginx",
+        format!("cutover ≤ {GOAL_CPU_VS_NGINX}× nginx (closed loop, 1 KiB)"),
+    );
     goals.push(if ran(c) && ran(n) {
         match r.median_ratio(Phase::Closed1k, c, n, cpu) {
             Some(ratio) => Goal {
-                name: "CPU per request vs nginx",
-                wanted: format!("cutover ≤ {GOAL_CPU_VS_NGINX}× nginx (closed loop, 1 KiB)"),
+                name,
+                wanted,
                 measured: format!(
                     "{ratio:.2}× (cutover {} µs, nginx {} µs)",
                     f1(r.median(Phase::Closed1k, c, cpu)),
@@ -85,22 +89,26 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
                 ),
                 verdict: Verdict::of(ratio <= GOAL_CPU_VS_NGINX),
             },
-            None => not_evaluated("CPU per request vs nginx", "no CPU measured"),
+            None => not_evaluated(name, wanted, "no CPU measured"),
         }
     } else {
-        not_evaluated("CPU per request vs nginx", &missing(n))
+        not_evaluated(name, wanted, &missing(n))
     });
 
     let basis_is_nginx = r
         .open_rate
         .as_ref()
         .is_some_and(|(_, basis)| basis.contains("nginx"));
+    let (name, wanted) = (
+        "Open-loop p99 vs nginx",
+        "cutover's p99 ≤ nginx's at 50 % of nginx's max closed-loop rate".to_string(),
+    );
     goals.push(if ran(c) && ran(n) && basis_is_nginx {
         let rate = r.open_rate.as_ref().map_or(0.0, |(rate, _)| *rate);
         match r.median_ratio(Phase::Open1k, c, n, p99) {
             Some(ratio) => Goal {
-                name: "Open-loop p99 vs nginx",
-                wanted: "cutover's p99 ≤ nginx's at 50 % of nginx's max closed-loop rate".into(),
+                name,
+                wanted,
                 measured: format!(
                     "{ratio:.2}× at {rate:.0} req/s (cutover {} ms, nginx {} ms)",
                     f3(r.median(Phase::Open1k, c, p99)),
@@ -108,7 +116,7 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
                 ),
                 verdict: Verdict::of(ratio <= GOAL_P99_VS_NGINX),
             },
-            None => not_evaluated("Open-loop p99 vs nginx", "no open-loop samples"),
+            None => not_evaluated(name, wanted, "no open-loop samples"),
         }
     } else {
         let why = if ran(n) {
@@ -116,10 +124,14 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
         } else {
             missing(n)
         };
-        not_evaluated("Open-loop p99 vs nginx", &why)
+        not_evaluated(name, wanted, &why)
     });
 
     let s = TargetKind::CutoverShadow;
+    let (name, wanted) = (
+        "Shadow cost",
+        format!("100 % shadow + JSON compare ≤ {GOAL_SHADOW_CPU}× cutover's CPU/request"),
+    );
     goals.push(if ran(c) && ran(s) {
         match r.median_ratio(Phase::Closed1k, s, c, cpu) {
             Some(ratio) => {
@@ -136,22 +148,24 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
                     let _ = write!(measured, "; only {:.1} % of copies arrived", copies * 100.0);
                 }
                 Goal {
-                    name: "Shadow cost",
-                    wanted: format!(
-                        "100 % shadow + JSON compare ≤ {GOAL_SHADOW_CPU}× cutover's CPU/request"
-                    ),
+                    name,
+                    wanted,
                     measured,
                     verdict: Verdict::of(ratio <= GOAL_SHADOW_CPU && copies >= 0.999),
                 }
             }
-            None => not_evaluated("Shadow cost", "no CPU measured"),
+            None => not_evaluated(name, wanted, "no CPU measured"),
         }
     } else {
-        not_evaluated("Shadow cost", &missing(s))
+        not_evaluated(name, wanted, &missing(s))
     });
 
     let crowd = r.crowd.iter().find(|run| run.target == c);
     let connections = r.options.crowd.map_or(0, |s| s.connections);
+    let (name, wanted) = (
+        "Memory with 1,000 connections",
+        format!("cutover's RSS < {GOAL_RSS_MIB} MiB with 1,000 concurrent connections"),
+    );
     goals.push(match crowd.and_then(|run| run.peak_rss_kib) {
         Some(kib) => {
             let mib = kib as f64 / 1024.0;
@@ -165,26 +179,28 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
                 measured += " (fewer than 1,000 connections: smoke run)";
             }
             Goal {
-                name: "Memory with 1,000 connections",
-                wanted: format!(
-                    "cutover's RSS < {GOAL_RSS_MIB} MiB with 1,000 concurrent connections"
-                ),
+                name,
+                wanted,
                 measured,
                 verdict: Verdict::of(mib < GOAL_RSS_MIB && crowd.errors == 0),
             }
         }
-        None => not_evaluated("Memory with 1,000 connections", "no crowd run of cutover"),
+        None => not_evaluated(name, wanted, "no crowd run of cutover"),
     });
 
-    if let Some(t) = r.rollback_time() {
+    if let (Some(t), Some(options)) = (r.rollback_time(), &r.options.rollback_time) {
+        let (name, wanted) = (
+            "Rollback time",
+            format!(
+                "fault → no live traffic to new, p99 ≤ window + 1 s = {:.0} s",
+                options.target().as_secs_f64()
+            ),
+        );
         goals.push(match t {
             Ok(t) => match t.quantile(0.99) {
                 Some(p99) => Goal {
-                    name: "Rollback time",
-                    wanted: format!(
-                        "fault → no live traffic to new, p99 ≤ window + 1 s = {:.0} s",
-                        t.target().as_secs_f64()
-                    ),
+                    name,
+                    wanted,
                     measured: format!(
                         "p50 {:.2} s, p99 {:.2} s over {} runs ({} missed)",
                         t.quantile(0.5).unwrap_or_default().as_secs_f64(),
@@ -194,19 +210,21 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
                     ),
                     verdict: Verdict::of(t.target_met()),
                 },
-                None => not_evaluated("Rollback time", "no run rolled back"),
+                None => not_evaluated(name, wanted, "no run rolled back"),
             },
-            Err(why) => not_evaluated("Rollback time", why),
+            Err(why) => not_evaluated(name, wanted, why),
         });
     }
     if let Some(p) = r.propagation() {
+        let (name, wanted) = (
+            "Propagation",
+            format!("etcd put → traffic follows, p99 < {GOAL_PROPAGATION_P99_MS} ms"),
+        );
         goals.push(match p {
             Ok(p) => match p.percentile_ms(99.0) {
                 Some(p99) => Goal {
-                    name: "Propagation",
-                    wanted: format!(
-                        "etcd put → traffic follows, p99 < {GOAL_PROPAGATION_P99_MS} ms"
-                    ),
+                    name,
+                    wanted,
                     measured: format!(
                         "p99 {p99:.1} ms over {}/{} changes",
                         p.propagated(),
@@ -216,18 +234,18 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
                         p99 < GOAL_PROPAGATION_P99_MS && p.propagated() == p.options.changes,
                     ),
                 },
-                None => not_evaluated("Propagation", "no change propagated"),
+                None => not_evaluated(name, wanted, "no change propagated"),
             },
-            Err(why) => not_evaluated("Propagation", why),
+            Err(why) => not_evaluated(name, wanted, why),
         });
     }
     goals
 }
 
-fn not_evaluated(name: &'static str, why: &str) -> Goal {
+fn not_evaluated(name: &'static str, wanted: String, why: &str) -> Goal {
     Goal {
         name,
-        wanted: String::new(),
+        wanted,
         measured: "-".into(),
         verdict: Verdict::NotEvaluated(why.to_string()),
     }

@@ -47,6 +47,11 @@ impl RollbackTimeOptions {
     pub fn lanes_used(&self) -> usize {
         self.lanes.clamp(1, self.runs.max(1))
     }
+
+    /// The bound a run's rollback must meet: the window plus one controller tick (1 s).
+    pub fn target(&self) -> Duration {
+        self.window + Duration::from_secs(1)
+    }
 }
 
 impl Default for RollbackTimeOptions {
@@ -84,7 +89,7 @@ impl RollbackTimeReport {
     }
 
     pub fn target(&self) -> Duration {
-        self.options.window + Duration::from_secs(1)
+        self.options.target()
     }
 
     pub fn target_met(&self) -> bool {
