@@ -63,26 +63,30 @@ soak:
 	  --markdown bench/reports/soak.md $(SOAK_ARGS)
 
 ## The benchmark report: BENCHMARKS.md and bench/reports/*.svg, every number from this run.
-## Installs nginx and haproxy to compare with when it can (else runs without them and says so).
+## Installs what the build needs first, then — while the release build compiles — nginx and
+## haproxy to compare with and etcd for the propagation scenario, when it can (else the report
+## runs without them and says so).
 ## Micro-benchmarks (criterion) are separate: cargo bench -p cutover-bench --bench routing --bench split --bench compare
+BENCH_BUILD = $(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
 bench:
-	scripts/bench-prereqs.sh
-	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
+	scripts/prereqs.sh build
+	scripts/bench-prereqs.sh & $(BENCH_BUILD); built=$$?; wait; exit $$built
 	t="$${CARGO_TARGET_DIR:-target}"; CUTOVER_BIN="$$t/release/cutover" "$$t/release/cutover-bench" report \
 	  --markdown BENCHMARKS.md --charts-dir bench/reports \
-	  --step scripts/bench-prereqs.sh \
-	  --step "$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench"
+	  --step "scripts/prereqs.sh build" \
+	  --step "scripts/bench-prereqs.sh & $(BENCH_BUILD); wait"
 
 ## cutover against pingora's own minimal proxy (`pingora-floor`, set up like cutover's data plane)
 ## and nginx, interleaved: how much of cutover's CPU per request and memory is pingora's.
 ## Report in bench/reports/pingora-floor.md. Not part of `make bench` (it needs its own build).
 pingora-floor:
+	scripts/prereqs.sh build
 	scripts/bench-prereqs.sh
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench --features cutover-bench/pingora-floor
 	t="$${CARGO_TARGET_DIR:-target}"; CUTOVER_BIN="$$t/release/cutover" "$$t/release/cutover-bench" report \
 	  --targets direct,cutover,pingora,nginx --propagation-changes 0 --rollback-runs 0 \
 	  --markdown bench/reports/pingora-floor.md --charts-dir bench/reports/pingora-floor \
-	  --made-by "make pingora-floor" --step scripts/bench-prereqs.sh \
+	  --made-by "make pingora-floor" --step "scripts/prereqs.sh build" --step scripts/bench-prereqs.sh \
 	  --step "$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench --features cutover-bench/pingora-floor"
 
 ## The benchmark harness's smoke run (a few hundred requests per target; writes no report).

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Installs what `make bench` compares cutover with, via apt-get (Debian): nginx and haproxy,
-# plus what the build needs (scripts/prereqs.sh build). Without root or password-less sudo,
-# or without a package mirror, it says so and exits 0: the benchmark then runs without the
-# missing proxies and its report names them as not run.
+# Installs what `make bench` measures besides cutover, via apt-get (Debian): nginx and haproxy
+# to compare with, and etcd-server for the propagation scenario (etcd put -> traffic follows).
+# The build's own prerequisites are scripts/prereqs.sh build, which `make bench` runs first;
+# this script then runs while the release build compiles, so a fresh machine downloads and
+# installs these packages in the build's time rather than before it. Without root or
+# password-less sudo, or without a package mirror, it says so and exits 0: the benchmark then
+# runs without what is missing and its report names it as not run.
 set -euo pipefail
-
-here=$(cd "$(dirname "$0")" && pwd)
-"$here/prereqs.sh" build
 
 missing=()
 have() { # have PROGRAM: on PATH or in the sbin directories Debian installs daemons to
@@ -14,13 +14,14 @@ have() { # have PROGRAM: on PATH or in the sbin directories Debian installs daem
 }
 have nginx || missing+=(nginx)
 have haproxy || missing+=(haproxy)
+have etcd || missing+=(etcd-server)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 skip() {
   echo "warning: $1; the benchmark runs without ${missing[*]} and says so in its report." >&2
   exit 0
 }
-echo "installing benchmark comparison proxies: ${missing[*]}" >&2
+echo "installing for the benchmark: ${missing[*]}" >&2
 command -v apt-get >/dev/null 2>&1 || skip "apt-get is not available to install ${missing[*]}"
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

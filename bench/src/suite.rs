@@ -1019,7 +1019,7 @@ pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, Stri
             ));
         } else {
             control_plane.push(ControlPlane::Propagation(Err(
-                "etcd is not installed (`make test` installs etcd-server)".into(),
+                "etcd is not installed (`make bench` and `make test` install etcd-server with apt-get when they can)".into(),
             )));
         }
     }
