@@ -225,8 +225,12 @@ impl BackgroundService for Control {
 }
 
 /// Wait until a TCP connect to each address succeeds (the listener is bound and accepting).
+///
+/// An address with port 0 is skipped: the kernel picks the port when pingora binds it, and
+/// pingora does not report which, so there is nothing to connect to (probing port 0 would
+/// retry forever and the process would never turn ready).
 async fn wait_listening(addrs: &[SocketAddr]) {
-    for addr in addrs {
+    for addr in addrs.iter().filter(|addr| addr.port() != 0) {
         let probe = if addr.ip().is_unspecified() {
             SocketAddr::new(
                 if addr.is_ipv4() {
@@ -295,5 +299,31 @@ fn exit_when_drained(shared: &Shared) {
             info!("drained: no request in flight; exiting");
             std::process::exit(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_listening_returns_once_every_listener_accepts() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        let unspecified = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), bound.port());
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            wait_listening(&[bound, unspecified]),
+        )
+        .await
+        .expect("both addresses reach the bound listener");
+    }
+
+    #[tokio::test]
+    async fn wait_listening_skips_port_zero() {
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), wait_listening(&[any_port]))
+            .await
+            .expect("a port-0 listener cannot be probed and does not hold readiness back");
     }
 }
