@@ -551,7 +551,20 @@ pub fn markdown(r: &SuiteReport, out: &Output, charts: &[Chart]) -> String {
     }
     let _ = writeln!(w, "- cutover binary: `{}`.", r.cutover_bin.display());
     if let Some(head) = git_head() {
-        let _ = writeln!(w, "- Commit: `{head}`.");
+        let changed = uncommitted_changes(&[&out.markdown, &out.charts_dir]);
+        let _ = match changed.as_slice() {
+            [] => writeln!(w, "- Commit: `{head}`."),
+            files => writeln!(
+                w,
+                "- Commit: `{head}` **with uncommitted changes** to {} file(s): {}.",
+                files.len(),
+                files
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
     }
     for (program, version) in &r.versions {
         let _ = writeln!(w, "- {program}: {version}.");
@@ -1079,6 +1092,48 @@ pub fn git_head() -> Option<String> {
         .filter(|s| !s.is_empty() && !s.contains(' '))
 }
 
+/// Tracked files that differ from `HEAD` (`git status`), relative to the repository's root,
+/// leaving out the report's own outputs (`outputs`: files or directories), which the run
+/// rewrites. Empty when there are none, or outside a git checkout.
+fn uncommitted_changes(outputs: &[&Path]) -> Vec<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (Some(root), Some(status)) = (
+        git(&["rev-parse", "--show-toplevel"]),
+        git(&[
+            "-c",
+            "core.quotepath=off",
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ]),
+    ) else {
+        return Vec::new();
+    };
+    let root = Path::new(root.trim());
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let outputs: Vec<PathBuf> = outputs.iter().map(|p| cwd.join(p)).collect();
+    changed_files(&status)
+        .into_iter()
+        .filter(|file| !outputs.iter().any(|o| root.join(file).starts_with(o)))
+        .collect()
+}
+
+/// The paths of `git status --porcelain` (v1) output; a rename names its new path.
+fn changed_files(porcelain: &str) -> Vec<String> {
+    porcelain
+        .lines()
+        .filter_map(|line| line.get(3..))
+        .map(|path| path.rsplit(" -> ").next().unwrap_or(path).to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1090,6 +1145,16 @@ mod tests {
         assert_eq!(ns(2_500_000.0), "2.50 ms");
         assert_eq!(x2(Some(0.8)), "0.80×");
         assert_eq!(f1(None), "-");
+    }
+
+    #[test]
+    fn changed_files_from_git_status() {
+        let porcelain = " M Makefile\nM  bench/src/report.rs\nR  old.rs -> new.rs\n";
+        assert_eq!(
+            changed_files(porcelain),
+            vec!["Makefile", "bench/src/report.rs", "new.rs"]
+        );
+        assert!(changed_files("").is_empty());
     }
 
     #[test]
