@@ -8,18 +8,27 @@
 //! the task through a one-shot channel when the primary finishes; a primary that fails or a
 //! client that goes away simply closes the channel.
 
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cutover_config::ShadowPolicy;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pingora::tls::{ClientConfig, ClientTlsStream, RootCertStore, ServerName, TlsConnector};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tower_service::Service;
 use tracing::debug;
 
 use crate::compare::{self, Answer, BodySampler, DivergenceRecord};
@@ -54,18 +63,186 @@ impl DropReason {
 /// cutover's own client for shadow copies (its own connection pool, never the primary's).
 #[derive(Debug, Clone)]
 pub struct ShadowClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<ShadowConnector, Full<Bytes>>,
 }
 
 impl ShadowClient {
     pub fn new(connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(connect_timeout));
+        tcp.set_nodelay(true);
+        // `https://` URIs reach the connector; it adds the TLS itself.
+        tcp.enforce_http(false);
+        let connector = ShadowConnector {
+            tcp,
+            tls: Arc::new(OnceLock::new()),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         ShadowClient { client }
+    }
+}
+
+/// The URI a copy is sent to: `http://<addr><path>` for a plain backend; for a `tls = true`
+/// backend `https://<server name>@<addr><path>`, the TLS server name (the backend's `sni`)
+/// riding in the user-info, percent-encoded, where [`ShadowConnector`] reads it. The pool keys
+/// connections by scheme and authority, so each (address, server name) pair has its own; the
+/// backend sees only the path (origin form) and the primary's `Host` header.
+fn copy_uri(addr: SocketAddr, server_name: Option<&str>, path_and_query: &str) -> String {
+    match server_name {
+        None => format!("http://{addr}{path_and_query}"),
+        Some(name) => {
+            let mut encoded = String::with_capacity(name.len());
+            for byte in name.bytes() {
+                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                    encoded.push(char::from(byte));
+                } else {
+                    encoded.push_str(&format!("%{byte:02X}"));
+                }
+            }
+            format!("https://{encoded}@{addr}{path_and_query}")
+        }
+    }
+}
+
+/// The TLS server name [`copy_uri`] put in the user-info of `uri`.
+fn server_name(uri: &Uri) -> Result<ServerName<'static>, BoxError> {
+    let authority = uri.authority().ok_or("the URI has no authority")?.as_str();
+    let (encoded, _) = authority
+        .rsplit_once('@')
+        .ok_or("the URI carries no TLS server name")?;
+    let mut name = Vec::with_capacity(encoded.len());
+    let mut bytes = encoded.bytes();
+    while let Some(byte) = bytes.next() {
+        if byte == b'%' {
+            let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+            let hex = std::str::from_utf8(&hex).unwrap_or_default();
+            name.push(u8::from_str_radix(hex, 16).map_err(|_| "bad percent-encoding")?);
+        } else {
+            name.push(byte);
+        }
+    }
+    let name = String::from_utf8(name).map_err(|_| "the TLS server name is not UTF-8")?;
+    ServerName::try_from(name).map_err(|e| format!("invalid TLS server name: {e}").into())
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects shadow copies: TCP, then TLS for `https://` URIs ([`copy_uri`]), trusting what the
+/// primary's connections trust — the platform's CA certificates, `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` included (pingora's rustls connector loads the same) — and checking the
+/// certificate against the server name. The TLS client is built at the first TLS copy, so a
+/// proxy without TLS backends never loads the CA certificates for it.
+#[derive(Clone)]
+struct ShadowConnector {
+    tcp: HttpConnector,
+    tls: Arc<OnceLock<Result<TlsConnector, String>>>,
+}
+
+impl fmt::Debug for ShadowConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShadowConnector")
+            .field("tcp", &self.tcp)
+            .field("tls_ready", &self.tls.get().map(Result::is_ok))
+            .finish()
+    }
+}
+
+/// TLS 1.2 and 1.3 with the platform's roots, HTTP/1.1 by ALPN (the copy speaks HTTP/1.1).
+fn tls_connector() -> Result<TlsConnector, String> {
+    pingora::tls::install_default_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    pingora::tls::load_platform_certs_incl_env_into_store(&mut roots)
+        .map_err(|e| format!("loading the platform's CA certificates: {e}"))?;
+    let versions = [&pingora::tls::version::TLS12, &pingora::tls::version::TLS13];
+    let mut config = ClientConfig::builder_with_protocol_versions(&versions)
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+impl Service<Uri> for ShadowConnector {
+    type Response = ShadowStream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<ShadowStream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let mut tcp = self.tcp.clone();
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let name = match uri.scheme_str() {
+                Some("https") => Some(server_name(&uri)?),
+                _ => None,
+            };
+            let stream = tcp.call(uri).await?;
+            let Some(name) = name else {
+                return Ok(ShadowStream::Plain(stream));
+            };
+            let connector = tls.get_or_init(tls_connector).clone()?;
+            let stream = connector.connect(name, stream.into_inner()).await?;
+            Ok(ShadowStream::Tls(Box::new(TokioIo::new(stream))))
+        })
+    }
+}
+
+/// A shadow copy's connection: plain TCP or TLS over it (boxed: rustls' state is ~1 KiB).
+enum ShadowStream {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<ClientTlsStream<TcpStream>>>),
+}
+
+impl Connection for ShadowStream {
+    fn connected(&self) -> Connected {
+        match self {
+            ShadowStream::Plain(stream) => stream.connected(),
+            ShadowStream::Tls(stream) => stream.inner().get_ref().0.connected(),
+        }
+    }
+}
+
+impl hyper::rt::Read for ShadowStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ShadowStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            ShadowStream::Tls(stream) => Pin::new(&mut **stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for ShadowStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ShadowStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            ShadowStream::Tls(stream) => Pin::new(&mut **stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ShadowStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            ShadowStream::Tls(stream) => Pin::new(&mut **stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ShadowStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            ShadowStream::Tls(stream) => Pin::new(&mut **stream).poll_shutdown(cx),
+        }
     }
 }
 
@@ -317,10 +494,10 @@ impl Job {
         let upstream = self.route.upstream(to);
         let start = Instant::now();
         let endpoint = upstream.endpoint(upstream.start_index(), 0);
-        let outcome = match (endpoint.addr, upstream.tls) {
-            (Some(addr), false) => self.exchange(addr, limit).await,
-            // Shadow copies to TLS backends are not supported yet: counted as no answer.
-            _ => Err("unresolved endpoint or TLS backend".to_string()),
+        let server_name = upstream.tls.then_some(upstream.sni.as_str());
+        let outcome = match endpoint.addr {
+            Some(addr) => self.exchange(addr, server_name, limit).await,
+            None => Err(format!("endpoint {} does not resolve", endpoint.name)),
         };
         let now = Instant::now();
         match outcome {
@@ -344,8 +521,13 @@ impl Job {
         }
     }
 
-    async fn exchange(&self, addr: std::net::SocketAddr, limit: usize) -> Result<Answer, String> {
-        let uri = format!("http://{addr}{}", self.path_and_query);
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        server_name: Option<&str>,
+        limit: usize,
+    ) -> Result<Answer, String> {
+        let uri = copy_uri(addr, server_name, &self.path_and_query);
         let mut req = http::Request::builder()
             .method(self.method.clone())
             .uri(uri)
@@ -465,6 +647,26 @@ mod tests {
         assert!(!c.contains_key("authorization") && !c.contains_key("cookie"));
         assert_eq!(c.get("traceparent").unwrap(), "00-abc-def-01");
         assert_eq!(c.get_all(SHADOW_MARKER).iter().collect::<Vec<_>>(), ["1"]);
+    }
+
+    #[test]
+    fn copy_uris_carry_the_tls_server_name() {
+        let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert_eq!(
+            copy_uri(addr, None, "/a?b=1"),
+            "http://127.0.0.1:8443/a?b=1"
+        );
+        for name in ["api.example.com", "127.0.0.1", "::1"] {
+            let uri: Uri = copy_uri(addr, Some(name), "/a?b=1").parse().unwrap();
+            assert_eq!(uri.scheme_str(), Some("https"));
+            assert_eq!(uri.host(), Some("127.0.0.1"));
+            assert_eq!(uri.port_u16(), Some(8443));
+            assert_eq!(uri.path_and_query().unwrap().as_str(), "/a?b=1");
+            let expected = ServerName::try_from(name.to_string()).unwrap();
+            assert_eq!(server_name(&uri).unwrap(), expected, "{name}");
+        }
+        let plain: Uri = copy_uri(addr, None, "/").parse().unwrap();
+        assert!(server_name(&plain).is_err());
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub struct Route {
     path_prefix: String,
     legacy: Vec<SocketAddr>,
     new: Vec<SocketAddr>,
+    /// `tls = true, sni = ..` of legacy and new, when set.
+    legacy_tls: Option<String>,
+    new_tls: Option<String>,
     weights: Option<(f64, f64, f64)>,
     sticky: Option<(&'static str, String)>,
     /// Inside of the `shadow = { .. }` inline table.
@@ -128,6 +131,8 @@ impl Route {
             path_prefix: "/".to_string(),
             legacy: Vec::new(),
             new: Vec::new(),
+            legacy_tls: None,
+            new_tls: None,
             weights: None,
             sticky: None,
             shadow_block: None,
@@ -158,6 +163,18 @@ impl Route {
 
     pub fn new_endpoints(mut self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.new = endpoints.into_iter().collect();
+        self
+    }
+
+    /// Legacy speaks TLS: `tls = true, sni = <sni>` on its backend table.
+    pub fn legacy_tls(mut self, sni: &str) -> Self {
+        self.legacy_tls = Some(sni.to_string());
+        self
+    }
+
+    /// New speaks TLS: `tls = true, sni = <sni>` on its backend table.
+    pub fn new_tls(mut self, sni: &str) -> Self {
+        self.new_tls = Some(sni.to_string());
         self
     }
 
@@ -213,12 +230,19 @@ impl Route {
     }
 
     fn render(&self, out: &mut String) {
-        let endpoints = |addrs: &[SocketAddr]| {
-            addrs
+        let backend = |addrs: &[SocketAddr], tls: &Option<String>| {
+            let endpoints = addrs
                 .iter()
                 .map(|a| toml_string(&a.to_string()))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", ");
+            match tls {
+                None => format!("{{ endpoints = [{endpoints}] }}"),
+                Some(sni) => format!(
+                    "{{ endpoints = [{endpoints}], tls = true, sni = {} }}",
+                    toml_string(sni)
+                ),
+            }
         };
         let _ = writeln!(out, "[[routes]]");
         let _ = writeln!(out, "id = {}", toml_string(&self.id));
@@ -227,12 +251,8 @@ impl Route {
             let _ = write!(matcher, ", host = {}", toml_string(host));
         }
         let _ = writeln!(out, "match = {{ {matcher} }}");
-        let _ = writeln!(
-            out,
-            "legacy = {{ endpoints = [{}] }}",
-            endpoints(&self.legacy)
-        );
-        let _ = writeln!(out, "new = {{ endpoints = [{}] }}", endpoints(&self.new));
+        let _ = writeln!(out, "legacy = {}", backend(&self.legacy, &self.legacy_tls));
+        let _ = writeln!(out, "new = {}", backend(&self.new, &self.new_tls));
         if let Some((l, n, s)) = self.weights {
             let _ = writeln!(
                 out,
@@ -266,6 +286,8 @@ pub struct ProxyConfig {
     stats_slices: Option<u32>,
     webhook: Option<String>,
     instance: Option<String>,
+    /// Environment variables of the `cutover serve` process.
+    env: Vec<(String, String)>,
     etcd: Option<EtcdTable>,
     routes: Vec<Route>,
 }
@@ -294,6 +316,7 @@ impl ProxyConfig {
             stats_slices: None,
             webhook: None,
             instance: None,
+            env: Vec::new(),
             etcd: None,
             routes: Vec::new(),
         }
@@ -304,6 +327,12 @@ impl ProxyConfig {
 
     pub fn route(mut self, route: Route) -> Self {
         self.routes.push(route);
+        self
+    }
+
+    /// Runs `cutover serve` with the environment variable `name` set to `value`.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -559,6 +588,7 @@ impl Proxy {
         if let Some(id) = &config.instance {
             command.env("CUTOVER_INSTANCE", id);
         }
+        command.envs(config.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .arg("serve")
             .arg("--config")

@@ -1,19 +1,27 @@
+//! TLS on both sides of the proxy.
+//!
 //! `[proxy] tls_listen` (SPEC §2: rustls, h2 via ALPN): the listener presents the configured
 //! certificate, uses h2 when the client offers it by ALPN and HTTP/1.1 when it does not, and
 //! both reach the backend with the `x-forwarded-proto: https` a TLS client gets (SPEC §7).
+//!
+//! `tls = true` backends (SPEC §3): live requests and shadow copies reach them over TLS with
+//! the backend's `sni`, trusting the CA that `SSL_CERT_FILE` names, and the copies are compared.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use cutover_tests::{free_port, Backend, Proxy, ProxyConfig, Route};
+use cutover_tests::{eventually, free_port, Backend, Proxy, ProxyConfig, Route};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -116,4 +124,149 @@ async fn tls_listener_speaks_h2_by_alpn_and_http1_otherwise() {
         );
     }
     assert_eq!(new.count(), 0, "weights 100/0 send nothing to new");
+}
+
+/// A TLS endpoint in front of a plain backend: terminates TLS with the fixture certificate
+/// (`localhost`, `127.0.0.1`) and relays the bytes, so the backend behind it still records
+/// every request. Stops accepting when dropped.
+struct TlsFront {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TlsFront {
+    async fn start(backend: SocketAddr) -> TlsFront {
+        let certs =
+            rustls_pemfile::certs(&mut std::fs::read(fixture("cert.pem")).unwrap().as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("fixture cert.pem");
+        let key =
+            rustls_pemfile::private_key(&mut std::fs::read(fixture("key.pem")).unwrap().as_slice())
+                .expect("fixture key.pem")
+                .expect("a private key in key.pem");
+        let config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("fixture certificate and key match");
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind TLS front");
+        let addr = listener.local_addr().expect("TLS front address");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsFront { addr, task }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_backends_serve_live_requests_and_shadow_copies() {
+    let doc = json!({"order": 7, "items": ["a", "b"]});
+    let legacy = Backend::new("legacy")
+        .route("/order", doc.clone())
+        .run()
+        .await;
+    let new = Backend::new("new").route("/order", doc).run().await;
+    let (legacy_tls, new_tls) = (
+        TlsFront::start(legacy.addr()).await,
+        TlsFront::start(new.addr()).await,
+    );
+    let proxy = Proxy::start(
+        ProxyConfig::new()
+            // Trust the fixture CA only: cutover's connections, live and shadow, load their roots
+            // from the platform, which honours SSL_CERT_FILE.
+            .env("SSL_CERT_FILE", &fixture("ca.pem").to_string_lossy())
+            .route(
+                Route::new("orders")
+                    .legacy_endpoints([legacy_tls.addr])
+                    .new_endpoints([new_tls.addr])
+                    .legacy_tls("localhost")
+                    .new_tls("localhost")
+                    .weights(100, 0)
+                    .shadow(100)
+                    .compare_block("body = \"json\"")
+                    .rollback_off(),
+            ),
+    )
+    .await;
+
+    let client = proxy.client();
+    let n = 20;
+    for _ in 0..n {
+        let res = client.get(&proxy.url("/order")).await.expect("request");
+        assert_eq!(res.status, 200, "{}", proxy.log());
+        assert_eq!(res.header("x-backend").as_deref(), Some("legacy"));
+    }
+    eventually(Duration::from_secs(10), "every copy compared", || async {
+        proxy
+            .counter("cutover_comparisons_total", &[("route", "orders")])
+            .await
+            >= n as f64
+    })
+    .await;
+    assert_eq!(legacy.count(), n, "live requests went to legacy over TLS");
+    assert_eq!(new.shadow_count(), n, "every copy reached new over TLS");
+    let stats = proxy.stats("orders").await;
+    let shadow = &stats["backends"]["new"]["shadow"];
+    assert_eq!(shadow["count"], n, "{stats}");
+    assert_eq!(shadow["errors"], 0, "{stats}");
+    assert_eq!(
+        stats["divergences"], 0,
+        "equal answers do not diverge: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_copies_to_a_tls_backend_check_its_certificate() {
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let new_tls = TlsFront::start(new.addr()).await;
+    // The fixture certificate names localhost and 127.0.0.1, not this SNI: every TLS handshake
+    // with new fails, so no copy may reach it, and each counts as a shadow error.
+    let proxy = Proxy::start(
+        ProxyConfig::new()
+            .env("SSL_CERT_FILE", &fixture("ca.pem").to_string_lossy())
+            .route(
+                Route::new("orders")
+                    .legacy_endpoints([legacy.addr()])
+                    .new_endpoints([new_tls.addr])
+                    .new_tls("not-the-certificate-name.example")
+                    .weights(100, 0)
+                    .shadow(100)
+                    .rollback_off(),
+            ),
+    )
+    .await;
+    let client = proxy.client();
+    let n = 5;
+    for _ in 0..n {
+        let res = client.get(&proxy.url("/order")).await.expect("request");
+        assert_eq!(res.status, 200, "the primary is untouched");
+    }
+    eventually(Duration::from_secs(10), "every copy failed", || async {
+        proxy.stats("orders").await["backends"]["new"]["shadow"]["errors"] == n
+    })
+    .await;
+    assert_eq!(new.count(), 0, "no copy got past the certificate check");
 }
