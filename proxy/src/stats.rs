@@ -1,5 +1,5 @@
 //! Sliding-window statistics per route × backend × role: request count, error count and an HDR
-//! latency histogram (µs, 3 significant digits), rotated in slices so old samples expire.
+//! latency histogram (µs, 2 significant digits), rotated in slices so old samples expire.
 //!
 //! Recording takes one of several shard locks picked per thread, never a global lock; reading
 //! merges the shards and the slices inside the window.
