@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 /// Largest latency the histograms hold: 1 hour in µs (larger values are clamped).
 pub const MAX_MICROS: u64 = 3_600_000_000;
 /// Significant digits of every latency histogram: quantiles within 1 %. Each window slice of
-/// every route × backend × role × recording thread holds one histogram, so its size is the
-/// stats' memory: 3,328 `u32` counters (13 KiB) at 2 digits, 23,552 (92 KiB) at 3
-/// (docs/architecture.md, Statistics).
+/// every route × backend × role holds one histogram, so its size is the stats' memory: 3,328
+/// `u32` counters (13 KiB) at 2 digits, 23,552 (92 KiB) at 3 (docs/architecture.md,
+/// Statistics).
 pub const SIGFIG: u8 = 2;
 
 /// An empty latency histogram with the bounds every window uses.

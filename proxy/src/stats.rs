@@ -77,6 +77,7 @@ impl WindowShape {
     }
 }
 
+/// The samples of one slice of time (`epoch` counts slices since the origin).
 #[derive(Debug)]
 struct Slice {
     epoch: u64,
@@ -85,28 +86,68 @@ struct Slice {
     hist: Option<Histogram<u32>>,
 }
 
+/// `Slice::epoch` of a slice that holds nothing yet.
+const EMPTY: u64 = u64::MAX;
+
 impl Slice {
     fn empty() -> Self {
         Slice {
-            epoch: u64::MAX,
+            epoch: EMPTY,
             count: 0,
             errors: 0,
             hist: None,
         }
     }
+
+    /// Start over as the slice of `epoch` (keeping the histogram's memory).
+    fn restart(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.count = 0;
+        self.errors = 0;
+        if let Some(h) = self.hist.as_mut() {
+            h.reset();
+        }
+    }
+
+    fn record(&mut self, sample: Sample) {
+        self.count += 1;
+        self.errors += u64::from(sample.error);
+        let micros = (sample.latency.as_micros() as u64).clamp(1, MAX_MICROS);
+        self.hist
+            .get_or_insert_with(slice_histogram)
+            .saturating_record(micros);
+    }
+
+    /// Add `other`'s samples (of the same epoch) to these.
+    fn add(&mut self, other: &Slice) {
+        self.count += other.count;
+        self.errors += other.errors;
+        if let Some(h) = &other.hist {
+            // Same bounds: cannot fail.
+            let _ = self.hist.get_or_insert_with(slice_histogram).add(h);
+        }
+    }
 }
 
-#[derive(Debug)]
-struct Ring {
-    slices: Vec<Slice>,
+fn slice_histogram() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, MAX_MICROS, SIGFIG).expect("static histogram bounds")
 }
 
 /// Statistics of one route × backend × role over a sliding window.
+///
+/// Each recording thread fills the slice of the current epoch in its own shard; when it moves
+/// on to a later epoch it folds the finished slice into `ring`, the slices merged across
+/// threads (`slices + 1` of them, slot `epoch % len`, so the one being filled never evicts the
+/// oldest still inside the window). A reader takes every shard and then the ring, so no slice
+/// is missed or counted twice while it moves. Memory: (threads + slices + 1) histograms, not
+/// threads × (slices + 1) (docs/architecture.md, Statistics).
 #[derive(Debug)]
 pub struct WindowedStats {
     shape: WindowShape,
     origin: Instant,
-    shards: Box<[Mutex<Ring>]>,
+    /// The slice each recording thread is filling. Lock order: shards by index, then `ring`.
+    shards: Box<[Mutex<Slice>]>,
+    ring: Mutex<Vec<Slice>>,
 }
 
 fn shard_count() -> usize {
@@ -132,20 +173,38 @@ fn shard_index(n: usize) -> usize {
     })
 }
 
+/// Add `slice` to the ring's slot for its epoch. A slot still holding an older epoch starts
+/// over; a slot already holding a later one means `slice` is a whole ring older, outside any
+/// window: it is dropped.
+fn fold(ring: &mut [Slice], slice: &Slice) {
+    if slice.epoch == EMPTY || slice.count == 0 {
+        return;
+    }
+    let n = ring.len() as u64;
+    let slot = &mut ring[(slice.epoch % n) as usize];
+    if slot.epoch != slice.epoch {
+        if slot.epoch != EMPTY && slot.epoch > slice.epoch {
+            return;
+        }
+        slot.restart(slice.epoch);
+    }
+    slot.add(slice);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl WindowedStats {
     /// Empty statistics with `shape`; slices are timed from `origin`.
     pub fn new(shape: WindowShape, origin: Instant) -> Self {
-        let ring = || {
-            Mutex::new(Ring {
-                // One slice more than the window so the one being filled never evicts the oldest
-                // slice still inside the window.
-                slices: (0..=shape.slices).map(|_| Slice::empty()).collect(),
-            })
-        };
         WindowedStats {
             shape,
             origin,
-            shards: (0..shard_count()).map(|_| ring()).collect(),
+            shards: (0..shard_count())
+                .map(|_| Mutex::new(Slice::empty()))
+                .collect(),
+            ring: Mutex::new((0..=shape.slices).map(|_| Slice::empty()).collect()),
         }
     }
 
@@ -157,25 +216,32 @@ impl WindowedStats {
     /// Record one sample taken at `now`.
     pub fn record(&self, now: Instant, sample: Sample) {
         let epoch = self.epoch(now);
-        let shard = &self.shards[shard_index(self.shards.len())];
-        let mut ring = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let n = ring.slices.len() as u64;
-        let slice = &mut ring.slices[(epoch % n) as usize];
-        if slice.epoch != epoch {
-            slice.epoch = epoch;
-            slice.count = 0;
-            slice.errors = 0;
-            if let Some(h) = slice.hist.as_mut() {
-                h.reset();
+        let mut shard = lock(&self.shards[shard_index(self.shards.len())]);
+        if shard.epoch != epoch {
+            if shard.epoch != EMPTY && epoch < shard.epoch {
+                // Late: a sample of a slice this thread has already left (its `now` was taken
+                // before the last one's). It goes straight into the ring.
+                let mut late = Slice::empty();
+                late.restart(epoch);
+                late.record(sample);
+                fold(&mut lock(&self.ring), &late);
+                return;
             }
+            fold(&mut lock(&self.ring), &shard);
+            shard.restart(epoch);
         }
-        slice.count += 1;
-        slice.errors += u64::from(sample.error);
-        let micros = (sample.latency.as_micros() as u64).clamp(1, MAX_MICROS);
-        let hist = slice.hist.get_or_insert_with(|| {
-            Histogram::new_with_bounds(1, MAX_MICROS, SIGFIG).expect("static histogram bounds")
-        });
-        hist.saturating_record(micros);
+        shard.record(sample);
+    }
+
+    /// How many histograms this holds (each 13 KiB): what its memory grows with.
+    #[cfg(test)]
+    fn histograms(&self) -> usize {
+        let shards = self
+            .shards
+            .iter()
+            .filter(|s| lock(s).hist.is_some())
+            .count();
+        shards + lock(&self.ring).iter().filter(|s| s.hist.is_some()).count()
     }
 
     /// Merge the slices inside the window ending at `now`.
@@ -208,26 +274,19 @@ impl WindowedStats {
         if let Some(since) = since {
             oldest = oldest.max(self.epoch(since));
         }
-        let mut merged: Option<Histogram<u32>> = None;
-        let (mut count, mut errors) = (0, 0);
-        for shard in self.shards.iter() {
-            let ring = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for s in ring
-                .slices
-                .iter()
-                .filter(|s| s.epoch >= oldest && s.epoch <= epoch)
-            {
-                count += s.count;
-                errors += s.errors;
-                if let Some(h) = &s.hist {
-                    match merged.as_mut() {
-                        Some(m) => m.add(h).expect("same histogram bounds"),
-                        None => merged = Some(h.clone()),
-                    }
-                }
-            }
+        // Every shard, then the ring (the lock order of `record`): a slice being folded is in
+        // exactly one of them.
+        let shards: Vec<_> = self.shards.iter().map(lock).collect();
+        let ring = lock(&self.ring);
+        let mut merged = Slice::empty();
+        for s in ring
+            .iter()
+            .chain(shards.iter().map(|s| &**s))
+            .filter(|s| s.epoch != EMPTY && s.epoch >= oldest && s.epoch <= epoch)
+        {
+            merged.add(s);
         }
-        (count, errors, merged)
+        (merged.count, merged.errors, merged.hist)
     }
 }
 
@@ -378,6 +437,49 @@ mod tests {
         // window holds the 30 s and 65 s samples only (3 would mean a stale slot was summed).
         w.record(t0 + Duration::from_secs(65), ok(1));
         assert_eq!(w.read(t0 + Duration::from_secs(65)).count, 2);
+    }
+
+    #[test]
+    fn memory_grows_with_threads_plus_slices_not_their_product() {
+        let t0 = Instant::now();
+        let w = std::sync::Arc::new(WindowedStats::new(shape(), t0));
+        // 4 threads record through 30 slices (twice the ring): every thread fills every slice.
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for slice in 0..30 {
+                        w.record(t0 + Duration::from_secs(5 * slice), ok(2));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let (threads, ring) = (4.min(shard_count()), shape().slices as usize + 1);
+        assert!(
+            w.histograms() <= threads + ring,
+            "{} histograms for {threads} shards and {ring} ring slots",
+            w.histograms()
+        );
+        // The window (the last 12 slices) holds each thread's 12 samples, none lost or doubled.
+        let now = t0 + Duration::from_secs(5 * 29);
+        assert_eq!(w.read(now).count, 4 * 12);
+    }
+
+    #[test]
+    fn a_late_sample_counts_in_its_own_slice() {
+        let t0 = Instant::now();
+        let w = WindowedStats::new(shape(), t0);
+        w.record(t0 + Duration::from_secs(20), ok(1));
+        // Taken at 3 s, recorded after the 20 s one: it belongs to the first slice.
+        w.record(t0 + Duration::from_secs(3), ok(1));
+        let now = t0 + Duration::from_secs(21);
+        assert_eq!(w.read(now).count, 2);
+        assert_eq!(w.role_stats(now, t0 + Duration::from_secs(20)).count, 1);
+        // 61 s: the 3 s slice has left the window, the 20 s one has not.
+        assert_eq!(w.read(t0 + Duration::from_secs(61)).count, 1);
     }
 
     #[test]
