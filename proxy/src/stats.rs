@@ -1,8 +1,8 @@
 //! Sliding-window statistics per route × backend × role: request count, error count and an HDR
 //! latency histogram (µs, 2 significant digits), rotated in slices so old samples expire.
 //!
-//! Recording takes one of several shard locks picked per thread, never a global lock; reading
-//! merges the shards and the slices inside the window.
+//! Recording takes one of several shard locks picked per thread, and the window's ring lock
+//! only once per slice; reading merges the shards and the slices inside the window.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
