@@ -7,7 +7,7 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 
-.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time soak bench pingora-floor bench-smoke clean
+.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time routes-memory soak bench pingora-floor bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -52,6 +52,15 @@ rollback-time:
 	@scripts/prereqs.sh build
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
 	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench rollback-time --runs 20
+
+## Memory with many routes (40 by default), each split 50/50 and shadowed 100 %: peak RSS and
+## its growth per route, from the sliding-window statistics (release).
+## ROUTES_MEMORY_ARGS="--threads 8 --routes 100" for other shapes.
+ROUTES_MEMORY_ARGS ?=
+routes-memory:
+	@scripts/prereqs.sh build
+	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
+	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench routes-memory $(ROUTES_MEMORY_ARGS)
 
 ## An hour of steady load (RELIABILITY.md 58): the proxy's RSS, open files, upstream connections,
 ## threads and tasks must stay flat. SOAK_ARGS="--duration 10m --warmup 2m" for a shorter run.

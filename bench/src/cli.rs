@@ -15,6 +15,7 @@ use crate::backend::{self, BackendOptions};
 use crate::propagation::{self, PropagationOptions};
 use crate::report::{self, Output};
 use crate::rollback_time::{self, RollbackTimeOptions};
+use crate::routes_memory::{self, RoutesMemoryOptions};
 use crate::shadow_cost::{self, ShadowCostOptions};
 use crate::soak::{self, SoakOptions};
 use crate::suite::{self, SuiteOptions};
@@ -89,6 +90,35 @@ enum Command {
     /// report (also written to --markdown). Exit 0 when every series stayed flat and no request
     /// failed, 2 otherwise.
     Soak(SoakArgs),
+    /// Peak memory of cutover serving many routes at once, each split and shadowed.
+    ///
+    /// Starts a legacy and a new backend (identical ~1 KiB JSON answers) and the real proxy
+    /// (binary: $CUTOVER_BIN, else <target dir>/debug/cutover) with ROUTES routes over them,
+    /// weights 50/50, 100 % shadow and JSON compare, `threads = THREADS`, `[stats] window =
+    /// WINDOW`. Runs CONNECTIONS closed-loop connections per route, all routes at once, for
+    /// DURATION (longer than the window, so every window slice fills), then reads the proxy's
+    /// VmHWM. Prints idle and peak RSS and the growth per route as Markdown. Exit 0 when the
+    /// load got answers without errors, 2 otherwise.
+    RoutesMemory(RoutesMemoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct RoutesMemoryArgs {
+    /// Routes, each with traffic.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    routes: u32,
+    /// `[proxy] threads`.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: u32,
+    /// `[stats] window`.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// How long the load runs.
+    #[arg(long, default_value = "9s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Closed-loop connections per route.
+    #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    connections: u32,
 }
 
 #[derive(Debug, Args)]
@@ -257,6 +287,7 @@ pub fn main() -> ExitCode {
         Command::Propagation(_)
         | Command::ShadowCost(_)
         | Command::RollbackTime(_)
+        | Command::RoutesMemory(_)
         | Command::Soak(_) => 2,
     };
     // The suite's generator and the backend each use one CPU: one thread.
@@ -287,6 +318,7 @@ pub fn main() -> ExitCode {
         Command::ShadowCost(args) => shadow_cost(&rt, args),
         Command::RollbackTime(args) => rollback_time(&rt, args),
         Command::Soak(args) => soak(&rt, args),
+        Command::RoutesMemory(args) => routes_memory(&rt, args),
         Command::Report(_) | Command::Backend(_) => unreachable!("handled above"),
     }
 }
@@ -595,6 +627,29 @@ fn shadow_cost(rt: &tokio::runtime::Runtime, args: ShadowCostArgs) -> ExitCode {
     };
     println!("{}", report.to_markdown(&command_line()));
     if report.completed() && report.errors() == 0 && report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn routes_memory(rt: &tokio::runtime::Runtime, args: RoutesMemoryArgs) -> ExitCode {
+    let opts = RoutesMemoryOptions {
+        routes: args.routes as usize,
+        threads: args.threads as usize,
+        window: args.window,
+        duration: args.duration,
+        connections: args.connections as usize,
+        ..RoutesMemoryOptions::default()
+    };
+    let report = match run_scenario(rt, "routes-memory", async move {
+        routes_memory::run(&opts).await
+    }) {
+        Ok(report) => report,
+        Err(code) => return code,
+    };
+    println!("{}", report.to_markdown(&command_line()));
+    if report.ok > 0 && report.errors == 0 && report.peak_rss_kib.is_some() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

@@ -4,7 +4,8 @@
 //! HAProxy, and on request pingora's own minimal proxy), the standard suite ([`suite`]: interleaved rounds, CPU per request, peak RSS,
 //! upstream connections, noise checks) and its report ([`report`], [`charts`]: Markdown and
 //! SVG). Scenarios: [`propagation`] (etcd write → traffic follows), [`shadow_cost`],
-//! [`rollback_time`] and [`soak`] (an hour of steady load: resources stay flat).
+//! [`rollback_time`], [`soak`] (an hour of steady load: resources stay flat) and
+//! [`routes_memory`] (memory per route with many routes).
 //! `make bench` runs the suite and writes `BENCHMARKS.md`; see `cutover-bench --help`.
 
 pub mod backend;
@@ -14,6 +15,7 @@ pub mod load;
 pub mod propagation;
 pub mod report;
 pub mod rollback_time;
+pub mod routes_memory;
 pub mod shadow_cost;
 pub mod soak;
 pub mod suite;
