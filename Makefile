@@ -75,7 +75,7 @@ soak:
 ## Installs what the build needs first, then — while the release build compiles — nginx and
 ## haproxy to compare with and etcd for the propagation scenario, when it can (else the report
 ## runs without them and says so).
-## Micro-benchmarks (criterion) are separate: cargo bench -p cutover-bench --bench routing --bench split --bench compare
+## Micro-benchmarks (criterion) are separate: cargo bench -p cutover-bench --bench routing --bench split --bench compare --bench window
 BENCH_BUILD = $(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
 bench:
 	scripts/prereqs.sh build

@@ -888,7 +888,8 @@ fn micro(w: &mut String, out: &Output) {
             w,
             "Not part of `make bench` (their optimised build with criterion takes minutes of the \
              10-minute budget). Run them with `cargo bench -p cutover-bench --bench routing \
-             --bench split --bench compare` (route lookup, split choice, JSON comparison); \
+             --bench split --bench compare --bench window` (route lookup, split choice, JSON \
+             comparison, window statistics); \
              `cutover-bench report --criterion-dir target/criterion` then includes the \
              results.\n"
         );
