@@ -173,22 +173,28 @@ fn shard_index(n: usize) -> usize {
     })
 }
 
-/// Add `slice` to the ring's slot for its epoch. A slot still holding an older epoch starts
-/// over; a slot already holding a later one means `slice` is a whole ring older, outside any
-/// window: it is dropped.
+/// The ring's slot for `epoch`. A slot still holding an older epoch starts over; a slot already
+/// holding a later one means `epoch` is a whole ring older, outside any window: `None`.
+fn ring_slot(ring: &mut [Slice], epoch: u64) -> Option<&mut Slice> {
+    let n = ring.len() as u64;
+    let slot = &mut ring[(epoch % n) as usize];
+    if slot.epoch != epoch {
+        if slot.epoch != EMPTY && slot.epoch > epoch {
+            return None;
+        }
+        slot.restart(epoch);
+    }
+    Some(slot)
+}
+
+/// Add a finished `slice` to the ring.
 fn fold(ring: &mut [Slice], slice: &Slice) {
     if slice.epoch == EMPTY || slice.count == 0 {
         return;
     }
-    let n = ring.len() as u64;
-    let slot = &mut ring[(slice.epoch % n) as usize];
-    if slot.epoch != slice.epoch {
-        if slot.epoch != EMPTY && slot.epoch > slice.epoch {
-            return;
-        }
-        slot.restart(slice.epoch);
+    if let Some(slot) = ring_slot(ring, slice.epoch) {
+        slot.add(slice);
     }
-    slot.add(slice);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -219,12 +225,12 @@ impl WindowedStats {
         let mut shard = lock(&self.shards[shard_index(self.shards.len())]);
         if shard.epoch != epoch {
             if shard.epoch != EMPTY && epoch < shard.epoch {
-                // Late: a sample of a slice this thread has already left (its `now` was taken
-                // before the last one's). It goes straight into the ring.
-                let mut late = Slice::empty();
-                late.restart(epoch);
-                late.record(sample);
-                fold(&mut lock(&self.ring), &late);
+                // Late: a sample of a slice this shard has already left (its `now` was taken
+                // before the last one's, or by another thread on the same shard). It goes
+                // straight into the ring.
+                if let Some(slot) = ring_slot(&mut lock(&self.ring), epoch) {
+                    slot.record(sample);
+                }
                 return;
             }
             fold(&mut lock(&self.ring), &shard);
@@ -433,8 +439,8 @@ mod tests {
         // The first sample's 5 s slice leaves the 60 s window; the second stays.
         assert_eq!(w.read(t0 + Duration::from_secs(61)).count, 1);
         assert_eq!(w.read(t0 + Duration::from_secs(95)).count, 0);
-        // 65 s lands in the ring slot that held the 0 s sample: it must start from zero, so the
-        // window holds the 30 s and 65 s samples only (3 would mean a stale slot was summed).
+        // 65 s is a whole ring (13 slices) after 0 s: the window holds the 30 s and 65 s samples
+        // only (3 would mean the 0 s one was still counted).
         w.record(t0 + Duration::from_secs(65), ok(1));
         assert_eq!(w.read(t0 + Duration::from_secs(65)).count, 2);
     }

@@ -347,7 +347,8 @@ impl std::fmt::Debug for RouteTelemetry {
 }
 
 impl RouteTelemetry {
-    /// Record one finished request (hot path: no locks beyond one window shard).
+    /// Record one finished request (hot path: one window shard's lock, and once per slice the
+    /// window's ring lock).
     pub fn record(
         &self,
         backend: BackendKind,
