@@ -14,7 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pingora::tls::{ClientConfig, ClientTlsStream, RootCertStore, ServerName, TlsConnector};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OnceCell};
 use tower_service::Service;
 use tracing::debug;
 
@@ -75,7 +75,7 @@ impl ShadowClient {
         tcp.enforce_http(false);
         let connector = ShadowConnector {
             tcp,
-            tls: Arc::new(OnceLock::new()),
+            tls: Arc::new(OnceCell::new()),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -117,6 +117,9 @@ fn server_name(uri: &Uri) -> Result<ServerName<'static>, BoxError> {
     while let Some(byte) = bytes.next() {
         if byte == b'%' {
             let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+            if hex.len() != 2 || !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err("bad percent-encoding in the TLS server name".into());
+            }
             let hex = std::str::from_utf8(&hex).unwrap_or_default();
             name.push(u8::from_str_radix(hex, 16).map_err(|_| "bad percent-encoding")?);
         } else {
@@ -124,7 +127,20 @@ fn server_name(uri: &Uri) -> Result<ServerName<'static>, BoxError> {
         }
     }
     let name = String::from_utf8(name).map_err(|_| "the TLS server name is not UTF-8")?;
+    let name = leftmost_underscores_to_hyphens(&name).unwrap_or(name);
     ServerName::try_from(name).map_err(|e| format!("invalid TLS server name: {e}").into())
+}
+
+/// What pingora's connector does to a live request's SNI before checking the certificate
+/// against it (`replace_leftmost_underscore`, private to pingora-core): underscores in the
+/// leftmost label of a name with at least three labels become hyphens, so the copy verifies
+/// the same name as the live request.
+fn leftmost_underscores_to_hyphens(name: &str) -> Option<String> {
+    let (leftmost, rest) = name.split_once('.')?;
+    if !rest.contains('.') || !leftmost.contains('_') {
+        return None;
+    }
+    Some(format!("{}.{rest}", leftmost.replace('_', "-")))
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -132,19 +148,20 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Connects shadow copies: TCP, then TLS for `https://` URIs ([`copy_uri`]), trusting what the
 /// primary's connections trust — the platform's CA certificates, `SSL_CERT_FILE` and
 /// `SSL_CERT_DIR` included (pingora's rustls connector loads the same) — and checking the
-/// certificate against the server name. The TLS client is built at the first TLS copy, so a
-/// proxy without TLS backends never loads the CA certificates for it.
+/// certificate against the server name. The TLS client is built at the first TLS copy (off
+/// the runtime's threads: loading the CA certificates reads files), so a proxy without TLS
+/// backends never loads them for it; a failed load is not kept, the next TLS copy tries again.
 #[derive(Clone)]
 struct ShadowConnector {
     tcp: HttpConnector,
-    tls: Arc<OnceLock<Result<TlsConnector, String>>>,
+    tls: Arc<OnceCell<TlsConnector>>,
 }
 
 impl fmt::Debug for ShadowConnector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShadowConnector")
             .field("tcp", &self.tcp)
-            .field("tls_ready", &self.tls.get().map(Result::is_ok))
+            .field("tls_ready", &self.tls.initialized())
             .finish()
     }
 }
@@ -184,7 +201,14 @@ impl Service<Uri> for ShadowConnector {
             let Some(name) = name else {
                 return Ok(ShadowStream::Plain(stream));
             };
-            let connector = tls.get_or_init(tls_connector).clone()?;
+            let connector = tls
+                .get_or_try_init(|| async {
+                    tokio::task::spawn_blocking(tls_connector)
+                        .await
+                        .map_err(|e| format!("loading the CA certificates: {e}"))?
+                })
+                .await?
+                .clone();
             let stream = connector.connect(name, stream.into_inner()).await?;
             Ok(ShadowStream::Tls(Box::new(TokioIo::new(stream))))
         })
@@ -667,6 +691,28 @@ mod tests {
         }
         let plain: Uri = copy_uri(addr, None, "/").parse().unwrap();
         assert!(server_name(&plain).is_err());
+        // Only exactly two hex digits decode.
+        for bad in [
+            "%A@127.0.0.1:1",
+            "%+A@127.0.0.1:1",
+            "%zz@127.0.0.1:1",
+            "a%@127.0.0.1:1",
+        ] {
+            let uri: Uri = format!("https://{bad}/").parse().unwrap();
+            assert!(server_name(&uri).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn server_names_get_pingoras_underscore_rule() {
+        let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let name = |sni: &str| {
+            let uri: Uri = copy_uri(addr, Some(sni), "/").parse().unwrap();
+            server_name(&uri).unwrap()
+        };
+        let expect = |s: &str| ServerName::try_from(s.to_string()).unwrap();
+        assert_eq!(name("a_b.api.example"), expect("a-b.api.example"));
+        assert_eq!(name("api.example"), expect("api.example"));
     }
 
     #[test]
