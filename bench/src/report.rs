@@ -1108,10 +1108,10 @@ fn uncommitted_changes(outputs: &[&Path]) -> Vec<String> {
     let (Some(root), Some(status)) = (
         git(&["rev-parse", "--show-toplevel"]),
         git(&[
-            "-c",
-            "core.quotepath=off",
+            "--no-optional-locks",
             "status",
             "--porcelain",
+            "-z",
             "--untracked-files=no",
         ]),
     ) else {
@@ -1126,13 +1126,19 @@ fn uncommitted_changes(outputs: &[&Path]) -> Vec<String> {
         .collect()
 }
 
-/// The paths of `git status --porcelain` (v1) output; a rename names its new path.
+/// The paths of `git status --porcelain -z` output (`XY path` entries ending in NUL, paths
+/// unquoted; a rename or copy is followed by its old path, which is skipped).
 fn changed_files(porcelain: &str) -> Vec<String> {
-    porcelain
-        .lines()
-        .filter_map(|line| line.get(3..))
-        .map(|path| path.rsplit(" -> ").next().unwrap_or(path).to_string())
-        .collect()
+    let mut files = Vec::new();
+    let mut entries = porcelain.split('\0').filter(|e| !e.is_empty());
+    while let Some(entry) = entries.next() {
+        let (status, path) = (entry.get(..2).unwrap_or_default(), entry.get(3..));
+        files.extend(path.map(str::to_string));
+        if status.contains('R') || status.contains('C') {
+            entries.next();
+        }
+    }
+    files
 }
 
 #[cfg(test)]
@@ -1150,10 +1156,10 @@ mod tests {
 
     #[test]
     fn changed_files_from_git_status() {
-        let porcelain = " M Makefile\nM  bench/src/report.rs\nR  old.rs -> new.rs\n";
+        let porcelain = " M Makefile\0M  bench/a b.rs\0R  new.rs\0old.rs\0 M x -> y.md\0";
         assert_eq!(
             changed_files(porcelain),
-            vec!["Makefile", "bench/src/report.rs", "new.rs"]
+            vec!["Makefile", "bench/a b.rs", "new.rs", "x -> y.md"]
         );
         assert!(changed_files("").is_empty());
     }
