@@ -21,6 +21,7 @@ fn window(c: &mut Criterion) {
         for ms in 1..=100u64 {
             stats.record(
                 t0 + Duration::from_secs(5 * slice),
+                1,
                 Sample {
                     latency: Duration::from_micros(ms * 1000 + slice * 7),
                     error: false,
@@ -34,6 +35,7 @@ fn window(c: &mut Criterion) {
         b.iter(|| {
             stats.record(
                 black_box(now),
+                1,
                 Sample {
                     latency: Duration::from_micros(black_box(12_345)),
                     error: false,
@@ -42,7 +44,7 @@ fn window(c: &mut Criterion) {
         })
     });
     g.bench_function("read_full_window", |b| {
-        b.iter(|| stats.read(black_box(now)))
+        b.iter(|| stats.read(black_box(now), 1))
     });
     g.finish();
 }

@@ -30,6 +30,17 @@ pub struct RollbackRecord {
     /// The numbers the rule saw (automatic rollbacks): rates, counts, test statistic, window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<serde_json::Value>,
+    /// `shadow` when the shadow-phase gate breached (SPEC §11): the weights were left as they
+    /// were, and `resume` and ramp starts are refused until an operator writes the weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Phase>,
+}
+
+impl RollbackRecord {
+    /// Whether this is a shadow-phase gate's breach (weights kept, ramp blocked).
+    pub fn is_gate(&self) -> bool {
+        self.gate.is_some()
+    }
 }
 
 /// What an event records.

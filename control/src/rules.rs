@@ -21,6 +21,11 @@
 //!   1 % by a one-sample binomial z-test. Legacy's p99 comes from its live requests, or from
 //!   its shadow copies when it serves nothing live; both need `min_requests` samples.
 //! - `divergence`: the divergence rate must exceed `max` by the one-sample binomial z-test.
+//!
+//! What is judged depends on the phase ([`Judged`]): while `new` serves live traffic, every
+//! active rule on its live requests; while it is only shadowed (phase `shadow`, SPEC §11), the
+//! shadow-phase gate: `divergence`, and `latency_p99` on new's shadow copies against legacy's
+//! live requests.
 
 use std::time::Duration;
 
@@ -60,6 +65,34 @@ impl RuleKind {
 
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// What `new` is judged on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Judged {
+    /// `new` serves live traffic (phase `canary` or `promoted`): every active rule, on its
+    /// live requests.
+    Live,
+    /// `new` serves nothing live but receives shadow copies (phase `shadow`): `divergence`, and
+    /// `latency_p99` on its shadow copies against legacy's live requests; `error_rate` is not
+    /// judged (a copy's error reaches no client).
+    Shadow,
+}
+
+impl Judged {
+    /// Whether `rule` is judged.
+    pub fn judges(self, rule: RuleKind) -> bool {
+        self == Judged::Live || rule != RuleKind::ErrorRate
+    }
+
+    /// New's requests that are judged, and how summaries name them.
+    fn new_requests(self, stats: &WindowStats) -> (&RoleStats, &'static str) {
+        match self {
+            Judged::Live => (&stats.new.primary, "new"),
+            Judged::Shadow => (&stats.new.shadow, "new shadow"),
+        }
     }
 }
 
@@ -221,10 +254,16 @@ pub fn error_rate(max: f64, min_requests: u64, stats: &WindowStats) -> Verdict {
     require_significance(v)
 }
 
-/// `latency_p99`: new's p99 above `max_ratio` × legacy's p99.
-pub fn latency_p99(max_ratio: f64, min_requests: u64, stats: &WindowStats) -> Verdict {
+/// `latency_p99`: new's p99 (of its live requests, or of its shadow copies while `judged` is
+/// [`Judged::Shadow`]) above `max_ratio` × legacy's p99.
+pub fn latency_p99(
+    max_ratio: f64,
+    min_requests: u64,
+    stats: &WindowStats,
+    judged: Judged,
+) -> Verdict {
     let rule = RuleKind::LatencyP99;
-    let new = &stats.new.primary;
+    let (new, name) = judged.new_requests(stats);
     let n = new.count;
     let (legacy, how) = legacy_baseline(stats);
     let min = min_requests.max(1);
@@ -233,7 +272,7 @@ pub fn latency_p99(max_ratio: f64, min_requests: u64, stats: &WindowStats) -> Ve
             rule,
             n,
             format!(
-                "{n} of {min_requests} requests on new, {} of {min_requests} on legacy ({how})",
+                "{n} of {min_requests} requests on {name}, {} of {min_requests} on legacy ({how})",
                 legacy.latency.len()
             ),
         );
@@ -253,7 +292,7 @@ pub fn latency_p99(max_ratio: f64, min_requests: u64, stats: &WindowStats) -> Ve
         baseline: Some(ms(legacy_p99)),
         z: None,
         summary: format!(
-            "new p99 {:.1}ms <= {max_ratio}x legacy {how} p99 {:.1}ms (n={n})",
+            "{name} p99 {:.1}ms <= {max_ratio}x legacy {how} p99 {:.1}ms (n={n})",
             ms(new_p99),
             ms(legacy_p99)
         ),
@@ -266,7 +305,7 @@ pub fn latency_p99(max_ratio: f64, min_requests: u64, stats: &WindowStats) -> Ve
     v.outcome = Outcome::Fail;
     v.z = Some(z_one_sample(share, 0.01, new.latency.len()));
     v.summary = format!(
-        "new p99 {:.1}ms > {max_ratio}x legacy {how} p99 {:.1}ms (n={n}, {} above {:.1}ms)",
+        "{name} p99 {:.1}ms > {max_ratio}x legacy {how} p99 {:.1}ms (n={n}, {} above {:.1}ms)",
         ms(new_p99),
         ms(legacy_p99),
         pct(share),
@@ -291,14 +330,26 @@ pub fn divergence(max: f64, min_samples: u64, stats: &WindowStats) -> Verdict {
     ))
 }
 
-/// Every active rule of `policy` over `stats`, in [`RuleKind::ALL`] order.
-pub fn verdicts(policy: &RollbackPolicy, stats: &WindowStats) -> Vec<(Verdict, Duration)> {
+/// Every active rule of `policy` that `judged` judges, over `stats`, in [`RuleKind::ALL`]
+/// order.
+pub fn verdicts(
+    policy: &RollbackPolicy,
+    stats: &WindowStats,
+    judged: Judged,
+) -> Vec<(Verdict, Duration)> {
     let mut out = Vec::with_capacity(3);
-    if let Some(r) = &policy.error_rate {
+    if let Some(r) = policy
+        .error_rate
+        .as_ref()
+        .filter(|_| judged.judges(RuleKind::ErrorRate))
+    {
         out.push((error_rate(r.max, r.min_requests, stats), r.window));
     }
     if let Some(r) = &policy.latency_p99 {
-        out.push((latency_p99(r.max_ratio, r.min_requests, stats), r.window));
+        out.push((
+            latency_p99(r.max_ratio, r.min_requests, stats, judged),
+            r.window,
+        ));
     }
     if let Some(r) = &policy.divergence {
         out.push((divergence(r.max, r.min_samples, stats), r.window));
@@ -334,6 +385,8 @@ impl Breach {
 /// first breach if any.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Evaluation {
+    /// What was judged: `live` (new serves live traffic) or `shadow` (the shadow-phase gate).
+    pub judged: Judged,
     pub verdicts: Vec<RuleState>,
     pub breach: Option<Breach>,
 }
@@ -376,19 +429,20 @@ impl RuleEngine {
         self.failing_since = [None; 3];
     }
 
-    /// Evaluate every active rule of `policy` over `stats` at `now`. A rule breaches when it
-    /// has failed at every evaluation since at least its `for` ago; any other outcome (no
-    /// data, pass, inconclusive) restarts its clock.
+    /// Evaluate every active rule of `policy` that `judged` judges over `stats` at `now`. A
+    /// rule breaches when it has failed at every evaluation since at least its `for` ago; any
+    /// other outcome (no data, pass, inconclusive) restarts its clock.
     pub fn evaluate(
         &mut self,
         policy: &RollbackPolicy,
         stats: &WindowStats,
+        judged: Judged,
         now: Instant,
     ) -> Evaluation {
         let mut active = [false; 3];
         let mut states = Vec::with_capacity(3);
         let mut breach: Option<Breach> = None;
-        for (verdict, required) in verdicts(policy, stats) {
+        for (verdict, required) in verdicts(policy, stats, judged) {
             let i = verdict.rule.index();
             active[i] = true;
             let held = if verdict.outcome == Outcome::Fail {
@@ -417,6 +471,7 @@ impl RuleEngine {
             }
         }
         Evaluation {
+            judged,
             verdicts: states,
             breach,
         }
@@ -509,21 +564,30 @@ mod tests {
         latencies(&mut w.legacy.primary, 1_000, 1_000);
         latencies(&mut w.new.primary, 1_500, 990);
         latencies(&mut w.new.primary, 1_900, 10);
-        assert_eq!(latency_p99(2.0, 100, &w).outcome, Outcome::Pass);
+        assert_eq!(
+            latency_p99(2.0, 100, &w, Judged::Live).outcome,
+            Outcome::Pass
+        );
         // 5 % of new's requests take 50 ms: p99 is 50x legacy's.
         latencies(&mut w.new.primary, 50_000, 50);
-        let v = latency_p99(2.0, 100, &w);
+        let v = latency_p99(2.0, 100, &w, Judged::Live);
         assert_eq!(v.outcome, Outcome::Fail, "{}", v.summary);
         assert!(v.summary.contains("legacy live p99 1.0ms"), "{}", v.summary);
         // Not enough legacy samples: no data.
         let mut thin = w.clone();
         thin.legacy.primary = RoleStats::default();
         latencies(&mut thin.legacy.primary, 1_000, 10);
-        assert_eq!(latency_p99(2.0, 100, &thin).outcome, Outcome::NoData);
+        assert_eq!(
+            latency_p99(2.0, 100, &thin, Judged::Live).outcome,
+            Outcome::NoData
+        );
         // Legacy's shadow latencies when it serves nothing live.
         let mut shadow = w.clone();
         shadow.legacy.shadow = std::mem::take(&mut shadow.legacy.primary);
-        assert_eq!(latency_p99(2.0, 100, &shadow).outcome, Outcome::Fail);
+        assert_eq!(
+            latency_p99(2.0, 100, &shadow, Judged::Live).outcome,
+            Outcome::Fail
+        );
     }
 
     #[test]
@@ -533,7 +597,7 @@ mod tests {
         latencies(&mut w.legacy.primary, 1_000, 1_000);
         latencies(&mut w.new.primary, 1_000, 148);
         latencies(&mut w.new.primary, 10_000, 2);
-        let v = latency_p99(2.0, 100, &w);
+        let v = latency_p99(2.0, 100, &w, Judged::Live);
         assert_eq!(v.outcome, Outcome::Inconclusive, "{}", v.summary);
     }
 
@@ -560,17 +624,17 @@ mod tests {
         let policy = errors_only(0.05, Duration::from_secs(5), 100);
         let bad = window((1_000, 400), (1_000, 0));
         let mut engine = RuleEngine::default();
-        let e = engine.evaluate(&policy, &bad, Instant::now());
+        let e = engine.evaluate(&policy, &bad, Judged::Live, Instant::now());
         assert!(e.breach.is_none() && e.any_fail());
         for _ in 0..4 {
             tokio::time::advance(Duration::from_secs(1)).await;
             assert!(engine
-                .evaluate(&policy, &bad, Instant::now())
+                .evaluate(&policy, &bad, Judged::Live, Instant::now())
                 .breach
                 .is_none());
         }
         tokio::time::advance(Duration::from_secs(1)).await;
-        let e = engine.evaluate(&policy, &bad, Instant::now());
+        let e = engine.evaluate(&policy, &bad, Judged::Live, Instant::now());
         let breach = e.breach.expect("failing for 5s breaches");
         assert_eq!(breach.verdict.rule, RuleKind::ErrorRate);
         assert_eq!(breach.held, Duration::from_secs(5));
@@ -599,21 +663,21 @@ mod tests {
         let thin = window((10, 10), (1_000, 0));
         let mut engine = RuleEngine::default();
         for interruption in [&good, &thin] {
-            engine.evaluate(&policy, &bad, Instant::now());
+            engine.evaluate(&policy, &bad, Judged::Live, Instant::now());
             tokio::time::advance(Duration::from_secs(4)).await;
-            engine.evaluate(&policy, &bad, Instant::now());
+            engine.evaluate(&policy, &bad, Judged::Live, Instant::now());
             tokio::time::advance(Duration::from_millis(500)).await;
-            let e = engine.evaluate(&policy, interruption, Instant::now());
+            let e = engine.evaluate(&policy, interruption, Judged::Live, Instant::now());
             assert!(e.breach.is_none());
             tokio::time::advance(Duration::from_millis(500)).await;
             // 5 s after the first failure, but it was interrupted: no breach.
             assert!(engine
-                .evaluate(&policy, &bad, Instant::now())
+                .evaluate(&policy, &bad, Judged::Live, Instant::now())
                 .breach
                 .is_none());
             tokio::time::advance(Duration::from_secs(5)).await;
             assert!(engine
-                .evaluate(&policy, &bad, Instant::now())
+                .evaluate(&policy, &bad, Judged::Live, Instant::now())
                 .breach
                 .is_some());
             engine.reset();
@@ -626,7 +690,7 @@ mod tests {
         let thin = window((99, 99), (0, 0));
         let mut engine = RuleEngine::default();
         for _ in 0..30 {
-            let e = engine.evaluate(&policy, &thin, Instant::now());
+            let e = engine.evaluate(&policy, &thin, Judged::Live, Instant::now());
             assert!(e.breach.is_none());
             assert!(!e.all_pass());
             assert_eq!(e.verdicts[0].verdict.outcome, Outcome::NoData);
@@ -641,7 +705,12 @@ mod tests {
         let mut engine = RuleEngine::default();
         for minute in 1..=60u64 {
             let n = minute * 6_000;
-            let e = engine.evaluate(&policy, &window((n, n / 100), (n, n / 100)), Instant::now());
+            let e = engine.evaluate(
+                &policy,
+                &window((n, n / 100), (n, n / 100)),
+                Judged::Live,
+                Instant::now(),
+            );
             assert!(e.breach.is_none(), "minute {minute}");
             tokio::time::advance(Duration::from_secs(60)).await;
         }
@@ -656,12 +725,48 @@ mod tests {
         w.legacy.primary.latency.record_n(1_000, 1_000).unwrap();
         w.comparisons = 1_000;
         let mut engine = RuleEngine::default();
-        let e = engine.evaluate(&policy, &w, Instant::now());
+        let e = engine.evaluate(&policy, &w, Judged::Live, Instant::now());
         assert_eq!(e.verdicts.len(), 3);
         assert!(e.all_pass(), "{e:?}");
         assert!(RuleEngine::default()
-            .evaluate(&RollbackPolicy::disabled(), &w, Instant::now())
+            .evaluate(
+                &RollbackPolicy::disabled(),
+                &w,
+                Judged::Live,
+                Instant::now()
+            )
             .all_pass());
+    }
+
+    #[test]
+    fn the_shadow_gate_judges_divergence_and_new_shadow_latency() {
+        let policy = RollbackPolicy::default();
+        // New only receives copies: slow ones (5 % at 50 ms against legacy's live 1 ms), and
+        // 50 % of the compared pairs differ. New's live requests (none) are not judged, nor are
+        // its copies' errors.
+        let mut w = WindowStats::default();
+        latencies(&mut w.legacy.primary, 1_000, 1_000);
+        latencies(&mut w.new.shadow, 1_000, 950);
+        latencies(&mut w.new.shadow, 50_000, 50);
+        w.new.shadow.errors = 500;
+        w.comparisons = 1_000;
+        w.divergences = 500;
+        let v = verdicts(&policy, &w, Judged::Shadow);
+        let rules: Vec<_> = v.iter().map(|(v, _)| v.rule).collect();
+        assert_eq!(rules, [RuleKind::LatencyP99, RuleKind::Divergence]);
+        assert_eq!(v[0].0.outcome, Outcome::Fail, "{}", v[0].0.summary);
+        let summary = &v[0].0.summary;
+        assert!(
+            summary.starts_with("new shadow p99 ")
+                && summary.contains("> 2x legacy live p99 1.0ms"),
+            "{summary}"
+        );
+        assert_eq!(v[1].0.outcome, Outcome::Fail);
+        // Judged live, the same window has no data on new.
+        let live = verdicts(&policy, &w, Judged::Live);
+        assert_eq!(live[1].0.outcome, Outcome::NoData, "{}", live[1].0.summary);
+        assert!(Judged::Shadow.judges(RuleKind::Divergence));
+        assert!(!Judged::Shadow.judges(RuleKind::ErrorRate));
     }
 
     #[test]
@@ -671,7 +776,7 @@ mod tests {
             latency_p99: Some(LatencyRule::default()),
             divergence: Some(DivergenceRule::default()),
         };
-        let v = verdicts(&policy, &WindowStats::default());
+        let v = verdicts(&policy, &WindowStats::default(), Judged::Live);
         let rules: Vec<_> = v.iter().map(|(v, _)| v.rule).collect();
         assert_eq!(rules, [RuleKind::LatencyP99, RuleKind::Divergence]);
         assert_eq!(v[0].1, Duration::from_secs(300));

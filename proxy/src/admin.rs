@@ -139,14 +139,23 @@ pub fn routes_json(snapshot: &Snapshot) -> Value {
         .collect()
 }
 
-/// `GET /api/v1/routes/<id>/stats` (SPEC §5 shape).
+/// `GET /api/v1/routes/<id>/stats` (SPEC §5 shape): the requests that started under the
+/// weights in force (SPEC §11), within the last `window_seconds`. `since` says when the window
+/// in force starts: the later of the weights' arrival and `window_seconds` ago.
 pub fn stats_json(route: &Route, now: Instant) -> Value {
     let windows = &route.telemetry.windows;
+    let length = windows.shape.window;
+    let started = route.telemetry.window();
+    let in_force = now.saturating_duration_since(started.started).min(length);
+    let since = std::time::SystemTime::now()
+        .checked_sub(in_force)
+        .unwrap_or(started.started_at)
+        .max(started.started_at);
     let mut backends = serde_json::Map::new();
     for b in BackendKind::ALL {
         let mut roles = serde_json::Map::new();
         for r in Role::ALL {
-            let summary = windows.get(b, r).read(now);
+            let summary = windows.get(b, r).read(now, route.window);
             roles.insert(
                 r.as_str().into(),
                 serde_json::to_value(summary).expect("plain struct"),
@@ -154,10 +163,12 @@ pub fn stats_json(route: &Route, now: Instant) -> Value {
         }
         backends.insert(b.as_str().into(), Value::Object(roles));
     }
-    let compared = route.telemetry.comparisons.read(now);
+    let compared = route.telemetry.comparisons.read(now, route.window);
     json!({
         "route": route.id.as_str(),
-        "window_seconds": windows.shape.window.as_secs(),
+        "window_seconds": length.as_secs(),
+        "since": humantime::format_rfc3339_millis(since).to_string(),
+        "in_force_seconds": (in_force.as_secs_f64() * 1000.0).round() / 1000.0,
         "backends": backends,
         "comparisons": compared.count,
         "divergences": compared.errors,
@@ -295,6 +306,7 @@ mod tests {
                     reason: "new error rate 40.0% > 5.0% (n=1000) for 2s".into(),
                     by: "a".into(),
                     evidence: None,
+                    gate: None,
                 }),
             },
         );

@@ -1,8 +1,10 @@
 //! `cutover demo`: two in-process demo backends, the real `cutover serve` (this binary, as a
 //! child process) on the embedded file source, and load from 8 concurrent clients. The story:
-//! shadow (every request mirrored to new and compared), then a canary at 1 % that the proxy's
-//! own controller ramps 1 → 5 → 25 %, then a fault in new (20 % of answers fail) and the
-//! automatic rollback, with the rule, the reason and the time from fault to rollback.
+//! shadow (every request mirrored to new and compared) until the shadow-phase gate marks the
+//! diverging new `rolled_back` (weights kept, no ramp may start); the operator fixes new and
+//! writes a canary at 1 % that the proxy's own controller ramps 1 → 5 → 25 %; then a fault in
+//! new (20 % of answers fail) and the automatic rollback, with the rule, the reason and the
+//! time from fault to rollback.
 //!
 //! Needs no etcd and binds only 127.0.0.1.
 
@@ -58,8 +60,15 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 
 async fn walk(args: DemoArgs) -> Result<(), DemoError> {
     let fault = Arc::new(AtomicBool::new(false));
-    let legacy = start_backend("legacy", Duration::from_millis(2), None).await?;
-    let new = start_backend("new", Duration::from_millis(1), Some(fault.clone())).await?;
+    let wrong_total = Arc::new(AtomicBool::new(true));
+    let legacy = start_backend("legacy", Duration::from_millis(2), None, None).await?;
+    let new = start_backend(
+        "new",
+        Duration::from_millis(1),
+        Some(fault.clone()),
+        Some(wrong_total.clone()),
+    )
+    .await?;
     let dir = tempfile::tempdir()?;
     let config_path = dir.path().join("cutover.toml");
     let (listen, admin) = (free_port()?, free_port()?);
@@ -86,7 +95,7 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
 
     println!("cutover demo");
     println!("  legacy backend  http://{legacy}   (answers in ~2 ms)");
-    println!("  new backend     http://{new}   (answers in ~1 ms; its /orders/{{n}} disagrees on \"total\")");
+    println!("  new backend     http://{new}   (answers in ~1 ms; its /orders/{{n}} disagrees on \"total\" until fixed)");
     println!("  proxy           http://{listen}");
     println!("  dashboard       http://{admin}/   (metrics: http://{admin}/metrics)");
     println!(
@@ -96,18 +105,44 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
     println!();
     print_header();
 
-    // 1. Shadow: new serves nothing live, every request is mirrored to it and compared.
+    // 1. Shadow: new serves nothing live, every request is mirrored to it and compared. The
+    //    shadow-phase gate judges the comparisons: a diverging new is marked rolled_back.
     write_atomic(&config_path, &render(0, 100))?;
     wait_for_weights(&client, admin, 0.0, 100.0).await?;
     let load = Load::start(&client, listen, args.connections);
-    tokio::time::sleep(args.step).await;
-    print_row(0, 100, &load.take().await, args.step);
-    let shadow_report = shadow_summary(&client, admin).await;
+    let shadow_started = Instant::now();
+    let gate = wait_for_phase(&client, admin, "rolled_back", Duration::from_secs(30))
+        .await
+        .map_err(|_| "the shadow-phase gate did not mark the diverging new within 30s")?;
+    tokio::time::sleep(args.step.saturating_sub(shadow_started.elapsed())).await;
+    print_row(0, 100, &load.take().await, shadow_started.elapsed());
+    println!();
+    println!("{}", shadow_summary(&client, admin).await);
+    let breach = &gate["rollback"];
+    println!(
+        "SHADOW GATE after {:.1}s: rule {} — {}",
+        shadow_started.elapsed().as_secs_f64(),
+        breach["rule"].as_str().unwrap_or("?"),
+        breach["reason"].as_str().unwrap_or("?")
+    );
+    println!(
+        "  phase rolled_back, weights kept (new {} live, shadow {} %): no ramp starts until the \
+         operator writes the weights",
+        gate["weights"]["new"], gate["weights"]["shadow"]
+    );
 
-    // 2. Canary at the ramp's first step; the controller walks the rest, holding each step
-    //    and advancing only while every rule has enough samples and passes.
-    write_atomic(&config_path, &render(RAMP[0], 0))?;
-    wait_for_weights(&client, admin, f64::from(RAMP[0]), 0.0).await?;
+    // 2. The operator fixes new and writes a canary at the ramp's first step (shadow stays on,
+    //    so the divergence rule keeps its data); the controller walks the rest, holding each
+    //    step and advancing only while every rule has enough samples and passes.
+    println!();
+    println!(
+        "operator: new fixed (its totals agree now); canary at {}% with shadow on",
+        RAMP[0]
+    );
+    print_header();
+    wrong_total.store(false, Ordering::Relaxed);
+    write_atomic(&config_path, &render(RAMP[0], 100))?;
+    wait_for_weights(&client, admin, f64::from(RAMP[0]), 100.0).await?;
     let _ = load.take().await;
     let mut current = RAMP[0];
     let mut step_started = Instant::now();
@@ -130,7 +165,7 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
         let weight = route["weights"]["new"].as_f64().unwrap_or(0.0).round() as u32;
         let at_last_long_enough = current == last && step_started.elapsed() >= args.step;
         if weight != current || at_last_long_enough {
-            print_row(current, 0, &load.take().await, step_started.elapsed());
+            print_row(current, 100, &load.take().await, step_started.elapsed());
             if at_last_long_enough {
                 break;
             }
@@ -138,25 +173,15 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
             step_started = Instant::now();
         }
     }
-    println!();
-    println!("{shadow_report}");
 
     // 3. The fault: new starts failing; the error_rate rule fires and the weights snap back.
     println!();
     println!("fault: new now answers {FAULT_PERCENT}% of requests with 500");
     fault.store(true, Ordering::Relaxed);
     let fault_at = Instant::now();
-    let rolled_back = loop {
-        if fault_at.elapsed() > Duration::from_secs(30) {
-            return Err("no rollback within 30s of the fault".into());
-        }
-        if let Ok(route) = route_json(&client, admin).await {
-            if route["phase"] == "rolled_back" {
-                break route;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let rolled_back = wait_for_phase(&client, admin, "rolled_back", Duration::from_secs(30))
+        .await
+        .map_err(|_| "no rollback within 30s of the fault")?;
     let took = fault_at.elapsed();
     let during = load.take().await;
     fault.store(false, Ordering::Relaxed);
@@ -177,12 +202,13 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
     println!();
     print_header();
     tokio::time::sleep(args.step).await;
-    print_row(0, 0, &load.take().await, args.step);
+    print_row(0, 100, &load.take().await, args.step);
     load.stop().await;
     println!();
     println!(
-        "The shadow step rewrote the config file; the ramp and the rollback were the proxy's own \
-         decisions (without etcd they apply in-process; with etcd they are written for the fleet)."
+        "The demo rewrote the config file twice (shadow, then the operator's canary); the gate, \
+         the ramp and the rollback were the proxy's own decisions (without etcd they apply \
+         in-process; with etcd they are written for the fleet)."
     );
     if args.keep_running {
         println!(
@@ -243,6 +269,25 @@ async fn wait_for_weights(
     })
     .await
     .map_err(|_| format!("weights new={new} shadow={shadow} were not applied within 10s").into())
+}
+
+/// Polls the route until its phase is `phase` (every 20 ms, up to `limit`); the route's JSON.
+async fn wait_for_phase(
+    client: &HttpClient,
+    admin: SocketAddr,
+    phase: &str,
+    limit: Duration,
+) -> Result<serde_json::Value, ()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(route) = route_json(client, admin).await {
+            if route["phase"] == phase {
+                return Ok(route);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(())
 }
 
 async fn route_json(
@@ -454,12 +499,14 @@ where
 }
 
 /// A demo backend: answers every path with a small JSON body after `delay`, tagged
-/// `x-backend: <name>`. Both backends answer alike, except that `new` gets `total` wrong on
-/// `/orders/{n}`. While `fault` is set, [`FAULT_PERCENT`] % of answers are 500s.
+/// `x-backend: <name>`. Both backends answer alike, except that while `wrong_total` is set the
+/// backend gets `total` wrong on `/orders/{n}`. While `fault` is set, [`FAULT_PERCENT`] % of
+/// answers are 500s.
 async fn start_backend(
     name: &'static str,
     delay: Duration,
     fault: Option<Arc<AtomicBool>>,
+    wrong_total: Option<Arc<AtomicBool>>,
 ) -> Result<SocketAddr, DemoError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -469,10 +516,11 @@ async fn start_backend(
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (fault, served) = (fault.clone(), served.clone());
+            let (fault, wrong_total, served) = (fault.clone(), wrong_total.clone(), served.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (fault, served) = (fault.clone(), served.clone());
+                    let (fault, wrong_total, served) =
+                        (fault.clone(), wrong_total.clone(), served.clone());
                     async move {
                         tokio::time::sleep(delay).await;
                         let n = served.fetch_add(1, Ordering::Relaxed);
@@ -489,7 +537,10 @@ async fn start_backend(
                             );
                         }
                         let path = req.uri().path();
-                        let total = if name == "new" && path.starts_with("/orders/") {
+                        let wrong = wrong_total
+                            .as_ref()
+                            .is_some_and(|w| w.load(Ordering::Relaxed));
+                        let total = if wrong && path.starts_with("/orders/") {
                             "42.49"
                         } else {
                             "42.5"
@@ -552,7 +603,8 @@ weights = {{ legacy = {}, new = {new_weight}, shadow = {shadow} }}
 # The controller walks these steps on its own, holding each and advancing only while every
 # rule passes; a breach rolls back at once.
 ramp = {{ steps = [{steps}], hold = "{hold}", auto = true }}
-rollback = {{ error_rate = {{ max = 0.05, for = "1s", min_requests = 20 }}, latency_p99 = {{ max_ratio = 3.0, for = "2s", min_requests = 20 }} }}
+# Judged while new serves live traffic, and (divergence, latency) in shadow as a gate.
+rollback = {{ error_rate = {{ max = 0.05, for = "1s", min_requests = 20 }}, latency_p99 = {{ max_ratio = 3.0, for = "2s", min_requests = 20 }}, divergence = {{ max = 0.01, for = "3s", min_samples = 20 }} }}
 "#,
         100 - new_weight
     )

@@ -15,9 +15,10 @@ use cutover_control::controller::Override;
 use cutover_control::ConfigState;
 use tracing::warn;
 
+use crate::compare::Difference;
 use crate::split::Split;
-use crate::stats::BackendKind;
-use crate::telemetry::{RouteTelemetry, Telemetry};
+use crate::stats::{BackendKind, Role};
+use crate::telemetry::{Outcome, RouteTelemetry, Telemetry};
 
 /// One endpoint of a backend, resolved when the snapshot was built.
 #[derive(Debug, Clone)]
@@ -96,6 +97,9 @@ pub struct Route {
     /// What the controller put in effect ahead of the source (a rollback, an in-process ramp
     /// step), until the source's weights revision moves past it.
     pub overridden: Option<Override>,
+    /// The evaluation window these weights belong to: requests routed by this snapshot count
+    /// in it, and only in it (SPEC §11).
+    pub window: u64,
     pub split: Split,
     pub legacy: Upstream,
     pub new: Upstream,
@@ -108,6 +112,25 @@ impl Route {
             BackendKind::Legacy => &self.legacy,
             BackendKind::New => &self.new,
         }
+    }
+
+    /// Record a finished request (primary or shadow copy) routed by this snapshot: it counts
+    /// in this snapshot's evaluation window.
+    pub fn record(
+        &self,
+        backend: BackendKind,
+        role: Role,
+        outcome: Outcome,
+        started: std::time::Instant,
+        now: std::time::Instant,
+    ) {
+        self.telemetry
+            .record(self.window, backend, role, outcome, started, now);
+    }
+
+    /// Count a compared pair of a request routed by this snapshot.
+    pub fn record_comparison(&self, diff: &Difference, now: std::time::Instant) {
+        self.telemetry.record_comparison(self.window, diff, now);
     }
 
     fn matches_path(&self, path: &[u8]) -> bool {
@@ -159,13 +182,14 @@ impl Snapshot {
                 let split = Split::new(&weights);
                 let telemetry = telemetry.route(rc.id.as_str(), rc.spec.compare.noise_ttl);
                 telemetry.set_weight_percent(100.0 - split.new_percent(), split.new_percent());
-                telemetry.note_weights(weights, weights_revision, now);
+                let window = telemetry.note_weights(weights, weights_revision, now);
                 Arc::new(Route {
                     id: rc.id.clone(),
                     spec: Arc::new(rc.spec.clone()),
                     weights,
                     weights_revision,
                     overridden,
+                    window,
                     split,
                     legacy: Upstream::build(&rc.spec.legacy),
                     new: Upstream::build(&rc.spec.new),

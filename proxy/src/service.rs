@@ -427,7 +427,7 @@ impl ProxyHttp for Cutover {
         if let Some(shadow) = ctx.shadow.as_mut() {
             shadow.primary_done(e.is_none());
         }
-        route.telemetry.record(
+        route.record(
             ctx.backend,
             Role::Primary,
             outcome,

@@ -488,7 +488,7 @@ impl Job {
                 Ok(answers) => answers,
                 Err(_) => {
                     let now = Instant::now();
-                    self.route.telemetry.record(
+                    self.route.record(
                         self.target,
                         Role::Shadow,
                         Outcome::NoResponse,
@@ -526,19 +526,13 @@ impl Job {
         let now = Instant::now();
         match outcome {
             Ok(answer) => {
-                self.route.telemetry.record(
-                    to,
-                    Role::Shadow,
-                    Outcome::Status(answer.status),
-                    start,
-                    now,
-                );
+                self.route
+                    .record(to, Role::Shadow, Outcome::Status(answer.status), start, now);
                 Some(answer)
             }
             Err(e) => {
                 debug!(route = %self.route.id, backend = to.as_str(), error = %e, "shadow copy got no answer");
                 self.route
-                    .telemetry
                     .record(to, Role::Shadow, Outcome::NoResponse, start, now);
                 None
             }
@@ -608,7 +602,7 @@ impl Job {
         }
         let noise = rt.noise.noise(&group, now);
         let diff = compare::compare(policy, legacy, new, &noise);
-        rt.record_comparison(&diff, now);
+        self.route.record_comparison(&diff, now);
         if diff.diverged() {
             rt.divergences.push(DivergenceRecord::new(
                 cutover_control::model::rfc3339_now(),

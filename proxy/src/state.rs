@@ -139,7 +139,8 @@ impl Shared {
         // An override holds until the source's weights move past the revision it overrode:
         // the controller's own write landed, or an operator's newer write wins.
         // A rollback whose own write landed (the source now has its weights) stays shown as
-        // `rolled_back` until the next write of the weights, as the etcd status does.
+        // `rolled_back` until the next write of the weights, as the etcd status does. A
+        // shadow-phase gate writes no weights: any newer write of them ends it.
         source.overrides.retain(|id, o| {
             let Some(&rev) = state.weights_revisions.get(id) else {
                 return false;
@@ -148,6 +149,7 @@ impl Shared {
                 return true;
             }
             let landed = o.phase == Phase::RolledBack
+                && o.writes_weights()
                 && state
                     .routes
                     .iter()
@@ -215,14 +217,15 @@ impl DataPlane for Shared {
                 weights: r.weights,
                 weights_revision: r.weights_revision,
                 overridden: r.overridden.clone(),
+                window: r.window,
             })
             .collect()
     }
 
-    fn window(&self, route: &str) -> Option<WindowStats> {
+    fn window(&self, route: &str, window: u64) -> Option<WindowStats> {
         let snapshot = self.snapshot.load();
         let r = snapshot.route(route)?;
-        Some(r.telemetry.window_stats(std::time::Instant::now()))
+        Some(r.telemetry.window_stats(std::time::Instant::now(), window))
     }
 
     fn set_override(&self, route: &str, o: Override) {
@@ -387,6 +390,112 @@ mod tests {
             Some(Phase::RolledBack)
         );
         assert_eq!(route.weights, to);
+    }
+
+    #[test]
+    fn a_weights_write_starts_a_window_holding_only_requests_started_under_it() {
+        use crate::stats::{BackendKind, Role};
+        use crate::telemetry::Outcome;
+        use std::time::Instant;
+
+        let config = cutover_config::parse_config_toml(ONE).unwrap();
+        let v1 = ConfigState::initial(config.routes.clone());
+        let shared = Shared::new(&config, &v1);
+        let before = shared.snapshot.load().routes[0].clone();
+        let t0 = Instant::now();
+        before.record(
+            BackendKind::New,
+            Role::Primary,
+            Outcome::Status(500),
+            t0,
+            t0,
+        );
+
+        // The same weights written again (in etcd: a new mod_revision).
+        let mut again = v1.clone();
+        again.revision = 2;
+        again.weights_revisions = Arc::new([("orders".to_string(), 2)].into());
+        shared.apply(&again);
+        let after = shared.snapshot.load().routes[0].clone();
+        assert_ne!(
+            after.window, before.window,
+            "an equal write starts a window"
+        );
+        // A request that started before the write finishes after it; one starts after it.
+        let now = Instant::now();
+        before.record(
+            BackendKind::New,
+            Role::Primary,
+            Outcome::Status(500),
+            t0,
+            now,
+        );
+        after.record(
+            BackendKind::New,
+            Role::Primary,
+            Outcome::Status(200),
+            now,
+            now,
+        );
+
+        let live = &shared.routes()[0];
+        assert_eq!(live.window, after.window);
+        let w = DataPlane::window(&shared, "orders", live.window).unwrap();
+        assert_eq!((w.new.primary.count, w.new.primary.errors), (1, 0));
+        let stats = crate::admin::stats_json(&after, Instant::now());
+        assert_eq!(stats["backends"]["new"]["primary"]["count"], 1, "{stats}");
+        assert_eq!(stats["window_seconds"], 60);
+        assert!(
+            stats["in_force_seconds"].as_f64().unwrap() < 60.0,
+            "{stats}"
+        );
+        assert!(stats["since"].as_str().unwrap().ends_with('Z'), "{stats}");
+
+        // A spec-only change keeps the window (and its samples).
+        let spec_only = again.applied(
+            cutover_config::parse_config_toml(&ONE.replace("9001", "9003"))
+                .unwrap()
+                .routes,
+        );
+        shared.apply(&spec_only);
+        assert_eq!(shared.snapshot.load().routes[0].window, after.window);
+    }
+
+    #[test]
+    fn a_shadow_gate_holds_until_any_write_of_the_weights() {
+        let config =
+            cutover_config::parse_config_toml(&ONE.replace("new = 10", "new = 0, shadow = 100"))
+                .unwrap();
+        let v1 = ConfigState::initial(config.routes.clone());
+        let shared = Shared::new(&config, &v1);
+        let weights = shared.snapshot.load().routes[0].weights;
+        let record = cutover_control::model::RollbackRecord {
+            at: "2026-12-06T14:00:00.000Z".into(),
+            rule: "divergence".into(),
+            reason: "shadow phase: divergence rate 80.0% > 1.0% (n=300) for 1s".into(),
+            by: "a".into(),
+            evidence: None,
+            gate: Some(Phase::Shadow),
+        };
+        shared.set_override(
+            "orders",
+            Override {
+                weights_revision: 1,
+                weights,
+                phase: Phase::RolledBack,
+                rollback: Some(record),
+            },
+        );
+        let route = shared.snapshot.load().routes[0].clone();
+        assert_eq!(route.weights, weights, "the gate keeps the weights");
+        assert_eq!(route.overridden.as_ref().unwrap().phase, Phase::RolledBack);
+        // The operator writes the same weights again: that is their write, not the gate's
+        // landing, and it ends the mark.
+        let mut again = v1.clone();
+        again.revision = 2;
+        again.weights_revisions = Arc::new([("orders".to_string(), 2)].into());
+        shared.apply(&again);
+        assert!(shared.snapshot.load().routes[0].overridden.is_none());
     }
 
     #[test]

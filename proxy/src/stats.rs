@@ -1,5 +1,8 @@
 //! Sliding-window statistics per route × backend × role: request count, error count and an HDR
 //! latency histogram (µs, 2 significant digits), rotated in slices so old samples expire.
+//! Every sample carries the evaluation window it belongs to (a number that a weights write
+//! moves on), so a read of one window never counts a sample of another, whatever the slice
+//! size (SPEC §11).
 //!
 //! Recording takes one of several shard locks picked per thread, and the window's ring lock
 //! only once per slice; reading merges the shards and the slices inside the window.
@@ -77,9 +80,11 @@ impl WindowShape {
     }
 }
 
-/// The samples of one slice of time (`epoch` counts slices since the origin).
+/// The samples of one slice of time (`epoch` counts slices since the origin) of one evaluation
+/// window (`window`).
 #[derive(Debug)]
 struct Slice {
+    window: u64,
     epoch: u64,
     count: u64,
     errors: u64,
@@ -92,6 +97,7 @@ const EMPTY: u64 = u64::MAX;
 impl Slice {
     fn empty() -> Self {
         Slice {
+            window: 0,
             epoch: EMPTY,
             count: 0,
             errors: 0,
@@ -99,8 +105,14 @@ impl Slice {
         }
     }
 
-    /// Start over as the slice of `epoch` (keeping the histogram's memory).
-    fn restart(&mut self, epoch: u64) {
+    /// Which slice this is: ordered by window, then time.
+    fn key(&self) -> (u64, u64) {
+        (self.window, self.epoch)
+    }
+
+    /// Start over as the slice `key` (keeping the histogram's memory).
+    fn restart(&mut self, (window, epoch): (u64, u64)) {
+        self.window = window;
         self.epoch = epoch;
         self.count = 0;
         self.errors = 0;
@@ -118,7 +130,7 @@ impl Slice {
             .saturating_record(micros);
     }
 
-    /// Add `other`'s samples (of the same epoch) to these.
+    /// Add `other`'s samples (of the same slice) to these.
     fn add(&mut self, other: &Slice) {
         self.count += other.count;
         self.errors += other.errors;
@@ -173,16 +185,17 @@ fn shard_index(n: usize) -> usize {
     })
 }
 
-/// The ring's slot for `epoch`. A slot still holding an older epoch starts over; a slot already
-/// holding a later one means `epoch` is a whole ring older, outside any window: `None`.
-fn ring_slot(ring: &mut [Slice], epoch: u64) -> Option<&mut Slice> {
+/// The ring's slot for slice `key` (window, epoch). A slot still holding an older slice starts
+/// over; a slot already holding a later one (a later window, or a whole ring later in time)
+/// means `key` can never be read again: `None`.
+fn ring_slot(ring: &mut [Slice], key: (u64, u64)) -> Option<&mut Slice> {
     let n = ring.len() as u64;
-    let slot = &mut ring[(epoch % n) as usize];
-    if slot.epoch != epoch {
-        if slot.epoch != EMPTY && slot.epoch > epoch {
+    let slot = &mut ring[(key.1 % n) as usize];
+    if slot.key() != key {
+        if slot.epoch != EMPTY && slot.key() > key {
             return None;
         }
-        slot.restart(epoch);
+        slot.restart(key);
     }
     Some(slot)
 }
@@ -192,7 +205,7 @@ fn fold(ring: &mut [Slice], slice: &Slice) {
     if slice.epoch == EMPTY || slice.count == 0 {
         return;
     }
-    if let Some(slot) = ring_slot(ring, slice.epoch) {
+    if let Some(slot) = ring_slot(ring, slice.key()) {
         slot.add(slice);
     }
 }
@@ -219,22 +232,23 @@ impl WindowedStats {
         (since.as_nanos() / self.shape.slice_len().as_nanos().max(1)) as u64
     }
 
-    /// Record one sample taken at `now`.
-    pub fn record(&self, now: Instant, sample: Sample) {
-        let epoch = self.epoch(now);
+    /// Record one sample taken at `now` of a request that started under evaluation window
+    /// `window`.
+    pub fn record(&self, now: Instant, window: u64, sample: Sample) {
+        let key = (window, self.epoch(now));
         let mut shard = lock(&self.shards[shard_index(self.shards.len())]);
-        if shard.epoch != epoch {
-            if shard.epoch != EMPTY && epoch < shard.epoch {
+        if shard.key() != key {
+            if shard.epoch != EMPTY && key < shard.key() {
                 // Late: a sample of a slice this shard has already left (its `now` was taken
-                // before the last one's, or by another thread on the same shard). It goes
-                // straight into the ring.
-                if let Some(slot) = ring_slot(&mut lock(&self.ring), epoch) {
+                // before the last one's, by another thread on the same shard, or its request
+                // started under the window before). It goes straight into the ring.
+                if let Some(slot) = ring_slot(&mut lock(&self.ring), key) {
                     slot.record(sample);
                 }
                 return;
             }
             fold(&mut lock(&self.ring), &shard);
-            shard.restart(epoch);
+            shard.restart(key);
         }
         shard.record(sample);
     }
@@ -250,16 +264,17 @@ impl WindowedStats {
         shards + lock(&self.ring).iter().filter(|s| s.hist.is_some()).count()
     }
 
-    /// Merge the slices inside the window ending at `now`.
-    pub fn read(&self, now: Instant) -> WindowSummary {
-        let (count, errors, merged) = self.merge(now, None);
+    /// The samples of evaluation window `window` in the time window ending at `now`, as
+    /// `/api/v1/routes/<id>/stats` shows them.
+    pub fn read(&self, now: Instant, window: u64) -> WindowSummary {
+        let (count, errors, merged) = self.merge(now, window);
         WindowSummary::new(count, errors, merged.as_ref())
     }
 
-    /// The window ending at `now`, starting no earlier than the slice holding `since`, as the
-    /// rule engine reads it.
-    pub fn role_stats(&self, now: Instant, since: Instant) -> RoleStats {
-        let (count, errors, merged) = self.merge(now, Some(since));
+    /// The samples of evaluation window `window` in the time window ending at `now`, as the
+    /// rule engine reads them.
+    pub fn role_stats(&self, now: Instant, window: u64) -> RoleStats {
+        let (count, errors, merged) = self.merge(now, window);
         let mut latency = latency_histogram();
         if let Some(h) = merged {
             for v in h.iter_recorded() {
@@ -274,22 +289,17 @@ impl WindowedStats {
         }
     }
 
-    fn merge(&self, now: Instant, since: Option<Instant>) -> (u64, u64, Option<Histogram<u32>>) {
+    fn merge(&self, now: Instant, window: u64) -> (u64, u64, Option<Histogram<u32>>) {
         let epoch = self.epoch(now);
-        let mut oldest = epoch.saturating_sub(u64::from(self.shape.slices) - 1);
-        if let Some(since) = since {
-            oldest = oldest.max(self.epoch(since));
-        }
+        let oldest = epoch.saturating_sub(u64::from(self.shape.slices) - 1);
         // Every shard, then the ring (the lock order of `record`): a slice being folded is in
         // exactly one of them.
         let shards: Vec<_> = self.shards.iter().map(lock).collect();
         let ring = lock(&self.ring);
         let mut merged = Slice::empty();
-        for s in ring
-            .iter()
-            .chain(shards.iter().map(|s| &**s))
-            .filter(|s| s.epoch != EMPTY && s.epoch >= oldest && s.epoch <= epoch)
-        {
+        for s in ring.iter().chain(shards.iter().map(|s| &**s)).filter(|s| {
+            s.epoch != EMPTY && s.window == window && s.epoch >= oldest && s.epoch <= epoch
+        }) {
             merged.add(s);
         }
         (merged.count, merged.errors, merged.hist)
@@ -377,33 +387,82 @@ mod tests {
     #[test]
     fn empty_window_has_null_percentiles() {
         let t0 = Instant::now();
-        let s = WindowedStats::new(shape(), t0).read(t0);
+        let s = WindowedStats::new(shape(), t0).read(t0, 0);
         assert_eq!(s.count, 0);
         assert_eq!(s.error_rate, 0.0);
         assert_eq!(s.p50_ms, None);
         assert_eq!(s.p999_ms, None);
     }
 
+    fn err(ms: u64) -> Sample {
+        Sample {
+            latency: Duration::from_millis(ms),
+            error: true,
+        }
+    }
+
     #[test]
-    fn role_stats_start_at_since() {
+    fn a_window_holds_only_its_own_samples() {
         let t0 = Instant::now();
         let w = WindowedStats::new(shape(), t0);
-        w.record(t0, ok(1));
-        w.record(t0 + Duration::from_secs(20), ok(300));
-        w.record(
-            t0 + Duration::from_secs(21),
-            Sample {
-                latency: Duration::from_millis(2),
-                error: true,
-            },
-        );
+        w.record(t0, 0, ok(1));
+        w.record(t0 + Duration::from_secs(20), 0, ok(300));
+        // A weights write at 20.5 s starts window 1 inside the same 5 s slice.
+        w.record(t0 + Duration::from_millis(20_600), 1, err(2));
+        w.record(t0 + Duration::from_secs(21), 1, ok(3));
         let now = t0 + Duration::from_secs(22);
-        let all = w.role_stats(now, t0);
-        assert_eq!((all.count, all.errors, all.latency.len()), (3, 1, 3));
-        // From the slice holding t0 + 20s on: the first sample is not in it.
-        let fresh = w.role_stats(now, t0 + Duration::from_secs(20));
-        assert_eq!((fresh.count, fresh.errors), (2, 1));
-        assert_eq!(fresh.count_above(250_000), 1);
+        let before = w.role_stats(now, 0);
+        assert_eq!((before.count, before.errors), (2, 0));
+        let fresh = w.role_stats(now, 1);
+        assert_eq!((fresh.count, fresh.errors, fresh.latency.len()), (2, 1, 2));
+        assert_eq!(
+            fresh.count_above(250_000),
+            0,
+            "the 300 ms sample is window 0's"
+        );
+        assert_eq!(w.read(now, 1).count, 2);
+    }
+
+    #[test]
+    fn a_sample_of_an_earlier_window_recorded_late_is_never_counted_in_a_later_one() {
+        let t0 = Instant::now();
+        let w = WindowedStats::new(shape(), t0);
+        // The same thread records window 1, then a request that started under window 0
+        // finishes (in the same slice, and in later slices).
+        w.record(t0 + Duration::from_secs(1), 1, ok(1));
+        w.record(t0 + Duration::from_secs(2), 0, err(1));
+        w.record(t0 + Duration::from_secs(7), 0, err(1));
+        w.record(t0 + Duration::from_secs(8), 1, ok(1));
+        w.record(t0 + Duration::from_secs(9), 0, err(1));
+        let now = t0 + Duration::from_secs(10);
+        let fresh = w.role_stats(now, 1);
+        assert_eq!((fresh.count, fresh.errors), (2, 0));
+        // Window 2 starts: nothing of 0 or 1 is in it, at any slice size.
+        assert_eq!(w.read(now, 2).count, 0);
+    }
+
+    #[test]
+    fn windows_stay_exact_at_every_slice_size() {
+        for (window, slices) in [(1, 1), (1, 100), (5, 12), (60, 12), (3600, 60)] {
+            let shape = WindowShape {
+                window: Duration::from_secs(window),
+                slices,
+            };
+            let t0 = Instant::now();
+            let w = WindowedStats::new(shape, t0);
+            // 400 samples under window 0, then 1,000 under window 1, interleaved in time.
+            for i in 0..1400u64 {
+                let at = t0 + Duration::from_micros(100 * i);
+                if i < 400 {
+                    w.record(at, 0, ok(1));
+                } else {
+                    w.record(at, 1, if i % 5 == 0 { err(1) } else { ok(1) });
+                }
+            }
+            let now = t0 + Duration::from_millis(140);
+            let fresh = w.role_stats(now, 1);
+            assert_eq!((fresh.count, fresh.errors), (1000, 200), "{shape:?}");
+        }
     }
 
     #[test]
@@ -411,16 +470,10 @@ mod tests {
         let t0 = Instant::now();
         let w = WindowedStats::new(shape(), t0);
         for ms in 1..=100 {
-            w.record(t0, ok(ms));
+            w.record(t0, 0, ok(ms));
         }
-        w.record(
-            t0,
-            Sample {
-                latency: Duration::from_millis(5),
-                error: true,
-            },
-        );
-        let s = w.read(t0);
+        w.record(t0, 0, err(5));
+        let s = w.read(t0, 0);
         assert_eq!(s.count, 101);
         assert_eq!(s.errors, 1);
         let p50 = s.p50_ms.unwrap();
@@ -433,16 +486,16 @@ mod tests {
     fn old_samples_expire_slice_by_slice() {
         let t0 = Instant::now();
         let w = WindowedStats::new(shape(), t0);
-        w.record(t0, ok(1));
-        w.record(t0 + Duration::from_secs(30), ok(1));
-        assert_eq!(w.read(t0 + Duration::from_secs(59)).count, 2);
+        w.record(t0, 0, ok(1));
+        w.record(t0 + Duration::from_secs(30), 0, ok(1));
+        assert_eq!(w.read(t0 + Duration::from_secs(59), 0).count, 2);
         // The first sample's 5 s slice leaves the 60 s window; the second stays.
-        assert_eq!(w.read(t0 + Duration::from_secs(61)).count, 1);
-        assert_eq!(w.read(t0 + Duration::from_secs(95)).count, 0);
+        assert_eq!(w.read(t0 + Duration::from_secs(61), 0).count, 1);
+        assert_eq!(w.read(t0 + Duration::from_secs(95), 0).count, 0);
         // 65 s is a whole ring (13 slices) after 0 s: the window holds the 30 s and 65 s samples
         // only (3 would mean the 0 s one was still counted).
-        w.record(t0 + Duration::from_secs(65), ok(1));
-        assert_eq!(w.read(t0 + Duration::from_secs(65)).count, 2);
+        w.record(t0 + Duration::from_secs(65), 0, ok(1));
+        assert_eq!(w.read(t0 + Duration::from_secs(65), 0).count, 2);
     }
 
     /// Four threads at once each record a 2 ms sample at every one of `times`.
@@ -451,7 +504,7 @@ mod tests {
             for _ in 0..4 {
                 scope.spawn(|| {
                     for &t in times {
-                        w.record(t, ok(2));
+                        w.record(t, 0, ok(2));
                     }
                 });
             }
@@ -475,21 +528,20 @@ mod tests {
         );
         // The window (the last 12 slices) holds each thread's 12 samples, none lost or doubled.
         let now = t0 + Duration::from_secs(5 * 29);
-        assert_eq!(w.read(now).count, 4 * 12);
+        assert_eq!(w.read(now, 0).count, 4 * 12);
     }
 
     #[test]
     fn a_late_sample_counts_in_its_own_slice() {
         let t0 = Instant::now();
         let w = WindowedStats::new(shape(), t0);
-        w.record(t0 + Duration::from_secs(20), ok(1));
+        w.record(t0 + Duration::from_secs(20), 0, ok(1));
         // Taken at 3 s, recorded after the 20 s one: it belongs to the first slice.
-        w.record(t0 + Duration::from_secs(3), ok(1));
+        w.record(t0 + Duration::from_secs(3), 0, ok(1));
         let now = t0 + Duration::from_secs(21);
-        assert_eq!(w.read(now).count, 2);
-        assert_eq!(w.role_stats(now, t0 + Duration::from_secs(20)).count, 1);
+        assert_eq!(w.read(now, 0).count, 2);
         // 61 s: the 3 s slice has left the window, the 20 s one has not.
-        assert_eq!(w.read(t0 + Duration::from_secs(61)).count, 1);
+        assert_eq!(w.read(t0 + Duration::from_secs(61), 0).count, 1);
     }
 
     #[test]
@@ -497,6 +549,6 @@ mod tests {
         let t0 = Instant::now();
         let w = WindowedStats::new(shape(), t0);
         record_on_four_threads(&w, &[t0; 1000]);
-        assert_eq!(w.read(t0).count, 4000);
+        assert_eq!(w.read(t0, 0).count, 4000);
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -333,9 +333,22 @@ pub struct RouteTelemetry {
     pub noise: NoiseLearner,
     pub divergences: DivergenceLog,
     metrics: RouteMetrics,
-    /// The effective weights (and their source revision) last applied, and since when: the
-    /// start of the rules' evaluation window.
-    evaluated: Mutex<(Option<(Weights, i64)>, Instant)>,
+    /// The evaluation window in force.
+    window: Mutex<EvalWindow>,
+}
+
+/// An evaluation window (SPEC §11): the requests that started under one write of the weights.
+/// A new one starts whenever the weights in effect or their source revision change (an
+/// operator's write, equal values included; a ramp step; a rollback's override).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalWindow {
+    /// Numbers the route's windows from 1; every sample carries the one it started under.
+    pub id: u64,
+    /// The weights in effect and their source revision.
+    weights: Option<(Weights, i64)>,
+    /// When it started, on the monotonic clock and on the wall clock.
+    pub started: Instant,
+    pub started_at: SystemTime,
 }
 
 impl std::fmt::Debug for RouteTelemetry {
@@ -347,10 +360,11 @@ impl std::fmt::Debug for RouteTelemetry {
 }
 
 impl RouteTelemetry {
-    /// Record one finished request (hot path: one window shard's lock, and once per slice the
-    /// window's ring lock).
+    /// Record one finished request that started under evaluation window `window` (hot path:
+    /// one window shard's lock, and once per slice the window's ring lock).
     pub fn record(
         &self,
+        window: u64,
         backend: BackendKind,
         role: Role,
         outcome: Outcome,
@@ -363,6 +377,7 @@ impl RouteTelemetry {
         cell.duration.observe(latency.as_secs_f64());
         self.windows.get(backend, role).record(
             now,
+            window,
             Sample {
                 latency,
                 error: outcome.is_error(),
@@ -370,19 +385,31 @@ impl RouteTelemetry {
         );
     }
 
-    /// Note the weights a new snapshot applies; a change starts a fresh evaluation window.
-    pub fn note_weights(&self, weights: Weights, revision: i64, now: Instant) {
-        let mut e = self.evaluated.lock().unwrap_or_else(|p| p.into_inner());
-        if e.0 != Some((weights, revision)) {
-            *e = (Some((weights, revision)), now);
+    /// Note the weights a new snapshot applies (and their source revision); a change starts a
+    /// new evaluation window. Returns the window in force, which the snapshot's route carries.
+    pub fn note_weights(&self, weights: Weights, revision: i64, now: Instant) -> u64 {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.weights != Some((weights, revision)) {
+            *w = EvalWindow {
+                id: w.id + 1,
+                weights: Some((weights, revision)),
+                started: now,
+                started_at: SystemTime::now(),
+            };
         }
+        w.id
     }
 
-    /// The route's statistics since its weights last changed, within the window ending `now`.
-    pub fn window_stats(&self, now: Instant) -> WindowStats {
-        let since = self.evaluated.lock().unwrap_or_else(|p| p.into_inner()).1;
-        let role = |b, r| self.windows.get(b, r).role_stats(now, since);
-        let comparisons = self.comparisons.role_stats(now, since);
+    /// The evaluation window in force.
+    pub fn window(&self) -> EvalWindow {
+        *self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The route's statistics of evaluation window `window`, within the time window ending
+    /// `now`.
+    pub fn window_stats(&self, now: Instant, window: u64) -> WindowStats {
+        let role = |b, r| self.windows.get(b, r).role_stats(now, window);
+        let comparisons = self.comparisons.role_stats(now, window);
         WindowStats {
             legacy: BackendStats {
                 primary: role(BackendKind::Legacy, Role::Primary),
@@ -406,8 +433,9 @@ impl RouteTelemetry {
         self.metrics.shadow_dropped[i].inc();
     }
 
-    /// Count one compared pair (and its divergences by kind).
-    pub fn record_comparison(&self, diff: &Difference, now: Instant) {
+    /// Count one compared pair (and its divergences by kind) of a request that started under
+    /// evaluation window `window`.
+    pub fn record_comparison(&self, window: u64, diff: &Difference, now: Instant) {
         self.metrics.comparisons.inc();
         for kind in diff.kinds() {
             if let Some(i) = DIVERGENCE_KINDS.iter().position(|k| *k == kind) {
@@ -416,6 +444,7 @@ impl RouteTelemetry {
         }
         self.comparisons.record(
             now,
+            window,
             Sample {
                 latency: Duration::ZERO,
                 error: diff.diverged(),
@@ -464,7 +493,12 @@ impl Telemetry {
                     noise: NoiseLearner::new(noise_ttl, NoiseLearner::DEFAULT_MIN_SEEN),
                     divergences: DivergenceLog::new(DIVERGENCE_LOG),
                     metrics: self.metrics.route_metrics(id),
-                    evaluated: Mutex::new((None, Instant::now())),
+                    window: Mutex::new(EvalWindow {
+                        id: 0,
+                        weights: None,
+                        started: Instant::now(),
+                        started_at: SystemTime::now(),
+                    }),
                 })
             })
             .clone()
@@ -530,6 +564,7 @@ mod tests {
         assert!(Arc::ptr_eq(&r, &t.route("orders", ttl)), "kept per id");
         let now = Instant::now();
         r.record(
+            0,
             BackendKind::New,
             Role::Primary,
             Outcome::Status(200),
@@ -537,6 +572,7 @@ mod tests {
             now,
         );
         r.record(
+            0,
             BackendKind::New,
             Role::Primary,
             Outcome::NoResponse,
@@ -553,7 +589,7 @@ mod tests {
         ));
         assert!(text.contains(r#"cutover_weight{backend="new",route="orders"} 25"#));
         assert!(text.contains("cutover_request_duration_seconds_bucket"));
-        let w = r.windows.get(BackendKind::New, Role::Primary).read(now);
+        let w = r.windows.get(BackendKind::New, Role::Primary).read(now, 0);
         assert_eq!((w.count, w.errors), (2, 1));
     }
 }

@@ -1,6 +1,7 @@
 //! `cutover demo` (SPEC §1) runs to the end on its own: demo backends, the real proxy on the
-//! embedded source, shadow, the controller's own ramp 1 → 5 → 25, a fault in new, the
-//! automatic rollback, and a clean drain.
+//! embedded source, shadow until the shadow-phase gate marks the diverging new, the operator's
+//! canary, the controller's own ramp 1 → 5 → 25, a fault in new, the automatic rollback, and a
+//! clean drain.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,10 +41,10 @@ fn demo_shadows_ramps_rolls_back_and_drains() {
     );
     let steps = [
         (0.0, 100.0),
-        (1.0, 0.0),
-        (5.0, 0.0),
-        (25.0, 0.0),
-        (0.0, 0.0),
+        (1.0, 100.0),
+        (5.0, 100.0),
+        (25.0, 100.0),
+        (0.0, 100.0),
     ];
     for (row, (want_new, want_shadow)) in rows.iter().zip(steps) {
         assert_eq!(
@@ -94,6 +95,19 @@ fn demo_shadows_ramps_rolls_back_and_drains() {
     assert!(
         stdout.contains("(endpoint GET /orders/{n}) differs at [\"/total\"]"),
         "sample diff:\n{stdout}"
+    );
+    // The shadow-phase gate marked new before the operator moved on, weights kept.
+    let gate = stdout
+        .lines()
+        .find(|l| l.starts_with("SHADOW GATE after "))
+        .unwrap_or_else(|| panic!("no shadow gate line:\n{stdout}"));
+    assert!(
+        gate.contains("rule divergence — shadow phase: divergence rate "),
+        "{gate}"
+    );
+    assert!(
+        stdout.contains("phase rolled_back, weights kept (new 0 live, shadow 100 %)"),
+        "{stdout}"
     );
     // The fault fired the error_rate rule and the weights snapped back.
     let rollback = stdout

@@ -736,3 +736,377 @@ async fn embedded_source_rolls_back_in_process() {
     let (_, _, failed) = load.stop().await;
     assert_eq!(failed, 0);
 }
+
+// ------------------------------------------------------------------------------ judgement
+
+/// A new backend whose JSON answers diverge from [`steady_legacy`]'s on 4 in 5 requests while
+/// the returned flag is set.
+fn switchable_new() -> (Backend, Arc<AtomicBool>) {
+    let bad = Arc::new(AtomicBool::new(true));
+    let flag = bad.clone();
+    let new = Backend::new("new").body_fn(move |_, n| {
+        let total = if flag.load(Ordering::Relaxed) && n % 5 != 0 {
+            11
+        } else {
+            10
+        };
+        json!({"id": 1, "total": total})
+    });
+    (new, bad)
+}
+
+/// A legacy backend that always answers `{"id": 1, "total": 10}`.
+fn steady_legacy() -> Backend {
+    Backend::new("legacy").body_fn(|_, _| json!({"id": 1, "total": 10}))
+}
+
+/// A site whose new diverges until the flag is cleared.
+async fn switchable_divergence(name: &str) -> (Site, Arc<AtomicBool>) {
+    let (new, bad) = switchable_new();
+    (Site::with(name, steady_legacy(), new).await, bad)
+}
+
+fn divergence_rule(for_: &str, min: u64) -> Value {
+    json!({"divergence": {"max": 0.01, "for": for_, "min_samples": min}})
+}
+
+/// `cutover_rollbacks_total{route=ROUTE, rule}` of `proxy`.
+async fn rollbacks(proxy: &Proxy, rule: &str) -> f64 {
+    proxy
+        .counter(
+            "cutover_rollbacks_total",
+            &[("route", ROUTE), ("rule", rule)],
+        )
+        .await
+}
+
+/// For `stretch`, the weights in etcd keep `new` and the proxy never shows `rolled_back`.
+async fn assert_no_rollback_for(site: &Site, proxy: &Proxy, new: f64, stretch: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < stretch {
+        assert_eq!(site.weights_new().await, Some(new), "rolled back in etcd");
+        let route = proxy.route_info(ROUTE).await.unwrap();
+        assert_ne!(
+            route["phase"],
+            "rolled_back",
+            "rolled back locally: {route}; evaluation {}",
+            control(proxy).await["routes"][ROUTE]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// SPEC §11, the first sequence of the judgement issue: in shadow, new diverges on most
+/// answers; it is fixed and the operator writes a canary without shadow at once. No comparison
+/// happens under the new weights, so nothing may roll back — though the write lands inside a
+/// 5 s slice full of diverging comparisons (`[stats] window = "10s"` in 2 slices).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comparisons_from_before_a_write_never_roll_back_a_healthy_new() {
+    let (site, bad) = switchable_divergence("leak-divergence").await;
+    site.put_spec(json!({
+        "compare": {"body": "json"},
+        "rollback": divergence_rule("1s", 30),
+    }))
+    .await;
+    site.put_weights(100.0, 0.0, 100.0).await;
+    let proxy = Proxy::start(
+        site.config()
+            .stats_window(Duration::from_secs(10))
+            .stats_slices(2),
+    )
+    .await;
+    proxy.wait_for_shadow(ROUTE, 100.0).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    // The shadow-phase gate sees new's answers diverge.
+    wait_rolled_back_locally(&proxy, Duration::from_secs(15)).await;
+    let gated = rollbacks(&proxy, "divergence").await;
+    assert_eq!(gated, 1.0);
+
+    bad.store(false, Ordering::Relaxed);
+    site.put_weights(50.0, 50.0, 0.0).await;
+    eventually!(
+        APPLIED,
+        async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["phase"] == "canary")
+        },
+        "the operator's canary is in effect"
+    );
+    let stats = proxy.stats(ROUTE).await;
+    assert!(stats["comparisons"].as_u64().unwrap() == 0, "{stats}");
+    assert_no_rollback_for(&site, &proxy, 50.0, Duration::from_secs(4)).await;
+    assert_eq!(rollbacks(&proxy, "divergence").await, gated);
+    assert!(live_count(&site.new) > 0, "new serves the canary");
+    let (_, _, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+}
+
+/// The second sequence: an `error_rate` rollback, a fix and a fresh 50/50 write at once (in the
+/// same 5 s slice as the errors). Errors from before the rollback must not fire a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_from_before_a_rollback_never_fire_a_second_one() {
+    let site = Site::start("leak-errors").await;
+    site.put_spec(json!({"rollback": error_rate_rule("1s", 30)}))
+        .await;
+    site.put_weights(50.0, 50.0, 0.0).await;
+    let proxy = Proxy::start(
+        site.config()
+            .stats_window(Duration::from_secs(10))
+            .stats_slices(2),
+    )
+    .await;
+    wait_new_weight(&proxy, 50.0).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    wait_new_traffic(&site, 50).await;
+    site.new.set_errors(0.4);
+    wait_rolled_back_locally(&proxy, Duration::from_secs(15)).await;
+
+    site.new.set_errors(0.0);
+    site.put_weights(50.0, 50.0, 0.0).await;
+    eventually!(
+        APPLIED,
+        async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["phase"] == "canary" && r["weights"]["new"] == 50.0)
+        },
+        "the operator's 50/50 is in effect"
+    );
+    let before = live_count(&site.new);
+    assert_no_rollback_for(&site, &proxy, 50.0, Duration::from_secs(4)).await;
+    assert_eq!(error_rate_rollbacks(&proxy).await, 1.0);
+    assert!(live_count(&site.new) > before, "new serves again");
+    let (_, _, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+}
+
+/// `/api/v1/routes/<id>/stats` right after a weights write (equal values included) counts only
+/// requests that started under it, and says since when.
+#[tokio::test]
+async fn stats_after_a_write_count_only_requests_started_under_it() {
+    let site = Site::start("stats-window").await;
+    site.put_spec(json!({"rollback": {}})).await;
+    site.put_weights(50.0, 50.0, 100.0).await;
+    let proxy = Proxy::start(
+        site.config()
+            .stats_window(Duration::from_secs(60))
+            .stats_slices(12),
+    )
+    .await;
+    wait_new_weight(&proxy, 50.0).await;
+    let client = proxy.client();
+    for _ in 0..40 {
+        assert!(client.get(&proxy.url("/items")).await.is_ok());
+    }
+    eventually!(
+        APPLIED,
+        async { proxy.stats(ROUTE).await["comparisons"] == 40 },
+        "40 comparisons"
+    );
+
+    let rev = site.put_weights(50.0, 50.0, 100.0).await;
+    eventually!(
+        APPLIED,
+        async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["weights_revision"] == rev)
+        },
+        "the proxy applies the write"
+    );
+    let stats = proxy.stats(ROUTE).await;
+    assert_eq!(stats["comparisons"], 0, "{stats}");
+    for backend in ["legacy", "new"] {
+        for role in ["primary", "shadow"] {
+            assert_eq!(stats["backends"][backend][role]["count"], 0, "{stats}");
+        }
+    }
+    assert_eq!(stats["window_seconds"], 60);
+    assert!(
+        stats["in_force_seconds"].as_f64().unwrap() < 10.0,
+        "{stats}"
+    );
+    assert!(stats["since"].as_str().unwrap().ends_with('Z'), "{stats}");
+
+    for _ in 0..10 {
+        assert!(client.get(&proxy.url("/items")).await.is_ok());
+    }
+    eventually!(
+        APPLIED,
+        async { proxy.stats(ROUTE).await["comparisons"] == 10 },
+        "10 comparisons under the new write"
+    );
+    let stats = proxy.stats(ROUTE).await;
+    let primaries = stats["backends"]["legacy"]["primary"]["count"]
+        .as_u64()
+        .unwrap()
+        + stats["backends"]["new"]["primary"]["count"]
+            .as_u64()
+            .unwrap();
+    assert_eq!(primaries, 10, "{stats}");
+}
+
+/// SPEC §11, second bullet, with etcd: in phase `shadow` a diverging new is marked
+/// `rolled_back` (rule, reason, evidence, event, metric, webhook), its weights are left alone,
+/// once; `cutover ctl resume` refuses until an operator writes the weights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_phase_gate_marks_the_route_and_blocks_resume_until_a_write() {
+    let (site, bad) = switchable_divergence("gate").await;
+    let hook = Backend::new("hook").run().await;
+    site.put_spec(json!({
+        "compare": {"body": "json"},
+        "rollback": divergence_rule("1s", 30),
+        "ramp": {"steps": [10, 50, 100], "hold": "1m"},
+    }))
+    .await;
+    let rev = site.put_weights(100.0, 0.0, 100.0).await;
+    let proxy = Proxy::start(
+        site.config()
+            .webhook(&format!("http://{}/hooks/cutover", hook.addr()))
+            .instance("proxy-a"),
+    )
+    .await;
+    proxy.wait_for_shadow(ROUTE, 100.0).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    wait_rolled_back_locally(&proxy, Duration::from_secs(15)).await;
+    eventually!(
+        APPLIED,
+        async {
+            site.get_json("status")
+                .await
+                .is_some_and(|s| s["phase"] == "rolled_back")
+        },
+        "status rolled_back in etcd"
+    );
+    let status = site.get_json("status").await.unwrap();
+    assert_eq!(status["weights_revision"], rev, "{status}");
+    let rollback = &status["rollback"];
+    assert_eq!(rollback["rule"], "divergence");
+    assert_eq!(rollback["gate"], "shadow");
+    assert_eq!(rollback["by"], "proxy-a");
+    assert_eq!(rollback["evidence"]["judged"], "shadow");
+    let reason = rollback["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("shadow phase: divergence rate "),
+        "{reason}"
+    );
+    let weights = site.get_json("weights").await.unwrap();
+    assert_eq!(
+        (&weights["legacy"], &weights["new"], &weights["shadow"]),
+        (&json!(100.0), &json!(0.0), &json!(100.0)),
+        "weights untouched"
+    );
+    let route = proxy.route_info(ROUTE).await.unwrap();
+    assert_eq!(route["rollback"]["gate"], "shadow", "{route}");
+    assert_eq!(route["weights"]["shadow"], 100.0, "copies go on: {route}");
+    eventually!(
+        Duration::from_secs(5),
+        async { !hook.requests_to("/hooks/cutover").is_empty() },
+        "the webhook receives the event"
+    );
+
+    // Once per weights write: the mark holds, nothing is evaluated or written again.
+    let copies = site.new.shadow_count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        site.new.shadow_count() > copies,
+        "new still gets shadow copies"
+    );
+    assert_eq!(rollbacks(&proxy, "divergence").await, 1.0);
+    let events = site.events().await;
+    let gates: Vec<_> = events.iter().filter(|e| e["kind"] == "rollback").collect();
+    assert_eq!(gates.len(), 1, "{events:?}");
+    assert_eq!(gates[0]["from"], gates[0]["to"], "{events:?}");
+    assert_eq!(hook.requests_to("/hooks/cutover").len(), 1);
+
+    let ctl = Ctl::new(&site.etcd, &site.prefix);
+    let out = ctl.run(&["resume", ROUTE]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("shadow-phase gate") && out.stderr.contains("divergence rate"),
+        "{out:?}"
+    );
+    assert_eq!(site.weights_new().await, Some(0.0), "resume wrote nothing");
+
+    // The operator fixes new and writes the weights again (same values): the mark is lifted,
+    // the gate judges afresh, and the ramp may start.
+    bad.store(false, Ordering::Relaxed);
+    ctl.ok(&[
+        "set", ROUTE, "--legacy", "100", "--new", "0", "--shadow", "100",
+    ])
+    .await;
+    eventually!(
+        APPLIED,
+        async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["phase"] == "shadow")
+        },
+        "the write lifts the mark"
+    );
+    ctl.ok(&["resume", ROUTE]).await;
+    eventually!(
+        APPLIED,
+        async { site.weights_new().await == Some(10.0) },
+        "the ramp starts at 10%"
+    );
+    let (_, _, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+}
+
+/// The shadow-phase gate without etcd: in-process, until the file's weights change.
+#[tokio::test]
+async fn the_shadow_phase_gate_works_in_process_without_etcd() {
+    let (new, bad) = switchable_new();
+    let (new, legacy) = (new.run().await, steady_legacy().run().await);
+    let config = ProxyConfig::new()
+        .stats_window(Duration::from_secs(2))
+        .stats_slices(20)
+        .route(
+            cutover_tests::Route::new(ROUTE)
+                .legacy_endpoints([legacy.addr()])
+                .new_endpoints([new.addr()])
+                .shadow(100)
+                .compare_block(r#"body = "json""#)
+                .line(
+                    r#"rollback = { divergence = { max = 0.01, for = "1s", min_samples = 30 } }"#,
+                ),
+        );
+    let mut proxy = Proxy::start(config.clone()).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    wait_rolled_back_locally(&proxy, Duration::from_secs(15)).await;
+    let route = proxy.route_info(ROUTE).await.unwrap();
+    assert_eq!(route["rollback"]["rule"], "divergence", "{route}");
+    assert_eq!(route["rollback"]["gate"], "shadow", "{route}");
+    assert_eq!(route["weights"]["shadow"], 100.0, "{route}");
+    assert_eq!(rollbacks(&proxy, "divergence").await, 1.0);
+    eventually!(
+        APPLIED,
+        async {
+            control(&proxy).await["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["kind"] == "rollback"))
+        },
+        "a rollback event on the admin API"
+    );
+
+    bad.store(false, Ordering::Relaxed);
+    proxy.apply(&config.with_shadow(ROUTE, 50));
+    eventually!(
+        APPLIED,
+        async {
+            proxy
+                .route_info(ROUTE)
+                .await
+                .is_some_and(|r| r["phase"] == "shadow" && r["weights"]["shadow"] == 50.0)
+        },
+        "the file's new weights lift the mark"
+    );
+    let (_, _, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+}

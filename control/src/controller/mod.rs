@@ -13,9 +13,12 @@
 //! an operator's newer write supersedes it. Any instance may roll back on its own evidence;
 //! only the leader advances a ramp. Without etcd the controller does all of it in-process.
 //!
-//! Rules are evaluated only while `new` serves live traffic (its effective weight is above 0):
-//! with nothing live on `new` there is nothing to roll back. Every change of the weights
-//! (an operator's write, a ramp step) starts fresh evaluation windows.
+//! Rules are evaluated while `new` serves live traffic (its effective weight is above 0), and
+//! in phase `shadow` (no live traffic on `new`, shadow above 0) as the shadow-phase gate
+//! ([`Judged::Shadow`], SPEC §11): a breach there leaves the weights as they are, marks the
+//! route `rolled_back` and blocks a ramp start until an operator writes the weights. Every
+//! change of the weights (an operator's write, a ramp step) starts fresh evaluation windows,
+//! which hold only requests that started under it.
 
 pub mod fleet;
 mod notify;
@@ -33,7 +36,7 @@ use tracing::{info, warn};
 
 use crate::keys::Keys;
 use crate::model::{rfc3339_now, Event, EventKind, RollbackRecord};
-use crate::rules::{Breach, Evaluation, Outcome, RuleEngine};
+use crate::rules::{Breach, Evaluation, Judged, Outcome, RuleEngine};
 use crate::window::WindowStats;
 
 pub use notify::Notifier;
@@ -56,6 +59,9 @@ pub struct LiveRoute {
     pub weights_revision: i64,
     /// The override in effect, if any.
     pub overridden: Option<Override>,
+    /// The evaluation window the data plane collects this route's statistics in: a new one
+    /// starts with every change of the weights in effect or their revision.
+    pub window: u64,
 }
 
 /// Weights the controller put in effect ahead of the config source: a rollback decided before
@@ -70,13 +76,22 @@ pub struct Override {
     pub rollback: Option<RollbackRecord>,
 }
 
+impl Override {
+    /// Whether the controller writes these weights to the source (a rollback, a ramp step), so
+    /// the same weights arriving at a newer revision are its own write landing. A shadow-phase
+    /// gate keeps the weights: any later write of them is an operator's, which ends it.
+    pub fn writes_weights(&self) -> bool {
+        !self.rollback.as_ref().is_some_and(RollbackRecord::is_gate)
+    }
+}
+
 /// What the controller needs from the data plane.
 pub trait DataPlane: Send + Sync + 'static {
     /// The live routes.
     fn routes(&self) -> Vec<LiveRoute>;
-    /// The route's statistics over the evaluation window: the stats window, starting no
-    /// earlier than the last change of its weights. `None` for an unknown route.
-    fn window(&self, route: &str) -> Option<WindowStats>;
+    /// The route's statistics of evaluation window `window` ([`LiveRoute::window`]) within
+    /// the stats window: only requests that started under it. `None` for an unknown route.
+    fn window(&self, route: &str, window: u64) -> Option<WindowStats>;
     /// Put `o` in effect for `route` at once.
     fn set_override(&self, route: &str, o: Override);
     /// Count a rollback in `cutover_rollbacks_total{route,rule}`.
@@ -164,9 +179,8 @@ enum Store {
 /// Per-route memory between ticks.
 #[derive(Debug)]
 struct RouteCtl {
-    /// The weights and revision the engines' history belongs to.
-    weights: Weights,
-    weights_revision: i64,
+    /// The evaluation window the engines' history belongs to.
+    window: u64,
     /// When the current weights took effect (start of the step's hold).
     since: Instant,
     local: RuleEngine,
@@ -280,18 +294,16 @@ impl Controller {
                 .routes
                 .entry(route.id.clone())
                 .or_insert_with(|| RouteCtl {
-                    weights: route.weights,
-                    weights_revision: route.weights_revision,
+                    window: route.window,
                     since: now,
                     local: RuleEngine::default(),
                     fleet: RuleEngine::default(),
                     last_doubt: None,
                     ramp_pending: None,
                 });
-            if ctl.weights != route.weights || ctl.weights_revision != route.weights_revision {
+            if ctl.window != route.window {
                 // New weights: fresh evaluation windows and a fresh hold.
-                ctl.weights = route.weights;
-                ctl.weights_revision = route.weights_revision;
+                ctl.window = route.window;
                 ctl.since = now;
                 ctl.local.reset();
                 ctl.fleet.reset();
@@ -303,13 +315,18 @@ impl Controller {
                 .overridden
                 .as_ref()
                 .is_some_and(|o| o.phase == Phase::RolledBack);
-            let live_on_new = route.weights.new > 0.0 && !rolled_back;
+            let judged = match (rolled_back, route.weights.implied_phase()) {
+                (true, _) => None,
+                (false, Phase::Canary | Phase::Promoted) => Some(Judged::Live),
+                (false, Phase::Shadow) => Some(Judged::Shadow),
+                (false, _) => None,
+            };
             let policy = &route.spec.rollback;
             let mut decision: Option<(Breach, &'static str)> = None;
             let mut for_ramp: Option<Evaluation> = None;
-            if live_on_new && policy.is_enabled() {
-                if let Some(stats) = self.dp.window(&route.id) {
-                    let e = ctl.local.evaluate(policy, &stats, now);
+            if let Some(judged) = judged.filter(|_| policy.is_enabled()) {
+                if let Some(stats) = self.dp.window(&route.id, route.window) {
+                    let e = ctl.local.evaluate(policy, &stats, judged, now);
                     if let Some(b) = &e.breach {
                         decision = Some((b.clone(), "local"));
                     }
@@ -325,7 +342,7 @@ impl Controller {
                     .and_then(|f| f.merged.get(&route.id))
                     .filter(|m| m.weights_revision == route.weights_revision)
                 {
-                    let e = ctl.fleet.evaluate(policy, &merged.stats, now);
+                    let e = ctl.fleet.evaluate(policy, &merged.stats, judged, now);
                     if decision.is_none() {
                         if let Some(b) = &e.breach {
                             decision = Some((b.clone(), "fleet"));
@@ -354,8 +371,8 @@ impl Controller {
                     ctl.last_doubt = Some(now);
                 }
             }
-            if let Some((breach, scope)) = decision {
-                self.rollback(route, &breach, scope);
+            if let Some(((breach, scope), judged)) = decision.zip(judged) {
+                self.rollback(route, &breach, scope, judged);
             } else if leader && !rolled_back {
                 let paused = fleet_state
                     .as_ref()
@@ -378,20 +395,33 @@ impl Controller {
         v.routes = views;
     }
 
-    /// Roll `route` back now: locally at once, then in the store.
-    fn rollback(&mut self, route: &LiveRoute, breach: &Breach, scope: &str) {
+    /// Roll `route` back now: locally at once, then in the store. Judged live, `new` gets no
+    /// more live traffic; judged by the shadow-phase gate, the weights stay as they are and the
+    /// route is marked `rolled_back`, which blocks a ramp start until an operator writes them.
+    fn rollback(&mut self, route: &LiveRoute, breach: &Breach, scope: &str, judged: Judged) {
         let rule = breach.verdict.rule.as_str();
-        let to = route.weights.rolled_back();
-        let reason = breach.reason();
+        let gate = (judged == Judged::Shadow).then_some(Phase::Shadow);
+        let to = match gate {
+            Some(_) => route.weights,
+            None => route.weights.rolled_back(),
+        };
+        let mut reason = breach.reason();
+        if gate.is_some() {
+            reason = format!(
+                "shadow phase: {reason}; weights kept, ramp blocked until the weights are written"
+            );
+        }
         let mut evidence = breach.verdict.evidence(breach.held);
         evidence["scope"] = scope.into();
         evidence["instance"] = self.instance.as_str().into();
+        evidence["judged"] = serde_json::to_value(judged).unwrap_or_default();
         let record = RollbackRecord {
             at: rfc3339_now(),
             rule: rule.to_string(),
             reason: reason.clone(),
             by: self.instance.clone(),
             evidence: Some(evidence),
+            gate,
         };
         self.dp.set_override(
             &route.id,
@@ -403,7 +433,11 @@ impl Controller {
             },
         );
         self.dp.count_rollback(&route.id, rule);
-        warn!(route = %route.id, rule, %reason, scope, from = %route.weights.to_json(), "automatic rollback: new gets no more live traffic");
+        if gate.is_some() {
+            warn!(route = %route.id, rule, %reason, scope, weights = %route.weights.to_json(), "automatic rollback in the shadow phase: weights kept, ramp blocked");
+        } else {
+            warn!(route = %route.id, rule, %reason, scope, from = %route.weights.to_json(), "automatic rollback: new gets no more live traffic");
+        }
         let event = Event {
             at: record.at.clone(),
             kind: EventKind::Rollback,
@@ -414,6 +448,9 @@ impl Controller {
         };
         match &self.store {
             Store::Local => self.view.push_event(&route.id, &event),
+            Store::Etcd(writer, _) if gate.is_some() => {
+                writer.gate(&route.id, route.weights_revision, record, event.clone())
+            }
             Store::Etcd(writer, _) => {
                 writer.rollback(&route.id, route.weights_revision, to, record, event.clone())
             }
@@ -506,5 +543,161 @@ impl Controller {
             }
         }
         Some(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data plane with one route whose windows the test sets (by evaluation window); it
+    /// records what the controller does to it.
+    struct FakePlane {
+        route: Mutex<LiveRoute>,
+        stats: Mutex<HashMap<u64, WindowStats>>,
+        overrides: Mutex<Vec<Override>>,
+        rollbacks: Mutex<Vec<String>>,
+    }
+
+    impl DataPlane for FakePlane {
+        fn routes(&self) -> Vec<LiveRoute> {
+            vec![self.route.lock().unwrap().clone()]
+        }
+
+        fn window(&self, _: &str, window: u64) -> Option<WindowStats> {
+            let stats = self.stats.lock().unwrap();
+            Some(stats.get(&window).cloned().unwrap_or_default())
+        }
+
+        fn set_override(&self, _: &str, o: Override) {
+            let mut route = self.route.lock().unwrap();
+            route.weights = o.weights;
+            route.overridden = Some(o.clone());
+            self.overrides.lock().unwrap().push(o);
+        }
+
+        fn count_rollback(&self, _: &str, rule: &str) {
+            self.rollbacks.lock().unwrap().push(rule.to_string());
+        }
+    }
+
+    fn plane(weights: Weights, rollback: &str) -> Arc<FakePlane> {
+        let spec = cutover_config::parse_route_spec_json(&format!(
+            r#"{{"match": {{"path_prefix": "/"}},
+                "legacy": {{"endpoints": ["127.0.0.1:1"]}},
+                "new": {{"endpoints": ["127.0.0.1:2"]}},
+                "rollback": {rollback}}}"#
+        ))
+        .unwrap();
+        Arc::new(FakePlane {
+            route: Mutex::new(LiveRoute {
+                id: "orders".into(),
+                spec: Arc::new(spec),
+                weights,
+                weights_revision: 7,
+                overridden: None,
+                window: 1,
+            }),
+            stats: Mutex::default(),
+            overrides: Mutex::default(),
+            rollbacks: Mutex::default(),
+        })
+    }
+
+    fn diverging(comparisons: u64, divergences: u64) -> WindowStats {
+        WindowStats {
+            comparisons,
+            divergences,
+            ..WindowStats::default()
+        }
+    }
+
+    /// Ticks every [`TICK`] for `d`.
+    async fn run_for(ctl: &mut Controller, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            ctl.tick(Instant::now());
+            tokio::time::advance(TICK).await;
+        }
+    }
+
+    const DIVERGENCE_1S: &str = r#"{"divergence": {"max": 0.01, "for": "1s", "min_samples": 100}}"#;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shadow_phase_gate_marks_the_route_once_and_keeps_the_weights() {
+        let shadow = Weights::new(100.0, 0.0, 100.0).unwrap();
+        let dp = plane(shadow, DIVERGENCE_1S);
+        let view = Arc::new(ControlView::default());
+        let mut ctl = Controller::local(dp.clone(), view.clone(), "a".into(), None);
+        dp.stats.lock().unwrap().insert(1, diverging(1_000, 500));
+        run_for(&mut ctl, Duration::from_secs(3)).await;
+
+        let overrides = dp.overrides.lock().unwrap().clone();
+        assert_eq!(overrides.len(), 1, "once per weights write: {overrides:?}");
+        let o = &overrides[0];
+        assert_eq!(o.weights, shadow, "the weights stay as they are");
+        assert_eq!(o.phase, Phase::RolledBack);
+        assert!(!o.writes_weights());
+        let record = o.rollback.as_ref().unwrap();
+        assert_eq!(record.rule, "divergence");
+        assert_eq!(record.gate, Some(Phase::Shadow));
+        assert!(
+            record
+                .reason
+                .starts_with("shadow phase: divergence rate 50.0% > 1.0%"),
+            "{}",
+            record.reason
+        );
+        assert_eq!(record.evidence.as_ref().unwrap()["judged"], "shadow");
+        assert_eq!(*dp.rollbacks.lock().unwrap(), ["divergence"]);
+        let events = view.snapshot().events;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["kind"], "rollback");
+        assert_eq!(events[0]["from"], events[0]["to"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn error_rate_is_not_judged_in_the_shadow_phase() {
+        let dp = plane(
+            Weights::new(100.0, 0.0, 100.0).unwrap(),
+            r#"{"error_rate": {"max": 0.05, "for": "1s", "min_requests": 10}}"#,
+        );
+        let view = Arc::new(ControlView::default());
+        let mut ctl = Controller::local(dp.clone(), view.clone(), "a".into(), None);
+        let mut stats = WindowStats::default();
+        stats.new.shadow.count = 1_000;
+        stats.new.shadow.errors = 1_000;
+        dp.stats.lock().unwrap().insert(1, stats);
+        run_for(&mut ctl, Duration::from_secs(3)).await;
+        assert!(dp.overrides.lock().unwrap().is_empty());
+        let local = view.snapshot().routes["orders"].local.clone().unwrap();
+        assert_eq!(local.judged, Judged::Shadow);
+        assert!(local.verdicts.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_window_restarts_every_rule_clock() {
+        let dp = plane(Weights::new(50.0, 50.0, 100.0).unwrap(), DIVERGENCE_1S);
+        let view = Arc::new(ControlView::default());
+        let mut ctl = Controller::local(dp.clone(), view.clone(), "a".into(), None);
+        dp.stats.lock().unwrap().insert(1, diverging(1_000, 500));
+        run_for(&mut ctl, Duration::from_millis(500)).await;
+        assert!(view.snapshot().routes["orders"]
+            .local
+            .as_ref()
+            .unwrap()
+            .any_fail());
+        // An operator's write: the data plane moves to window 2, which holds nothing yet;
+        // window 1 still reads as failing.
+        dp.route.lock().unwrap().window = 2;
+        run_for(&mut ctl, Duration::from_secs(5)).await;
+        assert!(
+            dp.overrides.lock().unwrap().is_empty(),
+            "no rollback on window 1's samples"
+        );
+        // Window 2 fails on its own samples: a breach after its own `for`.
+        dp.stats.lock().unwrap().insert(2, diverging(1_000, 500));
+        run_for(&mut ctl, Duration::from_secs(2)).await;
+        assert_eq!(dp.overrides.lock().unwrap().len(), 1);
     }
 }

@@ -98,6 +98,103 @@ impl EtcdWriter {
         });
     }
 
+    /// Write a shadow-phase gate's breach of `route` (weights read at `weights_revision`):
+    /// status `rolled_back` for those weights and the event, in one transaction guarded on the
+    /// weights' revision and on the status as read. The weights are not touched; an operator's
+    /// newer write wins; when several instances breach on the same weights, the first one's
+    /// record stands. Retried like a rollback while etcd does not answer.
+    pub(super) fn gate(
+        &self,
+        route: &str,
+        weights_revision: i64,
+        record: RollbackRecord,
+        event: Event,
+    ) {
+        let this = self.clone();
+        let route = route.to_string();
+        tokio::spawn(async move {
+            let mut wait = RETRY_START;
+            loop {
+                match this
+                    .write_gate(&route, weights_revision, &record, &event)
+                    .await
+                {
+                    Ok(Some(rev)) => {
+                        info!(%route, revision = rev, "shadow-phase rollback written to etcd (weights kept)");
+                        return;
+                    }
+                    Ok(None) => {
+                        info!(%route, "shadow-phase rollback already recorded in etcd for these weights");
+                        return;
+                    }
+                    Err(Failure::Superseded(why)) => {
+                        info!(%route, %why, "shadow-phase rollback not written to etcd: a newer write of the weights wins");
+                        return;
+                    }
+                    Err(Failure::Unavailable(why)) => {
+                        warn!(%route, %why, retry_in = ?wait, "shadow-phase rollback not yet written to etcd; the local mark holds");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(RETRY_CAP);
+                    }
+                }
+            }
+        });
+    }
+
+    /// One attempt of [`EtcdWriter::gate`]: `Ok(None)` when the status already records a
+    /// rollback of these weights.
+    async fn write_gate(
+        &self,
+        route: &str,
+        read: i64,
+        record: &RollbackRecord,
+        event: &Event,
+    ) -> Result<Option<i64>, Failure> {
+        let keys = &self.inner.keys;
+        let (wk, sk) = (keys.weights(route), keys.status(route));
+        let mut client = self.client().await.map_err(Failure::Unavailable)?;
+        if read_key(&mut client, &wk).await?.map_or(0, |(rev, _)| rev) != read {
+            return Err(Failure::Superseded(format!(
+                "{wk} changed since revision {read}"
+            )));
+        }
+        let current = read_key(&mut client, &sk).await?;
+        let status_rev = current.as_ref().map_or(0, |(rev, _)| *rev);
+        let recorded = current
+            .and_then(|(_, v)| serde_json::from_slice::<Status>(&v).ok())
+            .is_some_and(|s| s.phase == Phase::RolledBack && s.weights_revision == read);
+        if recorded {
+            return Ok(None);
+        }
+        let status = Status {
+            phase: Phase::RolledBack,
+            weights_revision: read,
+            rollback: Some(record.clone()),
+        };
+        let event_key = keys.event(route, unix_millis_now(), &self.inner.instance);
+        let txn = Txn::new()
+            .when([unchanged(&wk, read), unchanged(&sk, status_rev)])
+            .and_then([
+                TxnOp::put(
+                    sk.as_str(),
+                    serde_json::to_string(&status).expect("status serialises"),
+                    None,
+                ),
+                TxnOp::put(
+                    event_key.as_str(),
+                    serde_json::to_string(event).expect("events serialise"),
+                    None,
+                ),
+            ]);
+        match self.txn(txn).await.map_err(Failure::Unavailable)? {
+            true => Ok(Some(read)),
+            // The weights or the status changed since they were read: read them again.
+            false => Err(Failure::Unavailable(format!(
+                "{wk} or {sk} changed while writing"
+            ))),
+        }
+    }
+
     /// Write a ramp step (one attempt; the next tick decides again if it did not land).
     pub(super) fn ramp_step(&self, route: &str, weights_revision: i64, to: Weights, event: Event) {
         let this = self.clone();
@@ -259,4 +356,16 @@ impl EtcdWriter {
         }
         Ok(rev)
     }
+}
+
+/// `key`'s mod_revision and value, `None` when it does not exist.
+async fn read_key(client: &mut Client, key: &str) -> Result<Option<(i64, Vec<u8>)>, Failure> {
+    let got = tokio::time::timeout(CALL_TIMEOUT, client.get(key, None))
+        .await
+        .map_err(|_| Failure::Unavailable(format!("no answer within {CALL_TIMEOUT:?}")))?
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+    Ok(got
+        .kvs()
+        .first()
+        .map(|kv| (kv.mod_revision(), kv.value().to_vec())))
 }

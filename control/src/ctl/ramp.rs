@@ -12,7 +12,7 @@ use super::table::{num, percent};
 use super::view::{self, Decoded, RouteRead};
 use super::write::{self, write_guarded, Guard, Written};
 use super::{compact, no_route, route_id, CtlError, Ctx, Result};
-use crate::model::{Event, EventKind, Status};
+use crate::model::{Event, EventKind, RollbackRecord, Status};
 
 /// What `pause` does, given the route's phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,35 @@ pub(super) fn plan_resume(phase: Phase, weights: &Weights, first_step: f64) -> R
         Phase::Legacy | Phase::Shadow | Phase::RolledBack => ResumePlan::Start(first_step),
         Phase::Canary | Phase::Promoted => ResumePlan::Nothing,
     }
+}
+
+/// The shadow-phase gate's breach that blocks a ramp start (SPEC §11): a `rolled_back` status
+/// written by the gate for the weights as they are (`weights_revision`). Any write of the
+/// weights since lifts it.
+pub(super) fn gate_breach(
+    status: &Decoded<Status>,
+    weights_revision: i64,
+) -> Option<&RollbackRecord> {
+    match status {
+        Decoded::Valid(Status {
+            phase: Phase::RolledBack,
+            weights_revision: rev,
+            rollback: Some(r),
+        }) if *rev == weights_revision && r.is_gate() => Some(r),
+        _ => None,
+    }
+}
+
+/// Why `resume` refuses after the shadow-phase gate breached, and what to do instead.
+pub(super) fn blocked_by_gate(id: &str, breach: &RollbackRecord, weights: &Weights) -> String {
+    format!(
+        "cannot resume {id}: the shadow-phase gate rolled it back ({rule}, at {at}, by {by}):          {reason}; nothing written — fix new, then write the weights to say so: `cutover ctl          set {id} --legacy 100 --new 0 --shadow {shadow}` watches it in shadow again, `cutover          ctl set {id} --legacy 99 --new 1` starts a canary anyway",
+        rule = breach.rule,
+        at = breach.at,
+        by = breach.by,
+        reason = breach.reason,
+        shadow = num(weights.shadow),
+    )
 }
 
 /// A route with a ramp, as read.
@@ -160,6 +189,9 @@ pub(super) async fn resume(ctx: &Ctx, route: &str, reason: Option<String>) -> Re
     let store = ctx.store().await?;
     let r = read_ramp_route(ctx, &store, route, "resume").await?;
     let id = &r.read.id;
+    if let Some(breach) = gate_breach(&r.read.status.value, r.read.weights.mod_revision) {
+        return Err(CtlError::Usage(blocked_by_gate(id, breach, &r.weights)));
+    }
     let phase = current_phase(&r.read.status.value, &r.weights);
     match plan_resume(phase, &r.weights, r.first_step) {
         ResumePlan::Nothing => Ok(unchanged(ctx, id, phase, nothing_to_resume(id, phase))),
@@ -410,6 +442,40 @@ mod tests {
             reason: "r".into(),
         };
         assert_eq!(all.target(0.0).unwrap().implied_phase(), Phase::Promoted);
+    }
+
+    #[test]
+    fn only_the_gate_of_the_current_weights_blocks_a_resume() {
+        let record = |gate| RollbackRecord {
+            at: "2026-12-06T14:00:00.000Z".into(),
+            rule: "divergence".into(),
+            reason: "shadow phase: divergence rate 50.0% > 1.0% (n=400) for 5s".into(),
+            by: "proxy-a".into(),
+            evidence: None,
+            gate,
+        };
+        let status = |rev, gate| {
+            Decoded::Valid(Status {
+                phase: Phase::RolledBack,
+                weights_revision: rev,
+                rollback: Some(record(gate)),
+            })
+        };
+        let gated = status(7, Some(Phase::Shadow));
+        let breach = gate_breach(&gated, 7).expect("blocks");
+        let msg = blocked_by_gate("orders", breach, &w(100.0, 0.0, 100.0));
+        assert!(
+            msg.starts_with(
+                "cannot resume orders: the shadow-phase gate rolled it back (divergence"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("divergence rate 50.0%"), "{msg}");
+        assert!(msg.contains("--shadow 100"), "{msg}");
+        // An operator wrote the weights since: lifted.
+        assert!(gate_breach(&gated, 8).is_none());
+        // A rollback of live traffic does not block: resume starts the ramp again.
+        assert!(gate_breach(&status(7, None), 7).is_none());
     }
 
     #[test]

@@ -283,6 +283,7 @@ mod tests {
                     reason: "bad deploy".into(),
                     by: "alice@h".into(),
                     evidence: None,
+                    gate: None,
                 }),
             }),
         ));

@@ -95,6 +95,7 @@ impl Change {
                     reason: reason.clone(),
                     by: event.by.clone(),
                     evidence: None,
+                    gate: None,
                 }),
             },
             _ => Status {
