@@ -20,7 +20,10 @@
 //!   samples lie above that threshold `T`; the share `f` of new's samples above `T` must exceed
 //!   1 % by a one-sample binomial z-test. Legacy's p99 comes from its live requests, or from
 //!   its shadow copies when it serves nothing live; both need `min_requests` samples.
-//! - `divergence`: the divergence rate must exceed `max` by the one-sample binomial z-test.
+//! - `divergence`: the divergence rate must exceed `max` by the one-sample binomial z-test;
+//!   and, when legacy was compared with itself at least `min_samples` times in the window (the
+//!   noise-learning copies, `learn_noise_percent`), exceed that baseline's divergence rate by
+//!   the two-proportion z-test. Legacy disagreeing with itself as often is noise.
 //!
 //! What is judged depends on the phase ([`Judged`]): while `new` serves live traffic, every
 //! active rule on its live requests; while it is only shadowed (phase `shadow`, SPEC §11), the
@@ -232,24 +235,45 @@ pub fn error_rate(max: f64, min_requests: u64, stats: &WindowStats) -> Verdict {
         return Verdict::no_data(rule, n, format!("{n} of {min_requests} requests on new"));
     }
     let (legacy, how) = legacy_baseline(stats);
-    let mut v = rate_verdict(rule, "new error rate", new.errors, n, max);
-    v.baseline =
-        (legacy.count >= min_requests.max(1)).then(|| legacy.errors as f64 / legacy.count as f64);
-    if v.outcome == Outcome::Pass {
-        return v;
-    }
-    if let Some(lp) = v.baseline {
-        v.summary.push_str(&format!(", legacy {how} {}", pct(lp)));
-        let z_legacy = z_two_proportions(new.errors, n, legacy.errors, legacy.count);
-        if z_legacy <= Z_99 {
-            v.z = Some(z_legacy);
-            v.outcome = Outcome::Inconclusive;
-            v.summary
-                .push_str(" — new is not significantly worse than legacy");
+    against_baseline(
+        rate_verdict(rule, "new error rate", new.errors, n, max),
+        (new.errors, n),
+        (legacy.errors, legacy.count),
+        min_requests,
+        &format!("legacy {how}"),
+        "new is not significantly worse than legacy",
+    )
+}
+
+/// `v`, the verdict on a rate of `measured` (`x` of `n`), held against a `baseline` rate that
+/// has at least `min` samples (else against its threshold alone): a failure stands only when
+/// the rate is also significantly above the baseline's (two-proportion test; the weaker of the
+/// two tests decides). `label` names the baseline in the summary, `not_worse` says why a
+/// failure did not stand.
+fn against_baseline(
+    mut v: Verdict,
+    measured: (u64, u64),
+    baseline: (u64, u64),
+    min: u64,
+    label: &str,
+    not_worse: &str,
+) -> Verdict {
+    let (bx, bn) = baseline;
+    if bn >= min.max(1) {
+        let rate = bx as f64 / bn as f64;
+        v.baseline = Some(rate);
+        if v.outcome == Outcome::Pass {
             return v;
         }
-        // Both tests must pass: the weaker one decides.
-        v.z = v.z.map(|z| z.min(z_legacy));
+        v.summary.push_str(&format!(", {label} {}", pct(rate)));
+        let z = z_two_proportions(measured.0, measured.1, bx, bn);
+        if z <= Z_99 {
+            v.z = Some(z);
+            v.outcome = Outcome::Inconclusive;
+            v.summary.push_str(&format!(" — {not_worse}"));
+            return v;
+        }
+        v.z = v.z.map(|z1| z1.min(z));
     }
     require_significance(v)
 }
@@ -314,20 +338,24 @@ pub fn latency_p99(
     require_significance(v)
 }
 
-/// `divergence`: the share of compared pairs that differ above `max`.
+/// `divergence`: the share of compared pairs that differ above `max` — and, when legacy was
+/// compared with itself at least `min_samples` times in the window (noise learning's copies),
+/// significantly above the share of those pairs that differ: differences legacy has with itself
+/// as often (independent errors on both backends, an unlearnt volatile field) are noise.
 pub fn divergence(max: f64, min_samples: u64, stats: &WindowStats) -> Verdict {
     let rule = RuleKind::Divergence;
     let n = stats.comparisons;
     if n < min_samples.max(1) {
         return Verdict::no_data(rule, n, format!("{n} of {min_samples} comparisons"));
     }
-    require_significance(rate_verdict(
-        rule,
-        "divergence rate",
-        stats.divergences,
-        n,
-        max,
-    ))
+    against_baseline(
+        rate_verdict(rule, "divergence rate", stats.divergences, n, max),
+        (stats.divergences, n),
+        (stats.baseline_divergences, stats.baseline_comparisons),
+        min_samples,
+        "legacy vs itself",
+        "new differs from legacy no more than legacy from itself",
+    )
 }
 
 /// Every active rule of `policy` that `judged` judges, over `stats`, in [`RuleKind::ALL`]
@@ -617,6 +645,33 @@ mod tests {
         w.comparisons = 100;
         w.divergences = 2;
         assert_eq!(divergence(0.01, 100, &w).outcome, Outcome::Inconclusive);
+    }
+
+    #[test]
+    fn divergence_as_often_as_legacy_with_itself_is_noise() {
+        // Both backends fail 1 % of requests at random: 2 % of pairs differ in status, and so
+        // do 2 % of legacy's pairs with itself.
+        let mut w = WindowStats {
+            comparisons: 100_000,
+            divergences: 2_000,
+            baseline_comparisons: 10_000,
+            baseline_divergences: 200,
+            ..WindowStats::default()
+        };
+        let v = divergence(0.01, 100, &w);
+        assert_eq!(v.outcome, Outcome::Inconclusive, "{}", v.summary);
+        assert!(v.summary.contains("legacy vs itself 2.0%"), "{}", v.summary);
+        assert_eq!(v.baseline, Some(0.02));
+        // New diverging 20 % stands out against the same baseline.
+        w.divergences = 20_000;
+        assert_eq!(divergence(0.01, 100, &w).outcome, Outcome::Fail);
+        // Too few baseline pairs: the threshold alone decides.
+        w.divergences = 2_000;
+        w.baseline_comparisons = 99;
+        w.baseline_divergences = 2;
+        let v = divergence(0.01, 100, &w);
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.summary);
+        assert_eq!(v.baseline, None);
     }
 
     #[tokio::test(start_paused = true)]

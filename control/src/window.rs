@@ -89,6 +89,11 @@ pub struct WindowStats {
     pub comparisons: u64,
     /// Compared pairs that differed (after ignore rules and learned noise).
     pub divergences: u64,
+    /// Pairs of legacy answers (the noise-learning copies) compared like a legacy/new pair:
+    /// how often legacy disagrees with itself.
+    pub baseline_comparisons: u64,
+    /// Of those, the pairs that differed.
+    pub baseline_divergences: u64,
 }
 
 impl WindowStats {
@@ -100,6 +105,8 @@ impl WindowStats {
         self.new.shadow.merge(&other.new.shadow);
         self.comparisons += other.comparisons;
         self.divergences += other.divergences;
+        self.baseline_comparisons += other.baseline_comparisons;
+        self.baseline_divergences += other.baseline_divergences;
     }
 
     /// The JSON form published under `stats/<route>/<instance>`.
@@ -109,6 +116,8 @@ impl WindowStats {
             new: WireBackend::from(&self.new),
             comparisons: self.comparisons,
             divergences: self.divergences,
+            baseline_comparisons: self.baseline_comparisons,
+            baseline_divergences: self.baseline_divergences,
         }
     }
 }
@@ -136,6 +145,11 @@ pub struct WireWindow {
     pub new: WireBackend,
     pub comparisons: u64,
     pub divergences: u64,
+    /// Absent in windows published by older instances: no baseline.
+    #[serde(default)]
+    pub baseline_comparisons: u64,
+    #[serde(default)]
+    pub baseline_divergences: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,6 +206,8 @@ impl WireWindow {
             new: self.new.decode()?,
             comparisons: self.comparisons,
             divergences: self.divergences,
+            baseline_comparisons: self.baseline_comparisons,
+            baseline_divergences: self.baseline_divergences,
         })
     }
 }
@@ -266,6 +282,8 @@ mod tests {
         w.legacy.shadow = role(&[5, 6], 0);
         w.comparisons = 7;
         w.divergences = 2;
+        w.baseline_comparisons = 3;
+        w.baseline_divergences = 1;
         let json = serde_json::to_string(&w.to_wire()).unwrap();
         let back: WireWindow = serde_json::from_str(&json).unwrap();
         assert_eq!(back.decode().unwrap(), w);

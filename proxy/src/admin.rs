@@ -164,6 +164,7 @@ pub fn stats_json(route: &Route, now: Instant) -> Value {
         backends.insert(b.as_str().into(), Value::Object(roles));
     }
     let compared = route.telemetry.comparisons.read(now, route.window);
+    let baseline = route.telemetry.baseline.read(now, route.window);
     json!({
         "route": route.id.as_str(),
         "window_seconds": length.as_secs(),
@@ -173,6 +174,11 @@ pub fn stats_json(route: &Route, now: Instant) -> Value {
         "comparisons": compared.count,
         "divergences": compared.errors,
         "divergence_rate": compared.error_rate,
+        "baseline": {
+            "comparisons": baseline.count,
+            "divergences": baseline.errors,
+            "divergence_rate": baseline.error_rate,
+        },
         "learned_noise": route.telemetry.noise.learned(now),
     })
 }

@@ -133,6 +133,19 @@ impl Route {
         self.telemetry.record_comparison(self.window, diff, now);
     }
 
+    /// Count a pair of legacy answers to a request routed by this snapshot, compared like a
+    /// legacy/new pair (the divergence rule's baseline).
+    pub fn record_baseline(&self, diverged: bool, now: std::time::Instant) {
+        self.telemetry.baseline.record(
+            now,
+            self.window,
+            crate::stats::Sample {
+                latency: std::time::Duration::ZERO,
+                error: diverged,
+            },
+        );
+    }
+
     fn matches_path(&self, path: &[u8]) -> bool {
         path.starts_with(self.spec.matcher.path_prefix.as_bytes())
     }

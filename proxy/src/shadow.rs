@@ -596,11 +596,20 @@ impl Job {
             // Learn from the raw legacy-vs-legacy difference (ignore rules applied, learned
             // noise not removed), so a volatile path keeps being seen and does not expire.
             let pointers = compare::noise_pointers(policy, legacy, second);
-            if !pointers.is_empty() {
-                rt.noise.observe(&group, &pointers, now);
-            }
+            rt.noise.observe(&group, &pointers, now);
+        }
+        if policy.learn_noise_percent > 0.0 && !rt.noise.calibrated(&group) {
+            // What is noise on this endpoint is not known yet: its differences can be told
+            // from divergences only once enough legacy pairs were compared.
+            rt.comparison_calibrating();
+            return;
         }
         let noise = rt.noise.noise(&group, now);
+        if let Some(second) = second_legacy {
+            // Legacy against itself, compared like new: the divergence rule's baseline.
+            let baseline = compare::compare(policy, legacy, second, &noise);
+            self.route.record_baseline(baseline.diverged(), now);
+        }
         let diff = compare::compare(policy, legacy, new, &noise);
         self.route.record_comparison(&diff, now);
         if diff.diverged() {

@@ -91,6 +91,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     comparisons: IntCounterVec,
+    calibrating: IntCounterVec,
     divergences: IntCounterVec,
     shadow_dropped: IntCounterVec,
     weight: prometheus::GaugeVec,
@@ -150,6 +151,12 @@ impl Metrics {
             comparisons: counter_vec(
                 "cutover_comparisons_total",
                 "Primary/shadow response pairs compared.",
+                &["route"],
+            ),
+            calibrating: counter_vec(
+                "cutover_comparisons_calibrating_total",
+                "Primary/shadow pairs not counted: noise learning had not yet compared enough \
+                 legacy pairs of their endpoint (learn_noise_percent).",
                 &["route"],
             ),
             divergences: counter_vec(
@@ -282,6 +289,7 @@ impl Metrics {
             ],
             weight: BackendKind::ALL.map(|b| self.weight.with_label_values(&[route, b.as_str()])),
             comparisons: self.comparisons.with_label_values(&[route]),
+            calibrating: self.calibrating.with_label_values(&[route]),
             divergences: DIVERGENCE_KINDS.map(|k| self.divergences.with_label_values(&[route, k])),
             shadow_dropped: DROP_REASONS
                 .map(|r| self.shadow_dropped.with_label_values(&[route, r.as_str()])),
@@ -317,6 +325,7 @@ struct RouteMetrics {
     cells: [[RoleMetrics; 2]; 2],
     weight: [prometheus::Gauge; 2],
     comparisons: IntCounter,
+    calibrating: IntCounter,
     divergences: [IntCounter; 3],
     shadow_dropped: [IntCounter; 4],
 }
@@ -328,6 +337,9 @@ pub struct RouteTelemetry {
     pub windows: RouteWindows,
     /// Comparisons over the window: `count` = compared pairs, `errors` = diverging pairs.
     pub comparisons: WindowedStats,
+    /// Legacy compared with itself (the noise-learning copies), counted like `comparisons`:
+    /// how often legacy disagrees with itself, the divergence rule's baseline.
+    pub baseline: WindowedStats,
     pub shadow_in_flight: AtomicUsize,
     pub groups: Groups,
     pub noise: NoiseLearner,
@@ -410,6 +422,7 @@ impl RouteTelemetry {
     pub fn window_stats(&self, now: Instant, window: u64) -> WindowStats {
         let role = |b, r| self.windows.get(b, r).role_stats(now, window);
         let comparisons = self.comparisons.role_stats(now, window);
+        let baseline = self.baseline.role_stats(now, window);
         WindowStats {
             legacy: BackendStats {
                 primary: role(BackendKind::Legacy, Role::Primary),
@@ -421,6 +434,8 @@ impl RouteTelemetry {
             },
             comparisons: comparisons.count,
             divergences: comparisons.errors,
+            baseline_comparisons: baseline.count,
+            baseline_divergences: baseline.errors,
         }
     }
 
@@ -450,6 +465,11 @@ impl RouteTelemetry {
                 error: diff.diverged(),
             },
         );
+    }
+
+    /// Count a compared pair left uncounted while its endpoint's noise is being learned.
+    pub fn comparison_calibrating(&self) {
+        self.metrics.calibrating.inc();
     }
 
     /// Publish the live share (percent) each backend serves.
@@ -488,6 +508,7 @@ impl Telemetry {
                 Arc::new(RouteTelemetry {
                     windows: RouteWindows::new(self.shape, self.origin),
                     comparisons: WindowedStats::new(self.shape, self.origin),
+                    baseline: WindowedStats::new(self.shape, self.origin),
                     shadow_in_flight: AtomicUsize::new(0),
                     groups: Groups::new(MAX_GROUPS),
                     noise: NoiseLearner::new(noise_ttl, NoiseLearner::DEFAULT_MIN_SEEN),

@@ -474,6 +474,47 @@ async fn equal_error_rates_never_roll_back() {
     );
 }
 
+/// Both backends fail 5 % of requests and stamp every answer with a fresh id: about 10 % of the
+/// compared pairs differ — and as many of legacy's pairs with itself (the noise-learning
+/// copies). That is noise, not divergence: nothing rolls back.
+#[tokio::test]
+async fn divergence_no_worse_than_legacy_with_itself_never_rolls_back() {
+    let stamped = |name: &'static str| {
+        Backend::new(name)
+            .errors(0.05)
+            .body_fn(move |_, n| json!({"id": 1, "total": 10, "request_id": format!("{name}-{n}")}))
+    };
+    let site = Site::with("equal-divergence", stamped("legacy"), stamped("new")).await;
+    site.put_spec(json!({
+        "compare": {"body": "json", "learn_noise_percent": 20},
+        "rollback": {"divergence": {"max": 0.01, "for": "1s", "min_samples": 30}},
+    }))
+    .await;
+    site.put_weights(50.0, 50.0, 100.0).await;
+    let proxy = Proxy::start(
+        site.config()
+            .stats_window(Duration::from_secs(5))
+            .stats_slices(50),
+    )
+    .await;
+    wait_new_weight(&proxy, 50.0).await;
+    let load = Load::start(vec![proxy.url("/items")]);
+    // The rule must have been over its threshold with a baseline: else this proves nothing.
+    eventually!(
+        Duration::from_secs(15),
+        async {
+            let c = control(&proxy).await;
+            let v = &c["routes"][ROUTE]["local"]["verdicts"][0]["verdict"];
+            v["outcome"] == "inconclusive" && v["value"].as_f64().is_some_and(|r| r > 0.03)
+        },
+        "divergence over 1% but no worse than legacy's with itself"
+    );
+    assert_no_rollback_for(&site, &proxy, 50.0, Duration::from_secs(8)).await;
+    let (_, server_errors, _) = load.stop().await;
+    assert!(server_errors > 0, "both backends did fail some requests");
+    assert_eq!(rollbacks(&proxy, "divergence").await, 0.0);
+}
+
 // ------------------------------------------------------------------------------ etcd faults
 
 /// A 50/50 route whose proxy reaches etcd through a relay; the relay is cut, then new fails

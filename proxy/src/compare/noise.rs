@@ -131,6 +131,8 @@ pub struct NoiseLearner {
 
 #[derive(Debug, Default)]
 struct GroupNoise {
+    /// Pairs of legacy answers compared so far.
+    pairs: u32,
     sightings: HashMap<String, Sighting>,
     /// The active set last built, valid until the instant given (`None`: forever).
     cached: Option<(NoiseSet, Option<Instant>)>,
@@ -149,6 +151,10 @@ impl NoiseLearner {
     pub const MAX_PATTERNS: usize = 128;
     /// Default number of sightings before a pattern is volatile.
     pub const DEFAULT_MIN_SEEN: u32 = 2;
+    /// Pairs of legacy answers of an endpoint group compared before its comparisons with `new`
+    /// count ([`NoiseLearner::calibrated`]): enough to see a field that varies in every answer
+    /// (2 sightings) at once, and one that varies in half of them with 99 % probability.
+    pub const CALIBRATION_PAIRS: u32 = 10;
 
     /// A learner with the default bounds; `min_seen` 0 counts as 1.
     pub fn new(ttl: Duration, min_seen: u32) -> Self {
@@ -171,12 +177,13 @@ impl NoiseLearner {
         }
     }
 
-    /// Records that `pointers` differed between two legacy answers of `group` at `now`.
-    /// Pointers that generalise to the same pattern count once. Nothing is learned for
-    /// [`OTHER_GROUP`]: it mixes unrelated endpoints, and noise learned on one would hide real
-    /// divergences on the others.
+    /// Records one pair of legacy answers of `group` compared at `now`, and that `pointers`
+    /// differed between them (none: the pair agreed, which still counts towards
+    /// [`NoiseLearner::calibrated`]). Pointers that generalise to the same pattern count once.
+    /// Nothing is learned for [`OTHER_GROUP`]: it mixes unrelated endpoints, and noise learned
+    /// on one would hide real divergences on the others.
     pub fn observe(&self, group: &str, pointers: &[String], now: Instant) {
-        if pointers.is_empty() || group == OTHER_GROUP {
+        if group == OTHER_GROUP {
             return;
         }
         let mut patterns: Vec<String> = pointers.iter().map(|p| generalise_pointer(p)).collect();
@@ -199,6 +206,7 @@ impl NoiseLearner {
         let Some(noise) = groups.get_mut(group) else {
             return;
         };
+        noise.pairs = noise.pairs.saturating_add(1);
         for pattern in patterns {
             let count = match noise.sightings.get_mut(&pattern) {
                 Some(sighting) => {
@@ -264,6 +272,18 @@ impl NoiseLearner {
                 (!patterns.is_empty()).then(|| (group.clone(), patterns))
             })
             .collect()
+    }
+
+    /// Whether `group` has had [`Self::CALIBRATION_PAIRS`] pairs of legacy answers compared:
+    /// before that, what is noise and what is divergence cannot be told apart, so its
+    /// comparisons with `new` do not count. [`OTHER_GROUP`], where nothing is learned, always
+    /// is.
+    pub fn calibrated(&self, group: &str) -> bool {
+        group == OTHER_GROUP
+            || self
+                .lock()
+                .get(group)
+                .is_some_and(|noise| noise.pairs >= Self::CALIBRATION_PAIRS)
     }
 
     /// Forgets everything learned (e.g. when the route's compare rules change).
@@ -416,6 +436,22 @@ mod tests {
         assert!(learner.learned(t0).is_empty());
         learner.observe(OTHER_GROUP, &p(&["/x"]), t0);
         assert!(learner.noise(OTHER_GROUP, t0).is_empty());
+    }
+
+    #[test]
+    fn a_group_is_calibrated_after_enough_legacy_pairs_agreeing_or_not() {
+        let learner = NoiseLearner::new(TTL, 2);
+        let t0 = Instant::now();
+        assert!(!learner.calibrated("g"));
+        for i in 1..NoiseLearner::CALIBRATION_PAIRS {
+            let pointers = if i % 2 == 0 { p(&["/ts"]) } else { Vec::new() };
+            learner.observe("g", &pointers, t0);
+        }
+        assert!(!learner.calibrated("g"), "one pair short");
+        learner.observe("g", &[], t0);
+        assert!(learner.calibrated("g"));
+        assert!(!learner.calibrated("other endpoint"));
+        assert!(learner.calibrated(OTHER_GROUP), "nothing is learned there");
     }
 
     #[test]
