@@ -1100,6 +1100,44 @@ async fn the_shadow_phase_gate_marks_the_route_and_blocks_resume_until_a_write()
     assert_eq!(failed, 0);
 }
 
+/// Two instances in shadow both see new diverge: one record in etcd, one event, one webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_record_a_shadow_phase_breach_once() {
+    let (site, _bad) = switchable_divergence("gate-fleet").await;
+    let hook = Backend::new("hook").run().await;
+    site.put_spec(json!({
+        "compare": {"body": "json"},
+        "rollback": divergence_rule("1s", 30),
+    }))
+    .await;
+    site.put_weights(100.0, 0.0, 100.0).await;
+    let hook_url = format!("http://{}/hooks/cutover", hook.addr());
+    let a = Proxy::start(site.config().instance("gate-a").webhook(&hook_url)).await;
+    let b = Proxy::start(site.config().instance("gate-b").webhook(&hook_url)).await;
+    a.wait_for_shadow(ROUTE, 100.0).await;
+    b.wait_for_shadow(ROUTE, 100.0).await;
+    let load = Load::start(vec![a.url("/items"), b.url("/items")]);
+    wait_rolled_back_locally(&a, Duration::from_secs(15)).await;
+    wait_rolled_back_locally(&b, Duration::from_secs(15)).await;
+    eventually!(
+        APPLIED,
+        async { !hook.requests_to("/hooks/cutover").is_empty() },
+        "the webhook receives the event"
+    );
+    // Both instances have settled their writes (each retries only while etcd is unreachable).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.stop().await;
+    let status = site.get_json("status").await.unwrap();
+    assert_eq!(status["rollback"]["gate"], "shadow", "{status}");
+    let by = status["rollback"]["by"].as_str().unwrap().to_string();
+    let events = site.events().await;
+    let rollbacks: Vec<_> = events.iter().filter(|e| e["kind"] == "rollback").collect();
+    assert_eq!(rollbacks.len(), 1, "{events:?}");
+    assert_eq!(rollbacks[0]["by"], by.as_str());
+    assert_eq!(hook.requests_to("/hooks/cutover").len(), 1);
+    assert_eq!(site.weights_new().await, Some(0.0));
+}
+
 /// The shadow-phase gate without etcd: in-process, until the file's weights change.
 #[tokio::test]
 async fn the_shadow_phase_gate_works_in_process_without_etcd() {

@@ -449,7 +449,11 @@ impl Controller {
         match &self.store {
             Store::Local => self.view.push_event(&route.id, &event),
             Store::Etcd(writer, _) if gate.is_some() => {
-                writer.gate(&route.id, route.weights_revision, record, event.clone())
+                // Several instances may breach on the same weights: the one whose record
+                // lands notifies.
+                let notify = self.notifier.clone();
+                writer.gate(&route.id, route.weights_revision, record, event, notify);
+                return;
             }
             Store::Etcd(writer, _) => {
                 writer.rollback(&route.id, route.weights_revision, to, record, event.clone())

@@ -11,7 +11,7 @@ use cutover_config::{EtcdSettings, Phase, Weights};
 use etcd_client::{Client, ConnectOptions, Txn, TxnOp};
 use tracing::{info, warn};
 
-use super::LiveRoute;
+use super::{LiveRoute, Notifier};
 use crate::keys::{unchanged, Keys};
 use crate::model::{unix_millis_now, Event, RollbackRecord, Status};
 
@@ -102,13 +102,15 @@ impl EtcdWriter {
     /// status `rolled_back` for those weights and the event, in one transaction guarded on the
     /// weights' revision and on the status as read. The weights are not touched; an operator's
     /// newer write wins; when several instances breach on the same weights, the first one's
-    /// record stands. Retried like a rollback while etcd does not answer.
+    /// record stands, and only its instance posts the webhook (`notify`), once it landed.
+    /// Retried like a rollback while etcd does not answer.
     pub(super) fn gate(
         &self,
         route: &str,
         weights_revision: i64,
         record: RollbackRecord,
         event: Event,
+        notify: Option<Notifier>,
     ) {
         let this = self.clone();
         let route = route.to_string();
@@ -121,6 +123,9 @@ impl EtcdWriter {
                 {
                     Ok(Some(rev)) => {
                         info!(%route, revision = rev, "shadow-phase rollback written to etcd (weights kept)");
+                        if let Some(n) = &notify {
+                            n.send(&route, &event);
+                        }
                         return;
                     }
                     Ok(None) => {
