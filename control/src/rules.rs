@@ -338,21 +338,39 @@ pub fn latency_p99(
     require_significance(v)
 }
 
+/// Comparisons of legacy with itself the `divergence` rule waits for while noise learning is on
+/// (or `min_samples`, when smaller). Fewer make the two-proportion test so wide that it could
+/// not tell 20 % from 2 %; more would keep a low-traffic route without a verdict for long.
+pub const BASELINE_MIN: u64 = 30;
+
 /// `divergence`: the share of compared pairs that differ above `max` — and, when legacy was
-/// compared with itself at least `min_samples` times in the window (noise learning's copies),
-/// significantly above the share of those pairs that differ: differences legacy has with itself
-/// as often (independent errors on both backends, an unlearnt volatile field) are noise.
+/// compared with itself in the window (noise learning's copies), significantly above the share
+/// of those pairs that differ: differences legacy has with itself as often (independent errors
+/// on both backends, a volatile field not learnt yet) are noise. While noise learning is on
+/// ([`WindowStats::baseline_expected`]) the rule has no data until that baseline has
+/// [`BASELINE_MIN`] pairs.
 pub fn divergence(max: f64, min_samples: u64, stats: &WindowStats) -> Verdict {
     let rule = RuleKind::Divergence;
     let n = stats.comparisons;
     if n < min_samples.max(1) {
         return Verdict::no_data(rule, n, format!("{n} of {min_samples} comparisons"));
     }
+    let baseline_min = BASELINE_MIN.min(min_samples).max(1);
+    if stats.baseline_expected && stats.baseline_comparisons < baseline_min {
+        return Verdict::no_data(
+            rule,
+            n,
+            format!(
+                "{} of {baseline_min} comparisons of legacy with itself (noise learning)",
+                stats.baseline_comparisons
+            ),
+        );
+    }
     against_baseline(
         rate_verdict(rule, "divergence rate", stats.divergences, n, max),
         (stats.divergences, n),
         (stats.baseline_divergences, stats.baseline_comparisons),
-        min_samples,
+        baseline_min,
         "legacy vs itself",
         "new differs from legacy no more than legacy from itself",
     )
@@ -665,13 +683,23 @@ mod tests {
         // New diverging 20 % stands out against the same baseline.
         w.divergences = 20_000;
         assert_eq!(divergence(0.01, 100, &w).outcome, Outcome::Fail);
-        // Too few baseline pairs: the threshold alone decides.
+        // No baseline (noise learning off): the threshold alone decides.
         w.divergences = 2_000;
-        w.baseline_comparisons = 99;
-        w.baseline_divergences = 2;
+        w.baseline_comparisons = 0;
+        w.baseline_divergences = 0;
         let v = divergence(0.01, 100, &w);
         assert_eq!(v.outcome, Outcome::Fail, "{}", v.summary);
         assert_eq!(v.baseline, None);
+        // Noise learning on, but its baseline still too thin: no data, never a failure.
+        w.baseline_expected = true;
+        w.baseline_comparisons = BASELINE_MIN - 1;
+        let v = divergence(0.01, 100, &w);
+        assert_eq!(v.outcome, Outcome::NoData, "{}", v.summary);
+        // A 30-pair baseline is thin: 2 % cannot be told from legacy's own 0 of 30, 20 % can.
+        w.baseline_comparisons = BASELINE_MIN;
+        assert_eq!(divergence(0.01, 100, &w).outcome, Outcome::Inconclusive);
+        w.divergences = 20_000;
+        assert_eq!(divergence(0.01, 100, &w).outcome, Outcome::Fail);
     }
 
     #[tokio::test(start_paused = true)]

@@ -94,6 +94,9 @@ pub struct WindowStats {
     pub baseline_comparisons: u64,
     /// Of those, the pairs that differed.
     pub baseline_divergences: u64,
+    /// Legacy is being compared with itself on this route (noise learning is on): the
+    /// `divergence` rule waits for that baseline rather than judge without it.
+    pub baseline_expected: bool,
 }
 
 impl WindowStats {
@@ -107,6 +110,7 @@ impl WindowStats {
         self.divergences += other.divergences;
         self.baseline_comparisons += other.baseline_comparisons;
         self.baseline_divergences += other.baseline_divergences;
+        self.baseline_expected |= other.baseline_expected;
     }
 
     /// The JSON form published under `stats/<route>/<instance>`.
@@ -118,6 +122,7 @@ impl WindowStats {
             divergences: self.divergences,
             baseline_comparisons: self.baseline_comparisons,
             baseline_divergences: self.baseline_divergences,
+            baseline_expected: self.baseline_expected,
         }
     }
 }
@@ -150,6 +155,8 @@ pub struct WireWindow {
     pub baseline_comparisons: u64,
     #[serde(default)]
     pub baseline_divergences: u64,
+    #[serde(default)]
+    pub baseline_expected: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +215,7 @@ impl WireWindow {
             divergences: self.divergences,
             baseline_comparisons: self.baseline_comparisons,
             baseline_divergences: self.baseline_divergences,
+            baseline_expected: self.baseline_expected,
         })
     }
 }
@@ -284,6 +292,7 @@ mod tests {
         w.divergences = 2;
         w.baseline_comparisons = 3;
         w.baseline_divergences = 1;
+        w.baseline_expected = true;
         let json = serde_json::to_string(&w.to_wire()).unwrap();
         let back: WireWindow = serde_json::from_str(&json).unwrap();
         assert_eq!(back.decode().unwrap(), w);

@@ -225,7 +225,11 @@ impl DataPlane for Shared {
     fn window(&self, route: &str, window: u64) -> Option<WindowStats> {
         let snapshot = self.snapshot.load();
         let r = snapshot.route(route)?;
-        Some(r.telemetry.window_stats(std::time::Instant::now(), window))
+        let learning = r.spec.compare.learn_noise_percent > 0.0;
+        Some(
+            r.telemetry
+                .window_stats(std::time::Instant::now(), window, learning),
+        )
     }
 
     fn set_override(&self, route: &str, o: Override) {

@@ -418,8 +418,8 @@ impl RouteTelemetry {
     }
 
     /// The route's statistics of evaluation window `window`, within the time window ending
-    /// `now`.
-    pub fn window_stats(&self, now: Instant, window: u64) -> WindowStats {
+    /// `now`; `baseline_expected` when the route compares legacy with itself (noise learning).
+    pub fn window_stats(&self, now: Instant, window: u64, baseline_expected: bool) -> WindowStats {
         let role = |b, r| self.windows.get(b, r).role_stats(now, window);
         let comparisons = self.comparisons.role_stats(now, window);
         let baseline = self.baseline.role_stats(now, window);
@@ -436,6 +436,7 @@ impl RouteTelemetry {
             divergences: comparisons.errors,
             baseline_comparisons: baseline.count,
             baseline_divergences: baseline.errors,
+            baseline_expected,
         }
     }
 

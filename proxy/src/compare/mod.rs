@@ -226,10 +226,15 @@ pub fn compare(
 /// The JSON Pointers at which two answers of the SAME backend (a legacy answer and its repeat)
 /// differ, for [`NoiseLearner::observe`]: `ignore_json_paths` removed, learned noise NOT removed
 /// (so that a learned pattern is seen again and stays learned). Empty unless both bodies are
-/// complete JSON and `compare.body` is `json`.
+/// complete JSON, `compare.body` is `json`, and both answers have the same status: an error
+/// answer next to a normal one differs in every field, and none of them is noise.
 pub fn noise_pointers(policy: &ComparePolicy, first: &Answer, second: &Answer) -> Vec<String> {
     let (a, b) = (&first.body, &second.body);
-    if policy.body != BodyCompare::Json || a.same_bytes(b) || !(a.complete() && b.complete()) {
+    if policy.body != BodyCompare::Json
+        || first.status != second.status
+        || a.same_bytes(b)
+        || !(a.complete() && b.complete())
+    {
         return Vec::new();
     }
     json_differences(
@@ -532,6 +537,9 @@ mod tests {
         };
         assert!(noise_pointers(&bytes, &a, &b).is_empty());
         assert!(noise_pointers(&p, &a, &answer(200, &[], "<html>")).is_empty());
+        // A legacy error next to a normal answer teaches nothing: its fields are not noise.
+        let error = answer(500, &[], r#"{"error": "boom"}"#);
+        assert!(noise_pointers(&p, &a, &error).is_empty());
     }
 
     #[test]
