@@ -7,7 +7,7 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 
-.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time routes-memory soak bench pingora-floor bench-smoke clean
+.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time judgement routes-memory soak bench pingora-floor bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -53,6 +53,14 @@ rollback-time:
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
 	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench rollback-time --runs 20
 
+## False and missed rollbacks: each rule's fault -> rollback over 10 runs (for = 5s), and an hour of
+## A/A traffic that must not roll back (release). Report in bench/reports/judgement.md.
+judgement:
+	@scripts/prereqs.sh build
+	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
+	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench judgement --aa 1h \
+	  --markdown bench/reports/judgement.md
+
 ## Memory with many routes (40 by default), each split 50/50 and shadowed 100 %: peak RSS and
 ## its growth per route, from the sliding-window statistics (release).
 ## ROUTES_MEMORY_ARGS="--threads 8 --routes 100" for other shapes.
@@ -93,7 +101,7 @@ pingora-floor:
 	scripts/bench-prereqs.sh
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench --features cutover-bench/pingora-floor
 	t="$${CARGO_TARGET_DIR:-target}"; CUTOVER_BIN="$$t/release/cutover" "$$t/release/cutover-bench" report \
-	  --targets direct,cutover,pingora,nginx --propagation-changes 0 --rollback-runs 0 \
+	  --targets direct,cutover,pingora,nginx --propagation-changes 0 --rollback-runs 0 --judgement-runs 0 \
 	  --markdown bench/reports/pingora-floor.md --charts-dir bench/reports/pingora-floor \
 	  --made-by "make pingora-floor" --step "scripts/prereqs.sh build" --step scripts/bench-prereqs.sh \
 	  --step "$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench --features cutover-bench/pingora-floor"

@@ -1,7 +1,8 @@
 //! The `cutover-bench` command line: the standard benchmark report (`report`, what `make bench` runs), its
 //! backend process (`backend`), closed- and open-loop load against a URL with HDR percentiles
 //! (`load`), the etcd → traffic propagation scenario (`propagation`), the shadow CPU-cost
-//! scenario (`shadow-cost`), fault → rollback time (`rollback-time`) and the soak (`soak`).
+//! scenario (`shadow-cost`), fault → rollback time (`rollback-time`), false and missed
+//! rollbacks (`judgement`) and the soak (`soak`).
 //!
 //! It lives in the library, and the binary only calls [`main`]: the futures it runs (the
 //! suite, the scenarios, the backend's and generator's hyper and etcd clients) are then
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::backend::{self, BackendOptions};
+use crate::judgement::{self, JudgementOptions};
 use crate::propagation::{self, PropagationOptions};
 use crate::report::{self, Output};
 use crate::rollback_time::{self, RollbackTimeOptions};
@@ -80,6 +82,19 @@ enum Command {
     /// answered. Prints p50/p99/max and whether p99 ≤ window + 1 s. Exit 0 when every run rolled
     /// back, 2 otherwise.
     RollbackTime(RollbackTimeArgs),
+    /// False and missed rollbacks: each rule's detection of a fault in `new`, and an A/A run.
+    ///
+    /// Starts, all at once, one lane per rule and one A/A lane, each with its own legacy and
+    /// new backends (in-process; 1 % errors on both throughout, JSON answers with volatile
+    /// fields), the real proxy on its file source (binary: $CUTOVER_BIN, else <target
+    /// dir>/debug/cutover) with a 50/50 route, shadow 100, JSON compare learning noise, and the
+    /// default rules at `for = HOLD`, under closed-loop load. Detection: RUNS runs per rule of
+    /// fault → no live traffic to new (6 % errors, latency × 3, 20 % of answers diverging),
+    /// with the rule that fired. A/A: no fault for AA; every rollback is recorded and re-armed,
+    /// each rule's verdict read every 500 ms. Prints Markdown (also written to --markdown).
+    /// Exit 0 when every target was met (detection p99 ≤ for + 1 s with none missed, no
+    /// rollback in the A/A run), 2 otherwise.
+    Judgement(JudgementArgs),
     /// Steady load for a long time (default 1 h); the proxy's RSS, open files, upstream
     /// connections, threads and runtime tasks must stay flat (RELIABILITY.md case 58).
     ///
@@ -167,6 +182,30 @@ struct RollbackTimeArgs {
 }
 
 #[derive(Debug, Args)]
+struct JudgementArgs {
+    /// Detection runs per rule (0: only the A/A run).
+    #[arg(long, default_value_t = JudgementOptions::default().runs as u32,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    runs: u32,
+    /// Every rule's `for`.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+    /// `[stats] window`, the rules' evaluation window.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// Length of the A/A run (0s: none).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    aa: Duration,
+    /// Closed-loop connections per lane.
+    #[arg(long, short, default_value_t = JudgementOptions::default().connections as u32,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    connections: u32,
+    /// Also write the report here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct LoadArgs {
     /// Target URL, e.g. http://127.0.0.1:8080/orders
     url: hyper::Uri,
@@ -217,6 +256,10 @@ struct ReportArgs {
     /// Runs of the fault → rollback scenario (0 skips it).
     #[arg(long, default_value_t = 20)]
     rollback_runs: u32,
+    /// Detection runs per rule of the judgement scenario, beside its 2-minute A/A run (0 skips
+    /// the whole scenario).
+    #[arg(long, default_value_t = 3)]
+    judgement_runs: u32,
     /// Do not pin the generator and the servers to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -287,6 +330,7 @@ pub fn main() -> ExitCode {
         Command::Propagation(_)
         | Command::ShadowCost(_)
         | Command::RollbackTime(_)
+        | Command::Judgement(_)
         | Command::RoutesMemory(_)
         | Command::Soak(_) => 2,
     };
@@ -317,6 +361,7 @@ pub fn main() -> ExitCode {
         Command::Propagation(args) => propagation(&rt, args),
         Command::ShadowCost(args) => shadow_cost(&rt, args),
         Command::RollbackTime(args) => rollback_time(&rt, args),
+        Command::Judgement(args) => judgement(&rt, args),
         Command::Soak(args) => soak(&rt, args),
         Command::RoutesMemory(args) => routes_memory(&rt, args),
         Command::Report(_) | Command::Backend(_) => unreachable!("handled above"),
@@ -407,6 +452,10 @@ fn report(rt: &tokio::runtime::Runtime, args: ReportArgs) -> ExitCode {
     opts.rollback_time = (args.rollback_runs > 0 && !args.smoke).then(|| RollbackTimeOptions {
         runs: args.rollback_runs as usize,
         ..RollbackTimeOptions::default()
+    });
+    opts.judgement = (args.judgement_runs > 0 && !args.smoke).then(|| JudgementOptions {
+        runs: args.judgement_runs as usize,
+        ..suite::standard_judgement()
     });
     let present = opts
         .targets
@@ -603,6 +652,46 @@ fn rollback_time(rt: &tokio::runtime::Runtime, args: RollbackTimeArgs) -> ExitCo
     };
     println!("`{}`\n\n{}", command_line(), report.to_markdown());
     if report.missed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn judgement(rt: &tokio::runtime::Runtime, args: JudgementArgs) -> ExitCode {
+    let opts = JudgementOptions {
+        runs: args.runs as usize,
+        hold: args.hold,
+        window: args.window,
+        aa: args.aa,
+        connections: args.connections as usize,
+        ..JudgementOptions::default()
+    };
+    let report = match run_scenario(rt, "judgement", async move {
+        judgement::run(&opts, |line| eprintln!("{line}")).await
+    }) {
+        Ok(report) => report,
+        Err(code) => return code,
+    };
+    let markdown = format!(
+        "## cutover judgement: false and missed rollbacks\n\nCommand: `{}`\n\n{}",
+        command_line(),
+        report.to_markdown()
+    );
+    println!("{markdown}");
+    if let Some(path) = &args.markdown {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!("cutover-bench judgement: creating {}: {e}", dir.display());
+                return ExitCode::from(2);
+            }
+        }
+        if let Err(e) = std::fs::write(path, &markdown) {
+            eprintln!("cutover-bench judgement: writing {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if report.targets_met() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

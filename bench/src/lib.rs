@@ -4,13 +4,14 @@
 //! HAProxy, and on request pingora's own minimal proxy), the standard suite ([`suite`]: interleaved rounds, CPU per request, peak RSS,
 //! upstream connections, noise checks) and its report ([`report`], [`charts`]: Markdown and
 //! SVG). Scenarios: [`propagation`] (etcd write → traffic follows), [`shadow_cost`],
-//! [`rollback_time`], [`soak`] (an hour of steady load: resources stay flat) and
-//! [`routes_memory`] (memory per route with many routes).
+//! [`rollback_time`], [`judgement`] (false and missed rollbacks), [`soak`] (an hour of steady
+//! load: resources stay flat) and [`routes_memory`] (memory per route with many routes).
 //! `make bench` runs the suite and writes `BENCHMARKS.md`; see `cutover-bench --help`.
 
 pub mod backend;
 pub mod charts;
 pub mod cli;
+pub mod judgement;
 pub mod load;
 pub mod propagation;
 pub mod report;

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::charts;
+use crate::judgement::{JudgementOptions, JudgementReport, Rule};
 use crate::suite::{ControlPlane, Phase, Run, SuiteReport};
 use crate::sys;
 use crate::targets::TargetKind;
@@ -215,6 +216,9 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
             Err(why) => not_evaluated(name, wanted, why),
         });
     }
+    if let (Some(j), Some(options)) = (r.judgement(), &r.options.judgement) {
+        judgement_goals(&mut goals, j, options);
+    }
     if let Some(p) = r.propagation() {
         let (name, wanted) = (
             "Propagation",
@@ -240,6 +244,93 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
         });
     }
     goals
+}
+
+/// One detection goal per rule and the A/A goal of the judgement scenario.
+fn judgement_goals(
+    goals: &mut Vec<Goal>,
+    j: &Result<JudgementReport, String>,
+    options: &JudgementOptions,
+) {
+    let secs = |d: Option<std::time::Duration>| {
+        d.map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+    };
+    if options.runs > 0 {
+        for rule in Rule::ALL {
+            let (name, wanted) = (
+                rule.goal_name(),
+                format!(
+                    "{} → no live traffic to new, p99 ≤ for + 1 s = {:.0} s, none missed",
+                    rule.fault(options),
+                    options.target().as_secs_f64()
+                ),
+            );
+            goals.push(match j.as_ref().map(|j| j.detection(rule)) {
+                Ok(Some(d)) => Goal {
+                    name,
+                    wanted,
+                    measured: format!(
+                        "p50 {}, p99 {} over {} runs ({} missed{}); fired: {}",
+                        secs(d.quantile(0.5)),
+                        secs(d.quantile(0.99)),
+                        d.runs(),
+                        d.missed,
+                        if d.unarmed > 0 {
+                            format!(", {} never armed", d.unarmed)
+                        } else {
+                            String::new()
+                        },
+                        d.fired_summary()
+                    ),
+                    verdict: Verdict::of(d.target_met(options.target())),
+                },
+                Ok(None) => not_evaluated(name, wanted, "no detection run"),
+                Err(why) => not_evaluated(name, wanted, why),
+            });
+        }
+    }
+    let (name, wanted) = (
+        "False rollbacks",
+        format!(
+            "0 rollbacks in an A/A run of {} (default rules, for = {})",
+            humantime::format_duration(options.aa),
+            humantime::format_duration(options.hold)
+        ),
+    );
+    goals.push(match j.as_ref().map(|j| j.aa.as_ref()) {
+        Ok(Some(aa)) => {
+            let mut measured = format!(
+                "{} rollback(s) in {:.0} s, {} requests",
+                aa.rollbacks.len(),
+                aa.elapsed.as_secs_f64(),
+                aa.requests
+            );
+            let mut by_rule: std::collections::BTreeMap<&str, usize> = Default::default();
+            for r in &aa.rollbacks {
+                *by_rule.entry(r.rule.as_str()).or_default() += 1;
+            }
+            if !by_rule.is_empty() {
+                let rules: Vec<String> = by_rule.iter().map(|(r, n)| format!("{r} ×{n}")).collect();
+                let _ = write!(measured, " ({})", rules.join(", "));
+            }
+            let fails: Vec<String> = aa
+                .outcomes
+                .iter()
+                .map(|(rule, c)| format!("{rule} {:.1} %", c.fail_share() * 100.0))
+                .collect();
+            if !fails.is_empty() {
+                let _ = write!(measured, "; single evaluations fail: {}", fails.join(", "));
+            }
+            Goal {
+                name,
+                wanted,
+                measured,
+                verdict: Verdict::of(aa.rollbacks.is_empty()),
+            }
+        }
+        Ok(None) => not_evaluated(name, wanted, "no A/A run"),
+        Err(why) => not_evaluated(name, wanted, why),
+    });
 }
 
 fn not_evaluated(name: &'static str, wanted: String, why: &str) -> Goal {
@@ -876,6 +967,19 @@ fn control_plane(w: &mut String, r: &SuiteReport) {
             }
             ControlPlane::FaultRollback(Err(why)) => {
                 let _ = writeln!(w, "### Fault → automatic rollback\n\nNot run: {why}.\n");
+            }
+            ControlPlane::Judgement(Ok(j)) => {
+                let _ = writeln!(
+                    w,
+                    "### Judgement: false and missed rollbacks\n\n{}",
+                    j.to_markdown()
+                );
+            }
+            ControlPlane::Judgement(Err(why)) => {
+                let _ = writeln!(
+                    w,
+                    "### Judgement: false and missed rollbacks\n\nNot run: {why}.\n"
+                );
             }
         }
     }

@@ -19,12 +19,13 @@
 //!
 //! Target (issue 6): p99 ≤ window + 1 s.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cutover_tests::{Backend, Client, Proxy, ProxyConfig, Route, RunningBackend};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -82,10 +83,7 @@ pub struct RollbackTimeReport {
 impl RollbackTimeReport {
     /// The `q` quantile (0–1) by nearest rank.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let mut t = self.times.clone();
-        t.sort();
-        let i = ((q * t.len() as f64).ceil() as usize).clamp(1, t.len().max(1)) - 1;
-        t.get(i).copied()
+        nearest_rank(&self.times, q)
     }
 
     pub fn target(&self) -> Duration {
@@ -147,51 +145,89 @@ fn config(
         )
 }
 
-/// Closed-loop load recording the send time of the last request `new` answered.
-struct Load {
-    stop: Arc<AtomicBool>,
-    last_new_send: Arc<Mutex<Option<Instant>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// Closed-loop load: counts requests and errors, and records the send time of the last
+/// request `new` answered.
+pub(crate) struct Load {
+    shared: Arc<LoadShared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct LoadShared {
+    stop: AtomicBool,
+    requests: AtomicU64,
+    new_requests: AtomicU64,
+    errors: AtomicU64,
+    last_new_send: Mutex<Option<Instant>>,
 }
 
 impl Load {
-    fn start(url: String, connections: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let last_new_send = Arc::new(Mutex::new(None));
+    pub(crate) fn start(url: String, connections: usize) -> Load {
+        let shared = Arc::new(LoadShared::default());
         let tasks = (0..connections.max(1))
             .map(|_| {
-                let (url, stop, last) = (url.clone(), stop.clone(), last_new_send.clone());
+                let (url, shared) = (url.clone(), shared.clone());
                 tokio::spawn(async move {
                     let client = Client::new().with_timeout(Duration::from_secs(5));
-                    while !stop.load(Ordering::Relaxed) {
+                    while !shared.stop.load(Ordering::Relaxed) {
                         let sent = Instant::now();
-                        if let Ok(r) = client.get(&url).await {
-                            if r.backend().as_deref() == Some("new") {
-                                let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
-                                *l = Some(l.map_or(sent, |t: Instant| t.max(sent)));
-                            }
+                        shared.requests.fetch_add(1, Ordering::Relaxed);
+                        let Ok(r) = client.get(&url).await else {
+                            shared.errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        if !r.status.is_success() {
+                            shared.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if r.backend().as_deref() == Some("new") {
+                            shared.new_requests.fetch_add(1, Ordering::Relaxed);
+                            let mut l = shared
+                                .last_new_send
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner());
+                            *l = Some(l.map_or(sent, |t: Instant| t.max(sent)));
                         }
                     }
                 })
             })
             .collect();
-        Load {
-            stop,
-            last_new_send,
-            tasks,
-        }
+        Load { shared, tasks }
     }
 
-    fn last_new_send(&self) -> Option<Instant> {
-        *self.last_new_send.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
     }
 
-    async fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
+    pub(crate) fn new_requests(&self) -> u64 {
+        self.shared.new_requests.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn errors(&self) -> u64 {
+        self.shared.errors.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn last_new_send(&self) -> Option<Instant> {
+        *self
+            .shared
+            .last_new_send
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) async fn stop(self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             let _ = t.await;
         }
     }
+}
+
+/// The `q` quantile (0–1) of `times` by nearest rank; `None` when empty.
+pub(crate) fn nearest_rank(times: &[Duration], q: f64) -> Option<Duration> {
+    let mut t = times.to_vec();
+    t.sort();
+    let i = ((q * t.len() as f64).ceil() as usize).clamp(1, t.len().max(1)) - 1;
+    t.get(i).copied()
 }
 
 async fn phase(proxy: &Proxy) -> Option<String> {

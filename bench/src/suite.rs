@@ -12,8 +12,9 @@
 //!    cutover's when nginx is not installed), latency from the intended send time
 //!    ([`Phase::Open1k`]);
 //! 5. 1,000 concurrent connections against every proxy, for peak RSS ([`Phase::Crowd`]);
-//! 6. control-plane scenarios: [`crate::propagation`] when etcd is installed, and
-//!    [`crate::rollback_time`] (fault → no more live traffic to `new`).
+//! 6. control-plane scenarios: [`crate::propagation`] when etcd is installed,
+//!    [`crate::rollback_time`] (fault → no more live traffic to `new`) and a short
+//!    [`crate::judgement`] (false and missed rollbacks: each rule's detection, an A/A run).
 //!
 //! Pinning: the load generator (this process) runs on one CPU, the backend and every proxy
 //! (each single-threaded) on another, so the generator never competes with what it measures.
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 
 use crate::backend::{BackendCounts, BackendOptions, BackendProcess, BODY_1K_PATH, BODY_64K_PATH};
+use crate::judgement::{self, JudgementOptions, JudgementReport};
 use crate::load::{histogram, run_closed_loop, run_open_loop, ClosedLoop, OpenLoop, Report};
 use crate::propagation::{self, PropagationOptions, PropagationReport};
 use crate::rollback_time::{self, RollbackTimeOptions, RollbackTimeReport};
@@ -122,6 +124,18 @@ pub struct SuiteOptions {
     pub propagation: Option<PropagationOptions>,
     /// Run the fault → rollback scenario.
     pub rollback_time: Option<RollbackTimeOptions>,
+    /// Run the judgement scenario (false and missed rollbacks).
+    pub judgement: Option<JudgementOptions>,
+}
+
+/// The suite's short judgement scenario: 3 detection runs per rule and a 2-minute A/A run, all
+/// lanes at once (about 2 minutes; `make judgement` runs the full one).
+pub fn standard_judgement() -> JudgementOptions {
+    JudgementOptions {
+        runs: 3,
+        aa: Duration::from_secs(120),
+        ..JudgementOptions::default()
+    }
 }
 
 impl SuiteOptions {
@@ -165,6 +179,7 @@ impl SuiteOptions {
             backend: BackendOptions::default(),
             propagation: Some(PropagationOptions::default()),
             rollback_time: Some(RollbackTimeOptions::default()),
+            judgement: Some(standard_judgement()),
         }
     }
 
@@ -200,6 +215,8 @@ impl SuiteOptions {
                 connections: 4,
                 lanes: 1,
             }),
+            // Minutes of waiting by design; bench/tests/judgement.rs runs a short one.
+            judgement: None,
             ..SuiteOptions::standard(bench_bin)
         }
     }
@@ -367,6 +384,8 @@ pub enum ControlPlane {
     Propagation(Result<PropagationReport, String>),
     /// Injected backend fault → no more live traffic to `new` ([`crate::rollback_time`]).
     FaultRollback(Result<RollbackTimeReport, String>),
+    /// False and missed rollbacks ([`crate::judgement`]).
+    Judgement(Result<JudgementReport, String>),
 }
 
 /// Everything a suite run measured.
@@ -462,14 +481,21 @@ impl SuiteReport {
     pub fn propagation(&self) -> Option<&Result<PropagationReport, String>> {
         self.control_plane.iter().find_map(|c| match c {
             ControlPlane::Propagation(p) => Some(p),
-            ControlPlane::FaultRollback(_) => None,
+            _ => None,
         })
     }
 
     pub fn rollback_time(&self) -> Option<&Result<RollbackTimeReport, String>> {
         self.control_plane.iter().find_map(|c| match c {
             ControlPlane::FaultRollback(r) => Some(r),
-            ControlPlane::Propagation(_) => None,
+            _ => None,
+        })
+    }
+
+    pub fn judgement(&self) -> Option<&Result<JudgementReport, String>> {
+        self.control_plane.iter().find_map(|c| match c {
+            ControlPlane::Judgement(r) => Some(r),
+            _ => None,
         })
     }
 }
@@ -1032,6 +1058,19 @@ pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, Stri
         let o = o.clone();
         let outcome = tokio::spawn(async move { rollback_time::run(&o, |_, _| {}).await }).await;
         control_plane.push(ControlPlane::FaultRollback(
+            outcome.map_err(|e| format!("the scenario could not run: {e}")),
+        ));
+        ui.done();
+    }
+    if let Some(o) = &opts.judgement {
+        ui.start(&format!(
+            "judgement: {} detection runs per rule, {} A/A",
+            o.runs,
+            humantime::format_duration(o.aa)
+        ));
+        let o = o.clone();
+        let outcome = tokio::spawn(async move { judgement::run(&o, |_| {}).await }).await;
+        control_plane.push(ControlPlane::Judgement(
             outcome.map_err(|e| format!("the scenario could not run: {e}")),
         ));
         ui.done();
