@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::rollback_time::{nearest_rank, Load};
+use crate::rollback_time::{lane_config, nearest_rank, Load};
 use bytes::Bytes;
 use cutover_tests::proxy::toml_duration;
 use cutover_tests::{Client, Proxy, ProxyConfig, Route};
@@ -893,20 +893,16 @@ fn config(
     new: SocketAddr,
     new_weight: f64,
 ) -> ProxyConfig {
-    let slices = (o.window.as_millis() / 100).clamp(1, 600) as u32;
-    ProxyConfig::new()
-        .set("threads", "1")
-        .stats_window(o.window)
-        .stats_slices(slices)
-        .route(
-            Route::new(ROUTE)
-                .legacy_endpoints([legacy])
-                .new_endpoints([new])
-                .weights(100.0 - new_weight, new_weight)
-                .shadow(100)
-                .compare_block("body = \"json\", learn_noise_percent = 10")
-                .line(&o.rules_toml()),
-        )
+    lane_config(
+        o.window,
+        Route::new(ROUTE)
+            .legacy_endpoints([legacy])
+            .new_endpoints([new])
+            .weights(100.0 - new_weight, new_weight)
+            .shadow(100)
+            .compare_block("body = \"json\", learn_noise_percent = 10")
+            .line(&o.rules_toml()),
+    )
 }
 
 /// The admin API, read with a pooled client that tolerates a failed request (an hour-long run

@@ -128,21 +128,28 @@ fn config(
     new: &RunningBackend,
     new_weight: f64,
 ) -> ProxyConfig {
-    let slices = (o.window.as_millis() / 100).clamp(1, 600) as u32;
+    lane_config(
+        o.window,
+        Route::new("bench")
+            .legacy_endpoints([legacy.addr()])
+            .new_endpoints([new.addr()])
+            .weights(100.0 - new_weight, new_weight)
+            .line(&format!(
+                "rollback = {{ error_rate = {{ max = 0.05, for = {}, min_requests = 100 }} }}",
+                cutover_tests::proxy::toml_duration(o.hold)
+            )),
+    )
+}
+
+/// A one-thread proxy serving `route`, `[stats] window = window` in 100 ms slices: the set-up
+/// of every lane of the rollback scenarios.
+pub(crate) fn lane_config(window: Duration, route: Route) -> ProxyConfig {
+    let slices = (window.as_millis() / 100).clamp(1, 600) as u32;
     ProxyConfig::new()
         .set("threads", "1")
-        .stats_window(o.window)
+        .stats_window(window)
         .stats_slices(slices)
-        .route(
-            Route::new("bench")
-                .legacy_endpoints([legacy.addr()])
-                .new_endpoints([new.addr()])
-                .weights(100.0 - new_weight, new_weight)
-                .line(&format!(
-                    "rollback = {{ error_rate = {{ max = 0.05, for = {}, min_requests = 100 }} }}",
-                    cutover_tests::proxy::toml_duration(o.hold)
-                )),
-        )
+        .route(route)
 }
 
 /// Closed-loop load: counts requests and errors, and records the send time of the last

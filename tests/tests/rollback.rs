@@ -443,6 +443,26 @@ async fn equal_error_rates_never_roll_back() {
         {"max": 0.005, "for": "1s", "min_requests": 100}}}))
         .await;
     site.put_weights(50.0, 50.0, 0.0).await;
+    let (proxy, load) = inconclusive_under_load(
+        &site,
+        |v| v["outcome"] == "inconclusive",
+        "error_rate over 0.5% but not significantly worse than legacy",
+    )
+    .await;
+    assert_no_rollback_for(&site, &proxy, 50.0, Duration::from_secs(8)).await;
+    let (_, server_errors, _) = load.stop().await;
+    assert!(server_errors > 0, "both backends did fail some requests");
+    assert_eq!(error_rate_rollbacks(&proxy).await, 0.0);
+}
+
+/// A proxy on `site` (new at 50 %) with a 5 s window in 100 ms slices, under load, once the
+/// route's one rule gave a verdict that `over` accepts (within 15 s): a rule that had data and
+/// was over its threshold, without which a test of no rollback proves nothing.
+async fn inconclusive_under_load(
+    site: &Site,
+    over: impl Fn(&Value) -> bool,
+    what: &str,
+) -> (Proxy, Load) {
     let proxy = Proxy::start(
         site.config()
             .stats_window(Duration::from_secs(5))
@@ -451,27 +471,12 @@ async fn equal_error_rates_never_roll_back() {
     .await;
     wait_new_weight(&proxy, 50.0).await;
     let load = Load::start(vec![proxy.url("/items")]);
-    // The rule must have had data and been over its threshold: otherwise this proves nothing.
     eventually!(
         Duration::from_secs(15),
-        async {
-            let c = control(&proxy).await;
-            c["routes"][ROUTE]["local"]["verdicts"][0]["verdict"]["outcome"] == "inconclusive"
-        },
-        "error_rate over 0.5% but not significantly worse than legacy"
+        async { over(&control(&proxy).await["routes"][ROUTE]["local"]["verdicts"][0]["verdict"]) },
+        "{what}"
     );
-    let stretch = Instant::now();
-    while stretch.elapsed() < Duration::from_secs(8) {
-        assert_eq!(site.weights_new().await, Some(50.0), "no rollback");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let (_, server_errors, _) = load.stop().await;
-    assert!(server_errors > 0, "both backends did fail some requests");
-    assert_eq!(error_rate_rollbacks(&proxy).await, 0.0);
-    assert_ne!(
-        proxy.route_info(ROUTE).await.unwrap()["phase"],
-        "rolled_back"
-    );
+    (proxy, load)
 }
 
 /// Both backends fail 5 % of requests and stamp every answer with a fresh id: about 10 % of the
@@ -491,24 +496,12 @@ async fn divergence_no_worse_than_legacy_with_itself_never_rolls_back() {
     }))
     .await;
     site.put_weights(50.0, 50.0, 100.0).await;
-    let proxy = Proxy::start(
-        site.config()
-            .stats_window(Duration::from_secs(5))
-            .stats_slices(50),
+    let (proxy, load) = inconclusive_under_load(
+        &site,
+        |v| v["outcome"] == "inconclusive" && v["value"].as_f64().is_some_and(|r| r > 0.03),
+        "divergence over 1% but no worse than legacy's with itself",
     )
     .await;
-    wait_new_weight(&proxy, 50.0).await;
-    let load = Load::start(vec![proxy.url("/items")]);
-    // The rule must have been over its threshold with a baseline: else this proves nothing.
-    eventually!(
-        Duration::from_secs(15),
-        async {
-            let c = control(&proxy).await;
-            let v = &c["routes"][ROUTE]["local"]["verdicts"][0]["verdict"];
-            v["outcome"] == "inconclusive" && v["value"].as_f64().is_some_and(|r| r > 0.03)
-        },
-        "divergence over 1% but no worse than legacy's with itself"
-    );
     assert_no_rollback_for(&site, &proxy, 50.0, Duration::from_secs(8)).await;
     let (_, server_errors, _) = load.stop().await;
     assert!(server_errors > 0, "both backends did fail some requests");

@@ -69,31 +69,17 @@ impl EtcdWriter {
         let this = self.clone();
         let route = route.to_string();
         tokio::spawn(async move {
-            let mut wait = RETRY_START;
-            loop {
-                let status = |rev| Status {
-                    phase: Phase::RolledBack,
-                    weights_revision: rev,
-                    rollback: Some(record.clone()),
-                };
-                match this
-                    .write_weights(&route, weights_revision, to, &event, status)
-                    .await
-                {
-                    Ok(rev) => {
-                        info!(%route, revision = rev, "rollback written to etcd");
-                        return;
-                    }
-                    Err(Failure::Superseded(why)) => {
-                        info!(%route, %why, "rollback not written to etcd: a newer write of the weights wins (it starts fresh evaluation windows)");
-                        return;
-                    }
-                    Err(Failure::Unavailable(why)) => {
-                        warn!(%route, %why, retry_in = ?wait, "rollback not yet written to etcd; the local rollback holds");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(RETRY_CAP);
-                    }
-                }
+            let status = |rev| Status {
+                phase: Phase::RolledBack,
+                weights_revision: rev,
+                rollback: Some(record.clone()),
+            };
+            let written = retry(&route, "rollback", || {
+                this.write_weights(&route, weights_revision, to, &event, status)
+            })
+            .await;
+            if let Some(rev) = written {
+                info!(%route, revision = rev, "rollback written to etcd");
             }
         });
     }
@@ -115,33 +101,21 @@ impl EtcdWriter {
         let this = self.clone();
         let route = route.to_string();
         tokio::spawn(async move {
-            let mut wait = RETRY_START;
-            loop {
-                match this
-                    .write_gate(&route, weights_revision, &record, &event)
-                    .await
-                {
-                    Ok(Some(rev)) => {
-                        info!(%route, revision = rev, "shadow-phase rollback written to etcd (weights kept)");
-                        if let Some(n) = &notify {
-                            n.send(&route, &event);
-                        }
-                        return;
-                    }
-                    Ok(None) => {
-                        info!(%route, "shadow-phase rollback already recorded in etcd for these weights");
-                        return;
-                    }
-                    Err(Failure::Superseded(why)) => {
-                        info!(%route, %why, "shadow-phase rollback not written to etcd: a newer write of the weights wins");
-                        return;
-                    }
-                    Err(Failure::Unavailable(why)) => {
-                        warn!(%route, %why, retry_in = ?wait, "shadow-phase rollback not yet written to etcd; the local mark holds");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(RETRY_CAP);
+            let written = retry(&route, "shadow-phase rollback", || {
+                this.write_gate(&route, weights_revision, &record, &event)
+            })
+            .await;
+            match written {
+                Some(Some(rev)) => {
+                    info!(%route, revision = rev, "shadow-phase rollback written to etcd (weights kept)");
+                    if let Some(n) = &notify {
+                        n.send(&route, &event);
                     }
                 }
+                Some(None) => {
+                    info!(%route, "shadow-phase rollback already recorded in etcd for these weights")
+                }
+                None => {}
             }
         });
     }
@@ -360,6 +334,31 @@ impl EtcdWriter {
             warn!(%route, error = %e, "status not written after the weights");
         }
         Ok(rev)
+    }
+}
+
+/// Runs `attempt` until it lands (`Some`) or a newer write of the weights supersedes it
+/// (`None`), backing off from [`RETRY_START`] to [`RETRY_CAP`] while etcd does not answer; the
+/// local decision holds meanwhile. `what` names the write in the log.
+async fn retry<T, F, Fut>(route: &str, what: &str, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut wait = RETRY_START;
+    loop {
+        match attempt().await {
+            Ok(v) => return Some(v),
+            Err(Failure::Superseded(why)) => {
+                info!(%route, %why, "{what} not written to etcd: a newer write of the weights wins (it starts fresh evaluation windows)");
+                return None;
+            }
+            Err(Failure::Unavailable(why)) => {
+                warn!(%route, %why, retry_in = ?wait, "{what} not yet written to etcd; the local decision holds");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_CAP);
+            }
+        }
     }
 }
 
