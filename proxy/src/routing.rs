@@ -136,14 +136,7 @@ impl Route {
     /// Count a pair of legacy answers to a request routed by this snapshot, compared like a
     /// legacy/new pair (the divergence rule's baseline).
     pub fn record_baseline(&self, diverged: bool, now: std::time::Instant) {
-        self.telemetry.baseline.record(
-            now,
-            self.window,
-            crate::stats::Sample {
-                latency: std::time::Duration::ZERO,
-                error: diverged,
-            },
-        );
+        self.telemetry.record_baseline(self.window, diverged, now);
     }
 
     fn matches_path(&self, path: &[u8]) -> bool {

@@ -468,6 +468,19 @@ impl RouteTelemetry {
         );
     }
 
+    /// Count a pair of legacy answers, compared like a legacy/new pair, of a request that
+    /// started under evaluation window `window` (the divergence rule's baseline).
+    pub fn record_baseline(&self, window: u64, diverged: bool, now: Instant) {
+        self.baseline.record(
+            now,
+            window,
+            Sample {
+                latency: Duration::ZERO,
+                error: diverged,
+            },
+        );
+    }
+
     /// Count a compared pair left uncounted while its endpoint's noise is being learned.
     pub fn comparison_calibrating(&self) {
         self.metrics.calibrating.inc();

@@ -84,7 +84,10 @@ pub(super) fn gate_breach(
 /// Why `resume` refuses after the shadow-phase gate breached, and what to do instead.
 pub(super) fn blocked_by_gate(id: &str, breach: &RollbackRecord, weights: &Weights) -> String {
     format!(
-        "cannot resume {id}: the shadow-phase gate rolled it back ({rule}, at {at}, by {by}):          {reason}; nothing written — fix new, then write the weights to say so: `cutover ctl          set {id} --legacy 100 --new 0 --shadow {shadow}` watches it in shadow again, `cutover          ctl set {id} --legacy 99 --new 1` starts a canary anyway",
+        "cannot resume {id}: the shadow-phase gate rolled it back ({rule}, at {at}, by {by}): \
+         {reason}; nothing written — fix new, then write the weights to say so: `cutover ctl \
+         set {id} --legacy 100 --new 0 --shadow {shadow}` watches it in shadow again, `cutover \
+         ctl set {id} --legacy 99 --new 1` starts a canary anyway",
         rule = breach.rule,
         at = breach.at,
         by = breach.by,
@@ -472,6 +475,7 @@ mod tests {
         );
         assert!(msg.contains("divergence rate 50.0%"), "{msg}");
         assert!(msg.contains("--shadow 100"), "{msg}");
+        assert!(!msg.contains("  "), "one space between words: {msg}");
         // An operator wrote the weights since: lifted.
         assert!(gate_breach(&gated, 8).is_none());
         // A rollback of live traffic does not block: resume starts the ramp again.
