@@ -4,13 +4,16 @@
 
 mod check;
 mod config;
+pub mod dataplane;
 mod error;
 mod jsonpath;
 mod policy;
 mod raw;
 mod route;
 mod ser;
+mod state;
 mod weights;
+pub mod window;
 
 pub use config::{
     AdminSettings, Config, EtcdSettings, NotifySettings, ProxySettings, RouteConfig, StatsSettings,
@@ -23,6 +26,7 @@ pub use policy::{
     ShadowPolicy,
 };
 pub use route::{Backend, Endpoint, HostMatch, Match, RouteId, RouteSpec, Sticky};
+pub use state::ConfigState;
 pub use weights::{Phase, Weights};
 
 use error::{FieldPath, Report};

@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+pub use cutover_config::dataplane::{rfc3339_now, RollbackRecord};
 use cutover_config::{Phase, Weights};
 use serde::{Deserialize, Serialize};
 
@@ -15,32 +16,6 @@ pub struct Status {
     pub weights_revision: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackRecord>,
-}
-
-/// Why and when a route was rolled back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackRecord {
-    /// RFC 3339 with milliseconds, UTC.
-    pub at: String,
-    /// The rule (`error_rate`, `latency_p99`, `divergence`) or `operator`.
-    pub rule: String,
-    pub reason: String,
-    pub by: String,
-    /// The numbers the rule saw (automatic rollbacks): rates, counts, test statistic, window.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence: Option<serde_json::Value>,
-    /// `shadow` when the shadow-phase gate breached (SPEC §11): the weights were left as they
-    /// were, and `resume` and ramp starts are refused until an operator writes the weights.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gate: Option<Phase>,
-}
-
-impl RollbackRecord {
-    /// Whether this is a shadow-phase gate's breach (weights kept, ramp blocked).
-    pub fn is_gate(&self) -> bool {
-        self.gate.is_some()
-    }
 }
 
 /// What an event records.
@@ -93,11 +68,6 @@ impl Event {
         self.to = Some(to.to_json());
         self
     }
-}
-
-/// Now as RFC 3339 with milliseconds (`2026-11-21T14:03:07.120Z`).
-pub fn rfc3339_now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 /// Milliseconds since the Unix epoch (event keys).

@@ -17,14 +17,26 @@ use crate::stats::{BackendKind, Role};
 use crate::telemetry::RuntimeKind;
 
 /// The admin API application.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Admin {
     shared: Arc<Shared>,
+    control: ControlJson,
+}
+
+/// What `GET /api/v1/control` answers: the rollback/ramp controller's view, as JSON. The
+/// binary's wiring (`server.rs`) hands it over, so this module needs nothing of the control
+/// plane's types.
+pub type ControlJson = Arc<dyn Fn() -> Value + Send + Sync>;
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
 }
 
 impl Admin {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Admin { shared }
+    pub fn new(shared: Arc<Shared>, control: ControlJson) -> Self {
+        Admin { shared, control }
     }
 
     /// Answer one admin request (method and path only; the admin API takes no bodies).
@@ -62,9 +74,7 @@ impl Admin {
                 .body(self.shared.telemetry.metrics.encode())
                 .expect("static response"),
             "/api/v1/routes" => json_response(StatusCode::OK, &routes_json(&snapshot)),
-            "/api/v1/control" => {
-                json_response(StatusCode::OK, &json!(self.shared.control.snapshot()))
-            }
+            "/api/v1/control" => json_response(StatusCode::OK, &(self.control)()),
             "/" => Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "text/html; charset=utf-8")
@@ -205,7 +215,7 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cutover_control::ConfigState;
+    use cutover_config::ConfigState;
 
     fn admin() -> (Admin, Arc<Shared>) {
         let config = cutover_config::parse_config_toml(
@@ -223,7 +233,9 @@ mod tests {
             &config,
             &ConfigState::initial(config.routes.clone()),
         ));
-        (Admin::new(shared.clone()), shared)
+        let view = Arc::new(cutover_control::controller::ControlView::default());
+        let control: ControlJson = Arc::new(move || json!(view.snapshot()));
+        (Admin::new(shared.clone(), control), shared)
     }
 
     fn get(admin: &Admin, path: &str) -> (u16, Vec<u8>) {
@@ -302,11 +314,11 @@ mod tests {
         let weights = shared.snapshot.load().routes[0].weights.rolled_back();
         shared.set_override(
             "orders",
-            cutover_control::controller::Override {
+            cutover_config::dataplane::Override {
                 weights_revision: 1,
                 weights,
                 phase: cutover_config::Phase::RolledBack,
-                rollback: Some(cutover_control::model::RollbackRecord {
+                rollback: Some(cutover_config::dataplane::RollbackRecord {
                     at: "2026-11-21T14:03:07.120Z".into(),
                     rule: "error_rate".into(),
                     reason: "new error rate 40.0% > 5.0% (n=1000) for 2s".into(),

@@ -10,9 +10,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use cutover_config::dataplane::Override;
+use cutover_config::ConfigState;
 use cutover_config::{Backend, HostMatch, RouteId, RouteSpec, Weights};
-use cutover_control::controller::Override;
-use cutover_control::ConfigState;
 use tracing::warn;
 
 use crate::compare::Difference;

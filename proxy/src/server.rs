@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cutover_config::Config;
-use cutover_control::controller::Controller;
+use cutover_control::controller::{ControlView, Controller};
 use cutover_control::{ConfigSource, EtcdSource, FileSource};
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
@@ -130,7 +130,16 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>) -> Result<(), ServeErr
         );
     }
 
-    let mut admin = Service::new("cutover admin".to_string(), Admin::new(shared.clone()));
+    // What the controller shows on the admin API (`/api/v1/control`).
+    let view = Arc::new(ControlView::default());
+    let control_json = {
+        let view = view.clone();
+        Arc::new(move || serde_json::json!(view.snapshot())) as crate::admin::ControlJson
+    };
+    let mut admin = Service::new(
+        "cutover admin".to_string(),
+        Admin::new(shared.clone(), control_json),
+    );
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
 
@@ -141,6 +150,7 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>) -> Result<(), ServeErr
         "cutover control",
         Control {
             shared: shared.clone(),
+            view,
             source: Mutex::new(Some(source)),
             initial: Arc::new(initial),
             probe_addrs,
@@ -171,6 +181,7 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>) -> Result<(), ServeErr
 /// ready once every listener accepts connections.
 struct Control {
     shared: Arc<Shared>,
+    view: Arc<ControlView>,
     source: Mutex<Option<Box<dyn ConfigSource>>>,
     initial: Arc<cutover_control::ConfigState>,
     probe_addrs: Vec<SocketAddr>,
@@ -191,7 +202,7 @@ impl BackgroundService for Control {
         let (tx, mut rx) = watch::channel(self.initial.clone());
         let source_task = tokio::spawn(source.run(tx, shutdown.clone()));
 
-        let (dp, view) = (self.shared.clone(), self.shared.control.clone());
+        let (dp, view) = (self.shared.clone(), self.view.clone());
         let instance = cutover_control::model::instance_id();
         let webhook = self.webhook.clone();
         let controller = match &self.etcd {

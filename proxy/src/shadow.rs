@@ -614,7 +614,7 @@ impl Job {
         self.route.record_comparison(&diff, now);
         if diff.diverged() {
             rt.divergences.push(DivergenceRecord::new(
-                cutover_control::model::rfc3339_now(),
+                cutover_config::dataplane::rfc3339_now(),
                 self.method.as_str(),
                 &self.path_and_query,
                 &group,

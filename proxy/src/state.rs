@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use cutover_config::dataplane::{DataPlane, LiveRoute, Override};
+use cutover_config::window::WindowStats;
+use cutover_config::ConfigState;
 use cutover_config::{Config, Phase, UnderscoreHeaders};
-use cutover_control::controller::{ControlView, DataPlane, LiveRoute, Override};
-use cutover_control::window::WindowStats;
-use cutover_control::ConfigState;
 use tracing::info;
 
 use crate::hygiene::Limits;
@@ -75,8 +75,6 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// SIGTERM/SIGINT received: stop taking new work, finish what is in flight.
     pub draining: AtomicBool,
-    /// What the rollback/ramp controller shows on the admin API.
-    pub control: Arc<ControlView>,
     /// The last state the source published and the controller's overrides on top of it; the
     /// snapshot is always built from both, under this lock.
     source: Mutex<Source>,
@@ -104,7 +102,6 @@ impl Shared {
             inflight: Arc::new(AtomicUsize::new(0)),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            control: Arc::default(),
             source: Mutex::new(Source {
                 state: Arc::new(state.clone()),
                 overrides: HashMap::new(),
@@ -473,7 +470,7 @@ mod tests {
         let v1 = ConfigState::initial(config.routes.clone());
         let shared = Shared::new(&config, &v1);
         let weights = shared.snapshot.load().routes[0].weights;
-        let record = cutover_control::model::RollbackRecord {
+        let record = cutover_config::dataplane::RollbackRecord {
             at: "2026-12-06T14:00:00.000Z".into(),
             rule: "divergence".into(),
             reason: "shadow phase: divergence rate 80.0% > 1.0% (n=300) for 1s".into(),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cutover_control::window::{latency_histogram, RoleStats, MAX_MICROS, SIGFIG};
+use cutover_config::window::{latency_histogram, RoleStats, MAX_MICROS, SIGFIG};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 

@@ -18,8 +18,8 @@ use tokio::runtime::Handle;
 use crate::compare::{Difference, DivergenceLog, Groups, NoiseLearner};
 use crate::shadow::DropReason;
 use crate::stats::{BackendKind, Role, RouteWindows, Sample, WindowShape, WindowedStats};
+use cutover_config::window::{BackendStats, WindowStats};
 use cutover_config::Weights;
-use cutover_control::window::{BackendStats, WindowStats};
 
 /// Distinct endpoint groups tracked per route; later ones are counted as `{other}`.
 const MAX_GROUPS: usize = 256;

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cutover_config::{EtcdSettings, Phase, RouteSpec, Weights};
+use cutover_config::{EtcdSettings, Phase, Weights};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -37,8 +37,8 @@ use tracing::{info, warn};
 use crate::keys::Keys;
 use crate::model::{rfc3339_now, Event, EventKind, RollbackRecord};
 use crate::rules::{Breach, Evaluation, Judged, Outcome, RuleEngine};
-use crate::window::WindowStats;
 
+pub use cutover_config::dataplane::{DataPlane, LiveRoute, Override};
 pub use notify::Notifier;
 
 /// How often rules are evaluated (SPEC: at least every second).
@@ -47,56 +47,6 @@ pub const TICK: Duration = Duration::from_millis(500);
 const LOCAL_EVENTS: usize = 100;
 /// How long a written ramp step has to show up in the weights before the step is decided again.
 const RAMP_WRITE_WAIT: Duration = Duration::from_secs(5);
-
-/// A route as the data plane applies it right now.
-#[derive(Debug, Clone)]
-pub struct LiveRoute {
-    pub id: String,
-    pub spec: Arc<RouteSpec>,
-    /// The weights in effect (the source's, or an override's).
-    pub weights: Weights,
-    /// The source's weights revision ([`crate::ConfigState::weights_revisions`]).
-    pub weights_revision: i64,
-    /// The override in effect, if any.
-    pub overridden: Option<Override>,
-    /// The evaluation window the data plane collects this route's statistics in: a new one
-    /// starts with every change of the weights in effect or their revision.
-    pub window: u64,
-}
-
-/// Weights the controller put in effect ahead of the config source: a rollback decided before
-/// etcd heard of it, or (without etcd) a ramp step or rollback. It holds until the source's
-/// weights revision moves past `weights_revision` — the controller's own write landing, or an
-/// operator's newer write, which wins.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Override {
-    pub weights_revision: i64,
-    pub weights: Weights,
-    pub phase: Phase,
-    pub rollback: Option<RollbackRecord>,
-}
-
-impl Override {
-    /// Whether the controller writes these weights to the source (a rollback, a ramp step), so
-    /// the same weights arriving at a newer revision are its own write landing. A shadow-phase
-    /// gate keeps the weights: any later write of them is an operator's, which ends it.
-    pub fn writes_weights(&self) -> bool {
-        !self.rollback.as_ref().is_some_and(RollbackRecord::is_gate)
-    }
-}
-
-/// What the controller needs from the data plane.
-pub trait DataPlane: Send + Sync + 'static {
-    /// The live routes.
-    fn routes(&self) -> Vec<LiveRoute>;
-    /// The route's statistics of evaluation window `window` ([`LiveRoute::window`]) within
-    /// the stats window: only requests that started under it. `None` for an unknown route.
-    fn window(&self, route: &str, window: u64) -> Option<WindowStats>;
-    /// Put `o` in effect for `route` at once.
-    fn set_override(&self, route: &str, o: Override);
-    /// Count a rollback in `cutover_rollbacks_total{route,rule}`.
-    fn count_rollback(&self, route: &str, rule: &str);
-}
 
 /// What the controller shows on the admin API (`/api/v1/control`).
 #[derive(Debug, Default)]
@@ -553,6 +503,7 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::WindowStats;
 
     /// A data plane with one route whose windows the test sets (by evaluation window); it
     /// records what the controller does to it.

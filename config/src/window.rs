@@ -1,4 +1,5 @@
-//! One route's statistics over an evaluation window, as the rule engine sees them: per backend
+//! One route's statistics over an evaluation window, as the rule engine sees them (the
+//! contract between the data plane, which produces them, and the controller): per backend
 //! and role a request count, an error count and an HDR latency histogram (µs), plus the
 //! comparison and divergence counts. The data plane produces them from its sliding windows;
 //! each fleet instance publishes them to etcd ([`Published`]) and the leader merges them
@@ -28,6 +29,7 @@ pub fn latency_histogram() -> Histogram<u64> {
 /// Requests of one backend in one role (primary or shadow).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoleStats {
+    /// Requests (or, for comparisons, compared pairs).
     pub count: u64,
     /// 5xx answers and requests that got no answer.
     pub errors: u64,
@@ -76,14 +78,18 @@ impl RoleStats {
 /// One backend's primary and shadow requests.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackendStats {
+    /// Requests it served live.
     pub primary: RoleStats,
+    /// Shadow copies it was sent.
     pub shadow: RoleStats,
 }
 
 /// One route over one evaluation window.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WindowStats {
+    /// The legacy backend's requests.
     pub legacy: BackendStats,
+    /// The new backend's requests.
     pub new: BackendStats,
     /// Compared primary/shadow pairs.
     pub comparisons: u64,
@@ -132,12 +138,14 @@ impl WindowStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Published {
+    /// The instance that published it.
     pub instance: String,
     /// When it was taken, in Unix milliseconds.
     pub at_ms: u64,
     /// The mod_revision of the weights the window was collected under: the leader merges only
     /// windows of the weights it evaluates.
     pub weights_revision: i64,
+    /// The window itself.
     pub stats: WireWindow,
 }
 
@@ -146,30 +154,42 @@ pub struct Published {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireWindow {
+    /// [`WindowStats::legacy`].
     pub legacy: WireBackend,
+    /// [`WindowStats::new`].
     pub new: WireBackend,
+    /// [`WindowStats::comparisons`].
     pub comparisons: u64,
+    /// [`WindowStats::divergences`].
     pub divergences: u64,
     /// Absent in windows published by older instances: no baseline.
     #[serde(default)]
     pub baseline_comparisons: u64,
+    /// [`WindowStats::baseline_divergences`].
     #[serde(default)]
     pub baseline_divergences: u64,
+    /// [`WindowStats::baseline_expected`].
     #[serde(default)]
     pub baseline_expected: bool,
 }
 
+/// [`BackendStats`] as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireBackend {
+    /// [`BackendStats::primary`].
     pub primary: WireRole,
+    /// [`BackendStats::shadow`].
     pub shadow: WireRole,
 }
 
+/// [`RoleStats`] as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireRole {
+    /// [`RoleStats::count`].
     pub count: u64,
+    /// [`RoleStats::errors`].
     pub errors: u64,
     /// base64(HdrHistogram V2 deflate), µs.
     pub latency: String,
@@ -207,6 +227,7 @@ impl From<&RoleStats> for WireRole {
 pub struct WireError(String);
 
 impl WireWindow {
+    /// Back to [`WindowStats`]; an error when a histogram is not base64 of an HdrHistogram.
     pub fn decode(&self) -> Result<WindowStats, WireError> {
         Ok(WindowStats {
             legacy: self.legacy.decode()?,
