@@ -178,15 +178,19 @@ async fn control(proxy: &Proxy) -> Value {
 
 /// Wait until the proxy routes with `new` at this weight.
 async fn wait_new_weight(proxy: &Proxy, new: f64) {
+    wait_route(proxy, &format!("proxy applies new = {new}"), |r| {
+        r["weights"]["new"] == new
+    })
+    .await;
+}
+
+/// Wait (≤ [`APPLIED`]) until the proxy's `/api/v1/routes` entry for the route satisfies
+/// `applied`; `what` names it on timeout.
+async fn wait_route(proxy: &Proxy, what: &str, applied: impl Fn(&Value) -> bool) {
     eventually!(
         APPLIED,
-        async {
-            proxy
-                .route_info(ROUTE)
-                .await
-                .is_some_and(|r| r["weights"]["new"] == new)
-        },
-        "proxy applies new = {new}"
+        async { proxy.route_info(ROUTE).await.is_some_and(|r| applied(&r)) },
+        "{what}"
     );
 }
 
@@ -858,16 +862,10 @@ async fn comparisons_from_before_a_write_never_roll_back_a_healthy_new() {
 
     bad.store(false, Ordering::Relaxed);
     site.put_weights(50.0, 50.0, 0.0).await;
-    eventually!(
-        APPLIED,
-        async {
-            proxy
-                .route_info(ROUTE)
-                .await
-                .is_some_and(|r| r["phase"] == "canary")
-        },
-        "the operator's canary is in effect"
-    );
+    wait_route(&proxy, "the operator's canary is in effect", |r| {
+        r["phase"] == "canary"
+    })
+    .await;
     let stats = proxy.stats(ROUTE).await;
     assert!(stats["comparisons"].as_u64().unwrap() == 0, "{stats}");
     assert_no_rollback_for(&site, &proxy, 50.0, Duration::from_secs(4)).await;
@@ -899,16 +897,10 @@ async fn errors_from_before_a_rollback_never_fire_a_second_one() {
 
     site.new.set_errors(0.0);
     site.put_weights(50.0, 50.0, 0.0).await;
-    eventually!(
-        APPLIED,
-        async {
-            proxy
-                .route_info(ROUTE)
-                .await
-                .is_some_and(|r| r["phase"] == "canary" && r["weights"]["new"] == 50.0)
-        },
-        "the operator's 50/50 is in effect"
-    );
+    wait_route(&proxy, "the operator's 50/50 is in effect", |r| {
+        r["phase"] == "canary" && r["weights"]["new"] == 50.0
+    })
+    .await;
     let before = live_count(&site.new);
     assert_no_rollback_for(&site, &proxy, 50.0, Duration::from_secs(4)).await;
     assert_eq!(error_rate_rollbacks(&proxy).await, 1.0);
@@ -942,16 +934,10 @@ async fn stats_after_a_write_count_only_requests_started_under_it() {
     );
 
     let rev = site.put_weights(50.0, 50.0, 100.0).await;
-    eventually!(
-        APPLIED,
-        async {
-            proxy
-                .route_info(ROUTE)
-                .await
-                .is_some_and(|r| r["weights_revision"] == rev)
-        },
-        "the proxy applies the write"
-    );
+    wait_route(&proxy, "the proxy applies the write", |r| {
+        r["weights_revision"] == rev
+    })
+    .await;
     let stats = proxy.stats(ROUTE).await;
     assert_eq!(stats["comparisons"], 0, "{stats}");
     for backend in ["legacy", "new"] {
@@ -1065,16 +1051,10 @@ async fn the_shadow_phase_gate_marks_the_route_and_blocks_resume_until_a_write()
         "set", ROUTE, "--legacy", "100", "--new", "0", "--shadow", "100",
     ])
     .await;
-    eventually!(
-        APPLIED,
-        async {
-            proxy
-                .route_info(ROUTE)
-                .await
-                .is_some_and(|r| r["phase"] == "shadow")
-        },
-        "the write lifts the mark"
-    );
+    wait_route(&proxy, "the write lifts the mark", |r| {
+        r["phase"] == "shadow"
+    })
+    .await;
     ctl.ok(&["resume", ROUTE]).await;
     eventually!(
         APPLIED,
@@ -1161,16 +1141,10 @@ async fn the_shadow_phase_gate_works_in_process_without_etcd() {
 
     bad.store(false, Ordering::Relaxed);
     proxy.apply(&config.with_shadow(ROUTE, 50));
-    eventually!(
-        APPLIED,
-        async {
-            proxy
-                .route_info(ROUTE)
-                .await
-                .is_some_and(|r| r["phase"] == "shadow" && r["weights"]["shadow"] == 50.0)
-        },
-        "the file's new weights lift the mark"
-    );
+    wait_route(&proxy, "the file's new weights lift the mark", |r| {
+        r["phase"] == "shadow" && r["weights"]["shadow"] == 50.0
+    })
+    .await;
     let (_, _, failed) = load.stop().await;
     assert_eq!(failed, 0);
 }
