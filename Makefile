@@ -7,7 +7,7 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 
-.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time judgement routes-memory soak bench pingora-floor bench-smoke clean
+.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time judgement routes-memory soak bench bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -80,6 +80,8 @@ soak:
 	  --markdown bench/reports/soak.md $(SOAK_ARGS)
 
 ## The benchmark report: BENCHMARKS.md and bench/reports/*.svg, every number from this run.
+## The build includes hyper-floor (a minimal hyper proxy, a binary of cutover-bench): the
+## report's floor under cutover.
 ## Installs what the build needs first, then — while the release build compiles — nginx and
 ## haproxy to compare with and etcd for the propagation scenario, when it can (else the report
 ## runs without them and says so).
@@ -92,19 +94,6 @@ bench:
 	  --markdown BENCHMARKS.md --charts-dir bench/reports \
 	  --step "scripts/prereqs.sh build" \
 	  --step "scripts/bench-prereqs.sh & $(BENCH_BUILD); wait"
-
-## cutover against pingora's own minimal proxy (`pingora-floor`, set up like cutover's data plane)
-## and nginx, interleaved: how much of cutover's CPU per request and memory is pingora's.
-## Report in bench/reports/pingora-floor.md. Not part of `make bench` (it needs its own build).
-pingora-floor:
-	scripts/prereqs.sh build
-	scripts/bench-prereqs.sh
-	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench --features cutover-bench/pingora-floor
-	t="$${CARGO_TARGET_DIR:-target}"; CUTOVER_BIN="$$t/release/cutover" "$$t/release/cutover-bench" report \
-	  --targets direct,cutover,pingora,nginx --propagation-changes 0 --rollback-runs 0 --judgement-runs 0 \
-	  --markdown bench/reports/pingora-floor.md --charts-dir bench/reports/pingora-floor \
-	  --made-by "make pingora-floor" --step "scripts/prereqs.sh build" --step scripts/bench-prereqs.sh \
-	  --step "$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench --features cutover-bench/pingora-floor"
 
 ## The benchmark harness's smoke run (a few hundred requests per target; writes no report).
 bench-smoke:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make demo` / `make test` need and is missing, via apt-get (Debian).
-#   scripts/prereqs.sh build   cmake, protobuf-compiler (build of the workspace)
+#   scripts/prereqs.sh build   protobuf-compiler (etcd-client's gRPC code), a C compiler (ring, mimalloc)
 #   scripts/prereqs.sh test    the above + etcd-server (end-to-end tests)
 # Fails with a clear message where it cannot install.
 set -euo pipefail
@@ -15,7 +15,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found. Install Rust (https://rustup.rs) and run this again." >&2
   exit 1
 fi
-need cmake cmake
 need protoc protobuf-compiler
 need cc gcc
 if [ "$want" = test ]; then

@@ -237,8 +237,8 @@ struct ReportArgs {
     /// Extra rounds per phase allowed to replace disturbed ones (default 1; 0 with --smoke).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10))]
     max_repeats: Option<u32>,
-    /// Comma-separated targets (default: all but `pingora`; nginx / HAProxy ones only when
-    /// installed; `pingora` is pingora's minimal proxy, built by `make pingora-floor`).
+    /// Comma-separated targets (default: all; nginx / HAProxy ones only when installed;
+    /// `hyper-floor` is a minimal hyper proxy, a binary of cutover-bench).
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
     /// Length of one closed-loop 1 KiB run (and of one open-loop run).

@@ -1,7 +1,7 @@
 //! cutover's benchmark harness: a load generator with HDR percentiles ([`load`]: closed loop,
 //! and open loop without coordinated omission), its own backend process ([`backend`]), the
-//! targets it measures ([`targets`]: direct, cutover with and without shadowing, nginx,
-//! HAProxy, and on request pingora's own minimal proxy), the standard suite ([`suite`]: interleaved rounds, CPU per request, peak RSS,
+//! targets it measures ([`targets`]: direct, cutover with and without shadowing, a minimal
+//! hyper proxy, nginx, HAProxy), the standard suite ([`suite`]: interleaved rounds, CPU per request, peak RSS,
 //! upstream connections, noise checks) and its report ([`report`], [`charts`]: Markdown and
 //! SVG). Scenarios: [`propagation`] (etcd write → traffic follows), [`shadow_cost`],
 //! [`rollback_time`], [`judgement`] (false and missed rollbacks), [`soak`] (an hour of steady

@@ -536,16 +536,17 @@ fn link(markdown: &Path, file: &Path) -> String {
         .unwrap_or_else(|_| file.display().to_string())
 }
 
-/// When pingora's minimal proxy ran (`make pingora-floor`): what cutover costs beyond it, as
-/// medians of ratios taken within each round, and the memory of both with 1,000 connections.
+/// When the minimal hyper proxy ran (`hyper-floor`, a default target): what cutover costs beyond
+/// it, as medians of ratios taken within each round, and the memory of both with 1,000
+/// connections.
 fn floor_summary(w: &mut String, r: &SuiteReport) {
-    let (c, p) = (TargetKind::Cutover, TargetKind::Pingora);
+    let (c, p) = (TargetKind::Cutover, TargetKind::HyperFloor);
     if !(r.targets.contains(&c) && r.targets.contains(&p)) {
         return;
     }
     let clk = r.clk_tck;
     let cpu = move |run: &Run| run.cpu_us_per_request(clk);
-    let _ = writeln!(w, "### cutover over pingora's own minimal proxy\n");
+    let _ = writeln!(w, "### cutover over its floor (a minimal hyper proxy)\n");
     for (phase, what) in [
         (Phase::Closed1k, "closed loop, 1 KiB"),
         (Phase::Closed64k, "closed loop, 64 KiB"),
@@ -553,8 +554,8 @@ fn floor_summary(w: &mut String, r: &SuiteReport) {
         if let Some(ratio) = r.median_ratio(phase, c, p, cpu) {
             let _ = writeln!(
                 w,
-                "- CPU per request, {what}: cutover {:.2}× pingora-floor (cutover {} µs, \
-                 pingora-floor {} µs).",
+                "- CPU per request, {what}: cutover {:.2}× hyper-floor (cutover {} µs, \
+                 hyper-floor {} µs).",
                 ratio,
                 f1(r.median(phase, c, cpu)),
                 f1(r.median(phase, p, cpu))
@@ -572,7 +573,7 @@ fn floor_summary(w: &mut String, r: &SuiteReport) {
         let connections = r.options.crowd.map_or(0, |s| s.connections);
         let _ = writeln!(
             w,
-            "- Peak RSS with {connections} connections: cutover {cr:.1} MiB, pingora-floor \
+            "- Peak RSS with {connections} connections: cutover {cr:.1} MiB, hyper-floor \
              {pr:.1} MiB."
         );
     }

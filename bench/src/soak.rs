@@ -115,7 +115,7 @@ pub struct Sample {
 /// One sampled quantity, judged for growth.
 ///
 /// Pooled upstream connections move with the busiest moment of a segment: the pools keep as
-/// many idle connections as that moment needed (pingora's up to 128 for `upstream_idle_timeout`,
+/// many idle connections as that moment needed (the upstream pool's for `upstream_idle_timeout`,
 /// the shadow client's for 60 s), and each one is an open file and a task (the pool's idle
 /// watch, or hyper's connection task). So open files and tasks are judged *besides* them, and
 /// the connections themselves as their own series.

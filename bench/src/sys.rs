@@ -374,16 +374,22 @@ pub fn first_line_of(program: &Path, args: &[&str]) -> Option<String> {
 }
 
 /// `name` on `$PATH`, else in `/usr/sbin` and `/sbin` (where Debian puts nginx and haproxy,
-/// which are not on an ordinary user's PATH), else next to this binary (pingora-floor).
+/// which are not on an ordinary user's PATH), else next to this binary (hyper-floor), or — from
+/// a test binary in `target/<profile>/deps` — next to the crate's own binaries one level up.
 pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    // Next to cutover-bench itself: binaries of the same build (pingora-floor).
+    // Next to cutover-bench itself: binaries of the same build (hyper-floor).
     let own_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(std::path::Path::to_path_buf));
+    let above_deps = own_dir
+        .as_deref()
+        .filter(|d| d.ends_with("deps"))
+        .and_then(|d| d.parent().map(std::path::Path::to_path_buf));
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .chain(own_dir)
+        .chain(above_deps)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
@@ -473,7 +479,7 @@ mod tests {
     #[test]
     fn finds_programs_next_to_its_own_binary() {
         // The test binary is not on PATH; its siblings are found the way cutover-bench finds
-        // pingora-floor.
+        // hyper-floor.
         let exe = std::env::current_exe().unwrap();
         let name = exe.file_name().unwrap().to_str().unwrap();
         assert_eq!(find_program(name), Some(exe.clone()));

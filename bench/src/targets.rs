@@ -1,11 +1,12 @@
 //! What the load generator is pointed at: the backend directly, cutover without and with
-//! shadowing, and — when installed — nginx (with and without `mirror`) and HAProxy, each a
-//! single-threaded reverse proxy in front of the benchmark backend's listener **a**. On request
-//! (`--targets`, `make pingora-floor`) also pingora's own minimal proxy, the floor under cutover.
+//! shadowing, `hyper-floor` (a minimal hyper proxy, the floor under cutover) and — when
+//! installed — nginx (with and without `mirror`) and HAProxy, each a single-threaded reverse
+//! proxy in front of the benchmark backend's listener **a**.
 //!
 //! cutover is started through the test harness ([`cutover_tests::Proxy`], the real binary,
-//! `[proxy] threads = 1`); nginx and HAProxy get a generated config in a temp dir and are
-//! stopped (SIGTERM, then SIGKILL for the whole process tree) when dropped.
+//! `[proxy] threads = 1`); nginx and HAProxy get a generated config in a temp dir, hyper-floor
+//! its arguments, and all three are stopped (SIGTERM, then SIGKILL for the whole process tree)
+//! when dropped.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -43,9 +44,9 @@ pub enum TargetKind {
     NginxMirror,
     /// HAProxy in HTTP mode with `http-reuse always`.
     Haproxy,
-    /// pingora's minimal proxy (`pingora-floor`): cutover's data plane without cutover. Only
-    /// when asked for by name; built by `make pingora-floor`.
-    Pingora,
+    /// A minimal hyper proxy (`hyper-floor`, a binary of this crate): cutover's data plane
+    /// without cutover.
+    HyperFloor,
 }
 
 impl TargetKind {
@@ -54,17 +55,18 @@ impl TargetKind {
         TargetKind::Direct,
         TargetKind::Cutover,
         TargetKind::CutoverShadow,
-        TargetKind::Pingora,
+        TargetKind::HyperFloor,
         TargetKind::Nginx,
         TargetKind::NginxMirror,
         TargetKind::Haproxy,
     ];
 
-    /// What `make bench` runs: all but [`TargetKind::Pingora`], which needs a build of its own.
-    pub const DEFAULT: [TargetKind; 6] = [
+    /// What `make bench` runs: all of them (nginx and HAProxy when installed).
+    pub const DEFAULT: [TargetKind; 7] = [
         TargetKind::Direct,
         TargetKind::Cutover,
         TargetKind::CutoverShadow,
+        TargetKind::HyperFloor,
         TargetKind::Nginx,
         TargetKind::NginxMirror,
         TargetKind::Haproxy,
@@ -78,7 +80,7 @@ impl TargetKind {
             TargetKind::Nginx => "nginx",
             TargetKind::NginxMirror => "nginx-mirror",
             TargetKind::Haproxy => "haproxy",
-            TargetKind::Pingora => "pingora",
+            TargetKind::HyperFloor => "hyper-floor",
         }
     }
 
@@ -91,7 +93,7 @@ impl TargetKind {
         match self {
             TargetKind::Nginx | TargetKind::NginxMirror => Some("nginx"),
             TargetKind::Haproxy => Some("haproxy"),
-            TargetKind::Pingora => Some("pingora-floor"),
+            TargetKind::HyperFloor => Some("hyper-floor"),
             _ => None,
         }
     }
@@ -99,7 +101,9 @@ impl TargetKind {
     /// How to get this target's program when it is missing.
     pub fn how_to_install(self) -> &'static str {
         match self {
-            TargetKind::Pingora => "`make pingora-floor` builds it",
+            TargetKind::HyperFloor => {
+                "it is a binary of cutover-bench: `make bench` builds it next to cutover-bench"
+            }
             _ => "scripts/bench-prereqs.sh installs it",
         }
     }
@@ -136,9 +140,10 @@ impl TargetKind {
             TargetKind::Haproxy => {
                 "HAProxy, `nbthread 1`, `mode http`, `option http-keep-alive`, `http-reuse always`"
             }
-            TargetKind::Pingora => {
-                "`pingora-floor`: pingora's minimal proxy (one `ProxyHttp`, only `upstream_peer`), \
-                 set up as cutover's data plane (one thread, same listener buffers, h2c, mimalloc)"
+            TargetKind::HyperFloor => {
+                "`hyper-floor`: a minimal hyper 1 proxy (every request streamed to backend a over \
+                 pooled keep-alive connections), set up as cutover's data plane (one \
+                 current-thread runtime, HTTP/1.1 and h2c, header case kept, mimalloc)"
             }
         }
     }
@@ -179,7 +184,7 @@ impl RunningTarget {
             TargetKind::Nginx
             | TargetKind::NginxMirror
             | TargetKind::Haproxy
-            | TargetKind::Pingora => {
+            | TargetKind::HyperFloor => {
                 let ext = ExternalProcess::start(kind, &external(program)?, backend).await?;
                 (ext.addr, Some(TargetProcess::External(ext)))
             }
@@ -250,7 +255,7 @@ pub fn cutover_config(kind: TargetKind, backend: &BackendProcess) -> ProxyConfig
         .route(route)
 }
 
-/// nginx, HAProxy or pingora-floor, started with a generated config (pingora-floor: arguments);
+/// nginx, HAProxy or hyper-floor, started with a generated config (hyper-floor: arguments);
 /// stopped (whole tree) on drop.
 struct ExternalProcess {
     child: Child,
@@ -276,7 +281,7 @@ impl ExternalProcess {
             let log = dir.path().join("output.log");
             let (config_name, config) = match kind {
                 TargetKind::Haproxy => ("haproxy.cfg", haproxy_config(addr, backend.a)),
-                TargetKind::Pingora => ("arguments", format!("{addr} -> {}\n", backend.a)),
+                TargetKind::HyperFloor => ("arguments", format!("{addr} -> {}\n", backend.a)),
                 _ => (
                     "nginx.conf",
                     nginx_config(
@@ -293,7 +298,7 @@ impl ExternalProcess {
             let mut cmd = Command::new(program);
             match kind {
                 TargetKind::Haproxy => cmd.arg("-db").arg("-f").arg(&config_path),
-                TargetKind::Pingora => cmd
+                TargetKind::HyperFloor => cmd
                     .arg("--listen")
                     .arg(addr.to_string())
                     .arg("--upstream")
@@ -453,15 +458,16 @@ mod tests {
     }
 
     #[test]
-    fn pingora_floor_runs_only_when_asked_for() {
-        assert!(!TargetKind::DEFAULT.contains(&TargetKind::Pingora));
+    fn hyper_floor_runs_by_default() {
+        assert!(TargetKind::DEFAULT.contains(&TargetKind::HyperFloor));
         assert!(TargetKind::ALL
             .iter()
-            .all(|k| *k == TargetKind::Pingora || TargetKind::DEFAULT.contains(k)));
-        assert_eq!(TargetKind::Pingora.program(), Some("pingora-floor"));
-        assert!(TargetKind::Pingora
+            .all(|k| TargetKind::DEFAULT.contains(k)));
+        assert_eq!(TargetKind::HyperFloor.program(), Some("hyper-floor"));
+        assert!(TargetKind::HyperFloor.is_proxy() && !TargetKind::HyperFloor.copies());
+        assert!(TargetKind::HyperFloor
             .how_to_install()
-            .contains("make pingora-floor"));
+            .contains("make bench"));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Smoke run of the benchmark suite (`cutover-bench report --smoke` as a library call): the
-//! backend process, direct, cutover and cutover-shadow — plus nginx / HAProxy when installed —
-//! a few hundred requests each through every phase, then the report and charts written to a
-//! temp dir (never BENCHMARKS.md). Checks the harness works and counts what it should, not
-//! how fast anything is.
+//! backend process, direct, cutover, cutover-shadow and hyper-floor (this crate's binary, built
+//! for the test) — plus nginx / HAProxy when installed — a few hundred requests each through
+//! every phase, then the report and charts written to a temp dir (never BENCHMARKS.md). Checks
+//! the harness works and counts what it should, not how fast anything is.
 
 use cutover_bench::report::{self, Output, Verdict};
 use cutover_bench::suite::{self, Phase, SuiteOptions};
@@ -22,6 +22,7 @@ async fn suite_smoke() {
         TargetKind::Direct,
         TargetKind::Cutover,
         TargetKind::CutoverShadow,
+        TargetKind::HyperFloor,
     ];
     for k in must {
         assert!(report.targets.contains(&k), "{} ran", k.name());
@@ -98,6 +99,8 @@ async fn suite_smoke() {
         "Closed loop, 1 KiB",
         "Open loop, 1 KiB",
         "cutover-shadow",
+        "hyper-floor",
+        "### cutover over its floor (a minimal hyper proxy)",
         "Fault → automatic rollback",
         "| Rollback time |",
         "![",

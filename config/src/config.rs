@@ -49,6 +49,9 @@ pub struct ProxySettings {
     pub upstream_timeout: Duration,
     /// Time limit for reading a client's request body.
     pub body_read_timeout: Duration,
+    /// Total time a request head may take to arrive, from its first byte (from the accept for
+    /// a connection's first request); the connection is closed at it (RELIABILITY 30).
+    pub header_read_timeout: Duration,
     /// How long an idle keep-alive connection is kept open.
     pub idle_timeout: Duration,
     /// Time limit for writing a response to a client.
@@ -65,6 +68,9 @@ pub struct ProxySettings {
     pub grace_period: Duration,
     /// What to do with request headers whose names contain `_`.
     pub underscore_headers: UnderscoreHeaders,
+    /// Unix socket the running process offers its listening sockets on, for a new binary
+    /// started with `serve --upgrade` (RELIABILITY 56); no hand-over without it.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 impl Default for ProxySettings {
@@ -77,6 +83,7 @@ impl Default for ProxySettings {
             connect_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
             max_header_bytes: 32_768,
@@ -85,6 +92,7 @@ impl Default for ProxySettings {
             max_body_bytes: 10_485_760,
             grace_period: Duration::from_secs(30),
             underscore_headers: UnderscoreHeaders::Allow,
+            upgrade_socket: None,
         }
     }
 }
@@ -246,6 +254,11 @@ fn proxy(report: &mut Report, at: &FieldPath, raw: RawProxy) -> Option<ProxySett
         raw.body_read_timeout,
         d.body_read_timeout,
     );
+    let header_read_timeout = timeout(
+        "header_read_timeout",
+        raw.header_read_timeout,
+        d.header_read_timeout,
+    );
     let idle_timeout = timeout("idle_timeout", raw.idle_timeout, d.idle_timeout);
     let write_timeout = timeout("write_timeout", raw.write_timeout, d.write_timeout);
     let grace_period = check::duration(
@@ -267,6 +280,7 @@ fn proxy(report: &mut Report, at: &FieldPath, raw: RawProxy) -> Option<ProxySett
         connect_timeout: connect_timeout?,
         upstream_timeout: upstream_timeout?,
         body_read_timeout: body_read_timeout?,
+        header_read_timeout: header_read_timeout?,
         idle_timeout: idle_timeout?,
         write_timeout: write_timeout?,
         max_header_bytes: max_header_bytes?,
@@ -275,6 +289,7 @@ fn proxy(report: &mut Report, at: &FieldPath, raw: RawProxy) -> Option<ProxySett
         max_body_bytes: raw.max_body_bytes.unwrap_or(d.max_body_bytes),
         grace_period: grace_period?,
         underscore_headers: raw.underscore_headers.unwrap_or(d.underscore_headers),
+        upgrade_socket: raw.upgrade_socket.map(PathBuf::from),
     })
 }
 

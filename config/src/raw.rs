@@ -91,6 +91,7 @@ pub(crate) struct RawProxy {
     pub(crate) connect_timeout: Option<RawDuration>,
     pub(crate) upstream_timeout: Option<RawDuration>,
     pub(crate) body_read_timeout: Option<RawDuration>,
+    pub(crate) header_read_timeout: Option<RawDuration>,
     pub(crate) idle_timeout: Option<RawDuration>,
     pub(crate) write_timeout: Option<RawDuration>,
     pub(crate) max_header_bytes: Option<u64>,
@@ -99,6 +100,7 @@ pub(crate) struct RawProxy {
     pub(crate) max_body_bytes: Option<u64>,
     pub(crate) grace_period: Option<RawDuration>,
     pub(crate) underscore_headers: Option<UnderscoreHeaders>,
+    pub(crate) upgrade_socket: Option<String>,
 }
 
 /// `[admin]`.

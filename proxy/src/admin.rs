@@ -5,16 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_trait::async_trait;
 use http::{Response, StatusCode};
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
 use crate::routing::{Route, Snapshot};
 use crate::state::Shared;
 use crate::stats::{BackendKind, Role};
-use crate::telemetry::RuntimeKind;
 
 /// The admin API application.
 #[derive(Clone)]
@@ -41,10 +37,6 @@ impl Admin {
 
     /// Answer one admin request (method and path only; the admin API takes no bodies).
     pub fn handle(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
-        self.shared
-            .telemetry
-            .metrics
-            .note_runtime(RuntimeKind::Admin);
         if method != http::Method::GET && method != http::Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         }
@@ -193,12 +185,10 @@ pub fn stats_json(route: &Route, now: Instant) -> Value {
     })
 }
 
-#[async_trait]
-impl ServeHttp for Admin {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        let (method, path) = (req.method.clone(), req.uri.path().to_string());
-        let mut resp = self.handle(&method, &path);
+impl Admin {
+    /// [`Admin::handle`] with its Content-Length, and no body for HEAD.
+    pub fn respond(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
+        let mut resp = self.handle(method, path);
         let len = resp.body().len();
         resp.headers_mut()
             .insert(http::header::CONTENT_LENGTH, len.into());
@@ -206,6 +196,45 @@ impl ServeHttp for Admin {
             resp.body_mut().clear();
         }
         resp
+    }
+
+    /// Serve the admin API on `listener` (HTTP/1.1, on the control runtime) until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        loop {
+            let stream = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let resp = admin
+                            .respond(req.method(), req.uri().path())
+                            .map(|b| http_body_util::Full::new(bytes::Bytes::from(b)));
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "admin connection ended");
+                }
+            });
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! HTTP hygiene (SPEC §7, RELIABILITY.md 1–22, 28–29): what is checked on a request before it
 //! is routed, and which headers never cross the proxy.
 //!
-//! pingora's parser already refuses most malformed framing; the checks here are the ones it
-//! leaves to us, plus the limits operators configure.
+//! hyper's parser already refuses most malformed framing (and `listen::ConnIo` what only the
+//! raw head shows); the checks here are the ones it leaves to us, plus the limits operators
+//! configure.
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -58,6 +59,25 @@ pub fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
         }
     }
     names
+}
+
+/// Headers a client's `Connection` may not nominate: the request is refused (Envoy's rule,
+/// cutover's documented policy, docs/hygiene.md).
+const NOT_NOMINABLE: [&str; 4] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+fn nominates_forwarding_header(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t.starts_with(':') || NOT_NOMINABLE.iter().any(|n| t.eq_ignore_ascii_case(n)))
 }
 
 /// Why a request is refused before routing.
@@ -116,6 +136,9 @@ pub fn check_request(
         }
     }
     check_framing(headers, http1, http11)?;
+    if nominates_forwarding_header(headers) {
+        return reject(400, "Connection nominates a header the proxy sets");
+    }
     if let Some(len) = content_length(headers) {
         if len > limits.max_body_bytes {
             return reject(413, "request body too large");
@@ -155,13 +178,16 @@ fn check_framing(headers: &HeaderMap, http1: bool, http11: bool) -> Result<(), R
     Ok(())
 }
 
-/// RELIABILITY 18: the request target must be origin-form (`/path`), absolute-form
-/// (`http://host/path`), or `*` for OPTIONS. (pingora refuses CONNECT's authority-form itself.)
-pub fn check_target(method: &http::Method, target: &str) -> Result<(), Rejection> {
-    let ok = target.starts_with('/')
-        || (*method == http::Method::OPTIONS && target == "*")
-        || target.starts_with("http://")
-        || target.starts_with("https://");
+/// RELIABILITY 18: an HTTP/1 request target must be origin-form (`/path`), absolute-form
+/// (`http://host/path`), or `*` for OPTIONS; authority-form (CONNECT) is refused.
+pub fn check_target(method: &http::Method, uri: &http::Uri) -> Result<(), Rejection> {
+    let ok = match (uri.scheme_str(), uri.authority()) {
+        (None, None) => {
+            uri.path().starts_with('/') || (*method == http::Method::OPTIONS && uri.path() == "*")
+        }
+        (Some("http" | "https"), Some(_)) => true,
+        _ => false,
+    };
     if ok {
         Ok(())
     } else {
@@ -169,14 +195,25 @@ pub fn check_target(method: &http::Method, target: &str) -> Result<(), Rejection
     }
 }
 
-/// RELIABILITY 7: a line ending that is not CRLF (a bare LF, which httparse tolerates, or a bare
-/// CR) in the raw request head. Such a request is refused, never re-framed and forwarded.
-pub fn has_bare_cr_or_lf(raw_head: &[u8]) -> bool {
-    raw_head.iter().enumerate().any(|(i, &b)| match b {
-        b'\n' => i == 0 || raw_head[i - 1] != b'\r',
-        b'\r' => raw_head.get(i + 1) != Some(&b'\n'),
-        _ => false,
-    })
+/// RELIABILITY 26: an HTTP/2 request's `:authority` and `Host`, when both are sent, must name the
+/// same host (RFC 9113 §8.3.1 lets them differ only for a CONNECT; a proxy choosing one would
+/// route by a name the client did not mean).
+pub fn check_h2_authority(
+    authority: Option<&http::uri::Authority>,
+    headers: &HeaderMap,
+) -> Result<(), Rejection> {
+    let (Some(authority), Some(host)) = (authority, headers.get(header::HOST)) else {
+        return Ok(());
+    };
+    if authority
+        .as_str()
+        .as_bytes()
+        .eq_ignore_ascii_case(host.as_bytes())
+    {
+        Ok(())
+    } else {
+        reject(400, ":authority and Host disagree")
+    }
 }
 
 /// The request's Content-Length, when it has exactly one valid one.
@@ -372,23 +409,27 @@ mod tests {
     }
 
     #[test]
-    fn request_targets() {
-        let get = http::Method::GET;
-        assert!(check_target(&get, "/x?y").is_ok());
-        assert!(check_target(&get, "http://a/x").is_ok());
-        assert!(check_target(&http::Method::OPTIONS, "*").is_ok());
-        assert_eq!(check_target(&get, "*").unwrap_err().status, 400);
-        assert_eq!(check_target(&get, "case18-target").unwrap_err().status, 400);
-        assert_eq!(check_target(&get, "").unwrap_err().status, 400);
+    fn h2_authority_and_host_must_agree() {
+        let authority = http::uri::Authority::from_static("a.test");
+        assert!(check_h2_authority(Some(&authority), &headers(&[("host", "A.test")])).is_ok());
+        assert!(check_h2_authority(Some(&authority), &headers(&[])).is_ok());
+        assert!(check_h2_authority(None, &headers(&[("host", "b.test")])).is_ok());
+        let refused = check_h2_authority(Some(&authority), &headers(&[("host", "b.test")]));
+        assert_eq!(refused.unwrap_err().status, 400);
     }
 
     #[test]
-    fn bare_line_endings() {
-        assert!(!has_bare_cr_or_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(has_bare_cr_or_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
-        assert!(has_bare_cr_or_lf(b"GET / HTTP/1.1\r\nHost: a\n\n"));
-        assert!(has_bare_cr_or_lf(b"GET / HTTP/1.1\rHost: a\r\n\r\n"));
-        assert!(has_bare_cr_or_lf(b"\n"));
+    fn request_targets() {
+        let get = http::Method::GET;
+        let target = |t: &'static str| http::Uri::from_static(t);
+        assert!(check_target(&get, &target("/x?y")).is_ok());
+        assert!(check_target(&get, &target("http://a/x")).is_ok());
+        assert!(check_target(&http::Method::OPTIONS, &target("*")).is_ok());
+        assert_eq!(check_target(&get, &target("*")).unwrap_err().status, 400);
+        let authority = target("case18-target:80");
+        assert_eq!(check_target(&get, &authority).unwrap_err().status, 400);
+        let other_scheme = target("ftp://a/x");
+        assert_eq!(check_target(&get, &other_scheme).unwrap_err().status, 400);
     }
 
     #[test]

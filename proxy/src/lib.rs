@@ -1,17 +1,21 @@
-//! The cutover data plane: one pingora `ProxyHttp` that routes, splits legacy/new by weight and
-//! records per-backend statistics, plus the admin API and `cutover serve`/`demo`.
+//! The cutover data plane on hyper: workers that route, split legacy/new by weight, shadow and
+//! compare, and record per-backend statistics; plus the admin API and `cutover serve`/`demo`.
 //! Start at [`server::serve`]; the request phases are charted in `docs/architecture.md`.
 
 pub mod admin;
+pub mod body;
 pub mod compare;
-pub mod connections;
 pub mod demo;
+pub mod handover;
 pub mod hygiene;
+pub mod listen;
+pub mod pipeline;
 pub mod routing;
 pub mod server;
-pub mod service;
 pub mod shadow;
 pub mod split;
 pub mod state;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;
+pub mod upstream;

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use cutover_proxy::server::{self, ServeError};
 
 /// mimalloc instead of glibc malloc: perf showed ~15 % of the proxy's CPU in glibc
-/// malloc/free (pingora allocates per request and per buffer); see BENCHMARKS.md.
+/// malloc/free (the data plane allocates per request: heads, header maps, body frames); see
+/// BENCHMARKS.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -31,6 +32,10 @@ enum Command {
         /// The config file (TOML, see config/examples/).
         #[arg(long, short)]
         config: PathBuf,
+        /// Take over the listening sockets of the cutover running with the same
+        /// `[proxy] upgrade_socket`; it drains and exits once this one serves.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a config file (.toml) or a route spec / weights document (.json).
     Validate {
@@ -54,7 +59,7 @@ fn main() -> ExitCode {
     };
     init_logging();
     match cli.command {
-        Command::Serve { config } => match server::serve(&config) {
+        Command::Serve { config, upgrade } => match server::serve(&config, upgrade) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e @ (ServeError::Read { .. } | ServeError::Invalid(_))) => {
                 eprintln!("{e}");

@@ -1,35 +1,27 @@
-//! `cutover serve`: wires the config source, the data plane and the admin API into one pingora
-//! server, and drains on SIGTERM/SIGINT.
+//! `cutover serve`: wires the config source, the data plane workers and the admin API
+//! together, and drains on SIGTERM/SIGINT. This module and `main.rs` are the only ones that
+//! import `cutover-control`; the request path imports only `cutover-config`.
 //!
-//! Shutdown: on SIGTERM or SIGINT the listeners stop accepting (pingora's graceful terminate),
-//! `/readyz` turns 503, keep-alive connections close after their current request, and the
-//! process exits as soon as no request has been in flight for [`DRAIN_QUIET`] — or when
-//! `[proxy] grace_period` runs out, whichever comes first. SIGQUIT is pingora's graceful
-//! upgrade (listening sockets handed to a new process).
+//! Shutdown: on SIGTERM or SIGINT the listeners close, `/readyz` turns 503, kept-alive
+//! connections close after their current request (HTTP/2: GOAWAY), and the process exits as
+//! soon as no request has been in flight for [`DRAIN_QUIET`] — or when `[proxy] grace_period`
+//! runs out, whichever comes first.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use cutover_config::Config;
 use cutover_control::controller::{ControlView, Controller};
 use cutover_control::{ConfigSource, EtcdSource, FileSource};
-use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
-use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
-use pingora::services::background::{background_service, BackgroundService};
-use pingora::services::listening::Service;
 use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::admin::Admin;
-use crate::connections::ConnectionCap;
-use crate::service::Cutover;
+use crate::handover::{self, Inherited, Offer, Role};
+use crate::listen::{Address, Cap, ConnLimits};
 use crate::state::Shared;
 use crate::telemetry::RuntimeKind;
 
@@ -50,8 +42,10 @@ pub enum ServeError {
     Runtime(String),
 }
 
-/// Parse `path` and run until SIGTERM/SIGINT.
-pub fn serve(path: &Path) -> Result<(), ServeError> {
+/// Parse `path` and run until SIGTERM/SIGINT — or until a new binary took the sockets over.
+/// `upgrade`: take the listening sockets of the cutover running with the same
+/// `[proxy] upgrade_socket` (see [`crate::handover`]).
+pub fn serve(path: &Path, upgrade: bool) -> Result<(), ServeError> {
     let text = std::fs::read_to_string(path).map_err(|source| ServeError::Read {
         path: path.display().to_string(),
         source,
@@ -65,181 +59,319 @@ pub fn serve(path: &Path) -> Result<(), ServeError> {
         )),
         None => Box::new(FileSource::new(path, text, config.clone())),
     };
-    run(config, source)
+    run(config, source, upgrade)
 }
 
-/// Read buffer of each client connection: none. pingora's default is a 64 KiB buffer per
-/// connection, zero-filled when the connection is accepted, so every byte of it is resident:
-/// with 1,000 keep-alive clients that was most of the RSS (16 KiB: still +16 MiB). Without it
-/// reads go straight into the HTTP session's own header and body buffers: the same syscalls
-/// per request (strace over 20,000 closed-loop requests), and `max_header_bytes` is enforced
-/// as before.
-const DOWNSTREAM_READ_BUFFER: usize = 0;
-
-/// The HTTP server options of the client listeners: h2c offered besides HTTP/1.1.
-pub fn http_server_options() -> HttpServerOptions {
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    options
-}
-
-/// Socket buffers of each client connection: no separate read buffer (see
-/// `DOWNSTREAM_READ_BUFFER`).
-pub fn client_buffers() -> L4BufferSettings {
-    L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE)
-}
-
-/// Run the data plane for `config`, taking routes from `source`.
-pub fn run(config: Config, source: Box<dyn ConfigSource>) -> Result<(), ServeError> {
+/// Run the data plane for `config`, taking routes from `source`: `[proxy] threads` workers
+/// (see [`crate::listen`]); the admin API, the config source, the controller and the signals
+/// on a control runtime of their own.
+pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Result<(), ServeError> {
+    let p = &config.proxy;
+    let (mut inherited, upgrading) = match (upgrade, &p.upgrade_socket) {
+        (false, _) => (Inherited::default(), None),
+        (true, None) => {
+            return Err(ServeError::Runtime(
+                "--upgrade needs [proxy] upgrade_socket: the path the running cutover offers its sockets on".into(),
+            ))
+        }
+        (true, Some(path)) => {
+            let (inherited, upgrade) =
+                handover::fetch(path).map_err(|e| ServeError::Runtime(e.to_string()))?;
+            (inherited, Some(upgrade))
+        }
+    };
     let initial = source.initial_state();
     let shared = Arc::new(Shared::new(&config, &initial));
 
-    let conf = ServerConf {
-        threads: config.proxy.threads,
-        grace_period_seconds: Some(config.proxy.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
+    let mut addresses: Vec<Address> = p
+        .listen
+        .iter()
+        .map(|&addr| Address { addr, tls: None })
+        .collect();
+    if let Some(tls) = &p.tls {
+        let acceptor = crate::tls::acceptor(&tls.cert, &tls.key)
+            .map_err(|e| ServeError::Runtime(format!("[proxy] tls_cert/tls_key: {e}")))?;
+        addresses.push(Address {
+            addr: tls.listen,
+            tls: Some(acceptor),
+        });
+    }
+    let threads = p.threads.max(1);
+    let runtime_error = |e: std::io::Error| ServeError::Runtime(e.to_string());
+    let crate::listen::Bound {
+        per_worker,
+        addrs: bound,
+        mut sockets,
+    } = crate::listen::bind(&addresses, threads, &mut inherited).map_err(runtime_error)?;
+    let admin_listener = match inherited.take(Role::Admin, config.admin.listen).pop() {
+        Some(listener) => listener,
+        None => std::net::TcpListener::bind(config.admin.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| {
+                ServeError::Runtime(format!("[admin] listen {}: {e}", config.admin.listen))
+            })?,
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let admin_addr = admin_listener.local_addr().map_err(runtime_error)?;
+    sockets.push((
+        Role::Admin,
+        admin_addr,
+        admin_listener.try_clone().map_err(runtime_error)?,
+    ));
+    let leftover = inherited.leftover();
+    if !leftover.is_empty() {
+        info!(addresses = ?leftover, "upgrade: closing the old process's sockets this config no longer listens on");
+    }
+    drop(inherited);
+    // A fresh process offers its sockets at once; an upgrading one once the old one let go.
+    let offer_path = p.upgrade_socket.clone();
+    let (offer, mut pending_sockets) = match (&upgrading, &offer_path) {
+        (None, Some(path)) => (
+            Some(Offer::bind(path, sockets).map_err(runtime_error)?),
+            None,
+        ),
+        (Some(_), Some(_)) => (None, Some(sockets)),
+        _ => {
+            // No hand-over: the duplicates close now, so a drain closes the listeners.
+            drop(sockets);
+            (None, None)
+        }
+    };
+    let withdraw = Arc::new(std::sync::Mutex::new(offer.as_ref().map(Offer::withdrawer)));
 
-    let mut app = pingora::proxy::http_proxy(&server.configuration, Cutover::new(shared.clone()));
-    app.server_options = Some(http_server_options());
     let metrics = &shared.telemetry.metrics;
-    let app = ConnectionCap::new(
-        app,
-        config.proxy.max_connections,
+    let cap = Arc::new(Cap::new(
+        p.max_connections,
         metrics.downstream_connections.clone(),
         metrics.downstream_rejected.clone(),
-    );
-    let mut proxy = Service::new("cutover proxy".to_string(), app);
-    let buffers = client_buffers();
-    for addr in &config.proxy.listen {
-        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
-    }
-    if let Some(tls) = &config.proxy.tls {
-        // Mozilla's intermediate settings, and h2 offered by ALPN (SPEC §2), HTTP/1.1 otherwise.
-        let mut settings =
-            TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
-                .map_err(|e| ServeError::Runtime(format!("[proxy] tls_cert/tls_key: {e}")))?;
-        settings.enable_h2();
-        proxy.add_listener(
-            ListenerConfig::tcp(tls.listen.to_string())
-                .tls(settings)
-                .l4_buffer(buffers),
-        );
+    ));
+    let limits = ConnLimits {
+        header_read_timeout: p.header_read_timeout,
+        idle_timeout: p.idle_timeout,
+        write_timeout: p.write_timeout,
+        max_connections: p.max_connections,
+        max_header_bytes: p.max_header_bytes,
+        max_headers: p.max_headers,
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        crate::listen::spawn_worker(
+            index,
+            listeners,
+            shared.clone(),
+            cap.clone(),
+            limits,
+            shutdown_rx.clone(),
+        )
+        .map_err(|e| ServeError::Runtime(format!("cannot start worker {index}: {e}")))?;
     }
 
-    // What the controller shows on the admin API (`/api/v1/control`).
+    let control_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cutover-control")
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Runtime(format!("cannot start the control runtime: {e}")))?;
+    info!(
+        listen = ?bound,
+        admin = %admin_addr,
+        threads,
+        "cutover starting"
+    );
     let view = Arc::new(ControlView::default());
     let control_json = {
         let view = view.clone();
         Arc::new(move || serde_json::json!(view.snapshot())) as crate::admin::ControlJson
     };
-    let mut admin = Service::new(
-        "cutover admin".to_string(),
-        Admin::new(shared.clone(), control_json),
-    );
-    admin.add_tcp(&config.admin.listen.to_string());
-    admin.threads = Some(1);
-
-    let mut probe_addrs = config.proxy.listen.clone();
-    probe_addrs.extend(config.proxy.tls.as_ref().map(|t| t.listen));
-    probe_addrs.push(config.admin.listen);
-    let control = background_service(
-        "cutover control",
-        Control {
-            shared: shared.clone(),
+    let admin = Admin::new(shared.clone(), control_json);
+    let mut probe_addrs = bound;
+    probe_addrs.push(admin_addr);
+    let grace = p.grace_period;
+    // Set when a new binary took the sockets over: drain as on SIGTERM.
+    let (handed_over_tx, handed_over) = tokio::sync::oneshot::channel::<()>();
+    let mut handed_over_tx = Some(handed_over_tx);
+    if let Some(offer) = offer {
+        spawn_offer(offer, handed_over_tx.take()).map_err(runtime_error)?;
+    }
+    control_rt.block_on(async move {
+        match tokio::net::TcpListener::from_std(admin_listener) {
+            Ok(listener) => {
+                tokio::spawn(admin.serve(listener, shutdown_rx.clone()));
+            }
+            Err(e) => error!(error = %e, "cannot serve the admin API"),
+        }
+        tokio::spawn(control_loop(
+            shared.clone(),
             view,
-            source: Mutex::new(Some(source)),
-            initial: Arc::new(initial),
+            source,
+            Arc::new(initial),
             probe_addrs,
-            etcd: config.etcd.clone(),
-            webhook: config.notify.webhook.clone(),
-        },
-    );
-
-    server.add_service(proxy);
-    server.add_service(admin);
-    server.add_service(control);
-    info!(
-        listen = ?config.proxy.listen,
-        admin = %config.admin.listen,
-        threads = config.proxy.threads,
-        "cutover starting"
-    );
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals {
-            shared,
-            grace: config.proxy.grace_period,
-        }),
+            config.etcd.clone(),
+            config.notify.webhook.clone(),
+            shutdown_rx,
+        ));
+        if let Some(upgrade) = upgrading {
+            // Serve first, then tell the old process (which then drains), then offer.
+            let ready = tokio::time::timeout(Duration::from_secs(60), async {
+                while !shared.is_ready() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            if ready.is_err() {
+                error!("upgrade: not ready within 60 s; the old process keeps serving");
+            }
+            let freed = tokio::task::spawn_blocking(move || upgrade.ready()).await;
+            match freed {
+                Ok(Ok(path)) => {
+                    info!("upgrade: the old process let go; this one serves");
+                    let sockets = pending_sockets.take().unwrap_or_default();
+                    let offered = Offer::bind(&path, sockets).and_then(|o| {
+                        *withdraw.lock().unwrap_or_else(|p| p.into_inner()) = Some(o.withdrawer());
+                        spawn_offer(o, handed_over_tx.take())
+                    });
+                    if let Err(e) = offered {
+                        error!(error = %e, "upgrade socket: cannot offer for the next upgrade");
+                    }
+                }
+                Ok(Err(e)) => error!(error = %e, "upgrade: the old process did not confirm"),
+                Err(e) => error!(error = %e, "upgrade: confirmation task failed"),
+            }
+        }
+        let name = tokio::select! {
+            name = wait_for_signal() => name,
+            Ok(()) = handed_over => "upgrade",
+        };
+        // Draining: the listeners must close (a hand-over already gave them away).
+        if let Some(w) = withdraw.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            w.withdraw();
+        }
+        info!(
+            grace = ?grace,
+            inflight = shared.inflight(),
+            "{name}: draining (no new connections; in-flight requests finish)"
+        );
+        shared.draining.store(true, Ordering::Relaxed);
+        let _ = shutdown_tx.send(true);
+        let deadline = Instant::now() + grace;
+        let drained = tokio::task::spawn_blocking({
+            let shared = shared.clone();
+            move || wait_drained(&shared, &cap, deadline)
+        })
+        .await
+        .unwrap_or(false);
+        if drained {
+            info!("drained: no request in flight; exiting");
+        } else {
+            info!(
+                inflight = shared.inflight(),
+                "grace period over; exiting with requests in flight"
+            );
+        }
     });
-    Ok(())
+    std::process::exit(0);
 }
 
-/// The control loop: runs the config source and applies what it publishes; marks the process
-/// ready once every listener accepts connections.
-struct Control {
+/// Offer the sockets on a thread of their own; `done` fires once a new binary took them over.
+fn spawn_offer(
+    offer: Offer,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cutover-upgrade".into())
+        .spawn(move || {
+            offer.serve();
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        })
+}
+
+/// SIGTERM or SIGINT (the name of the one that came).
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; SIGTERM will not drain");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Wait until no request has been in flight and no client connection open for
+/// [`DRAIN_QUIET`] (true) or `deadline` passes (false).
+fn wait_drained(shared: &Shared, cap: &Cap, deadline: Instant) -> bool {
+    let mut idle_since: Option<Instant> = None;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        if shared.inflight() > 0 || cap.open() > 0 {
+            idle_since = None;
+            continue;
+        }
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= DRAIN_QUIET {
+            return true;
+        }
+    }
+    false
+}
+
+/// The control loop: runs the config source and the controller, applies what the source
+/// publishes, and marks the process ready once every listener accepts connections.
+#[allow(clippy::too_many_arguments)]
+async fn control_loop(
     shared: Arc<Shared>,
     view: Arc<ControlView>,
-    source: Mutex<Option<Box<dyn ConfigSource>>>,
+    source: Box<dyn ConfigSource>,
     initial: Arc<cutover_control::ConfigState>,
     probe_addrs: Vec<SocketAddr>,
     etcd: Option<cutover_config::EtcdSettings>,
     webhook: Option<String>,
-}
+    shutdown: watch::Receiver<bool>,
+) {
+    shared.telemetry.metrics.note_runtime(RuntimeKind::Control);
+    let (tx, mut rx) = watch::channel(initial);
+    let source_task = tokio::spawn(source.run(tx, shutdown.clone()));
 
-#[async_trait]
-impl BackgroundService for Control {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let Some(source) = self.source.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            return;
-        };
-        self.shared
-            .telemetry
-            .metrics
-            .note_runtime(RuntimeKind::Control);
-        let (tx, mut rx) = watch::channel(self.initial.clone());
-        let source_task = tokio::spawn(source.run(tx, shutdown.clone()));
+    let instance = cutover_control::model::instance_id();
+    let controller = match &etcd {
+        Some(etcd) => Controller::etcd(shared.clone(), view, etcd, instance, webhook),
+        None => Controller::local(shared.clone(), view, instance, webhook),
+    };
+    let controller_task = controller.spawn(shutdown.clone());
 
-        let (dp, view) = (self.shared.clone(), self.view.clone());
-        let instance = cutover_control::model::instance_id();
-        let webhook = self.webhook.clone();
-        let controller = match &self.etcd {
-            Some(etcd) => Controller::etcd(dp, view, etcd, instance, webhook),
-            None => Controller::local(dp, view, instance, webhook),
-        };
-        let controller_task = controller.spawn(shutdown.clone());
-
-        let shared = self.shared.clone();
-        let addrs = self.probe_addrs.clone();
+    {
+        let shared = shared.clone();
         tokio::spawn(async move {
-            wait_listening(&addrs).await;
+            wait_listening(&probe_addrs).await;
             shared.ready.store(true, Ordering::Relaxed);
             info!("ready: config loaded and listeners bound");
         });
+    }
 
-        loop {
-            let state = rx.borrow_and_update().clone();
-            self.shared.apply(&state);
-            if rx.changed().await.is_err() {
-                break;
-            }
+    loop {
+        let state = rx.borrow_and_update().clone();
+        shared.apply(&state);
+        if rx.changed().await.is_err() {
+            break;
         }
-        if let Err(e) = source_task.await {
-            error!(error = %e, "config source task failed");
-        }
-        if let Err(e) = controller_task.await {
-            error!(error = %e, "controller task failed");
-        }
+    }
+    if let Err(e) = source_task.await {
+        error!(error = %e, "config source task failed");
+    }
+    if let Err(e) = controller_task.await {
+        error!(error = %e, "controller task failed");
     }
 }
 
 /// Wait until a TCP connect to each address succeeds (the listener is bound and accepting).
 ///
-/// An address with port 0 is skipped: the kernel picks the port when pingora binds it, and
-/// pingora does not report which, so there is nothing to connect to (probing port 0 would
-/// retry forever and the process would never turn ready).
+/// An address with port 0 is skipped (probing port 0 would retry forever); `serve` probes the
+/// addresses `listen::bind` reports, where the kernel's choice is already filled in.
 async fn wait_listening(addrs: &[SocketAddr]) {
     for addr in addrs.iter().filter(|addr| addr.port() != 0) {
         let probe = if addr.ip().is_unspecified() {
@@ -256,59 +388,6 @@ async fn wait_listening(addrs: &[SocketAddr]) {
         };
         while tokio::net::TcpStream::connect(probe).await.is_err() {
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// SIGTERM and SIGINT drain; SIGQUIT hands the sockets to a new process (pingora upgrade).
-struct Signals {
-    shared: Arc<Shared>,
-    grace: Duration,
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-        ) else {
-            error!("cannot install signal handlers; SIGTERM will not drain");
-            return std::future::pending().await;
-        };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
-        };
-        info!(
-            grace = ?self.grace,
-            inflight = self.shared.inflight(),
-            "{name}: draining (no new connections; in-flight requests finish)"
-        );
-        self.shared.draining.store(true, Ordering::Relaxed);
-        let shared = self.shared.clone();
-        std::thread::spawn(move || exit_when_drained(&shared));
-        ShutdownSignal::GracefulTerminate
-    }
-}
-
-/// Exit 0 once no request has been in flight for [`DRAIN_QUIET`]; pingora's grace period is the
-/// upper bound if requests never finish.
-fn exit_when_drained(shared: &Shared) {
-    let mut idle_since: Option<Instant> = None;
-    loop {
-        std::thread::sleep(Duration::from_millis(10));
-        if shared.inflight() > 0 {
-            idle_since = None;
-            continue;
-        }
-        let since = *idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= DRAIN_QUIET {
-            info!("drained: no request in flight; exiting");
-            std::process::exit(0);
         }
     }
 }

@@ -8,7 +8,6 @@
 //! the task through a one-shot channel when the primary finishes; a primary that fails or a
 //! client that goes away simply closes the channel.
 
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -22,12 +21,10 @@ use bytes::{Bytes, BytesMut};
 use cutover_config::ShadowPolicy;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pingora::tls::{ClientConfig, ClientTlsStream, RootCertStore, ServerName, TlsConnector};
-use tokio::net::TcpStream;
-use tokio::sync::{oneshot, OnceCell};
+use tokio::sync::oneshot;
 use tower_service::Service;
 use tracing::debug;
 
@@ -36,6 +33,7 @@ use crate::hygiene::{self, SHADOW_MARKER};
 use crate::routing::Route;
 use crate::stats::{BackendKind, Role};
 use crate::telemetry::Outcome;
+use crate::tls;
 
 /// Longest a shadow task waits for the primary's answer after its own arrived.
 const PRIMARY_WAIT: Duration = Duration::from_secs(60);
@@ -68,15 +66,7 @@ pub struct ShadowClient {
 
 impl ShadowClient {
     pub fn new(connect_timeout: Duration) -> Self {
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(connect_timeout));
-        tcp.set_nodelay(true);
-        // `https://` URIs reach the connector; it adds the TLS itself.
-        tcp.enforce_http(false);
-        let connector = ShadowConnector {
-            tcp,
-            tls: Arc::new(OnceCell::new()),
-        };
+        let connector = ShadowConnector { connect_timeout };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
@@ -107,7 +97,7 @@ fn copy_uri(addr: SocketAddr, server_name: Option<&str>, path_and_query: &str) -
 }
 
 /// The TLS server name [`copy_uri`] put in the user-info of `uri`.
-fn server_name(uri: &Uri) -> Result<ServerName<'static>, BoxError> {
+fn server_name(uri: &Uri) -> Result<String, BoxError> {
     let authority = uri.authority().ok_or("the URI has no authority")?.as_str();
     let (encoded, _) = authority
         .rsplit_once('@')
@@ -126,58 +116,17 @@ fn server_name(uri: &Uri) -> Result<ServerName<'static>, BoxError> {
             name.push(byte);
         }
     }
-    let name = String::from_utf8(name).map_err(|_| "the TLS server name is not UTF-8")?;
-    let name = leftmost_underscores_to_hyphens(&name).unwrap_or(name);
-    ServerName::try_from(name).map_err(|e| format!("invalid TLS server name: {e}").into())
-}
-
-/// What pingora's connector does to a live request's SNI before checking the certificate
-/// against it (`replace_leftmost_underscore`, private to pingora-core): underscores in the
-/// leftmost label of a name with at least three labels become hyphens, so the copy verifies
-/// the same name as the live request.
-fn leftmost_underscores_to_hyphens(name: &str) -> Option<String> {
-    let (leftmost, rest) = name.split_once('.')?;
-    if !rest.contains('.') || !leftmost.contains('_') {
-        return None;
-    }
-    Some(format!("{}.{rest}", leftmost.replace('_', "-")))
+    Ok(String::from_utf8(name).map_err(|_| "the TLS server name is not UTF-8")?)
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connects shadow copies: TCP, then TLS for `https://` URIs ([`copy_uri`]), trusting what the
-/// primary's connections trust — the platform's CA certificates, `SSL_CERT_FILE` and
-/// `SSL_CERT_DIR` included (pingora's rustls connector loads the same) — and checking the
-/// certificate against the server name. The TLS client is built at the first TLS copy (off
-/// the runtime's threads: loading the CA certificates reads files), so a proxy without TLS
-/// backends never loads them for it; a failed load is not kept, the next TLS copy tries again.
-#[derive(Clone)]
+/// primary's connections trust ([`crate::tls::connector`]) and checking the certificate
+/// against the server name, within the connect timeout.
+#[derive(Debug, Clone)]
 struct ShadowConnector {
-    tcp: HttpConnector,
-    tls: Arc<OnceCell<TlsConnector>>,
-}
-
-impl fmt::Debug for ShadowConnector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShadowConnector")
-            .field("tcp", &self.tcp)
-            .field("tls_ready", &self.tls.initialized())
-            .finish()
-    }
-}
-
-/// TLS 1.2 and 1.3 with the platform's roots, HTTP/1.1 by ALPN (the copy speaks HTTP/1.1).
-fn tls_connector() -> Result<TlsConnector, String> {
-    pingora::tls::install_default_crypto_provider();
-    let mut roots = RootCertStore::empty();
-    pingora::tls::load_platform_certs_incl_env_into_store(&mut roots)
-        .map_err(|e| format!("loading the platform's CA certificates: {e}"))?;
-    let versions = [&pingora::tls::version::TLS12, &pingora::tls::version::TLS13];
-    let mut config = ClientConfig::builder_with_protocol_versions(&versions)
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
+    connect_timeout: Duration,
 }
 
 impl Service<Uri> for ShadowConnector {
@@ -185,48 +134,36 @@ impl Service<Uri> for ShadowConnector {
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<ShadowStream, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.tcp.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let mut tcp = self.tcp.clone();
-        let tls = self.tls.clone();
+        let timeout = self.connect_timeout;
         Box::pin(async move {
             let name = match uri.scheme_str() {
                 Some("https") => Some(server_name(&uri)?),
                 _ => None,
             };
-            let stream = tcp.call(uri).await?;
-            let Some(name) = name else {
-                return Ok(ShadowStream::Plain(stream));
-            };
-            let connector = tls
-                .get_or_try_init(|| async {
-                    tokio::task::spawn_blocking(tls_connector)
-                        .await
-                        .map_err(|e| format!("loading the CA certificates: {e}"))?
-                })
-                .await?
-                .clone();
-            let stream = connector.connect(name, stream.into_inner()).await?;
-            Ok(ShadowStream::Tls(Box::new(TokioIo::new(stream))))
+            let authority = uri.authority().ok_or("the URI has no authority")?.as_str();
+            let host_port = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+            let addr: SocketAddr = host_port
+                .parse()
+                .map_err(|e| format!("{host_port}: not an address: {e}"))?;
+            let stream = tokio::time::timeout(timeout, tls::Stream::connect(addr, name.as_deref()))
+                .await
+                .map_err(|_| format!("connecting to {addr} timed out"))??;
+            Ok(ShadowStream(TokioIo::new(stream)))
         })
     }
 }
 
-/// A shadow copy's connection: plain TCP or TLS over it (boxed: rustls' state is ~1 KiB).
-enum ShadowStream {
-    Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<ClientTlsStream<TcpStream>>>),
-}
+/// A shadow copy's connection: plain TCP or TLS over it.
+struct ShadowStream(TokioIo<tls::Stream>);
 
 impl Connection for ShadowStream {
     fn connected(&self) -> Connected {
-        match self {
-            ShadowStream::Plain(stream) => stream.connected(),
-            ShadowStream::Tls(stream) => stream.inner().get_ref().0.connected(),
-        }
+        Connected::new()
     }
 }
 
@@ -236,10 +173,7 @@ impl hyper::rt::Read for ShadowStream {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ShadowStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            ShadowStream::Tls(stream) => Pin::new(&mut **stream).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
@@ -249,24 +183,15 @@ impl hyper::rt::Write for ShadowStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ShadowStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            ShadowStream::Tls(stream) => Pin::new(&mut **stream).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ShadowStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            ShadowStream::Tls(stream) => Pin::new(&mut **stream).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ShadowStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            ShadowStream::Tls(stream) => Pin::new(&mut **stream).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 
@@ -689,8 +614,7 @@ mod tests {
             assert_eq!(uri.host(), Some("127.0.0.1"));
             assert_eq!(uri.port_u16(), Some(8443));
             assert_eq!(uri.path_and_query().unwrap().as_str(), "/a?b=1");
-            let expected = ServerName::try_from(name.to_string()).unwrap();
-            assert_eq!(server_name(&uri).unwrap(), expected, "{name}");
+            assert_eq!(server_name(&uri).unwrap(), name, "{name}");
         }
         let plain: Uri = copy_uri(addr, None, "/").parse().unwrap();
         assert!(server_name(&plain).is_err());
@@ -707,13 +631,13 @@ mod tests {
     }
 
     #[test]
-    fn server_names_get_pingoras_underscore_rule() {
+    fn server_names_get_the_underscore_rule() {
         let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
         let name = |sni: &str| {
             let uri: Uri = copy_uri(addr, Some(sni), "/").parse().unwrap();
-            server_name(&uri).unwrap()
+            tls::server_name(&server_name(&uri).unwrap()).unwrap()
         };
-        let expect = |s: &str| ServerName::try_from(s.to_string()).unwrap();
+        let expect = |s: &str| rustls::pki_types::ServerName::try_from(s.to_string()).unwrap();
         assert_eq!(name("a_b.api.example"), expect("a-b.api.example"));
         assert_eq!(name("api.example"), expect("api.example"));
     }

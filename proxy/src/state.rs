@@ -28,15 +28,6 @@ pub struct Settings {
     pub upstream_idle_timeout: Duration,
     pub body_read_timeout: Duration,
     pub write_timeout: Duration,
-    /// `[proxy] idle_timeout` in whole seconds, the precision of pingora's keep-alive timer:
-    /// rounded up (a connection is never closed before the configured idle time), at least 1.
-    pub idle_timeout_secs: u64,
-}
-
-/// `idle` in whole seconds, rounded up, at least 1.
-fn keepalive_secs(idle: Duration) -> u64 {
-    let secs = idle.as_secs() + u64::from(idle.subsec_nanos() > 0);
-    secs.max(1)
 }
 
 impl Settings {
@@ -55,7 +46,6 @@ impl Settings {
             upstream_idle_timeout: Duration::from_secs(60),
             body_read_timeout: p.body_read_timeout,
             write_timeout: p.write_timeout,
-            idle_timeout_secs: keepalive_secs(p.idle_timeout),
         }
     }
 }
@@ -251,18 +241,6 @@ impl Drop for InflightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn idle_timeout_rounds_up_to_whole_seconds() {
-        let ms = Duration::from_millis;
-        assert_eq!(keepalive_secs(ms(1)), 1);
-        assert_eq!(keepalive_secs(ms(500)), 1);
-        assert_eq!(keepalive_secs(ms(1000)), 1);
-        assert_eq!(keepalive_secs(ms(1001)), 2);
-        assert_eq!(keepalive_secs(Duration::new(1, 1)), 2);
-        assert_eq!(keepalive_secs(ms(1500)), 2);
-        assert_eq!(keepalive_secs(Duration::from_secs(60)), 60);
-    }
 
     const ONE: &str = r#"
         [[routes]]

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{
@@ -35,25 +35,22 @@ const DURATION_BUCKETS: &[f64] = &[
 /// Status classes of `cutover_requests_total{code}`; `error` is "no response".
 const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
-/// The process's tokio runtimes (pingora runs one per service), by `cutover_runtime_tasks`'
-/// `runtime` label.
+/// The process's tokio runtimes, by `cutover_runtime_tasks`' `runtime` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeKind {
-    /// The data plane: client connections, requests, shadow copies.
+    /// The data plane's workers (summed): client connections, requests, upstream connections,
+    /// shadow copies.
     Proxy = 0,
-    /// The admin API.
-    Admin = 1,
-    /// The config source, the controller and the fleet.
-    Control = 2,
+    /// The config source, the controller, the fleet and the admin API.
+    Control = 1,
 }
 
 impl RuntimeKind {
-    const ALL: [RuntimeKind; 3] = [RuntimeKind::Proxy, RuntimeKind::Admin, RuntimeKind::Control];
+    const ALL: [RuntimeKind; 2] = [RuntimeKind::Proxy, RuntimeKind::Control];
 
     fn as_str(self) -> &'static str {
         match self {
             RuntimeKind::Proxy => "proxy",
-            RuntimeKind::Admin => "admin",
             RuntimeKind::Control => "control",
         }
     }
@@ -104,8 +101,9 @@ pub struct Metrics {
     /// Client connections closed unread because `max_connections` were open.
     pub downstream_rejected: IntCounter,
     runtime_tasks: IntGaugeVec,
-    /// Each runtime's handle, noted by the first code that runs on it; read at scrape time.
-    runtimes: [OnceLock<Handle>; 3],
+    /// Each runtime's handles (one per worker for the data plane), noted when it starts; read
+    /// at scrape time.
+    runtimes: [Mutex<Vec<Handle>>; 2],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -243,26 +241,30 @@ impl Metrics {
         }
     }
 
-    /// Remember the runtime the caller runs on as `kind` (the first call per kind wins; a call
-    /// outside a runtime does nothing). Cheap enough for every request: one atomic load once set.
+    /// Count the tasks of the runtime the caller runs on as `kind` (call once, when the runtime
+    /// starts; a call outside a runtime does nothing).
     pub fn note_runtime(&self, kind: RuntimeKind) {
-        let cell = &self.runtimes[kind as usize];
-        if cell.get().is_none() {
-            if let Ok(handle) = Handle::try_current() {
-                let _ = cell.set(handle);
-            }
+        if let Ok(handle) = Handle::try_current() {
+            self.runtimes[kind as usize]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(handle);
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Vec<u8> {
         for kind in RuntimeKind::ALL {
-            if let Some(handle) = self.runtimes[kind as usize].get() {
-                let tasks = handle.metrics().num_alive_tasks();
-                self.runtime_tasks
-                    .with_label_values(&[kind.as_str()])
-                    .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+            let handles = self.runtimes[kind as usize]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if handles.is_empty() {
+                continue;
             }
+            let tasks: usize = handles.iter().map(|h| h.metrics().num_alive_tasks()).sum();
+            self.runtime_tasks
+                .with_label_values(&[kind.as_str()])
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
         }
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new()

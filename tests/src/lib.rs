@@ -20,6 +20,7 @@ pub mod backend;
 pub mod client;
 pub mod ctl;
 pub mod etcd;
+pub mod h2raw;
 pub mod metrics;
 pub mod proxy;
 pub mod raw;

@@ -700,6 +700,48 @@ impl Proxy {
         self.config = config.clone();
     }
 
+    /// Starts a second `cutover serve --upgrade` on this proxy's config file (its
+    /// `[proxy] upgrade_socket` must be set) and waits (≤ 20 s) until it serves; this proxy's
+    /// process then drains and exits (see [`Proxy::wait_exit`]).
+    pub async fn upgrade(&self) -> Proxy {
+        let bin = cutover_bin();
+        let dir = tempfile::tempdir().expect("temp dir for the upgraded proxy");
+        let config_path = dir.path().join("cutover.toml");
+        std::fs::copy(&self.config_path, &config_path).expect("copy the config");
+        let log_path = dir.path().join("cutover.log");
+        let log = File::create(&log_path).expect("create log file");
+        let mut command = Command::new(&bin);
+        if let Some(id) = &self.config.instance {
+            command.env("CUTOVER_INSTANCE", id);
+        }
+        command.envs(self.config.env.iter().map(|(k, v)| (k, v)));
+        let child = command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--upgrade")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let mut proxy = Proxy {
+            child: Some(child),
+            dir,
+            config_path,
+            log_path,
+            addr: self.addr,
+            admin_addr: self.admin_addr,
+            config: self.config.clone(),
+            client: Client::new(),
+        };
+        let client = Client::new().with_timeout(Duration::from_millis(500));
+        if let Err(exit) = proxy.wait_for(&client, Readiness::Ready).await {
+            panic!("the upgraded cutover did not become ready ({exit})");
+        }
+        proxy
+    }
+
     /// Sends SIGTERM (via `kill -TERM`, keeping the crate free of `unsafe`).
     pub fn sigterm(&self) {
         let pid = self.pid().expect("proxy process still owned");

@@ -81,3 +81,123 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     );
     assert_eq!(legacy.count(), 4, "no request was replayed during shutdown");
 }
+
+/// Client load for the upgrade test: `conns` tasks, each sending GETs until `stop`, half of
+/// them on one kept-alive connection, half on a new connection per request (so a refused or
+/// reset connection would show). Returns (answered 200, failures with their errors).
+async fn steady_load(
+    proxy: &Proxy,
+    conns: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<(u64, Vec<String>)>> {
+    (0..conns)
+        .map(|i| {
+            let url = proxy.url(&format!("/steady/{i}"));
+            let fresh = i % 2 == 1;
+            let client = cutover_tests::Client::new();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                while !*stop.borrow() {
+                    let res = if fresh {
+                        client
+                            .get_with_headers(&url, &[("connection", "close")])
+                            .await
+                    } else {
+                        client.get(&url).await
+                    };
+                    match res {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("status {}: {}", r.status, r.text())),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+/// RELIABILITY 56: a new binary started with `--upgrade` takes the listening sockets over
+/// from the running one (SCM_RIGHTS on `[proxy] upgrade_socket`); the old one drains and exits
+/// 0. Under continuous load — kept-alive connections and a new connection per request — no
+/// connection is refused and no request fails, across two upgrades in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_hands_the_sockets_over_without_a_failed_request() {
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let sock_dir = tempfile::tempdir().expect("temp dir for the upgrade socket");
+    let sock = sock_dir.path().join("upgrade.sock");
+    let mut old = Proxy::start(
+        ProxyConfig::new()
+            .set_str("upgrade_socket", &sock.to_string_lossy())
+            .set_duration("grace_period", Duration::from_secs(5))
+            .route(
+                Route::new("orders")
+                    .legacy_endpoints([legacy.addr()])
+                    .new_endpoints([new.addr()])
+                    .weights(100, 0),
+            ),
+    )
+    .await;
+    let old_pid = old.pid().expect("old pid");
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let load = steady_load(&old, 8, stop).await;
+    eventually!(
+        Duration::from_secs(5),
+        async { legacy.count() >= 200 },
+        "load flowing before the upgrade"
+    );
+
+    // Upgrade twice: the new process offers the sockets on in its turn.
+    let mut upgraded = old.upgrade().await;
+    let status = old
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("the old cutover ({old_pid}) still runs after the upgrade"));
+    assert_eq!(status.code(), Some(0), "the old process drains and exits 0");
+    let before = legacy.count();
+    eventually!(
+        Duration::from_secs(5),
+        async { legacy.count() >= before + 200 },
+        "load flowing through the new process"
+    );
+    let mut third = upgraded.upgrade().await;
+    let status = upgraded
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("the second cutover still runs after the next upgrade"));
+    assert_eq!(status.code(), Some(0));
+    let before = legacy.count();
+    eventually!(
+        Duration::from_secs(5),
+        async { legacy.count() >= before + 200 },
+        "load flowing through the third process"
+    );
+
+    stop_tx.send(true).expect("stop the load");
+    let (mut ok, mut failed) = (0, Vec::new());
+    for task in load {
+        let (o, f) = task.await.expect("load task");
+        ok += o;
+        failed.extend(f);
+    }
+    eprintln!(
+        "upgrades under load: {ok} requests answered 200, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the upgrades, e.g. {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 600, "load ran throughout: {ok} requests");
+    // The third process serves and offers for the next upgrade.
+    assert!(sock.exists(), "the upgrade socket is offered again");
+    assert!(third.pid().is_some());
+    third.sigterm();
+    third.wait_exit(Duration::from_secs(10)).await;
+}

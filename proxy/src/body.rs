@@ -1,0 +1,487 @@
+//! The bodies that cross the proxy, streamed frame by frame (trailers included), never
+//! buffered whole:
+//! - [`RequestBody`]: the client's body on its way to the backend — `max_body_bytes` enforced
+//!   as it streams (RELIABILITY 29), `body_read_timeout` between frames (31), teed into the
+//!   shadow copy, and a signal when it ends (the backend's deadline starts then).
+//! - [`Body`]: what the client gets — the proxy's own short answers, or the backend's body,
+//!   teed into the shadow comparison, with `upstream_timeout` between frames; when it ends the
+//!   request is recorded and the backend connection goes back to the pool.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
+
+use crate::routing::Route;
+use crate::shadow::ShadowRequest;
+use crate::state::InflightGuard;
+use crate::stats::{BackendKind, Role};
+use crate::telemetry::Outcome;
+use crate::upstream::Lease;
+
+/// A shadowed request's state, shared by the request body (which tees the copy's body and
+/// sends the copy when it ends) and the response body (which tees the primary's answer).
+pub type ShadowSlot = Arc<Mutex<ShadowRequest>>;
+
+/// Why a client's request body could not be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over `max_body_bytes` (413).
+    TooLarge,
+    /// No data for `body_read_timeout` (408).
+    Timeout,
+    /// The client broke off or sent a malformed body (hyper's decoder refused it).
+    Client,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BodyError::TooLarge => "request body over max_body_bytes",
+            BodyError::Timeout => "request body timed out",
+            BodyError::Client => "request body broken off or malformed",
+        })
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// The first [`BodyError`] in `e`'s source chain, if any.
+pub fn body_error(e: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(b) = c.downcast_ref::<BodyError>() {
+            return Some(*b);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// A timer between frames: armed when a poll finds nothing, disarmed by a frame.
+#[derive(Debug)]
+struct Idle {
+    after: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Idle {
+    fn new(after: Duration) -> Self {
+        Idle { after, sleep: None }
+    }
+
+    /// Call when the inner body is pending: `true` once `after` has passed without a frame.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let after = self.after;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        sleep.as_mut().poll(cx).is_ready()
+    }
+
+    fn progress(&mut self) {
+        if let Some(sleep) = self.sleep.as_mut() {
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.after);
+        }
+    }
+}
+
+/// The client's request body on its way to the backend.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    idle: Idle,
+    limit: u64,
+    seen: u64,
+    shadow: Option<(ShadowSlot, Arc<Route>)>,
+    shadow_client: Option<crate::shadow::ShadowClient>,
+    ended: Option<oneshot::Sender<()>>,
+    done: bool,
+}
+
+impl RequestBody {
+    /// `ended` fires when the body is complete (at once for a request without one).
+    pub fn new(
+        inner: Incoming,
+        read_timeout: Duration,
+        limit: u64,
+        ended: oneshot::Sender<()>,
+    ) -> Self {
+        let mut body = RequestBody {
+            inner,
+            idle: Idle::new(read_timeout),
+            limit,
+            seen: 0,
+            shadow: None,
+            shadow_client: None,
+            ended: Some(ended),
+            done: false,
+        };
+        if hyper::body::Body::is_end_stream(&body.inner) {
+            body.finish();
+        }
+        body
+    }
+
+    /// Tee the body into `slot`'s copy, and send the copy when the body is complete.
+    pub fn tee(
+        &mut self,
+        slot: ShadowSlot,
+        route: Arc<Route>,
+        client: crate::shadow::ShadowClient,
+    ) {
+        if self.done {
+            dispatch(&slot, &route, &client);
+            return;
+        }
+        self.shadow = Some((slot, route));
+        self.shadow_client = Some(client);
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(tx) = self.ended.take() {
+            let _ = tx.send(());
+        }
+        if let (Some((slot, route)), Some(client)) = (self.shadow.take(), self.shadow_client.take())
+        {
+            dispatch(&slot, &route, &client);
+        }
+    }
+}
+
+fn dispatch(slot: &ShadowSlot, route: &Arc<Route>, client: &crate::shadow::ShadowClient) {
+    let mut shadow = slot.lock().unwrap_or_else(|p| p.into_inner());
+    shadow.finish_body();
+    shadow.dispatch(route, client, Instant::now());
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.idle.expired(cx) {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(BodyError::Timeout)));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.done = true;
+                return Poll::Ready(Some(Err(BodyError::Client)));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        this.idle.progress();
+        if let Some(data) = frame.data_ref() {
+            this.seen += data.len() as u64;
+            if this.seen > this.limit {
+                this.done = true;
+                return Poll::Ready(Some(Err(BodyError::TooLarge)));
+            }
+            if let Some((slot, route)) = this.shadow.as_ref() {
+                let mut shadow = slot.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(reason) = shadow.tee_request(data) {
+                    drop(shadow);
+                    route.telemetry.shadow_dropped(reason);
+                    this.shadow = None;
+                }
+            }
+        }
+        if hyper::body::Body::is_end_stream(&this.inner) {
+            this.finish();
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What a proxied answer carries until it is complete.
+#[derive(Debug)]
+pub struct Proxied {
+    inner: Incoming,
+    idle: Idle,
+    route: Arc<Route>,
+    backend: BackendKind,
+    status: u16,
+    started: Instant,
+    lease: Option<Lease>,
+    shadow: Option<ShadowSlot>,
+    _inflight: InflightGuard,
+    recorded: bool,
+}
+
+impl Proxied {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        inner: Incoming,
+        read_timeout: Duration,
+        route: Arc<Route>,
+        backend: BackendKind,
+        status: u16,
+        started: Instant,
+        lease: Lease,
+        shadow: Option<ShadowSlot>,
+        inflight: InflightGuard,
+    ) -> Self {
+        Proxied {
+            inner,
+            idle: Idle::new(read_timeout),
+            route,
+            backend,
+            status,
+            started,
+            lease: Some(lease),
+            shadow,
+            _inflight: inflight,
+            recorded: false,
+        }
+    }
+
+    /// The answer is over: count it, hand the primary's answer to the shadow comparison
+    /// (`complete`: the backend sent all of it), and pool the connection if it can serve again.
+    fn end(&mut self, outcome: Outcome, complete: bool) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        if let Some(slot) = self.shadow.take() {
+            slot.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .primary_done(complete);
+        }
+        self.route.record(
+            self.backend,
+            Role::Primary,
+            outcome,
+            self.started,
+            Instant::now(),
+        );
+        if let (true, Some(lease)) = (complete, self.lease.take()) {
+            lease.release();
+        }
+    }
+}
+
+impl Drop for Proxied {
+    fn drop(&mut self) {
+        // Not read to the end: a body that was empty anyway (HEAD, 204, 304) is complete and
+        // its connection reusable; otherwise the client went away mid-body — the backend did
+        // answer (its status counts), but the connection cannot be reused.
+        let complete = hyper::body::Body::is_end_stream(&self.inner);
+        if !complete {
+            self.lease = None;
+        }
+        self.end(Outcome::Status(self.status), complete);
+    }
+}
+
+/// What a connection's deadlines need to know of its requests (see `listen::ConnIo`).
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// Requests of this connection whose answer is not complete yet.
+    pub active: AtomicUsize,
+    /// A request head was just parsed: its head deadline is over.
+    pub head_done: AtomicBool,
+    /// What is wrong with the head being read, as only its raw bytes show
+    /// ([`HeadFault`] as a number; 0: nothing): the request is refused.
+    pub bad_head: AtomicU8,
+    /// The connection speaks HTTP/2 (its preface was seen, or ALPN chose h2).
+    pub h2: AtomicBool,
+}
+
+/// What the raw bytes of a request head show that hyper's parsed head does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HeadFault {
+    /// A bare CR or LF (RELIABILITY 7).
+    BareLineEnding = 1,
+    /// Two Content-Length lines, even equal ones (RELIABILITY 2; hyper merges equal ones).
+    DuplicateContentLength = 2,
+}
+
+impl HeadFault {
+    pub fn from_u8(v: u8) -> Option<HeadFault> {
+        match v {
+            1 => Some(HeadFault::BareLineEnding),
+            2 => Some(HeadFault::DuplicateContentLength),
+            _ => None,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            HeadFault::BareLineEnding => "line endings must be CRLF",
+            HeadFault::DuplicateContentLength => "more than one Content-Length",
+        }
+    }
+}
+
+/// Counts a request as active on its connection until its answer has been sent.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<ConnState>);
+
+impl ActiveGuard {
+    pub fn new(state: Arc<ConnState>) -> Self {
+        state.active.fetch_add(1, Ordering::AcqRel);
+        state.head_done.store(true, Ordering::Release);
+        ActiveGuard(state)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the client gets.
+#[derive(Debug)]
+pub struct Body {
+    kind: Kind,
+    _active: Option<ActiveGuard>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// The proxy's own answer (an error page), sent whole.
+    Full(Option<Bytes>),
+    Proxied(Box<Proxied>),
+}
+
+impl Body {
+    pub fn text(text: String) -> Self {
+        Body::full(Bytes::from(text))
+    }
+
+    pub fn full(bytes: Bytes) -> Self {
+        Body {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            _active: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Body::full(Bytes::new())
+    }
+
+    pub fn proxied(p: Proxied) -> Self {
+        Body {
+            kind: Kind::Proxied(Box::new(p)),
+            _active: None,
+        }
+    }
+
+    /// Keep `active` until this body has been sent (or dropped).
+    pub fn held_by(mut self, active: ActiveGuard) -> Self {
+        self._active = Some(active);
+        self
+    }
+}
+
+/// Why a proxied answer broke off mid-body (the client sees the stream cut).
+#[derive(Debug)]
+pub struct Broken(&'static str);
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Broken {}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Broken;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Broken>>> {
+        let p = match &mut self.get_mut().kind {
+            Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Proxied(p) => p,
+        };
+        if p.recorded {
+            return Poll::Ready(None);
+        }
+        let polled = Pin::new(&mut p.inner).poll_frame(cx);
+        let frame = match polled {
+            Poll::Pending => {
+                if p.idle.expired(cx) {
+                    p.lease = None;
+                    p.end(Outcome::NoResponse, false);
+                    return Poll::Ready(Some(Err(Broken("the backend stopped sending"))));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(None) => {
+                p.end(Outcome::Status(p.status), true);
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(_))) => {
+                p.lease = None;
+                p.end(Outcome::NoResponse, false);
+                return Poll::Ready(Some(Err(Broken("the backend broke off the answer"))));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        p.idle.progress();
+        if let (Some(slot), Some(data)) = (p.shadow.as_ref(), frame.data_ref()) {
+            slot.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .primary_body(data);
+        }
+        if hyper::body::Body::is_end_stream(&p.inner) {
+            p.end(Outcome::Status(p.status), true);
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Proxied(p) => p.recorded,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Proxied(p) if p.recorded => SizeHint::with_exact(0),
+            Kind::Proxied(p) => p.inner.size_hint(),
+        }
+    }
+}

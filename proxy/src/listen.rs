@@ -1,0 +1,796 @@
+//! The client side: `[proxy] threads` workers, each a current-thread tokio runtime with its own
+//! `SO_REUSEPORT` listener per address (the kernel spreads connections over them) and its own
+//! upstream pool, so no lock is shared between workers on the request path.
+//!
+//! Each connection is served by hyper (HTTP/1.1, or HTTP/2: h2c by prior knowledge, h2 by
+//! ALPN on the TLS listener) over a [`ConnIo`] that enforces the connection's deadlines:
+//! - `header_read_timeout`: a total deadline for a request head, from its first byte
+//!   (RELIABILITY 30) — a slowloris client is closed at it however it trickles;
+//! - `idle_timeout`: a kept-alive connection with no request in progress and no byte of a new
+//!   one (RELIABILITY 32);
+//! - `write_timeout`: a client that stops reading (RELIABILITY 31).
+//!
+//! `[proxy] max_connections` counts connections over every worker (one atomic); a connection
+//! accepted above it is closed at once, unread, and counted (RELIABILITY 32).
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus::{IntCounter, IntGauge};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::body::{ActiveGuard, ConnState, HeadFault};
+use crate::handover::{Inherited, Role};
+use crate::pipeline::{self, Peer, Worker};
+use crate::state::Shared;
+use crate::upstream::Pool;
+
+/// One address the proxy listens on, with TLS for the TLS listener.
+#[derive(Clone)]
+pub struct Address {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// The deadlines and limits of client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// One worker's listeners: a socket per address, with its TLS.
+pub type WorkerListeners = Vec<(StdListener, Option<TlsAcceptor>)>;
+
+/// What [`bind`] gives: each worker's listeners, the addresses bound (the kernel's port filled
+/// in for port 0), and a duplicate of every socket for a later hand-over.
+pub struct Bound {
+    pub per_worker: Vec<WorkerListeners>,
+    pub addrs: Vec<SocketAddr>,
+    pub sockets: Vec<(Role, SocketAddr, StdListener)>,
+}
+
+/// `threads` listeners per address with `SO_REUSEPORT`: first the sockets `inherited` from an
+/// upgraded process (spread over the workers), then fresh ones for workers still without (for
+/// port 0: on the port the first one got).
+pub fn bind(addrs: &[Address], threads: usize, inherited: &mut Inherited) -> io::Result<Bound> {
+    let mut per_worker: Vec<WorkerListeners> = (0..threads).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    let mut sockets = Vec::new();
+    for a in addrs {
+        let role = if a.tls.is_some() {
+            Role::Tls
+        } else {
+            Role::Listen
+        };
+        let mut addr = a.addr;
+        let taken = inherited.take(role, a.addr);
+        let mut served = vec![false; threads];
+        for (i, listener) in taken.into_iter().enumerate() {
+            addr = listener.local_addr()?;
+            sockets.push((role, addr, listener.try_clone()?));
+            per_worker[i % threads].push((listener, a.tls.clone()));
+            served[i % threads] = true;
+        }
+        for (worker, served) in per_worker.iter_mut().zip(served) {
+            if served {
+                continue;
+            }
+            let listener = reuseport_listener(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+            addr = listener.local_addr()?;
+            sockets.push((role, addr, listener.try_clone()?));
+            worker.push((listener, a.tls.clone()));
+        }
+        bound.push(addr);
+    }
+    Ok(Bound {
+        per_worker,
+        addrs: bound,
+        sockets,
+    })
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// What every worker shares: the client-connection count and its metrics.
+#[derive(Debug)]
+pub struct Cap {
+    max: usize,
+    open: AtomicUsize,
+    gauge: IntGauge,
+    rejected: IntCounter,
+}
+
+impl Cap {
+    pub fn new(max: usize, gauge: IntGauge, rejected: IntCounter) -> Self {
+        Cap {
+            max,
+            open: AtomicUsize::new(0),
+            gauge,
+            rejected,
+        }
+    }
+
+    /// Client connections open now, over every worker.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        if before >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.rejected.inc();
+            if self.rejected.get().is_power_of_two() {
+                warn!(
+                    max_connections = self.max,
+                    refused = self.rejected.get(),
+                    "client connection refused: max_connections are open"
+                );
+            }
+            return None;
+        }
+        self.gauge.inc();
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One open connection's place under the cap, released however the connection ends.
+struct Slot(Arc<Cap>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.gauge.dec();
+    }
+}
+
+/// Start one worker thread: a current-thread runtime serving `listeners` until `shutdown`
+/// turns true, then letting its connections finish (the process exits when drained).
+pub fn spawn_worker(
+    index: usize,
+    listeners: WorkerListeners,
+    shared: Arc<Shared>,
+    cap: Arc<Cap>,
+    limits: ConnLimits,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("cutover-worker-{index}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "worker {index}: cannot start its runtime");
+                    return;
+                }
+            };
+            rt.block_on(run_worker(listeners, shared, cap, limits, shutdown));
+        })
+}
+
+async fn run_worker(
+    listeners: WorkerListeners,
+    shared: Arc<Shared>,
+    cap: Arc<Cap>,
+    limits: ConnLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    shared
+        .telemetry
+        .metrics
+        .note_runtime(crate::telemetry::RuntimeKind::Proxy);
+    let s = &shared.settings;
+    let pool = Arc::new(Pool::new(
+        s.connect_timeout,
+        s.upstream_timeout,
+        s.upstream_idle_timeout,
+    ));
+    let worker = Arc::new(Worker {
+        shared: shared.clone(),
+        pool: pool.clone(),
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .preserve_header_case(true)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
+        // ConnIo enforces the head deadline from its first byte, and the idle time apart.
+        .header_read_timeout(None)
+        .timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256));
+    let builder = Arc::new(builder);
+
+    let mut accepts = Vec::new();
+    for (listener, tls) in listeners {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register a listener");
+                continue;
+            }
+        };
+        accepts.push(tokio::spawn(accept_loop(
+            listener,
+            tls,
+            worker.clone(),
+            builder.clone(),
+            cap.clone(),
+            limits,
+            shutdown.clone(),
+        )));
+    }
+    // Idle upstream connections past their time are closed now and then.
+    let evict = {
+        let pool = pool.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => pool.evict_expired(),
+                    _ = shutdown.changed() => break,
+                }
+            }
+        })
+    };
+    for a in accepts {
+        let _ = a.await;
+    }
+    let _ = evict.await;
+    // Draining: keep the runtime up for the connections still finishing; the process exits
+    // when nothing is in flight (or the grace period ends).
+    std::future::pending::<()>().await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    worker: Arc<Worker>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    cap: Arc<Cap>,
+    limits: ConnLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and the like: wait a moment rather than spin.
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Some(slot) = cap.admit() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let peer = Peer {
+            ip: addr.ip(),
+            tls: tls.is_some(),
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            tls.clone(),
+            worker.clone(),
+            builder.clone(),
+            limits,
+            shutdown.clone(),
+            slot,
+        ));
+    }
+    // Dropping the listener closes it: no new connections on this worker.
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    stream: TcpStream,
+    peer: Peer,
+    tls: Option<TlsAcceptor>,
+    worker: Arc<Worker>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnLimits,
+    mut shutdown: watch::Receiver<bool>,
+    _slot: Slot,
+) {
+    let stream = match tls {
+        None => Transport::Plain(stream),
+        Some(acceptor) => {
+            let handshake = acceptor.accept(stream);
+            match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                Ok(Ok(s)) => Transport::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!("TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let h2_by_alpn =
+        matches!(&stream, Transport::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
+    let state = Arc::new(ConnState::default());
+    state.h2.store(h2_by_alpn, Ordering::Release);
+    let conn_state = state.clone();
+    let io = ConnIo::new(stream, limits, state.clone(), h2_by_alpn);
+    let service = service_fn(move |req| {
+        let worker = worker.clone();
+        let active = ActiveGuard::new(state.clone());
+        let fault = HeadFault::from_u8(state.bad_head.swap(0, Ordering::AcqRel));
+        async move {
+            let version = req.version();
+            let mut resp = if let Some(fault) = fault {
+                pipeline::refuse(version, 400, fault.reason())
+            } else {
+                pipeline::handle(&worker, peer, req).await
+            };
+            if version != http::Version::HTTP_2 && worker.shared.draining.load(Ordering::Relaxed) {
+                // Draining: this answer ends the connection, so the client's next request
+                // goes to a new one (never raced against a close).
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(resp.map(|body| body.held_by(active)))
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut draining = false;
+    // While draining, an HTTP/1 connection stays open for a request in progress or about to
+    // come (its answer then says `Connection: close`); one idle for this long is closed.
+    let drain_idle = limits.idle_timeout.min(DRAIN_IDLE);
+    let mut idle_check = Box::pin(tokio::time::sleep(Duration::MAX / 4));
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(error = %e, "client connection ended");
+                }
+                break;
+            }
+            changed = shutdown.changed(), if !draining => {
+                if changed.is_err() || *shutdown.borrow() {
+                    draining = true;
+                    if conn_state.h2.load(Ordering::Acquire) {
+                        // GOAWAY: the client knows which streams were taken, no race.
+                        conn.as_mut().graceful_shutdown();
+                    } else {
+                        idle_check.as_mut().reset(Instant::now() + drain_idle);
+                    }
+                }
+            }
+            () = idle_check.as_mut(), if draining => {
+                if conn_state.active.load(Ordering::Acquire) == 0 || conn_state.h2.load(Ordering::Acquire) {
+                    conn.as_mut().graceful_shutdown();
+                    idle_check.as_mut().reset(Instant::now() + Duration::from_secs(86_400));
+                } else {
+                    idle_check.as_mut().reset(Instant::now() + drain_idle);
+                }
+            }
+        }
+    }
+}
+
+/// How long a draining HTTP/1 connection may stay idle before it is closed.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
+/// A client connection's transport.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The HTTP/2 connection preface: a connection that starts with it has no request heads to
+/// time, only idleness.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// A client connection with its deadlines (see the module's documentation).
+struct ConnIo {
+    inner: Transport,
+    limits: ConnLimits,
+    state: Arc<ConnState>,
+    /// HTTP/2: only idleness is timed.
+    h2: bool,
+    first_bytes: Vec<u8>,
+    /// Line endings of the HTTP/1 head being read.
+    lines: LineScan,
+    /// When the current request head's first byte came (HTTP/1 only).
+    head_started: Option<Instant>,
+    last_activity: Instant,
+    read_timer: Pin<Box<Sleep>>,
+    write_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl ConnIo {
+    fn new(inner: Transport, limits: ConnLimits, state: Arc<ConnState>, h2: bool) -> Self {
+        let now = Instant::now();
+        ConnIo {
+            inner,
+            limits,
+            state,
+            h2,
+            first_bytes: Vec::new(),
+            lines: LineScan::default(),
+            // The first head's deadline runs from the accept.
+            head_started: Some(now),
+            last_activity: now,
+            read_timer: Box::pin(tokio::time::sleep_until(now + limits.header_read_timeout)),
+            write_timer: None,
+        }
+    }
+
+    /// Watch the first bytes for the HTTP/2 preface.
+    fn sniff(&mut self, bytes: &[u8]) {
+        if self.h2 || self.first_bytes.len() >= H2_PREFACE.len() {
+            return;
+        }
+        let want = H2_PREFACE.len() - self.first_bytes.len();
+        self.first_bytes
+            .extend_from_slice(&bytes[..want.min(bytes.len())]);
+        let n = self.first_bytes.len();
+        if self.first_bytes[..] == H2_PREFACE[..n] {
+            if n == H2_PREFACE.len() {
+                self.h2 = true;
+                self.state.h2.store(true, Ordering::Release);
+                self.head_started = None;
+            }
+        } else {
+            // Not HTTP/2: nothing more to watch.
+            self.first_bytes = vec![0; H2_PREFACE.len()];
+        }
+    }
+
+    /// The deadline a pending read is held to, if any.
+    fn read_deadline(&self) -> Option<Instant> {
+        if self.state.active.load(Ordering::Acquire) > 0 {
+            // A request is in progress: its body has its own timeout (408), its answer the
+            // upstream's; a pipelined next head waits for it.
+            return None;
+        }
+        match self.head_started {
+            Some(start) if !self.h2 => Some(start + self.limits.header_read_timeout),
+            _ => Some(self.last_activity + self.limits.idle_timeout),
+        }
+    }
+}
+
+/// Reads each HTTP/1 request head's raw bytes for what hyper's parsed head hides: a bare CR
+/// or LF (httparse accepts a bare LF as a line ending; RFC 9112 §2.2 lets a server refuse it,
+/// RELIABILITY 7 asks for 400) and a repeated Content-Length line (hyper merges equal ones;
+/// RELIABILITY 2 asks for 400). It scans a head from its first byte to its empty line, then
+/// rests until the request is done; bytes of a pipelined request read while one is in
+/// progress are not scanned.
+#[derive(Debug, Default)]
+struct LineScan {
+    /// Between a head's end and the end of its request.
+    resting: bool,
+    cr: bool,
+    line_len: usize,
+    /// The current line's first bytes, lowercased.
+    prefix: [u8; 15],
+    content_lengths: usize,
+}
+
+const CONTENT_LENGTH: &[u8; 15] = b"content-length:";
+
+impl LineScan {
+    /// Scan `bytes`; `idle`: no request is in progress on the connection.
+    fn scan(&mut self, bytes: &[u8], idle: bool) -> Option<HeadFault> {
+        if self.resting {
+            if !idle {
+                return None;
+            }
+            *self = LineScan::default();
+        }
+        for &b in bytes {
+            if self.cr {
+                self.cr = false;
+                if b != b'\n' {
+                    self.resting = true;
+                    return Some(HeadFault::BareLineEnding);
+                }
+                if self.line_len == 0 {
+                    self.resting = true;
+                    return None;
+                }
+                if self.line_len >= CONTENT_LENGTH.len() && &self.prefix == CONTENT_LENGTH {
+                    self.content_lengths += 1;
+                    if self.content_lengths > 1 {
+                        self.resting = true;
+                        return Some(HeadFault::DuplicateContentLength);
+                    }
+                }
+                self.line_len = 0;
+                continue;
+            }
+            match b {
+                b'\r' => self.cr = true,
+                b'\n' => {
+                    self.resting = true;
+                    return Some(HeadFault::BareLineEnding);
+                }
+                _ => {
+                    if let Some(slot) = self.prefix.get_mut(self.line_len) {
+                        *slot = b.to_ascii_lowercase();
+                    }
+                    self.line_len += 1;
+                }
+            }
+        }
+        None
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.state.head_done.swap(false, Ordering::AcqRel) {
+            this.head_started = None;
+        }
+        let before = buf.filled().len();
+        let polled = match &mut this.inner {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() {
+                    let now = Instant::now();
+                    this.sniff(read);
+                    if !this.h2 {
+                        let idle = this.state.active.load(Ordering::Acquire) == 0;
+                        if let Some(fault) = this.lines.scan(read, idle) {
+                            this.state.bad_head.store(fault as u8, Ordering::Release);
+                        }
+                    }
+                    if this.head_started.is_none()
+                        && !this.h2
+                        && this.state.active.load(Ordering::Acquire) == 0
+                    {
+                        this.head_started = Some(now);
+                    }
+                    this.last_activity = now;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                // While a request is in progress nothing is enforced, but the timer still
+                // wakes this read now and then: hyper does not poll an idle read again when
+                // the answer completes, and the idle deadline must start counting then.
+                let enforced = this.read_deadline();
+                match enforced {
+                    Some(deadline) if this.read_timer.deadline() != deadline => {
+                        this.read_timer.as_mut().reset(deadline);
+                    }
+                    None => {
+                        let next = Instant::now() + this.limits.idle_timeout;
+                        if this.read_timer.is_elapsed() || this.read_timer.deadline() > next {
+                            this.read_timer.as_mut().reset(next);
+                        }
+                    }
+                    _ => {}
+                }
+                if this.read_timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if enforced.is_some() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client connection deadline (header_read_timeout or idle_timeout)",
+                    )));
+                }
+                let next = Instant::now() + this.limits.idle_timeout;
+                this.read_timer.as_mut().reset(next);
+                let _ = this.read_timer.as_mut().poll(cx);
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl ConnIo {
+    fn write_pending(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let after = self.limits.write_timeout;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client stopped reading (write_timeout)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn write_progress(&mut self) {
+        self.write_timer = None;
+        // An answer being written is activity: the idle time counts from its end.
+        self.last_activity = Instant::now();
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        };
+        match polled {
+            Poll::Pending => match this.write_pending(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => {
+                this.write_progress();
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        };
+        match polled {
+            Poll::Pending => match this.write_pending(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => {
+                this.write_progress();
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.inner {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        };
+        match polled {
+            Poll::Pending => match this.write_pending(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => {
+                // A flush with nothing to write is not activity.
+                this.write_timer = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bare(chunks: &[&[u8]]) -> bool {
+        let mut scan = LineScan::default();
+        chunks
+            .iter()
+            .any(|c| scan.scan(c, true) == Some(HeadFault::BareLineEnding))
+    }
+
+    #[test]
+    fn finds_bare_line_endings_in_heads_only() {
+        assert!(!bare(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
+        assert!(!bare(&[b"GET / HTTP/1.1\r", b"\nHost: a\r\n\r", b"\n"]));
+        assert!(bare(&[b"GET / HTTP/1.1\nHost: a\r\n\r\n"]));
+        assert!(bare(&[b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n"]));
+        assert!(bare(&[b"GET / HTTP/1.1\r\nHost: a\r\n\n"]));
+        // The body after the head is not scanned.
+        assert!(!bare(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\na\nb"
+        ]));
+    }
+
+    #[test]
+    fn scans_the_next_head_once_the_request_is_done() {
+        let mut scan = LineScan::default();
+        assert_eq!(scan.scan(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true), None);
+        // Read while the request is in progress: not scanned.
+        assert_eq!(scan.scan(b"x\ny", false), None);
+        assert_eq!(
+            scan.scan(b"GET / HTTP/1.1\nHost: a\r\n\r\n", true),
+            Some(HeadFault::BareLineEnding)
+        );
+    }
+
+    #[test]
+    fn finds_a_repeated_content_length_line() {
+        let mut scan = LineScan::default();
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\ncontent-LENGTH: 5\r\n\r\n";
+        assert_eq!(
+            scan.scan(head, true),
+            Some(HeadFault::DuplicateContentLength)
+        );
+        let mut scan = LineScan::default();
+        let head = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nX-Content-Length: 5\r\n\r\n";
+        assert_eq!(scan.scan(head, true), None);
+    }
+}

@@ -1,0 +1,368 @@
+//! The request pipeline: every client request goes through the same named phases, each a plain
+//! function (the chart is in `docs/architecture.md`):
+//!
+//! hygiene → route → split → dispatch → respond → record
+//!
+//! - **hygiene** ([`hygiene`]): limits, framing and header checks; a refusal is answered here.
+//! - **route**: the one snapshot is loaded once; its route is fixed for the request's life, so a
+//!   weights write never moves a request in flight.
+//! - **split** ([`split`]): legacy or new by weight (or stickiness); shadow sampled.
+//! - **dispatch** ([`forward_head`], [`crate::upstream::Pool::send`]): the forwarded head, the
+//!   body streamed (and teed into the shadow copy), the backend's answer awaited.
+//! - **respond** ([`respond`]): the answer's head cleaned, its body streamed back.
+//! - **record** ([`crate::body::Proxied`]): when the answer's body ends, the request counts
+//!   in its backend's window and the primary's answer reaches the shadow comparison.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cutover_config::Sticky;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use crate::body::{self, Body, BodyError, Proxied, RequestBody};
+use crate::hygiene::{self, Rejection, SHADOW_MARKER};
+use crate::routing::{request_host, Route};
+use crate::shadow::{self, ShadowRequest};
+use crate::state::{InflightGuard, Shared};
+use crate::stats::{BackendKind, Role};
+use crate::telemetry::Outcome;
+use crate::upstream::{Failure, Pool};
+
+/// What a worker's requests share: the process state and the worker's own upstream pool.
+#[derive(Debug)]
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub pool: Arc<Pool>,
+}
+
+/// The client connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub tls: bool,
+}
+
+/// One request, through every phase.
+pub async fn handle(worker: &Worker, peer: Peer, req: Request<Incoming>) -> Response<Body> {
+    let shared = &worker.shared;
+    let started = Instant::now();
+    let inflight = shared.inflight_guard();
+    let version = req.version();
+
+    // hygiene
+    if let Err(r) = hygiene(shared, &req) {
+        return refuse(version, r.status, r.reason);
+    }
+
+    // route
+    let route = {
+        let snapshot = shared.snapshot.load();
+        if !snapshot.loaded {
+            return refuse(version, 503, "no valid routing config yet");
+        }
+        let host = request_host(
+            req.uri().authority().map(|a| a.as_str()),
+            req.headers().get(header::HOST).map(|v| v.as_bytes()),
+        );
+        match snapshot.find(host.as_deref(), req.uri().path().as_bytes()) {
+            Some(route) => route.clone(),
+            None => return refuse(version, 404, "no route matches this host and path"),
+        }
+    };
+
+    // split
+    let (parts, mut incoming) = req.into_parts();
+    if parts.version == Version::HTTP_2
+        && hygiene::content_length(&parts.headers) == Some(0)
+        && !hyper::body::Body::is_end_stream(&incoming)
+    {
+        // RELIABILITY 23: an HTTP/2 stream that declared an empty body may still send DATA,
+        // which the h2 layer refuses with a stream reset; wait for its end so such a request
+        // never reaches a backend.
+        let end = tokio::time::timeout(
+            shared.settings.body_read_timeout,
+            http_body_util::BodyExt::frame(&mut incoming),
+        )
+        .await;
+        if !matches!(end, Ok(None)) {
+            return refuse(
+                version,
+                400,
+                "request body does not match content-length: 0",
+            );
+        }
+    }
+    let backend = split(&route, &parts);
+    let shadow = plan_shadow(&route, &parts, backend);
+
+    // dispatch
+    let idempotent = hygiene::is_idempotent(&parts.method);
+    let (up_parts, shadow_headers) = forward_head(parts, peer, shadow.is_some(), &route);
+    let (ended_tx, ended_rx) = oneshot::channel();
+    let settings = &shared.settings;
+    let mut body = RequestBody::new(
+        incoming,
+        settings.body_read_timeout,
+        settings.limits.max_body_bytes,
+        ended_tx,
+    );
+    let slot = shadow.map(|mut s| {
+        s.set_headers(shadow_headers.unwrap_or_default());
+        let slot = Arc::new(Mutex::new(s));
+        body.tee(slot.clone(), route.clone(), shared.shadow_client.clone());
+        slot
+    });
+    let upstream = route.upstream(backend);
+    let start = upstream.start_index();
+    let sent = worker
+        .pool
+        .send(
+            upstream,
+            start,
+            idempotent,
+            Request::from_parts(up_parts, body),
+            ended_rx,
+        )
+        .await;
+
+    match sent {
+        Ok((resp, lease)) => respond(
+            resp, lease, version, route, backend, started, slot, inflight, settings,
+        ),
+        Err(failure) => failed(&route, backend, started, version, &failure),
+    }
+}
+
+/// RELIABILITY 1–5, 14–18, 28: what is refused before routing. hyper's parser refused the
+/// malformed request lines and headers already (with its own 400/431/414).
+fn hygiene(shared: &Shared, req: &Request<Incoming>) -> Result<(), Rejection> {
+    let http1 = req.version() != Version::HTTP_2;
+    let uri = req.uri();
+    if http1 {
+        hygiene::check_target(req.method(), uri)?;
+    } else {
+        hygiene::check_h2_authority(uri.authority(), req.headers())?;
+    }
+    let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    hygiene::check_request(
+        req.headers(),
+        uri_len,
+        http1,
+        req.version() == Version::HTTP_11,
+        &shared.settings.limits,
+    )
+}
+
+/// Legacy or new, by weight — or by the route's sticky header or cookie.
+fn split(route: &Route, parts: &Parts) -> BackendKind {
+    let key = match route.spec.sticky.as_ref() {
+        None => None,
+        Some(Sticky::Header(name)) => parts.headers.get(name.as_str()).map(|v| v.as_bytes()),
+        Some(Sticky::Cookie(name)) => parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .find_map(|v| crate::split::cookie_value(v.as_bytes(), name)),
+    };
+    route.split.choose(key)
+}
+
+/// Sample the request for shadowing and check it is eligible; ineligible samples are counted.
+fn plan_shadow(route: &Route, parts: &Parts, served_by: BackendKind) -> Option<ShadowRequest> {
+    let share = route.weights.shadow;
+    if share <= 0.0 || (share < 100.0 && rand::random::<f64>() * 100.0 >= share) {
+        return None;
+    }
+    let policy = &route.spec.shadow;
+    let declared = hygiene::content_length(&parts.headers);
+    if let Err(reason) = shadow::eligibility(policy, &parts.method, &parts.headers, declared) {
+        route.telemetry.shadow_dropped(reason);
+        return None;
+    }
+    let target = match served_by {
+        BackendKind::Legacy => BackendKind::New,
+        BackendKind::New => BackendKind::Legacy,
+    };
+    let noise = route.spec.compare.learn_noise_percent;
+    let noise_copy = noise > 0.0 && rand::random::<f64>() * 100.0 < noise;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    Some(ShadowRequest::new(
+        target,
+        parts.method.clone(),
+        path,
+        policy.max_body_bytes,
+        noise_copy,
+    ))
+}
+
+/// The head the backend gets (HTTP/1.1, origin-form target): hop-by-hop headers and the
+/// shadow marker removed, `Host` kept (or taken from the target's authority), forwarding
+/// headers appended. With `shadowed`, also the headers the shadow copy carries.
+fn forward_head(
+    mut parts: Parts,
+    peer: Peer,
+    shadowed: bool,
+    route: &Route,
+) -> (Parts, Option<http::HeaderMap>) {
+    let client_version = parts.version;
+    let h = &mut parts.headers;
+    for name in hygiene::hop_by_hop_names(h) {
+        h.remove(&name);
+    }
+    h.remove(SHADOW_MARKER);
+    if !h.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                h.insert(header::HOST, v);
+            }
+        }
+    }
+    let xff = hygiene::forwarded_for(
+        h.get("x-forwarded-for").map(|v| v.as_bytes()),
+        &peer.ip.to_string(),
+    );
+    insert(h, "x-forwarded-for", &xff);
+    let proto = if peer.tls { "https" } else { "http" };
+    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    let via = hygiene::via(h.get(header::VIA).map(|v| v.as_bytes()), client_version);
+    insert(h, "via", &via);
+    let copy = shadowed.then(|| shadow::copy_headers(h, &route.spec.shadow));
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let origin = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/"));
+        parts.uri = origin;
+    }
+    parts.version = Version::HTTP_11;
+    (parts, copy)
+}
+
+fn insert(h: &mut http::HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// The answer the client gets: hop-by-hop headers removed, `Via` appended, the body streamed
+/// through the record phase.
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    resp: Response<Incoming>,
+    lease: crate::upstream::Lease,
+    client_version: Version,
+    route: Arc<Route>,
+    backend: BackendKind,
+    started: Instant,
+    slot: Option<body::ShadowSlot>,
+    inflight: InflightGuard,
+    settings: &crate::state::Settings,
+) -> Response<Body> {
+    let (mut parts, incoming) = resp.into_parts();
+    let status = parts.status.as_u16();
+    if let Some(slot) = slot.as_ref() {
+        slot.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .primary_head(status, &parts.headers);
+    }
+    for name in hygiene::hop_by_hop_names(&parts.headers) {
+        parts.headers.remove(&name);
+    }
+    let via = hygiene::via(
+        parts.headers.get(header::VIA).map(|v| v.as_bytes()),
+        client_version,
+    );
+    insert(&mut parts.headers, "via", &via);
+    parts.version = Version::default();
+    let proxied = Proxied::new(
+        incoming,
+        settings.upstream_timeout,
+        route,
+        backend,
+        status,
+        started,
+        lease,
+        slot,
+        inflight,
+    );
+    Response::from_parts(parts, Body::proxied(proxied))
+}
+
+/// No answer from the backend: the client gets 502/504 (or 408/413/400 when its own body was
+/// the cause); a backend failure counts against the backend.
+fn failed(
+    route: &Route,
+    backend: BackendKind,
+    started: Instant,
+    version: Version,
+    failure: &Failure,
+) -> Response<Body> {
+    let client_fault = match failure {
+        Failure::Exchange(e) => body::body_error(e),
+        _ => None,
+    };
+    if let Some(fault) = client_fault {
+        let (status, reason) = match fault {
+            BodyError::TooLarge => (413, "request body too large"),
+            BodyError::Timeout => (408, "request body timed out"),
+            BodyError::Client => (400, "bad request body"),
+        };
+        return refuse(version, status, reason);
+    }
+    route.record(
+        backend,
+        Role::Primary,
+        Outcome::NoResponse,
+        started,
+        Instant::now(),
+    );
+    let (status, reason) = match failure {
+        Failure::ConnectTimeout => (504, "timed out connecting to the backend"),
+        Failure::Timeout => (504, "the backend did not answer in time"),
+        Failure::BadResponse(why) => {
+            tracing::debug!(route = %route.id, backend = backend.as_str(), "{why}");
+            (502, "bad gateway: the backend sent a malformed answer")
+        }
+        Failure::Connect(why) => {
+            tracing::debug!(route = %route.id, backend = backend.as_str(), "{why}");
+            (
+                502,
+                "bad gateway: the backend failed or refused the connection",
+            )
+        }
+        Failure::Exchange(e) => {
+            tracing::debug!(route = %route.id, backend = backend.as_str(), error = %e, "exchange failed");
+            (
+                502,
+                "bad gateway: the backend failed or refused the connection",
+            )
+        }
+    };
+    refuse(version, status, reason)
+}
+
+/// The proxy's own short answer; on HTTP/1 the connection closes after it (an unread request
+/// body must never be taken for the next request).
+pub fn refuse(version: Version, status: u16, reason: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::text(format!("cutover: {reason}\n")));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if version != Version::HTTP_2 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
