@@ -7,7 +7,7 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 
-.PHONY: demo test build lint validate-examples propagation shadow-cost rollback-time judgement routes-memory soak bench bench-smoke clean
+.PHONY: demo test build lint validate-examples propagation routes-10k shadow-cost rollback-time judgement routes-memory soak bench bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -40,6 +40,13 @@ propagation:
 	@scripts/prereqs.sh test
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
 	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench propagation --changes 200
+
+## The same with 10,000 routes in etcd (9,999 idle): a one-route write with a large table, and
+## the memory of idle routes. Report in bench/reports/routes-10k.md.
+routes-10k:
+	@scripts/prereqs.sh test
+	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
+	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench propagation --changes 200 --routes 10000 > bench/reports/routes-10k.md
 
 ## CPU per request of the proxy: 100 % shadow + JSON compare vs no shadow, same run (release).
 shadow-cost:

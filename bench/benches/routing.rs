@@ -34,6 +34,7 @@ fn snapshot(routes: &[String]) -> Snapshot {
         &ConfigState::initial(config.routes),
         &telemetry,
         &HashMap::new(),
+        None,
     )
 }
 

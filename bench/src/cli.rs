@@ -300,6 +300,10 @@ struct PropagationArgs {
     /// A change not served by the chosen backend within this long is reported as a failure.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Routes in etcd, the measured one included; the others take no traffic (e.g. 10000:
+    /// what a write to one route costs with a large table, and what idle routes weigh).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    routes: u32,
 }
 
 #[derive(Debug, Args)]
@@ -614,6 +618,7 @@ fn propagation(rt: &tokio::runtime::Runtime, args: PropagationArgs) -> ExitCode 
     let opts = PropagationOptions {
         changes: args.changes as usize,
         timeout: args.timeout,
+        routes: args.routes as usize,
     };
     let report = match run_scenario(
         rt,

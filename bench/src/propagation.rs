@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cutover_tests::{cutover_bin, Backend, Etcd, Proxy, ProxyConfig};
+use cutover_tests::{cutover_bin, status_kib, Backend, Etcd, Proxy, ProxyConfig, RunningBackend};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
@@ -50,6 +50,9 @@ pub struct PropagationOptions {
     pub changes: usize,
     /// A change not served within this long is a failure.
     pub timeout: Duration,
+    /// Routes in etcd, the measured one included: the others (`idle<i>.test`, no traffic)
+    /// show what a write costs, and what idle routes weigh, with a large table.
+    pub routes: usize,
 }
 
 impl Default for PropagationOptions {
@@ -57,6 +60,7 @@ impl Default for PropagationOptions {
         PropagationOptions {
             changes: 200,
             timeout: Duration::from_secs(5),
+            routes: 1,
         }
     }
 }
@@ -94,6 +98,12 @@ pub struct PropagationReport {
     pub reconnects: u64,
     /// Wall time of the timed part.
     pub elapsed: Duration,
+    /// The proxy's resident memory once it served the initial weights, and its peak over the
+    /// run, in KiB (`None` where `/proc` is unreadable).
+    pub ready_rss_kib: Option<u64>,
+    pub peak_rss_kib: Option<u64>,
+    /// From the proxy's start to its first answer with every route loaded.
+    pub ready_after: Duration,
 }
 
 impl PropagationReport {
@@ -154,6 +164,17 @@ impl PropagationReport {
             self.binary.display(),
             self.options.timeout
         ));
+        let mib =
+            |k: Option<u64>| k.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+        out.push_str(&format!(
+            "Routes in etcd: {} ({} idle: own host, no traffic). Proxy ready (every route loaded, \
+             first answer) {:.2} s after its start; RSS then {} MiB, peak over the run {} MiB.\n\n",
+            self.options.routes,
+            self.options.routes.saturating_sub(1),
+            self.ready_after.as_secs_f64(),
+            mib(self.ready_rss_kib),
+            mib(self.peak_rss_kib),
+        ));
         out.push_str(&format!(
             "Requests: {} (non-200 or unanswered: {}, reconnects: {}); timed part took {:.2} s.\n",
             self.requests,
@@ -197,6 +218,13 @@ pub async fn run(opts: &PropagationOptions) -> PropagationReport {
     etcd.put(&format!("{PREFIX}/routes/{ROUTE}/spec"), spec)
         .await;
     etcd.put(&weights_key, weights(100, 0)).await;
+    let mut setup_failure = None;
+    if opts.routes > 1 {
+        if let Err(e) = put_idle_routes(&etcd, opts.routes - 1, &legacy, &new).await {
+            setup_failure = Some(format!("setup: writing the idle routes failed: {e}"));
+        }
+    }
+    let launched = Instant::now();
     let proxy = Proxy::start(
         ProxyConfig::new()
             .etcd(&etcd.endpoint(), PREFIX)
@@ -213,7 +241,14 @@ pub async fn run(opts: &PropagationOptions) -> PropagationReport {
         bad_answers: 0,
         reconnects: 0,
         elapsed: Duration::ZERO,
+        ready_rss_kib: None,
+        peak_rss_kib: None,
+        ready_after: Duration::ZERO,
     };
+    if let Some(failure) = setup_failure {
+        report.failures.push(failure);
+        return report;
+    }
     let mut conn = OneConnection::new(proxy.addr());
     let mut kv = etcd.client().await;
 
@@ -228,6 +263,9 @@ pub async fn run(opts: &PropagationOptions) -> PropagationReport {
         conn.account(&mut report);
         return report;
     }
+    report.ready_after = launched.elapsed();
+    let pid = proxy.pid();
+    report.ready_rss_kib = pid.and_then(|p| status_kib(p, "VmRSS"));
     conn.reset_counts();
 
     let started = Instant::now();
@@ -280,9 +318,47 @@ pub async fn run(opts: &PropagationOptions) -> PropagationReport {
         report.changes.push(change);
     }
     report.elapsed = started.elapsed();
+    report.peak_rss_kib = pid.and_then(|p| status_kib(p, "VmHWM"));
     conn.account(&mut report);
     drop(proxy);
     report
+}
+
+/// `n` routes that take no traffic, each on a host of its own (`idle<i>.test`), written in
+/// transactions of 64 keys (etcd's default limit is 128 operations per transaction).
+async fn put_idle_routes(
+    etcd: &Etcd,
+    n: usize,
+    legacy: &RunningBackend,
+    new: &RunningBackend,
+) -> Result<(), String> {
+    use etcd_client::{Txn, TxnOp};
+    let mut client = etcd.client().await;
+    let mut ops = Vec::new();
+    for i in 0..n {
+        let spec = format!(
+            "{{\"match\":{{\"host\":\"idle{i}.test\",\"path_prefix\":\"/\"}},\"legacy\":{{\"endpoints\":[\"{}\"]}},\"new\":{{\"endpoints\":[\"{}\"]}}}}",
+            legacy.addr(),
+            new.addr()
+        );
+        ops.push(TxnOp::put(
+            format!("{PREFIX}/routes/idle{i}/spec"),
+            spec,
+            None,
+        ));
+        ops.push(TxnOp::put(
+            format!("{PREFIX}/routes/idle{i}/weights"),
+            weights(90, 10),
+            None,
+        ));
+        if ops.len() >= 64 || i + 1 == n {
+            client
+                .txn(Txn::new().and_then(std::mem::take(&mut ops)))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// One HTTP/1.1 keep-alive connection to the proxy (re-established only if it breaks).

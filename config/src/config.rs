@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -180,8 +181,9 @@ impl EtcdSettings {
 pub struct RouteConfig {
     /// The route's name.
     pub id: RouteId,
-    /// What the route is.
-    pub spec: RouteSpec,
+    /// What the route is; shared, so a state that keeps a route unchanged shares its spec
+    /// with the previous one (pointer-equal: the data plane rebuilds only what changed).
+    pub spec: Arc<RouteSpec>,
     /// How traffic is split (all-legacy when not given).
     pub weights: Weights,
 }
@@ -552,7 +554,7 @@ fn route_config(report: &mut Report, at: &FieldPath, raw: RawRouteConfig) -> Opt
     };
     Some(RouteConfig {
         id: id?,
-        spec: spec?,
+        spec: Arc::new(spec?),
         weights: weights?,
     })
 }

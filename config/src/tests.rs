@@ -196,7 +196,7 @@ fn full_config_sets_every_key() {
 #[test]
 fn full_config_first_route_is_the_spec_example() {
     let config = config(FULL_TOML);
-    assert_eq!(config.routes[0].spec, spec_example());
+    assert_eq!(*config.routes[0].spec, spec_example());
     assert_eq!(
         config.routes[0].weights,
         Weights {
@@ -288,7 +288,7 @@ fn every_config_route_round_trips() {
     for text in [FULL_TOML, MINIMAL_TOML, DEMO_TOML, ETCD_TOML] {
         for route in config(text).routes {
             let json = route.spec.to_json().to_string();
-            assert_eq!(parse_route_spec_json(&json), Ok(route.spec));
+            assert_eq!(parse_route_spec_json(&json), Ok((*route.spec).clone()));
             let weights = route.weights.to_json().to_string();
             assert_eq!(parse_weights_json(&weights), Ok(route.weights));
         }

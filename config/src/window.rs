@@ -106,6 +106,20 @@ pub struct WindowStats {
 }
 
 impl WindowStats {
+    /// No request, copy or comparison recorded.
+    pub fn is_empty(&self) -> bool {
+        [
+            &self.legacy.primary,
+            &self.legacy.shadow,
+            &self.new.primary,
+            &self.new.shadow,
+        ]
+        .iter()
+        .all(|r| r.count == 0)
+            && self.comparisons == 0
+            && self.baseline_comparisons == 0
+    }
+
     /// Add `other`'s samples to these.
     pub fn merge(&mut self, other: &WindowStats) {
         self.legacy.primary.merge(&other.legacy.primary);

@@ -13,7 +13,8 @@
 //! counted, shown as the route's error, and recorded as a `rejected` event in etcd.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -99,7 +100,7 @@ struct Parsed<T> {
 
 #[derive(Debug, Default, Clone)]
 struct RouteKeys {
-    spec: Option<Parsed<RouteSpec>>,
+    spec: Option<Parsed<Arc<RouteSpec>>>,
     weights: Option<Parsed<Weights>>,
 }
 
@@ -110,10 +111,15 @@ struct Store {
 }
 
 impl Store {
-    fn put(&mut self, keys: &Keys, key: &[u8], value: &[u8], rev: i64) {
+    /// Take a put; true when it was a route's spec or weights (what the routes are made of:
+    /// a `status` or `events` key changes nothing the source publishes).
+    fn put(&mut self, keys: &Keys, key: &[u8], value: &[u8], rev: i64) -> bool {
         let Some(key) = keys.parse_route_key(key) else {
-            return;
+            return false;
         };
+        if matches!(key.kind, RouteKeyKind::Status | RouteKeyKind::Event(_)) {
+            return false;
+        }
         let entry = self.routes.entry(key.route).or_default();
         let text = String::from_utf8_lossy(value);
         match key.kind {
@@ -122,6 +128,7 @@ impl Store {
                     entry.spec = Some(Parsed {
                         mod_revision: rev,
                         value: cutover_config::parse_route_spec_json(&text)
+                            .map(Arc::new)
                             .map_err(|e| one_line(&e)),
                     });
                 }
@@ -136,12 +143,17 @@ impl Store {
             }
             RouteKeyKind::Status | RouteKeyKind::Event(_) => {}
         }
+        true
     }
 
-    fn delete(&mut self, keys: &Keys, key: &[u8]) {
+    /// Take a delete; true when it was a route's spec or weights.
+    fn delete(&mut self, keys: &Keys, key: &[u8]) -> bool {
         let Some(key) = keys.parse_route_key(key) else {
-            return;
+            return false;
         };
+        if matches!(key.kind, RouteKeyKind::Status | RouteKeyKind::Event(_)) {
+            return false;
+        }
         if let Some(entry) = self.routes.get_mut(&key.route) {
             match key.kind {
                 RouteKeyKind::Spec => entry.spec = None,
@@ -152,6 +164,7 @@ impl Store {
                 self.routes.remove(&key.route);
             }
         }
+        true
     }
 }
 
@@ -271,6 +284,17 @@ fn resolve(keys: &Keys, store: &Store, previous: &ConfigState) -> Resolved {
     }
 }
 
+/// Whether two route lists are equal, comparing a spec only when it is not the same shared one
+/// (an unchanged route keeps its `Arc`: with 10,000 routes a write compares pointers).
+fn same_routes(a: &[RouteConfig], b: &[RouteConfig]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.id == y.id
+                && x.weights == y.weights
+                && (Arc::ptr_eq(&x.spec, &y.spec) || x.spec == y.spec)
+        })
+}
+
 /// The routes a store resolves to, with the rejected values and each route's weights revision.
 struct Resolved {
     routes: Vec<RouteConfig>,
@@ -295,6 +319,49 @@ struct Runner {
     counted: HashSet<(String, i64)>,
     /// The last event key's millis, so two events of one instance never share a key.
     last_event_millis: u64,
+    /// Writes the last-known-good snapshot off the publishing path.
+    lkg: Arc<LkgWriter>,
+}
+
+/// Writes the last-known-good snapshot on a blocking thread, the latest state only: with
+/// 10,000 routes a write is tens of milliseconds that a weights change must not wait for.
+#[derive(Debug, Default)]
+struct LkgWriter {
+    pending: Mutex<Option<(u64, Arc<[RouteConfig]>)>>,
+    busy: AtomicBool,
+}
+
+impl LkgWriter {
+    fn write(self: &Arc<Self>, path: &std::path::Path, revision: u64, routes: Arc<[RouteConfig]>) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((revision, routes));
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return; // the running writer takes it next
+        }
+        let (this, path) = (self.clone(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || loop {
+            let next = this
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some((revision, routes)) = next {
+                if let Err(e) = lkg::write(&path, revision, &routes) {
+                    warn!(path = %path.display(), error = %e, "cannot write the last-known-good snapshot");
+                }
+                continue;
+            }
+            this.busy.store(false, Ordering::Release);
+            // A state that arrived after the take and before the store above is still ours.
+            let more = this
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
+            if !more || this.busy.swap(true, Ordering::AcqRel) {
+                break;
+            }
+        });
+    }
 }
 
 impl Runner {
@@ -326,8 +393,8 @@ impl Runner {
         }
         // A rewrite of the same weights is an operator's write too (it overrides a local
         // rollback), so a new weights revision counts as a change.
-        let routes_changed =
-            *previous.routes != *routes || *previous.weights_revisions != weights_revisions;
+        let routes_changed = !same_routes(&previous.routes, &routes)
+            || *previous.weights_revisions != weights_revisions;
         let state = ConfigState {
             // The revision names the last applied change: a rejected write does not move it.
             revision: if routes_changed || !previous.loaded {
@@ -364,9 +431,7 @@ impl Runner {
 
     fn persist(&self, state: &ConfigState) {
         if let Some(path) = &self.source.settings.last_known_good {
-            if let Err(e) = lkg::write(path, state.revision, &state.routes) {
-                warn!(path = %path.display(), error = %e, "cannot write the last-known-good snapshot");
-            }
+            self.lkg.write(path, state.revision, state.routes.clone());
         }
     }
 
@@ -505,11 +570,11 @@ impl Runner {
                                 }
                                 for event in resp.events() {
                                     let Some(kv) = event.kv() else { continue };
-                                    match event.event_type() {
+                                    // Status and event keys (a fleet writes many) change no route.
+                                    dirty |= match event.event_type() {
                                         EventType::Put => store.put(&self.source.keys, kv.key(), kv.value(), kv.mod_revision()),
                                         EventType::Delete => store.delete(&self.source.keys, kv.key()),
-                                    }
-                                    dirty = true;
+                                    };
                                 }
                                 if let Some(h) = resp.header() {
                                     latest = Some(h.revision());
@@ -557,6 +622,7 @@ impl ConfigSource for EtcdSource {
             shutdown,
             counted: HashSet::new(),
             last_event_millis: 0,
+            lkg: Arc::default(),
         }
         .run()
         .await;

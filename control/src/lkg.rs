@@ -34,7 +34,7 @@ pub fn write(path: &Path, revision: u64, routes: &[RouteConfig]) -> std::io::Res
             .iter()
             .map(|r| LkgRoute {
                 id: r.id.clone(),
-                spec: r.spec.clone(),
+                spec: (*r.spec).clone(),
                 weights: r.weights,
             })
             .collect(),
@@ -67,7 +67,7 @@ pub fn read(path: &Path) -> Result<Option<(u64, Vec<RouteConfig>)>, String> {
         .into_iter()
         .map(|r| RouteConfig {
             id: r.id,
-            spec: r.spec,
+            spec: std::sync::Arc::new(r.spec),
             weights: r.weights,
         })
         .collect();

@@ -145,7 +145,8 @@ pub fn routes_json(snapshot: &Snapshot) -> Value {
 /// weights in force (SPEC §11), within the last `window_seconds`. `since` says when the window
 /// in force starts: the later of the weights' arrival and `window_seconds` ago.
 pub fn stats_json(route: &Route, now: Instant) -> Value {
-    let windows = &route.telemetry.windows;
+    let traffic = route.telemetry.traffic();
+    let windows = &traffic.windows;
     let length = windows.shape.window;
     let started = route.telemetry.window();
     let in_force = now.saturating_duration_since(started.started).min(length);
@@ -165,8 +166,8 @@ pub fn stats_json(route: &Route, now: Instant) -> Value {
         }
         backends.insert(b.as_str().into(), Value::Object(roles));
     }
-    let compared = route.telemetry.comparisons.read(now, route.window);
-    let baseline = route.telemetry.baseline.read(now, route.window);
+    let compared = traffic.comparisons.read(now, route.window);
+    let baseline = traffic.baseline.read(now, route.window);
     json!({
         "route": route.id.as_str(),
         "window_seconds": length.as_secs(),

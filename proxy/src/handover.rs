@@ -88,6 +88,11 @@ impl Inherited {
     }
 }
 
+/// Whether a running cutover answers on `path` (a stale socket file, or none, is no one).
+pub fn someone_offers(path: &Path) -> bool {
+    UnixStream::connect(path).is_ok()
+}
+
 /// The new process's side: connect to `path` and receive the old process's sockets. The
 /// returned stream is kept to say `READY` ([`Upgrade::ready`]).
 pub fn fetch(path: &Path) -> io::Result<(Inherited, Upgrade)> {
@@ -263,6 +268,18 @@ impl Offer {
                     info!("upgrade: the new process serves; draining");
                     return;
                 }
+                // A peer that left at once only checked that someone offers (`--upgrade` at a
+                // first start, or a second `serve` refusing to take the path).
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::BrokenPipe
+                            | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    tracing::debug!(error = %e, "upgrade socket: a probe")
+                }
                 Err(e) => warn!(error = %e, "upgrade: hand-over failed; still serving"),
             }
         }
@@ -300,7 +317,12 @@ impl Offer {
         )?;
         stream.set_read_timeout(Some(READY_WAIT))?;
         let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line)?;
+        if BufReader::new(stream).read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer went away before READY",
+            ));
+        }
         if line.trim() != "READY" {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -321,6 +343,21 @@ impl Offer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nobody_offers_on_a_missing_or_stale_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        assert!(!someone_offers(&path));
+        // A socket file left behind by a process that is gone.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        assert!(!someone_offers(&path));
+        // It is replaced by the next offer.
+        let offer = Offer::bind(&path, Vec::new()).unwrap();
+        assert!(someone_offers(&path));
+        drop(offer);
+    }
 
     #[test]
     fn sockets_cross_to_the_new_side_and_keep_accepting() {

@@ -101,8 +101,10 @@ pub struct Route {
     /// in it, and only in it (SPEC §11).
     pub window: u64,
     pub split: Split,
-    pub legacy: Upstream,
-    pub new: Upstream,
+    /// Shared with the previous snapshot's route while the spec is the same one (no DNS
+    /// lookup, round robin continues).
+    pub legacy: Arc<Upstream>,
+    pub new: Arc<Upstream>,
     pub telemetry: Arc<RouteTelemetry>,
 }
 
@@ -160,61 +162,34 @@ pub struct Snapshot {
     pub route_errors: Arc<std::collections::BTreeMap<String, Arc<str>>>,
     /// All routes in config order.
     pub routes: Vec<Arc<Route>>,
-    exact: HashMap<String, Vec<Arc<Route>>>,
-    /// Wildcard-host and host-less routes, best match first.
-    others: Vec<Arc<Route>>,
+    /// Where each route is matched (positions in `routes`): rebuilt only when a route's spec,
+    /// or the routes' order, changed.
+    index: Arc<Index>,
 }
 
-impl Snapshot {
-    /// Build the snapshot for `state` with the controller's `overrides` in effect, reusing
-    /// each route's telemetry by id.
-    pub fn build(
-        state: &ConfigState,
-        telemetry: &Telemetry,
-        overrides: &HashMap<String, Override>,
-    ) -> Self {
-        let now = std::time::Instant::now();
-        let routes: Vec<Arc<Route>> = state
-            .routes
-            .iter()
-            .map(|rc| {
-                let weights_revision = state
-                    .weights_revisions
-                    .get(rc.id.as_str())
-                    .copied()
-                    .unwrap_or(0);
-                let overridden = overrides.get(rc.id.as_str()).cloned();
-                let weights = overridden.as_ref().map_or(rc.weights, |o| o.weights);
-                let split = Split::new(&weights);
-                let telemetry = telemetry.route(rc.id.as_str(), rc.spec.compare.noise_ttl);
-                telemetry.set_weight_percent(100.0 - split.new_percent(), split.new_percent());
-                let window = telemetry.note_weights(weights, weights_revision, now);
-                Arc::new(Route {
-                    id: rc.id.clone(),
-                    spec: Arc::new(rc.spec.clone()),
-                    weights,
-                    weights_revision,
-                    overridden,
-                    window,
-                    split,
-                    legacy: Upstream::build(&rc.spec.legacy),
-                    new: Upstream::build(&rc.spec.new),
-                    telemetry,
-                })
-            })
-            .collect();
-        let mut exact: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+#[derive(Debug, Default)]
+struct Index {
+    exact: HashMap<String, Vec<usize>>,
+    /// Wildcard-host and host-less routes, best match first.
+    others: Vec<usize>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Index {
+    fn build(routes: &[Arc<Route>]) -> Self {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
         let mut others = Vec::new();
-        for r in &routes {
+        for (i, r) in routes.iter().enumerate() {
             match &r.spec.matcher.host {
-                Some(HostMatch::Exact(h)) => exact.entry(h.clone()).or_default().push(r.clone()),
-                _ => others.push(r.clone()),
+                Some(HostMatch::Exact(h)) => exact.entry(h.clone()).or_default().push(i),
+                _ => others.push(i),
             }
         }
         for list in exact.values_mut() {
-            list.sort_by_key(|r| std::cmp::Reverse(r.prefix_len()));
+            list.sort_by_key(|&i| std::cmp::Reverse(routes[i].prefix_len()));
         }
-        others.sort_by_key(|r| {
+        others.sort_by_key(|&i| {
+            let r = &routes[i];
             let wildcard_len = match &r.spec.matcher.host {
                 Some(HostMatch::Wildcard(suffix)) => suffix.len() + 1,
                 _ => 0,
@@ -224,34 +199,129 @@ impl Snapshot {
                 std::cmp::Reverse(wildcard_len),
             )
         });
+        let by_id = routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.as_str().to_string(), i))
+            .collect();
+        Index {
+            exact,
+            others,
+            by_id,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Build the snapshot for `state` with the controller's `overrides` in effect, reusing
+    /// each route's telemetry by id. Routes that did not change since `previous` (the same
+    /// shared spec, weights, revision and override) are taken over as they are, so a write to
+    /// one route of 10,000 rebuilds one.
+    pub fn build(
+        state: &ConfigState,
+        telemetry: &Telemetry,
+        overrides: &HashMap<String, Override>,
+        previous: Option<&Snapshot>,
+    ) -> Self {
+        let now = std::time::Instant::now();
+        let mut same_layout = previous.is_some_and(|p| p.routes.len() == state.routes.len());
+        let routes: Vec<Arc<Route>> = state
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, rc)| {
+                let weights_revision = state
+                    .weights_revisions
+                    .get(rc.id.as_str())
+                    .copied()
+                    .unwrap_or(0);
+                let overridden = overrides.get(rc.id.as_str()).cloned();
+                let weights = overridden.as_ref().map_or(rc.weights, |o| o.weights);
+                let prev = previous.and_then(|p| {
+                    p.routes
+                        .get(i)
+                        .filter(|r| r.id == rc.id)
+                        .or_else(|| p.route(rc.id.as_str()))
+                });
+                let same_spec = prev.is_some_and(|p| Arc::ptr_eq(&p.spec, &rc.spec));
+                if !(same_spec
+                    && previous.is_some_and(|p| p.routes.get(i).is_some_and(|r| r.id == rc.id)))
+                {
+                    same_layout = false;
+                }
+                if let Some(prev) = prev.filter(|_| same_spec) {
+                    if prev.weights == weights
+                        && prev.weights_revision == weights_revision
+                        && prev.overridden == overridden
+                    {
+                        return prev.clone();
+                    }
+                }
+                let split = Split::new(&weights);
+                let route_telemetry = match prev {
+                    Some(p) => p.telemetry.clone(),
+                    None => telemetry.route(rc.id.as_str(), rc.spec.compare.noise_ttl),
+                };
+                route_telemetry
+                    .set_weight_percent(100.0 - split.new_percent(), split.new_percent());
+                let window = route_telemetry.note_weights(weights, weights_revision, now);
+                let (legacy, new) = match prev.filter(|_| same_spec) {
+                    Some(p) => (p.legacy.clone(), p.new.clone()),
+                    None => (
+                        Arc::new(Upstream::build(&rc.spec.legacy)),
+                        Arc::new(Upstream::build(&rc.spec.new)),
+                    ),
+                };
+                Arc::new(Route {
+                    id: rc.id.clone(),
+                    spec: rc.spec.clone(),
+                    weights,
+                    weights_revision,
+                    overridden,
+                    window,
+                    split,
+                    legacy,
+                    new,
+                    telemetry: route_telemetry,
+                })
+            })
+            .collect();
+        let index = match previous {
+            Some(p) if same_layout => p.index.clone(),
+            _ => Arc::new(Index::build(&routes)),
+        };
         Snapshot {
             revision: state.revision,
             loaded: state.loaded,
             last_error: state.last_error.clone(),
             route_errors: state.route_errors.clone(),
             routes,
-            exact,
-            others,
+            index,
         }
     }
 
     /// The route for a request to `host` (lowercase, without port) and `path`.
     pub fn find(&self, host: Option<&str>, path: &[u8]) -> Option<&Arc<Route>> {
-        if let Some(found) = host
-            .and_then(|h| self.exact.get(h))
-            .and_then(|list| list.iter().find(|r| r.matches_path(path)))
-        {
+        if let Some(found) = host.and_then(|h| self.index.exact.get(h)).and_then(|list| {
+            list.iter()
+                .map(|&i| &self.routes[i])
+                .find(|r| r.matches_path(path))
+        }) {
             return Some(found);
         }
-        self.others.iter().find(|r| {
-            r.matches_path(path)
-                && match &r.spec.matcher.host {
-                    Some(HostMatch::Wildcard(suffix)) => {
-                        host.is_some_and(|h| h.len() > suffix.len() && h.ends_with(suffix.as_str()))
+        self.index
+            .others
+            .iter()
+            .map(|&i| &self.routes[i])
+            .find(|r| {
+                r.matches_path(path)
+                    && match &r.spec.matcher.host {
+                        Some(HostMatch::Wildcard(suffix)) => host.is_some_and(|h| {
+                            h.len() > suffix.len() && h.ends_with(suffix.as_str())
+                        }),
+                        _ => true,
                     }
-                    _ => true,
-                }
-        })
+            })
     }
 
     /// The error to show for route `id`: its own rejection, else the source's.
@@ -261,7 +331,11 @@ impl Snapshot {
 
     /// The route with id `id`.
     pub fn route(&self, id: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.id.as_str() == id)
+        self.index
+            .by_id
+            .get(id)
+            .and_then(|&i| self.routes.get(i))
+            .filter(|r| r.id.as_str() == id)
     }
 }
 
@@ -298,6 +372,7 @@ mod tests {
             &ConfigState::initial(config.routes),
             &telemetry,
             &HashMap::new(),
+            None,
         )
     }
 
@@ -309,6 +384,81 @@ mod tests {
             "[[routes]]\nid = \"{id}\"\nmatch = {{ {host}path_prefix = \"{prefix}\" }}\n\
              legacy = {{ endpoints = [\"127.0.0.1:1\"] }}\nnew = {{ endpoints = [\"127.0.0.1:2\"] }}\n"
         )
+    }
+
+    #[test]
+    fn a_write_to_one_route_rebuilds_that_route_only() {
+        let toml: String = (0..100)
+            .map(|i| route(&format!("r{i}"), Some(&format!("h{i}.test")), "/"))
+            .collect();
+        let config = cutover_config::parse_config_toml(&toml).unwrap();
+        let telemetry = Telemetry::new(WindowShape {
+            window: Duration::from_secs(60),
+            slices: 12,
+        });
+        let v1 = ConfigState::initial(config.routes);
+        let first = Snapshot::build(&v1, &telemetry, &HashMap::new(), None);
+
+        // Route r7's weights change; every spec stays the same shared one.
+        let mut routes = v1.routes.to_vec();
+        routes[7].weights = Weights {
+            legacy: 50.0,
+            new: 50.0,
+            shadow: 0.0,
+        };
+        let v2 = ConfigState {
+            revision: 2,
+            routes: routes.into(),
+            ..v1.clone()
+        };
+        let second = Snapshot::build(&v2, &telemetry, &HashMap::new(), Some(&first));
+        for (i, (a, b)) in first.routes.iter().zip(&second.routes).enumerate() {
+            assert_eq!(
+                Arc::ptr_eq(a, b),
+                i != 7,
+                "route {i} taken over unless it changed"
+            );
+        }
+        assert!(
+            Arc::ptr_eq(&first.index, &second.index),
+            "the index is kept"
+        );
+        let r7 = second.route("r7").unwrap();
+        assert_eq!(r7.weights.new, 50.0);
+        assert!(
+            Arc::ptr_eq(&r7.legacy, &first.routes[7].legacy),
+            "no new DNS lookup"
+        );
+        assert!(Arc::ptr_eq(&r7.telemetry, &first.routes[7].telemetry));
+        assert!(
+            r7.window > first.routes[7].window,
+            "a new evaluation window"
+        );
+        assert_eq!(
+            second.find(Some("h7.test"), b"/x").map(|r| r.weights.new),
+            Some(50.0),
+            "the kept index finds the rebuilt route"
+        );
+
+        // A spec change (another host) rebuilds the index.
+        let mut routes = v2.routes.to_vec();
+        let mut spec = (*routes[3].spec).clone();
+        spec.matcher.host = Some(cutover_config::HostMatch::Exact("moved.test".into()));
+        routes[3].spec = Arc::new(spec);
+        let v3 = ConfigState {
+            revision: 3,
+            routes: routes.into(),
+            ..v2.clone()
+        };
+        let third = Snapshot::build(&v3, &telemetry, &HashMap::new(), Some(&second));
+        assert!(!Arc::ptr_eq(&second.index, &third.index));
+        assert_eq!(
+            third
+                .find(Some("moved.test"), b"/")
+                .map(|r| r.id.to_string()),
+            Some("r3".to_string())
+        );
+        assert!(third.find(Some("h3.test"), b"/").is_none());
     }
 
     #[test]

@@ -74,6 +74,12 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
                 "--upgrade needs [proxy] upgrade_socket: the path the running cutover offers its sockets on".into(),
             ))
         }
+        (true, Some(path)) if !handover::someone_offers(path) => {
+            // Nothing to take over (the first start of a systemd template unit, say): start
+            // fresh, and offer the sockets for the next upgrade.
+            info!(path = %path.display(), "--upgrade: no cutover offers its sockets here; starting fresh");
+            (Inherited::default(), None)
+        }
         (true, Some(path)) => {
             let (inherited, upgrade) =
                 handover::fetch(path).map_err(|e| ServeError::Runtime(e.to_string()))?;

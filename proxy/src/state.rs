@@ -82,7 +82,7 @@ impl Shared {
             window: config.stats.window,
             slices: config.stats.slices,
         });
-        let snapshot = Snapshot::build(state, &telemetry, &HashMap::new());
+        let snapshot = Snapshot::build(state, &telemetry, &HashMap::new(), None);
         telemetry.metrics.config_revision.set(state.revision as i64);
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -149,7 +149,7 @@ impl Shared {
             landed
         });
         source.state = Arc::new(state.clone());
-        let next = Snapshot::build(state, &self.telemetry, &source.overrides);
+        let next = Snapshot::build(state, &self.telemetry, &source.overrides, Some(&current));
         metrics.config_revision.set(next.revision as i64);
         if next.revision != current.revision {
             info!(
@@ -170,7 +170,13 @@ impl Shared {
             return;
         }
         source.overrides.insert(route.to_string(), o);
-        let next = Snapshot::build(&source.state, &self.telemetry, &source.overrides);
+        let current = self.snapshot.load();
+        let next = Snapshot::build(
+            &source.state,
+            &self.telemetry,
+            &source.overrides,
+            Some(&current),
+        );
         self.snapshot.store(Arc::new(next));
     }
 

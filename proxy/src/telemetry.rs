@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{
@@ -289,7 +289,6 @@ impl Metrics {
                 per_backend(BackendKind::Legacy),
                 per_backend(BackendKind::New),
             ],
-            weight: BackendKind::ALL.map(|b| self.weight.with_label_values(&[route, b.as_str()])),
             comparisons: self.comparisons.with_label_values(&[route]),
             calibrating: self.calibrating.with_label_values(&[route]),
             divergences: DIVERGENCE_KINDS.map(|k| self.divergences.with_label_values(&[route, k])),
@@ -325,7 +324,6 @@ const DROP_REASONS: [DropReason; 4] = [
 
 struct RouteMetrics {
     cells: [[RoleMetrics; 2]; 2],
-    weight: [prometheus::Gauge; 2],
     comparisons: IntCounter,
     calibrating: IntCounter,
     divergences: [IntCounter; 3],
@@ -335,20 +333,35 @@ struct RouteMetrics {
 /// Everything one route records into and keeps across snapshots: window statistics, metric
 /// handles, and the shadow/comparison state (in-flight copies, endpoint groups, learned noise,
 /// recent divergences).
+///
+/// The window statistics and the per-request metric series are made when the route first
+/// records something ([`RouteTelemetry::traffic`]): a route that never sees traffic costs a
+/// few hundred bytes, not tens of KiB (10,000 idle routes in etcd are common).
 pub struct RouteTelemetry {
+    id: String,
+    shape: WindowShape,
+    origin: Instant,
+    metrics: Arc<Metrics>,
+    traffic: OnceLock<Box<Traffic>>,
+    /// `cutover_weight` of legacy and new (set for every route, traffic or not).
+    weight: [prometheus::Gauge; 2],
+    pub shadow_in_flight: AtomicUsize,
+    pub groups: Groups,
+    pub noise: NoiseLearner,
+    pub divergences: DivergenceLog,
+    /// The evaluation window in force.
+    window: Mutex<EvalWindow>,
+}
+
+/// What a route records into once it has traffic.
+pub struct Traffic {
     pub windows: RouteWindows,
     /// Comparisons over the window: `count` = compared pairs, `errors` = diverging pairs.
     pub comparisons: WindowedStats,
     /// Legacy compared with itself (the noise-learning copies), counted like `comparisons`:
     /// how often legacy disagrees with itself, the divergence rule's baseline.
     pub baseline: WindowedStats,
-    pub shadow_in_flight: AtomicUsize,
-    pub groups: Groups,
-    pub noise: NoiseLearner,
-    pub divergences: DivergenceLog,
     metrics: RouteMetrics,
-    /// The evaluation window in force.
-    window: Mutex<EvalWindow>,
 }
 
 /// An evaluation window (SPEC §11): the requests that started under one write of the weights.
@@ -368,12 +381,30 @@ pub struct EvalWindow {
 impl std::fmt::Debug for RouteTelemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteTelemetry")
-            .field("windows", &self.windows)
+            .field("id", &self.id)
+            .field("traffic", &self.traffic.get().is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl RouteTelemetry {
+    /// The route's statistics and metric series, made at the first call.
+    pub fn traffic(&self) -> &Traffic {
+        self.traffic.get_or_init(|| {
+            Box::new(Traffic {
+                windows: RouteWindows::new(self.shape, self.origin),
+                comparisons: WindowedStats::new(self.shape, self.origin),
+                baseline: WindowedStats::new(self.shape, self.origin),
+                metrics: self.metrics.route_metrics(&self.id),
+            })
+        })
+    }
+
+    /// The route's statistics, if it ever recorded anything.
+    pub fn traffic_if_any(&self) -> Option<&Traffic> {
+        self.traffic.get().map(|t| &**t)
+    }
+
     /// Record one finished request that started under evaluation window `window` (hot path:
     /// one window shard's lock, and once per slice the window's ring lock).
     pub fn record(
@@ -386,10 +417,11 @@ impl RouteTelemetry {
         now: Instant,
     ) {
         let latency = now.saturating_duration_since(started);
-        let cell = &self.metrics.cells[backend.index()][role.index()];
+        let traffic = self.traffic();
+        let cell = &traffic.metrics.cells[backend.index()][role.index()];
         cell.requests[outcome.code_index()].inc();
         cell.duration.observe(latency.as_secs_f64());
-        self.windows.get(backend, role).record(
+        traffic.windows.get(backend, role).record(
             now,
             window,
             Sample {
@@ -422,9 +454,15 @@ impl RouteTelemetry {
     /// The route's statistics of evaluation window `window`, within the time window ending
     /// `now`; `baseline_expected` when the route compares legacy with itself (noise learning).
     pub fn window_stats(&self, now: Instant, window: u64, baseline_expected: bool) -> WindowStats {
-        let role = |b, r| self.windows.get(b, r).role_stats(now, window);
-        let comparisons = self.comparisons.role_stats(now, window);
-        let baseline = self.baseline.role_stats(now, window);
+        let Some(traffic) = self.traffic_if_any() else {
+            return WindowStats {
+                baseline_expected,
+                ..WindowStats::default()
+            };
+        };
+        let role = |b, r| traffic.windows.get(b, r).role_stats(now, window);
+        let comparisons = traffic.comparisons.role_stats(now, window);
+        let baseline = traffic.baseline.role_stats(now, window);
         WindowStats {
             legacy: BackendStats {
                 primary: role(BackendKind::Legacy, Role::Primary),
@@ -448,19 +486,20 @@ impl RouteTelemetry {
             .iter()
             .position(|r| *r == reason)
             .expect("every reason is listed");
-        self.metrics.shadow_dropped[i].inc();
+        self.traffic().metrics.shadow_dropped[i].inc();
     }
 
     /// Count one compared pair (and its divergences by kind) of a request that started under
     /// evaluation window `window`.
     pub fn record_comparison(&self, window: u64, diff: &Difference, now: Instant) {
-        self.metrics.comparisons.inc();
+        let traffic = self.traffic();
+        traffic.metrics.comparisons.inc();
         for kind in diff.kinds() {
             if let Some(i) = DIVERGENCE_KINDS.iter().position(|k| *k == kind) {
-                self.metrics.divergences[i].inc();
+                traffic.metrics.divergences[i].inc();
             }
         }
-        self.comparisons.record(
+        traffic.comparisons.record(
             now,
             window,
             Sample {
@@ -473,7 +512,7 @@ impl RouteTelemetry {
     /// Count a pair of legacy answers, compared like a legacy/new pair, of a request that
     /// started under evaluation window `window` (the divergence rule's baseline).
     pub fn record_baseline(&self, window: u64, diverged: bool, now: Instant) {
-        self.baseline.record(
+        self.traffic().baseline.record(
             now,
             window,
             Sample {
@@ -485,20 +524,20 @@ impl RouteTelemetry {
 
     /// Count a compared pair left uncounted while its endpoint's noise is being learned.
     pub fn comparison_calibrating(&self) {
-        self.metrics.calibrating.inc();
+        self.traffic().metrics.calibrating.inc();
     }
 
     /// Publish the live share (percent) each backend serves.
     pub fn set_weight_percent(&self, legacy: f64, new: f64) {
-        self.metrics.weight[BackendKind::Legacy.index()].set(legacy);
-        self.metrics.weight[BackendKind::New.index()].set(new);
+        self.weight[BackendKind::Legacy.index()].set(legacy);
+        self.weight[BackendKind::New.index()].set(new);
     }
 }
 
 /// The metrics plus every route's telemetry, by route id.
 #[derive(Debug)]
 pub struct Telemetry {
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     shape: WindowShape,
     origin: Instant,
     routes: Mutex<HashMap<String, Arc<RouteTelemetry>>>,
@@ -507,7 +546,7 @@ pub struct Telemetry {
 impl Telemetry {
     pub fn new(shape: WindowShape) -> Self {
         Telemetry {
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
             shape,
             origin: Instant::now(),
             routes: Mutex::new(HashMap::new()),
@@ -522,14 +561,17 @@ impl Telemetry {
             .entry(id.to_string())
             .or_insert_with(|| {
                 Arc::new(RouteTelemetry {
-                    windows: RouteWindows::new(self.shape, self.origin),
-                    comparisons: WindowedStats::new(self.shape, self.origin),
-                    baseline: WindowedStats::new(self.shape, self.origin),
+                    id: id.to_string(),
+                    shape: self.shape,
+                    origin: self.origin,
+                    metrics: self.metrics.clone(),
+                    traffic: OnceLock::new(),
+                    weight: BackendKind::ALL
+                        .map(|b| self.metrics.weight.with_label_values(&[id, b.as_str()])),
                     shadow_in_flight: AtomicUsize::new(0),
                     groups: Groups::new(MAX_GROUPS),
                     noise: NoiseLearner::new(noise_ttl, NoiseLearner::DEFAULT_MIN_SEEN),
                     divergences: DivergenceLog::new(DIVERGENCE_LOG),
-                    metrics: self.metrics.route_metrics(id),
                     window: Mutex::new(EvalWindow {
                         id: 0,
                         weights: None,
@@ -580,6 +622,34 @@ mod tests {
     }
 
     #[test]
+    fn a_route_without_traffic_holds_no_statistics() {
+        let t = Telemetry::new(WindowShape {
+            window: Duration::from_secs(60),
+            slices: 12,
+        });
+        let r = t.route("idle", Duration::from_secs(600));
+        r.set_weight_percent(90.0, 10.0);
+        let now = Instant::now();
+        assert!(r.traffic_if_any().is_none());
+        assert_eq!(r.window_stats(now, 0, false), WindowStats::default());
+        let text = String::from_utf8(t.metrics.encode()).unwrap();
+        assert!(text.contains(r#"cutover_weight{backend="new",route="idle"} 10"#));
+        assert!(!text.contains(
+            r#"cutover_requests_total{backend="legacy",code="2xx",role="primary",route="idle"}"#
+        ));
+        r.record(
+            0,
+            BackendKind::Legacy,
+            Role::Primary,
+            Outcome::Status(200),
+            now,
+            now,
+        );
+        assert!(r.traffic_if_any().is_some());
+        assert_eq!(r.window_stats(now, 0, false).legacy.primary.count, 1);
+    }
+
+    #[test]
     fn outcome_classes() {
         assert_eq!(Outcome::Status(204).code_index(), 1);
         assert_eq!(Outcome::Status(503).code_index(), 4);
@@ -626,7 +696,11 @@ mod tests {
         ));
         assert!(text.contains(r#"cutover_weight{backend="new",route="orders"} 25"#));
         assert!(text.contains("cutover_request_duration_seconds_bucket"));
-        let w = r.windows.get(BackendKind::New, Role::Primary).read(now, 0);
+        let w = r
+            .traffic()
+            .windows
+            .get(BackendKind::New, Role::Primary)
+            .read(now, 0);
         assert_eq!((w.count, w.errors), (2, 1));
     }
 }

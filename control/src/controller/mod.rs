@@ -24,7 +24,7 @@ pub mod fleet;
 mod notify;
 mod writes;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -153,6 +153,9 @@ pub struct Controller {
     notifier: Option<Notifier>,
     view: Arc<ControlView>,
     routes: HashMap<String, RouteCtl>,
+    /// Routes whose last window offered to the fleet had samples: an empty one is offered
+    /// once more (so the fleet does not keep merging the old one), then no longer.
+    offered: HashSet<String>,
 }
 
 impl Controller {
@@ -199,6 +202,7 @@ impl Controller {
             notifier: webhook.map(Notifier::new),
             view,
             routes: HashMap::new(),
+            offered: HashSet::new(),
         }
     }
 
@@ -236,8 +240,9 @@ impl Controller {
             Store::Etcd(_, fleet) => Some(fleet.state()),
         };
         let leader = fleet_state.as_ref().is_none_or(|f| f.leader);
-        self.routes
-            .retain(|id, _| routes.iter().any(|r| &r.id == id));
+        let ids: HashSet<&str> = routes.iter().map(|r| r.id.as_str()).collect();
+        self.routes.retain(|id, _| ids.contains(id.as_str()));
+        self.offered.retain(|id| ids.contains(id.as_str()));
         let mut views = BTreeMap::new();
         for route in &routes {
             let ctl = self
@@ -283,7 +288,17 @@ impl Controller {
                     for_ramp = Some(e.clone());
                     view.local = Some(e);
                     if let Store::Etcd(_, fleet) = &self.store {
-                        fleet.offer(&route.id, route.weights_revision, stats);
+                        // A route without traffic has nothing to share (10,000 idle routes
+                        // would otherwise be published every second).
+                        let had = if stats.is_empty() {
+                            self.offered.remove(&route.id)
+                        } else {
+                            self.offered.insert(route.id.clone());
+                            true
+                        };
+                        if had {
+                            fleet.offer(&route.id, route.weights_revision, stats);
+                        }
                     }
                 }
                 if let Some(merged) = fleet_state

@@ -32,7 +32,13 @@ struct Inner {
     client: tokio::sync::Mutex<Option<Client>>,
     /// Status writes in flight or done, by route: the weights revision they describe.
     status_written: Mutex<HashMap<String, i64>>,
+    /// Bounds the status writes in flight: a leader taking over 10,000 routes writes them a
+    /// few dozen at a time (later ticks continue), not all at once ("too many requests").
+    status_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Status writes in flight at most.
+const STATUS_WRITES_IN_FLIGHT: usize = 32;
 
 /// Why a guarded write did not land.
 enum Failure {
@@ -52,6 +58,7 @@ impl EtcdWriter {
                 instance,
                 client: tokio::sync::Mutex::new(None),
                 status_written: Mutex::default(),
+                status_slots: Arc::new(tokio::sync::Semaphore::new(STATUS_WRITES_IN_FLIGHT)),
             }),
         }
     }
@@ -206,6 +213,9 @@ impl EtcdWriter {
         if status.is_some_and(|(s, _)| s.weights_revision >= route.weights_revision) {
             return;
         }
+        let Ok(slot) = self.inner.status_slots.clone().try_acquire_owned() else {
+            return; // a later tick
+        };
         {
             let mut done = self
                 .inner
@@ -226,6 +236,7 @@ impl EtcdWriter {
             rollback: None,
         };
         tokio::spawn(async move {
+            let _slot = slot;
             let keys = &this.inner.keys;
             let (wk, sk) = (keys.weights(&id), keys.status(&id));
             let body = serde_json::to_string(&next).expect("status serialises");

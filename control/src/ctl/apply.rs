@@ -50,7 +50,7 @@ impl RoutePlan {
     fn new(route: &RouteConfig, read: &RouteRead, keep_weights: bool) -> RoutePlan {
         let spec_change = match &read.spec.value {
             Decoded::Missing => SpecChange::New,
-            Decoded::Valid(current) if *current == route.spec => SpecChange::Unchanged,
+            Decoded::Valid(current) if *current == *route.spec => SpecChange::Unchanged,
             _ => SpecChange::Changed,
         };
         let weights_change = if keep_weights {
@@ -73,7 +73,7 @@ impl RoutePlan {
         };
         RoutePlan {
             id: route.id.to_string(),
-            spec: route.spec.clone(),
+            spec: (*route.spec).clone(),
             spec_change,
             spec_read_revision: read.spec.mod_revision,
             old_spec,

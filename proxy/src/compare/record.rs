@@ -100,11 +100,12 @@ impl DivergenceLog {
     /// Default number of records kept per route.
     pub const DEFAULT_CAPACITY: usize = 256;
 
-    /// Room for `capacity` records (0 keeps none).
+    /// Room for `capacity` records (0 keeps none), taken as records come: a route that never
+    /// diverges holds none (256 records reserved up front were ~50 KiB per route).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            records: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            records: Mutex::new(VecDeque::new()),
         }
     }
 
