@@ -102,8 +102,13 @@ pub struct PropagationReport {
     /// run, in KiB (`None` where `/proc` is unreadable).
     pub ready_rss_kib: Option<u64>,
     pub peak_rss_kib: Option<u64>,
+    /// 3 s after the last change.
+    pub end_rss_kib: Option<u64>,
     /// From the proxy's start to its first answer with every route loaded.
     pub ready_after: Duration,
+    /// With idle routes: how long the leader took to write every route's status (the timing
+    /// starts after it).
+    pub settled_after: Option<Duration>,
 }
 
 impl PropagationReport {
@@ -168,13 +173,22 @@ impl PropagationReport {
             |k: Option<u64>| k.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
         out.push_str(&format!(
             "Routes in etcd: {} ({} idle: own host, no traffic). Proxy ready (every route loaded, \
-             first answer) {:.2} s after its start; RSS then {} MiB, peak over the run {} MiB.\n\n",
+             first answer) {:.2} s after its start; RSS then {} MiB, 3 s after the last change {} \
+             MiB, peak over the run {} MiB.\n\n",
             self.options.routes,
             self.options.routes.saturating_sub(1),
             self.ready_after.as_secs_f64(),
             mib(self.ready_rss_kib),
+            mib(self.end_rss_kib),
             mib(self.peak_rss_kib),
         ));
+        if let Some(settled) = self.settled_after {
+            out.push_str(&format!(
+                "The fleet's leader wrote every route's status in {:.1} s after that (at most 32 \
+                 writes in flight); the changes were timed afterwards.\n\n",
+                settled.as_secs_f64()
+            ));
+        }
         out.push_str(&format!(
             "Requests: {} (non-200 or unanswered: {}, reconnects: {}); timed part took {:.2} s.\n",
             self.requests,
@@ -243,7 +257,9 @@ pub async fn run(opts: &PropagationOptions) -> PropagationReport {
         elapsed: Duration::ZERO,
         ready_rss_kib: None,
         peak_rss_kib: None,
+        end_rss_kib: None,
         ready_after: Duration::ZERO,
+        settled_after: None,
     };
     if let Some(failure) = setup_failure {
         report.failures.push(failure);
@@ -266,6 +282,31 @@ pub async fn run(opts: &PropagationOptions) -> PropagationReport {
     report.ready_after = launched.elapsed();
     let pid = proxy.pid();
     report.ready_rss_kib = pid.and_then(|p| status_kib(p, "VmRSS"));
+    if opts.routes > 1 {
+        // The fleet's leader writes every route's `status` when it starts (a few dozen at a
+        // time): a one-off burst of etcd writes. Time the steady state after it.
+        let settle = Instant::now();
+        let want = 3 * opts.routes as i64;
+        loop {
+            let keys = kv
+                .get(
+                    format!("{PREFIX}/routes/"),
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_count_only(),
+                    ),
+                )
+                .await
+                .map(|r| r.count())
+                .unwrap_or(0);
+            if keys >= want || settle.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        report.settled_after = Some(settle.elapsed());
+    }
     conn.reset_counts();
 
     let started = Instant::now();
@@ -319,6 +360,9 @@ pub async fn run(opts: &PropagationOptions) -> PropagationReport {
     }
     report.elapsed = started.elapsed();
     report.peak_rss_kib = pid.and_then(|p| status_kib(p, "VmHWM"));
+    // What stays once the writes stop (the allocator keeps some of what churn freed).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    report.end_rss_kib = pid.and_then(|p| status_kib(p, "VmRSS"));
     conn.account(&mut report);
     drop(proxy);
     report

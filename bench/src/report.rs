@@ -12,14 +12,15 @@ use crate::suite::{ControlPlane, Phase, Run, SuiteReport};
 use crate::sys;
 use crate::targets::TargetKind;
 
-/// CPU per request of cutover against nginx's (closed loop, 1 KiB).
-pub const GOAL_CPU_VS_NGINX: f64 = 0.8;
+/// CPU per request of cutover against nginx's (closed loop, 1 KiB; issue 14).
+pub const GOAL_CPU_VS_NGINX: f64 = 1.15;
 /// Open-loop p99 of cutover against nginx's at the same rate.
 pub const GOAL_P99_VS_NGINX: f64 = 1.0;
-/// CPU per request with 100 % shadow + JSON compare against without.
-pub const GOAL_SHADOW_CPU: f64 = 2.0;
-/// Peak RSS of cutover with 1,000 connections, MiB.
-pub const GOAL_RSS_MIB: f64 = 64.0;
+/// CPU per request with 100 % shadow + JSON compare against without (issue 14: no regression
+/// from the 1.75–1.80× measured on pingora).
+pub const GOAL_SHADOW_CPU: f64 = 1.8;
+/// Peak RSS of cutover with 1,000 connections, MiB (issue 14).
+pub const GOAL_RSS_MIB: f64 = 40.0;
 /// Propagation p99, ms (README).
 pub const GOAL_PROPAGATION_P99_MS: f64 = 50.0;
 
@@ -165,7 +166,7 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
     let connections = r.options.crowd.map_or(0, |s| s.connections);
     let (name, wanted) = (
         "Memory with 1,000 connections",
-        format!("cutover's RSS < {GOAL_RSS_MIB} MiB with 1,000 concurrent connections"),
+        format!("cutover's RSS ≤ {GOAL_RSS_MIB} MiB with 1,000 concurrent connections"),
     );
     goals.push(match crowd.and_then(|run| run.peak_rss_kib) {
         Some(kib) => {
@@ -183,7 +184,7 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
                 name,
                 wanted,
                 measured,
-                verdict: Verdict::of(mib < GOAL_RSS_MIB && crowd.errors == 0),
+                verdict: Verdict::of(mib <= GOAL_RSS_MIB && crowd.errors == 0),
             }
         }
         None => not_evaluated(name, wanted, "no crowd run of cutover"),

@@ -92,7 +92,8 @@ pub trait DataPlane: Send + Sync + 'static {
     /// The live routes.
     fn routes(&self) -> Vec<LiveRoute>;
     /// The route's statistics of evaluation window `window` ([`LiveRoute::window`]) within
-    /// the stats window: only requests that started under it. `None` for an unknown route.
+    /// the stats window: only requests that started under it. `None` for an unknown route, or
+    /// one that never had traffic.
     fn window(&self, route: &str, window: u64) -> Option<WindowStats>;
     /// Put `o` in effect for `route` at once.
     fn set_override(&self, route: &str, o: Override);

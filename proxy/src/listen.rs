@@ -664,6 +664,24 @@ impl ConnIo {
         // An answer being written is activity: the idle time counts from its end.
         self.last_activity = Instant::now();
     }
+
+    /// A write's outcome under the write timeout.
+    fn timed_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Pending => match self.write_pending(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => {
+                self.write_progress();
+                ready
+            }
+        }
+    }
 }
 
 impl AsyncWrite for ConnIo {
@@ -677,16 +695,7 @@ impl AsyncWrite for ConnIo {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         };
-        match polled {
-            Poll::Pending => match this.write_pending(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            ready => {
-                this.write_progress();
-                ready
-            }
-        }
+        this.timed_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -699,16 +708,7 @@ impl AsyncWrite for ConnIo {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         };
-        match polled {
-            Poll::Pending => match this.write_pending(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            ready => {
-                this.write_progress();
-                ready
-            }
-        }
+        this.timed_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

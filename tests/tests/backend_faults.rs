@@ -733,3 +733,30 @@ async fn case_37_storm_of_1xx_is_no_desync() {
         "each request reached the backend exactly once"
     );
 }
+
+/// The backend's header names reach the client in the case the backend wrote them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn header_case_of_the_answer_is_kept() {
+    let path = "/case/answer-header-case";
+    let backend = ScriptedBackend::run(
+        [(
+            path.to_string(),
+            Reply::keep("HTTP/1.1 200 OK\r\nX-Legacy-Answer: 1\r\nETag: \"v1\"\r\nContent-Length: 2\r\n\r\nok"),
+        )]
+        .into_iter()
+        .collect(),
+    )
+    .await;
+    let proxy = proxy_to(&backend).await;
+    let mut conn = RawConn::open(proxy.addr()).await;
+    conn.send(&get(path)).await;
+    let responses = conn.read_responses(1, STEP).await;
+    assert_eq!(summary(&responses), [(200, "ok".to_string())]);
+    let text = conn.text();
+    for header in ["X-Legacy-Answer: 1", "ETag: \"v1\""] {
+        assert!(
+            text.contains(header),
+            "{header:?} not in the answer: {text:?}"
+        );
+    }
+}

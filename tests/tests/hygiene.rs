@@ -843,3 +843,24 @@ async fn case_29_body_limit() {
         "a backend received a complete body over max_body_bytes"
     );
 }
+
+/// A transparent proxy changes nothing it need not: HTTP/1 header names reach the backend in
+/// the case the client sent them (legacy backends can be case-sensitive). The answer's
+/// direction: `backend_faults::header_case_of_the_answer_is_kept`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn header_case_is_kept_on_the_way_to_the_backend() {
+    let edge = edge().await;
+    let reply = edge
+        .send(b"GET /case/header-case HTTP/1.1\r\nHost: cutover.test\r\nX-Custom-Header: a\r\nx-lower: b\r\nX-UPPER: c\r\nConnection: close\r\n\r\n")
+        .await;
+    single_ok(&reply);
+    let wire = edge.legacy.received_bytes();
+    for name in [&b"X-Custom-Header: a"[..], b"x-lower: b", b"X-UPPER: c"] {
+        assert!(
+            find(&wire, name).is_some(),
+            "{:?} not on the wire to the backend: {:?}",
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(&wire)
+        );
+    }
+}

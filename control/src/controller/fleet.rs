@@ -318,54 +318,101 @@ impl Task {
         }
         let routes = self.dp.routes();
         let now_ms = unix_millis_now();
-        for route in &routes {
-            let prefix = format!("{}/", self.keys.stats(&route.id, "").trim_end_matches('/'));
-            let resp = call(
-                "read stats",
-                client.get(prefix, Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-            let mut merged = WindowStats::default();
-            let mut n = 0;
-            for kv in resp.kvs() {
-                let Ok(p) = serde_json::from_slice::<Published>(kv.value()) else {
-                    warn!(key = ?kv.key_str(), "fleet: unreadable published stats ignored");
-                    continue;
-                };
-                let fresh = now_ms.saturating_sub(p.at_ms) <= FRESH.as_millis() as u64;
-                if !fresh || p.weights_revision != route.weights_revision {
-                    continue;
-                }
-                match p.stats.decode() {
-                    Ok(s) => {
-                        merged.merge(&s);
-                        n += 1;
-                    }
-                    Err(e) => {
-                        warn!(instance = %p.instance, error = %e, "fleet: undecodable stats ignored")
-                    }
-                }
+        // Every instance's published windows in one read (only routes with traffic publish).
+        let stats_prefix = format!("{}/stats/", self.keys.prefix());
+        let published = call(
+            "read stats",
+            client.get(stats_prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let mut by_route: HashMap<&str, Vec<&[u8]>> = HashMap::new();
+        for kv in published.kvs() {
+            let route = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(stats_prefix.as_str()))
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(route, _instance)| route);
+            if let Some(route) = route {
+                by_route.entry(route).or_default().push(kv.value());
             }
-            state.merged.insert(
-                route.id.clone(),
-                Merged {
-                    weights_revision: route.weights_revision,
-                    instances: n,
-                    stats: merged,
-                },
-            );
-            let status = call("read status", client.get(self.keys.status(&route.id), None)).await?;
-            if let Some(kv) = status.kvs().first() {
+        }
+        // Statuses known from earlier rounds: read again only what may have moved (routes with
+        // a ramp, whose pause matters each tick; statuses older than the weights; missing ones).
+        let known = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .statuses
+            .clone();
+        let mut to_read = Vec::new();
+        for route in &routes {
+            if let Some(values) = by_route.get(route.id.as_str()) {
+                let mut merged = WindowStats::default();
+                let mut n = 0;
+                for value in values {
+                    let Ok(p) = serde_json::from_slice::<Published>(value) else {
+                        warn!(route = %route.id, "fleet: unreadable published stats ignored");
+                        continue;
+                    };
+                    let fresh = now_ms.saturating_sub(p.at_ms) <= FRESH.as_millis() as u64;
+                    if !fresh || p.weights_revision != route.weights_revision {
+                        continue;
+                    }
+                    match p.stats.decode() {
+                        Ok(s) => {
+                            merged.merge(&s);
+                            n += 1;
+                        }
+                        Err(e) => {
+                            warn!(instance = %p.instance, error = %e, "fleet: undecodable stats ignored")
+                        }
+                    }
+                }
+                state.merged.insert(
+                    route.id.clone(),
+                    Merged {
+                        weights_revision: route.weights_revision,
+                        instances: n,
+                        stats: merged,
+                    },
+                );
+            }
+            let cached = known.get(&route.id);
+            let current = cached.is_some_and(|(s, _)| s.weights_revision >= route.weights_revision);
+            let read = route.spec.ramp.is_some() || (route.weights_revision > 0 && !current);
+            if read {
+                to_read.push(route.id.clone());
+            } else if let Some(c) = cached {
+                state.statuses.insert(route.id.clone(), c.clone());
+            }
+        }
+        // The statuses to read, a few dozen requests in flight (a leader taking over 10,000
+        // routes reads them all once).
+        let mut reads = tokio::task::JoinSet::new();
+        let mut ids = to_read.into_iter();
+        loop {
+            while reads.len() < STATUS_READS_IN_FLIGHT {
+                let Some(id) = ids.next() else { break };
+                let (mut client, key) = (client.clone(), self.keys.status(&id));
+                reads.spawn(async move { (id, call("read status", client.get(key, None)).await) });
+            }
+            let Some(done) = reads.join_next().await else {
+                break;
+            };
+            let (id, status) = done.map_err(|e| e.to_string())?;
+            if let Some(kv) = status?.kvs().first() {
                 if let Ok(s) = serde_json::from_slice::<Status>(kv.value()) {
-                    state
-                        .statuses
-                        .insert(route.id.clone(), (s, kv.mod_revision()));
+                    state.statuses.insert(id, (s, kv.mod_revision()));
                 }
             }
         }
         Ok(state)
     }
 }
+
+/// Status reads in flight at most in one round.
+const STATUS_READS_IN_FLIGHT: usize = 32;
 
 struct AbortOnDrop<T>(JoinHandle<T>);
 

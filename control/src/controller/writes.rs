@@ -33,7 +33,7 @@ struct Inner {
     /// Status writes in flight or done, by route: the weights revision they describe.
     status_written: Mutex<HashMap<String, i64>>,
     /// Bounds the status writes in flight: a leader taking over 10,000 routes writes them a
-    /// few dozen at a time (later ticks continue), not all at once ("too many requests").
+    /// few dozen at a time, not all at once ("etcdserver: too many requests").
     status_slots: Arc<tokio::sync::Semaphore>,
 }
 
@@ -213,9 +213,6 @@ impl EtcdWriter {
         if status.is_some_and(|(s, _)| s.weights_revision >= route.weights_revision) {
             return;
         }
-        let Ok(slot) = self.inner.status_slots.clone().try_acquire_owned() else {
-            return; // a later tick
-        };
         {
             let mut done = self
                 .inner
@@ -236,7 +233,9 @@ impl EtcdWriter {
             rollback: None,
         };
         tokio::spawn(async move {
-            let _slot = slot;
+            let Ok(_slot) = this.inner.status_slots.clone().acquire_owned().await else {
+                return;
+            };
             let keys = &this.inner.keys;
             let (wk, sk) = (keys.weights(&id), keys.status(&id));
             let body = serde_json::to_string(&next).expect("status serialises");
