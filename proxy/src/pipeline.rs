@@ -75,28 +75,16 @@ pub async fn handle(worker: &Worker, peer: Peer, req: Request<Incoming>) -> Resp
         }
     };
 
-    // split
     let (parts, mut incoming) = req.into_parts();
-    if parts.version == Version::HTTP_2
-        && hygiene::content_length(&parts.headers) == Some(0)
-        && !hyper::body::Body::is_end_stream(&incoming)
-    {
-        // RELIABILITY 23: an HTTP/2 stream that declared an empty body may still send DATA,
-        // which the h2 layer refuses with a stream reset; wait for its end so such a request
-        // never reaches a backend.
-        let end = tokio::time::timeout(
-            shared.settings.body_read_timeout,
-            http_body_util::BodyExt::frame(&mut incoming),
-        )
-        .await;
-        if !matches!(end, Ok(None)) {
-            return refuse(
-                version,
-                400,
-                "request body does not match content-length: 0",
-            );
-        }
+    if !declared_empty_body_ended(shared, &parts, &mut incoming).await {
+        return refuse(
+            version,
+            400,
+            "request body does not match content-length: 0",
+        );
     }
+
+    // split
     let backend = split(&route, &parts);
     let shadow = plan_shadow(&route, &parts, backend);
 
@@ -156,6 +144,28 @@ fn hygiene(shared: &Shared, req: &Request<Incoming>) -> Result<(), Rejection> {
         req.version() == Version::HTTP_11,
         &shared.settings.limits,
     )
+}
+
+/// RELIABILITY 23: an HTTP/2 stream that declared `content-length: 0` may still send DATA,
+/// which the h2 layer refuses with a stream reset. Such a request is forwarded only once its
+/// stream ended empty (within `body_read_timeout`), so it never reaches a backend otherwise.
+async fn declared_empty_body_ended(
+    shared: &Shared,
+    parts: &Parts,
+    incoming: &mut Incoming,
+) -> bool {
+    if parts.version != Version::HTTP_2
+        || hygiene::content_length(&parts.headers) != Some(0)
+        || hyper::body::Body::is_end_stream(incoming)
+    {
+        return true;
+    }
+    let end = tokio::time::timeout(
+        shared.settings.body_read_timeout,
+        http_body_util::BodyExt::frame(incoming),
+    )
+    .await;
+    matches!(end, Ok(None))
 }
 
 /// Legacy or new, by weight — or by the route's sticky header or cookie.
