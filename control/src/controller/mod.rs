@@ -280,7 +280,16 @@ impl Controller {
             let mut decision: Option<(Breach, &'static str)> = None;
             let mut for_ramp: Option<Evaluation> = None;
             if let Some(judged) = judged.filter(|_| policy.is_enabled()) {
-                if let Some(stats) = self.dp.window(&route.id, route.window) {
+                // A route that never had traffic has no window; a ramp must still see "no data"
+                // (and wait), so it gets an empty one.
+                let stats = self.dp.window(&route.id, route.window).or_else(|| {
+                    route
+                        .spec
+                        .ramp
+                        .is_some()
+                        .then(crate::window::WindowStats::default)
+                });
+                if let Some(stats) = stats {
                     let e = ctl.local.evaluate(policy, &stats, judged, now);
                     if let Some(b) = &e.breach {
                         decision = Some((b.clone(), "local"));
