@@ -38,6 +38,7 @@ use crate::body::{ActiveGuard, ConnState, HeadFault};
 use crate::handover::{Inherited, Role};
 use crate::pipeline::{self, Peer, Worker};
 use crate::state::Shared;
+use crate::tls::Stream;
 use crate::upstream::Pool;
 
 /// One address the proxy listens on, with TLS for the TLS listener.
@@ -53,7 +54,6 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
-    pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
 }
@@ -339,11 +339,11 @@ async fn serve_connection(
     _slot: Slot,
 ) {
     let stream = match tls {
-        None => Transport::Plain(stream),
+        None => Stream::Plain(stream),
         Some(acceptor) => {
             let handshake = acceptor.accept(stream);
             match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                Ok(Ok(s)) => Transport::Tls(Box::new(s)),
+                Ok(Ok(s)) => Stream::Tls(Box::new(s.into())),
                 Ok(Err(e)) => {
                     debug!(error = %e, "TLS handshake failed");
                     return;
@@ -355,8 +355,7 @@ async fn serve_connection(
             }
         }
     };
-    let h2_by_alpn =
-        matches!(&stream, Transport::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
+    let h2_by_alpn = stream.alpn_protocol() == Some(b"h2");
     let state = Arc::new(ConnState::default());
     state.h2.store(h2_by_alpn, Ordering::Release);
     let conn_state = state.clone();
@@ -424,19 +423,13 @@ async fn serve_connection(
 /// How long a draining HTTP/1 connection may stay idle before it is closed.
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
-/// A client connection's transport.
-enum Transport {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
 /// The HTTP/2 connection preface: a connection that starts with it has no request heads to
 /// time, only idleness.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// A client connection with its deadlines (see the module's documentation).
 struct ConnIo {
-    inner: Transport,
+    inner: Stream,
     limits: ConnLimits,
     state: Arc<ConnState>,
     /// HTTP/2: only idleness is timed.
@@ -452,7 +445,7 @@ struct ConnIo {
 }
 
 impl ConnIo {
-    fn new(inner: Transport, limits: ConnLimits, state: Arc<ConnState>, h2: bool) -> Self {
+    fn new(inner: Stream, limits: ConnLimits, state: Arc<ConnState>, h2: bool) -> Self {
         let now = Instant::now();
         ConnIo {
             inner,
@@ -582,10 +575,7 @@ impl AsyncRead for ConnIo {
             this.head_started = None;
         }
         let before = buf.filled().len();
-        let polled = match &mut this.inner {
-            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        };
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         match polled {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
@@ -691,10 +681,7 @@ impl AsyncWrite for ConnIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        };
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.timed_write(cx, polled)
     }
 
@@ -704,26 +691,17 @@ impl AsyncWrite for ConnIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Transport::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
-        };
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.timed_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.inner {
-            Transport::Plain(s) => s.is_write_vectored(),
-            Transport::Tls(s) => s.is_write_vectored(),
-        }
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-        };
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
         match polled {
             Poll::Pending => match this.write_pending(cx) {
                 Ok(()) => Poll::Pending,
@@ -738,10 +716,7 @@ impl AsyncWrite for ConnIo {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().inner {
-            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

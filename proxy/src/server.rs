@@ -154,7 +154,6 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
         header_read_timeout: p.header_read_timeout,
         idle_timeout: p.idle_timeout,
         write_timeout: p.write_timeout,
-        max_connections: p.max_connections,
         max_header_bytes: p.max_header_bytes,
         max_headers: p.max_headers,
     };

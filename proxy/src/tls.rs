@@ -84,11 +84,12 @@ fn leftmost_underscores_to_hyphens(name: &str) -> Option<String> {
     Some(format!("{}.{rest}", leftmost.replace('_', "-")))
 }
 
-/// A connection to a backend: plain TCP or TLS over it (boxed: rustls' state is ~1 KiB).
+/// A connection, to a backend or from a client: plain TCP or TLS over it (boxed: rustls'
+/// state is ~1 KiB).
 #[derive(Debug)]
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -102,7 +103,17 @@ impl Stream {
         let name = server_name(sni).map_err(io::Error::other)?;
         let connector = connector().map_err(io::Error::other)?;
         let tls = connector.connect(name, tcp).await?;
-        Ok(Stream::Tls(Box::new(tls)))
+        Ok(Stream::Tls(Box::new(tls.into())))
+    }
+}
+
+impl Stream {
+    /// The protocol TLS's ALPN chose, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(s) => s.get_ref().1.alpn_protocol(),
+        }
     }
 }
 
