@@ -78,6 +78,8 @@ pub struct Change {
     pub latency: Option<Duration>,
     /// Requests sent until the expected backend answered.
     pub requests: u64,
+    /// How long etcd took to answer the put itself (part of `latency`).
+    pub put: Option<Duration>,
 }
 
 /// What happened.
@@ -132,6 +134,15 @@ impl PropagationReport {
         (!h.is_empty()).then(|| h.value_at_percentile(q) as f64 / 1000.0)
     }
 
+    /// Percentile `q` (0–100) of etcd's answer to the puts, in ms; `None` without any.
+    pub fn put_percentile_ms(&self, q: f64) -> Option<f64> {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
+        for put in self.changes.iter().filter_map(|c| c.put) {
+            h.saturating_record(put.as_micros().try_into().unwrap_or(u64::MAX));
+        }
+        (!h.is_empty()).then(|| h.value_at_percentile(q) as f64 / 1000.0)
+    }
+
     /// The slowest propagated change in ms (exact, not bucketed).
     pub fn max_ms(&self) -> Option<f64> {
         self.changes
@@ -165,9 +176,12 @@ impl PropagationReport {
         out.push_str(&format!(
             "Setup: binary `{}`, one etcd, one legacy and one new backend, all on 127.0.0.1; \
              weights flipped between 100/0 and 0/100; latency = put start → first response from \
-             the chosen backend over one keep-alive connection; timeout {:?} per change.\n\n",
+             the chosen backend over one keep-alive connection; timeout {:?} per change. Of that, \
+             etcd's answer to the put itself: p50 {} ms, p99 {} ms.\n\n",
             self.binary.display(),
-            self.options.timeout
+            self.options.timeout,
+            ms(self.put_percentile_ms(50.0)),
+            ms(self.put_percentile_ms(99.0)),
         ));
         let mib =
             |k: Option<u64>| k.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
@@ -322,6 +336,7 @@ pub async fn run(opts: &PropagationOptions) -> PropagationReport {
             revision: 0,
             latency: None,
             requests: 0,
+            put: None,
         };
         // A measurement only means something from the previous state: wait (bounded) until it
         // is what is served. With a healthy proxy this is a single request.
@@ -330,7 +345,10 @@ pub async fn run(opts: &PropagationOptions) -> PropagationReport {
             .await;
         let t0 = Instant::now();
         match kv.put(weights_key.as_str(), weights(l, n), None).await {
-            Ok(put) => change.revision = put.header().map_or(0, |h| h.revision()),
+            Ok(put) => {
+                change.put = Some(t0.elapsed());
+                change.revision = put.header().map_or(0, |h| h.revision());
+            }
             Err(e) => {
                 report
                     .failures

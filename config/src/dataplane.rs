@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::window::WindowStats;
-use crate::{Phase, RouteSpec, Weights};
+use crate::{Phase, RouteId, RouteSpec, Weights};
 
 /// Why and when a route was rolled back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ pub fn rfc3339_now() -> String {
 #[derive(Debug, Clone)]
 pub struct LiveRoute {
     /// The route's id.
-    pub id: String,
+    pub id: RouteId,
     /// What the route is.
     pub spec: Arc<RouteSpec>,
     /// The weights in effect (the source's, or an override's).
@@ -60,6 +60,9 @@ pub struct LiveRoute {
     /// The evaluation window the data plane collects this route's statistics in: a new one
     /// starts with every change of the weights in effect or their revision.
     pub window: u64,
+    /// The route has served a request since the proxy started (its window statistics exist):
+    /// of 10,000 routes most may never have, and a tick skips them cheaply.
+    pub traffic: bool,
 }
 
 /// Weights the controller put in effect ahead of the config source: a rollback decided before

@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::ops::Deref;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -16,10 +17,10 @@ use crate::raw::{RawBackend, RawMatch, RawRouteSpec, RawSticky};
 use crate::ser;
 
 /// A route's name: 1 to 64 characters of `a-z`, `0-9`, `_`, `-`, starting
-/// with a letter or digit. Safe in etcd keys and metric labels.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct RouteId(String);
+/// with a letter or digit. Safe in etcd keys and metric labels. Shared (`Arc<str>`): a state of
+/// 10,000 routes is copied for a write to one of them, and a copy must not allocate per route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(Arc<str>);
 
 impl RouteId {
     /// Longest accepted id.
@@ -35,7 +36,7 @@ impl RouteId {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if valid_start && valid_chars && text.len() <= Self::MAX_LEN {
-            Ok(RouteId(text.to_owned()))
+            Ok(RouteId(Arc::from(text)))
         } else {
             Err(format!(
                 "invalid route id {text:?}: use 1 to {} characters of a-z, 0-9, '_' and '-', \
@@ -82,6 +83,12 @@ impl FromStr for RouteId {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         RouteId::parse(text)
+    }
+}
+
+impl Serialize for RouteId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 

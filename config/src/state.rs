@@ -1,10 +1,15 @@
 //! What a config source publishes ([`ConfigState`]): the contract between the control plane,
 //! which produces it, and the data plane, which builds its routing snapshot from it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::RouteConfig;
+use crate::{RouteConfig, RouteId};
+
+/// Per route id, the revision its weights were last written at
+/// ([`ConfigState::weights_revisions`]). Keyed by the shared [`RouteId`], so a copy for a write
+/// to one route of 10,000 allocates the table once, not once per route.
+pub type WeightsRevisions = HashMap<RouteId, i64>;
 
 /// What a config source says right now: the last valid routes (with their weights) and the last
 /// rejections, if recent inputs were invalid.
@@ -21,7 +26,7 @@ pub struct ConfigState {
     /// the `weights` key (0 when the key is missing); for the file source, the revision at which
     /// the route's weights last changed. A local override (a rollback decided before etcd
     /// heard of it, or an in-process ramp step) holds until this moves past it.
-    pub weights_revisions: Arc<BTreeMap<String, i64>>,
+    pub weights_revisions: Arc<WeightsRevisions>,
     /// Why the latest input of the whole source was rejected (the file source); `None` once a
     /// valid input has been applied since.
     pub last_error: Option<Arc<str>>,
@@ -42,7 +47,7 @@ impl ConfigState {
     pub fn initial(routes: Vec<RouteConfig>) -> Self {
         Self {
             revision: 1,
-            weights_revisions: Arc::new(routes.iter().map(|r| (r.id.to_string(), 1)).collect()),
+            weights_revisions: Arc::new(routes.iter().map(|r| (r.id.clone(), 1)).collect()),
             routes: routes.into(),
             last_error: None,
             route_errors: Arc::default(),
@@ -68,15 +73,14 @@ impl ConfigState {
             let revisions = routes
                 .iter()
                 .map(|r| {
-                    let id = r.id.to_string();
                     let same = before
-                        .get(id.as_str())
+                        .get(r.id.as_str())
                         .is_some_and(|b| b.weights == r.weights);
-                    let rev = match self.weights_revisions.get(&id) {
+                    let rev = match self.weights_revisions.get(&r.id) {
                         Some(&rev) if same => rev,
                         _ => revision as i64,
                     };
-                    (id, rev)
+                    (r.id.clone(), rev)
                 })
                 .collect();
             Arc::new(revisions)

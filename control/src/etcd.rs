@@ -12,13 +12,13 @@
 //! An invalid value never replaces the last valid one of that route: it is logged at WARN,
 //! counted, shown as the route's error, and recorded as a `rejected` event in etcd.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cutover_config::{EtcdSettings, RouteConfig, RouteId, RouteSpec, Weights};
+use cutover_config::{EtcdSettings, RouteConfig, RouteId, RouteSpec, Weights, WeightsRevisions};
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use rand::Rng;
 use tokio::sync::watch;
@@ -104,13 +104,35 @@ struct RouteKeys {
     weights: Option<Parsed<Weights>>,
 }
 
-/// The route keys under the prefix, as of some revision.
-#[derive(Debug, Default)]
+/// The route keys under the prefix, as of some revision, and which routes changed since the
+/// state last published from it.
+#[derive(Debug)]
 struct Store {
     routes: BTreeMap<String, RouteKeys>,
+    /// Nothing was published from this store yet (a fresh read): resolve every route.
+    whole: bool,
+    /// The routes whose spec or weights changed since the last publish: with 10,000 routes a
+    /// write to one resolves that one ([`resolve_changed`]).
+    changed: BTreeSet<String>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            routes: BTreeMap::new(),
+            whole: true,
+            changed: BTreeSet::new(),
+        }
+    }
 }
 
 impl Store {
+    /// The state was published from this store: later changes are resolved alone.
+    fn published(&mut self) {
+        self.whole = false;
+        self.changed.clear();
+    }
+
     /// Take a put; true when it was a route's spec or weights (what the routes are made of:
     /// a `status` or `events` key changes nothing the source publishes).
     fn put(&mut self, keys: &Keys, key: &[u8], value: &[u8], rev: i64) -> bool {
@@ -120,6 +142,7 @@ impl Store {
         if matches!(key.kind, RouteKeyKind::Status | RouteKeyKind::Event(_)) {
             return false;
         }
+        self.changed.insert(key.route.clone());
         let entry = self.routes.entry(key.route).or_default();
         let text = String::from_utf8_lossy(value);
         match key.kind {
@@ -154,6 +177,7 @@ impl Store {
         if matches!(key.kind, RouteKeyKind::Status | RouteKeyKind::Event(_)) {
             return false;
         }
+        self.changed.insert(key.route.clone());
         if let Some(entry) = self.routes.get_mut(&key.route) {
             match key.kind {
                 RouteKeyKind::Spec => entry.spec = None,
@@ -194,94 +218,164 @@ struct Rejection {
     reason: String,
 }
 
-/// The routes to serve for `store`, keeping each route's last good spec and weights (from
-/// `previous`) where the current value is invalid. Returns the routes, the error per route,
-/// and the rejections seen.
+/// One route of the store, resolved: what to serve (nothing: no spec, or a new route whose
+/// spec is invalid), its weights revision, and the rejected values.
+struct OneRoute {
+    config: Option<RouteConfig>,
+    weights_revision: i64,
+    error: Option<Arc<str>>,
+    rejections: Vec<Rejection>,
+}
+
+/// Route `id` as its keys `entry` say (none: deleted), keeping its last good spec and weights
+/// (`previous`, served at `last_revision`) where a current value is invalid.
+fn resolve_route(
+    keys: &Keys,
+    id: &str,
+    entry: Option<&RouteKeys>,
+    previous: Option<&RouteConfig>,
+    last_revision: Option<i64>,
+) -> OneRoute {
+    let mut one = OneRoute {
+        config: None,
+        weights_revision: 0,
+        error: None,
+        rejections: Vec::new(),
+    };
+    let reject = |one: &mut OneRoute, key: String, mod_revision: i64, reason: &str| {
+        one.error = Some(Arc::from(format!(
+            "{}: {reason}",
+            key.trim_start_matches(keys.prefix())
+                .trim_start_matches('/')
+        )));
+        one.rejections.push(Rejection {
+            route: id.to_string(),
+            key,
+            mod_revision,
+            reason: reason.to_string(),
+        });
+    };
+    let Some(entry) = entry else {
+        return one;
+    };
+    let route_id = match RouteId::parse(id) {
+        Ok(r) => r,
+        Err(reason) => {
+            let rev = entry.spec.as_ref().map_or(0, |p| p.mod_revision);
+            reject(
+                &mut one,
+                keys.spec(id),
+                rev,
+                &format!("invalid route id {id:?} in the key: {reason}"),
+            );
+            return one;
+        }
+    };
+    let spec = match &entry.spec {
+        // No spec (deleted, or weights written first): the route is not served.
+        None => return one,
+        Some(Parsed {
+            value: Ok(spec), ..
+        }) => spec.clone(),
+        Some(Parsed {
+            value: Err(reason),
+            mod_revision,
+        }) => {
+            reject(&mut one, keys.spec(id), *mod_revision, reason);
+            match previous {
+                Some(prev) => prev.spec.clone(),
+                None => return one,
+            }
+        }
+    };
+    let (weights, weights_revision) = match &entry.weights {
+        None => (Weights::default(), 0),
+        Some(Parsed {
+            value: Ok(w),
+            mod_revision,
+        }) => (*w, *mod_revision),
+        Some(Parsed {
+            value: Err(reason),
+            mod_revision,
+        }) => {
+            reject(&mut one, keys.weights(id), *mod_revision, reason);
+            (
+                previous.map_or_else(Weights::default, |p| p.weights),
+                last_revision.unwrap_or(0),
+            )
+        }
+    };
+    one.weights_revision = weights_revision;
+    one.config = Some(RouteConfig {
+        id: route_id,
+        spec,
+        weights,
+    });
+    one
+}
+
+/// The routes to serve for the whole `store`, keeping each route's last good spec and weights
+/// (from `previous`) where the current value is invalid. Returns the routes (in id order), the
+/// error per route, and the rejections seen.
 fn resolve(keys: &Keys, store: &Store, previous: &ConfigState) -> Resolved {
     let last_good: HashMap<&str, &RouteConfig> =
         previous.routes.iter().map(|r| (r.id.as_str(), r)).collect();
-    let last_revisions = &previous.weights_revisions;
-    let mut routes = Vec::new();
-    let mut errors = BTreeMap::new();
-    let mut rejections = Vec::new();
-    let mut weights_revisions = BTreeMap::new();
+    let mut resolved = Resolved::default();
     for (id, entry) in &store.routes {
-        let mut reject = |key: String, mod_revision: i64, reason: &str| {
-            errors.insert(
-                id.clone(),
-                Arc::from(format!(
-                    "{}: {reason}",
-                    key.trim_start_matches(keys.prefix())
-                        .trim_start_matches('/')
-                )),
-            );
-            rejections.push(Rejection {
-                route: id.clone(),
-                key,
-                mod_revision,
-                reason: reason.to_string(),
-            });
-        };
-        let route_id = match RouteId::parse(id) {
-            Ok(r) => r,
-            Err(reason) => {
-                let rev = entry.spec.as_ref().map_or(0, |p| p.mod_revision);
-                reject(
-                    keys.spec(id),
-                    rev,
-                    &format!("invalid route id {id:?} in the key: {reason}"),
-                );
-                continue;
-            }
-        };
-        let previous = last_good.get(id.as_str()).copied();
-        let spec = match &entry.spec {
-            // No spec (deleted, or weights written first): the route is not served.
-            None => continue,
-            Some(Parsed {
-                value: Ok(spec), ..
-            }) => spec.clone(),
-            Some(Parsed {
-                value: Err(reason),
-                mod_revision,
-            }) => {
-                reject(keys.spec(id), *mod_revision, reason);
-                match previous {
-                    Some(prev) => prev.spec.clone(),
-                    None => continue,
-                }
-            }
-        };
-        let (weights, weights_revision) = match &entry.weights {
-            None => (Weights::default(), 0),
-            Some(Parsed {
-                value: Ok(w),
-                mod_revision,
-            }) => (*w, *mod_revision),
-            Some(Parsed {
-                value: Err(reason),
-                mod_revision,
-            }) => {
-                reject(keys.weights(id), *mod_revision, reason);
-                (
-                    previous.map_or_else(Weights::default, |p| p.weights),
-                    last_revisions.get(id).copied().unwrap_or(0),
-                )
-            }
-        };
-        weights_revisions.insert(id.clone(), weights_revision);
-        routes.push(RouteConfig {
-            id: route_id,
-            spec,
-            weights,
-        });
+        let one = resolve_route(
+            keys,
+            id,
+            Some(entry),
+            last_good.get(id.as_str()).copied(),
+            previous.weights_revisions.get(id.as_str()).copied(),
+        );
+        resolved.take(id, one, None);
     }
-    Resolved {
-        routes,
-        errors,
-        rejections,
-        weights_revisions,
+    resolved.changed = !same_routes(&previous.routes, &resolved.routes)
+        || *previous.weights_revisions != resolved.weights_revisions;
+    resolved
+}
+
+/// [`resolve`] for a store of which only `store.changed` changed since `previous` was
+/// resolved from it: those routes are resolved again, the others taken over as they are —
+/// what a write to one route of 10,000 costs is copying the table, not resolving it.
+fn resolve_changed(keys: &Keys, store: &Store, previous: &ConfigState) -> Resolved {
+    let mut resolved = Resolved {
+        routes: previous.routes.to_vec(),
+        errors: (*previous.route_errors).clone(),
+        rejections: Vec::new(),
+        weights_revisions: (*previous.weights_revisions).clone(),
+        changed: false,
+    };
+    for id in &store.changed {
+        let position = resolved
+            .routes
+            .binary_search_by(|r| r.id.as_str().cmp(id.as_str()));
+        let before = position.ok().map(|i| resolved.routes[i].clone());
+        let last_revision = resolved.weights_revisions.get(id.as_str()).copied();
+        let one = resolve_route(
+            keys,
+            id,
+            store.routes.get(id),
+            before.as_ref(),
+            last_revision,
+        );
+        let same = match (&before, &one.config) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                same_routes(std::slice::from_ref(a), std::slice::from_ref(b))
+                    && last_revision == Some(one.weights_revision)
+            }
+            _ => false,
+        };
+        resolved.changed |= !same;
+        resolved.errors.remove(id.as_str());
+        if let Some(route) = &before {
+            resolved.weights_revisions.remove(&route.id);
+        }
+        resolved.take(id, one, Some(position));
     }
+    resolved
 }
 
 /// Whether two route lists are equal, comparing a spec only when it is not the same shared one
@@ -296,11 +390,39 @@ fn same_routes(a: &[RouteConfig], b: &[RouteConfig]) -> bool {
 }
 
 /// The routes a store resolves to, with the rejected values and each route's weights revision.
+#[derive(Default)]
 struct Resolved {
+    /// In id order.
     routes: Vec<RouteConfig>,
     errors: BTreeMap<String, Arc<str>>,
     rejections: Vec<Rejection>,
-    weights_revisions: BTreeMap<String, i64>,
+    weights_revisions: WeightsRevisions,
+    /// The routes or a weights revision differ from the previous state's.
+    changed: bool,
+}
+
+impl Resolved {
+    /// Take route `id` as resolved: appended (a whole resolve, in id order), or put at
+    /// `position` (the result of a binary search for `id` in `routes`).
+    fn take(&mut self, id: &str, one: OneRoute, position: Option<Result<usize, usize>>) {
+        if let Some(error) = one.error {
+            self.errors.insert(id.to_string(), error);
+        }
+        self.rejections.extend(one.rejections);
+        if let Some(config) = &one.config {
+            self.weights_revisions
+                .insert(config.id.clone(), one.weights_revision);
+        }
+        match (position, one.config) {
+            (None, Some(config)) => self.routes.push(config),
+            (Some(Ok(i)), Some(config)) => self.routes[i] = config,
+            (Some(Ok(i)), None) => {
+                self.routes.remove(i);
+            }
+            (Some(Err(i)), Some(config)) => self.routes.insert(i, config),
+            (_, None) => {}
+        }
+    }
 }
 
 /// How a session ended.
@@ -370,7 +492,7 @@ impl Runner {
     }
 
     /// Publish the state for `store` at `revision` (never older than what is live).
-    fn publish(&mut self, client: &Client, store: &Store, revision: i64) {
+    fn publish(&mut self, client: &Client, store: &mut Store, revision: i64) {
         let previous = self.current();
         let revision = u64::try_from(revision).unwrap_or(0);
         if revision < previous.revision {
@@ -382,7 +504,13 @@ impl Runner {
             errors: route_errors,
             rejections,
             weights_revisions,
-        } = resolve(&self.source.keys, store, &previous);
+            changed: routes_changed,
+        } = if store.whole {
+            resolve(&self.source.keys, store, &previous)
+        } else {
+            resolve_changed(&self.source.keys, store, &previous)
+        };
+        store.published();
         let mut new_rejections = 0;
         for r in rejections {
             if self.counted.insert((r.key.clone(), r.mod_revision)) {
@@ -392,9 +520,7 @@ impl Runner {
             }
         }
         // A rewrite of the same weights is an operator's write too (it overrides a local
-        // rollback), so a new weights revision counts as a change.
-        let routes_changed = !same_routes(&previous.routes, &routes)
-            || *previous.weights_revisions != weights_revisions;
+        // rollback), so a new weights revision counts as a change (`routes_changed`).
         let state = ConfigState {
             // The revision names the last applied change: a rejected write does not move it.
             revision: if routes_changed || !previous.loaded {
@@ -516,7 +642,7 @@ impl Runner {
             for kv in resp.kvs() {
                 store.put(&self.source.keys, kv.key(), kv.value(), kv.mod_revision());
             }
-            self.publish(&client, &store, revision);
+            self.publish(&client, &mut store, revision);
             *backoff = BACKOFF_START;
             match self.watch(&mut client, &mut store, revision).await {
                 WatchEnd::Reread(reason) => info!(%reason, "re-reading the whole prefix"),
@@ -570,14 +696,19 @@ impl Runner {
                                 }
                                 for event in resp.events() {
                                     let Some(kv) = event.kv() else { continue };
+                                    latest = latest.max(Some(kv.mod_revision()));
                                     // Status and event keys (a fleet writes many) change no route.
                                     dirty |= match event.event_type() {
                                         EventType::Put => store.put(&self.source.keys, kv.key(), kv.value(), kv.mod_revision()),
                                         EventType::Delete => store.delete(&self.source.keys, kv.key()),
                                     };
                                 }
+                                // The newest revision seen, not the last header's: a progress
+                                // notification can carry an older revision than events already
+                                // delivered (etcd issue 15220), and a state published at the
+                                // revision already live was taken for no change at all.
                                 if let Some(h) = resp.header() {
-                                    latest = Some(h.revision());
+                                    latest = latest.max(Some(h.revision()));
                                 }
                             }
                             Ok(None) => return WatchEnd::Session(SessionEnd::Lost("watch stream ended".into())),
@@ -663,6 +794,7 @@ mod tests {
             errors,
             rejections,
             weights_revisions,
+            ..
         } = resolve(&Keys::default(), &store, &empty());
         assert_eq!(weights_revisions["a"], 0, "no weights key: revision 0");
         assert_eq!(routes.len(), 1);
@@ -692,6 +824,7 @@ mod tests {
             errors,
             rejections,
             weights_revisions,
+            ..
         } = resolve(&Keys::default(), &bad, &previous);
         assert_eq!(
             weights_revisions["a"], 3,
@@ -708,6 +841,69 @@ mod tests {
             resolve(&Keys::default(), &kv_store(&[("n/spec", "{", 6)]), &empty());
         assert!(routes.is_empty());
         assert!(errors.get("n").unwrap().starts_with("routes/n/spec:"));
+    }
+
+    /// The state `publish` makes of `resolved` after `previous` (the parts `resolve` decides):
+    /// new routes only when they changed, errors and revisions always.
+    fn state_of(previous: &ConfigState, resolved: Resolved) -> ConfigState {
+        let mut state = previous.clone();
+        if resolved.changed {
+            state.routes = resolved.routes.into();
+        }
+        state.weights_revisions = Arc::new(resolved.weights_revisions);
+        state.route_errors = Arc::new(resolved.errors);
+        state
+    }
+
+    /// Resolving only the changed routes gives what resolving every route gives, through random
+    /// puts (valid and invalid specs and weights, equal values rewritten) and deletes.
+    #[test]
+    fn resolving_the_changed_routes_equals_resolving_all() {
+        let keys = Keys::default();
+        let ids = ["a", "b", "c", "d", "Bad Id"];
+        let specs = [SPEC, r#"{"match":{}}"#, &SPEC.replace(":2", ":3")];
+        let weights = [r#"{"legacy":1,"new":1}"#, r#"{"legacy":9,"new":1}"#, "{"];
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let mut store = Store::default();
+            let mut state = empty();
+            let mut rev = 1;
+            for _ in 0..20 {
+                for _ in 0..rng.random_range(1..4) {
+                    rev += 1;
+                    let id = ids[rng.random_range(0..ids.len())];
+                    let kind = if rng.random_bool(0.5) {
+                        "spec"
+                    } else {
+                        "weights"
+                    };
+                    let key = format!("{}{id}/{kind}", keys.routes());
+                    if rng.random_bool(0.15) {
+                        store.delete(&keys, key.as_bytes());
+                    } else {
+                        let value = if kind == "spec" {
+                            specs[rng.random_range(0..specs.len())]
+                        } else {
+                            weights[rng.random_range(0..weights.len())]
+                        };
+                        store.put(&keys, key.as_bytes(), value.as_bytes(), rev);
+                    }
+                }
+                let whole = store.whole;
+                let all = resolve(&keys, &store, &state);
+                let some = if whole {
+                    resolve(&keys, &store, &state)
+                } else {
+                    resolve_changed(&keys, &store, &state)
+                };
+                store.published();
+                assert_eq!(some.routes, all.routes);
+                assert_eq!(some.errors, all.errors);
+                assert_eq!(some.weights_revisions, all.weights_revisions);
+                assert_eq!(some.changed, all.changed, "{:?}", all.routes);
+                state = state_of(&state, some);
+            }
+        }
     }
 
     #[test]

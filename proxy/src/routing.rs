@@ -235,7 +235,11 @@ impl Snapshot {
                     .get(rc.id.as_str())
                     .copied()
                     .unwrap_or(0);
-                let overridden = overrides.get(rc.id.as_str()).cloned();
+                let overridden = if overrides.is_empty() {
+                    None
+                } else {
+                    overrides.get(rc.id.as_str()).cloned()
+                };
                 let weights = overridden.as_ref().map_or(rc.weights, |o| o.weights);
                 let prev = previous.and_then(|p| {
                     p.routes

@@ -32,31 +32,11 @@ use crate::compare::{self, Answer, BodySampler, DivergenceRecord};
 use crate::hygiene::{self, SHADOW_MARKER};
 use crate::routing::Route;
 use crate::stats::{BackendKind, Role};
-use crate::telemetry::Outcome;
+use crate::telemetry::{DropReason, Outcome};
 use crate::tls;
 
 /// Longest a shadow task waits for the primary's answer after its own arrived.
 const PRIMARY_WAIT: Duration = Duration::from_secs(60);
-
-/// Why a sampled request was not shadowed (`cutover_shadow_dropped_total{reason}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    Overload,
-    BodyTooLarge,
-    Method,
-    Timeout,
-}
-
-impl DropReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Overload => "overload",
-            DropReason::BodyTooLarge => "body_too_large",
-            DropReason::Method => "method",
-            DropReason::Timeout => "timeout",
-        }
-    }
-}
 
 /// cutover's own client for shadow copies (its own connection pool, never the primary's).
 #[derive(Debug, Clone)]

@@ -116,7 +116,12 @@ impl Shared {
             // Never go back to an older revision.
             return;
         }
+        // Unchanged only when the routes are the very ones applied: a source that published
+        // new routes at the revision already live (the etcd source did, when a progress
+        // notification's older revision came last in a batch) must not be ignored.
         let unchanged = state.revision == current.revision
+            && Arc::ptr_eq(&state.routes, &source.state.routes)
+            && Arc::ptr_eq(&state.weights_revisions, &source.state.weights_revisions)
             && state.loaded == current.loaded
             && state.last_error == current.last_error
             && state.route_errors == current.route_errors;
@@ -129,7 +134,7 @@ impl Shared {
         // `rolled_back` until the next write of the weights, as the etcd status does. A
         // shadow-phase gate writes no weights: any newer write of them ends it.
         source.overrides.retain(|id, o| {
-            let Some(&rev) = state.weights_revisions.get(id) else {
+            let Some(&rev) = state.weights_revisions.get(id.as_str()) else {
                 return false;
             };
             if rev <= o.weights_revision {
@@ -205,12 +210,13 @@ impl DataPlane for Shared {
             .routes
             .iter()
             .map(|r| LiveRoute {
-                id: r.id.to_string(),
+                id: r.id.clone(),
                 spec: r.spec.clone(),
                 weights: r.weights,
                 weights_revision: r.weights_revision,
                 overridden: r.overridden.clone(),
                 window: r.window,
+                traffic: r.telemetry.traffic_if_any().is_some(),
             })
             .collect()
     }
@@ -293,6 +299,18 @@ mod tests {
             2,
             "an older revision is never applied"
         );
+
+        // Other routes at the revision already live are applied, not taken for no change.
+        shared.apply(&v2);
+        assert!(shared.snapshot.load().last_error.is_none());
+        let mut same_revision = v2.applied(
+            cutover_config::parse_config_toml(&ONE.replace("new = 10", "new = 70"))
+                .unwrap()
+                .routes,
+        );
+        same_revision.revision = v2.revision;
+        shared.apply(&same_revision);
+        assert_eq!(shared.snapshot.load().routes[0].weights.new, 70.0);
         assert_eq!(shared.telemetry.metrics.config_revision.get(), 2);
     }
 
@@ -402,7 +420,8 @@ mod tests {
         // The same weights written again (in etcd: a new mod_revision).
         let mut again = v1.clone();
         again.revision = 2;
-        again.weights_revisions = Arc::new([("orders".to_string(), 2)].into());
+        again.weights_revisions =
+            Arc::new([(cutover_config::RouteId::parse("orders").unwrap(), 2)].into());
         shared.apply(&again);
         let after = shared.snapshot.load().routes[0].clone();
         assert_ne!(
@@ -481,7 +500,8 @@ mod tests {
         // landing, and it ends the mark.
         let mut again = v1.clone();
         again.revision = 2;
-        again.weights_revisions = Arc::new([("orders".to_string(), 2)].into());
+        again.weights_revisions =
+            Arc::new([(cutover_config::RouteId::parse("orders").unwrap(), 2)].into());
         shared.apply(&again);
         assert!(shared.snapshot.load().routes[0].overridden.is_none());
     }

@@ -16,7 +16,6 @@ use prometheus::{
 use tokio::runtime::Handle;
 
 use crate::compare::{Difference, DivergenceLog, Groups, NoiseLearner};
-use crate::shadow::DropReason;
 use crate::stats::{BackendKind, Role, RouteWindows, Sample, WindowShape, WindowedStats};
 use cutover_config::window::{BackendStats, WindowStats};
 use cutover_config::Weights;
@@ -312,6 +311,26 @@ impl Default for Metrics {
 struct RoleMetrics {
     requests: [IntCounter; 6],
     duration: Histogram,
+}
+
+/// Why a sampled request was not shadowed (`cutover_shadow_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Overload,
+    BodyTooLarge,
+    Method,
+    Timeout,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Overload => "overload",
+            DropReason::BodyTooLarge => "body_too_large",
+            DropReason::Method => "method",
+            DropReason::Timeout => "timeout",
+        }
+    }
 }
 
 const DIVERGENCE_KINDS: [&str; 3] = ["status", "headers", "body"];

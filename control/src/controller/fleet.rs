@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cutover_config::EtcdSettings;
+use cutover_config::{EtcdSettings, RouteId};
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 use serde_json::json;
 use tokio::sync::watch;
@@ -43,9 +43,9 @@ pub struct FleetState {
     pub leader: bool,
     pub instances: Vec<String>,
     /// Leader only: the merged window per route.
-    pub merged: HashMap<String, Merged>,
+    pub merged: HashMap<RouteId, Merged>,
     /// Leader only: each route's status and its key's mod_revision.
-    pub statuses: HashMap<String, (Status, i64)>,
+    pub statuses: HashMap<RouteId, (Status, i64)>,
 }
 
 /// The fleet's merged window of one route.
@@ -62,7 +62,7 @@ pub struct Fleet {
     dial_timeout: Duration,
     keys: Keys,
     instance: String,
-    state: Arc<Mutex<FleetState>>,
+    state: Arc<Mutex<Arc<FleetState>>>,
     task: Mutex<Option<JoinHandle<()>>>,
     lease: Arc<Mutex<Option<(Client, i64)>>>,
     /// Windows the controller evaluated since the last publication, by route: published once
@@ -71,7 +71,7 @@ pub struct Fleet {
     pending: Pending,
 }
 
-type Pending = Arc<Mutex<HashMap<String, (i64, WindowStats)>>>;
+type Pending = Arc<Mutex<HashMap<RouteId, (i64, WindowStats)>>>;
 
 impl Fleet {
     pub(super) fn new(settings: &EtcdSettings, keys: Keys, instance: String) -> Self {
@@ -88,15 +88,16 @@ impl Fleet {
     }
 
     /// Hand over `route`'s window (collected under `weights_revision`) for the next publication.
-    pub(super) fn offer(&self, route: &str, weights_revision: i64, stats: WindowStats) {
+    pub(super) fn offer(&self, route: &RouteId, weights_revision: i64, stats: WindowStats) {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(route.to_string(), (weights_revision, stats));
+            .insert(route.clone(), (weights_revision, stats));
     }
 
     /// The last state the task saw.
-    pub fn state(&self) -> FleetState {
+    /// The fleet as last seen (shared: a tick reads 10,000 statuses without copying them).
+    pub fn state(&self) -> Arc<FleetState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -133,7 +134,7 @@ struct Task {
     dial_timeout: Duration,
     keys: Keys,
     instance: String,
-    state: Arc<Mutex<FleetState>>,
+    state: Arc<Mutex<Arc<FleetState>>>,
     lease: Arc<Mutex<Option<(Client, i64)>>>,
     pending: Pending,
     dp: Arc<dyn DataPlane>,
@@ -169,7 +170,7 @@ impl Task {
     }
 
     fn set_state(&self, s: FleetState) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
     }
 
     /// One lease's life: register, publish, campaign, until something fails.
@@ -230,24 +231,46 @@ impl Task {
             }
         });
         let _abort = AbortOnDrop(campaign);
+        // The lease is kept alive by its own task, never behind a round: a leader's round can
+        // take longer than the lease's TTL (taking over 10,000 routes reads every status), and a
+        // keep-alive waiting for it let the lease expire — the instance lost leadership, started
+        // over and read them all again, for ever.
+        let (lost_tx, mut lost) = tokio::sync::oneshot::channel::<String>();
+        let _keeper = AbortOnDrop(tokio::spawn(async move {
+            let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
+            let reason = loop {
+                tokio::select! {
+                    _ = keepalive.tick() => {
+                        if let Err(e) = call("keep-alive", keeper.keep_alive()).await {
+                            break e;
+                        }
+                    }
+                    msg = alive.message() => match msg {
+                        Ok(Some(r)) if r.ttl() > 0 => {}
+                        Ok(Some(_)) => break "the lease expired".into(),
+                        Ok(None) => break "the keep-alive stream ended".into(),
+                        Err(e) => break format!("keep-alive: {e}"),
+                    },
+                }
+            };
+            let _ = lost_tx.send(reason);
+        }));
         let mut tick = tokio::time::interval(super::TICK);
-        let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_leader = false;
         loop {
             tokio::select! {
-                _ = keepalive.tick() => {
-                    if let Err(e) = call("keep-alive", keeper.keep_alive()).await {
-                        return e;
-                    }
+                reason = &mut lost => {
+                    return reason.unwrap_or_else(|_| "the keep-alive task ended".into());
                 }
-                msg = alive.message() => match msg {
-                    Ok(Some(r)) if r.ttl() > 0 => {}
-                    Ok(Some(_)) => return "the lease expired".into(),
-                    Ok(None) => return "the keep-alive stream ended".into(),
-                    Err(e) => return format!("keep-alive: {e}"),
-                },
                 _ = tick.tick() => {
-                    match self.round(&mut client, lease).await {
+                    let round = tokio::select! {
+                        reason = &mut lost => {
+                            return reason.unwrap_or_else(|_| "the keep-alive task ended".into());
+                        }
+                        round = self.round(&mut client, lease) => round,
+                    };
+                    match round {
                         Ok(state) => {
                             if state.leader != was_leader {
                                 info!(instance = %self.instance, leader = state.leader, "fleet: leadership changed");
@@ -259,6 +282,7 @@ impl Task {
                             debug!(error = %e, "fleet round failed");
                             // Unsure whether still leader: act as a follower.
                             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                            let s = Arc::make_mut(&mut s);
                             s.leader = false;
                             s.merged.clear();
                         }
@@ -339,12 +363,8 @@ impl Task {
         }
         // Statuses known from earlier rounds: read again only what may have moved (routes with
         // a ramp, whose pause matters each tick; statuses older than the weights; missing ones).
-        let known = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .statuses
-            .clone();
+        let known = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let known = &known.statuses;
         let mut to_read = Vec::new();
         for route in &routes {
             if let Some(values) = by_route.get(route.id.as_str()) {

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cutover_config::{EtcdSettings, Phase, Weights};
+use cutover_config::{EtcdSettings, Phase, RouteId, Weights};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -61,7 +61,7 @@ pub struct ViewState {
     pub leader: bool,
     /// Instances registered in etcd (empty without etcd).
     pub instances: Vec<String>,
-    pub routes: BTreeMap<String, RouteView>,
+    pub routes: BTreeMap<RouteId, RouteView>,
     /// Events of the in-process controller (without etcd); newest last.
     pub events: VecDeque<serde_json::Value>,
 }
@@ -139,6 +139,8 @@ struct RouteCtl {
     last_doubt: Option<Instant>,
     /// When a ramp step was last written; no other is decided for [`RAMP_WRITE_WAIT`].
     ramp_pending: Option<Instant>,
+    /// The last tick that saw the route (a route the data plane no longer has is forgotten).
+    seen: u64,
 }
 
 /// The controller: [`Controller::spawn`] it on the control runtime.
@@ -152,10 +154,12 @@ pub struct Controller {
     instance: String,
     notifier: Option<Notifier>,
     view: Arc<ControlView>,
-    routes: HashMap<String, RouteCtl>,
+    routes: HashMap<RouteId, RouteCtl>,
     /// Routes whose last window offered to the fleet had samples: an empty one is offered
     /// once more (so the fleet does not keep merging the old one), then no longer.
-    offered: HashSet<String>,
+    offered: HashSet<RouteId>,
+    /// Ticks so far.
+    ticks: u64,
 }
 
 impl Controller {
@@ -203,6 +207,7 @@ impl Controller {
             view,
             routes: HashMap::new(),
             offered: HashSet::new(),
+            ticks: 0,
         }
     }
 
@@ -240,22 +245,30 @@ impl Controller {
             Store::Etcd(_, fleet) => Some(fleet.state()),
         };
         let leader = fleet_state.as_ref().is_none_or(|f| f.leader);
-        let ids: HashSet<&str> = routes.iter().map(|r| r.id.as_str()).collect();
-        self.routes.retain(|id, _| ids.contains(id.as_str()));
-        self.offered.retain(|id| ids.contains(id.as_str()));
-        let mut views = BTreeMap::new();
+        self.ticks += 1;
+        let tick = self.ticks;
+        // With 10,000 routes a tick is a pass over all of them: per idle route (no traffic, no
+        // ramp) it only looks up its memory and whether its status is in step with its weights.
+        let mut views = Vec::new();
         for route in &routes {
-            let ctl = self
-                .routes
-                .entry(route.id.clone())
-                .or_insert_with(|| RouteCtl {
-                    window: route.window,
-                    since: now,
-                    local: RuleEngine::default(),
-                    fleet: RuleEngine::default(),
-                    last_doubt: None,
-                    ramp_pending: None,
-                });
+            if !self.routes.contains_key(&route.id) {
+                self.routes.insert(
+                    route.id.clone(),
+                    RouteCtl {
+                        window: route.window,
+                        since: now,
+                        local: RuleEngine::default(),
+                        fleet: RuleEngine::default(),
+                        last_doubt: None,
+                        ramp_pending: None,
+                        seen: tick,
+                    },
+                );
+            }
+            let Some(ctl) = self.routes.get_mut(&route.id) else {
+                continue;
+            };
+            ctl.seen = tick;
             if ctl.window != route.window {
                 // New weights: fresh evaluation windows and a fresh hold.
                 ctl.window = route.window;
@@ -282,7 +295,12 @@ impl Controller {
             if let Some(judged) = judged.filter(|_| policy.is_enabled()) {
                 // A route that never had traffic has no window; a ramp must still see "no data"
                 // (and wait), so it gets an empty one.
-                let stats = self.dp.window(&route.id, route.window).or_else(|| {
+                let window = if route.traffic {
+                    self.dp.window(&route.id, route.window)
+                } else {
+                    None
+                };
+                let stats = window.or_else(|| {
                     route
                         .spec
                         .ramp
@@ -347,7 +365,7 @@ impl Controller {
             }
             if let Some(((breach, scope), judged)) = decision.zip(judged) {
                 self.rollback(route, &breach, scope, judged);
-            } else if leader && !rolled_back {
+            } else if leader && !rolled_back && route.spec.ramp.is_some() {
                 let paused = fleet_state
                     .as_ref()
                     .and_then(|f| f.statuses.get(&route.id))
@@ -361,12 +379,18 @@ impl Controller {
                     writer.keep_status_in_step(route, f.statuses.get(&route.id));
                 }
             }
-            views.insert(route.id.clone(), view);
+            if view.local.is_some() || view.fleet.is_some() || view.ramp.is_some() {
+                views.push((route.id.clone(), view));
+            }
         }
+        self.routes.retain(|_, ctl| ctl.seen == tick);
+        let routes = &self.routes;
+        self.offered.retain(|id| routes.contains_key(id));
         let mut v = self.view.lock();
         v.leader = leader;
-        v.instances = fleet_state.map(|f| f.instances).unwrap_or_default();
-        v.routes = views;
+        v.instances = fleet_state.map(|f| f.instances.clone()).unwrap_or_default();
+        // In id order already (the snapshot's), so the map is built without a search per route.
+        v.routes = views.into_iter().collect();
     }
 
     /// Roll `route` back now: locally at once, then in the store. Judged live, `new` gets no
@@ -570,12 +594,13 @@ mod tests {
         .unwrap();
         Arc::new(FakePlane {
             route: Mutex::new(LiveRoute {
-                id: "orders".into(),
+                id: RouteId::parse("orders").unwrap(),
                 spec: Arc::new(spec),
                 weights,
                 weights_revision: 7,
                 overridden: None,
                 window: 1,
+                traffic: true,
             }),
             stats: Mutex::default(),
             overrides: Mutex::default(),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cutover_config::{EtcdSettings, Phase, Weights};
+use cutover_config::{EtcdSettings, Phase, RouteId, Weights};
 use etcd_client::{Client, ConnectOptions, Txn, TxnOp};
 use tracing::{info, warn};
 
@@ -31,7 +31,7 @@ struct Inner {
     instance: String,
     client: tokio::sync::Mutex<Option<Client>>,
     /// Status writes in flight or done, by route: the weights revision they describe.
-    status_written: Mutex<HashMap<String, i64>>,
+    status_written: Mutex<HashMap<RouteId, i64>>,
     /// Bounds the status writes in flight: a leader taking over 10,000 routes writes them a
     /// few dozen at a time, not all at once ("etcdserver: too many requests").
     status_slots: Arc<tokio::sync::Semaphore>,
