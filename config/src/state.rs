@@ -40,6 +40,18 @@ pub struct ConfigState {
     pub loaded: bool,
     /// Whether the source's connection is healthy, for sources that have one (etcd).
     pub connected: Option<bool>,
+    /// Which routes changed since an earlier state, when the source knows (the etcd source
+    /// after a watch event): the data plane then rebuilds those and shares the rest.
+    pub delta: Option<Arc<Delta>>,
+}
+
+/// The only routes in which a state can differ from the state at `base_revision`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    /// The revision of the state it was made from.
+    pub base_revision: u64,
+    /// Changed, added or removed.
+    pub routes: Vec<RouteId>,
 }
 
 impl ConfigState {
@@ -54,6 +66,7 @@ impl ConfigState {
             errors_total: 0,
             loaded: true,
             connected: None,
+            delta: None,
         }
     }
 
@@ -96,6 +109,7 @@ impl ConfigState {
                 self.routes.clone()
             },
             last_error: None,
+            delta: None,
             ..self.clone()
         }
     }
@@ -106,6 +120,7 @@ impl ConfigState {
         Self {
             last_error: Some(reason.into()),
             errors_total: self.errors_total + 1,
+            delta: None,
             ..self.clone()
         }
     }

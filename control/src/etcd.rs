@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cutover_config::{EtcdSettings, RouteConfig, RouteId, RouteSpec, Weights, WeightsRevisions};
+use cutover_config::{
+    Delta, EtcdSettings, RouteConfig, RouteId, RouteSpec, Weights, WeightsRevisions,
+};
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use rand::Rng;
 use tokio::sync::watch;
@@ -510,6 +512,17 @@ impl Runner {
         } else {
             resolve_changed(&self.source.keys, store, &previous)
         };
+        // What changed since `previous`, for the data plane to rebuild only that.
+        let delta = (!store.whole && routes_changed).then(|| {
+            Arc::new(Delta {
+                base_revision: previous.revision,
+                routes: store
+                    .changed
+                    .iter()
+                    .filter_map(|id| RouteId::parse(id).ok())
+                    .collect(),
+            })
+        });
         store.published();
         let mut new_rejections = 0;
         for r in rejections {
@@ -539,6 +552,7 @@ impl Runner {
             errors_total: previous.errors_total + new_rejections,
             loaded: true,
             connected: Some(true),
+            delta,
         };
         if routes_changed || !previous.loaded {
             self.persist(&state);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use cutover_config::dataplane::Override;
 use cutover_config::ConfigState;
-use cutover_config::{Backend, HostMatch, RouteId, RouteSpec, Weights};
+use cutover_config::{Backend, HostMatch, RouteConfig, RouteId, RouteSpec, Weights};
 use tracing::warn;
 
 use crate::compare::Difference;
@@ -216,7 +216,9 @@ impl Snapshot {
     /// Build the snapshot for `state` with the controller's `overrides` in effect, reusing
     /// each route's telemetry by id. Routes that did not change since `previous` (the same
     /// shared spec, weights, revision and override) are taken over as they are, so a write to
-    /// one route of 10,000 rebuilds one.
+    /// one route of 10,000 rebuilds one. When the state says which routes changed since
+    /// `previous` ([`ConfigState::delta`]) and none was added or removed, only those are even
+    /// looked at.
     pub fn build(
         state: &ConfigState,
         telemetry: &Telemetry,
@@ -224,76 +226,126 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> Self {
         let now = std::time::Instant::now();
+        if let Some(snapshot) =
+            previous.and_then(|p| Self::build_delta(state, telemetry, overrides, p, now))
+        {
+            return snapshot;
+        }
         let mut same_layout = previous.is_some_and(|p| p.routes.len() == state.routes.len());
         let routes: Vec<Arc<Route>> = state
             .routes
             .iter()
             .enumerate()
             .map(|(i, rc)| {
-                let weights_revision = state
-                    .weights_revisions
-                    .get(rc.id.as_str())
-                    .copied()
-                    .unwrap_or(0);
-                let overridden = if overrides.is_empty() {
-                    None
-                } else {
-                    overrides.get(rc.id.as_str()).cloned()
-                };
-                let weights = overridden.as_ref().map_or(rc.weights, |o| o.weights);
-                let prev = previous.and_then(|p| {
-                    p.routes
-                        .get(i)
-                        .filter(|r| r.id == rc.id)
-                        .or_else(|| p.route(rc.id.as_str()))
-                });
-                let same_spec = prev.is_some_and(|p| Arc::ptr_eq(&p.spec, &rc.spec));
-                if !(same_spec
-                    && previous.is_some_and(|p| p.routes.get(i).is_some_and(|r| r.id == rc.id)))
-                {
-                    same_layout = false;
-                }
-                if let Some(prev) = prev.filter(|_| same_spec) {
-                    if prev.weights == weights
-                        && prev.weights_revision == weights_revision
-                        && prev.overridden == overridden
-                    {
-                        return prev.clone();
-                    }
-                }
-                let split = Split::new(&weights);
-                let route_telemetry = match prev {
-                    Some(p) => p.telemetry.clone(),
-                    None => telemetry.route(rc.id.as_str(), rc.spec.compare.noise_ttl),
-                };
-                route_telemetry
-                    .set_weight_percent(100.0 - split.new_percent(), split.new_percent());
-                let window = route_telemetry.note_weights(weights, weights_revision, now);
-                let (legacy, new) = match prev.filter(|_| same_spec) {
-                    Some(p) => (p.legacy.clone(), p.new.clone()),
-                    None => (
-                        Arc::new(Upstream::build(&rc.spec.legacy)),
-                        Arc::new(Upstream::build(&rc.spec.new)),
-                    ),
-                };
-                Arc::new(Route {
-                    id: rc.id.clone(),
-                    spec: rc.spec.clone(),
-                    weights,
-                    weights_revision,
-                    overridden,
-                    window,
-                    split,
-                    legacy,
-                    new,
-                    telemetry: route_telemetry,
-                })
+                let (route, in_place) =
+                    Self::build_route(i, rc, state, telemetry, overrides, previous, now);
+                same_layout &= in_place;
+                route
             })
             .collect();
         let index = match previous {
             Some(p) if same_layout => p.index.clone(),
             _ => Arc::new(Index::build(&routes)),
         };
+        Self::with_routes(state, routes, index)
+    }
+
+    /// [`Snapshot::build`] from `previous` when `state` names the only routes that changed
+    /// since it and they keep their places; `None` when it cannot tell.
+    fn build_delta(
+        state: &ConfigState,
+        telemetry: &Telemetry,
+        overrides: &HashMap<String, Override>,
+        previous: &Snapshot,
+        now: std::time::Instant,
+    ) -> Option<Self> {
+        let delta = state.delta.as_ref()?;
+        if delta.base_revision != previous.revision || previous.routes.len() != state.routes.len() {
+            return None;
+        }
+        let mut routes = previous.routes.clone();
+        for id in &delta.routes {
+            let i = *previous.index.by_id.get(id.as_str())?;
+            let rc = state.routes.get(i).filter(|rc| rc.id == *id)?;
+            let (route, in_place) =
+                Self::build_route(i, rc, state, telemetry, overrides, Some(previous), now);
+            if !in_place {
+                return None;
+            }
+            routes[i] = route;
+        }
+        Some(Self::with_routes(state, routes, previous.index.clone()))
+    }
+
+    /// Route `rc` at position `i`: the previous snapshot's own when nothing about it changed.
+    /// Also whether it keeps the previous snapshot's place and spec (the index still holds).
+    fn build_route(
+        i: usize,
+        rc: &RouteConfig,
+        state: &ConfigState,
+        telemetry: &Telemetry,
+        overrides: &HashMap<String, Override>,
+        previous: Option<&Snapshot>,
+        now: std::time::Instant,
+    ) -> (Arc<Route>, bool) {
+        let weights_revision = state
+            .weights_revisions
+            .get(rc.id.as_str())
+            .copied()
+            .unwrap_or(0);
+        let overridden = if overrides.is_empty() {
+            None
+        } else {
+            overrides.get(rc.id.as_str()).cloned()
+        };
+        let weights = overridden.as_ref().map_or(rc.weights, |o| o.weights);
+        let prev = previous.and_then(|p| {
+            p.routes
+                .get(i)
+                .filter(|r| r.id == rc.id)
+                .or_else(|| p.route(rc.id.as_str()))
+        });
+        let same_spec = prev.is_some_and(|p| Arc::ptr_eq(&p.spec, &rc.spec));
+        let in_place =
+            same_spec && previous.is_some_and(|p| p.routes.get(i).is_some_and(|r| r.id == rc.id));
+        if let Some(prev) = prev.filter(|_| same_spec) {
+            if prev.weights == weights
+                && prev.weights_revision == weights_revision
+                && prev.overridden == overridden
+            {
+                return (prev.clone(), in_place);
+            }
+        }
+        let split = Split::new(&weights);
+        let route_telemetry = match prev {
+            Some(p) => p.telemetry.clone(),
+            None => telemetry.route(rc.id.as_str(), rc.spec.compare.noise_ttl),
+        };
+        route_telemetry.set_weight_percent(100.0 - split.new_percent(), split.new_percent());
+        let window = route_telemetry.note_weights(weights, weights_revision, now);
+        let (legacy, new) = match prev.filter(|_| same_spec) {
+            Some(p) => (p.legacy.clone(), p.new.clone()),
+            None => (
+                Arc::new(Upstream::build(&rc.spec.legacy)),
+                Arc::new(Upstream::build(&rc.spec.new)),
+            ),
+        };
+        let route = Arc::new(Route {
+            id: rc.id.clone(),
+            spec: rc.spec.clone(),
+            weights,
+            weights_revision,
+            overridden,
+            window,
+            split,
+            legacy,
+            new,
+            telemetry: route_telemetry,
+        });
+        (route, in_place)
+    }
+
+    fn with_routes(state: &ConfigState, routes: Vec<Arc<Route>>, index: Arc<Index>) -> Self {
         Snapshot {
             revision: state.revision,
             loaded: state.loaded,
@@ -463,6 +515,65 @@ mod tests {
             Some("r3".to_string())
         );
         assert!(third.find(Some("h3.test"), b"/").is_none());
+
+        // With a delta (the etcd source's), only the named routes are looked at.
+        let weights = |new: f64| Weights {
+            legacy: 100.0 - new,
+            new,
+            shadow: 0.0,
+        };
+        let id = |s: &str| RouteId::parse(s).unwrap();
+        let mut routes = v3.routes.to_vec();
+        routes[10].weights = weights(10.0);
+        routes[11].weights = weights(11.0);
+        let v4 = ConfigState {
+            revision: 4,
+            routes: routes.into(),
+            delta: Some(Arc::new(cutover_config::Delta {
+                base_revision: 3,
+                routes: vec![id("r10")],
+            })),
+            ..v3.clone()
+        };
+        let fourth = Snapshot::build(&v4, &telemetry, &HashMap::new(), Some(&third));
+        assert_eq!(fourth.routes[10].weights.new, 10.0);
+        assert!(
+            Arc::ptr_eq(&fourth.routes[11], &third.routes[11]),
+            "a route the delta does not name is taken over unread"
+        );
+        assert!(Arc::ptr_eq(&fourth.index, &third.index));
+        // A delta from another base than the live snapshot's is not trusted: every route is.
+        let stale = ConfigState {
+            delta: Some(Arc::new(cutover_config::Delta {
+                base_revision: 2,
+                routes: vec![id("r10")],
+            })),
+            ..v4.clone()
+        };
+        let rebuilt = Snapshot::build(&stale, &telemetry, &HashMap::new(), Some(&third));
+        assert_eq!(rebuilt.routes[11].weights.new, 11.0);
+        // A delta whose route moved to another host rebuilds the index.
+        let mut routes = v4.routes.to_vec();
+        let mut spec = (*routes[12].spec).clone();
+        spec.matcher.host = Some(cutover_config::HostMatch::Exact("twelve.test".into()));
+        routes[12].spec = Arc::new(spec);
+        let v5 = ConfigState {
+            revision: 5,
+            routes: routes.into(),
+            delta: Some(Arc::new(cutover_config::Delta {
+                base_revision: 4,
+                routes: vec![id("r12")],
+            })),
+            ..v4.clone()
+        };
+        let fifth = Snapshot::build(&v5, &telemetry, &HashMap::new(), Some(&fourth));
+        assert!(!Arc::ptr_eq(&fourth.index, &fifth.index));
+        assert_eq!(
+            fifth
+                .find(Some("twelve.test"), b"/")
+                .map(|r| r.id.to_string()),
+            Some("r12".to_string())
+        );
     }
 
     #[test]

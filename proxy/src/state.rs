@@ -153,7 +153,6 @@ impl Shared {
             }
             landed
         });
-        source.state = Arc::new(state.clone());
         let next = Snapshot::build(state, &self.telemetry, &source.overrides, Some(&current));
         metrics.config_revision.set(next.revision as i64);
         if next.revision != current.revision {
@@ -164,6 +163,9 @@ impl Shared {
             );
         }
         self.snapshot.store(Arc::new(next));
+        // The state it replaces is dropped once the new snapshot serves (10,000 routes take
+        // a while to let go of).
+        let _replaced = std::mem::replace(&mut source.state, Arc::new(state.clone()));
     }
 
     /// Put `o` in effect for `route` at once: the next request already uses its weights.

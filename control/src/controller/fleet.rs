@@ -12,7 +12,7 @@
 //! this task learnt. Every etcd call has a short timeout; while etcd is unreachable the instance
 //! is not leader (rollback on local evidence still works; nothing else needs etcd).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,7 +45,9 @@ pub struct FleetState {
     /// Leader only: the merged window per route.
     pub merged: HashMap<RouteId, Merged>,
     /// Leader only: each route's status and its key's mod_revision.
-    pub statuses: HashMap<RouteId, (Status, i64)>,
+    /// Kept from round to round (a round copies it only when it read a status), the statuses
+    /// boxed so the table of 10,000 stays small enough to look up in cache.
+    pub statuses: Arc<HashMap<RouteId, (Arc<Status>, i64)>>,
 }
 
 /// The fleet's merged window of one route.
@@ -363,8 +365,12 @@ impl Task {
         }
         // Statuses known from earlier rounds: read again only what may have moved (routes with
         // a ramp, whose pause matters each tick; statuses older than the weights; missing ones).
-        let known = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let known = &known.statuses;
+        let mut statuses = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .statuses
+            .clone();
         let mut to_read = Vec::new();
         for route in &routes {
             if let Some(values) = by_route.get(route.id.as_str()) {
@@ -398,14 +404,25 @@ impl Task {
                     },
                 );
             }
-            let cached = known.get(&route.id);
-            let current = cached.is_some_and(|(s, _)| s.weights_revision >= route.weights_revision);
-            let read = route.spec.ramp.is_some() || (route.weights_revision > 0 && !current);
-            if read {
+            let current = statuses
+                .get(&route.id)
+                .is_some_and(|(s, _)| s.weights_revision >= route.weights_revision);
+            if route.spec.ramp.is_some() || (route.weights_revision > 0 && !current) {
                 to_read.push(route.id.clone());
-            } else if let Some(c) = cached {
-                state.statuses.insert(route.id.clone(), c.clone());
             }
+        }
+        if statuses.len() > routes.len() {
+            // Routes were deleted: forget their statuses.
+            let live: HashSet<&RouteId> = routes.iter().map(|r| &r.id).collect();
+            Arc::make_mut(&mut statuses).retain(|id, _| live.contains(id));
+        }
+        if to_read.is_empty() {
+            state.statuses = statuses;
+            return Ok(state);
+        }
+        let known = Arc::make_mut(&mut statuses);
+        for id in &to_read {
+            known.remove(id);
         }
         // The statuses to read, a few dozen requests in flight (a leader taking over 10,000
         // routes reads them all once).
@@ -423,10 +440,11 @@ impl Task {
             let (id, status) = done.map_err(|e| e.to_string())?;
             if let Some(kv) = status?.kvs().first() {
                 if let Ok(s) = serde_json::from_slice::<Status>(kv.value()) {
-                    state.statuses.insert(id, (s, kv.mod_revision()));
+                    known.insert(id, (Arc::new(s), kv.mod_revision()));
                 }
             }
         }
+        state.statuses = statuses;
         Ok(state)
     }
 }

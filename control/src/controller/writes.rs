@@ -206,7 +206,11 @@ impl EtcdWriter {
     /// Leader: when `status` describes older weights than the route's (or is missing), write
     /// the phase the weights imply. A status written for the current weights (a rollback, a
     /// pause) is left alone; the write is guarded on both keys.
-    pub(super) fn keep_status_in_step(&self, route: &LiveRoute, status: Option<&(Status, i64)>) {
+    pub(super) fn keep_status_in_step(
+        &self,
+        route: &LiveRoute,
+        status: Option<&(Arc<Status>, i64)>,
+    ) {
         if route.weights_revision <= 0 || route.overridden.is_some() {
             return;
         }
