@@ -33,6 +33,7 @@ fn snapshot(routes: &[String]) -> Snapshot {
     Snapshot::build(
         &ConfigState::initial(config.routes),
         &telemetry,
+        &cutover_proxy::resolve::Resolver::default(),
         &HashMap::new(),
         None,
     )

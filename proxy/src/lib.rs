@@ -10,6 +10,7 @@ pub mod handover;
 pub mod hygiene;
 pub mod listen;
 pub mod pipeline;
+pub mod resolve;
 pub mod routing;
 pub mod server;
 pub mod shadow;

@@ -6,27 +6,35 @@
 //! `prefix` and Traefik's `PathPrefix`); at equal prefix length a wildcard host beats no host.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cutover_config::dataplane::Override;
 use cutover_config::ConfigState;
 use cutover_config::{Backend, HostMatch, RouteConfig, RouteId, RouteSpec, Weights};
-use tracing::warn;
 
 use crate::compare::Difference;
+use crate::resolve::{AddrCell, Resolver};
 use crate::split::Split;
 use crate::stats::{BackendKind, Role};
 use crate::telemetry::{Outcome, RouteTelemetry, Telemetry};
 
-/// One endpoint of a backend, resolved when the snapshot was built.
+/// One endpoint of a backend.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     /// As written in the config (`host:port`).
     pub name: String,
-    /// `None` when the name did not resolve; requests to it fail over or get 502.
-    pub addr: Option<SocketAddr>,
+    /// Its address as the resolver last found it (shared by every snapshot's endpoint of the
+    /// same `host:port`, refreshed in place; see [`crate::resolve`]).
+    cell: Arc<AddrCell>,
+}
+
+impl Endpoint {
+    /// `None` when the name does not resolve: requests to it fail over or get 502.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.cell.get()
+    }
 }
 
 /// A backend (`legacy` or `new`): its endpoints, picked round robin.
@@ -39,17 +47,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn build(backend: &Backend) -> Self {
+    fn build(backend: &Backend, resolver: &Resolver) -> Self {
         let endpoints = backend
             .endpoints
             .iter()
-            .map(|e| {
-                let name = e.to_string();
-                let addr = resolve(&e.host, e.port);
-                if addr.is_none() {
-                    warn!(endpoint = %name, "endpoint does not resolve; it is skipped until the next config change");
-                }
-                Endpoint { name, addr }
+            .map(|e| Endpoint {
+                name: e.to_string(),
+                cell: resolver.cell(e),
             })
             .collect();
         let sni = backend.sni.clone().unwrap_or_else(|| {
@@ -76,13 +80,6 @@ impl Upstream {
     pub fn endpoint(&self, start: usize, attempt: usize) -> &Endpoint {
         &self.endpoints[(start + attempt) % self.endpoints.len()]
     }
-}
-
-fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
-    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
-        return Some(SocketAddr::new(ip, port));
-    }
-    (host, port).to_socket_addrs().ok()?.next()
 }
 
 /// One route of the snapshot.
@@ -148,6 +145,16 @@ impl Route {
     fn prefix_len(&self) -> usize {
         self.spec.matcher.path_prefix.len()
     }
+}
+
+/// What a snapshot is built from.
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    state: &'a ConfigState,
+    telemetry: &'a Telemetry,
+    resolver: &'a Resolver,
+    overrides: &'a HashMap<String, Override>,
+    now: std::time::Instant,
 }
 
 /// The whole routing state at one config revision.
@@ -222,13 +229,19 @@ impl Snapshot {
     pub fn build(
         state: &ConfigState,
         telemetry: &Telemetry,
+        resolver: &Resolver,
         overrides: &HashMap<String, Override>,
         previous: Option<&Snapshot>,
     ) -> Self {
         let now = std::time::Instant::now();
-        if let Some(snapshot) =
-            previous.and_then(|p| Self::build_delta(state, telemetry, overrides, p, now))
-        {
+        let inputs = Inputs {
+            state,
+            telemetry,
+            resolver,
+            overrides,
+            now,
+        };
+        if let Some(snapshot) = previous.and_then(|p| Self::build_delta(&inputs, p)) {
             return snapshot;
         }
         let mut same_layout = previous.is_some_and(|p| p.routes.len() == state.routes.len());
@@ -237,8 +250,7 @@ impl Snapshot {
             .iter()
             .enumerate()
             .map(|(i, rc)| {
-                let (route, in_place) =
-                    Self::build_route(i, rc, state, telemetry, overrides, previous, now);
+                let (route, in_place) = Self::build_route(&inputs, i, rc, previous);
                 same_layout &= in_place;
                 route
             })
@@ -252,13 +264,8 @@ impl Snapshot {
 
     /// [`Snapshot::build`] from `previous` when `state` names the only routes that changed
     /// since it and they keep their places; `None` when it cannot tell.
-    fn build_delta(
-        state: &ConfigState,
-        telemetry: &Telemetry,
-        overrides: &HashMap<String, Override>,
-        previous: &Snapshot,
-        now: std::time::Instant,
-    ) -> Option<Self> {
+    fn build_delta(inputs: &Inputs<'_>, previous: &Snapshot) -> Option<Self> {
+        let state = inputs.state;
         let delta = state.delta.as_ref()?;
         if delta.base_revision != previous.revision || previous.routes.len() != state.routes.len() {
             return None;
@@ -267,8 +274,7 @@ impl Snapshot {
         for id in &delta.routes {
             let i = *previous.index.by_id.get(id.as_str())?;
             let rc = state.routes.get(i).filter(|rc| rc.id == *id)?;
-            let (route, in_place) =
-                Self::build_route(i, rc, state, telemetry, overrides, Some(previous), now);
+            let (route, in_place) = Self::build_route(inputs, i, rc, Some(previous));
             if !in_place {
                 return None;
             }
@@ -280,14 +286,18 @@ impl Snapshot {
     /// Route `rc` at position `i`: the previous snapshot's own when nothing about it changed.
     /// Also whether it keeps the previous snapshot's place and spec (the index still holds).
     fn build_route(
+        inputs: &Inputs<'_>,
         i: usize,
         rc: &RouteConfig,
-        state: &ConfigState,
-        telemetry: &Telemetry,
-        overrides: &HashMap<String, Override>,
         previous: Option<&Snapshot>,
-        now: std::time::Instant,
     ) -> (Arc<Route>, bool) {
+        let Inputs {
+            state,
+            telemetry,
+            resolver,
+            overrides,
+            now,
+        } = *inputs;
         let weights_revision = state
             .weights_revisions
             .get(rc.id.as_str())
@@ -326,8 +336,8 @@ impl Snapshot {
         let (legacy, new) = match prev.filter(|_| same_spec) {
             Some(p) => (p.legacy.clone(), p.new.clone()),
             None => (
-                Arc::new(Upstream::build(&rc.spec.legacy)),
-                Arc::new(Upstream::build(&rc.spec.new)),
+                Arc::new(Upstream::build(&rc.spec.legacy, resolver)),
+                Arc::new(Upstream::build(&rc.spec.new, resolver)),
             ),
         };
         let route = Arc::new(Route {
@@ -427,6 +437,7 @@ mod tests {
         Snapshot::build(
             &ConfigState::initial(config.routes),
             &telemetry,
+            &Resolver::default(),
             &HashMap::new(),
             None,
         )
@@ -453,7 +464,7 @@ mod tests {
             slices: 12,
         });
         let v1 = ConfigState::initial(config.routes);
-        let first = Snapshot::build(&v1, &telemetry, &HashMap::new(), None);
+        let first = Snapshot::build(&v1, &telemetry, &Resolver::default(), &HashMap::new(), None);
 
         // Route r7's weights change; every spec stays the same shared one.
         let mut routes = v1.routes.to_vec();
@@ -467,7 +478,13 @@ mod tests {
             routes: routes.into(),
             ..v1.clone()
         };
-        let second = Snapshot::build(&v2, &telemetry, &HashMap::new(), Some(&first));
+        let second = Snapshot::build(
+            &v2,
+            &telemetry,
+            &Resolver::default(),
+            &HashMap::new(),
+            Some(&first),
+        );
         for (i, (a, b)) in first.routes.iter().zip(&second.routes).enumerate() {
             assert_eq!(
                 Arc::ptr_eq(a, b),
@@ -506,7 +523,13 @@ mod tests {
             routes: routes.into(),
             ..v2.clone()
         };
-        let third = Snapshot::build(&v3, &telemetry, &HashMap::new(), Some(&second));
+        let third = Snapshot::build(
+            &v3,
+            &telemetry,
+            &Resolver::default(),
+            &HashMap::new(),
+            Some(&second),
+        );
         assert!(!Arc::ptr_eq(&second.index, &third.index));
         assert_eq!(
             third
@@ -535,7 +558,13 @@ mod tests {
             })),
             ..v3.clone()
         };
-        let fourth = Snapshot::build(&v4, &telemetry, &HashMap::new(), Some(&third));
+        let fourth = Snapshot::build(
+            &v4,
+            &telemetry,
+            &Resolver::default(),
+            &HashMap::new(),
+            Some(&third),
+        );
         assert_eq!(fourth.routes[10].weights.new, 10.0);
         assert!(
             Arc::ptr_eq(&fourth.routes[11], &third.routes[11]),
@@ -550,7 +579,13 @@ mod tests {
             })),
             ..v4.clone()
         };
-        let rebuilt = Snapshot::build(&stale, &telemetry, &HashMap::new(), Some(&third));
+        let rebuilt = Snapshot::build(
+            &stale,
+            &telemetry,
+            &Resolver::default(),
+            &HashMap::new(),
+            Some(&third),
+        );
         assert_eq!(rebuilt.routes[11].weights.new, 11.0);
         // A delta whose route moved to another host rebuilds the index.
         let mut routes = v4.routes.to_vec();
@@ -566,7 +601,13 @@ mod tests {
             })),
             ..v4.clone()
         };
-        let fifth = Snapshot::build(&v5, &telemetry, &HashMap::new(), Some(&fourth));
+        let fifth = Snapshot::build(
+            &v5,
+            &telemetry,
+            &Resolver::default(),
+            &HashMap::new(),
+            Some(&fourth),
+        );
         assert!(!Arc::ptr_eq(&fourth.index, &fifth.index));
         assert_eq!(
             fifth

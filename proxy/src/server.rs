@@ -358,8 +358,11 @@ async fn control_loop(
         });
     }
 
+    tokio::spawn(shared.resolver.clone().run());
     loop {
         let state = rx.borrow_and_update().clone();
+        // Names are looked up here, never while the snapshot is built.
+        shared.resolver.prepare(&state).await;
         shared.apply(&state);
         if rx.changed().await.is_err() {
             break;

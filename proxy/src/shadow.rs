@@ -424,7 +424,7 @@ impl Job {
         let start = Instant::now();
         let endpoint = upstream.endpoint(upstream.start_index(), 0);
         let server_name = upstream.tls.then_some(upstream.sni.as_str());
-        let outcome = match endpoint.addr {
+        let outcome = match endpoint.addr() {
             Some(addr) => self.exchange(addr, server_name, limit).await,
             None => Err(format!("endpoint {} does not resolve", endpoint.name)),
         };

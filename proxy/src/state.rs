@@ -14,6 +14,7 @@ use cutover_config::{Config, Phase, UnderscoreHeaders};
 use tracing::info;
 
 use crate::hygiene::Limits;
+use crate::resolve::Resolver;
 use crate::routing::Snapshot;
 use crate::shadow::ShadowClient;
 use crate::stats::WindowShape;
@@ -59,6 +60,8 @@ pub struct Shared {
     pub settings: Settings,
     /// cutover's own client and pool for shadow copies.
     pub shadow_client: ShadowClient,
+    /// Backend names to addresses: looked up before a snapshot is built, refreshed in place.
+    pub resolver: Arc<Resolver>,
     /// Requests being processed right now (for draining).
     inflight: Arc<AtomicUsize>,
     /// A valid config is loaded and the listeners accept connections.
@@ -82,13 +85,16 @@ impl Shared {
             window: config.stats.window,
             slices: config.stats.slices,
         });
-        let snapshot = Snapshot::build(state, &telemetry, &HashMap::new(), None);
+        let resolver = Arc::new(Resolver::default());
+        resolver.prepare_blocking(state);
+        let snapshot = Snapshot::build(state, &telemetry, &resolver, &HashMap::new(), None);
         telemetry.metrics.config_revision.set(state.revision as i64);
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             telemetry,
             settings: Settings::from_config(config),
             shadow_client: ShadowClient::new(config.proxy.connect_timeout),
+            resolver,
             inflight: Arc::new(AtomicUsize::new(0)),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -153,7 +159,13 @@ impl Shared {
             }
             landed
         });
-        let next = Snapshot::build(state, &self.telemetry, &source.overrides, Some(&current));
+        let next = Snapshot::build(
+            state,
+            &self.telemetry,
+            &self.resolver,
+            &source.overrides,
+            Some(&current),
+        );
         metrics.config_revision.set(next.revision as i64);
         if next.revision != current.revision {
             info!(
@@ -181,6 +193,7 @@ impl Shared {
         let next = Snapshot::build(
             &source.state,
             &self.telemetry,
+            &self.resolver,
             &source.overrides,
             Some(&current),
         );

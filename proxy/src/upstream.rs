@@ -165,7 +165,7 @@ impl Pool {
         let mut sent = Some(sent);
         for attempt in 0..upstream.endpoints.len() {
             let endpoint = upstream.endpoint(start, attempt);
-            let Some(addr) = endpoint.addr else {
+            let Some(addr) = endpoint.addr() else {
                 continue;
             };
             let key = Key {

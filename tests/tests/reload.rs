@@ -311,3 +311,27 @@ async fn an_idle_proxy_does_not_keep_rereading_its_config_file() {
     );
     r.proxy.wait_for_weights("orders", 0.0, 100.0).await;
 }
+
+/// A backend written by name is looked up before the snapshot that uses it is built (never
+/// while it is built): a rewrite to a name no earlier config had is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_named_in_a_rewrite_is_looked_up_and_served() {
+    let r = reload(100.0, 0.0).await;
+    assert!(serve(&r.proxy, 3).await.iter().all(|b| b == "legacy"));
+    let new = r._new.addr();
+    let by_ip = r
+        .proxy
+        .config()
+        .with_weights("orders", 0.0, 100.0)
+        .render(r.proxy.addr(), r.proxy.admin_addr());
+    let by_name = by_ip.replace(&new.to_string(), &format!("localhost:{}", new.port()));
+    assert_ne!(by_name, by_ip, "the new backend is written by name");
+    r.proxy.rewrite_config(&by_name);
+    eventually!(
+        Duration::from_secs(10),
+        async { serve(&r.proxy, 1).await == ["new"] },
+        "served by the backend named localhost:{}",
+        new.port()
+    );
+    assert!(serve(&r.proxy, 5).await.iter().all(|b| b == "new"));
+}
