@@ -392,7 +392,7 @@ impl Controller {
         let mut v = self.view.lock();
         v.leader = leader;
         v.instances = fleet_state.map(|f| f.instances.clone()).unwrap_or_default();
-        // In id order already (the snapshot's), so the map is built without a search per route.
+        // Built at once (sorted, then filled in bulk), not inserted route by route.
         v.routes = views.into_iter().collect();
     }
 
