@@ -113,6 +113,15 @@ pub struct PropagationReport {
     pub settled_after: Option<Duration>,
 }
 
+/// Percentile `q` (0–100) of `durations` in ms; `None` without any.
+fn percentile_ms(durations: impl Iterator<Item = Duration>, q: f64) -> Option<f64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
+    for d in durations {
+        h.saturating_record(d.as_micros().try_into().unwrap_or(u64::MAX));
+    }
+    (!h.is_empty()).then(|| h.value_at_percentile(q) as f64 / 1000.0)
+}
+
 impl PropagationReport {
     /// Changes served by the expected backend in time.
     pub fn propagated(&self) -> usize {
@@ -136,11 +145,18 @@ impl PropagationReport {
 
     /// Percentile `q` (0–100) of etcd's answer to the puts, in ms; `None` without any.
     pub fn put_percentile_ms(&self, q: f64) -> Option<f64> {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
-        for put in self.changes.iter().filter_map(|c| c.put) {
-            h.saturating_record(put.as_micros().try_into().unwrap_or(u64::MAX));
-        }
-        (!h.is_empty()).then(|| h.value_at_percentile(q) as f64 / 1000.0)
+        percentile_ms(self.changes.iter().filter_map(|c| c.put), q)
+    }
+
+    /// Percentile `q` (0–100) of the propagated changes' time after etcd answered the put
+    /// (watch, the proxy's apply, the first request), in ms; `None` without any.
+    pub fn after_put_percentile_ms(&self, q: f64) -> Option<f64> {
+        percentile_ms(
+            self.changes
+                .iter()
+                .filter_map(|c| Some(c.latency?.saturating_sub(c.put?))),
+            q,
+        )
     }
 
     /// The slowest propagated change in ms (exact, not bucketed).
@@ -177,11 +193,14 @@ impl PropagationReport {
             "Setup: binary `{}`, one etcd, one legacy and one new backend, all on 127.0.0.1; \
              weights flipped between 100/0 and 0/100; latency = put start → first response from \
              the chosen backend over one keep-alive connection; timeout {:?} per change. Of that, \
-             etcd's answer to the put itself: p50 {} ms, p99 {} ms.\n\n",
+             etcd's answer to the put itself: p50 {} ms, p99 {} ms; the rest (etcd's watch, the \
+             proxy applying the write, the first request): p50 {} ms, p99 {} ms.\n\n",
             self.binary.display(),
             self.options.timeout,
             ms(self.put_percentile_ms(50.0)),
             ms(self.put_percentile_ms(99.0)),
+            ms(self.after_put_percentile_ms(50.0)),
+            ms(self.after_put_percentile_ms(99.0)),
         ));
         let mib =
             |k: Option<u64>| k.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
@@ -547,5 +566,19 @@ impl OneConnection {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_durations() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let p = |q| percentile_ms([ms(1), ms(2), ms(10)].into_iter(), q).unwrap();
+        assert!((p(50.0) - 2.0).abs() < 0.01, "{}", p(50.0));
+        assert!((p(99.0) - 10.0).abs() < 0.02, "{}", p(99.0));
+        assert_eq!(percentile_ms(std::iter::empty(), 50.0), None);
     }
 }
