@@ -71,9 +71,15 @@ pub struct Fleet {
     /// each (the controller computes them anyway; nobody merges windows of routes it does not
     /// evaluate).
     pending: Pending,
+    written: Written,
 }
 
 type Pending = Arc<Mutex<HashMap<RouteId, (i64, WindowStats)>>>;
+
+/// Statuses this instance wrote itself (route, status, the key's mod_revision): the next
+/// round takes them as read instead of reading them back (a leader taking over 10,000 routes
+/// writes their statuses, and read them all back afterwards).
+pub(super) type Written = Arc<Mutex<Vec<(RouteId, Status, i64)>>>;
 
 impl Fleet {
     pub(super) fn new(settings: &EtcdSettings, keys: Keys, instance: String) -> Self {
@@ -86,7 +92,13 @@ impl Fleet {
             task: Mutex::new(None),
             lease: Arc::default(),
             pending: Arc::default(),
+            written: Arc::default(),
         }
+    }
+
+    /// Where the status writer reports the statuses it wrote.
+    pub(super) fn written(&self) -> Written {
+        self.written.clone()
     }
 
     /// Hand over `route`'s window (collected under `weights_revision`) for the next publication.
@@ -97,7 +109,6 @@ impl Fleet {
             .insert(route.clone(), (weights_revision, stats));
     }
 
-    /// The last state the task saw.
     /// The fleet as last seen (shared: a tick reads 10,000 statuses without copying them).
     pub fn state(&self) -> Arc<FleetState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -112,6 +123,7 @@ impl Fleet {
             state: self.state.clone(),
             lease: self.lease.clone(),
             pending: self.pending.clone(),
+            written: self.written.clone(),
             dp,
         };
         let handle = tokio::spawn(task.run(shutdown));
@@ -139,6 +151,7 @@ struct Task {
     state: Arc<Mutex<Arc<FleetState>>>,
     lease: Arc<Mutex<Option<(Client, i64)>>>,
     pending: Pending,
+    written: Written,
     dp: Arc<dyn DataPlane>,
 }
 
@@ -371,6 +384,15 @@ impl Task {
             .unwrap_or_else(|p| p.into_inner())
             .statuses
             .clone();
+        let written = std::mem::take(&mut *self.written.lock().unwrap_or_else(|p| p.into_inner()));
+        if !written.is_empty() {
+            let known = Arc::make_mut(&mut statuses);
+            for (id, status, mod_revision) in written {
+                if known.get(&id).is_none_or(|(_, r)| *r < mod_revision) {
+                    known.insert(id, (Arc::new(status), mod_revision));
+                }
+            }
+        }
         let mut to_read = Vec::new();
         for route in &routes {
             if let Some(values) = by_route.get(route.id.as_str()) {

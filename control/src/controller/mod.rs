@@ -185,8 +185,8 @@ impl Controller {
         webhook: Option<String>,
     ) -> Self {
         let keys = Keys::new(&settings.prefix);
-        let writer = writes::EtcdWriter::new(settings, keys.clone(), instance.clone());
-        let fleet = fleet::Fleet::new(settings, keys, instance.clone());
+        let fleet = fleet::Fleet::new(settings, keys.clone(), instance.clone());
+        let writer = writes::EtcdWriter::new(settings, keys, instance.clone(), fleet.written());
         Self::with_store(dp, view, Store::Etcd(writer, fleet), instance, webhook)
     }
 

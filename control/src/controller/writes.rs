@@ -32,6 +32,8 @@ struct Inner {
     client: tokio::sync::Mutex<Option<Client>>,
     /// Status writes in flight or done, by route: the weights revision they describe.
     status_written: Mutex<HashMap<RouteId, i64>>,
+    /// The fleet's inbox of statuses written here (so its round need not read them back).
+    written: super::fleet::Written,
     /// Bounds the status writes in flight: a leader taking over 10,000 routes writes them a
     /// few dozen at a time, not all at once ("etcdserver: too many requests").
     status_slots: Arc<tokio::sync::Semaphore>,
@@ -49,7 +51,12 @@ enum Failure {
 }
 
 impl EtcdWriter {
-    pub(super) fn new(settings: &EtcdSettings, keys: Keys, instance: String) -> Self {
+    pub(super) fn new(
+        settings: &EtcdSettings,
+        keys: Keys,
+        instance: String,
+        written: super::fleet::Written,
+    ) -> Self {
         EtcdWriter {
             inner: Arc::new(Inner {
                 endpoints: settings.endpoints.clone(),
@@ -58,6 +65,7 @@ impl EtcdWriter {
                 instance,
                 client: tokio::sync::Mutex::new(None),
                 status_written: Mutex::default(),
+                written,
                 status_slots: Arc::new(tokio::sync::Semaphore::new(STATUS_WRITES_IN_FLIGHT)),
             }),
         }
@@ -246,11 +254,16 @@ impl EtcdWriter {
             let txn = Txn::new()
                 .when([unchanged(&wk, rev), unchanged(&sk, status_rev)])
                 .and_then([TxnOp::put(sk.as_str(), body, None)]);
-            match this.txn(txn).await {
-                Ok(true) => {
-                    info!(route = %id, phase = %next.phase, weights_revision = rev, "status kept in step with the weights")
+            match this.txn_revision(txn).await {
+                Ok(Some(mod_revision)) => {
+                    info!(route = %id, phase = %next.phase, weights_revision = rev, "status kept in step with the weights");
+                    this.inner
+                        .written
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((id, next, mod_revision));
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(e) => {
                     // Let a later tick try again.
                     this.inner
@@ -285,9 +298,16 @@ impl EtcdWriter {
 
     /// Run `txn`; `Ok(succeeded)`.
     async fn txn(&self, txn: Txn) -> Result<bool, String> {
+        Ok(self.txn_revision(txn).await?.is_some())
+    }
+
+    /// [`EtcdWriter::txn`], with the revision it wrote at when it succeeded.
+    async fn txn_revision(&self, txn: Txn) -> Result<Option<i64>, String> {
         let mut client = self.client().await?;
         match tokio::time::timeout(CALL_TIMEOUT, client.txn(txn)).await {
-            Ok(Ok(r)) => Ok(r.succeeded()),
+            Ok(Ok(r)) => Ok(r
+                .succeeded()
+                .then(|| r.header().map_or(0, |h| h.revision()))),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
         }
