@@ -85,7 +85,7 @@ impl Admin {
                 Some((id, "divergences")) => match snapshot.route(id) {
                     Some(route) => json_response(
                         StatusCode::OK,
-                        &serde_json::to_value(route.telemetry.divergences.recent())
+                        &serde_json::to_value(route.state.divergences.recent())
                             .expect("plain records"),
                     ),
                     None => json_response(
@@ -182,7 +182,7 @@ pub fn stats_json(route: &Route, now: Instant) -> Value {
             "divergences": baseline.errors,
             "divergence_rate": baseline.error_rate,
         },
-        "learned_noise": route.telemetry.noise.learned(now),
+        "learned_noise": route.state.noise.learned(now),
     })
 }
 

@@ -14,7 +14,7 @@ use cutover_config::dataplane::Override;
 use cutover_config::ConfigState;
 use cutover_config::{Backend, HostMatch, RouteConfig, RouteId, RouteSpec, Weights};
 
-use crate::compare::Difference;
+use crate::compare::{Difference, DivergenceLog, Groups, NoiseLearner};
 use crate::resolve::{AddrCell, Resolver};
 use crate::split::Split;
 use crate::stats::{BackendKind, Role};
@@ -103,6 +103,38 @@ pub struct Route {
     pub legacy: Arc<Upstream>,
     pub new: Arc<Upstream>,
     pub telemetry: Arc<RouteTelemetry>,
+    /// Shared with the previous snapshot's route of the same id.
+    pub state: Arc<RouteState>,
+}
+
+/// Distinct endpoint groups tracked per route; later ones are counted as `{other}`.
+const MAX_GROUPS: usize = 256;
+/// Recent diverging pairs kept per route.
+const DIVERGENCE_LOG: usize = 256;
+
+/// A route's shadow and comparison state, kept apart from its metrics ([`RouteTelemetry`]):
+/// the shadow limiter, the endpoint groups, the noise learner and the recent divergences. It
+/// lives as long as the route does: a snapshot takes it over from the previous one by id (a
+/// route removed and added again learns its noise again).
+#[derive(Debug)]
+pub struct RouteState {
+    /// Shadow copies in flight (`shadow.max_in_flight` bounds them).
+    pub shadow_in_flight: AtomicUsize,
+    pub groups: Groups,
+    pub noise: NoiseLearner,
+    pub divergences: DivergenceLog,
+}
+
+impl RouteState {
+    /// Fresh state; `noise_ttl` (`compare.noise_ttl`) applies from creation on.
+    pub fn new(noise_ttl: std::time::Duration) -> Self {
+        RouteState {
+            shadow_in_flight: AtomicUsize::new(0),
+            groups: Groups::new(MAX_GROUPS),
+            noise: NoiseLearner::new(noise_ttl, NoiseLearner::DEFAULT_MIN_SEEN),
+            divergences: DivergenceLog::new(DIVERGENCE_LOG),
+        }
+    }
 }
 
 impl Route {
@@ -327,9 +359,12 @@ impl Snapshot {
             }
         }
         let split = Split::new(&weights);
-        let route_telemetry = match prev {
-            Some(p) => p.telemetry.clone(),
-            None => telemetry.route(rc.id.as_str(), rc.spec.compare.noise_ttl),
+        let (route_telemetry, route_state) = match prev {
+            Some(p) => (p.telemetry.clone(), p.state.clone()),
+            None => (
+                telemetry.route(rc.id.as_str()),
+                Arc::new(RouteState::new(rc.spec.compare.noise_ttl)),
+            ),
         };
         route_telemetry.set_weight_percent(100.0 - split.new_percent(), split.new_percent());
         let window = route_telemetry.note_weights(weights, weights_revision, now);
@@ -351,6 +386,7 @@ impl Snapshot {
             legacy,
             new,
             telemetry: route_telemetry,
+            state: route_state,
         });
         (route, in_place)
     }
@@ -503,6 +539,10 @@ mod tests {
             "no new DNS lookup"
         );
         assert!(Arc::ptr_eq(&r7.telemetry, &first.routes[7].telemetry));
+        assert!(
+            Arc::ptr_eq(&r7.state, &first.routes[7].state),
+            "learned noise and divergences are taken over"
+        );
         assert!(
             r7.window > first.routes[7].window,
             "a new evaluation window"

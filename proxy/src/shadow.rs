@@ -320,11 +320,11 @@ impl ShadowRequest {
         let Some(headers) = self.headers.take() else {
             return;
         };
-        let rt = &route.telemetry;
         let max = route.spec.shadow.max_in_flight;
-        if rt.shadow_in_flight.fetch_add(1, Ordering::AcqRel) >= max {
-            rt.shadow_in_flight.fetch_sub(1, Ordering::AcqRel);
-            rt.shadow_dropped(DropReason::Overload);
+        let in_flight = &route.state.shadow_in_flight;
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            route.telemetry.shadow_dropped(DropReason::Overload);
             return;
         }
         let (tx, rx) = oneshot::channel();
@@ -368,10 +368,7 @@ struct Slot(Arc<Route>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0
-            .telemetry
-            .shadow_in_flight
-            .fetch_sub(1, Ordering::AcqRel);
+        self.0.state.shadow_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -490,10 +487,10 @@ impl Job {
     }
 
     fn compare(&self, legacy: &Answer, new: &Answer, second_legacy: Option<&Answer>) {
-        let rt = &self.route.telemetry;
+        let state = &self.route.state;
         let policy = &self.route.spec.compare;
         let path = self.path_and_query.split('?').next().unwrap_or_default();
-        let group = rt
+        let group = state
             .groups
             .intern(compare::endpoint_group(&self.method, path));
         let now = Instant::now();
@@ -501,15 +498,15 @@ impl Job {
             // Learn from the raw legacy-vs-legacy difference (ignore rules applied, learned
             // noise not removed), so a volatile path keeps being seen and does not expire.
             let pointers = compare::noise_pointers(policy, legacy, second);
-            rt.noise.observe(&group, &pointers, now);
+            state.noise.observe(&group, &pointers, now);
         }
-        if policy.learn_noise_percent > 0.0 && !rt.noise.calibrated(&group) {
+        if policy.learn_noise_percent > 0.0 && !state.noise.calibrated(&group) {
             // What is noise on this endpoint is not known yet: its differences can be told
             // from divergences only once enough legacy pairs were compared.
-            rt.comparison_calibrating();
+            self.route.telemetry.comparison_calibrating();
             return;
         }
-        let noise = rt.noise.noise(&group, now);
+        let noise = state.noise.noise(&group, now);
         if let Some(second) = second_legacy {
             // Legacy against itself, compared like new: the divergence rule's baseline.
             let baseline = compare::compare(policy, legacy, second, &noise);
@@ -518,7 +515,7 @@ impl Job {
         let diff = compare::compare(policy, legacy, new, &noise);
         self.route.record_comparison(&diff, now);
         if diff.diverged() {
-            rt.divergences.push(DivergenceRecord::new(
+            state.divergences.push(DivergenceRecord::new(
                 cutover_config::dataplane::rfc3339_now(),
                 self.method.as_str(),
                 &self.path_and_query,

@@ -5,7 +5,6 @@
 //! counters and histograms.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,15 +14,10 @@ use prometheus::{
 };
 use tokio::runtime::Handle;
 
-use crate::compare::{Difference, DivergenceLog, Groups, NoiseLearner};
+use crate::compare::Difference;
 use crate::stats::{BackendKind, Role, RouteWindows, Sample, WindowShape, WindowedStats};
 use cutover_config::window::{BackendStats, WindowStats};
 use cutover_config::Weights;
-
-/// Distinct endpoint groups tracked per route; later ones are counted as `{other}`.
-const MAX_GROUPS: usize = 256;
-/// Recent diverging pairs kept per route.
-const DIVERGENCE_LOG: usize = 256;
 
 /// Request duration buckets: 100 µs to 10 s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -349,9 +343,8 @@ struct RouteMetrics {
     shadow_dropped: [IntCounter; 4],
 }
 
-/// Everything one route records into and keeps across snapshots: window statistics, metric
-/// handles, and the shadow/comparison state (in-flight copies, endpoint groups, learned noise,
-/// recent divergences).
+/// What one route records into and keeps across snapshots: window statistics and metric
+/// handles. (Its shadow and comparison state is apart: `RouteState`, in `routing`.)
 ///
 /// The window statistics and the per-request metric series are made when the route first
 /// records something ([`RouteTelemetry::traffic`]): a route that never sees traffic costs a
@@ -364,10 +357,6 @@ pub struct RouteTelemetry {
     traffic: OnceLock<Box<Traffic>>,
     /// `cutover_weight` of legacy and new (set for every route, traffic or not).
     weight: [prometheus::Gauge; 2],
-    pub shadow_in_flight: AtomicUsize,
-    pub groups: Groups,
-    pub noise: NoiseLearner,
-    pub divergences: DivergenceLog,
     /// The evaluation window in force.
     window: Mutex<EvalWindow>,
 }
@@ -573,8 +562,8 @@ impl Telemetry {
     }
 
     /// The telemetry of route `id`, created the first time the route is seen (snapshot build,
-    /// not the hot path). `noise_ttl` applies from creation on.
-    pub fn route(&self, id: &str, noise_ttl: Duration) -> Arc<RouteTelemetry> {
+    /// not the hot path).
+    pub fn route(&self, id: &str) -> Arc<RouteTelemetry> {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes
             .entry(id.to_string())
@@ -587,10 +576,6 @@ impl Telemetry {
                     traffic: OnceLock::new(),
                     weight: BackendKind::ALL
                         .map(|b| self.metrics.weight.with_label_values(&[id, b.as_str()])),
-                    shadow_in_flight: AtomicUsize::new(0),
-                    groups: Groups::new(MAX_GROUPS),
-                    noise: NoiseLearner::new(noise_ttl, NoiseLearner::DEFAULT_MIN_SEEN),
-                    divergences: DivergenceLog::new(DIVERGENCE_LOG),
                     window: Mutex::new(EvalWindow {
                         id: 0,
                         weights: None,
@@ -646,7 +631,7 @@ mod tests {
             window: Duration::from_secs(60),
             slices: 12,
         });
-        let r = t.route("idle", Duration::from_secs(600));
+        let r = t.route("idle");
         r.set_weight_percent(90.0, 10.0);
         let now = Instant::now();
         assert!(r.traffic_if_any().is_none());
@@ -685,9 +670,8 @@ mod tests {
             window: Duration::from_secs(60),
             slices: 12,
         });
-        let ttl = Duration::from_secs(600);
-        let r = t.route("orders", ttl);
-        assert!(Arc::ptr_eq(&r, &t.route("orders", ttl)), "kept per id");
+        let r = t.route("orders");
+        assert!(Arc::ptr_eq(&r, &t.route("orders")), "kept per id");
         let now = Instant::now();
         r.record(
             0,
