@@ -250,7 +250,13 @@ impl Task {
         // take longer than the lease's TTL (taking over 10,000 routes reads every status), and a
         // keep-alive waiting for it let the lease expire — the instance lost leadership, started
         // over and read them all again, for ever.
-        let (lost_tx, mut lost) = tokio::sync::oneshot::channel::<String>();
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<String>();
+        // Why the lease was lost, once it is.
+        let mut lost = std::pin::pin!(async move {
+            lost_rx
+                .await
+                .unwrap_or_else(|_| "the keep-alive task ended".into())
+        });
         let _keeper = AbortOnDrop(tokio::spawn(async move {
             let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
             let reason = loop {
@@ -275,14 +281,10 @@ impl Task {
         let mut was_leader = false;
         loop {
             tokio::select! {
-                reason = &mut lost => {
-                    return reason.unwrap_or_else(|_| "the keep-alive task ended".into());
-                }
+                reason = &mut lost => return reason,
                 _ = tick.tick() => {
                     let round = tokio::select! {
-                        reason = &mut lost => {
-                            return reason.unwrap_or_else(|_| "the keep-alive task ended".into());
-                        }
+                        reason = &mut lost => return reason,
                         round = self.round(&mut client, lease) => round,
                     };
                     match round {
