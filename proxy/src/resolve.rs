@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use cutover_config::{ConfigState, Endpoint};
+use cutover_config::{ConfigState, Endpoint, RouteConfig};
 use tracing::{info, warn};
 
 /// How long one lookup may take.
@@ -57,6 +57,9 @@ pub struct Resolver {
     /// Names no snapshot held at the last refresh: forgotten if still unheld at the next
     /// (one refresh of grace covers a name prepared for a snapshot not built yet).
     unheld: Mutex<HashSet<(String, u16)>>,
+    /// The revision of the last state whose names were all looked up: a state with a delta
+    /// from it only brings the names of the routes the delta names.
+    prepared: Mutex<Option<u64>>,
 }
 
 /// `host` as an IP address, when it is one (`[::1]` included).
@@ -68,11 +71,9 @@ fn literal(host: &str, port: u16) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, port))
 }
 
-/// Every endpoint of every route of `state` that is a name.
-fn names(state: &ConfigState) -> Vec<(String, u16)> {
-    let mut out: Vec<(String, u16)> = state
-        .routes
-        .iter()
+/// Every endpoint of `routes` that is a name.
+fn names<'a>(routes: impl Iterator<Item = &'a RouteConfig>) -> Vec<(String, u16)> {
+    let mut out: Vec<(String, u16)> = routes
         .flat_map(|r| r.spec.legacy.endpoints.iter().chain(&r.spec.new.endpoints))
         .filter(|e| literal(&e.host, e.port).is_none())
         .map(|e| (e.host.clone(), e.port))
@@ -152,10 +153,38 @@ impl Resolver {
             .clone()
     }
 
+    /// The routes of `state` that may name what no earlier state did: those its delta names
+    /// when it comes from the last state prepared (a write to one route of 10,000 looks at
+    /// one route, not at every endpoint), else all of them.
+    fn candidates<'a>(&self, state: &'a ConfigState) -> Vec<&'a RouteConfig> {
+        let prepared = *self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(delta) = state
+            .delta
+            .as_ref()
+            .filter(|d| Some(d.base_revision) == prepared)
+        {
+            // The etcd source's routes are in id order; a route that is there but not found by
+            // a binary search means another order: look at all of them.
+            let mut found = Vec::with_capacity(delta.routes.len());
+            for id in &delta.routes {
+                match state.routes.binary_search_by(|r| r.id.cmp(id)) {
+                    Ok(i) => found.push(&state.routes[i]),
+                    Err(_) if state.routes.iter().any(|r| r.id == *id) => {
+                        return state.routes.iter().collect();
+                    }
+                    Err(_) => {} // removed: nothing to look up
+                }
+            }
+            return found;
+        }
+        state.routes.iter().collect()
+    }
+
     /// Names of `state` never looked up.
     fn unknown(&self, state: &ConfigState) -> Vec<(String, u16)> {
+        let candidates = names(self.candidates(state).into_iter());
         let known = self.lock();
-        names(state)
+        candidates
             .into_iter()
             .filter(|k| {
                 known
@@ -174,6 +203,11 @@ impl Resolver {
         for (key, addr) in lookup_all(self.unknown(state)).await {
             self.store(key, addr);
         }
+        self.prepared_at(state);
+    }
+
+    fn prepared_at(&self, state: &ConfigState) {
+        *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.revision);
     }
 
     /// [`Resolver::prepare`] on a thread outside any runtime (the first snapshot, at start).
@@ -188,6 +222,7 @@ impl Resolver {
             }
             self.store((host, port), addr);
         }
+        self.prepared_at(state);
     }
 
     /// Look every name in use up again; forget the names no snapshot holds any more.
@@ -258,7 +293,10 @@ mod tests {
             resolver.cell(&endpoints[2]).get(),
             Some("[::1]:7".parse().unwrap())
         );
-        assert_eq!(names(&s), vec![("localhost".to_string(), 8080)]);
+        assert_eq!(
+            names(s.routes.iter()),
+            vec![("localhost".to_string(), 8080)]
+        );
         resolver.prepare(&s).await;
         let cell = resolver.cell(&endpoints[0]);
         assert!(cell
@@ -266,6 +304,41 @@ mod tests {
             .is_some_and(|a| a.ip().is_loopback() && a.port() == 8080));
         // Nothing left to look up for the same state.
         assert!(resolver.unknown(&s).is_empty());
+    }
+
+    #[test]
+    fn a_delta_from_the_state_prepared_brings_only_its_routes_names() {
+        let two = |b_host: &str| {
+            let toml = format!(
+                "[[routes]]\nid = \"a\"\nmatch = {{ host = \"a.test\" }}\n\
+                 legacy = {{ endpoints = [\"a-old:1\"] }}\nnew = {{ endpoints = [\"a-new:1\"] }}\n\
+                 [[routes]]\nid = \"b\"\nmatch = {{ host = \"b.test\" }}\n\
+                 legacy = {{ endpoints = [\"{b_host}:1\"] }}\nnew = {{ endpoints = [\"127.0.0.1:2\"] }}\n"
+            );
+            ConfigState::initial(cutover_config::parse_config_toml(&toml).unwrap().routes)
+        };
+        let resolver = Resolver::default();
+        let mut first = two("b-one");
+        first.revision = 7;
+        assert_eq!(resolver.unknown(&first).len(), 3);
+        resolver.prepared_at(&first);
+        let delta = |base| {
+            Some(Arc::new(cutover_config::Delta {
+                base_revision: base,
+                routes: vec![cutover_config::RouteId::parse("a").unwrap()],
+            }))
+        };
+        let mut next = two("b-two");
+        next.revision = 8;
+        next.delta = delta(7);
+        let looked_at: Vec<String> = resolver.unknown(&next).into_iter().map(|k| k.0).collect();
+        assert_eq!(looked_at, ["a-new", "a-old"], "only route a's names");
+        next.delta = delta(6);
+        assert_eq!(
+            resolver.unknown(&next).len(),
+            3,
+            "another base: every route"
+        );
     }
 
     #[tokio::test]
