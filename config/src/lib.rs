@@ -26,7 +26,7 @@ pub use policy::{
     ShadowPolicy,
 };
 pub use route::{Backend, Endpoint, HostMatch, Match, RouteId, RouteSpec, Sticky};
-pub use state::{ConfigState, Delta, WeightsRevisions};
+pub use state::{ConfigState, Delta, RouteList, WeightsRevisions};
 pub use weights::{Phase, Weights};
 
 use error::{FieldPath, Report};

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cutover_config::{
-    Delta, EtcdSettings, RouteConfig, RouteId, RouteSpec, Weights, WeightsRevisions,
+    Delta, EtcdSettings, RouteConfig, RouteId, RouteList, RouteSpec, Weights, WeightsRevisions,
 };
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use rand::Rng;
@@ -334,19 +334,20 @@ fn resolve(keys: &Keys, store: &Store, previous: &ConfigState) -> Resolved {
         resolved.take(id, one, None);
     }
     resolved.changed = !same_routes(&previous.routes, &resolved.routes)
-        || *previous.weights_revisions != resolved.weights_revisions;
+        || previous.weights_revisions != resolved.weights_revisions;
     resolved
 }
 
 /// [`resolve`] for a store of which only `store.changed` changed since `previous` was
-/// resolved from it: those routes are resolved again, the others taken over as they are —
-/// what a write to one route of 10,000 costs is copying the table, not resolving it.
+/// resolved from it: those routes are resolved again, the others shared with `previous` (the
+/// route list and the weights revisions are persistent: a write to one route of 10,000 copies a
+/// path of their trees, not the table).
 fn resolve_changed(keys: &Keys, store: &Store, previous: &ConfigState) -> Resolved {
     let mut resolved = Resolved {
-        routes: previous.routes.to_vec(),
+        routes: previous.routes.clone(),
         errors: (*previous.route_errors).clone(),
         rejections: Vec::new(),
-        weights_revisions: (*previous.weights_revisions).clone(),
+        weights_revisions: previous.weights_revisions.clone(),
         changed: false,
     };
     for id in &store.changed {
@@ -364,10 +365,7 @@ fn resolve_changed(keys: &Keys, store: &Store, previous: &ConfigState) -> Resolv
         );
         let same = match (&before, &one.config) {
             (None, None) => true,
-            (Some(a), Some(b)) => {
-                same_routes(std::slice::from_ref(a), std::slice::from_ref(b))
-                    && last_revision == Some(one.weights_revision)
-            }
+            (Some(a), Some(b)) => same_route(a, b) && last_revision == Some(one.weights_revision),
             _ => false,
         };
         resolved.changed |= !same;
@@ -381,21 +379,20 @@ fn resolve_changed(keys: &Keys, store: &Store, previous: &ConfigState) -> Resolv
 }
 
 /// Whether two route lists are equal, comparing a spec only when it is not the same shared one
-/// (an unchanged route keeps its `Arc`: with 10,000 routes a write compares pointers).
-fn same_routes(a: &[RouteConfig], b: &[RouteConfig]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.id == y.id
-                && x.weights == y.weights
-                && (Arc::ptr_eq(&x.spec, &y.spec) || x.spec == y.spec)
-        })
+/// (an unchanged route keeps its `Arc`: with 10,000 routes a whole resolve compares pointers).
+fn same_routes(a: &RouteList, b: &RouteList) -> bool {
+    a.ptr_eq(b) || (a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| same_route(x, y)))
+}
+
+fn same_route(x: &RouteConfig, y: &RouteConfig) -> bool {
+    x.id == y.id && x.weights == y.weights && (Arc::ptr_eq(&x.spec, &y.spec) || x.spec == y.spec)
 }
 
 /// The routes a store resolves to, with the rejected values and each route's weights revision.
 #[derive(Default)]
 struct Resolved {
     /// In id order.
-    routes: Vec<RouteConfig>,
+    routes: RouteList,
     errors: BTreeMap<String, Arc<str>>,
     rejections: Vec<Rejection>,
     weights_revisions: WeightsRevisions,
@@ -416,8 +413,10 @@ impl Resolved {
                 .insert(config.id.clone(), one.weights_revision);
         }
         match (position, one.config) {
-            (None, Some(config)) => self.routes.push(config),
-            (Some(Ok(i)), Some(config)) => self.routes[i] = config,
+            (None, Some(config)) => self.routes.push_back(config),
+            (Some(Ok(i)), Some(config)) => {
+                self.routes.set(i, config);
+            }
             (Some(Ok(i)), None) => {
                 self.routes.remove(i);
             }
@@ -451,12 +450,12 @@ struct Runner {
 /// 10,000 routes a write is tens of milliseconds that a weights change must not wait for.
 #[derive(Debug, Default)]
 struct LkgWriter {
-    pending: Mutex<Option<(u64, Arc<[RouteConfig]>)>>,
+    pending: Mutex<Option<(u64, RouteList)>>,
     busy: AtomicBool,
 }
 
 impl LkgWriter {
-    fn write(self: &Arc<Self>, path: &std::path::Path, revision: u64, routes: Arc<[RouteConfig]>) {
+    fn write(self: &Arc<Self>, path: &std::path::Path, revision: u64, routes: RouteList) {
         *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((revision, routes));
         if self.busy.swap(true, Ordering::AcqRel) {
             return; // the running writer takes it next
@@ -469,7 +468,7 @@ impl LkgWriter {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
             if let Some((revision, routes)) = next {
-                if let Err(e) = lkg::write(&path, revision, &routes) {
+                if let Err(e) = lkg::write(&path, revision, routes.iter()) {
                     warn!(path = %path.display(), error = %e, "cannot write the last-known-good snapshot");
                 }
                 continue;
@@ -542,11 +541,11 @@ impl Runner {
                 previous.revision
             },
             routes: if routes_changed {
-                routes.into()
+                routes
             } else {
                 previous.routes.clone()
             },
-            weights_revisions: Arc::new(weights_revisions),
+            weights_revisions,
             last_error: None,
             route_errors: Arc::new(route_errors),
             errors_total: previous.errors_total + new_rejections,
@@ -826,8 +825,8 @@ mod tests {
         let resolved = resolve(&Keys::default(), &good, &empty());
         assert_eq!(resolved.weights_revisions["a"], 3);
         let mut previous = empty();
-        previous.routes = resolved.routes.into();
-        previous.weights_revisions = Arc::new(resolved.weights_revisions);
+        previous.routes = resolved.routes;
+        previous.weights_revisions = resolved.weights_revisions;
 
         let bad = kv_store(&[
             ("a/spec", r#"{"match":{}}"#, 4),
@@ -862,9 +861,9 @@ mod tests {
     fn state_of(previous: &ConfigState, resolved: Resolved) -> ConfigState {
         let mut state = previous.clone();
         if resolved.changed {
-            state.routes = resolved.routes.into();
+            state.routes = resolved.routes;
         }
-        state.weights_revisions = Arc::new(resolved.weights_revisions);
+        state.weights_revisions = resolved.weights_revisions;
         state.route_errors = Arc::new(resolved.errors);
         state
     }

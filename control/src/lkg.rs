@@ -26,12 +26,16 @@ struct LkgRoute {
 }
 
 /// Write `routes` at `revision` to `path` atomically.
-pub fn write(path: &Path, revision: u64, routes: &[RouteConfig]) -> std::io::Result<()> {
+pub fn write<'a>(
+    path: &Path,
+    revision: u64,
+    routes: impl IntoIterator<Item = &'a RouteConfig>,
+) -> std::io::Result<()> {
     let file = LkgFile {
         revision,
         written_at: crate::model::rfc3339_now(),
         routes: routes
-            .iter()
+            .into_iter()
             .map(|r| LkgRoute {
                 id: r.id.clone(),
                 spec: (*r.spec).clone(),

@@ -199,8 +199,9 @@ pub struct Snapshot {
     pub last_error: Option<Arc<str>>,
     /// Why a route's latest key value was rejected, by route id.
     pub route_errors: Arc<std::collections::BTreeMap<String, Arc<str>>>,
-    /// All routes in config order.
-    pub routes: Vec<Arc<Route>>,
+    /// All routes in config order; persistent like [`ConfigState::routes`], so the snapshot
+    /// after a write to one route of 10,000 shares the others' tree with this one.
+    pub routes: imbl::Vector<Arc<Route>>,
     /// Where each route is matched (positions in `routes`): rebuilt only when a route's spec,
     /// or the routes' order, changed.
     index: Arc<Index>,
@@ -215,7 +216,7 @@ struct Index {
 }
 
 impl Index {
-    fn build(routes: &[Arc<Route>]) -> Self {
+    fn build(routes: &imbl::Vector<Arc<Route>>) -> Self {
         let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
         let mut others = Vec::new();
         for (i, r) in routes.iter().enumerate() {
@@ -277,7 +278,7 @@ impl Snapshot {
             return snapshot;
         }
         let mut same_layout = previous.is_some_and(|p| p.routes.len() == state.routes.len());
-        let routes: Vec<Arc<Route>> = state
+        let routes: imbl::Vector<Arc<Route>> = state
             .routes
             .iter()
             .enumerate()
@@ -310,7 +311,7 @@ impl Snapshot {
             if !in_place {
                 return None;
             }
-            routes[i] = route;
+            routes.set(i, route);
         }
         Some(Self::with_routes(state, routes, previous.index.clone()))
     }
@@ -391,7 +392,11 @@ impl Snapshot {
         (route, in_place)
     }
 
-    fn with_routes(state: &ConfigState, routes: Vec<Arc<Route>>, index: Arc<Index>) -> Self {
+    fn with_routes(
+        state: &ConfigState,
+        routes: imbl::Vector<Arc<Route>>,
+        index: Arc<Index>,
+    ) -> Self {
         Snapshot {
             revision: state.revision,
             loaded: state.loaded,
@@ -503,7 +508,7 @@ mod tests {
         let first = Snapshot::build(&v1, &telemetry, &Resolver::default(), &HashMap::new(), None);
 
         // Route r7's weights change; every spec stays the same shared one.
-        let mut routes = v1.routes.to_vec();
+        let mut routes = v1.routes.clone();
         routes[7].weights = Weights {
             legacy: 50.0,
             new: 50.0,
@@ -511,7 +516,7 @@ mod tests {
         };
         let v2 = ConfigState {
             revision: 2,
-            routes: routes.into(),
+            routes,
             ..v1.clone()
         };
         let second = Snapshot::build(
@@ -554,13 +559,13 @@ mod tests {
         );
 
         // A spec change (another host) rebuilds the index.
-        let mut routes = v2.routes.to_vec();
+        let mut routes = v2.routes.clone();
         let mut spec = (*routes[3].spec).clone();
         spec.matcher.host = Some(cutover_config::HostMatch::Exact("moved.test".into()));
         routes[3].spec = Arc::new(spec);
         let v3 = ConfigState {
             revision: 3,
-            routes: routes.into(),
+            routes,
             ..v2.clone()
         };
         let third = Snapshot::build(
@@ -586,12 +591,12 @@ mod tests {
             shadow: 0.0,
         };
         let id = |s: &str| RouteId::parse(s).unwrap();
-        let mut routes = v3.routes.to_vec();
+        let mut routes = v3.routes.clone();
         routes[10].weights = weights(10.0);
         routes[11].weights = weights(11.0);
         let v4 = ConfigState {
             revision: 4,
-            routes: routes.into(),
+            routes,
             delta: Some(Arc::new(cutover_config::Delta {
                 base_revision: 3,
                 routes: vec![id("r10")],
@@ -628,13 +633,13 @@ mod tests {
         );
         assert_eq!(rebuilt.routes[11].weights.new, 11.0);
         // A delta whose route moved to another host rebuilds the index.
-        let mut routes = v4.routes.to_vec();
+        let mut routes = v4.routes.clone();
         let mut spec = (*routes[12].spec).clone();
         spec.matcher.host = Some(cutover_config::HostMatch::Exact("twelve.test".into()));
         routes[12].spec = Arc::new(spec);
         let v5 = ConfigState {
             revision: 5,
-            routes: routes.into(),
+            routes,
             delta: Some(Arc::new(cutover_config::Delta {
                 base_revision: 4,
                 routes: vec![id("r12")],

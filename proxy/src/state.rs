@@ -122,12 +122,14 @@ impl Shared {
             // Never go back to an older revision.
             return;
         }
-        // Unchanged only when the routes are the very ones applied: a source that published
-        // new routes at the revision already live (the etcd source did, when a progress
-        // notification's older revision came last in a batch) must not be ignored.
+        // Unchanged only when the routes are the ones applied: a source that published new
+        // routes at the revision already live (the etcd source did, when a progress
+        // notification's older revision came last in a batch) must not be ignored. Shared
+        // trees compare by pointer; a small table (inline, never pointer-equal) by value.
+        let (routes, revisions) = (&source.state.routes, &source.state.weights_revisions);
         let unchanged = state.revision == current.revision
-            && Arc::ptr_eq(&state.routes, &source.state.routes)
-            && Arc::ptr_eq(&state.weights_revisions, &source.state.weights_revisions)
+            && (state.routes.ptr_eq(routes) || state.routes == *routes)
+            && (state.weights_revisions.ptr_eq(revisions) || state.weights_revisions == *revisions)
             && state.loaded == current.loaded
             && state.last_error == current.last_error
             && state.route_errors == current.route_errors;
@@ -436,7 +438,7 @@ mod tests {
         let mut again = v1.clone();
         again.revision = 2;
         again.weights_revisions =
-            Arc::new([(cutover_config::RouteId::parse("orders").unwrap(), 2)].into());
+            vec![(cutover_config::RouteId::parse("orders").unwrap(), 2)].into();
         shared.apply(&again);
         let after = shared.snapshot.load().routes[0].clone();
         assert_ne!(
@@ -516,7 +518,7 @@ mod tests {
         let mut again = v1.clone();
         again.revision = 2;
         again.weights_revisions =
-            Arc::new([(cutover_config::RouteId::parse("orders").unwrap(), 2)].into());
+            vec![(cutover_config::RouteId::parse("orders").unwrap(), 2)].into();
         shared.apply(&again);
         assert!(shared.snapshot.load().routes[0].overridden.is_none());
     }
