@@ -42,11 +42,13 @@ propagation:
 	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench propagation --changes 200
 
 ## The same with 10,000 routes in etcd (9,999 idle): a one-route write with a large table, and
-## the memory of idle routes. Report in bench/reports/routes-10k.md.
+## the memory of idle routes; once with etcd's default 100 ms batch commit, once with 10 ms
+## (deploy/README.md, "etcd with many routes"). Report in bench/reports/routes-10k.md.
 routes-10k:
 	@scripts/prereqs.sh test
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
-	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench propagation --changes 200 --routes 10000 > bench/reports/routes-10k.md
+	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench propagation --changes 1000 --routes 10000 > bench/reports/routes-10k.md
+	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench propagation --changes 1000 --routes 10000 --etcd-batch-interval 10ms >> bench/reports/routes-10k.md
 
 ## CPU per request of the proxy: 100 % shadow + JSON compare vs no shadow, same run (release).
 shadow-cost:

@@ -304,6 +304,10 @@ struct PropagationArgs {
     /// what a write to one route costs with a large table, and what idle routes weigh).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     routes: u32,
+    /// etcd's `--backend-batch-interval` (default: etcd's own, 100ms): how long etcd gathers
+    /// writes before committing them; a put that arrives during a commit waits for it.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    etcd_batch_interval: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -619,6 +623,7 @@ fn propagation(rt: &tokio::runtime::Runtime, args: PropagationArgs) -> ExitCode 
         changes: args.changes as usize,
         timeout: args.timeout,
         routes: args.routes as usize,
+        etcd_batch_interval: args.etcd_batch_interval,
     };
     let report = match run_scenario(
         rt,

@@ -53,6 +53,10 @@ pub struct PropagationOptions {
     /// Routes in etcd, the measured one included: the others (`idle<i>.test`, no traffic)
     /// show what a write costs, and what idle routes weigh, with a large table.
     pub routes: usize,
+    /// etcd's `--backend-batch-interval` (etcd's default, 100 ms, when `None`): how long etcd
+    /// gathers writes before it commits them to its database. A put that arrives while a
+    /// commit runs waits for it, and with 10,000 routes in etcd a commit takes milliseconds.
+    pub etcd_batch_interval: Option<Duration>,
 }
 
 impl Default for PropagationOptions {
@@ -61,6 +65,7 @@ impl Default for PropagationOptions {
             changes: 200,
             timeout: Duration::from_secs(5),
             routes: 1,
+            etcd_batch_interval: None,
         }
     }
 }
@@ -190,12 +195,16 @@ impl PropagationReport {
             ms(self.max_ms()),
         ));
         out.push_str(&format!(
-            "Setup: binary `{}`, one etcd, one legacy and one new backend, all on 127.0.0.1; \
+            "Setup: binary `{}`, one etcd ({}), one legacy and one new backend, all on 127.0.0.1; \
              weights flipped between 100/0 and 0/100; latency = put start → first response from \
              the chosen backend over one keep-alive connection; timeout {:?} per change. Of that, \
              etcd's answer to the put itself: p50 {} ms, p99 {} ms; the rest (etcd's watch, the \
              proxy applying the write, the first request): p50 {} ms, p99 {} ms.\n\n",
             self.binary.display(),
+            self.options.etcd_batch_interval.map_or_else(
+                || "its default batch interval, 100 ms".to_string(),
+                |d| format!("`--backend-batch-interval={}ms`", d.as_millis().max(1))
+            ),
             self.options.timeout,
             ms(self.put_percentile_ms(50.0)),
             ms(self.put_percentile_ms(99.0)),
@@ -253,7 +262,12 @@ fn weights(legacy: u32, new: u32) -> String {
 /// Runs the scenario. Panics (with the harness's message) only when etcd, the backends or the
 /// proxy cannot be started at all; everything after that is reported.
 pub async fn run(opts: &PropagationOptions) -> PropagationReport {
-    let etcd = Etcd::start().await;
+    let flags: Vec<String> = opts
+        .etcd_batch_interval
+        .iter()
+        .map(|d| format!("--backend-batch-interval={}ms", d.as_millis().max(1)))
+        .collect();
+    let etcd = Etcd::start_with(&flags).await;
     let legacy = Backend::new("legacy").run().await;
     let new = Backend::new("new").run().await;
     let spec = format!(

@@ -19,6 +19,8 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     frozen: bool,
+    /// Extra command-line flags (kept across restarts).
+    flags: Vec<String>,
 }
 
 /// The etcd binary: `$ETCD_BIN`, else `etcd` on PATH.
@@ -58,12 +60,18 @@ fn data_dir() -> tempfile::TempDir {
 impl Etcd {
     /// Start etcd and wait until it answers (bounded).
     pub async fn start() -> Etcd {
+        Etcd::start_with(&[]).await
+    }
+
+    /// [`Etcd::start`] with extra command-line `flags` (e.g. `--backend-batch-interval=10ms`).
+    pub async fn start_with(flags: &[String]) -> Etcd {
         let mut etcd = Etcd {
             child: None,
             dir: data_dir(),
             client_port: free_port(),
             peer_port: free_port(),
             frozen: false,
+            flags: flags.to_vec(),
         };
         etcd.spawn();
         etcd.wait_ready().await;
@@ -97,6 +105,7 @@ impl Etcd {
             .args(["--initial-cluster", &format!("test={peer}")])
             .args(["--initial-cluster-state", "new"])
             .args(["--log-level", "warn", "--logger", "zap"])
+            .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
