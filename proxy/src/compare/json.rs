@@ -127,9 +127,10 @@ fn canonical_number(number: &Number) -> Option<Number> {
 /// that either is not JSON (exactly when `serde_json::from_slice` fails, trailing data
 /// included).
 ///
-/// Each document is read once by a serde [`Visitor`] over `serde_json::Deserializer`: no
-/// `Value`, no allocation per node (strings come borrowed from the input, or from the parser's
-/// scratch buffer when escaped); the only allocation is one stack of member-name hashes.
+/// Each document is read once, by the scanner of [`super::scan`] when it can read it exactly
+/// as serde_json does (no escapes, numbers that convert exactly, nesting up to 100), else by a
+/// serde [`Visitor`] over `serde_json::Deserializer`, with the same hash either way: no
+/// `Value`, no allocation per node; the only allocation is one stack of member-name hashes.
 /// The 128-bit hash of a node:
 /// - null, a boolean or a number: a tag and 8 bytes, as they are (no collision). A number is
 ///   first made canonical as [`canonical_numbers`] does (`1.0` → `1`, `-0` → `0`, else the
@@ -159,8 +160,17 @@ pub(super) fn equal_by_hash(a: &[u8], b: &[u8]) -> Option<bool> {
     Some(left == right && !pass.repeated_name)
 }
 
-/// The structural hash of `body`, or `None` when it is not one JSON document.
+/// The structural hash of `body`, or `None` when it is not one JSON document: by the scanner
+/// ([`super::scan`]) when it can tell, else by serde_json with the same hash.
 fn structural_hash(body: &[u8], pass: &mut Pass) -> Option<u128> {
+    if let Some(hash) = super::scan::hash(body, &mut pass.names, &mut pass.repeated_name) {
+        return Some(hash);
+    }
+    serde_hash(body, pass)
+}
+
+/// [`structural_hash`] by serde_json alone.
+fn serde_hash(body: &[u8], pass: &mut Pass) -> Option<u128> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let hash = Node(pass).deserialize(&mut deserializer).ok()?;
     deserializer.end().ok()?;
@@ -168,24 +178,24 @@ fn structural_hash(body: &[u8], pass: &mut Pass) -> Option<u128> {
 }
 
 /// xxh3-128 seeds of the container steps.
-const ARRAY: u64 = 1;
-const ARRAY_END: u64 = 2;
-const ENTRY: u64 = 3;
-const OBJECT: u64 = 4;
+pub(super) const ARRAY: u64 = 1;
+pub(super) const ARRAY_END: u64 = 2;
+pub(super) const ENTRY: u64 = 3;
+pub(super) const OBJECT: u64 = 4;
 
 /// Tags of the scalars, in the top byte. A short string has its length (< 16) there.
-const NULL: u8 = 16;
-const BOOL: u8 = 17;
-const UNSIGNED: u8 = 18;
+pub(super) const NULL: u8 = 16;
+pub(super) const BOOL: u8 = 17;
+pub(super) const UNSIGNED: u8 = 18;
 const NEGATIVE: u8 = 19;
 const FLOAT: u8 = 20;
 
-fn scalar(tag: u8, payload: u64) -> u128 {
+pub(super) fn scalar(tag: u8, payload: u64) -> u128 {
     (u128::from(tag) << 120) | u128::from(payload)
 }
 
-fn string(text: &str) -> u128 {
-    let bytes = text.as_bytes();
+/// A string, by its UTF-8 bytes.
+pub(super) fn string(bytes: &[u8]) -> u128 {
     if bytes.len() < 16 {
         let mut packed = [0; 16];
         packed[..bytes.len()].copy_from_slice(bytes);
@@ -196,7 +206,7 @@ fn string(text: &str) -> u128 {
     }
 }
 
-fn pair(first: u128, second: u128, seed: u64) -> u128 {
+pub(super) fn pair(first: u128, second: u128, seed: u64) -> u128 {
     let mut bytes = [0; 32];
     bytes[..16].copy_from_slice(&first.to_le_bytes());
     bytes[16..].copy_from_slice(&second.to_le_bytes());
@@ -204,11 +214,37 @@ fn pair(first: u128, second: u128, seed: u64) -> u128 {
 }
 
 /// An integer as `Number` holds it: non-negative ones are unsigned.
-fn integer(value: i64) -> u128 {
+pub(super) fn integer(value: i64) -> u128 {
     match u64::try_from(value) {
         Ok(unsigned) => scalar(UNSIGNED, unsigned),
         Err(_) => scalar(NEGATIVE, value as u64),
     }
+}
+
+/// A finite `f64`: the integer `canonical_number` makes of an integral one (-0.0 included),
+/// else its bits (serde_json yields no non-finite number).
+pub(super) fn float(value: f64) -> u128 {
+    let canonical = Number::from_f64(value).and_then(|number| canonical_number(&number));
+    match canonical.map(|number| (number.as_u64(), number.as_i64())) {
+        Some((Some(unsigned), _)) => scalar(UNSIGNED, unsigned),
+        Some((None, Some(negative))) => integer(negative),
+        _ => scalar(FLOAT, value.to_bits()),
+    }
+}
+
+/// Both structural hashes of `body` — the scanner's and serde_json's — and whether each saw a
+/// repeated member name, for the tests that hold them together.
+#[cfg(test)]
+pub(super) fn both_hashes(body: &[u8]) -> ((Option<u128>, bool), (Option<u128>, bool)) {
+    let mut pass = Pass {
+        names: Vec::new(),
+        repeated_name: false,
+    };
+    let scanned = super::scan::hash(body, &mut pass.names, &mut pass.repeated_name);
+    let scanned = (scanned, pass.repeated_name);
+    pass.repeated_name = false;
+    let parsed = serde_hash(body, &mut pass);
+    (scanned, (parsed, pass.repeated_name))
 }
 
 /// Scratch state of one hashing pass.
@@ -254,25 +290,16 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 
     fn visit_f64<E>(self, value: f64) -> Result<u128, E> {
-        // The integer `canonical_number` makes of an integral one (-0.0 included), else its
-        // bits; serde_json yields no non-finite number.
-        let canonical = Number::from_f64(value).and_then(|number| canonical_number(&number));
-        Ok(
-            match canonical.map(|number| (number.as_u64(), number.as_i64())) {
-                Some((Some(unsigned), _)) => scalar(UNSIGNED, unsigned),
-                Some((None, Some(negative))) => integer(negative),
-                _ => scalar(FLOAT, value.to_bits()),
-            },
-        )
+        Ok(float(value))
     }
 
     fn visit_borrowed_str<E>(self, value: &'de str) -> Result<u128, E> {
-        Ok(string(value))
+        Ok(string(value.as_bytes()))
     }
 
     /// An escaped string, unescaped in serde_json's scratch buffer.
     fn visit_str<E>(self, value: &str) -> Result<u128, E> {
-        Ok(string(value))
+        Ok(string(value.as_bytes()))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u128, A::Error> {
@@ -325,11 +352,11 @@ impl<'de> Visitor<'de> for Name {
     }
 
     fn visit_borrowed_str<E>(self, value: &'de str) -> Result<u128, E> {
-        Ok(string(value))
+        Ok(string(value.as_bytes()))
     }
 
     fn visit_str<E>(self, value: &str) -> Result<u128, E> {
-        Ok(string(value))
+        Ok(string(value.as_bytes()))
     }
 }
 

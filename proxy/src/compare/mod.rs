@@ -23,6 +23,7 @@ mod endpoint;
 mod json;
 mod noise;
 mod record;
+mod scan;
 
 #[cfg(test)]
 mod proptests;

@@ -383,6 +383,36 @@ proptest! {
     }
 
     #[test]
+    fn the_scanner_hashes_as_serde_does(
+        root in arb_document(),
+        style in arb_style(),
+        replacement in arb_json(),
+    ) {
+        for body in [text(&root, style), text(&replacement, style)] {
+            let ((scanned, scan_repeats), (parsed, serde_repeats)) = json::both_hashes(body.as_bytes());
+            prop_assert!(parsed.is_some());
+            if scanned.is_some() {
+                prop_assert_eq!(scanned, parsed, "{}", body);
+                prop_assert_eq!(scan_repeats, serde_repeats);
+            }
+        }
+    }
+
+    #[test]
+    fn the_scanner_never_answers_for_what_serde_rejects(
+        a in prop::collection::vec(any::<u8>(), 0..128),
+        b in "[\\[\\]{}:,\"0-9a-z.eE+\\- \\\\]{0,64}",
+        c in "[\\[\\]{}:,\"0-9eE+.\\-]{0,24}",
+    ) {
+        for body in [a.as_slice(), b.as_bytes(), c.as_bytes()] {
+            let ((scanned, _), (parsed, _)) = json::both_hashes(body);
+            if scanned.is_some() {
+                prop_assert_eq!(scanned, parsed, "{:?}", String::from_utf8_lossy(body));
+            }
+        }
+    }
+
+    #[test]
     fn json_differences_never_panics_on_bytes(
         a in prop::collection::vec(any::<u8>(), 0..128),
         b in prop::collection::vec(any::<u8>(), 0..128),
