@@ -223,12 +223,22 @@ pub(super) fn integer(value: i64) -> u128 {
 
 /// A finite `f64`: the integer `canonical_number` makes of an integral one (-0.0 included),
 /// else its bits (serde_json yields no non-finite number).
+///
+/// The same decision as `canonical_number`, without a `Number` or a `trunc` call: below 2^63
+/// in magnitude a value is integral exactly when the round trip through `i64` keeps it; above,
+/// every finite `f64` is integral.
 pub(super) fn float(value: f64) -> u128 {
-    let canonical = Number::from_f64(value).and_then(|number| canonical_number(&number));
-    match canonical.map(|number| (number.as_u64(), number.as_i64())) {
-        Some((Some(unsigned), _)) => scalar(UNSIGNED, unsigned),
-        Some((None, Some(negative))) => integer(negative),
-        _ => scalar(FLOAT, value.to_bits()),
+    let integral = if value.abs() < -MINUS_TWO_POW_63 {
+        (value as i64) as f64 == value
+    } else {
+        value.is_finite()
+    };
+    if integral && (0.0..TWO_POW_64).contains(&value) {
+        scalar(UNSIGNED, value as u64)
+    } else if integral && (MINUS_TWO_POW_63..0.0).contains(&value) {
+        integer(value as i64)
+    } else {
+        scalar(FLOAT, value.to_bits())
     }
 }
 
@@ -536,6 +546,63 @@ fn push_unique(states: &mut Vec<State>, mark: usize, state: State) {
 
 #[cfg(test)]
 mod tests {
+    /// [`super::float`] decides as `canonical_number` does.
+    #[test]
+    fn float_hashes_as_the_canonical_number() {
+        use super::{canonical_number, float, integer, scalar, FLOAT, UNSIGNED};
+        let edges = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -0.5,
+            1e15,
+            1e16 + 2.0,
+            4503599627370495.5,
+            9007199254740993.0,
+            9.223372036854775e18,
+            -9.223372036854776e18,
+            -9.223372036854778e18,
+            1.8446744073709550e19,
+            1.8446744073709552e19,
+            1e300,
+            -1e300,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::MIN,
+            123.456,
+            -7.0,
+        ];
+        let mut bits = 0x9E37_79B9_7F4A_7C15u64;
+        let random = std::iter::repeat_with(move || {
+            // xorshift64: a spread of bit patterns, every exponent included.
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            f64::from_bits(bits)
+        });
+        let integral = (0..2_000).map(|i| (i as f64 - 1_000.0) * 1.5);
+        for value in edges
+            .into_iter()
+            .chain(random.take(100_000))
+            .chain(integral)
+        {
+            if !value.is_finite() {
+                continue;
+            }
+            let expected = match serde_json::Number::from_f64(value)
+                .and_then(|n| canonical_number(&n))
+                .map(|n| (n.as_u64(), n.as_i64()))
+            {
+                Some((Some(u), _)) => scalar(UNSIGNED, u),
+                Some((None, Some(i))) => integer(i),
+                _ => scalar(FLOAT, value.to_bits()),
+            };
+            assert_eq!(float(value), expected, "{value}");
+        }
+    }
+
     use super::*;
 
     fn paths(sources: &[&str]) -> Vec<JsonPath> {
