@@ -298,6 +298,79 @@ mod tests {
         compare(policy, a, b, &NoiseSet::default())
     }
 
+    // ---- hostile bodies (issue 15): a verdict, never a crash ----------------------------------
+
+    /// A JSON-compared pair of bodies of any bytes, up to 16 MiB each.
+    fn json_pair(a: &[u8], b: &[u8]) -> Difference {
+        let answer = |body: &[u8]| Answer {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: BodySample::from_bytes(body, 16 << 20),
+        };
+        diff(&policy(), &answer(a), &answer(b))
+    }
+
+    /// `hostile` diverges from a valid document as a whole body (no pointers), and is equal to
+    /// itself (same bytes).
+    fn diverges_as_bytes(hostile: &[u8]) {
+        let d = json_pair(br#"{"ok":true}"#, hostile);
+        assert!(d.body && d.json_pointers.is_empty(), "{d:?}");
+        let d = json_pair(hostile, br#"{"ok":true}"#);
+        assert!(d.body && d.json_pointers.is_empty(), "{d:?}");
+        assert!(!json_pair(hostile, hostile).diverged());
+    }
+
+    #[test]
+    fn invalid_json_diverges_as_a_body() {
+        diverges_as_bytes(br#"{"ok":tru}"#);
+        diverges_as_bytes(b"<html>502 Bad Gateway</html>");
+        diverges_as_bytes(b"");
+    }
+
+    #[test]
+    fn nesting_100_000_deep_diverges_without_a_stack_overflow() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        diverges_as_bytes(deep.as_bytes());
+        let deep_objects = format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
+        diverges_as_bytes(deep_objects.as_bytes());
+    }
+
+    #[test]
+    fn a_10_mb_number_diverges_as_a_body() {
+        let huge = "9".repeat(10 << 20);
+        diverges_as_bytes(huge.as_bytes());
+        let wrapped = format!(r#"{{"n":{huge}}}"#);
+        diverges_as_bytes(wrapped.as_bytes());
+        // A number that is valid JSON compares by value as an `f64`, however long: 0.999…9
+        // with 10 million nines is 1.0.
+        let long_fraction = format!(r#"{{"n":0.{huge}}}"#);
+        assert!(!json_pair(long_fraction.as_bytes(), br#"{"n":1}"#).diverged());
+        let d = json_pair(long_fraction.as_bytes(), br#"{"n":2}"#);
+        assert_eq!(d.json_pointers, vec!["/n".to_string()]);
+    }
+
+    #[test]
+    fn duplicate_keys_compare_as_serde_json_reads_them_last_one_wins() {
+        assert!(!json_pair(br#"{"a":1,"a":2}"#, br#"{"a":2}"#).diverged());
+        let d = json_pair(br#"{"a":1,"a":2}"#, br#"{"a":1}"#);
+        assert_eq!(d.json_pointers, vec!["/a".to_string()]);
+        assert!(!json_pair(br#"{"a":2,"a":1}"#, br#"{"a":1}"#).diverged());
+    }
+
+    #[test]
+    fn invalid_utf8_diverges_as_a_body() {
+        diverges_as_bytes(b"{\"name\":\"\xff\xfe\"}");
+        diverges_as_bytes(b"\xc3\x28");
+    }
+
+    #[test]
+    fn a_body_that_ends_mid_token_diverges_as_a_body() {
+        let whole = br#"{"items":[{"id":1,"name":"item-1","price":12.50}]}"#;
+        for cut in 1..whole.len() {
+            diverges_as_bytes(&whole[..cut]);
+        }
+    }
+
     #[test]
     fn sampler_keeps_the_prefix_and_hashes_everything() {
         let mut sampler = BodySampler::new(5);
