@@ -38,19 +38,25 @@ use crate::tls;
 /// Longest a shadow task waits for the primary's answer after its own arrived.
 const PRIMARY_WAIT: Duration = Duration::from_secs(60);
 
-/// cutover's own client for shadow copies (its own connection pool, never the primary's).
+/// cutover's own client for shadow copies (its own connection pool, never the primary's), and
+/// the queue their comparisons run from (off the workers: [`compare::ComparisonQueue`]).
 #[derive(Debug, Clone)]
 pub struct ShadowClient {
     client: Client<ShadowConnector, Full<Bytes>>,
+    comparisons: compare::ComparisonQueue,
 }
 
 impl ShadowClient {
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// `compare_threads`: the comparison threads (the proxy starts one per worker).
+    pub fn new(connect_timeout: Duration, compare_threads: usize) -> Self {
         let connector = ShadowConnector { connect_timeout };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        ShadowClient { client }
+        ShadowClient {
+            client,
+            comparisons: compare::ComparisonQueue::start(compare_threads),
+        }
     }
 }
 
@@ -412,7 +418,20 @@ impl Job {
             BackendKind::New => (primary, answer),
             BackendKind::Legacy => (answer, primary),
         };
-        self.compare(&legacy, &new, second_legacy.as_ref());
+        // The comparison runs on a comparison thread; over the queue's bounds the copy is
+        // dropped and counted, never waited for.
+        let bytes = [Some(&legacy), Some(&new), second_legacy.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|a| a.body.prefix.len())
+            .sum();
+        let (route, queue) = (self.route.clone(), self.client.comparisons.clone());
+        let submitted = queue.submit(bytes, move || {
+            self.compare(&legacy, &new, second_legacy.as_ref());
+        });
+        if !submitted {
+            route.telemetry.shadow_dropped(DropReason::Overload);
+        }
     }
 
     /// Send one copy to `to`; records its statistics. `None` when it got no complete answer.

@@ -93,7 +93,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             telemetry,
             settings: Settings::from_config(config),
-            shadow_client: ShadowClient::new(config.proxy.connect_timeout),
+            shadow_client: ShadowClient::new(config.proxy.connect_timeout, config.proxy.threads),
             resolver,
             inflight: Arc::new(AtomicUsize::new(0)),
             ready: AtomicBool::new(false),

@@ -22,6 +22,7 @@
 mod endpoint;
 mod json;
 mod noise;
+mod queue;
 mod record;
 mod scan;
 
@@ -36,6 +37,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 pub use endpoint::{endpoint_group, Groups, MAX_GROUP_PATH_BYTES, OTHER_GROUP};
 pub use json::{json_differences, MAX_POINTERS};
 pub use noise::{generalise_pointer, NoiseLearner, NoiseSet};
+pub use queue::{ComparisonQueue, MAX_QUEUED, MAX_QUEUED_BYTES};
 pub use record::{DivergenceLog, DivergenceRecord, RECORD_BODY_BYTES};
 
 /// A streamed body, sampled for comparison: the first `limit` bytes, the total length, and an
