@@ -250,6 +250,20 @@ impl Phase {
 }
 
 /// One measured run: one target, one phase, one round.
+/// Pairs a cutover target with shadow has compared so far; `None` for other targets.
+async fn compared(t: &RunningTarget) -> Option<u64> {
+    if !t.kind.copies() {
+        return None;
+    }
+    let proxy = t.proxy()?;
+    let route = [("route", crate::targets::ROUTE)];
+    let done = proxy.counter("cutover_comparisons_total", &route).await
+        + proxy
+            .counter("cutover_comparisons_calibrating_total", &route)
+            .await;
+    Some(done as u64)
+}
+
 #[derive(Debug, Clone)]
 pub struct Run {
     pub phase: Phase,
@@ -294,6 +308,10 @@ pub struct Run {
     pub noise: Vec<String>,
     /// Other flags (errors, missing copies, a saturated generator).
     pub notes: Vec<String>,
+    /// cutover with shadow: pairs it compared over the window (`cutover_comparisons_total`
+    /// and `cutover_comparisons_calibrating_total` growth). A copy whose comparison found the
+    /// comparison queue full is dropped (`overload`) and not counted here.
+    pub compared: Option<u64>,
 }
 
 impl Run {
@@ -336,6 +354,12 @@ impl Run {
     pub fn upstream_opens_per_request(&self) -> Option<f64> {
         let opens = self.upstream_opens()?;
         (self.requests() > 0).then(|| opens as f64 / self.requests() as f64)
+    }
+
+    /// Pairs compared per answered request (cutover with shadow).
+    pub fn compared_ratio(&self) -> Option<f64> {
+        let compared = self.compared?;
+        (self.ok > 0).then(|| compared as f64 / self.ok as f64)
     }
 
     /// Copies that reached backend b per answered request (mirroring targets).
@@ -590,6 +614,7 @@ impl Bench<'_> {
             ));
         }
         let before = self.snapshot(&target_pids, &all, false).await;
+        let compared_before = compared(t).await;
         let url: hyper::Uri = t.url(phase.path()).parse().expect("harness URL");
         let report: Report = match load {
             Load::Closed(shape) => {
@@ -623,6 +648,10 @@ impl Bench<'_> {
             ));
         }
         let after = self.snapshot(&target_pids, &all, true).await;
+        let compared = compared(t)
+            .await
+            .zip(compared_before)
+            .map(|(a, b)| a.saturating_sub(b));
         let ours = after.ours.saturating_sub(before.ours);
         let generator = after.generator.saturating_sub(before.generator);
         let machine = after.machine.since(&before.machine);
@@ -659,7 +688,15 @@ impl Bench<'_> {
             rss_kib: sys::rss_kib(&target_pids),
             noise: Vec::new(),
             notes,
+            compared,
         };
+        if let Some(ratio) = run.compared_ratio().filter(|r| *r < 0.999) {
+            run.notes.push(format!(
+                "only {:.1} % of the copies were compared (the rest found the comparison queue \
+                 full: overload)",
+                ratio * 100.0
+            ));
+        }
         self.judge(&mut run, matches!(load, Load::Closed(_)));
         run
     }
@@ -1145,6 +1182,7 @@ mod tests {
             rss_kib: None,
             noise: Vec::new(),
             notes: Vec::new(),
+            compared: None,
         }
     }
 
