@@ -143,34 +143,32 @@ mod tests {
         assert!(queue.submit(1, || {}));
         assert!(!queue.submit(1, || {}), "a third waiting job is refused");
         drop(release);
-        let (done_tx, done) = channel();
+        assert!(
+            accepted_and_run(&queue, 1),
+            "the queue takes work again once served"
+        );
+    }
+
+    /// Whether the queue takes work of `bytes` within 10 s, and runs it.
+    fn accepted_and_run(queue: &ComparisonQueue, bytes: usize) -> bool {
+        let (tx, rx) = channel();
         let accepted = eventually(Duration::from_secs(10), || {
-            let done_tx = done_tx.clone();
-            queue.submit(1, move || {
-                let _ = done_tx.send(());
+            let tx = tx.clone();
+            queue.submit(bytes, move || {
+                let _ = tx.send(());
             })
         });
-        assert!(accepted, "the queue takes work again once served");
-        done.recv_timeout(Duration::from_secs(10)).unwrap();
+        accepted && rx.recv_timeout(Duration::from_secs(10)).is_ok()
     }
 
     #[test]
     fn the_byte_bound_refuses_large_bodies_and_gives_its_share_back() {
         let queue = ComparisonQueue::with_limits(1, 16, 100);
         assert!(!queue.submit(101, || {}), "over the byte bound");
-        let (tx, rx) = channel();
-        assert!(queue.submit(100, move || {
-            let _ = tx.send(());
-        }));
-        rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        let (tx, rx) = channel();
-        let accepted = eventually(Duration::from_secs(10), || {
-            let tx = tx.clone();
-            queue.submit(100, move || {
-                let _ = tx.send(());
-            })
-        });
-        assert!(accepted, "the bytes are free again once the work started");
-        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(accepted_and_run(&queue, 100));
+        assert!(
+            accepted_and_run(&queue, 100),
+            "the bytes are free again once the work started"
+        );
     }
 }

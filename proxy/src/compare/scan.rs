@@ -221,16 +221,22 @@ impl<'a> Scanner<'a, '_> {
             let element = self.value(depth)?;
             chain = pair(chain, element, ARRAY);
             len += 1;
-            self.skip_space();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(pair(chain, len, ARRAY_END));
-                }
-                _ => return None,
+            if self.closed(b']')? {
+                return Some(pair(chain, len, ARRAY_END));
             }
         }
+    }
+
+    /// After a member or element: `Some(false)` past a `,`, `Some(true)` past `close`, `None`
+    /// at anything else.
+    fn closed(&mut self, close: u8) -> Option<bool> {
+        self.skip_space();
+        let next = self.peek()?;
+        if next != b',' && next != close {
+            return None;
+        }
+        self.at += 1;
+        Some(next == close)
     }
 
     fn object(&mut self, depth: usize) -> Option<u128> {
@@ -260,14 +266,8 @@ impl<'a> Scanner<'a, '_> {
             let value = self.value(depth)?;
             sum = sum.wrapping_add(pair(name, value, ENTRY));
             len += 1;
-            self.skip_space();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    break;
-                }
-                _ => return None,
+            if self.closed(b'}')? {
+                break;
             }
         }
         // Nested objects have popped their names: this object's are `names[mark..]`.
