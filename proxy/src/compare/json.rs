@@ -106,15 +106,36 @@ fn canonical_number(number: &Number) -> Option<Number> {
     if !number.is_f64() {
         return None;
     }
-    let float = number.as_f64()?;
-    if float.fract() != 0.0 {
-        return None;
-    }
-    if (0.0..TWO_POW_64).contains(&float) {
-        // Integral and in range: the conversion is exact (-0.0 becomes 0).
-        Some(Number::from(float as u64))
-    } else if (MINUS_TWO_POW_63..0.0).contains(&float) {
-        Some(Number::from(float as i64))
+    Some(match integral(number.as_f64()?)? {
+        Integral::Unsigned(n) => Number::from(n),
+        Integral::Negative(n) => Number::from(n),
+    })
+}
+
+/// The integer an integral `f64` is, when it is one in `[-2^63, 2^64)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Integral {
+    /// `[0, 2^64)`; -0.0 is 0.
+    Unsigned(u64),
+    /// `[-2^63, 0)`.
+    Negative(i64),
+}
+
+/// The one decision [`canonical_number`] (trees) and [`float`] (hashes) share. Below 2^63 in
+/// magnitude a value is integral exactly when the round trip through `i64` keeps it (no `trunc`
+/// call); above, every finite `f64` is integral. The conversions are exact.
+fn integral(value: f64) -> Option<Integral> {
+    let whole = if value.abs() < -MINUS_TWO_POW_63 {
+        (value as i64) as f64 == value
+    } else {
+        value.is_finite()
+    };
+    if !whole {
+        None
+    } else if (0.0..TWO_POW_64).contains(&value) {
+        Some(Integral::Unsigned(value as u64))
+    } else if (MINUS_TWO_POW_63..0.0).contains(&value) {
+        Some(Integral::Negative(value as i64))
     } else {
         None
     }
@@ -223,22 +244,11 @@ pub(super) fn integer(value: i64) -> u128 {
 
 /// A finite `f64`: the integer `canonical_number` makes of an integral one (-0.0 included),
 /// else its bits (serde_json yields no non-finite number).
-///
-/// The same decision as `canonical_number`, without a `Number` or a `trunc` call: below 2^63
-/// in magnitude a value is integral exactly when the round trip through `i64` keeps it; above,
-/// every finite `f64` is integral.
 pub(super) fn float(value: f64) -> u128 {
-    let integral = if value.abs() < -MINUS_TWO_POW_63 {
-        (value as i64) as f64 == value
-    } else {
-        value.is_finite()
-    };
-    if integral && (0.0..TWO_POW_64).contains(&value) {
-        scalar(UNSIGNED, value as u64)
-    } else if integral && (MINUS_TWO_POW_63..0.0).contains(&value) {
-        integer(value as i64)
-    } else {
-        scalar(FLOAT, value.to_bits())
+    match integral(value) {
+        Some(Integral::Unsigned(n)) => scalar(UNSIGNED, n),
+        Some(Integral::Negative(n)) => integer(n),
+        None => scalar(FLOAT, value.to_bits()),
     }
 }
 
@@ -546,10 +556,12 @@ fn push_unique(states: &mut Vec<State>, mark: usize, state: State) {
 
 #[cfg(test)]
 mod tests {
-    /// [`super::float`] decides as `canonical_number` does.
+    use super::*;
+
+    /// [`integral`] (which `float` and `canonical_number` share) decides as the definition
+    /// does: integral (`fract() == 0`) and in `[0, 2^64)` or `[-2^63, 0)`.
     #[test]
-    fn float_hashes_as_the_canonical_number() {
-        use super::{canonical_number, float, integer, scalar, FLOAT, UNSIGNED};
+    fn integral_decides_as_the_definition() {
         let edges = [
             0.0,
             -0.0,
@@ -582,28 +594,23 @@ mod tests {
             bits ^= bits << 17;
             f64::from_bits(bits)
         });
-        let integral = (0..2_000).map(|i| (i as f64 - 1_000.0) * 1.5);
-        for value in edges
-            .into_iter()
-            .chain(random.take(100_000))
-            .chain(integral)
-        {
+        let whole = (0..2_000).map(|i| (i as f64 - 1_000.0) * 1.5);
+        for value in edges.into_iter().chain(random.take(100_000)).chain(whole) {
             if !value.is_finite() {
                 continue;
             }
-            let expected = match serde_json::Number::from_f64(value)
-                .and_then(|n| canonical_number(&n))
-                .map(|n| (n.as_u64(), n.as_i64()))
-            {
-                Some((Some(u), _)) => scalar(UNSIGNED, u),
-                Some((None, Some(i))) => integer(i),
-                _ => scalar(FLOAT, value.to_bits()),
+            let expected = if value.fract() != 0.0 {
+                None
+            } else if (0.0..TWO_POW_64).contains(&value) {
+                Some(Integral::Unsigned(value as u64))
+            } else if (MINUS_TWO_POW_63..0.0).contains(&value) {
+                Some(Integral::Negative(value as i64))
+            } else {
+                None
             };
-            assert_eq!(float(value), expected, "{value}");
+            assert_eq!(integral(value), expected, "{value}");
         }
     }
-
-    use super::*;
 
     fn paths(sources: &[&str]) -> Vec<JsonPath> {
         sources
