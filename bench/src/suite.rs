@@ -249,21 +249,25 @@ impl Phase {
     }
 }
 
-/// One measured run: one target, one phase, one round.
-/// Pairs a cutover target with shadow has compared so far; `None` for other targets.
+/// Pairs a cutover target with shadow has compared so far (one scrape of its metrics); `None`
+/// for other targets.
 async fn compared(t: &RunningTarget) -> Option<u64> {
     if !t.kind.copies() {
         return None;
     }
-    let proxy = t.proxy()?;
+    let text = t.proxy()?.metrics().await;
     let route = [("route", crate::targets::ROUTE)];
-    let done = proxy.counter("cutover_comparisons_total", &route).await
-        + proxy
-            .counter("cutover_comparisons_calibrating_total", &route)
-            .await;
+    let done = [
+        "cutover_comparisons_total",
+        "cutover_comparisons_calibrating_total",
+    ]
+    .iter()
+    .filter_map(|name| cutover_tests::metrics::metric_value(&text, name, &route))
+    .sum::<f64>();
     Some(done as u64)
 }
 
+/// One measured run: one target, one phase, one round.
 #[derive(Debug, Clone)]
 pub struct Run {
     pub phase: Phase,
@@ -608,13 +612,14 @@ impl Bench<'_> {
         let all = self.all_pids();
         let target_pids = t.pids();
         let mut notes = Vec::new();
+        // Read before the quiet wait, so the scrape's own CPU is outside the window.
+        let compared_before = compared(t).await;
         if !quiesce(&all, self.opts.quiet, QUIET_TIMEOUT).await {
             notes.push(format!(
                 "processes not quiet within {QUIET_TIMEOUT:?} before the run"
             ));
         }
         let before = self.snapshot(&target_pids, &all, false).await;
-        let compared_before = compared(t).await;
         let url: hyper::Uri = t.url(phase.path()).parse().expect("harness URL");
         let report: Report = match load {
             Load::Closed(shape) => {
