@@ -29,13 +29,14 @@ type Work = Box<dyn FnOnce() + Send>;
 #[derive(Clone)]
 pub struct ComparisonQueue {
     tx: SyncSender<(usize, Work)>,
-    queued_bytes: Arc<AtomicUsize>,
+    /// Body bytes that may still be queued (taken on submit, given back when work starts).
+    free_bytes: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for ComparisonQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ComparisonQueue")
-            .field("queued_bytes", &self.queued_bytes.load(Ordering::Relaxed))
+            .field("free_bytes", &self.free_bytes.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -49,25 +50,25 @@ impl ComparisonQueue {
     fn with_limits(threads: usize, max_queued: usize, max_bytes: usize) -> Self {
         let (tx, rx) = sync_channel::<(usize, Work)>(max_queued);
         let rx = Arc::new(Mutex::new(rx));
-        let queued_bytes = Arc::new(AtomicUsize::new(max_bytes));
+        let free_bytes = Arc::new(AtomicUsize::new(max_bytes));
         for i in 0..threads.max(1) {
-            let (rx, queued_bytes) = (rx.clone(), queued_bytes.clone());
+            let (rx, free_bytes) = (rx.clone(), free_bytes.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("cutover-compare-{i}"))
-                .spawn(move || serve(&rx, &queued_bytes));
+                .spawn(move || serve(&rx, &free_bytes));
             if let Err(e) = spawned {
                 debug!(error = %e, "cannot start a comparison thread");
             }
         }
-        ComparisonQueue { tx, queued_bytes }
+        ComparisonQueue { tx, free_bytes }
     }
 
     /// Queue `work`, which holds `bytes` of bodies; `false` (and `work` dropped) when the
     /// queue is full or the threads are gone.
     pub fn submit(&self, bytes: usize, work: impl FnOnce() + Send + 'static) -> bool {
-        // `queued_bytes` counts what is still free, so taking a share is one atomic step.
+        // Taking a share of the free bytes is one atomic step.
         let taken = self
-            .queued_bytes
+            .free_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
                 free.checked_sub(bytes)
             });
@@ -77,14 +78,14 @@ impl ComparisonQueue {
         match self.tx.try_send((bytes, Box::new(work))) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+                self.free_bytes.fetch_add(bytes, Ordering::AcqRel);
                 false
             }
         }
     }
 }
 
-fn serve(rx: &Mutex<Receiver<(usize, Work)>>, queued_bytes: &AtomicUsize) {
+fn serve(rx: &Mutex<Receiver<(usize, Work)>>, free_bytes: &AtomicUsize) {
     if let Err(e) = rustix::process::setpriority_process(None, NICE) {
         debug!(error = %e, "comparison thread keeps the workers' priority");
     }
@@ -93,7 +94,7 @@ fn serve(rx: &Mutex<Receiver<(usize, Work)>>, queued_bytes: &AtomicUsize) {
         let Ok((bytes, work)) = next else {
             return;
         };
-        queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        free_bytes.fetch_add(bytes, Ordering::AcqRel);
         work();
     }
 }
