@@ -1,6 +1,7 @@
 //! Comparison of a legacy and a new answer (`compare::compare`, `compare::json::json_differences`)
 //! on the benchmark backend's documents (`cutover_bench::backend::document`): identical bytes
-//! (hash fast path), the same JSON with keys in another order (full parse, no divergence),
+//! (hash fast path), the same JSON with keys in another order (full parse, no divergence; also
+//! with two ignore rules),
 //! one diverging value (parse + diff), each at 1 KiB and 64 KiB.
 //! `cargo bench -p cutover-bench --bench compare`.
 
@@ -8,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cutover_bench::backend::{document, LARGE_BODY, SMALL_BODY};
-use cutover_config::ComparePolicy;
+use cutover_config::{ComparePolicy, JsonPath};
 use cutover_proxy::compare::{compare, json_differences, Answer, BodySample, NoiseSet};
 
 /// The shadow path's body cap (`shadow.max_body_bytes` default, 1 MiB).
@@ -26,6 +27,14 @@ fn answer(body: &str) -> Answer {
 
 fn comparisons(c: &mut Criterion) {
     let policy = ComparePolicy::default();
+    // A member that is there and a `$..` rule that never matches: the rule is followed
+    // through the whole document.
+    let ignoring = ComparePolicy {
+        ignore_json_paths: ["$.pad", "$..request_id"]
+            .map(|p| JsonPath::parse(p).expect("path"))
+            .to_vec(),
+        ..ComparePolicy::default()
+    };
     let noise = NoiseSet::default();
     let mut g = c.benchmark_group("compare");
     for (label, size) in [("1k", SMALL_BODY), ("64k", LARGE_BODY)] {
@@ -38,6 +47,9 @@ fn comparisons(c: &mut Criterion) {
         });
         g.bench_function(format!("{label}_reordered_equal"), |b| {
             b.iter(|| compare(&policy, black_box(&legacy), black_box(&reordered), &noise))
+        });
+        g.bench_function(format!("{label}_reordered_equal_ignoring"), |b| {
+            b.iter(|| compare(&ignoring, black_box(&legacy), black_box(&reordered), &noise))
         });
         g.bench_function(format!("{label}_one_value_differs"), |b| {
             b.iter(|| compare(&policy, black_box(&legacy), black_box(&diverged), &noise))

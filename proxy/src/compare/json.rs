@@ -9,19 +9,21 @@
 //! is copied once). Its array diff is index by index (O(n), no LCS): an element inserted at the
 //! front of an array reports every later index.
 //!
-//! Fast path: with no ignore rule and no learned noise, each document is first read once,
-//! streaming, into an order-independent 128-bit hash ([`equal_by_hash`]); equal hashes mean
-//! no difference and no tree is built. Only documents whose hashes differ are parsed again
-//! into trees and diffed, so a pair that differs pays one extra allocation-free pass.
+//! Fast path: each document is first read once, streaming, into an order-independent 128-bit
+//! hash ([`equal_by_hash`]) that leaves out what the ignore rules and the learned noise name
+//! (the same automaton, [`Rules`], that prunes the trees); equal hashes mean no difference and
+//! no tree is built. Only documents whose hashes differ are parsed again into trees, pruned
+//! and diffed, so a pair that differs pays one extra allocation-free pass.
 
 use std::fmt;
 
-use cutover_config::{JsonPath, JsonPathSegment};
+use cutover_config::JsonPath;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_128_with_seed};
 
-use super::noise::{NoiseSet, PatternToken};
+use super::noise::NoiseSet;
+use super::rules::{Rules, Slot, State};
 
 /// At most this many pointers are reported per comparison (the first ones, sorted).
 pub const MAX_POINTERS: usize = 256;
@@ -33,24 +35,21 @@ pub const MAX_POINTERS: usize = 256;
 /// exactly (`9007199254740993` ≠ `9007199254740992`). Pointers are sorted, deduplicated and at
 /// most [`MAX_POINTERS`].
 ///
-/// Without `ignore` rules and `noise`, two documents whose structural hashes are equal are
-/// reported equal without building trees; the price is the chance of a hash collision, about
-/// 2^-128 per pair (`equal_by_hash` in this module says more).
+/// Two documents whose structural hashes are equal (with the ignored places left out of the
+/// hash) are reported equal without building trees; the price is the chance of a hash
+/// collision, about 2^-128 per pair (`equal_by_hash` in this module says more).
 pub fn json_differences(
     a: &[u8],
     b: &[u8],
     ignore: &[JsonPath],
     noise: &NoiseSet,
 ) -> Option<Vec<String>> {
-    if ignore.is_empty() && noise.is_empty() && equal_by_hash(a, b)? {
+    let rules = Rules::new(ignore, noise);
+    if equal_by_hash(a, b, &rules)? {
         return Some(Vec::new());
     }
     let mut left: Value = serde_json::from_slice(a).ok()?;
     let mut right: Value = serde_json::from_slice(b).ok()?;
-    let rules = Rules::new(ignore, noise);
-    if rules.whole_document {
-        return Some(Vec::new());
-    }
     rules.prune(&mut left);
     rules.prune(&mut right);
     canonical_numbers(&mut left);
@@ -143,10 +142,12 @@ fn integral(value: f64) -> Option<Integral> {
 
 // ---- fast path: an order-independent structural hash ---------------------------------------
 
-/// Whether `a` and `b` hash alike: `Some(true)` means equal under [`json_differences`]' rules
-/// (no ignore rules, no noise), `Some(false)` that they may differ (the trees decide), `None`
-/// that either is not JSON (exactly when `serde_json::from_slice` fails, trailing data
-/// included).
+/// Whether `a` and `b` hash alike with what `rules` ignore left out: `Some(true)` means equal
+/// under [`json_differences`]' rules, `Some(false)` that they may differ (the trees decide),
+/// `None` that either is not JSON (exactly when `serde_json::from_slice` fails, trailing data
+/// included). An ignored member or element is still read (the document must be JSON) but
+/// counts in no hash and no length; an array's remaining elements chain in their order, as in
+/// the pruned tree.
 ///
 /// Each document is read once, by the scanner of [`super::scan`] when it can read it exactly
 /// as serde_json does (no escapes, numbers that convert exactly, nesting up to 100), else by a
@@ -171,29 +172,30 @@ fn integral(value: f64) -> Option<Integral> {
 /// xxh3-128 as random; the sum of entry hashes keeps that bound as long as no entry repeats,
 /// which the name check ensures). xxh3 is not cryptographic: a backend that crafted colliding
 /// answers on purpose could hide a divergence; the backends under comparison are trusted.
-pub(super) fn equal_by_hash(a: &[u8], b: &[u8]) -> Option<bool> {
-    let mut pass = Pass {
-        names: Vec::new(),
-        repeated_name: false,
-    };
+pub(super) fn equal_by_hash(a: &[u8], b: &[u8], rules: &Rules<'_>) -> Option<bool> {
+    let mut pass = Pass::new(rules);
     let left = structural_hash(a, &mut pass)?;
     let right = structural_hash(b, &mut pass)?;
-    Some(left == right && !pass.repeated_name)
+    Some(rules.whole_document || (left == right && !pass.repeated_name))
 }
 
 /// The structural hash of `body`, or `None` when it is not one JSON document: by the scanner
 /// ([`super::scan`]) when it can tell, else by serde_json with the same hash.
-fn structural_hash(body: &[u8], pass: &mut Pass) -> Option<u128> {
-    if let Some(hash) = super::scan::hash(body, &mut pass.names, &mut pass.repeated_name) {
+fn structural_hash(body: &[u8], pass: &mut Pass<'_>) -> Option<u128> {
+    if let Some(hash) = super::scan::hash(body, pass) {
         return Some(hash);
     }
     serde_hash(body, pass)
 }
 
 /// [`structural_hash`] by serde_json alone.
-fn serde_hash(body: &[u8], pass: &mut Pass) -> Option<u128> {
+fn serde_hash(body: &[u8], pass: &mut Pass<'_>) -> Option<u128> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let hash = Node(pass).deserialize(&mut deserializer).ok()?;
+    pass.rules.start(&mut pass.states);
+    let to = pass.states.len();
+    let hash = Node { pass, from: 0, to }
+        .deserialize(&mut deserializer)
+        .ok()?;
     deserializer.end().ok()?;
     Some(hash)
 }
@@ -252,33 +254,66 @@ pub(super) fn float(value: f64) -> u128 {
     }
 }
 
-/// Both structural hashes of `body` — the scanner's and serde_json's — and whether each saw a
-/// repeated member name, for the tests that hold them together.
+/// Both structural hashes of `body` with `rules` — the scanner's and serde_json's — and whether
+/// each saw a repeated member name, for the tests that hold them together.
 #[cfg(test)]
-pub(super) fn both_hashes(body: &[u8]) -> ((Option<u128>, bool), (Option<u128>, bool)) {
-    let mut pass = Pass {
-        names: Vec::new(),
-        repeated_name: false,
-    };
-    let scanned = super::scan::hash(body, &mut pass.names, &mut pass.repeated_name);
-    let scanned = (scanned, pass.repeated_name);
+pub(super) fn both_hashes(
+    body: &[u8],
+    rules: &Rules<'_>,
+) -> ((Option<u128>, bool), (Option<u128>, bool)) {
+    let mut pass = Pass::new(rules);
+    let scanned = (super::scan::hash(body, &mut pass), pass.repeated_name);
     pass.repeated_name = false;
     let parsed = serde_hash(body, &mut pass);
     (scanned, (parsed, pass.repeated_name))
 }
 
-/// Scratch state of one hashing pass.
-struct Pass {
+/// Scratch state of one hashing pass, shared by the scanner and the serde pass.
+pub(super) struct Pass<'r> {
     /// The member-name hashes of the objects being read, innermost last.
-    names: Vec<u128>,
+    pub(super) names: Vec<u128>,
     /// Some object repeats a member name.
-    repeated_name: bool,
+    pub(super) repeated_name: bool,
+    /// What to leave out of the hash.
+    pub(super) rules: &'r Rules<'r>,
+    /// The rules active along the path being read (see [`Rules::enter`]).
+    pub(super) states: Vec<State>,
 }
 
-/// Hashes one JSON value of any kind.
-struct Node<'p>(&'p mut Pass);
+impl<'r> Pass<'r> {
+    fn new(rules: &'r Rules<'r>) -> Self {
+        Pass {
+            names: Vec::new(),
+            repeated_name: false,
+            rules,
+            states: Vec::new(),
+        }
+    }
 
-impl<'de> DeserializeSeed<'de> for Node<'_> {
+    /// Enters the child at `slot` of a node with the rules `from..to`: `None` when the child is
+    /// ignored, else the range of the rules active inside it (pop them with `truncate(from)`).
+    pub(super) fn enter(
+        &mut self,
+        slot: Slot<'_>,
+        from: usize,
+        to: usize,
+    ) -> Option<(usize, usize)> {
+        let mark = self.states.len();
+        if from < to && !self.rules.enter(slot, true, &mut self.states, from, to) {
+            return None;
+        }
+        Some((mark, self.states.len()))
+    }
+}
+
+/// Hashes one JSON value of any kind, with the rules `from..to` of `pass.states` active at it.
+struct Node<'p, 'r> {
+    pass: &'p mut Pass<'r>,
+    from: usize,
+    to: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
     type Value = u128;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<u128, D::Error> {
@@ -286,7 +321,7 @@ impl<'de> DeserializeSeed<'de> for Node<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Node<'_> {
+impl<'de> Visitor<'de> for Node<'_, '_> {
     type Value = u128;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -323,24 +358,50 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u128, A::Error> {
-        let pass = self.0;
+        let Node { pass, from, to } = self;
         let (mut chain, mut len) = (0u128, 0u128);
-        while let Some(element) = seq.next_element_seed(Node(&mut *pass))? {
-            chain = pair(chain, element, ARRAY);
-            len += 1;
+        for index in 0.. {
+            let mark = pass.states.len();
+            let kept = pass.enter(Slot::Element(index), from, to);
+            let (inner_from, inner_to) = kept.unwrap_or((mark, mark));
+            let element = seq.next_element_seed(Node {
+                pass: &mut *pass,
+                from: inner_from,
+                to: inner_to,
+            })?;
+            pass.states.truncate(mark);
+            let Some(element) = element else { break };
+            if kept.is_some() {
+                chain = pair(chain, element, ARRAY);
+                len += 1;
+            }
         }
         Ok(pair(chain, len, ARRAY_END))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u128, A::Error> {
-        let pass = self.0;
+        let Node { pass, from, to } = self;
         let mark = pass.names.len();
         let (mut sum, mut len) = (0u128, 0u128);
-        while let Some(name) = map.next_key_seed(Name)? {
+        while let Some((name, kept)) = map.next_key_seed(Name {
+            pass: &mut *pass,
+            from,
+            to,
+        })? {
             pass.names.push(name);
-            let value = map.next_value_seed(Node(&mut *pass))?;
-            sum = sum.wrapping_add(pair(name, value, ENTRY));
-            len += 1;
+            let states = pass.states.len();
+            let (inner_from, inner_to) = kept.unwrap_or((states, states));
+            let value = map.next_value_seed(Node {
+                pass: &mut *pass,
+                from: inner_from,
+                to: inner_to,
+            })?;
+            // The name's rules were pushed above `from..to`'s top, at `inner_from`.
+            pass.states.truncate(inner_from);
+            if kept.is_some() {
+                sum = sum.wrapping_add(pair(name, value, ENTRY));
+                len += 1;
+            }
         }
         // Nested objects have popped their names: this object's are `names[mark..]`.
         let names = &mut pass.names[mark..];
@@ -353,204 +414,42 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 }
 
-/// Hashes a member name (as a string).
-struct Name;
+/// Hashes a member name (as a string) and enters its member: the name's hash, and
+/// [`Pass::enter`]'s answer for it.
+struct Name<'p, 'r> {
+    pass: &'p mut Pass<'r>,
+    from: usize,
+    to: usize,
+}
 
-impl<'de> DeserializeSeed<'de> for Name {
-    type Value = u128;
+impl Name<'_, '_> {
+    fn read<E>(self, name: &str) -> Result<(u128, Option<(usize, usize)>), E> {
+        let kept = self.pass.enter(Slot::Member(name), self.from, self.to);
+        Ok((string(name.as_bytes()), kept))
+    }
+}
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<u128, D::Error> {
+impl<'de> DeserializeSeed<'de> for Name<'_, '_> {
+    type Value = (u128, Option<(usize, usize)>);
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_str(self)
     }
 }
 
-impl<'de> Visitor<'de> for Name {
-    type Value = u128;
+impl<'de> Visitor<'de> for Name<'_, '_> {
+    type Value = (u128, Option<(usize, usize)>);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a member name")
     }
 
-    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<u128, E> {
-        Ok(string(value.as_bytes()))
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Self::Value, E> {
+        self.read(value)
     }
 
-    fn visit_str<E>(self, value: &str) -> Result<u128, E> {
-        Ok(string(value.as_bytes()))
-    }
-}
-
-// ---- ignore rules ---------------------------------------------------------------------------
-
-/// One step of an ignore rule, borrowed from a [`JsonPath`] or a noise pattern.
-#[derive(Debug, Clone, Copy)]
-enum Step<'a> {
-    /// JSONPath `.name`: an object member.
-    Key(&'a str),
-    /// JSONPath `[3]`: an array element.
-    Index(usize),
-    /// JSONPath `[*]` / `.*`: every member or element.
-    Any,
-    /// JSONPath `..name`: the member `name` at any depth below.
-    Descendant(&'a str),
-    /// JSON Pointer reference token: an object member, or the array element at its index.
-    Token(&'a str, Option<usize>),
-    /// Noise `*` (a generalised array index): every array element, and every object member
-    /// whose name is `*` or all digits.
-    Star,
-}
-
-/// Where a child sits in its parent.
-#[derive(Clone, Copy)]
-enum Slot<'a> {
-    Member(&'a str),
-    Element(usize),
-}
-
-impl Step<'_> {
-    fn matches(self, slot: Slot<'_>) -> bool {
-        match (self, slot) {
-            (Step::Key(key) | Step::Descendant(key), Slot::Member(name)) => key == name,
-            (Step::Index(index), Slot::Element(at)) => index == at,
-            (Step::Any | Step::Star, Slot::Element(_)) | (Step::Any, Slot::Member(_)) => true,
-            (Step::Token(token, _), Slot::Member(name)) => token == name,
-            (Step::Token(_, index), Slot::Element(at)) => index == Some(at),
-            (Step::Star, Slot::Member(name)) => {
-                name == "*" || (!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()))
-            }
-            (Step::Key(_) | Step::Descendant(_), Slot::Element(_))
-            | (Step::Index(_), Slot::Member(_)) => false,
-        }
-    }
-}
-
-/// A rule in progress: the next step to match is `steps[at]`, the rule ends at `steps[end]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct State {
-    at: u32,
-    end: u32,
-}
-
-/// All ignore rules of one comparison, flattened.
-struct Rules<'a> {
-    steps: Vec<Step<'a>>,
-    starts: Vec<State>,
-    /// A rule with no step (the noise pattern `""`, the root) ignores everything.
-    whole_document: bool,
-}
-
-impl<'a> Rules<'a> {
-    fn new(ignore: &'a [JsonPath], noise: &'a NoiseSet) -> Self {
-        let mut rules = Rules {
-            steps: Vec::new(),
-            starts: Vec::new(),
-            whole_document: false,
-        };
-        for path in ignore {
-            rules.add(path.segments.iter().map(|segment| match segment {
-                JsonPathSegment::Key(key) => Step::Key(key),
-                JsonPathSegment::Index(index) => Step::Index(*index),
-                JsonPathSegment::AnyChild => Step::Any,
-                JsonPathSegment::Descendant(key) => Step::Descendant(key),
-            }));
-        }
-        for pattern in noise.parsed() {
-            rules.add(pattern.iter().map(|token| match token {
-                PatternToken::Star => Step::Star,
-                PatternToken::Token { text, index } => Step::Token(text, *index),
-            }));
-        }
-        rules
-    }
-
-    fn add(&mut self, steps: impl Iterator<Item = Step<'a>>) {
-        let start = self.steps.len();
-        self.steps.extend(steps);
-        if self.steps.len() == start {
-            self.whole_document = true;
-        } else {
-            self.starts.push(State {
-                at: start as u32,
-                end: self.steps.len() as u32,
-            });
-        }
-    }
-
-    /// Removes every member and element an ignore rule names.
-    fn prune(&self, value: &mut Value) {
-        if self.starts.is_empty() {
-            return;
-        }
-        let mut states = self.starts.clone();
-        let end = states.len();
-        self.walk(value, &mut states, 0, end);
-    }
-
-    /// Prunes the children of `value`, with `states[from..to]` the rules active at `value`.
-    /// `states` is one stack shared by the whole walk: each child's states are pushed above
-    /// its parent's and popped after it.
-    fn walk(&self, value: &mut Value, states: &mut Vec<State>, from: usize, to: usize) {
-        match value {
-            Value::Object(map) => {
-                map.retain(|name, child| self.visit(Slot::Member(name), child, states, from, to));
-            }
-            Value::Array(items) => {
-                let mut index = 0;
-                items.retain_mut(|child| {
-                    let keep = self.visit(Slot::Element(index), child, states, from, to);
-                    index += 1;
-                    keep
-                });
-            }
-            Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
-        }
-    }
-
-    /// Whether `child` (at `slot`) stays; prunes inside it if some rule continues there.
-    fn visit(
-        &self,
-        slot: Slot<'_>,
-        child: &mut Value,
-        states: &mut Vec<State>,
-        from: usize,
-        to: usize,
-    ) -> bool {
-        let container = matches!(child, Value::Object(_) | Value::Array(_));
-        let mark = states.len();
-        for i in from..to {
-            let state = states[i];
-            let step = self.steps[state.at as usize];
-            if container && matches!(step, Step::Descendant(_)) {
-                // `..name` keeps looking below, whatever this child is called.
-                push_unique(states, mark, state);
-            }
-            if step.matches(slot) {
-                let next = State {
-                    at: state.at + 1,
-                    end: state.end,
-                };
-                if next.at == next.end {
-                    states.truncate(mark);
-                    return false;
-                }
-                if container {
-                    push_unique(states, mark, next);
-                }
-            }
-        }
-        let top = states.len();
-        if top > mark {
-            self.walk(child, states, mark, top);
-        }
-        states.truncate(mark);
-        true
-    }
-}
-
-/// Pushes `state` unless `states[mark..]` already holds it (keeps nested `..` rules linear).
-fn push_unique(states: &mut Vec<State>, mark: usize, state: State) {
-    if !states[mark..].contains(&state) {
-        states.push(state);
+    fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
+        self.read(value)
     }
 }
 
@@ -828,13 +727,77 @@ mod tests {
 
     /// The fast path's verdict, checked against the full comparison.
     fn hashed(a: &str, b: &str) -> Option<bool> {
-        let fast = equal_by_hash(a.as_bytes(), b.as_bytes());
+        let fast = equal_by_hash(a.as_bytes(), b.as_bytes(), &Rules::none());
         let slow = differences(a, b, &[]).map(|found| found.is_empty());
         assert_eq!(fast.is_some(), slow.is_some(), "{a} vs {b}");
         if fast == Some(true) {
             assert_eq!(slow, Some(true), "{a} vs {b}");
         }
         fast
+    }
+
+    /// The fast path's verdict with `ignore` and `noise`, by the scanner and by serde's pass.
+    fn hashed_ignoring(a: &str, b: &str, ignore: &[&str], noise: &[&str]) -> Option<bool> {
+        let ignore = paths(ignore);
+        let noise = NoiseSet::from_patterns(noise.iter().map(|s| s.to_string()).collect());
+        let rules = Rules::new(&ignore, &noise);
+        for body in [a, b] {
+            let ((scanned, _), (parsed, _)) = both_hashes(body.as_bytes(), &rules);
+            assert!(scanned.is_none() || scanned == parsed, "{body}");
+        }
+        equal_by_hash(a.as_bytes(), b.as_bytes(), &rules)
+    }
+
+    /// Ignored places count in no hash: documents that differ only there are equal without a
+    /// tree, and a difference elsewhere is still seen.
+    #[test]
+    fn ignored_places_are_left_out_of_the_hash() {
+        let a =
+            r#"{"id": 1, "ts": "10:00", "items": [{"n": 1, "req": "a"}, {"n": 2, "req": "b"}]}"#;
+        let b =
+            r#"{"items": [{"req": "x", "n": 1}, {"n": 2, "req": "y"}], "ts": "11:00", "id": 1}"#;
+        assert_eq!(hashed_ignoring(a, b, &[], &[]), Some(false));
+        assert_eq!(hashed_ignoring(a, b, &["$.ts", "$..req"], &[]), Some(true));
+        assert_eq!(
+            hashed_ignoring(a, b, &["$.ts", "$.items[*].req"], &[]),
+            Some(true)
+        );
+        assert_eq!(
+            hashed_ignoring(a, b, &["$.ts"], &["/items/*/req"]),
+            Some(true)
+        );
+        assert_eq!(hashed_ignoring(a, b, &["$.ts"], &[]), Some(false));
+        assert_eq!(
+            hashed_ignoring(a, b, &["$.ts", "$.items[0].req"], &[]),
+            Some(false)
+        );
+        // An ignored element leaves the others in order, at their indexes as sent.
+        let (x, y) = (r#"[0, "now", 2, 3]"#, r#"[0, "then", 2, 3]"#);
+        assert_eq!(hashed_ignoring(x, y, &["$[1]"], &[]), Some(true));
+        assert_eq!(hashed_ignoring(x, "[0, 2, 3]", &["$[1]"], &[]), Some(false));
+        assert_eq!(
+            hashed_ignoring(x, r#"[0, 1, 3, 2]"#, &["$[1]"], &[]),
+            Some(false)
+        );
+        // An escaped member name is matched unescaped (by serde's pass).
+        assert_eq!(
+            hashed_ignoring(
+                r#"{"t\u0073": 1, "a": 1}"#,
+                r#"{"ts": 2, "a": 1}"#,
+                &["$.ts"],
+                &[]
+            ),
+            Some(true)
+        );
+        // Ignored or not, a place must be JSON; the root pattern ignores everything else.
+        assert_eq!(
+            hashed_ignoring(r#"{"ts": 1}"#, r#"{"ts": 2}"#, &[], &[""]),
+            Some(true)
+        );
+        assert_eq!(
+            equal_by_hash(br#"{"ts": 1}"#, br#"{"ts": x}"#, &Rules::none()),
+            None
+        );
     }
 
     #[test]
@@ -924,12 +887,23 @@ mod tests {
             (r#""\ud800""#, r#""""#),
             ("nul", "null"),
         ] {
-            assert_eq!(equal_by_hash(a.as_bytes(), b.as_bytes()), None, "{a}");
-            assert_eq!(equal_by_hash(b.as_bytes(), a.as_bytes()), None, "{a}");
+            assert_eq!(
+                equal_by_hash(a.as_bytes(), b.as_bytes(), &Rules::none()),
+                None,
+                "{a}"
+            );
+            assert_eq!(
+                equal_by_hash(b.as_bytes(), a.as_bytes(), &Rules::none()),
+                None,
+                "{a}"
+            );
             assert_eq!(differences(a, b, &[]), None, "{a}");
         }
-        assert_eq!(equal_by_hash(b" {} \n", b"{}"), Some(true));
-        assert_eq!(equal_by_hash(&[b'"', 0xff, b'"'], b"\"\""), None);
+        assert_eq!(equal_by_hash(b" {} \n", b"{}", &Rules::none()), Some(true));
+        assert_eq!(
+            equal_by_hash(&[b'"', 0xff, b'"'], b"\"\"", &Rules::none()),
+            None
+        );
         let deep = "[".repeat(100_000) + &"]".repeat(100_000);
         assert_eq!(differences(&deep, &deep, &[]), None);
     }

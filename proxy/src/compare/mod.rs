@@ -24,6 +24,7 @@ mod json;
 mod noise;
 mod queue;
 mod record;
+mod rules;
 mod scan;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use http::{HeaderMap, Method};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
+use super::rules::Rules;
 use super::*;
 
 // ---- strategies ----------------------------------------------------------------------------
@@ -233,6 +234,45 @@ fn equal_trees(a: &[u8], b: &[u8]) -> bool {
     json::pointers(&left, &right).is_empty()
 }
 
+/// The trees' verdict with `rules` applied: both documents pruned, then compared.
+fn equal_pruned_trees(a: &[u8], b: &[u8], rules: &Rules<'_>) -> bool {
+    let mut left: Value = serde_json::from_slice(a).unwrap();
+    let mut right: Value = serde_json::from_slice(b).unwrap();
+    for tree in [&mut left, &mut right] {
+        rules.prune(tree);
+        json::canonical_numbers(tree);
+    }
+    json::pointers(&left, &right).is_empty()
+}
+
+/// Ignore rules and noise for the place `choices` names in `root`, by `kind`: the exact path,
+/// the path with one step widened to `[*]`, `$..name` of its last member, the place's pointer
+/// generalised as learned noise, or all of them.
+fn rules_for(root: &Value, choices: &[usize], kind: u8) -> (Vec<JsonPath>, NoiseSet) {
+    let (segments, pointer) = pick_path(root, choices);
+    let mut wider = segments.clone();
+    let at = usize::from(kind) % wider.len();
+    wider[at] = JsonPathSegment::AnyChild;
+    let descendant = match segments.last() {
+        Some(JsonPathSegment::Key(name)) => {
+            Some(path(vec![JsonPathSegment::Descendant(name.clone())]))
+        }
+        _ => None,
+    };
+    let noise = NoiseSet::from_patterns(vec![generalise_pointer(&pointer)]);
+    match kind % 5 {
+        0 => (vec![path(segments)], NoiseSet::default()),
+        1 => (vec![path(wider)], NoiseSet::default()),
+        2 => (descendant.into_iter().collect(), NoiseSet::default()),
+        3 => (Vec::new(), noise),
+        _ => {
+            let mut all = vec![path(segments), path(wider)];
+            all.extend(descendant);
+            (all, noise)
+        }
+    }
+}
+
 fn path(segments: Vec<JsonPathSegment>) -> JsonPath {
     JsonPath {
         source: String::new(),
@@ -356,7 +396,7 @@ proptest! {
         // The same value, written out differently (member order, spacing, numbers, escapes).
         let a = text(&root, one);
         let b = text(&root, other);
-        prop_assert_eq!(json::equal_by_hash(a.as_bytes(), b.as_bytes()), Some(true));
+        prop_assert_eq!(json::equal_by_hash(a.as_bytes(), b.as_bytes(), &Rules::none()), Some(true));
         prop_assert!(equal_trees(a.as_bytes(), b.as_bytes()));
 
         // A mutated copy (sometimes still equal): the hash says what the trees say.
@@ -365,8 +405,8 @@ proptest! {
         mutate(at_mut(&mut mutated, &segments), how, replacement);
         let c = text(&mutated, other);
         let trees = equal_trees(a.as_bytes(), c.as_bytes());
-        prop_assert_eq!(json::equal_by_hash(a.as_bytes(), c.as_bytes()), Some(trees), "{} vs {}", a, c);
-        prop_assert_eq!(json::equal_by_hash(c.as_bytes(), a.as_bytes()), Some(trees));
+        prop_assert_eq!(json::equal_by_hash(a.as_bytes(), c.as_bytes(), &Rules::none()), Some(trees), "{} vs {}", a, c);
+        prop_assert_eq!(json::equal_by_hash(c.as_bytes(), a.as_bytes(), &Rules::none()), Some(trees));
         let found = json_differences(a.as_bytes(), c.as_bytes(), &[], &NoiseSet::default());
         prop_assert_eq!(found.map(|p| p.is_empty()), Some(trees));
     }
@@ -379,7 +419,7 @@ proptest! {
     ) {
         let (x, y) = (text(&a, style), text(&b, style));
         let trees = equal_trees(x.as_bytes(), y.as_bytes());
-        prop_assert_eq!(json::equal_by_hash(x.as_bytes(), y.as_bytes()), Some(trees));
+        prop_assert_eq!(json::equal_by_hash(x.as_bytes(), y.as_bytes(), &Rules::none()), Some(trees));
     }
 
     #[test]
@@ -389,7 +429,7 @@ proptest! {
         replacement in arb_json(),
     ) {
         for body in [text(&root, style), text(&replacement, style)] {
-            let ((scanned, scan_repeats), (parsed, serde_repeats)) = json::both_hashes(body.as_bytes());
+            let ((scanned, scan_repeats), (parsed, serde_repeats)) = json::both_hashes(body.as_bytes(), &Rules::none());
             prop_assert!(parsed.is_some());
             if scanned.is_some() {
                 prop_assert_eq!(scanned, parsed, "{}", body);
@@ -399,13 +439,48 @@ proptest! {
     }
 
     #[test]
+    fn the_pruned_hash_agrees_with_the_pruned_trees(
+        root in arb_document(),
+        one in arb_style(),
+        other in arb_style(),
+        ignored in prop::collection::vec(any::<usize>(), 1..6),
+        changed in prop::collection::vec(any::<usize>(), 1..6),
+        same_place in any::<bool>(),
+        kind in any::<u8>(),
+        how in any::<u8>(),
+        replacement in arb_json(),
+    ) {
+        // A place ignored, and a change at it, below it, or elsewhere.
+        let (ignore, noise) = rules_for(&root, &ignored, kind);
+        let rules = Rules::new(&ignore, &noise);
+        let changed = if same_place { &ignored } else { &changed };
+        let (segments, _) = pick_path(&root, changed);
+        let mut mutated = root.clone();
+        mutate(at_mut(&mut mutated, &segments), how, replacement);
+        let (a, c) = (text(&root, one), text(&mutated, other));
+        for body in [&a, &c] {
+            // The scanner, where it answers, leaves out what serde's pass leaves out.
+            let ((scanned, _), (parsed, _)) = json::both_hashes(body.as_bytes(), &rules);
+            prop_assert!(parsed.is_some());
+            if scanned.is_some() {
+                prop_assert_eq!(scanned, parsed, "{}", body);
+            }
+        }
+        let trees = equal_pruned_trees(a.as_bytes(), c.as_bytes(), &rules);
+        prop_assert_eq!(json::equal_by_hash(a.as_bytes(), c.as_bytes(), &rules), Some(trees), "{} vs {}", a, c);
+        prop_assert_eq!(json::equal_by_hash(c.as_bytes(), a.as_bytes(), &rules), Some(trees));
+        let found = json_differences(a.as_bytes(), c.as_bytes(), &ignore, &noise);
+        prop_assert_eq!(found.map(|p| p.is_empty()), Some(trees));
+    }
+
+    #[test]
     fn the_scanner_never_answers_for_what_serde_rejects(
         a in prop::collection::vec(any::<u8>(), 0..128),
         b in "[\\[\\]{}:,\"0-9a-z.eE+\\- \\\\]{0,64}",
         c in "[\\[\\]{}:,\"0-9eE+.\\-]{0,24}",
     ) {
         for body in [a.as_slice(), b.as_bytes(), c.as_bytes()] {
-            let ((scanned, _), (parsed, _)) = json::both_hashes(body);
+            let ((scanned, _), (parsed, _)) = json::both_hashes(body, &Rules::none());
             if scanned.is_some() {
                 prop_assert_eq!(scanned, parsed, "{:?}", String::from_utf8_lossy(body));
             }

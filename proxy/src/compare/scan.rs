@@ -17,8 +17,9 @@
 //! exponent within ±22 with one multiplication or division by an exact power of ten, and so
 //! does the scanner; the result is the correctly rounded value either way.
 
-use super::json::{float, integer, pair, scalar, string, ARRAY, ARRAY_END, ENTRY, NULL, OBJECT};
-use super::json::{BOOL, UNSIGNED};
+use super::json::{float, integer, pair, scalar, string, Pass, ARRAY, ARRAY_END, ENTRY, NULL};
+use super::json::{BOOL, OBJECT, UNSIGNED};
+use super::rules::Slot;
 
 /// Deeper documents are left to the serde pass (which fails them beyond 128 levels).
 pub(super) const MAX_DEPTH: usize = 100;
@@ -32,38 +33,43 @@ const POW10: [f64; 23] = [
 /// 2^53: significands below it are exact in an `f64`.
 const EXACT_SIGNIFICAND: u64 = 1 << 53;
 
-/// The structural hash of `body` (see [`super::json`]), or `None` when the serde pass must
-/// decide. `names` is scratch space (left as it was found); `repeated_name` is set when an
-/// object repeats a member name.
-pub(super) fn hash(body: &[u8], names: &mut Vec<u128>, repeated_name: &mut bool) -> Option<u128> {
+/// The structural hash of `body` (see [`super::json`]) with what `pass.rules` ignore left out,
+/// or `None` when the serde pass must decide. `pass.repeated_name` is set when an object
+/// repeats a member name (and the answer is not `None`).
+pub(super) fn hash(body: &[u8], pass: &mut Pass<'_>) -> Option<u128> {
     std::str::from_utf8(body).ok()?;
-    let mark = names.len();
+    let mark = pass.names.len();
+    pass.rules.start(&mut pass.states);
+    let to = pass.states.len();
     let mut scanner = Scanner {
         body,
         at: 0,
-        names,
+        pass,
         repeated_name: false,
     };
-    let value = scanner.value(0);
+    let value = scanner.value(0, 0, to);
     let result = value.and_then(|v| {
         scanner.skip_space();
         (scanner.at == body.len()).then_some(v)
     });
-    scanner.names.truncate(mark);
+    let repeated_name = scanner.repeated_name;
+    pass.names.truncate(mark);
     if result.is_some() {
-        *repeated_name |= scanner.repeated_name;
+        pass.repeated_name |= repeated_name;
     }
     result
 }
 
-struct Scanner<'a, 'n> {
+/// Reads `body` from `at`, with `pass` for the member names and the ignore rules; a value is
+/// read with the range of `pass.states` active at it (`from..to`, empty without rules).
+struct Scanner<'a, 'p, 'r> {
     body: &'a [u8],
     at: usize,
-    names: &'n mut Vec<u128>,
+    pass: &'p mut Pass<'r>,
     repeated_name: bool,
 }
 
-impl<'a> Scanner<'a, '_> {
+impl<'a> Scanner<'a, '_, '_> {
     fn peek(&self) -> Option<u8> {
         self.body.get(self.at).copied()
     }
@@ -75,11 +81,11 @@ impl<'a> Scanner<'a, '_> {
     }
 
     /// One value, with the whitespace before it.
-    fn value(&mut self, depth: usize) -> Option<u128> {
+    fn value(&mut self, depth: usize, from: usize, to: usize) -> Option<u128> {
         self.skip_space();
         match self.peek()? {
-            b'{' => self.object(depth + 1),
-            b'[' => self.array(depth + 1),
+            b'{' => self.object(depth + 1, from, to),
+            b'[' => self.array(depth + 1, from, to),
             b'"' => self.string_hash(),
             b't' => self.literal(b"true", scalar(BOOL, 1)),
             b'f' => self.literal(b"false", scalar(BOOL, 0)),
@@ -206,7 +212,7 @@ impl<'a> Scanner<'a, '_> {
         Some(float(if negative { -magnitude } else { magnitude }))
     }
 
-    fn array(&mut self, depth: usize) -> Option<u128> {
+    fn array(&mut self, depth: usize, from: usize, to: usize) -> Option<u128> {
         if depth > MAX_DEPTH {
             return None;
         }
@@ -217,14 +223,27 @@ impl<'a> Scanner<'a, '_> {
             self.at += 1;
             return Some(pair(chain, len, ARRAY_END));
         }
-        loop {
-            let element = self.value(depth)?;
-            chain = pair(chain, element, ARRAY);
-            len += 1;
+        for index in 0.. {
+            let kept = self.pass.enter(Slot::Element(index), from, to);
+            if let Some(element) = self.child(depth, kept)? {
+                chain = pair(chain, element, ARRAY);
+                len += 1;
+            }
             if self.closed(b']')? {
-                return Some(pair(chain, len, ARRAY_END));
+                break;
             }
         }
+        Some(pair(chain, len, ARRAY_END))
+    }
+
+    /// The value of a member or element that [`Pass::enter`] answered `kept` for: `Some(None)`
+    /// when it is ignored (read all the same: the document must be JSON).
+    fn child(&mut self, depth: usize, kept: Option<(usize, usize)>) -> Option<Option<u128>> {
+        let top = self.pass.states.len();
+        let (from, to) = kept.unwrap_or((top, top));
+        let value = self.value(depth, from, to);
+        self.pass.states.truncate(from);
+        Some(kept.and(Some(value?)))
     }
 
     /// After a member or element: `Some(false)` past a `,`, `Some(true)` past `close`, `None`
@@ -239,12 +258,12 @@ impl<'a> Scanner<'a, '_> {
         Some(next == close)
     }
 
-    fn object(&mut self, depth: usize) -> Option<u128> {
+    fn object(&mut self, depth: usize, from: usize, to: usize) -> Option<u128> {
         if depth > MAX_DEPTH {
             return None;
         }
         self.at += 1;
-        let mark = self.names.len();
+        let mark = self.pass.names.len();
         let (mut sum, mut len) = (0u128, 0u128);
         self.skip_space();
         if self.peek()? == b'}' {
@@ -256,24 +275,33 @@ impl<'a> Scanner<'a, '_> {
             if self.peek()? != b'"' {
                 return None;
             }
+            let start = self.at + 1;
             let name = self.string_hash()?;
+            let kept = if from < to {
+                // Valid UTF-8: the whole body was checked.
+                let text = std::str::from_utf8(&self.body[start..self.at - 1]).ok()?;
+                self.pass.enter(Slot::Member(text), from, to)
+            } else {
+                Some((to, to))
+            };
             self.skip_space();
             if self.peek()? != b':' {
                 return None;
             }
             self.at += 1;
-            self.names.push(name);
-            let value = self.value(depth)?;
-            sum = sum.wrapping_add(pair(name, value, ENTRY));
-            len += 1;
+            self.pass.names.push(name);
+            if let Some(value) = self.child(depth, kept)? {
+                sum = sum.wrapping_add(pair(name, value, ENTRY));
+                len += 1;
+            }
             if self.closed(b'}')? {
                 break;
             }
         }
         // Nested objects have popped their names: this object's are `names[mark..]`.
-        let names = &mut self.names[mark..];
+        let names = &mut self.pass.names[mark..];
         self.repeated_name |= repeats(names);
-        self.names.truncate(mark);
+        self.pass.names.truncate(mark);
         Some(pair(sum, len, OBJECT))
     }
 }
@@ -300,10 +328,11 @@ fn accumulate(significand: u64, digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::super::json::both_hashes;
+    use super::super::rules::Rules;
 
     /// The scanner answers, and answers as serde_json does.
     fn scanned(body: &str) -> u128 {
-        let ((scanned, _), (parsed, _)) = both_hashes(body.as_bytes());
+        let ((scanned, _), (parsed, _)) = both_hashes(body.as_bytes(), &Rules::none());
         assert!(scanned.is_some(), "the scanner left {body:?} to serde");
         assert_eq!(scanned, parsed, "{body:?}");
         scanned.unwrap_or_default()
@@ -311,7 +340,7 @@ mod tests {
 
     /// The scanner leaves it to serde_json, which says `parsed`.
     fn left(body: &str, parsed: bool) {
-        let ((scanned, _), (serde, _)) = both_hashes(body.as_bytes());
+        let ((scanned, _), (serde, _)) = both_hashes(body.as_bytes(), &Rules::none());
         assert_eq!(scanned, None, "{body:?}");
         assert_eq!(serde.is_some(), parsed, "{body:?}");
     }
@@ -382,13 +411,14 @@ mod tests {
         ] {
             left(body, false);
         }
-        let ((scanned, _), (serde, _)) = both_hashes(b"\"\xff\"");
+        let ((scanned, _), (serde, _)) = both_hashes(b"\"\xff\"", &Rules::none());
         assert_eq!((scanned, serde), (None, None));
     }
 
     #[test]
     fn a_repeated_member_name_is_reported() {
-        let ((scanned, scan_repeats), (_, serde_repeats)) = both_hashes(br#"{"a":{"b":1,"b":2}}"#);
+        let ((scanned, scan_repeats), (_, serde_repeats)) =
+            both_hashes(br#"{"a":{"b":1,"b":2}}"#, &Rules::none());
         assert!(scanned.is_some());
         assert!(scan_repeats && serde_repeats);
     }
