@@ -37,6 +37,7 @@ use tracing::{debug, warn};
 use crate::body::{ActiveGuard, ConnState, HeadFault};
 use crate::handover::{Inherited, Role};
 use crate::pipeline::{self, Peer, Worker};
+use crate::shadow::ShadowClient;
 use crate::state::Shared;
 use crate::tls::Stream;
 use crate::upstream::Pool;
@@ -218,9 +219,18 @@ async fn run_worker(
         s.upstream_timeout,
         s.upstream_idle_timeout,
     ));
+    let shadow = ShadowClient::new(
+        Arc::new(Pool::new(
+            s.connect_timeout,
+            s.upstream_timeout,
+            s.upstream_idle_timeout,
+        )),
+        shared.comparisons.clone(),
+    );
     let worker = Arc::new(Worker {
         shared: shared.clone(),
         pool: pool.clone(),
+        shadow: shadow.clone(),
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -267,7 +277,10 @@ async fn run_worker(
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => pool.evict_expired(),
+                    _ = tick.tick() => {
+                        pool.evict_expired();
+                        shadow.pool().evict_expired();
+                    }
                     _ = shutdown.changed() => break,
                 }
             }

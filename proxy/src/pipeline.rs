@@ -27,17 +27,19 @@ use tokio::sync::oneshot;
 use crate::body::{self, Body, BodyError, Proxied, RequestBody};
 use crate::hygiene::{self, Rejection, SHADOW_MARKER};
 use crate::routing::{request_host, Route};
-use crate::shadow::{self, ShadowRequest};
+use crate::shadow::{self, ShadowClient, ShadowRequest};
 use crate::state::{InflightGuard, Shared};
 use crate::stats::{BackendKind, Role};
 use crate::telemetry::Outcome;
 use crate::upstream::{Failure, Pool};
 
-/// What a worker's requests share: the process state and the worker's own upstream pool.
+/// What a worker's requests share: the process state and the worker's own upstream pools.
 #[derive(Debug)]
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub pool: Arc<Pool>,
+    /// Shadow copies: their own pool (never `pool`) and the process's comparison queue.
+    pub shadow: ShadowClient,
 }
 
 /// The client connection a request came on.
@@ -102,7 +104,7 @@ pub async fn handle(worker: &Worker, peer: Peer, req: Request<Incoming>) -> Resp
     let slot = shadow.map(|mut s| {
         s.set_headers(shadow_headers.unwrap_or_default());
         let slot = Arc::new(Mutex::new(s));
-        body.tee(slot.clone(), route.clone(), shared.shadow_client.clone());
+        body.tee(slot.clone(), route.clone(), worker.shadow.clone());
         slot
     });
     let upstream = route.upstream(backend);

@@ -8,24 +8,15 @@
 //! the task through a one-shot channel when the primary finishes; a primary that fails or a
 //! client that goes away simply closes the channel.
 
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cutover_config::ShadowPolicy;
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderValue, Method};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::oneshot;
-use tower_service::Service;
 use tracing::debug;
 
 use crate::compare::{self, Answer, BodySampler, DivergenceRecord};
@@ -33,7 +24,7 @@ use crate::hygiene::{self, SHADOW_MARKER};
 use crate::routing::Route;
 use crate::stats::{BackendKind, Role};
 use crate::telemetry::{DropReason, Outcome};
-use crate::tls;
+use crate::upstream::Pool;
 
 /// Comparisons of at most this many body bytes (all answers together) run in the shadow task
 /// itself: a few microseconds, cheaper than handing them over (`make bench`, 1 KiB answers:
@@ -44,146 +35,23 @@ const INLINE_COMPARE_BYTES: usize = 16 * 1024;
 /// Longest a shadow task waits for the primary's answer after its own arrived.
 const PRIMARY_WAIT: Duration = Duration::from_secs(60);
 
-/// cutover's own client for shadow copies (its own connection pool, never the primary's), and
-/// the queue their comparisons run from (off the workers: [`compare::ComparisonQueue`]).
+/// A worker's means of sending shadow copies: its own connection pool (never the primary's:
+/// [`crate::upstream`]), and the queue the comparisons run from (off the workers:
+/// [`compare::ComparisonQueue`], one for the process).
 #[derive(Debug, Clone)]
 pub struct ShadowClient {
-    client: Client<ShadowConnector, Full<Bytes>>,
+    pool: Arc<Pool<Full<Bytes>>>,
     comparisons: compare::ComparisonQueue,
 }
 
 impl ShadowClient {
-    /// `compare_threads`: the comparison threads (the proxy starts one per worker).
-    pub fn new(connect_timeout: Duration, compare_threads: usize) -> Self {
-        let connector = ShadowConnector { connect_timeout };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        ShadowClient {
-            client,
-            comparisons: compare::ComparisonQueue::start(compare_threads),
-        }
-    }
-}
-
-/// The URI a copy is sent to: `http://<addr><path>` for a plain backend; for a `tls = true`
-/// backend `https://<server name>@<addr><path>`, the TLS server name (the backend's `sni`)
-/// riding in the user-info, percent-encoded, where [`ShadowConnector`] reads it. The pool keys
-/// connections by scheme and authority, so each (address, server name) pair has its own; the
-/// backend sees only the path (origin form) and the primary's `Host` header.
-fn copy_uri(addr: SocketAddr, server_name: Option<&str>, path_and_query: &str) -> String {
-    match server_name {
-        None => format!("http://{addr}{path_and_query}"),
-        Some(name) => {
-            let mut encoded = String::with_capacity(name.len());
-            for byte in name.bytes() {
-                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-                    encoded.push(char::from(byte));
-                } else {
-                    encoded.push_str(&format!("%{byte:02X}"));
-                }
-            }
-            format!("https://{encoded}@{addr}{path_and_query}")
-        }
-    }
-}
-
-/// The TLS server name [`copy_uri`] put in the user-info of `uri`.
-fn server_name(uri: &Uri) -> Result<String, BoxError> {
-    let authority = uri.authority().ok_or("the URI has no authority")?.as_str();
-    let (encoded, _) = authority
-        .rsplit_once('@')
-        .ok_or("the URI carries no TLS server name")?;
-    let mut name = Vec::with_capacity(encoded.len());
-    let mut bytes = encoded.bytes();
-    while let Some(byte) = bytes.next() {
-        if byte == b'%' {
-            let hex: Vec<u8> = bytes.by_ref().take(2).collect();
-            if hex.len() != 2 || !hex.iter().all(u8::is_ascii_hexdigit) {
-                return Err("bad percent-encoding in the TLS server name".into());
-            }
-            let hex = std::str::from_utf8(&hex).unwrap_or_default();
-            name.push(u8::from_str_radix(hex, 16).map_err(|_| "bad percent-encoding")?);
-        } else {
-            name.push(byte);
-        }
-    }
-    Ok(String::from_utf8(name).map_err(|_| "the TLS server name is not UTF-8")?)
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Connects shadow copies: TCP, then TLS for `https://` URIs ([`copy_uri`]), trusting what the
-/// primary's connections trust ([`crate::tls::connector`]) and checking the certificate
-/// against the server name, within the connect timeout.
-#[derive(Debug, Clone)]
-struct ShadowConnector {
-    connect_timeout: Duration,
-}
-
-impl Service<Uri> for ShadowConnector {
-    type Response = ShadowStream;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<ShadowStream, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
+    pub fn new(pool: Arc<Pool<Full<Bytes>>>, comparisons: compare::ComparisonQueue) -> Self {
+        ShadowClient { pool, comparisons }
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let timeout = self.connect_timeout;
-        Box::pin(async move {
-            let name = match uri.scheme_str() {
-                Some("https") => Some(server_name(&uri)?),
-                _ => None,
-            };
-            let authority = uri.authority().ok_or("the URI has no authority")?.as_str();
-            let host_port = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-            let addr: SocketAddr = host_port
-                .parse()
-                .map_err(|e| format!("{host_port}: not an address: {e}"))?;
-            let stream = tokio::time::timeout(timeout, tls::Stream::connect(addr, name.as_deref()))
-                .await
-                .map_err(|_| format!("connecting to {addr} timed out"))??;
-            Ok(ShadowStream(TokioIo::new(stream)))
-        })
-    }
-}
-
-/// A shadow copy's connection: plain TCP or TLS over it.
-struct ShadowStream(TokioIo<tls::Stream>);
-
-impl Connection for ShadowStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for ShadowStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for ShadowStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    /// The pool, for the worker's eviction of idle connections.
+    pub fn pool(&self) -> &Pool<Full<Bytes>> {
+        &self.pool
     }
 }
 
@@ -446,14 +314,8 @@ impl Job {
 
     /// Send one copy to `to`; records its statistics. `None` when it got no complete answer.
     async fn send(&self, to: BackendKind, limit: usize) -> Option<Answer> {
-        let upstream = self.route.upstream(to);
         let start = Instant::now();
-        let endpoint = upstream.endpoint(upstream.start_index(), 0);
-        let server_name = upstream.tls.then_some(upstream.sni.as_str());
-        let outcome = match endpoint.addr() {
-            Some(addr) => self.exchange(addr, server_name, limit).await,
-            None => Err(format!("endpoint {} does not resolve", endpoint.name)),
-        };
+        let outcome = self.exchange(to, limit).await;
         let now = Instant::now();
         match outcome {
             Ok(answer) => {
@@ -470,16 +332,14 @@ impl Job {
         }
     }
 
-    async fn exchange(
-        &self,
-        addr: SocketAddr,
-        server_name: Option<&str>,
-        limit: usize,
-    ) -> Result<Answer, String> {
-        let uri = copy_uri(addr, server_name, &self.path_and_query);
+    /// One copy over the worker's shadow pool, to the first endpoint of `to` that resolves
+    /// (from the same start as the primary's choice); its connection goes back to the pool once
+    /// the answer was read to its end.
+    async fn exchange(&self, to: BackendKind, limit: usize) -> Result<Answer, String> {
+        let upstream = self.route.upstream(to);
         let mut req = http::Request::builder()
             .method(self.method.clone())
-            .uri(uri)
+            .uri(self.path_and_query.as_str())
             .body(Full::new(self.body.clone()))
             .map_err(|e| e.to_string())?;
         *req.headers_mut() = self.headers.clone();
@@ -489,10 +349,12 @@ impl Job {
                 HeaderValue::from(self.body.len()),
             );
         }
-        let resp = self
+        // The body is whole: the wait for the answer starts now (`shadow.timeout` bounds all).
+        let sent = oneshot::channel().1;
+        let (resp, lease) = self
             .client
-            .client
-            .request(req)
+            .pool
+            .send(upstream, upstream.start_index(), false, req, sent)
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
@@ -508,6 +370,7 @@ impl Job {
                 sampler.push(data);
             }
         }
+        lease.release();
         Ok(Answer {
             status,
             headers,
@@ -605,47 +468,6 @@ mod tests {
         assert!(!c.contains_key("authorization") && !c.contains_key("cookie"));
         assert_eq!(c.get("traceparent").unwrap(), "00-abc-def-01");
         assert_eq!(c.get_all(SHADOW_MARKER).iter().collect::<Vec<_>>(), ["1"]);
-    }
-
-    #[test]
-    fn copy_uris_carry_the_tls_server_name() {
-        let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
-        assert_eq!(
-            copy_uri(addr, None, "/a?b=1"),
-            "http://127.0.0.1:8443/a?b=1"
-        );
-        for name in ["api.example.com", "127.0.0.1", "::1"] {
-            let uri: Uri = copy_uri(addr, Some(name), "/a?b=1").parse().unwrap();
-            assert_eq!(uri.scheme_str(), Some("https"));
-            assert_eq!(uri.host(), Some("127.0.0.1"));
-            assert_eq!(uri.port_u16(), Some(8443));
-            assert_eq!(uri.path_and_query().unwrap().as_str(), "/a?b=1");
-            assert_eq!(server_name(&uri).unwrap(), name, "{name}");
-        }
-        let plain: Uri = copy_uri(addr, None, "/").parse().unwrap();
-        assert!(server_name(&plain).is_err());
-        // Only exactly two hex digits decode.
-        for bad in [
-            "%A@127.0.0.1:1",
-            "%+A@127.0.0.1:1",
-            "%zz@127.0.0.1:1",
-            "a%@127.0.0.1:1",
-        ] {
-            let uri: Uri = format!("https://{bad}/").parse().unwrap();
-            assert!(server_name(&uri).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn server_names_get_the_underscore_rule() {
-        let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
-        let name = |sni: &str| {
-            let uri: Uri = copy_uri(addr, Some(sni), "/").parse().unwrap();
-            tls::server_name(&server_name(&uri).unwrap()).unwrap()
-        };
-        let expect = |s: &str| rustls::pki_types::ServerName::try_from(s.to_string()).unwrap();
-        assert_eq!(name("a_b.api.example"), expect("a-b.api.example"));
-        assert_eq!(name("api.example"), expect("api.example"));
     }
 
     #[test]

@@ -13,10 +13,10 @@ use cutover_config::ConfigState;
 use cutover_config::{Config, Phase, UnderscoreHeaders};
 use tracing::info;
 
+use crate::compare::ComparisonQueue;
 use crate::hygiene::Limits;
 use crate::resolve::Resolver;
 use crate::routing::Snapshot;
-use crate::shadow::ShadowClient;
 use crate::stats::WindowShape;
 use crate::telemetry::Telemetry;
 
@@ -58,8 +58,9 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub telemetry: Telemetry,
     pub settings: Settings,
-    /// cutover's own client and pool for shadow copies.
-    pub shadow_client: ShadowClient,
+    /// The queue shadow comparisons run from, one for the process (each worker has its own
+    /// shadow pool: [`crate::pipeline::Worker::shadow`]).
+    pub comparisons: ComparisonQueue,
     /// Backend names to addresses: looked up before a snapshot is built, refreshed in place.
     pub resolver: Arc<Resolver>,
     /// Requests being processed right now (for draining).
@@ -93,7 +94,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             telemetry,
             settings: Settings::from_config(config),
-            shadow_client: ShadowClient::new(config.proxy.connect_timeout, config.proxy.threads),
+            comparisons: ComparisonQueue::start(config.proxy.threads),
             resolver,
             inflight: Arc::new(AtomicUsize::new(0)),
             ready: AtomicBool::new(false),

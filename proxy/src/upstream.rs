@@ -1,5 +1,6 @@
-//! Upstream: each worker's pool of HTTP/1.1 connections to backends, and the dispatch of one
-//! request over it — connect within `connect_timeout` (TLS included), fail over to the next
+//! Upstream: each worker's pools of HTTP/1.1 connections to backends (one for the requests it
+//! forwards, one for shadow copies, apart so that copies never take the primary's
+//! connections), and the dispatch of one request over a pool — connect within `connect_timeout` (TLS included), fail over to the next
 //! endpoint on refusal for idempotent requests only, and a deadline for the answer's head that
 //! starts when the request body has been sent.
 //!
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
@@ -34,15 +36,33 @@ struct Key {
 }
 
 #[derive(Debug)]
-struct Idle {
-    sender: SendRequest<RequestBody>,
+struct Idle<B> {
+    sender: SendRequest<B>,
     since: Instant,
 }
 
-/// One worker's upstream connections.
+/// What a pool's requests carry: a streamed [`RequestBody`] for forwarded requests, the whole
+/// body at once for shadow copies.
+pub trait OutgoingBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> OutgoingBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
+/// One worker's upstream connections of one kind.
 #[derive(Debug)]
-pub struct Pool {
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+pub struct Pool<B = RequestBody> {
+    idle: Mutex<HashMap<Key, Vec<Idle<B>>>>,
     connect_timeout: Duration,
     upstream_timeout: Duration,
     idle_timeout: Duration,
@@ -63,15 +83,27 @@ pub enum Failure {
     BadResponse(&'static str),
 }
 
-/// A connection checked out of the pool for one exchange; [`Lease::release`] gives it back.
-#[derive(Debug)]
-pub struct Lease {
-    pool: Arc<Pool>,
-    key: Key,
-    sender: SendRequest<RequestBody>,
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(why) => write!(f, "connect failed: {why}"),
+            Failure::ConnectTimeout => f.write_str("timed out connecting"),
+            Failure::Timeout => f.write_str("no answer in time"),
+            Failure::Exchange(e) => write!(f, "exchange failed: {e}"),
+            Failure::BadResponse(why) => f.write_str(why),
+        }
+    }
 }
 
-impl Lease {
+/// A connection checked out of the pool for one exchange; [`Lease::release`] gives it back.
+#[derive(Debug)]
+pub struct Lease<B = RequestBody> {
+    pool: Arc<Pool<B>>,
+    key: Key,
+    sender: SendRequest<B>,
+}
+
+impl<B> Lease<B> {
     /// The exchange ended cleanly: keep the connection for the next request unless the backend
     /// closed it (or asked to).
     pub fn release(self) {
@@ -89,7 +121,7 @@ impl Lease {
     }
 }
 
-impl Pool {
+impl<B: OutgoingBody> Pool<B> {
     pub fn new(
         connect_timeout: Duration,
         upstream_timeout: Duration,
@@ -104,7 +136,7 @@ impl Pool {
     }
 
     /// A live idle connection to `key`, if one is kept.
-    fn take_idle(&self, key: &Key) -> Option<SendRequest<RequestBody>> {
+    fn take_idle(&self, key: &Key) -> Option<SendRequest<B>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         while let Some(conn) = list.pop() {
@@ -130,7 +162,7 @@ impl Pool {
         idle.values().map(Vec::len).sum()
     }
 
-    async fn connect(&self, key: &Key) -> Result<SendRequest<RequestBody>, Failure> {
+    async fn connect(&self, key: &Key) -> Result<SendRequest<B>, Failure> {
         let connect = tls::Stream::connect(key.addr, key.sni.as_deref());
         let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
             Err(_) => return Err(Failure::ConnectTimeout),
@@ -158,9 +190,9 @@ impl Pool {
         upstream: &Upstream,
         start: usize,
         idempotent: bool,
-        mut req: Request<RequestBody>,
+        mut req: Request<B>,
         sent: oneshot::Receiver<()>,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
+    ) -> Result<(Response<Incoming>, Lease<B>), Failure> {
         let mut failure = Failure::Connect("no endpoint resolves".into());
         let mut sent = Some(sent);
         for attempt in 0..upstream.endpoints.len() {
