@@ -3,8 +3,9 @@
 //! (the shadow / mirror target, `new`), and a control listener that reports how many
 //! connections and requests each data listener got.
 //!
-//! Every path answers 200 with a fixed JSON document: 64 KiB when the path contains `64k`,
-//! else 1 KiB ([`BODY_1K_PATH`], [`BODY_64K_PATH`]). **b** answers the *same* document with its
+//! Every path answers 200 with a fixed JSON document: 256 KiB when the path contains `256k`,
+//! 64 KiB when it contains `64k`, else 1 KiB ([`BODY_1K_PATH`], [`BODY_64K_PATH`],
+//! [`BODY_256K_PATH`]). **b** answers the *same* document with its
 //! keys in another order (same length, other bytes), so a JSON comparison of a and b must parse
 //! both bodies and finds no divergence. Options add a fixed latency, a share of 500s, or a
 //! diverging answer from b every n-th request.
@@ -37,10 +38,14 @@ use tokio::net::TcpListener;
 pub const BODY_1K_PATH: &str = "/bench/1k";
 /// The path answering the 64 KiB document.
 pub const BODY_64K_PATH: &str = "/bench/64k";
+/// The path answering the 256 KiB document.
+pub const BODY_256K_PATH: &str = "/bench/256k";
 /// Size of the small document, in bytes.
 pub const SMALL_BODY: usize = 1024;
 /// Size of the large document, in bytes.
 pub const LARGE_BODY: usize = 64 * 1024;
+/// Size of the huge document, in bytes.
+pub const HUGE_BODY: usize = 256 * 1024;
 /// How long [`BackendProcess::spawn`] waits for the child to report its addresses.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The line the child prints first: `cutover-bench backend a=ADDR b=ADDR control=ADDR`.
@@ -122,21 +127,31 @@ pub fn document(bytes: usize, reordered: bool, price_bump: bool) -> String {
 }
 
 /// The precomputed bodies of one listener.
-struct Bodies {
-    small: Bytes,
-    large: Bytes,
-    small_diverged: Bytes,
-    large_diverged: Bytes,
-}
+/// Per size ([`Bodies::SIZES`]): the document, and its diverging variant.
+struct Bodies([(Bytes, Bytes); 3]);
 
 impl Bodies {
+    const SIZES: [usize; 3] = [SMALL_BODY, LARGE_BODY, HUGE_BODY];
+
     fn new(reordered: bool) -> Bodies {
         let doc = |size, bump| Bytes::from(document(size, reordered, bump));
-        Bodies {
-            small: doc(SMALL_BODY, false),
-            large: doc(LARGE_BODY, false),
-            small_diverged: doc(SMALL_BODY, true),
-            large_diverged: doc(LARGE_BODY, true),
+        Bodies(Self::SIZES.map(|size| (doc(size, false), doc(size, true))))
+    }
+
+    /// The document for `path` (see the module's documentation), or its diverging variant.
+    fn for_path(&self, path: &str, diverged: bool) -> &Bytes {
+        let size = if path.contains("256k") {
+            2
+        } else if path.contains("64k") {
+            1
+        } else {
+            0
+        };
+        let (normal, variant) = &self.0[size];
+        if diverged {
+            variant
+        } else {
+            normal
         }
     }
 }
@@ -276,7 +291,7 @@ async fn answer(
     opts: Arc<BackendOptions>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let n = me.counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
-    let large = req.uri().path().contains("64k");
+    let path = req.uri().path().to_owned();
     // Drain a request body, if any (benchmark requests are GETs).
     let _ = req.into_body().collect().await;
     if let Some(d) = opts.delay {
@@ -290,13 +305,7 @@ async fn answer(
         )
     } else {
         let diverged = every(me.diverge_every);
-        let body = match (large, diverged) {
-            (false, false) => &me.bodies.small,
-            (true, false) => &me.bodies.large,
-            (false, true) => &me.bodies.small_diverged,
-            (true, true) => &me.bodies.large_diverged,
-        };
-        (StatusCode::OK, body.clone())
+        (StatusCode::OK, me.bodies.for_path(&path, diverged).clone())
     };
     let mut res = Response::new(Full::new(body));
     *res.status_mut() = status;
@@ -427,7 +436,7 @@ mod tests {
 
     #[test]
     fn documents_have_the_exact_size_and_the_same_content() {
-        for size in [SMALL_BODY, LARGE_BODY, 100] {
+        for size in [SMALL_BODY, LARGE_BODY, HUGE_BODY, 100] {
             let a = document(size, false, false);
             let b = document(size, true, false);
             assert_eq!(a.len(), size);

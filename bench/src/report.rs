@@ -19,6 +19,11 @@ pub const GOAL_P99_VS_NGINX: f64 = 1.0;
 /// CPU per request with 100 % shadow + JSON compare against without (issue 14: no regression
 /// from the 1.75–1.80× measured on pingora).
 pub const GOAL_SHADOW_CPU: f64 = 1.8;
+/// The same at 1 KiB and at 64 KiB (issue 15).
+pub const GOAL_SHADOW_CPU_1K: f64 = 1.5;
+pub const GOAL_SHADOW_CPU_64K: f64 = 2.0;
+/// Peak RSS with 100 % shadow against without, 1,000 connections (issue 15).
+pub const GOAL_SHADOW_RSS: f64 = 1.3;
 /// Peak RSS of cutover with 1,000 connections, MiB (issue 14).
 pub const GOAL_RSS_MIB: f64 = 40.0;
 /// Propagation p99, ms (README).
@@ -58,6 +63,31 @@ pub struct Goal {
     pub wanted: String,
     pub measured: String,
     pub verdict: Verdict,
+}
+
+/// What the shadow target's used runs of `phase` say beside its CPU (`; only … arrived`,
+/// `; only … compared`), and whether every copy arrived and was compared.
+fn shadow_runs(r: &SuiteReport, phase: Phase) -> (String, bool) {
+    let s = TargetKind::CutoverShadow;
+    let least = |f: &dyn Fn(&Run) -> Option<f64>| {
+        r.used_rounds(phase)
+            .filter_map(|round| f(round.run(s)?))
+            .fold(f64::MAX, f64::min)
+    };
+    let copies = least(&Run::copy_ratio);
+    let compared = least(&Run::compared_ratio);
+    let mut notes = String::new();
+    if copies < 0.999 {
+        let _ = write!(notes, "; only {:.1} % of copies arrived", copies * 100.0);
+    }
+    if compared < 0.999 {
+        let _ = write!(
+            notes,
+            "; only {:.1} % of copies compared (the rest: overload)",
+            compared * 100.0
+        );
+    }
+    (notes, copies >= 0.999 && compared >= 0.999)
 }
 
 /// The goals, computed from the run.
@@ -130,49 +160,116 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
     });
 
     let s = TargetKind::CutoverShadow;
-    let (name, wanted) = (
-        "Shadow cost",
-        format!("100 % shadow + JSON compare ≤ {GOAL_SHADOW_CPU}× cutover's CPU/request"),
-    );
-    goals.push(if ran(c) && ran(s) {
-        match r.median_ratio(Phase::Closed1k, s, c, cpu) {
-            Some(ratio) => {
-                let copies = r
-                    .used_rounds(Phase::Closed1k)
-                    .filter_map(|round| round.run(s)?.copy_ratio())
-                    .fold(f64::MAX, f64::min);
-                let mut measured = format!(
-                    "{ratio:.2}× (shadow {} µs, no shadow {} µs)",
-                    f1(r.median(Phase::Closed1k, s, cpu)),
-                    f1(r.median(Phase::Closed1k, c, cpu))
-                );
-                if copies < 0.999 {
-                    let _ = write!(measured, "; only {:.1} % of copies arrived", copies * 100.0);
-                }
-                let compared = r
-                    .used_rounds(Phase::Closed1k)
-                    .filter_map(|round| round.run(s)?.compared_ratio())
-                    .fold(f64::MAX, f64::min);
-                if compared < 0.999 {
-                    let _ = write!(
-                        measured,
-                        "; only {:.1} % of copies compared (the rest: overload)",
-                        compared * 100.0
+    for (name, phase, limit, size) in [
+        ("Shadow cost", Phase::Closed1k, GOAL_SHADOW_CPU, "1 KiB"),
+        (
+            "Shadow cost, 1 KiB (issue 15)",
+            Phase::Closed1k,
+            GOAL_SHADOW_CPU_1K,
+            "1 KiB",
+        ),
+        (
+            "Shadow cost, 64 KiB (issue 15)",
+            Phase::Closed64k,
+            GOAL_SHADOW_CPU_64K,
+            "64 KiB",
+        ),
+    ] {
+        let wanted = format!(
+            "100 % shadow + JSON compare ≤ {limit}× cutover's CPU/request ({size}), every copy \
+             compared"
+        );
+        goals.push(if ran(c) && ran(s) {
+            match r.median_ratio(phase, s, c, cpu) {
+                Some(ratio) => {
+                    let (mut measured, whole) = shadow_runs(r, phase);
+                    measured = format!(
+                        "{ratio:.2}× (shadow {} µs, no shadow {} µs){measured}",
+                        f1(r.median(phase, s, cpu)),
+                        f1(r.median(phase, c, cpu))
                     );
+                    Goal {
+                        name,
+                        wanted,
+                        measured,
+                        verdict: Verdict::of(ratio <= limit && whole),
+                    }
                 }
-                Goal {
-                    name,
-                    wanted,
-                    measured,
-                    verdict: Verdict::of(
-                        ratio <= GOAL_SHADOW_CPU && copies >= 0.999 && compared >= 0.999,
-                    ),
-                }
+                None => not_evaluated(name, wanted, "no CPU measured"),
             }
-            None => not_evaluated(name, wanted, "no CPU measured"),
+        } else {
+            not_evaluated(name, wanted, &missing(s))
+        });
+    }
+
+    let m = TargetKind::NginxMirror;
+    let (name, wanted) = (
+        "Shadow vs nginx mirror (issue 15)",
+        "cutover-shadow's CPU/request below nginx-mirror's at 1 KiB and 64 KiB, every copy \
+         compared"
+            .to_string(),
+    );
+    goals.push(if ran(s) && ran(m) {
+        let sizes: Vec<(Phase, &str)> =
+            vec![(Phase::Closed1k, "1 KiB"), (Phase::Closed64k, "64 KiB")];
+        let ratios: Vec<Option<f64>> = sizes
+            .iter()
+            .map(|&(phase, _)| r.median_ratio(phase, s, m, cpu))
+            .collect();
+        if ratios.iter().all(Option::is_some) {
+            let mut met = true;
+            let parts: Vec<String> = sizes
+                .iter()
+                .zip(&ratios)
+                .map(|(&(phase, size), ratio)| {
+                    let ratio = ratio.unwrap_or(f64::MAX);
+                    let (notes, whole) = shadow_runs(r, phase);
+                    met &= ratio < 1.0 && whole;
+                    format!(
+                        "{size}: {ratio:.2}× (shadow {} µs, mirror {} µs{notes})",
+                        f1(r.median(phase, s, cpu)),
+                        f1(r.median(phase, m, cpu))
+                    )
+                })
+                .collect();
+            Goal {
+                name,
+                wanted,
+                measured: parts.join("; "),
+                verdict: Verdict::of(met),
+            }
+        } else {
+            not_evaluated(name, wanted, "no CPU measured")
         }
     } else {
-        not_evaluated(name, wanted, &missing(s))
+        not_evaluated(name, wanted, &missing(if ran(s) { m } else { s }))
+    });
+
+    let peak = |k| {
+        r.crowd
+            .iter()
+            .find(|run| run.target == k)
+            .and_then(|run| run.peak_rss_kib)
+            .map(|kib| kib as f64 / 1024.0)
+    };
+    let (name, wanted) = (
+        "Shadow memory (issue 15)",
+        format!(
+            "cutover-shadow's peak RSS ≤ {GOAL_SHADOW_RSS}× cutover's (1,000 connections; the \
+             peak covers every earlier phase)"
+        ),
+    );
+    goals.push(match (peak(s), peak(c)) {
+        (Some(shadow), Some(plain)) => {
+            let ratio = shadow / plain;
+            Goal {
+                name,
+                wanted,
+                measured: format!("{ratio:.2}× ({shadow:.1} MiB against {plain:.1} MiB)"),
+                verdict: Verdict::of(ratio <= GOAL_SHADOW_RSS),
+            }
+        }
+        _ => not_evaluated(name, wanted, "no crowd run of both"),
     });
 
     let crowd = r.crowd.iter().find(|run| run.target == c);
@@ -463,6 +560,11 @@ pub fn write_charts(r: &SuiteReport, out: &Output) -> (Vec<Chart>, Vec<String>) 
             "Latency, closed loop, 64 KiB answers",
         ),
         (
+            Phase::Closed256k,
+            "latency-closed-256k.svg",
+            "Latency, closed loop, 256 KiB answers",
+        ),
+        (
             Phase::Open1k,
             "latency-open-1k.svg",
             "Latency from intended send time, open loop, 1 KiB",
@@ -493,18 +595,17 @@ pub fn write_charts(r: &SuiteReport, out: &Output) -> (Vec<Chart>, Vec<String>) 
     let proxies: Vec<TargetKind> = r.targets.iter().copied().filter(|k| k.is_proxy()).collect();
     let clk = r.clk_tck;
     let names: Vec<String> = proxies.iter().map(|k| k.name().to_string()).collect();
-    let cpu_series: Vec<(String, Vec<Option<f64>>)> =
-        [Phase::Closed1k, Phase::Closed64k, Phase::Open1k]
-            .into_iter()
-            .filter(|&p| r.used_rounds(p).next().is_some())
-            .map(|p| {
-                let values = proxies
-                    .iter()
-                    .map(|&k| r.median(p, k, |run| run.cpu_us_per_request(clk)))
-                    .collect();
-                (p.name().to_string(), values)
-            })
-            .collect();
+    let cpu_series: Vec<(String, Vec<Option<f64>>)> = Phase::ROUNDS
+        .into_iter()
+        .filter(|&p| r.used_rounds(p).next().is_some())
+        .map(|p| {
+            let values = proxies
+                .iter()
+                .map(|&k| r.median(p, k, |run| run.cpu_us_per_request(clk)))
+                .collect();
+            (p.name().to_string(), values)
+        })
+        .collect();
     let path = out.charts_dir.join("cpu-per-request.svg");
     let title = "Proxy CPU per request (µs, median of rounds)".to_string();
     match charts::grouped_bars(&path, &title, "CPU µs / request", &names, &cpu_series, 1) {
@@ -513,7 +614,7 @@ pub fn write_charts(r: &SuiteReport, out: &Output) -> (Vec<Chart>, Vec<String>) 
     }
 
     let all: Vec<String> = r.targets.iter().map(|k| k.name().to_string()).collect();
-    let rps: Vec<(String, Vec<Option<f64>>)> = [Phase::Closed1k, Phase::Closed64k]
+    let rps: Vec<(String, Vec<Option<f64>>)> = Phase::CLOSED
         .into_iter()
         .filter(|&p| r.used_rounds(p).next().is_some())
         .map(|p| {
@@ -564,6 +665,7 @@ fn floor_summary(w: &mut String, r: &SuiteReport) {
     for (phase, what) in [
         (Phase::Closed1k, "closed loop, 1 KiB"),
         (Phase::Closed64k, "closed loop, 64 KiB"),
+        (Phase::Closed256k, "closed loop, 256 KiB"),
     ] {
         if let Some(ratio) = r.median_ratio(phase, c, p, cpu) {
             let _ = writeln!(
@@ -687,8 +789,13 @@ pub fn markdown(r: &SuiteReport, out: &Output, charts: &[Chart]) -> String {
 
     // Tables.
     closed_table(w, r, Phase::Closed1k, "Closed loop, 1 KiB JSON answers");
-    if r.used_rounds(Phase::Closed64k).next().is_some() {
-        closed_table(w, r, Phase::Closed64k, "Closed loop, 64 KiB JSON answers");
+    for (phase, title) in [
+        (Phase::Closed64k, "Closed loop, 64 KiB JSON answers"),
+        (Phase::Closed256k, "Closed loop, 256 KiB JSON answers"),
+    ] {
+        if r.used_rounds(phase).next().is_some() {
+            closed_table(w, r, phase, title);
+        }
     }
     open_table(w, r);
     crowd_table(w, r);
@@ -717,7 +824,7 @@ pub fn markdown(r: &SuiteReport, out: &Output, charts: &[Chart]) -> String {
 
 fn noise_summary(w: &mut String, r: &SuiteReport) {
     let _ = writeln!(w, "### Noise\n");
-    let phases = [Phase::Closed1k, Phase::Closed64k, Phase::Open1k];
+    let phases = Phase::ROUNDS;
     let mut lines = Vec::new();
     for p in phases {
         let all: Vec<_> = r.rounds.iter().filter(|x| x.phase == p).collect();
@@ -783,7 +890,7 @@ fn setup(w: &mut String, r: &SuiteReport) {
     let _ = writeln!(
         w,
         "- Backend: `cutover-bench backend`, one process, one thread, hyper HTTP/1.1; listener \
-         **a** answers fixed JSON documents of exactly 1,024 and 65,536 bytes; listener **b** \
+         **a** answers fixed JSON documents of exactly 1,024, 65,536 and 262,144 bytes; listener **b** \
          (shadow / mirror target) answers the same documents with their keys in another order \
          (same length, other bytes), so every JSON comparison parses both bodies and finds no \
          divergence."
@@ -794,7 +901,7 @@ fn setup(w: &mut String, r: &SuiteReport) {
     let _ = writeln!(
         w,
         "- Load: HTTP/1.1 keep-alive GETs from `cutover-bench` itself (hyper client, one request \
-         in flight per connection). Closed loop: {} connections, {:?} per run (64 KiB: {}). \
+         in flight per connection). Closed loop: {} connections, {:?} per run (64 and 256 KiB: {}). \
          Open loop: {}. Crowd: {}.",
         o.closed.connections,
         o.closed.duration,
@@ -1191,7 +1298,7 @@ pub fn summary(r: &SuiteReport) -> String {
         };
         let _ = writeln!(s, "{}: {} — {verdict}", g.name, g.measured);
     }
-    let noisy: Vec<&str> = [Phase::Closed1k, Phase::Closed64k, Phase::Open1k]
+    let noisy: Vec<&str> = Phase::ROUNDS
         .into_iter()
         .filter(|&p| r.all_disturbed(p))
         .map(Phase::name)

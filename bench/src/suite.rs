@@ -7,7 +7,8 @@
 //! Phases, in order:
 //! 1. warm-up of every target (unmeasured);
 //! 2. closed loop, 1 KiB answers ([`Phase::Closed1k`]) — max throughput, CPU per request;
-//! 3. closed loop, 64 KiB answers ([`Phase::Closed64k`]);
+//! 3. closed loop, 64 KiB and 256 KiB answers ([`Phase::Closed64k`], [`Phase::Closed256k`]:
+//!    how the cost grows with the body, comparisons most of all);
 //! 4. open loop, 1 KiB, at a fixed rate: half of nginx's median closed-loop throughput (or of
 //!    cutover's when nginx is not installed), latency from the intended send time
 //!    ([`Phase::Open1k`]);
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 
-use crate::backend::{BackendCounts, BackendOptions, BackendProcess, BODY_1K_PATH, BODY_64K_PATH};
+use crate::backend::{BackendCounts, BackendOptions, BackendProcess};
+use crate::backend::{BODY_1K_PATH, BODY_256K_PATH, BODY_64K_PATH};
 use crate::judgement::{self, JudgementOptions, JudgementReport};
 use crate::load::{histogram, run_closed_loop, run_open_loop, ClosedLoop, OpenLoop, Report};
 use crate::propagation::{self, PropagationOptions, PropagationReport};
@@ -113,6 +115,7 @@ pub struct SuiteOptions {
     /// this long (bounded wait), so no run pays for another's trailing work.
     pub quiet: Duration,
     pub closed: LoadShape,
+    /// The closed loops with 64 KiB and 256 KiB answers.
     pub large: Option<LoadShape>,
     pub open: Option<OpenShape>,
     /// The many-connections run (peak RSS).
@@ -227,23 +230,36 @@ impl SuiteOptions {
 pub enum Phase {
     Closed1k,
     Closed64k,
+    Closed256k,
     Open1k,
     Crowd,
 }
 
 impl Phase {
+    /// The closed-loop phases, by body size.
+    pub const CLOSED: [Phase; 3] = [Phase::Closed1k, Phase::Closed64k, Phase::Closed256k];
+    /// The phases measured in rounds (the crowd is one run per proxy).
+    pub const ROUNDS: [Phase; 4] = [
+        Phase::Closed1k,
+        Phase::Closed64k,
+        Phase::Closed256k,
+        Phase::Open1k,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Phase::Closed1k => "closed-1k",
             Phase::Closed64k => "closed-64k",
+            Phase::Closed256k => "closed-256k",
             Phase::Open1k => "open-1k",
             Phase::Crowd => "crowd",
         }
     }
 
-    fn path(self) -> &'static str {
+    pub fn path(self) -> &'static str {
         match self {
             Phase::Closed64k => BODY_64K_PATH,
+            Phase::Closed256k => BODY_256K_PATH,
             _ => BODY_1K_PATH,
         }
     }
@@ -1016,8 +1032,10 @@ pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, Stri
         .phase(Phase::Closed1k, Load::Closed(opts.closed))
         .await;
     if let Some(shape) = opts.large {
-        bench.warm_up(BODY_64K_PATH).await;
-        rounds.extend(bench.phase(Phase::Closed64k, Load::Closed(shape)).await);
+        for phase in [Phase::Closed64k, Phase::Closed256k] {
+            bench.warm_up(phase.path()).await;
+            rounds.extend(bench.phase(phase, Load::Closed(shape)).await);
+        }
     }
     let mut open_rate = None;
     if let Some(shape) = opts.open {
@@ -1141,7 +1159,7 @@ pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, Stri
 
 /// Runs planned for `opts` with `targets` targets (for the progress bar).
 pub fn planned_runs(opts: &SuiteOptions, targets: usize) -> u64 {
-    let phases = 1 + usize::from(opts.large.is_some()) + usize::from(opts.open.is_some());
+    let phases = 1 + 2 * usize::from(opts.large.is_some()) + usize::from(opts.open.is_some());
     let crowd = if opts.crowd.is_some() {
         targets.saturating_sub(1)
     } else {
@@ -1225,8 +1243,9 @@ mod tests {
     #[test]
     fn planned_runs_count_every_phase() {
         let opts = SuiteOptions::standard("x".into());
-        assert_eq!(planned_runs(&opts, 6), 3 * 3 * 6 + 5);
+        // Four phases (1 KiB, 64 KiB, 256 KiB, open loop) × 3 rounds × 6 targets, plus the crowd.
+        assert_eq!(planned_runs(&opts, 6), 4 * 3 * 6 + 5);
         let smoke = SuiteOptions::smoke("x".into());
-        assert_eq!(planned_runs(&smoke, 3), 3 * 3 + 2);
+        assert_eq!(planned_runs(&smoke, 3), 4 * 3 + 2);
     }
 }

@@ -31,7 +31,7 @@ async fn suite_smoke() {
         assert!(k.program().is_some(), "only external proxies are skipped");
         println!("skipped {}: {why}", k.name());
     }
-    for phase in [Phase::Closed1k, Phase::Closed64k, Phase::Open1k] {
+    for phase in Phase::ROUNDS {
         let round = report
             .used_rounds(phase)
             .next()
@@ -109,6 +109,7 @@ async fn suite_smoke() {
     }
     for chart in [
         "latency-closed-1k.svg",
+        "latency-closed-256k.svg",
         "latency-open-1k.svg",
         "cpu-per-request.svg",
     ] {
@@ -122,6 +123,10 @@ async fn suite_smoke() {
         "CPU per request vs nginx",
         "Open-loop p99 vs nginx",
         "Shadow cost",
+        "Shadow cost, 1 KiB (issue 15)",
+        "Shadow cost, 64 KiB (issue 15)",
+        "Shadow vs nginx mirror (issue 15)",
+        "Shadow memory (issue 15)",
         "Memory with 1,000 connections",
     ] {
         assert!(goals.iter().any(|g| g.name == name), "{name}: {goals:?}");
