@@ -126,13 +126,21 @@ pub enum UnderscoreHeaders {
 pub struct AdminSettings {
     /// Address of `/metrics`, `/healthz`, `/readyz`, `/api/v1/*` and the dashboard.
     pub listen: SocketAddr,
+    /// The file whose first line is the bearer token every admin path but `/livez`,
+    /// `/healthz`, `/readyz` and `/` asks for (SPEC §9).
+    pub token_file: Option<PathBuf>,
+    /// Serve a `listen` that is not a loopback address without a token (only where something
+    /// else guards the port).
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for AdminSettings {
-    /// `127.0.0.1:9090`.
+    /// `127.0.0.1:9090`, no token.
     fn default() -> Self {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090),
+            token_file: None,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -167,6 +175,62 @@ pub struct EtcdSettings {
     pub last_known_good: Option<PathBuf>,
     /// Time limit for connecting to etcd.
     pub dial_timeout: Duration,
+    /// TLS and the etcd user (SPEC §9).
+    pub auth: EtcdAuth,
+}
+
+/// How cutover proves who it is to etcd, and how it checks etcd (SPEC §9). Only paths: the
+/// files are read at every (re)connect, so rotated certificates and passwords are picked up.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EtcdAuth {
+    /// CA bundle (PEM) the servers' certificates are checked against; the platform's roots
+    /// when absent. Only with `https://` endpoints.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and its key (PEM), for etcd's `--client-cert-auth`.
+    pub client_cert: Option<ClientCert>,
+    /// etcd RBAC user, and the file whose first line is its password.
+    pub user: Option<EtcdUser>,
+}
+
+/// `cert_file` and `key_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The certificate (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+}
+
+/// `username` and `password_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdUser {
+    /// The etcd user name.
+    pub username: String,
+    /// The file whose first line is its password.
+    pub password_file: PathBuf,
+}
+
+impl EtcdAuth {
+    /// Every file this names, with its key in `[etcd]` (for the checks that read them).
+    pub fn files(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let mut files = Vec::new();
+        if let Some(ca) = &self.ca_file {
+            files.push(("ca_file", ca.as_path()));
+        }
+        if let Some(c) = &self.client_cert {
+            files.push(("cert_file", c.cert_file.as_path()));
+            files.push(("key_file", c.key_file.as_path()));
+        }
+        if let Some(u) = &self.user {
+            files.push(("password_file", u.password_file.as_path()));
+        }
+        files
+    }
+
+    /// Whether TLS is asked for (a CA or a client certificate).
+    pub fn tls(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert.is_some()
+    }
 }
 
 impl EtcdSettings {
@@ -380,12 +444,41 @@ fn check_admin_port(
 }
 
 fn admin(report: &mut Report, at: &FieldPath, raw: RawAdmin) -> Option<AdminSettings> {
-    match raw.listen {
-        None => Some(AdminSettings::default()),
-        Some(text) => {
-            let listen = check::socket_addr(report, &at.key("listen"), &text)?;
-            Some(AdminSettings { listen })
+    let default = AdminSettings::default();
+    let listen = match raw.listen {
+        None => Some(default.listen),
+        Some(text) => check::socket_addr(report, &at.key("listen"), &text),
+    };
+    let token_file = file_path(report, &at.key("token_file"), raw.token_file);
+    let allow_unauthenticated = raw.allow_unauthenticated.unwrap_or(false);
+    let (listen, token_file) = (listen?, token_file?);
+    if token_file.is_none() && !allow_unauthenticated && !listen.ip().is_loopback() {
+        report.error(
+            &at.key("listen"),
+            format!(
+                "{listen} is not a loopback address and the admin API has no token: set \
+                 token_file (SPEC §9), or allow_unauthenticated = true where something else \
+                 guards the port"
+            ),
+        );
+        return None;
+    }
+    Some(AdminSettings {
+        listen,
+        token_file,
+        allow_unauthenticated,
+    })
+}
+
+/// An optional file path: `Some(None)` when absent, `None` (reported) when blank.
+fn file_path(report: &mut Report, at: &FieldPath, raw: Option<String>) -> Option<Option<PathBuf>> {
+    match raw {
+        None => Some(None),
+        Some(path) if path.trim().is_empty() => {
+            report.error(at, "must not be empty");
+            None
         }
+        Some(path) => Some(Some(PathBuf::from(path))),
     }
 }
 
@@ -455,6 +548,7 @@ fn notify(report: &mut Report, at: &FieldPath, raw: RawNotify) -> Option<NotifyS
 }
 
 fn etcd(report: &mut Report, at: &FieldPath, raw: RawEtcd) -> Option<EtcdSettings> {
+    let auth = etcd_auth(report, at, &raw);
     let endpoints = etcd_endpoints(report, &at.key("endpoints"), raw.endpoints);
     let prefix = raw
         .prefix
@@ -476,11 +570,91 @@ fn etcd(report: &mut Report, at: &FieldPath, raw: RawEtcd) -> Option<EtcdSetting
         raw.dial_timeout,
         EtcdSettings::DEFAULT_DIAL_TIMEOUT,
     );
+    let endpoints = endpoints?;
+    let auth = auth?;
+    let https = endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    if https != 0 && https != endpoints.len() {
+        report.error(
+            &at.key("endpoints"),
+            "mixes https:// and plain endpoints: all or none of them use TLS",
+        );
+        return None;
+    }
+    if https == 0 && auth.tls() {
+        let key = if auth.ca_file.is_some() {
+            "ca_file"
+        } else {
+            "cert_file"
+        };
+        report.error(
+            &at.key(key),
+            "TLS settings need https:// endpoints (the endpoints are plain http)",
+        );
+        return None;
+    }
     Some(EtcdSettings {
-        endpoints: endpoints?,
+        endpoints,
         prefix: prefix_ok.then_some(prefix)?,
         last_known_good: check::optional(last_known_good)?,
         dial_timeout: dial_timeout?,
+        auth,
+    })
+}
+
+/// `ca_file`, `cert_file` + `key_file`, `username` + `password_file` (each pair together).
+fn etcd_auth(report: &mut Report, at: &FieldPath, raw: &RawEtcd) -> Option<EtcdAuth> {
+    let ca_file = file_path(report, &at.key("ca_file"), raw.ca_file.clone());
+    let cert_file = file_path(report, &at.key("cert_file"), raw.cert_file.clone());
+    let key_file = file_path(report, &at.key("key_file"), raw.key_file.clone());
+    let password_file = file_path(report, &at.key("password_file"), raw.password_file.clone());
+    let username = match raw.username.as_deref() {
+        Some(name) if name.trim().is_empty() => {
+            report.error(&at.key("username"), "must not be empty");
+            None
+        }
+        other => Some(other.map(str::to_owned)),
+    };
+    let (ca_file, cert_file, key_file) = (ca_file?, cert_file?, key_file?);
+    let (username, password_file) = (username?, password_file?);
+    let mut pair = |(a, b): (&str, &str), present: (bool, bool)| {
+        if present.0 != present.1 {
+            let missing = if present.0 { b } else { a };
+            report.error(
+                &at.key(missing),
+                format!("required: {a} and {b} are set together"),
+            );
+            return false;
+        }
+        true
+    };
+    let certs_ok = pair(
+        ("cert_file", "key_file"),
+        (cert_file.is_some(), key_file.is_some()),
+    );
+    let user_ok = pair(
+        ("username", "password_file"),
+        (username.is_some(), password_file.is_some()),
+    );
+    if !(certs_ok && user_ok) {
+        return None;
+    }
+    Some(EtcdAuth {
+        ca_file,
+        client_cert: cert_file
+            .zip(key_file)
+            .map(|(cert_file, key_file)| ClientCert {
+                cert_file,
+                key_file,
+            }),
+        user: username
+            .zip(password_file)
+            .map(|(username, password_file)| EtcdUser {
+                username,
+                password_file,
+            }),
     })
 }
 
@@ -874,7 +1048,87 @@ mod document_tests {
                 prefix: "/cutover".into(),
                 last_known_good: None,
                 dial_timeout: secs(2),
+                auth: EtcdAuth::default(),
             })
+        );
+    }
+
+    #[test]
+    fn etcd_tls_and_user() {
+        let full = config(
+            "[etcd]\nendpoints = [\"https://etcd-0:2379\", \"https://etcd-1:2379\"]\n\
+             ca_file = \"/e/ca.pem\"\ncert_file = \"/e/c.pem\"\nkey_file = \"/e/k.pem\"\n\
+             username = \"cutover\"\npassword_file = \"/e/pw\"\n",
+        );
+        let auth = full.etcd.expect("etcd").auth;
+        assert_eq!(
+            auth,
+            EtcdAuth {
+                ca_file: Some("/e/ca.pem".into()),
+                client_cert: Some(ClientCert {
+                    cert_file: "/e/c.pem".into(),
+                    key_file: "/e/k.pem".into(),
+                }),
+                user: Some(EtcdUser {
+                    username: "cutover".into(),
+                    password_file: "/e/pw".into(),
+                }),
+            }
+        );
+        let keys: Vec<&str> = auth.files().iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, ["ca_file", "cert_file", "key_file", "password_file"]);
+        // A user alone works over plain http; platform roots alone over https.
+        config("[etcd]\nendpoints = [\"a:1\"]\nusername = \"u\"\npassword_file = \"/pw\"\n");
+        config("[etcd]\nendpoints = [\"https://a:1\"]\n");
+    }
+
+    #[test]
+    fn etcd_tls_rules() {
+        let etcd = |rest: &str| errors(parse_config_toml(&format!("[etcd]\n{rest}")));
+        assert_eq!(
+            etcd("endpoints = [\"https://a:1\"]\ncert_file = \"/c\"\n"),
+            ["etcd.key_file: required: cert_file and key_file are set together"]
+        );
+        assert_eq!(
+            etcd("endpoints = [\"https://a:1\"]\npassword_file = \"/p\"\n"),
+            ["etcd.username: required: username and password_file are set together"]
+        );
+        assert_eq!(
+            etcd("endpoints = [\"http://a:1\"]\nca_file = \"/ca\"\n"),
+            ["etcd.ca_file: TLS settings need https:// endpoints (the endpoints are plain http)"]
+        );
+        assert_eq!(
+            etcd("endpoints = [\"https://a:1\", \"b:2\"]\n"),
+            ["etcd.endpoints: mixes https:// and plain endpoints: all or none of them use TLS"]
+        );
+        assert_eq!(
+            etcd("endpoints = [\"a:1\"]\nusername = \" \"\npassword_file = \"\"\n"),
+            [
+                "etcd.password_file: must not be empty",
+                "etcd.username: must not be empty"
+            ]
+        );
+    }
+
+    #[test]
+    fn admin_token_and_loopback() {
+        let config_ = config("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_file = \"/t\"\n");
+        assert_eq!(config_.admin.token_file, Some("/t".into()));
+        assert!(!config_.admin.allow_unauthenticated);
+        let open = config("[admin]\nlisten = \"[::]:9090\"\nallow_unauthenticated = true\n");
+        assert!(open.admin.allow_unauthenticated && open.admin.token_file.is_none());
+        config("[admin]\nlisten = \"[::1]:9090\"\n");
+        assert_eq!(
+            errors(parse_config_toml("[admin]\nlisten = \"0.0.0.0:9090\"\n")),
+            [
+                "admin.listen: 0.0.0.0:9090 is not a loopback address and the admin API has no \
+                 token: set token_file (SPEC §9), or allow_unauthenticated = true where \
+                 something else guards the port"
+            ]
+        );
+        assert_eq!(
+            errors(parse_config_toml("[admin]\ntoken_file = \"\"\n")),
+            ["admin.token_file: must not be empty"]
         );
     }
 

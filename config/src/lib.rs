@@ -16,8 +16,8 @@ mod weights;
 pub mod window;
 
 pub use config::{
-    AdminSettings, Config, EtcdSettings, NotifySettings, ProxySettings, RouteConfig, StatsSettings,
-    TlsSettings, UnderscoreHeaders,
+    AdminSettings, ClientCert, Config, EtcdAuth, EtcdSettings, EtcdUser, NotifySettings,
+    ProxySettings, RouteConfig, StatsSettings, TlsSettings, UnderscoreHeaders,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use jsonpath::{JsonPath, JsonPathSegment};

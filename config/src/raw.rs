@@ -108,6 +108,8 @@ pub(crate) struct RawProxy {
 #[serde(deny_unknown_fields, remote = "Self")]
 pub(crate) struct RawAdmin {
     pub(crate) listen: Option<String>,
+    pub(crate) token_file: Option<String>,
+    pub(crate) allow_unauthenticated: Option<bool>,
 }
 
 /// `[stats]`.
@@ -126,6 +128,11 @@ pub(crate) struct RawEtcd {
     pub(crate) prefix: Option<String>,
     pub(crate) last_known_good: Option<String>,
     pub(crate) dial_timeout: Option<RawDuration>,
+    pub(crate) ca_file: Option<String>,
+    pub(crate) cert_file: Option<String>,
+    pub(crate) key_file: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) password_file: Option<String>,
 }
 
 /// One `[[routes]]` entry: `id`, the route-spec fields, `weights`.

@@ -263,13 +263,18 @@ fn etcd_endpoint_forms() {
     let config = config(
         r#"
         [etcd]
-        endpoints = ["http://10.0.2.1:2379", "https://etcd-2.internal:2379", "etcd-3.internal:2379"]
+        endpoints = ["http://10.0.2.1:2379", "etcd-3.internal:2379"]
         "#,
     );
     let etcd = config.etcd.unwrap();
-    assert_eq!(etcd.endpoints.len(), 3);
+    assert_eq!(etcd.endpoints.len(), 2);
     assert_eq!(etcd.endpoints[0], "http://10.0.2.1:2379");
     assert_eq!(etcd.prefix, "/cutover", "default prefix");
+    // TLS for all or for none (SPEC §9).
+    let tls = self::config(
+        "[etcd]\nendpoints = [\"https://etcd-2.internal:2379\", \"https://[::1]:2379\"]\n",
+    );
+    assert_eq!(tls.etcd.unwrap().endpoints.len(), 2);
 }
 
 // ---- serialization -----------------------------------------------------------

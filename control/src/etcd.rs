@@ -21,7 +21,9 @@ use async_trait::async_trait;
 use cutover_config::{
     Delta, EtcdSettings, RouteConfig, RouteId, RouteList, RouteSpec, Weights, WeightsRevisions,
 };
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+
+use crate::connect::EtcdConnect;
 use rand::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -624,19 +626,13 @@ impl Runner {
 
     /// Connect, then read + watch until the connection fails or shutdown.
     async fn session(&mut self, backoff: &mut Duration) -> SessionEnd {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(self.source.settings.dial_timeout)
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
-        let endpoints = self.source.settings.endpoints.clone();
-        let mut client =
-            match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
-                .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return SessionEnd::Lost(format!("connect: {e}")),
-                Err(_) => return SessionEnd::Lost("connect timed out".into()),
-            };
+        // The files are read again at every connect: rotated certificates are picked up here.
+        let connect = EtcdConnect::from_settings(&self.source.settings)
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+        let mut client = match connect.connect().await {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(format!("connect: {e}")),
+        };
         loop {
             // The whole prefix at one revision: the truth to start (or restart) from.
             let read = client.get(
@@ -646,7 +642,8 @@ impl Runner {
             let resp = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
-                    return SessionEnd::Lost(format!("read {}: {e}", self.source.keys.routes()))
+                    let e = crate::connect::describe(&e.to_string());
+                    return SessionEnd::Lost(format!("read {}: {e}", self.source.keys.routes()));
                 }
                 Err(_) => return SessionEnd::Lost("read timed out".into()),
             };
@@ -677,7 +674,10 @@ impl Runner {
         .await
         {
             Ok(Ok(w)) => w.split(),
-            Ok(Err(e)) => return WatchEnd::Session(SessionEnd::Lost(format!("watch: {e}"))),
+            Ok(Err(e)) => {
+                let e = crate::connect::describe(&e.to_string());
+                return WatchEnd::Session(SessionEnd::Lost(format!("watch: {e}")));
+            }
             Err(_) => return WatchEnd::Session(SessionEnd::Lost("watch timed out".into())),
         };
         let mut last_heard = Instant::now();

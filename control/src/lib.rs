@@ -4,6 +4,7 @@
 //! Every source implements [`ConfigSource`] and publishes [`ConfigState`]s on a
 //! `tokio::sync::watch` channel: the data plane and the tests wait on the same channel.
 
+pub mod connect;
 pub mod controller;
 pub mod ctl;
 mod etcd;

@@ -1,5 +1,10 @@
 //! The admin API (SPEC §5) on `[admin].listen`: health, readiness, Prometheus metrics, routes,
 //! per-route window statistics and the dashboard page.
+//!
+//! With `[admin] token_file` (SPEC §9) every path but `/livez`, `/healthz`, `/readyz` and the
+//! page `/` asks for `Authorization: Bearer <token>`, compared in constant time; anything else
+//! (no header, another scheme, a wrong token, the token in the query string) gets `401` with
+//! `WWW-Authenticate: Bearer`. The token is read once, at start.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +22,53 @@ use crate::stats::{BackendKind, Role};
 pub struct Admin {
     shared: Arc<Shared>,
     control: ControlJson,
+    token: Option<Arc<Token>>,
+}
+
+/// The admin API's bearer token. Never printed: its `Debug` says only that it is there.
+pub struct Token(Vec<u8>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    /// The first line of `path` (without its line end). An error names the path, never the
+    /// content.
+    pub fn read(path: &std::path::Path) -> Result<Token, String> {
+        let text = std::fs::read(path)
+            .map_err(|e| format!("[admin] token_file {}: {e}", path.display()))?;
+        let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return Err(format!(
+                "[admin] token_file {}: the first line is empty (it holds the token)",
+                path.display()
+            ));
+        }
+        Ok(Token(line.to_vec()))
+    }
+
+    /// Whether `authorization` is `Bearer <this token>` (the scheme in any case, RFC 6750);
+    /// the token is compared in constant time.
+    fn admits(&self, authorization: Option<&http::HeaderValue>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(value) = authorization.map(http::HeaderValue::as_bytes) else {
+            return false;
+        };
+        let Some((scheme, credentials)) = value.split_at_checked(7) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"bearer ") && bool::from(credentials.ct_eq(&self.0))
+    }
+}
+
+/// The paths open without the token: health and the static page (which asks for the token
+/// before it calls the API).
+fn open_path(path: &str) -> bool {
+    matches!(path, "/livez" | "/healthz" | "/readyz" | "/")
 }
 
 /// What `GET /api/v1/control` answers: the rollback/ramp controller's view, as JSON. The
@@ -31,8 +83,13 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    pub fn new(shared: Arc<Shared>, control: ControlJson) -> Self {
-        Admin { shared, control }
+    /// `token`: asked for on every path but health and `/` (see the module).
+    pub fn new(shared: Arc<Shared>, control: ControlJson, token: Option<Token>) -> Self {
+        Admin {
+            shared,
+            control,
+            token: token.map(Arc::new),
+        }
     }
 
     /// Answer one admin request (method and path only; the admin API takes no bodies).
@@ -187,9 +244,27 @@ pub fn stats_json(route: &Route, now: Instant) -> Value {
 }
 
 impl Admin {
-    /// [`Admin::handle`] with its Content-Length, and no body for HEAD.
-    pub fn respond(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
-        let mut resp = self.handle(method, path);
+    /// [`Admin::handle`] behind the token, with its Content-Length, and no body for HEAD.
+    pub fn respond(
+        &self,
+        method: &http::Method,
+        path: &str,
+        authorization: Option<&http::HeaderValue>,
+    ) -> Response<Vec<u8>> {
+        let mut resp = match &self.token {
+            Some(token) if !open_path(path) && !token.admits(authorization) => {
+                let mut resp = text(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized: this admin API needs Authorization: Bearer <token>\n",
+                );
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"cutover\""),
+                );
+                resp
+            }
+            _ => self.handle(method, path),
+        };
         let len = resp.body().len();
         resp.headers_mut()
             .insert(http::header::CONTENT_LENGTH, len.into());
@@ -223,7 +298,11 @@ impl Admin {
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let resp = admin
-                            .respond(req.method(), req.uri().path())
+                            .respond(
+                                req.method(),
+                                req.uri().path(),
+                                req.headers().get(http::header::AUTHORIZATION),
+                            )
                             .map(|b| http_body_util::Full::new(bytes::Bytes::from(b)));
                         async move { Ok::<_, std::convert::Infallible>(resp) }
                     });
@@ -265,12 +344,97 @@ mod tests {
         ));
         let view = Arc::new(cutover_control::controller::ControlView::default());
         let control: ControlJson = Arc::new(move || json!(view.snapshot()));
-        (Admin::new(shared.clone(), control), shared)
+        (Admin::new(shared.clone(), control, None), shared)
     }
 
     fn get(admin: &Admin, path: &str) -> (u16, Vec<u8>) {
         let r = admin.handle(&http::Method::GET, path);
         (r.status().as_u16(), r.into_body())
+    }
+
+    #[test]
+    fn the_token_guards_all_but_health_and_the_page() {
+        let (admin, _) = admin();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret-token\r\nignored second line\n").unwrap();
+        let token = Token::read(&path).unwrap();
+        assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+        let admin = Admin::new(admin.shared.clone(), admin.control.clone(), Some(token));
+        let status = |path: &str, authorization: Option<&str>| {
+            let value = authorization.map(|a| http::HeaderValue::from_str(a).unwrap());
+            let resp = admin.respond(&http::Method::GET, path, value.as_ref());
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                assert_eq!(
+                    resp.headers()[http::header::WWW_AUTHENTICATE],
+                    "Bearer realm=\"cutover\""
+                );
+                let body = String::from_utf8_lossy(resp.body()).into_owned();
+                assert!(!body.contains("s3cret"), "{body}");
+            }
+            resp.status().as_u16()
+        };
+        for path in ["/livez", "/healthz", "/readyz", "/"] {
+            assert_ne!(status(path, None), 401, "{path} is open");
+        }
+        for path in [
+            "/metrics",
+            "/api/v1/routes",
+            "/api/v1/control",
+            "/api/v1/routes/orders/stats",
+            "/nope",
+        ] {
+            assert_eq!(status(path, None), 401, "{path}");
+            assert_eq!(status(path, Some("Bearer wrong")), 401, "{path}");
+            assert_eq!(
+                status(path, Some("Bearer s3cret-token!")),
+                401,
+                "one byte longer"
+            );
+            assert_eq!(
+                status(path, Some("Bearer s3cret-toke")),
+                401,
+                "one byte shorter"
+            );
+            assert_eq!(
+                status(path, Some("Basic s3cret-token")),
+                401,
+                "another scheme"
+            );
+            assert_eq!(
+                status(path, Some("Bearer  s3cret-token")),
+                401,
+                "two spaces"
+            );
+            assert_eq!(
+                status(&format!("{path}?access_token=s3cret-token"), None),
+                401
+            );
+        }
+        assert_eq!(status("/metrics", Some("Bearer s3cret-token")), 200);
+        assert_eq!(
+            status("/api/v1/routes", Some("bearer s3cret-token")),
+            200,
+            "scheme in any case"
+        );
+        assert_eq!(status("/nope", Some("Bearer s3cret-token")), 404);
+    }
+
+    #[test]
+    fn a_token_file_must_have_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\nsecond\n").unwrap();
+        let e = Token::read(&empty).unwrap_err();
+        assert!(
+            e.contains("first line is empty") && e.contains("empty"),
+            "{e}"
+        );
+        let e = Token::read(&dir.path().join("missing")).unwrap_err();
+        assert!(
+            e.starts_with("[admin] token_file ") && e.contains("missing"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ enum Command {
         file: PathBuf,
     },
     /// Operator CLI for the etcd keys: status, set, promote, rollback, history, apply, diffs.
-    Ctl(cutover_control::ctl::CtlArgs),
+    Ctl(Box<cutover_control::ctl::CtlArgs>),
     /// Self-contained showcase: demo backends, the real proxy, live weight changes.
     Demo(cutover_proxy::demo::DemoArgs),
 }
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Validate { file } => validate(&file),
-        Command::Ctl(args) => cutover_control::ctl::run(args),
+        Command::Ctl(args) => cutover_control::ctl::run(*args),
         Command::Demo(args) => match cutover_proxy::demo::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -84,6 +84,21 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// What is wrong with the files a valid config names: the admin token and etcd's TLS and
+/// password files. Each problem names the key and the path, never the content.
+fn config_files(config: &cutover_config::Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(path) = &config.admin.token_file {
+        if let Err(e) = cutover_proxy::admin::Token::read(path) {
+            problems.push(e);
+        }
+    }
+    if let Some(etcd) = &config.etcd {
+        problems.extend(cutover_control::connect::check_files(&etcd.auth));
+    }
+    problems
 }
 
 fn validate(file: &std::path::Path) -> ExitCode {
@@ -102,6 +117,14 @@ fn validate(file: &std::path::Path) -> ExitCode {
         Ok(doc) => {
             let what = match doc {
                 cutover_config::Document::Config(c) => {
+                    // The files the config names must be there and readable (SPEC §9).
+                    let problems = config_files(&c);
+                    if !problems.is_empty() {
+                        for p in problems {
+                            eprintln!("{}: {p}", file.display());
+                        }
+                        return ExitCode::from(1);
+                    }
                     format!("config file with {} route(s)", c.routes.len())
                 }
                 cutover_config::Document::RouteSpec(_) => "route spec".to_string(),

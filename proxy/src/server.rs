@@ -67,6 +67,18 @@ pub fn serve(path: &Path, upgrade: bool) -> Result<(), ServeError> {
 /// on a control runtime of their own.
 pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Result<(), ServeError> {
     let p = &config.proxy;
+    let token = match &config.admin.token_file {
+        Some(path) => Some(crate::admin::Token::read(path).map_err(ServeError::Runtime)?),
+        None => None,
+    };
+    // etcd's TLS and password files must be there at start (they are read again at every
+    // reconnect, so a rotation later is picked up).
+    if let Some(etcd) = &config.etcd {
+        let problems = cutover_control::connect::check_files(&etcd.auth);
+        if !problems.is_empty() {
+            return Err(ServeError::Runtime(problems.join("; ")));
+        }
+    }
     let (mut inherited, upgrading) = match (upgrade, &p.upgrade_socket) {
         (false, _) => (Inherited::default(), None),
         (true, None) => {
@@ -187,7 +199,7 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
         let view = view.clone();
         Arc::new(move || serde_json::json!(view.snapshot())) as crate::admin::ControlJson
     };
-    let admin = Admin::new(shared.clone(), control_json);
+    let admin = Admin::new(shared.clone(), control_json, token);
     let mut probe_addrs = bound;
     probe_addrs.push(admin_addr);
     let grace = p.grace_period;

@@ -43,6 +43,7 @@ impl Ctl {
             .env_remove("CUTOVER_ETCD")
             .env_remove("CUTOVER_PREFIX")
             .env_remove("CUTOVER_ADMIN")
+            .env_remove("CUTOVER_ADMIN_TOKEN_FILE")
             .stdin(Stdio::null())
             .output()
             .await

@@ -289,6 +289,8 @@ pub struct ProxyConfig {
     /// Environment variables of the `cutover serve` process.
     env: Vec<(String, String)>,
     etcd: Option<EtcdTable>,
+    /// Extra `[admin]` lines (`token_file = "..."`).
+    admin: Vec<String>,
     routes: Vec<Route>,
 }
 
@@ -318,6 +320,7 @@ impl ProxyConfig {
             instance: None,
             env: Vec::new(),
             etcd: None,
+            admin: Vec::new(),
             routes: Vec::new(),
         }
         .set_duration("connect_timeout", Duration::from_millis(500))
@@ -333,6 +336,13 @@ impl ProxyConfig {
     /// Runs `cutover serve` with the environment variable `name` set to `value`.
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets `[admin] token_file = path` (SPEC §9).
+    pub fn admin_token_file(mut self, path: &std::path::Path) -> Self {
+        let line = format!("token_file = {}", toml_string(&path.to_string_lossy()));
+        self.admin.push(line);
         self
     }
 
@@ -458,6 +468,9 @@ impl ProxyConfig {
         }
         let _ = writeln!(out, "\n[admin]");
         let _ = writeln!(out, "listen = {}", toml_string(&admin.to_string()));
+        for line in &self.admin {
+            let _ = writeln!(out, "{line}");
+        }
         if let Some(window) = self.stats_window {
             let _ = writeln!(out, "\n[stats]");
             let _ = writeln!(out, "window = {}", toml_duration(window));

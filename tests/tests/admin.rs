@@ -372,3 +372,121 @@ async fn unknown_route_stats_is_404() {
         200
     );
 }
+
+/// SPEC §9, RELIABILITY 68: with `[admin] token_file`, every admin path but health and the
+/// page asks for `Authorization: Bearer <token>`: no token, a wrong one, one a byte longer, the
+/// token in the query string → 401 with `WWW-Authenticate: Bearer`. The token never shows in
+/// the logs or in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_token_guards_the_api_and_never_leaks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = "adm1n-t0ken-7c41d9";
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("write token");
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let proxy = Proxy::start(
+        ProxyConfig::new().admin_token_file(&token_file).route(
+            Route::new("orders")
+                .legacy_endpoints([legacy.addr()])
+                .new_endpoints([new.addr()])
+                .weights(90.0, 10.0),
+        ),
+    )
+    .await;
+    drive(&proxy, 20).await;
+    let client = proxy.client();
+    let get = |path: &str, authorization: Option<String>| {
+        let (client, url) = (client.clone(), proxy.admin_url(path));
+        async move {
+            let headers: Vec<(&str, &str)> = authorization
+                .as_deref()
+                .map(|a| vec![("authorization", a)])
+                .unwrap_or_default();
+            client
+                .get_with_headers(&url, &headers)
+                .await
+                .expect("admin request")
+        }
+    };
+    for path in ["/livez", "/healthz", "/readyz", "/"] {
+        assert_eq!(get(path, None).await.status, 200, "{path} stays open");
+    }
+    let bearer = |t: &str| Some(format!("Bearer {t}"));
+    for path in [
+        "/metrics",
+        "/api/v1/routes",
+        "/api/v1/control",
+        "/api/v1/routes/orders/stats",
+        "/api/v1/routes/orders/divergences",
+    ] {
+        let query = format!("{path}?access_token={token}");
+        for (what, path, authorization) in [
+            ("no token", path, None),
+            ("a wrong token", path, bearer("wrong")),
+            (
+                "a token one byte longer",
+                path,
+                bearer(&format!("{token}x")),
+            ),
+            ("another scheme", path, Some(format!("Basic {token}"))),
+            ("the token in the query string", query.as_str(), None),
+        ] {
+            let res = get(path, authorization).await;
+            assert_eq!(res.status, 401, "{path} with {what}: {}", res.text());
+            assert_eq!(
+                res.header("www-authenticate").as_deref(),
+                Some("Bearer realm=\"cutover\""),
+                "{path} with {what}"
+            );
+        }
+        let res = get(path, bearer(token)).await;
+        assert_eq!(res.status, 200, "{path} with the token: {}", res.text());
+    }
+    let metrics = get("/metrics", bearer(token)).await.text();
+    assert!(metrics.contains("cutover_requests_total"), "{metrics}");
+    assert!(!metrics.contains(token), "the token is in /metrics");
+    let log = proxy.log();
+    assert!(!log.contains(token), "the token is in the log:\n{log}");
+}
+
+/// SPEC §9: an admin API on a non-loopback address needs a token, or an explicit
+/// `allow_unauthenticated = true`; `validate` and `serve` both say so (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_admin_api_on_a_public_address_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("cutover.toml");
+    let route = "[[routes]]\nid = \"orders\"\nmatch = { path_prefix = \"/\" }\n\
+                 legacy = { endpoints = [\"127.0.0.1:9001\"] }\n\
+                 new = { endpoints = [\"127.0.0.1:9002\"] }\n";
+    let write = |admin: &str| {
+        let text = format!("[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n[admin]\n{admin}\n\n{route}");
+        std::fs::write(&config, text).expect("write config");
+    };
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(cutover_tests::cutover_bin())
+            .args(args)
+            .output()
+            .expect("run cutover");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let path = config.to_str().expect("utf-8 path");
+    write("listen = \"0.0.0.0:0\"");
+    for args in [vec!["validate", path], vec!["serve", "--config", path]] {
+        let (code, text) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {text}");
+        assert!(
+            text.contains("admin.listen: 0.0.0.0:0 is not a loopback address")
+                && text.contains("token_file"),
+            "{args:?}: {text}"
+        );
+    }
+    write("listen = \"0.0.0.0:0\"\nallow_unauthenticated = true");
+    let (code, text) = run(&["validate", path]);
+    assert_eq!(code, Some(0), "{text}");
+}

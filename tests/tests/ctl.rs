@@ -746,6 +746,66 @@ async fn diffs_reads_a_running_proxy() {
     );
 }
 
+/// SPEC §9: `ctl diffs` sends the admin token from `--admin-token-file`, and says what to do
+/// when the admin API answers 401 — without the token in any message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn diffs_sends_the_admin_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (token_file, wrong_file) = (dir.path().join("token"), dir.path().join("wrong"));
+    std::fs::write(&token_file, "diffs-t0ken-91ab\n").expect("write token");
+    std::fs::write(&wrong_file, "not-the-token\n").expect("write token");
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let proxy = Proxy::start(
+        ProxyConfig::new().admin_token_file(&token_file).route(
+            Route::new("orders")
+                .legacy_endpoints([legacy.addr()])
+                .new_endpoints([new.addr()])
+                .weights(90, 10),
+        ),
+    )
+    .await;
+    let etcd = Etcd::start().await;
+    let ctl = Ctl::new(&etcd, "/diffs-token");
+    let admin = format!("http://{}", proxy.admin_addr());
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+
+    let without = ctl.run(&["diffs", "orders", "--admin", &admin]).await;
+    assert_eq!(without.code, 2, "{without:?}");
+    assert!(
+        without.stderr.contains("answered 401") && without.stderr.contains("--admin-token-file"),
+        "{without:?}"
+    );
+    let wrong = ctl
+        .run(&[
+            "diffs",
+            "orders",
+            "--admin",
+            &admin,
+            "--admin-token-file",
+            &path(&wrong_file),
+        ])
+        .await;
+    assert_eq!(wrong.code, 2, "{wrong:?}");
+    assert!(wrong.stderr.contains("is not the one"), "{wrong:?}");
+    assert!(!wrong.stderr.contains("not-the-token"), "{wrong:?}");
+    let out = ctl
+        .ok(&[
+            "diffs",
+            "orders",
+            "--admin",
+            &admin,
+            "--admin-token-file",
+            &path(&token_file),
+        ])
+        .await;
+    assert_eq!(
+        out.stdout.trim(),
+        "no divergences recorded for orders",
+        "{out:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_the_ramp_and_resume_continues_it() {
     let (etcd, ctl, _dir) = with_routes("/pause", RAMPED).await;

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cutover_config::{EtcdSettings, RouteId};
-use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
+use etcd_client::{Client, GetOptions, PutOptions};
+
+use crate::connect::EtcdConnect;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -60,8 +62,7 @@ pub struct Merged {
 
 /// Handle of the fleet task.
 pub struct Fleet {
-    endpoints: Vec<String>,
-    dial_timeout: Duration,
+    connect: EtcdConnect,
     keys: Keys,
     instance: String,
     state: Arc<Mutex<Arc<FleetState>>>,
@@ -84,8 +85,9 @@ pub(super) type Written = Arc<Mutex<Vec<(RouteId, Status, i64)>>>;
 impl Fleet {
     pub(super) fn new(settings: &EtcdSettings, keys: Keys, instance: String) -> Self {
         Fleet {
-            endpoints: settings.endpoints.clone(),
-            dial_timeout: settings.dial_timeout,
+            // No per-request timeout on the channel: the campaign blocks for as long as
+            // another instance leads. Every other call is bounded by `call`.
+            connect: EtcdConnect::from_settings(settings),
             keys,
             instance,
             state: Arc::default(),
@@ -116,8 +118,7 @@ impl Fleet {
 
     pub(super) fn start(&self, dp: Arc<dyn DataPlane>, shutdown: watch::Receiver<bool>) {
         let task = Task {
-            endpoints: self.endpoints.clone(),
-            dial_timeout: self.dial_timeout,
+            connect: self.connect.clone(),
             keys: self.keys.clone(),
             instance: self.instance.clone(),
             state: self.state.clone(),
@@ -144,8 +145,7 @@ impl Fleet {
 }
 
 struct Task {
-    endpoints: Vec<String>,
-    dial_timeout: Duration,
+    connect: EtcdConnect,
     keys: Keys,
     instance: String,
     state: Arc<Mutex<Arc<FleetState>>>,
@@ -190,18 +190,9 @@ impl Task {
 
     /// One lease's life: register, publish, campaign, until something fails.
     async fn session(&self) -> String {
-        // No per-request timeout on the channel: the campaign blocks for as long as another
-        // instance leads. Every other call is bounded by `call`.
-        let options = ConnectOptions::new().with_connect_timeout(self.dial_timeout);
-        let mut client = match tokio::time::timeout(
-            self.dial_timeout + CALL_TIMEOUT,
-            Client::connect(self.endpoints.clone(), Some(options)),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return format!("connect: {e}"),
-            Err(_) => return "connect timed out".into(),
+        let mut client = match self.connect.connect().await {
+            Ok(c) => c,
+            Err(e) => return format!("connect: {e}"),
         };
         let lease = match call("lease grant", client.lease_grant(LEASE_TTL, None)).await {
             Ok(l) => l.id(),

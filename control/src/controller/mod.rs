@@ -123,7 +123,7 @@ impl ControlView {
 enum Store {
     /// No etcd: overrides in the data plane are the whole truth.
     Local,
-    Etcd(writes::EtcdWriter, fleet::Fleet),
+    Etcd(writes::EtcdWriter, Box<fleet::Fleet>),
 }
 
 /// Per-route memory between ticks.
@@ -187,7 +187,13 @@ impl Controller {
         let keys = Keys::new(&settings.prefix);
         let fleet = fleet::Fleet::new(settings, keys.clone(), instance.clone());
         let writer = writes::EtcdWriter::new(settings, keys, instance.clone(), fleet.written());
-        Self::with_store(dp, view, Store::Etcd(writer, fleet), instance, webhook)
+        Self::with_store(
+            dp,
+            view,
+            Store::Etcd(writer, Box::new(fleet)),
+            instance,
+            webhook,
+        )
     }
 
     fn with_store(

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cutover_config::{EtcdSettings, Phase, RouteId, Weights};
-use etcd_client::{Client, ConnectOptions, Txn, TxnOp};
+use etcd_client::{Client, Txn, TxnOp};
+
+use crate::connect::EtcdConnect;
 use tracing::{info, warn};
 
 use super::{LiveRoute, Notifier};
@@ -25,8 +27,7 @@ pub(super) struct EtcdWriter {
 }
 
 struct Inner {
-    endpoints: Vec<String>,
-    dial_timeout: Duration,
+    connect: EtcdConnect,
     keys: Keys,
     instance: String,
     client: tokio::sync::Mutex<Option<Client>>,
@@ -59,8 +60,7 @@ impl EtcdWriter {
     ) -> Self {
         EtcdWriter {
             inner: Arc::new(Inner {
-                endpoints: settings.endpoints.clone(),
-                dial_timeout: settings.dial_timeout,
+                connect: EtcdConnect::from_settings(settings).with_request_timeout(CALL_TIMEOUT),
                 keys,
                 instance,
                 client: tokio::sync::Mutex::new(None),
@@ -282,16 +282,12 @@ impl EtcdWriter {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let options = ConnectOptions::new()
-            .with_connect_timeout(self.inner.dial_timeout)
-            .with_timeout(CALL_TIMEOUT);
-        let c = tokio::time::timeout(
-            self.inner.dial_timeout + CALL_TIMEOUT,
-            Client::connect(self.inner.endpoints.clone(), Some(options)),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
+        let c = self
+            .inner
+            .connect
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         *slot = Some(c.clone());
         Ok(c)
     }

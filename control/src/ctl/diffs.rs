@@ -1,5 +1,6 @@
-//! `cutover ctl diffs ROUTE --admin URL`: recent diverging shadow pairs, from a proxy's admin
-//! API (`GET /api/v1/routes/<id>/divergences`, SPEC §5).
+//! `cutover ctl diffs ROUTE --admin URL [--admin-token-file FILE]`: recent diverging shadow
+//! pairs, from a proxy's admin API (`GET /api/v1/routes/<id>/divergences`, SPEC §5), with its
+//! bearer token when it asks for one (SPEC §9).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -11,11 +12,27 @@ use serde_json::Value;
 use super::table::{self, truncate};
 use super::{route_id, CtlError, Ctx, Result};
 
-pub(super) async fn run(ctx: &Ctx, route: &str, admin: &str) -> Result<String> {
+pub(super) async fn run(
+    ctx: &Ctx,
+    route: &str,
+    admin: &str,
+    token_file: Option<&std::path::Path>,
+) -> Result<String> {
     let id = route_id(route)?;
     let url = divergences_url(admin, &id).map_err(CtlError::Usage)?;
-    let (status, body) = fetch(&url, ctx.timeout).await?;
+    let token = token_file.map(read_token).transpose()?;
+    let (status, body) = fetch(&url, token.as_deref(), ctx.timeout).await?;
     let text = String::from_utf8_lossy(&body);
+    if status == 401 {
+        let hint = if token.is_some() {
+            "the token in --admin-token-file is not the one in its [admin] token_file"
+        } else {
+            "it asks for a token: pass --admin-token-file (or CUTOVER_ADMIN_TOKEN_FILE)"
+        };
+        return Err(CtlError::Runtime(format!(
+            "admin API at {url} answered 401: {hint}"
+        )));
+    }
     if status != 200 {
         return Err(CtlError::Runtime(format!(
             "admin API at {url} answered {status}: {} (is {id} a route of that proxy? list them \
@@ -61,7 +78,29 @@ pub(super) fn divergences_url(admin: &str, id: &str) -> Result<Uri, String> {
         .map_err(|e| format!("--admin {admin}: {e}; expected e.g. http://127.0.0.1:9090"))
 }
 
-async fn fetch(url: &Uri, timeout: std::time::Duration) -> Result<(u16, Bytes)> {
+/// The first line of `path`: the admin token (its content is never put in a message).
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CtlError::Usage(format!("--admin-token-file {}: {e}", path.display())))?;
+    let token = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('\r');
+    if token.is_empty() {
+        return Err(CtlError::Usage(format!(
+            "--admin-token-file {}: the first line is empty (it holds the token)",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+async fn fetch(
+    url: &Uri,
+    token: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<(u16, Bytes)> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let unreachable = |reason: String| {
         CtlError::Runtime(format!(
@@ -70,8 +109,15 @@ async fn fetch(url: &Uri, timeout: std::time::Duration) -> Result<(u16, Bytes)> 
         ))
     };
     let call = async {
+        let mut req = hyper::Request::get(url.clone());
+        if let Some(token) = token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| unreachable(e.to_string()))?;
         let resp = client
-            .get(url.clone())
+            .request(req)
             .await
             .map_err(|e| unreachable(error_chain(&e)))?;
         let status = resp.status().as_u16();

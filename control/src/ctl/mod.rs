@@ -54,6 +54,27 @@ pub struct CtlArgs {
     /// Time limit for each etcd or admin API request (e.g. "500ms", "5s").
     #[arg(long, default_value = "5s", value_parser = parse_timeout, global = true)]
     pub timeout: Duration,
+    /// CA bundle (PEM) that etcd's certificate is checked against (https:// endpoints; the
+    /// platform's roots without it).
+    #[arg(long, env = "CUTOVER_ETCD_CA", value_name = "FILE", global = true)]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth, with --etcd-key.
+    #[arg(long, env = "CUTOVER_ETCD_CERT", value_name = "FILE", global = true)]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "CUTOVER_ETCD_KEY", value_name = "FILE", global = true)]
+    pub etcd_key: Option<std::path::PathBuf>,
+    /// etcd user (RBAC), with --etcd-password-file.
+    #[arg(long, env = "CUTOVER_ETCD_USER", value_name = "NAME", global = true)]
+    pub etcd_user: Option<String>,
+    /// File whose first line is the etcd user's password.
+    #[arg(
+        long,
+        env = "CUTOVER_ETCD_PASSWORD_FILE",
+        value_name = "FILE",
+        global = true
+    )]
+    pub etcd_password_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -126,6 +147,9 @@ pub enum CtlCommand {
         /// Base URL of a `cutover serve` admin API ([admin].listen).
         #[arg(long, env = "CUTOVER_ADMIN", default_value = "http://127.0.0.1:9090")]
         admin: String,
+        /// File whose first line is the admin API's bearer token ([admin] token_file).
+        #[arg(long, env = "CUTOVER_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -216,7 +240,7 @@ type Result<T, E = CtlError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 struct Ctx {
     keys: Keys,
-    endpoints: Vec<String>,
+    etcd: crate::connect::EtcdConnect,
     /// Who writes (events, status).
     by: String,
     json: bool,
@@ -236,6 +260,7 @@ impl Ctx {
                 "--etcd is empty: pass etcd endpoints like --etcd http://127.0.0.1:2379".into(),
             ));
         }
+        let auth = etcd_auth(args)?;
         let by = match &args.by {
             Some(by) if by.trim().is_empty() => {
                 return Err(CtlError::Usage(
@@ -247,7 +272,13 @@ impl Ctx {
         };
         Ok(Ctx {
             keys: Keys::new(&args.prefix),
-            endpoints,
+            etcd: crate::connect::EtcdConnect {
+                endpoints,
+                auth,
+                dial_timeout: args.timeout,
+                request_timeout: None,
+                keep_alive: None,
+            },
             by,
             json: args.json,
             timeout: args.timeout,
@@ -264,8 +295,51 @@ impl Ctx {
 
     /// Connect to etcd (bounded by `--timeout`).
     async fn store(&self) -> Result<store::Store> {
-        store::Store::connect(&self.endpoints, self.timeout).await
+        store::Store::connect(&self.etcd, self.timeout).await
     }
+}
+
+/// The etcd TLS and user flags, in pairs as `[etcd]` takes them (SPEC §9).
+fn etcd_auth(args: &CtlArgs) -> Result<cutover_config::EtcdAuth> {
+    let pair = |a: (&str, bool), b: (&str, bool)| {
+        if a.1 == b.1 {
+            Ok(())
+        } else {
+            let (given, missing) = if a.1 { (a.0, b.0) } else { (b.0, a.0) };
+            Err(CtlError::Usage(format!("{given} needs {missing} too")))
+        }
+    };
+    pair(
+        ("--etcd-cert", args.etcd_cert.is_some()),
+        ("--etcd-key", args.etcd_key.is_some()),
+    )?;
+    pair(
+        ("--etcd-user", args.etcd_user.is_some()),
+        ("--etcd-password-file", args.etcd_password_file.is_some()),
+    )?;
+    let auth = cutover_config::EtcdAuth {
+        ca_file: args.etcd_ca.clone(),
+        client_cert: args.etcd_cert.clone().zip(args.etcd_key.clone()).map(
+            |(cert_file, key_file)| cutover_config::ClientCert {
+                cert_file,
+                key_file,
+            },
+        ),
+        user: args
+            .etcd_user
+            .clone()
+            .zip(args.etcd_password_file.clone())
+            .map(|(username, password_file)| cutover_config::EtcdUser {
+                username,
+                password_file,
+            }),
+    };
+    if auth.tls() && !args.etcd.iter().all(|e| e.trim().starts_with("https://")) {
+        return Err(CtlError::Usage(
+            "--etcd-ca/--etcd-cert need https:// endpoints: pass --etcd https://host:2379".into(),
+        ));
+    }
+    Ok(auth)
 }
 
 async fn dispatch(args: CtlArgs) -> Result<String> {
@@ -295,7 +369,11 @@ async fn dispatch(args: CtlArgs) -> Result<String> {
         }
         CtlCommand::History { route, limit } => history::run(&ctx, &route, limit).await,
         CtlCommand::Apply(apply) => apply::run(&ctx, &apply).await,
-        CtlCommand::Diffs { route, admin } => diffs::run(&ctx, &route, &admin).await,
+        CtlCommand::Diffs {
+            route,
+            admin,
+            admin_token_file,
+        } => diffs::run(&ctx, &route, &admin, admin_token_file.as_deref()).await,
     }
 }
 

@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse, KvClient, Txn, TxnResponse};
+use etcd_client::{GetOptions, GetResponse, KvClient, Txn, TxnResponse};
+
+use crate::connect::{ConnectError, EtcdConnect};
 use tokio::net::TcpStream;
 
 use super::{CtlError, Result};
@@ -37,10 +39,10 @@ impl From<&etcd_client::KeyValue> for RawKv {
 impl Store {
     /// Connects to `endpoints`. A quick TCP probe first, so a dead endpoint fails in
     /// milliseconds with the operating system's reason instead of at the timeout.
-    pub(super) async fn connect(endpoints: &[String], timeout: Duration) -> Result<Store> {
-        let joined = endpoints.join(",");
-        let mut authorities = Vec::with_capacity(endpoints.len());
-        for endpoint in endpoints {
+    pub(super) async fn connect(etcd: &EtcdConnect, timeout: Duration) -> Result<Store> {
+        let joined = etcd.endpoints.join(",");
+        let mut authorities = Vec::with_capacity(etcd.endpoints.len());
+        for endpoint in &etcd.endpoints {
             authorities.push(authority(endpoint).map_err(CtlError::Usage)?);
         }
         probe(&authorities, timeout)
@@ -48,12 +50,18 @@ impl Store {
             .map_err(|reason| unreachable(&joined, &reason))?;
         // No per-request timeout in the client: `call` bounds every request, so the message
         // is always the same "no answer within" one.
-        let options = ConnectOptions::new().with_connect_timeout(timeout);
-        let connect = Client::connect(endpoints, Some(options));
-        let client = match tokio::time::timeout(timeout, connect).await {
+        let client = match tokio::time::timeout(timeout, etcd.connect()).await {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(etcd_error(&joined, "connect", e)),
-            Err(_) => return Err(no_answer(&joined, "connect", timeout)),
+            Ok(Err(ConnectError::File(why))) => return Err(CtlError::Usage(flag_names(&why))),
+            Ok(Err(ConnectError::Etcd(why))) => {
+                return Err(CtlError::Runtime(format!(
+                    "etcd at {joined}: connect failed: {}",
+                    flag_names(&why)
+                )))
+            }
+            Ok(Err(ConnectError::Timeout(_))) | Err(_) => {
+                return Err(no_answer(&joined, "connect", timeout))
+            }
         };
         Ok(Store {
             kv: client.kv_client(),
@@ -173,6 +181,24 @@ const UNKNOWN: i32 = 2;
 const DEADLINE_EXCEEDED: i32 = 4;
 const UNAVAILABLE: i32 = 14;
 
+/// A file problem of the connect layer, named by `ctl`'s flags instead of `[etcd]` keys.
+fn flag_names(why: &str) -> String {
+    [
+        ("[etcd] cert_file/key_file", "--etcd-cert/--etcd-key"),
+        (
+            "[etcd] username and password_file",
+            "--etcd-user and --etcd-password-file",
+        ),
+        ("[etcd] username", "--etcd-user"),
+        ("[etcd] ca_file", "--etcd-ca"),
+        ("[etcd] cert_file", "--etcd-cert"),
+        ("[etcd] key_file", "--etcd-key"),
+        ("[etcd] password_file", "--etcd-password-file"),
+    ]
+    .iter()
+    .fold(why.to_string(), |text, (key, flag)| text.replace(key, flag))
+}
+
 fn etcd_error(endpoints: &str, what: &str, error: etcd_client::Error) -> CtlError {
     match error {
         etcd_client::Error::GRpcStatus(status) => {
@@ -183,7 +209,7 @@ fn etcd_error(endpoints: &str, what: &str, error: etcd_client::Error) -> CtlErro
                 CtlError::Runtime(format!(
                     "etcd at {endpoints} refused the {what}: {} ({:?}); nothing was written \
                      by this command unless it says so",
-                    status.message(),
+                    flag_names(&crate::connect::describe(status.message())),
                     status.code()
                 ))
             }
@@ -227,7 +253,14 @@ mod tests {
         };
         let endpoint = format!("http://127.0.0.1:{port}");
         let start = std::time::Instant::now();
-        let err = Store::connect(std::slice::from_ref(&endpoint), Duration::from_secs(5))
+        let etcd = EtcdConnect {
+            endpoints: vec![endpoint.clone()],
+            auth: Default::default(),
+            dial_timeout: Duration::from_secs(5),
+            request_timeout: None,
+            keep_alive: None,
+        };
+        let err = Store::connect(&etcd, Duration::from_secs(5))
             .await
             .err()
             .unwrap();
