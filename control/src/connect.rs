@@ -219,7 +219,7 @@ fn hint(error: &str) -> Option<&'static str> {
     } else if any(&["invaliduseridorpassword", "authenticationfailed"]) {
         Some("etcd refused the login: check [etcd] username and password_file")
     } else if any(&["permissiondenied"]) {
-        Some("the etcd user has no read-write permission on the key prefix: grant its role readwrite on the prefix")
+        Some("the etcd user has no read-write permission on the key prefix (without a username, etcd takes the client certificate's common name as the user): grant its role readwrite on the prefix, or set [etcd] username and password_file")
     } else if any(&["usernameisempty", "invalidauthtoken"]) {
         Some("etcd has authentication on: set [etcd] username and password_file")
     } else {

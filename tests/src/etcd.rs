@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, Permission, TlsOptions,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -21,6 +23,20 @@ pub struct Etcd {
     frozen: bool,
     /// Extra command-line flags (kept across restarts).
     flags: Vec<String>,
+    /// TLS with client certificates, and RBAC once [`Etcd::enable_auth`] ran.
+    secure: Option<Secure>,
+    /// The root password, once authentication is on.
+    root_password: Option<String>,
+}
+
+/// The files of an etcd that speaks only TLS and asks for client certificates
+/// (`--client-cert-auth`): its CA, its server certificate, and the harness's own client
+/// certificate.
+#[derive(Debug, Clone)]
+pub struct Secure {
+    pub ca: PathBuf,
+    pub server: crate::certs::Pair,
+    pub client: crate::certs::Pair,
 }
 
 /// The etcd binary: `$ETCD_BIN`, else `etcd` on PATH.
@@ -65,6 +81,22 @@ impl Etcd {
 
     /// [`Etcd::start`] with extra command-line `flags` (e.g. `--backend-batch-interval=10ms`).
     pub async fn start_with(flags: &[String]) -> Etcd {
+        Etcd::launch(flags, None).await
+    }
+
+    /// An etcd on `https://` only, asking every client for a certificate signed by
+    /// `secure.ca` (SPEC §9 tests). [`Etcd::enable_auth`] turns RBAC on.
+    pub async fn start_secure(secure: Secure) -> Etcd {
+        let flags = vec![
+            "--client-cert-auth".to_string(),
+            format!("--trusted-ca-file={}", secure.ca.display()),
+            format!("--cert-file={}", secure.server.cert.display()),
+            format!("--key-file={}", secure.server.key.display()),
+        ];
+        Etcd::launch(&flags, Some(secure)).await
+    }
+
+    async fn launch(flags: &[String], secure: Option<Secure>) -> Etcd {
         let mut etcd = Etcd {
             child: None,
             dir: data_dir(),
@@ -72,14 +104,43 @@ impl Etcd {
             peer_port: free_port(),
             frozen: false,
             flags: flags.to_vec(),
+            secure,
+            root_password: None,
         };
         etcd.spawn();
         etcd.wait_ready().await;
         etcd
     }
 
+    /// RBAC on: a `root` user with `password`, which the harness's clients use from now on.
+    pub async fn enable_auth(&mut self, password: &str) {
+        let mut c = self.client().await;
+        c.user_add("root", password, None).await.expect("add root");
+        c.user_grant_role("root", "root").await.expect("root role");
+        c.auth_enable().await.expect("enable auth");
+        self.root_password = Some(password.to_string());
+    }
+
+    /// A user with `password` that may read and write every key under `prefix` (and nothing
+    /// else), through a role of its own.
+    pub async fn add_user(&self, name: &str, password: &str, prefix: &str) {
+        let mut c = self.client().await;
+        let role = format!("{name}-rw");
+        c.user_add(name, password, None).await.expect("add user");
+        c.role_add(&role).await.expect("add role");
+        c.role_grant_permission(&role, Permission::read_write(prefix).with_prefix())
+            .await
+            .expect("grant readwrite");
+        c.user_grant_role(name, &role).await.expect("grant role");
+    }
+
     fn spawn(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -117,13 +178,14 @@ impl Etcd {
     async fn wait_ready(&self) {
         let endpoint = self.endpoint();
         let log = self.dir.path().join("etcd.log");
+        let options = self.options();
         eventually(
             Duration::from_secs(30),
             &format!("etcd at {endpoint} answers (log: {})", log.display()),
             || {
-                let endpoint = endpoint.clone();
+                let (endpoint, options) = (endpoint.clone(), options.clone());
                 async move {
-                    let Ok(mut c) = Client::connect([endpoint], Some(quick())).await else {
+                    let Ok(mut c) = Client::connect([endpoint], Some(options)).await else {
                         return false;
                     };
                     c.get("/", None).await.is_ok()
@@ -133,16 +195,40 @@ impl Etcd {
         .await;
     }
 
-    /// `http://127.0.0.1:<client port>`.
+    /// `http://127.0.0.1:<client port>` (`https://` for [`Etcd::start_secure`]).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
-    /// A fresh client (connect timeout 2 s).
+    /// A fresh client (connect timeout 2 s), as root once authentication is on.
     pub async fn client(&self) -> Client {
-        Client::connect([self.endpoint()], Some(quick()))
+        Client::connect([self.endpoint()], Some(self.options()))
             .await
             .unwrap_or_else(|e| panic!("connect to etcd at {}: {e}", self.endpoint()))
+    }
+
+    /// The harness's client options: TLS with its client certificate, root when auth is on.
+    fn options(&self) -> ConnectOptions {
+        let mut options = quick();
+        if let Some(secure) = &self.secure {
+            let read = |p: &PathBuf| std::fs::read(p).expect("read test certificate");
+            let tls = TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(read(&secure.ca)))
+                .identity(Identity::from_pem(
+                    read(&secure.client.cert),
+                    read(&secure.client.key),
+                ));
+            options = options.with_tls(tls);
+        }
+        if let Some(password) = &self.root_password {
+            options = options.with_user("root", password.clone());
+        }
+        options
     }
 
     /// The pid of the running etcd.

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod backend;
+pub mod certs;
 pub mod client;
 pub mod ctl;
 pub mod etcd;
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 pub use backend::{Backend, RecordedRequest, RefusingEndpoint, RunningBackend, SilentBackend};
 pub use client::{Client, ClientError, Response};
 pub use ctl::{Ctl, Out};
-pub use etcd::{etcd_bin, Etcd};
+pub use etcd::{etcd_bin, Etcd, Secure};
 pub use metrics::{parse_prometheus, Sample};
 pub use proxy::{cutover_bin, Proxy, ProxyConfig, Route};
 pub use raw::{

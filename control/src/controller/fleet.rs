@@ -161,7 +161,10 @@ async fn call<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Ok(Err(e)) => Err(format!(
+            "{what}: {}",
+            crate::connect::describe(&e.to_string())
+        )),
         Err(_) => Err(format!("{what}: no answer within {CALL_TIMEOUT:?}")),
     }
 }

@@ -111,15 +111,12 @@ pub(super) fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> i64 {
     header.map_or(0, etcd_client::ResponseHeader::revision)
 }
 
-/// `host:port` of an endpoint URL (`http://h:p`, or a bare `h:p`).
+/// `host:port` of an endpoint URL (`http://h:p`, `https://h:p`, or a bare `h:p`).
 pub(super) fn authority(endpoint: &str) -> Result<String, String> {
     let rest = if let Some(rest) = endpoint.strip_prefix("http://") {
         rest
-    } else if endpoint.starts_with("https://") {
-        return Err(format!(
-            "--etcd {endpoint}: https endpoints are not supported by this build; \
-             use http:// (or a local TLS-terminating tunnel)"
-        ));
+    } else if let Some(rest) = endpoint.strip_prefix("https://") {
+        rest
     } else if endpoint.contains("://") {
         return Err(format!(
             "--etcd {endpoint}: unknown scheme; use http://HOST:PORT, e.g. http://127.0.0.1:2379"
@@ -234,9 +231,7 @@ mod tests {
         );
         assert_eq!(authority("http://etcd:2379/").unwrap(), "etcd:2379");
         assert_eq!(authority("localhost:1").unwrap(), "localhost:1");
-        assert!(authority("https://etcd:2379")
-            .unwrap_err()
-            .contains("https"));
+        assert_eq!(authority("https://etcd:2379").unwrap(), "etcd:2379");
         assert!(authority("grpc://etcd:2379")
             .unwrap_err()
             .contains("scheme"));
