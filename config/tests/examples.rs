@@ -63,10 +63,12 @@ fn golden_toml_files_say_what_they_show() {
 
 /// Each invalid example and the path of the (first) error it must produce.
 const INVALID: &[(&str, &str)] = &[
+    ("admin-public-without-token.toml", "admin.listen"),
     ("bad-duration.toml", "routes[0].shadow.timeout"),
     ("duplicate-route.toml", "routes"),
     ("empty-endpoints.json", "legacy.endpoints"),
     ("empty-endpoints.toml", "routes[0].legacy.endpoints"),
+    ("etcd-tls-half.toml", "etcd.key_file"),
     ("unknown-field.json", "legacy"),
     ("unknown-key.toml", "routes[0].legacy"),
     ("weights-negative.json", "legacy"),

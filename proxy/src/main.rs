@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, upgrade } => match server::serve(&config, upgrade) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e @ (ServeError::Read { .. } | ServeError::Invalid(_))) => {
+            Err(e @ (ServeError::Read { .. } | ServeError::Invalid(_) | ServeError::Files(_))) => {
                 eprintln!("{e}");
                 eprintln!(
                     "fix the config file (check it with `cutover validate {}`)",

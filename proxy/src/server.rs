@@ -38,6 +38,10 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Invalid(cutover_config::ConfigErrors),
+    /// A file the config names (admin token, etcd certificates or password) is missing or
+    /// unusable: each problem names the key and the path.
+    #[error("{}", .0.join("\n"))]
+    Files(Vec<String>),
     #[error("{0}")]
     Runtime(String),
 }
@@ -68,7 +72,9 @@ pub fn serve(path: &Path, upgrade: bool) -> Result<(), ServeError> {
 pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Result<(), ServeError> {
     let p = &config.proxy;
     let token = match &config.admin.token_file {
-        Some(path) => Some(crate::admin::Token::read(path).map_err(ServeError::Runtime)?),
+        Some(path) => {
+            Some(crate::admin::Token::read(path).map_err(|e| ServeError::Files(vec![e]))?)
+        }
         None => None,
     };
     // etcd's TLS and password files must be there at start (they are read again at every
@@ -76,7 +82,7 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
     if let Some(etcd) = &config.etcd {
         let problems = cutover_control::connect::check_files(&etcd.auth);
         if !problems.is_empty() {
-            return Err(ServeError::Runtime(problems.join("; ")));
+            return Err(ServeError::Files(problems));
         }
     }
     let (mut inherited, upgrading) = match (upgrade, &p.upgrade_socket) {

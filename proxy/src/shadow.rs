@@ -166,6 +166,9 @@ impl ShadowRequest {
         if let Some(tap) = self.primary.as_mut() {
             tap.status = Some(status);
             tap.headers = headers.clone();
+            if let Some(body) = tap.body.as_mut() {
+                body.expect_from(headers);
+            }
         }
     }
 
@@ -362,8 +365,9 @@ impl Job {
         for name in hygiene::hop_by_hop_names(&headers) {
             headers.remove(name);
         }
-        let mut body = resp.into_body();
         let mut sampler = BodySampler::new(limit);
+        sampler.expect_from(resp.headers());
+        let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| e.to_string())?;
             if let Some(data) = frame.data_ref() {

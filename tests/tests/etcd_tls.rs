@@ -323,3 +323,44 @@ async fn rotated_certificates_are_picked_up_at_the_next_reconnect() {
         "etcd's 100/0 serves once connected"
     );
 }
+
+/// `cutover validate` (and `serve`) check the files `[etcd]` names: each missing one is an
+/// error with its key and path (exit 1); nothing of a file's content is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_names_each_missing_or_bad_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "s3cret-not-a-certificate\n").expect("write");
+    let config = dir.path().join("cutover.toml");
+    let missing = dir.path().join("missing-password");
+    let text = format!(
+        "[etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\nca_file = {:?}\n\
+         username = \"cutover\"\npassword_file = {:?}\n\n[[routes]]\nid = \"orders\"\n\
+         match = {{ path_prefix = \"/\" }}\nlegacy = {{ endpoints = [\"127.0.0.1:9001\"] }}\n\
+         new = {{ endpoints = [\"127.0.0.1:9002\"] }}\n",
+        not_pem.display().to_string(),
+        missing.display().to_string()
+    );
+    std::fs::write(&config, text).expect("write config");
+    for args in [vec!["validate"], vec!["serve", "--config"]] {
+        let out = std::process::Command::new(cutover_tests::cutover_bin())
+            .args(&args)
+            .arg(&config)
+            .output()
+            .expect("run cutover");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "[etcd] ca_file {}: no PEM CERTIFICATE",
+                not_pem.display()
+            )),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("[etcd] password_file {}", missing.display())),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "{args:?}: {stderr}");
+    }
+}
