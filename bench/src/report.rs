@@ -65,6 +65,15 @@ pub struct Goal {
     pub verdict: Verdict,
 }
 
+/// The peak RSS of `kind`'s crowd run, MiB.
+fn crowd_peak_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
+    r.crowd
+        .iter()
+        .find(|run| run.target == kind)
+        .and_then(|run| run.peak_rss_kib)
+        .map(|kib| kib as f64 / 1024.0)
+}
+
 /// What the shadow target's used runs of `phase` say beside its CPU (`; only … arrived`,
 /// `; only … compared`), and whether every copy arrived and was compared.
 fn shadow_runs(r: &SuiteReport, phase: Phase) -> (String, bool) {
@@ -245,13 +254,7 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
         not_evaluated(name, wanted, &missing(if ran(s) { m } else { s }))
     });
 
-    let peak = |k| {
-        r.crowd
-            .iter()
-            .find(|run| run.target == k)
-            .and_then(|run| run.peak_rss_kib)
-            .map(|kib| kib as f64 / 1024.0)
-    };
+    let peak = |k| crowd_peak_mib(r, k);
     let (name, wanted) = (
         "Shadow memory (issue 15)",
         format!(
@@ -678,13 +681,7 @@ fn floor_summary(w: &mut String, r: &SuiteReport) {
             );
         }
     }
-    let rss = |k| {
-        r.crowd
-            .iter()
-            .find(|run| run.target == k)
-            .and_then(|run| run.peak_rss_kib)
-            .map(|kib| kib as f64 / 1024.0)
-    };
+    let rss = |k| crowd_peak_mib(r, k);
     if let (Some(cr), Some(pr)) = (rss(c), rss(p)) {
         let connections = r.options.crowd.map_or(0, |s| s.connections);
         let _ = writeln!(

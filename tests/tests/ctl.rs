@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cutover_tests::{cutover_bin, free_port, Backend, Ctl, Etcd, Proxy, ProxyConfig, Route};
+use cutover_tests::{
+    cutover_bin, free_port, Backend, Ctl, Etcd, Proxy, ProxyConfig, Route, RunningBackend,
+};
 use etcd_client::{GetOptions, Txn, TxnOp};
 use serde_json::{json, Value};
 
@@ -700,12 +702,13 @@ async fn unreachable_etcd_exits_2_quickly_with_a_hint() {
     assert!(keys_under(&etcd, "/frozen").await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn diffs_reads_a_running_proxy() {
+/// A proxy with `config` and the route `orders` at 90/10 over two fresh backends (kept alive
+/// by the returned handles), for the `diffs` tests.
+async fn diffs_proxy(config: ProxyConfig) -> (Proxy, [RunningBackend; 2]) {
     let legacy = Backend::new("legacy").run().await;
     let new = Backend::new("new").run().await;
     let proxy = Proxy::start(
-        ProxyConfig::new().route(
+        config.route(
             Route::new("orders")
                 .legacy_endpoints([legacy.addr()])
                 .new_endpoints([new.addr()])
@@ -713,6 +716,12 @@ async fn diffs_reads_a_running_proxy() {
         ),
     )
     .await;
+    (proxy, [legacy, new])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn diffs_reads_a_running_proxy() {
+    let (proxy, _backends) = diffs_proxy(ProxyConfig::new()).await;
     let etcd = Etcd::start().await;
     let ctl = Ctl::new(&etcd, "/diffs");
     let admin = format!("http://{}", proxy.admin_addr());
@@ -754,17 +763,7 @@ async fn diffs_sends_the_admin_token() {
     let (token_file, wrong_file) = (dir.path().join("token"), dir.path().join("wrong"));
     std::fs::write(&token_file, "diffs-t0ken-91ab\n").expect("write token");
     std::fs::write(&wrong_file, "not-the-token\n").expect("write token");
-    let legacy = Backend::new("legacy").run().await;
-    let new = Backend::new("new").run().await;
-    let proxy = Proxy::start(
-        ProxyConfig::new().admin_token_file(&token_file).route(
-            Route::new("orders")
-                .legacy_endpoints([legacy.addr()])
-                .new_endpoints([new.addr()])
-                .weights(90, 10),
-        ),
-    )
-    .await;
+    let (proxy, _backends) = diffs_proxy(ProxyConfig::new().admin_token_file(&token_file)).await;
     let etcd = Etcd::start().await;
     let ctl = Ctl::new(&etcd, "/diffs-token");
     let admin = format!("http://{}", proxy.admin_addr());
