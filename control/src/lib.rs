@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lkg;
 pub mod model;
 pub mod rules;
+pub mod writer;
 
 pub use cutover_config::window;
 pub use cutover_config::ConfigState;

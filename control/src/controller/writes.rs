@@ -1,4 +1,5 @@
-//! The controller's writes to etcd: rollback, ramp step, status. Each is a transaction
+//! The controller's writes to etcd: rollback, ramp step, status. Each goes through the guarded
+//! writer `cutover ctl` uses too ([`crate::writer`]: one transaction, one event-key scheme),
 //! conditioned on the weights key's mod_revision (and the status key's, for status), so an
 //! operator's newer write always wins and nothing is lost; each runs in its own task and never
 //! blocks the controller's tick.
@@ -8,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cutover_config::{EtcdSettings, Phase, RouteId, Weights};
-use etcd_client::{Client, Txn, TxnOp};
-
-use crate::connect::EtcdConnect;
+use etcd_client::{Client, Txn, TxnResponse};
 use tracing::{info, warn};
 
 use super::{LiveRoute, Notifier};
-use crate::keys::{unchanged, Keys};
-use crate::model::{unix_millis_now, Event, RollbackRecord, Status};
+use crate::connect::EtcdConnect;
+use crate::keys::Keys;
+use crate::model::{Event, RollbackRecord, Status};
+use crate::writer::{self, Guard, Outcome, Write};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_START: Duration = Duration::from_millis(250);
@@ -165,25 +166,22 @@ impl EtcdWriter {
             weights_revision: read,
             rollback: Some(record.clone()),
         };
-        let event_key = keys.event(route, unix_millis_now(), &self.inner.instance);
-        let txn = Txn::new()
-            .when([unchanged(&wk, read), unchanged(&sk, status_rev)])
-            .and_then([
-                TxnOp::put(
-                    sk.as_str(),
+        let landed = self
+            .guarded(
+                route,
+                vec![weights_guard(&wk, read), status_guard(&sk, status_rev)],
+                vec![(
+                    sk.clone(),
                     serde_json::to_string(&status).expect("status serialises"),
-                    None,
-                ),
-                TxnOp::put(
-                    event_key.as_str(),
-                    serde_json::to_string(event).expect("events serialise"),
-                    None,
-                ),
-            ]);
-        match self.txn(txn).await.map_err(Failure::Unavailable)? {
-            true => Ok(Some(read)),
+                )],
+                Some(event),
+            )
+            .await
+            .map_err(Failure::Unavailable)?;
+        match landed {
+            Some(_) => Ok(Some(read)),
             // The weights or the status changed since they were read: read them again.
-            false => Err(Failure::Unavailable(format!(
+            None => Err(Failure::Unavailable(format!(
                 "{wk} or {sk} changed while writing"
             ))),
         }
@@ -251,10 +249,11 @@ impl EtcdWriter {
             let keys = &this.inner.keys;
             let (wk, sk) = (keys.weights(&id), keys.status(&id));
             let body = serde_json::to_string(&next).expect("status serialises");
-            let txn = Txn::new()
-                .when([unchanged(&wk, rev), unchanged(&sk, status_rev)])
-                .and_then([TxnOp::put(sk.as_str(), body, None)]);
-            match this.txn_revision(txn).await {
+            let guards = vec![weights_guard(&wk, rev), status_guard(&sk, status_rev)];
+            match this
+                .guarded(&id, guards, vec![(sk.clone(), body)], None)
+                .await
+            {
                 Ok(Some(mod_revision)) => {
                     info!(route = %id, phase = %next.phase, weights_revision = rev, "status kept in step with the weights");
                     this.inner
@@ -292,27 +291,44 @@ impl EtcdWriter {
         Ok(c)
     }
 
-    /// Run `txn`; `Ok(succeeded)`.
-    async fn txn(&self, txn: Txn) -> Result<bool, String> {
-        Ok(self.txn_revision(txn).await?.is_some())
-    }
-
-    /// [`EtcdWriter::txn`], with the revision it wrote at when it succeeded.
-    async fn txn_revision(&self, txn: Txn) -> Result<Option<i64>, String> {
+    /// Run one transaction; on no answer, reconnect next time (the channel may be stuck on a
+    /// dead endpoint).
+    async fn run(&self, txn: Txn) -> Result<TxnResponse, String> {
         let mut client = self.client().await?;
         match tokio::time::timeout(CALL_TIMEOUT, client.txn(txn)).await {
-            Ok(Ok(r)) => Ok(r
-                .succeeded()
-                .then(|| r.header().map_or(0, |h| h.revision()))),
+            Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
         }
         .inspect_err(|_| {
-            // Reconnect next time: the channel may be stuck on a dead endpoint.
             if let Ok(mut slot) = self.inner.client.try_lock() {
                 *slot = None;
             }
         })
+    }
+
+    /// `puts` (and `event`, under this instance's event key) through the shared guarded
+    /// writer ([`crate::writer`], as `cutover ctl` writes): the revision it landed at, or
+    /// `None` when a guard changed since it was read.
+    async fn guarded(
+        &self,
+        route: &str,
+        guards: Vec<Guard>,
+        puts: Vec<(String, String)>,
+        event: Option<&Event>,
+    ) -> Result<Option<i64>, String> {
+        let write = Write {
+            route,
+            guards,
+            puts,
+            event: event.map(|e| (e, self.inner.instance.as_str())),
+            need_spec: false,
+        };
+        match writer::write(&self.inner.keys, &write, |txn| self.run(txn)).await? {
+            Outcome::Landed { revision, .. } => Ok(Some(revision)),
+            Outcome::Changed { .. } | Outcome::SpecGone => Ok(None),
+            Outcome::NoEventKey => Err(format!("no free event key for {route}")),
+        }
     }
 
     /// Weights + event in one transaction guarded on the weights' `read` revision, then the
@@ -327,43 +343,50 @@ impl EtcdWriter {
     ) -> Result<i64, Failure> {
         let keys = &self.inner.keys;
         let wk = keys.weights(route);
-        let event_key = keys.event(route, unix_millis_now(), &self.inner.instance);
-        let event_json = serde_json::to_string(event).expect("events serialise");
-        let txn = Txn::new().when([unchanged(&wk, read)]).and_then([
-            TxnOp::put(wk.as_str(), to.to_json().to_string(), None),
-            TxnOp::put(event_key.as_str(), event_json, None),
-        ]);
-        let mut client = self.client().await.map_err(Failure::Unavailable)?;
-        let resp = match tokio::time::timeout(CALL_TIMEOUT, client.txn(txn)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                *self.inner.client.lock().await = None;
-                return Err(Failure::Unavailable(e.to_string()));
-            }
-            Err(_) => {
-                *self.inner.client.lock().await = None;
-                return Err(Failure::Unavailable(format!(
-                    "no answer within {CALL_TIMEOUT:?}"
-                )));
-            }
-        };
-        if !resp.succeeded() {
+        let landed = self
+            .guarded(
+                route,
+                vec![weights_guard(&wk, read)],
+                vec![(wk.clone(), to.to_json().to_string())],
+                Some(event),
+            )
+            .await
+            .map_err(Failure::Unavailable)?;
+        let Some(rev) = landed else {
             return Err(Failure::Superseded(format!(
                 "{wk} changed since revision {read}"
             )));
-        }
-        let rev = resp.header().map_or(0, |h| h.revision());
-        let sk = keys.status(route);
+        };
         let body = serde_json::to_string(&status(rev)).expect("status serialises");
-        let txn =
-            Txn::new()
-                .when([unchanged(&wk, rev)])
-                .and_then([TxnOp::put(sk.as_str(), body, None)]);
+        let status = self
+            .guarded(
+                route,
+                vec![weights_guard(&wk, rev)],
+                vec![(keys.status(route), body)],
+                None,
+            )
+            .await;
         // The weights landed; a status that does not is caught up by the leader.
-        if let Err(e) = self.txn(txn).await {
+        if let Err(e) = status {
             warn!(%route, error = %e, "status not written after the weights");
         }
         Ok(rev)
+    }
+}
+
+fn weights_guard(key: &str, read_revision: i64) -> Guard {
+    Guard {
+        what: "weights",
+        key: key.to_string(),
+        read_revision,
+    }
+}
+
+fn status_guard(key: &str, read_revision: i64) -> Guard {
+    Guard {
+        what: "status",
+        key: key.to_string(),
+        read_revision,
     }
 }
 

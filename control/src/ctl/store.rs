@@ -18,23 +18,7 @@ pub(super) struct Store {
     timeout: Duration,
 }
 
-/// One key as read: its value and `mod_revision` (`0` when the key is absent).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct RawKv {
-    pub(super) key: String,
-    pub(super) value: Vec<u8>,
-    pub(super) mod_revision: i64,
-}
-
-impl From<&etcd_client::KeyValue> for RawKv {
-    fn from(kv: &etcd_client::KeyValue) -> Self {
-        RawKv {
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            value: kv.value().to_vec(),
-            mod_revision: kv.mod_revision(),
-        }
-    }
-}
+pub(super) use crate::writer::RawKv;
 
 impl Store {
     /// Connects to `endpoints`. A quick TCP probe first, so a dead endpoint fails in

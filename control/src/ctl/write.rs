@@ -5,14 +5,14 @@
 //! uses it for the status key).
 
 use cutover_config::{ConfigErrors, Phase, Weights};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use serde_json::json;
 
-use super::store::{revision_of, RawKv, Store};
+use super::store::{RawKv, Store};
 use super::view::{self, Decoded, RouteRead, Writer};
 use super::{compact, no_route, route_id, CtlError, Ctx, Result};
 use crate::keys::Keys;
-use crate::model::{unix_millis_now, Event, EventKind, RollbackRecord, Status};
+use crate::model::{Event, EventKind, RollbackRecord, Status};
+use crate::writer::{self, Outcome, Write, EVENT_KEY_ATTEMPTS};
 
 /// What an operator asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,10 +124,6 @@ pub(super) fn invalid_weights(route: &str, errors: &ConfigErrors) -> CtlError {
     CtlError::Usage(msg)
 }
 
-/// How many times a write is retried when only its event key collided (same millisecond, same
-/// writer); a changed weights key is never retried.
-const EVENT_KEY_ATTEMPTS: u64 = 3;
-
 pub(super) async fn run(ctx: &Ctx, route: &str, change: Change) -> Result<String> {
     let id = route_id(route)?;
     change.precheck().map_err(|e| invalid_weights(&id, &e))?;
@@ -185,16 +181,6 @@ pub(super) struct Written {
     pub(super) event_key: String,
 }
 
-/// A key a write requires to be as it was read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Guard {
-    /// What the key is called in a conflict message (`weights`, `status`).
-    pub(super) what: &'static str,
-    pub(super) key: String,
-    /// mod_revision when read; 0 = absent.
-    pub(super) read_revision: i64,
-}
-
 async fn write_weights(
     ctx: &Ctx,
     store: &Store,
@@ -216,9 +202,10 @@ async fn write_weights(
 }
 
 /// Puts `puts`, and `event` under a new event key, in one transaction that lands only while
-/// every guard is as it was read and the route's spec exists. When a guard changed, nothing is
-/// written and the error names what changed and who wrote it (exit 2); only a taken event key
-/// (same writer, same millisecond) is retried.
+/// every guard is as it was read and the route's spec exists ([`crate::writer`], the writer
+/// the controller uses too). When a guard changed, nothing is written and the error names what
+/// changed and who wrote it (exit 2); only a taken event key (same writer, same millisecond)
+/// is retried.
 pub(super) async fn write_guarded(
     ctx: &Ctx,
     store: &Store,
@@ -227,79 +214,43 @@ pub(super) async fn write_guarded(
     puts: &[(String, String)],
     event: Event,
 ) -> Result<Written> {
-    let spec_key = ctx.keys.spec(id);
-    let event_json = serde_json::to_string(&event).expect("events serialise");
-    let millis = unix_millis_now();
-    for attempt in 0..EVENT_KEY_ATTEMPTS {
-        let event_key = ctx.keys.event(id, millis + attempt, &key_segment(&ctx.by));
-        let mut compares: Vec<Compare> = guards
-            .iter()
-            .map(|g| unchanged(&g.key, g.read_revision))
-            .collect();
-        compares.push(Compare::version(spec_key.as_str(), CompareOp::Greater, 0));
-        compares.push(Compare::version(event_key.as_str(), CompareOp::Equal, 0));
-        let mut ops: Vec<TxnOp> = puts
-            .iter()
-            .map(|(key, value)| TxnOp::put(key.as_str(), value.as_str(), None))
-            .collect();
-        ops.push(TxnOp::put(event_key.as_str(), event_json.as_str(), None));
-        let mut gets: Vec<TxnOp> = guards
-            .iter()
-            .map(|g| TxnOp::get(g.key.as_str(), None))
-            .collect();
-        gets.push(TxnOp::get(spec_key.as_str(), None));
-        let txn = Txn::new().when(compares).and_then(ops).or_else(gets);
-        let resp = store.txn(txn).await?;
-        if resp.succeeded() {
-            return Ok(Written {
-                revision: revision_of(resp.header()),
-                event,
-                event_key,
-            });
-        }
-        let now: Vec<Option<RawKv>> = resp
-            .op_responses()
-            .into_iter()
-            .map(|op| match op {
-                TxnOpResponse::Get(get) => get.kvs().first().map(RawKv::from),
-                _ => None,
-            })
-            .collect();
-        if let Some((guard, now)) = first_changed(guards, &now) {
-            let now_rev = now.map_or(0, |kv| kv.mod_revision);
+    let write = Write {
+        route: id,
+        guards: guards.to_vec(),
+        puts: puts.to_vec(),
+        event: Some((&event, ctx.by.as_str())),
+        need_spec: true,
+    };
+    match writer::write(&ctx.keys, &write, |txn| store.txn(txn)).await? {
+        Outcome::Landed {
+            revision,
+            event_key,
+        } => Ok(Written {
+            revision,
+            event_key: event_key.unwrap_or_default(),
+            event,
+        }),
+        Outcome::Changed { guard, now } => {
+            let guard = &guards[guard];
+            let now_rev = now.as_ref().map_or(0, |kv| kv.mod_revision);
             let writer = view::writer_at(store, &ctx.keys, id, now_rev).await?;
-            return Err(CtlError::Runtime(conflict_message(&Conflict {
+            Err(CtlError::Runtime(conflict_message(&Conflict {
                 what: guard.what,
                 route: id,
                 read_revision: guard.read_revision,
-                now,
+                now: now.as_ref(),
                 writer: writer.as_ref(),
-            })));
+            })))
         }
-        if !matches!(now.get(guards.len()), Some(Some(_))) {
-            return Err(CtlError::Runtime(format!(
-                "the spec of {id} was deleted since it was read; nothing written — write the \
-                 spec again with `cutover ctl apply FILE`, then re-run"
-            )));
-        }
-        // Only the event key was taken (same writer, same millisecond): next millisecond.
+        Outcome::SpecGone => Err(CtlError::Runtime(format!(
+            "the spec of {id} was deleted since it was read; nothing written — write the \
+             spec again with `cutover ctl apply FILE`, then re-run"
+        ))),
+        Outcome::NoEventKey => Err(CtlError::Runtime(format!(
+            "could not find a free event key for {id} after {EVENT_KEY_ATTEMPTS} attempts; \
+             nothing written — re-run"
+        ))),
     }
-    Err(CtlError::Runtime(format!(
-        "could not find a free event key for {id} after {EVENT_KEY_ATTEMPTS} attempts; \
-         nothing written — re-run"
-    )))
-}
-
-/// The first guard whose key is no longer as read, given the keys as they are `now` (in guard
-/// order), and what it is now.
-pub(super) fn first_changed<'a>(
-    guards: &'a [Guard],
-    now: &'a [Option<RawKv>],
-) -> Option<(&'a Guard, Option<&'a RawKv>)> {
-    guards.iter().zip(now).find_map(|(guard, now)| {
-        let now_rev = now.as_ref().map_or(0, |kv| kv.mod_revision);
-        (now_rev != guard.read_revision).then_some((guard, now.as_ref()))
-    })
 }
 
 /// `status` in a transaction that only lands while the weights key is still at
@@ -310,28 +261,27 @@ pub(super) async fn write_status(
     id: &str,
     status: &Status,
 ) -> Result<bool> {
-    let txn = Txn::new()
-        .when([Compare::mod_revision(
-            keys.weights(id),
-            CompareOp::Equal,
-            status.weights_revision,
-        )])
-        .and_then([TxnOp::put(
+    let write = Write {
+        route: id,
+        guards: vec![Guard {
+            what: "weights",
+            key: keys.weights(id),
+            read_revision: status.weights_revision,
+        }],
+        puts: vec![(
             keys.status(id),
             serde_json::to_string(status).expect("status serialises"),
-            None,
-        )]);
-    Ok(store.txn(txn).await?.succeeded())
+        )],
+        event: None,
+        need_spec: false,
+    };
+    let outcome = writer::write(keys, &write, |txn| store.txn(txn)).await?;
+    Ok(matches!(outcome, Outcome::Landed { .. }))
 }
 
 pub(super) use crate::keys::unchanged;
 
-/// `who` made safe as the last segment of an event key (no `/`, no control characters).
-pub(super) fn key_segment(who: &str) -> String {
-    who.chars()
-        .map(|c| if c == '/' || c.is_control() { '_' } else { c })
-        .collect()
-}
+pub(super) use crate::writer::{key_segment, Guard};
 
 /// A compare-and-swap that lost: what was read, and what is there now.
 #[derive(Debug)]
@@ -556,34 +506,17 @@ mod tests {
     }
 
     #[test]
-    fn the_first_changed_guard_is_named() {
-        let guard = |what, rev| Guard {
-            what,
-            key: format!("/c/routes/orders/{what}"),
-            read_revision: rev,
-        };
-        let kv = |what: &str, rev| RawKv {
-            key: format!("/c/routes/orders/{what}"),
+    fn a_conflict_names_what_changed() {
+        let now = RawKv {
+            key: "/c/routes/orders/status".into(),
             value: b"{}".to_vec(),
-            mod_revision: rev,
+            mod_revision: 60,
         };
-        let guards = [guard("weights", 41), guard("status", 0)];
-        let same = [Some(kv("weights", 41)), None];
-        assert!(first_changed(&guards, &same).is_none());
-        let status_written = [Some(kv("weights", 41)), Some(kv("status", 60))];
-        let (g, now) = first_changed(&guards, &status_written).unwrap();
-        assert_eq!(
-            (g.what, now.map(|kv| kv.mod_revision)),
-            ("status", Some(60))
-        );
-        let weights_deleted = [None, Some(kv("status", 60))];
-        let (g, now) = first_changed(&guards, &weights_deleted).unwrap();
-        assert_eq!((g.what, now), ("weights", None));
         let msg = conflict_message(&Conflict {
             what: "status",
             route: "orders",
             read_revision: 0,
-            now: status_written[1].as_ref(),
+            now: Some(&now),
             writer: None,
         });
         assert!(
@@ -592,12 +525,6 @@ mod tests {
             ),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn key_segments() {
-        assert_eq!(key_segment("alice@host"), "alice@host");
-        assert_eq!(key_segment("a/b\n"), "a_b_");
     }
 
     #[test]
