@@ -92,7 +92,7 @@ impl EtcdConnect {
             options = options.with_tls(self.tls()?);
         }
         if let Some(user) = &self.auth.user {
-            let password = first_line(read("password_file", &user.password_file)?)
+            let password = read_secret(&user.password_file)
                 .map_err(|why| file_error("password_file", &user.password_file, why))?;
             options = options.with_user(user.username.clone(), password);
         }
@@ -176,7 +176,15 @@ fn check_pem(key: &str, path: &Path, pem: &[u8], marker: &str) -> Result<(), Con
     }
 }
 
-/// The first line of a secret file, without its line end; never empty.
+/// The first line of a secret file (a password, a token), without its line end; never empty.
+/// The error is the reason only — never the content — for the caller to put after the key and
+/// the path. The one reader of cutover's secret files: the etcd password, the admin token
+/// (`serve`, `validate`) and `ctl diffs --admin-token-file`.
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    first_line(bytes).map_err(str::to_string)
+}
+
 fn first_line(bytes: Vec<u8>) -> Result<String, &'static str> {
     let text = String::from_utf8(bytes).map_err(|_| "not UTF-8 text")?;
     let line = text
@@ -185,7 +193,7 @@ fn first_line(bytes: Vec<u8>) -> Result<String, &'static str> {
         .unwrap_or_default()
         .trim_end_matches('\r');
     if line.is_empty() {
-        return Err("the first line is empty (it holds the password)");
+        return Err("the first line is empty (it holds the secret)");
     }
     Ok(line.to_string())
 }
@@ -297,6 +305,26 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn a_secret_is_the_first_line_and_never_in_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let crlf = file("crlf", "s3cret-token\r\nignored second line\n");
+        assert_eq!(read_secret(&crlf).unwrap(), "s3cret-token");
+        assert_eq!(read_secret(&file("bare", "tok")).unwrap(), "tok");
+        let empty = read_secret(&file("empty", "\ns3cret\n")).unwrap_err();
+        assert!(
+            empty.contains("first line is empty") && !empty.contains("s3cret"),
+            "{empty}"
+        );
+        let missing = read_secret(&dir.path().join("missing")).unwrap_err();
+        assert!(missing.contains("No such file"), "{missing}");
     }
 
     #[test]

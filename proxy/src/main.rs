@@ -91,7 +91,7 @@ fn main() -> ExitCode {
 fn config_files(config: &cutover_config::Config) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(path) = &config.admin.token_file {
-        if let Err(e) = cutover_proxy::admin::Token::read(path) {
+        if let Err(e) = server::read_token(path) {
             problems.push(e);
         }
     }

@@ -46,6 +46,13 @@ pub enum ServeError {
     Runtime(String),
 }
 
+/// The admin token from `[admin] token_file`; an error names the key and the path, never the
+/// content.
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+    cutover_control::connect::read_secret(path)
+        .map_err(|why| format!("[admin] token_file {}: {why}", path.display()))
+}
+
 /// Parse `path` and run until SIGTERM/SIGINT — or until a new binary took the sockets over.
 /// `upgrade`: take the listening sockets of the cutover running with the same
 /// `[proxy] upgrade_socket` (see [`crate::handover`]).
@@ -72,9 +79,9 @@ pub fn serve(path: &Path, upgrade: bool) -> Result<(), ServeError> {
 pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Result<(), ServeError> {
     let p = &config.proxy;
     let token = match &config.admin.token_file {
-        Some(path) => {
-            Some(crate::admin::Token::read(path).map_err(|e| ServeError::Files(vec![e]))?)
-        }
+        Some(path) => Some(crate::admin::Token::new(
+            read_token(path).map_err(|e| ServeError::Files(vec![e]))?,
+        )),
         None => None,
     };
     // etcd's TLS and password files must be there at start (they are read again at every

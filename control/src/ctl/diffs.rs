@@ -80,20 +80,8 @@ pub(super) fn divergences_url(admin: &str, id: &str) -> Result<Uri, String> {
 
 /// The first line of `path`: the admin token (its content is never put in a message).
 fn read_token(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CtlError::Usage(format!("--admin-token-file {}: {e}", path.display())))?;
-    let token = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_end_matches('\r');
-    if token.is_empty() {
-        return Err(CtlError::Usage(format!(
-            "--admin-token-file {}: the first line is empty (it holds the token)",
-            path.display()
-        )));
-    }
-    Ok(token.to_string())
+    crate::connect::read_secret(path)
+        .map_err(|why| CtlError::Usage(format!("--admin-token-file {}: {why}", path.display())))
 }
 
 async fn fetch(
