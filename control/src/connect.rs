@@ -120,6 +120,42 @@ impl EtcdConnect {
     }
 }
 
+/// Exponential backoff with jitter between reconnects and retries (the config source's
+/// sessions, the fleet's, the controller's writes): each wait is the current step times a
+/// random factor in [0.5, 1.5), never above the cap; the step doubles up to the cap and
+/// starts over on [`Backoff::reset`]. The jitter keeps a fleet that lost etcd together from
+/// coming back in step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    start: Duration,
+    cap: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    pub fn new(start: Duration, cap: Duration) -> Self {
+        Backoff {
+            start,
+            cap,
+            step: start,
+        }
+    }
+
+    /// The next wait.
+    pub fn next_wait(&mut self) -> Duration {
+        use rand::Rng;
+        let jitter = rand::rng().random_range(0.5..1.5);
+        let wait = self.step.mul_f64(jitter).min(self.cap);
+        self.step = (self.step * 2).min(self.cap);
+        wait
+    }
+
+    /// Back to the first step (after a success).
+    pub fn reset(&mut self) {
+        self.step = self.start;
+    }
+}
+
 /// Every file `auth` names can be read and holds what it should (the checks of
 /// [`EtcdConnect::connect`], for `cutover validate`). Each problem names the key and the path.
 pub fn check_files(auth: &EtcdAuth) -> Vec<String> {
@@ -325,6 +361,30 @@ mod tests {
         );
         let missing = read_secret(&dir.path().join("missing")).unwrap_err();
         assert!(missing.contains("No such file"), "{missing}");
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_under_its_cap() {
+        let (start, cap) = (Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = Backoff::new(start, cap);
+        let mut step = start;
+        for _ in 0..12 {
+            let wait = backoff.next_wait();
+            assert!(
+                wait >= step / 2 && wait <= (step * 3 / 2).min(cap),
+                "{wait:?} at {step:?}"
+            );
+            step = (step * 2).min(cap);
+        }
+        // At the cap, the jitter still spreads the waits below it.
+        let waits: Vec<Duration> = (0..50).map(|_| backoff.next_wait()).collect();
+        assert!(waits.iter().all(|w| *w <= cap && *w >= cap / 2));
+        assert!(
+            waits.iter().any(|w| *w < cap),
+            "jittered at the cap: {waits:?}"
+        );
+        backoff.reset();
+        assert!(backoff.next_wait() <= start * 3 / 2);
     }
 
     #[test]

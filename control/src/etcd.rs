@@ -23,8 +23,7 @@ use cutover_config::{
 };
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 
-use crate::connect::EtcdConnect;
-use rand::Rng;
+use crate::connect::{Backoff, EtcdConnect};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -605,27 +604,25 @@ impl Runner {
     }
 
     async fn run(mut self) {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
         loop {
             match self.session(&mut backoff).await {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Lost(reason) => {
                     self.set_connected(false);
-                    let jitter = rand::rng().random_range(0.5..1.5);
-                    let wait = backoff.mul_f64(jitter);
+                    let wait = backoff.next_wait();
                     warn!(%reason, retry_in = ?wait, endpoints = ?self.source.settings.endpoints, "etcd unavailable; serving the last good routes");
                     tokio::select! {
                         _ = self.shutdown.changed() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(BACKOFF_CAP);
                 }
             }
         }
     }
 
     /// Connect, then read + watch until the connection fails or shutdown.
-    async fn session(&mut self, backoff: &mut Duration) -> SessionEnd {
+    async fn session(&mut self, backoff: &mut Backoff) -> SessionEnd {
         // The files are read again at every connect: rotated certificates are picked up here.
         let connect = EtcdConnect::from_settings(&self.source.settings)
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
@@ -653,7 +650,7 @@ impl Runner {
                 store.put(&self.source.keys, kv.key(), kv.value(), kv.mod_revision());
             }
             self.publish(&client, &mut store, revision);
-            *backoff = BACKOFF_START;
+            backoff.reset();
             match self.watch(&mut client, &mut store, revision).await {
                 WatchEnd::Reread(reason) => info!(%reason, "re-reading the whole prefix"),
                 WatchEnd::Session(end) => return end,
@@ -776,6 +773,7 @@ impl ConfigSource for EtcdSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::Rng;
 
     /// A store holding `(route/kind, json, mod_revision)` values, parsed as etcd values are.
     fn kv_store(pairs: &[(&str, &str, i64)]) -> Store {

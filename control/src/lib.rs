@@ -25,7 +25,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-/// A place routes and weights come from (a watched file now, etcd next).
+/// A place routes and weights come from (a watched file, etcd). Its write side — where the
+/// controller's rollbacks, gates, ramp steps and statuses go when the store is shared — is
+/// [`controller::ConfigWriter`]; etcd's is the controller's etcd writer, and a new source
+/// brings its own ([`controller::Controller::with_writer`]).
 ///
 /// `run` publishes every change on `tx` until `shutdown` turns `true`. It must never publish a
 /// state whose routes were not validated.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use cutover_config::{EtcdSettings, RouteId};
 use etcd_client::{Client, GetOptions, PutOptions};
 
-use crate::connect::EtcdConnect;
+use crate::connect::{Backoff, EtcdConnect};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -171,19 +171,19 @@ async fn call<T>(
 
 impl Task {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), BACKOFF_CAP);
         loop {
             let reason = tokio::select! {
                 _ = shutdown.changed() => return,
                 r = self.session() => r,
             };
             self.set_state(FleetState::default());
-            warn!(%reason, retry_in = ?backoff, "fleet: lost etcd; this instance is not leader until it is back (local rollback still works)");
+            let wait = backoff.next_wait();
+            warn!(%reason, retry_in = ?wait, "fleet: lost etcd; this instance is not leader until it is back (local rollback still works)");
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(BACKOFF_CAP);
         }
     }
 

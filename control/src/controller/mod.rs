@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::keys::Keys;
-use crate::model::{rfc3339_now, Event, EventKind, RollbackRecord};
+use crate::model::{rfc3339_now, Event, EventKind, RollbackRecord, Status};
 use crate::rules::{Breach, Evaluation, Judged, Outcome, RuleEngine};
 
 pub use cutover_config::dataplane::{DataPlane, LiveRoute, Override};
@@ -119,11 +119,48 @@ impl ControlView {
     }
 }
 
+/// The write side beside [`crate::ConfigSource`]: where the controller's decisions go when
+/// routes come from a store every instance reads (SPEC §4: a rollback applies at once
+/// locally, then in the store for the whole fleet). Each call returns at once and writes in
+/// the background; an operator's newer write of the weights always wins. etcd's is
+/// [`writes::EtcdWriter`] (through [`crate::writer`], as `cutover ctl` writes); a new config
+/// source brings its own.
+pub trait ConfigWriter: Send + Sync {
+    /// Roll `route` back to `to` (its weights read at `weights_revision`): weights, event and
+    /// status `rolled_back` with `record`; retried until it lands or is superseded.
+    fn rollback(
+        &self,
+        route: &str,
+        weights_revision: i64,
+        to: Weights,
+        record: RollbackRecord,
+        event: Event,
+    );
+
+    /// A shadow-phase gate's breach: status `rolled_back` and the event, weights untouched;
+    /// `notify` is told once the first instance's record landed.
+    fn gate(
+        &self,
+        route: &str,
+        weights_revision: i64,
+        record: RollbackRecord,
+        event: Event,
+        notify: Option<Notifier>,
+    );
+
+    /// One ramp step to `to` (one attempt; the next tick decides again).
+    fn ramp_step(&self, route: &str, weights_revision: i64, to: Weights, event: Event);
+
+    /// Leader: the status the route's weights imply, when `status` describes older weights.
+    fn keep_status_in_step(&self, route: &LiveRoute, status: Option<&(Arc<Status>, i64)>);
+}
+
 /// Where decisions are written.
 enum Store {
-    /// No etcd: overrides in the data plane are the whole truth.
+    /// No shared store: overrides in the data plane are the whole truth.
     Local,
-    Etcd(writes::EtcdWriter, Box<fleet::Fleet>),
+    /// A shared store: its writer, and (etcd) the fleet of instances reading it.
+    Shared(Arc<dyn ConfigWriter>, Option<Box<fleet::Fleet>>),
 }
 
 /// Per-route memory between ticks.
@@ -190,10 +227,22 @@ impl Controller {
         Self::with_store(
             dp,
             view,
-            Store::Etcd(writer, Box::new(fleet)),
+            Store::Shared(Arc::new(writer), Some(Box::new(fleet))),
             instance,
             webhook,
         )
+    }
+
+    /// A controller writing its decisions through `writer` (a config source's own write side,
+    /// [`ConfigWriter`]) as the only instance: no fleet, so it leads.
+    pub fn with_writer(
+        dp: Arc<dyn DataPlane>,
+        view: Arc<ControlView>,
+        writer: Arc<dyn ConfigWriter>,
+        instance: String,
+        webhook: Option<String>,
+    ) -> Self {
+        Self::with_store(dp, view, Store::Shared(writer, None), instance, webhook)
     }
 
     fn with_store(
@@ -206,7 +255,7 @@ impl Controller {
         {
             let mut v = view.lock();
             v.instance = instance.clone();
-            v.leader = matches!(store, Store::Local);
+            v.leader = matches!(store, Store::Local | Store::Shared(_, None));
         }
         Controller {
             dp,
@@ -228,7 +277,7 @@ impl Controller {
 
     /// Evaluate every [`TICK`] until `shutdown` turns true.
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        if let Store::Etcd(_, fleet) = &self.store {
+        if let Store::Shared(_, Some(fleet)) = &self.store {
             fleet.start(self.dp.clone(), shutdown.clone());
         }
         let mut tick = tokio::time::interval(TICK);
@@ -236,7 +285,7 @@ impl Controller {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
-                    if let Store::Etcd(_, fleet) = &self.store {
+                    if let Store::Shared(_, Some(fleet)) = &self.store {
                         fleet.stop().await;
                     }
                     return;
@@ -250,8 +299,8 @@ impl Controller {
     pub fn tick(&mut self, now: Instant) {
         let routes = self.dp.routes();
         let fleet_state = match &self.store {
-            Store::Local => None,
-            Store::Etcd(_, fleet) => Some(fleet.state()),
+            Store::Shared(_, Some(fleet)) => Some(fleet.state()),
+            Store::Local | Store::Shared(_, None) => None,
         };
         let leader = fleet_state.as_ref().is_none_or(|f| f.leader);
         self.ticks += 1;
@@ -319,7 +368,7 @@ impl Controller {
                     }
                     for_ramp = Some(e.clone());
                     view.local = Some(e);
-                    if let Store::Etcd(_, fleet) = &self.store {
+                    if let Store::Shared(_, Some(fleet)) = &self.store {
                         // A route without traffic has nothing to share (10,000 idle routes
                         // would otherwise be published every second).
                         let had = if stats.is_empty() {
@@ -369,7 +418,7 @@ impl Controller {
                 }
             }
             if leader && ctl.status_in_step != route.weights_revision {
-                if let (Store::Etcd(writer, _), Some(f)) = (&self.store, &fleet_state) {
+                if let (Store::Shared(writer, _), Some(f)) = (&self.store, &fleet_state) {
                     let status = f.statuses.get(&route.id);
                     if status.is_some_and(|(s, _)| s.weights_revision == route.weights_revision) {
                         ctl.status_in_step = route.weights_revision;
@@ -455,14 +504,14 @@ impl Controller {
         };
         match &self.store {
             Store::Local => self.view.push_event(&route.id, &event),
-            Store::Etcd(writer, _) if gate.is_some() => {
+            Store::Shared(writer, _) if gate.is_some() => {
                 // Several instances may breach on the same weights: the one whose record
                 // lands notifies.
                 let notify = self.notifier.clone();
                 writer.gate(&route.id, route.weights_revision, record, event, notify);
                 return;
             }
-            Store::Etcd(writer, _) => {
+            Store::Shared(writer, _) => {
                 writer.rollback(&route.id, route.weights_revision, to, record, event.clone())
             }
         }
@@ -549,7 +598,7 @@ impl Controller {
                 );
                 self.view.push_event(&route.id, &event);
             }
-            Store::Etcd(writer, _) => {
+            Store::Shared(writer, _) => {
                 writer.ramp_step(&route.id, route.weights_revision, to, event);
             }
         }
@@ -667,6 +716,61 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0]["kind"], "rollback");
         assert_eq!(events[0]["from"], events[0]["to"]);
+    }
+
+    /// A config source's own write side: records what the controller asks of it.
+    #[derive(Default)]
+    struct RecordingWriter {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl ConfigWriter for RecordingWriter {
+        fn rollback(&self, route: &str, rev: i64, to: Weights, r: RollbackRecord, _: Event) {
+            let call = format!("rollback {route}@{rev} to {} by {}", to.to_json(), r.rule);
+            self.calls.lock().unwrap().push(call);
+        }
+
+        fn gate(&self, route: &str, rev: i64, r: RollbackRecord, _: Event, _: Option<Notifier>) {
+            let call = format!("gate {route}@{rev} by {}", r.rule);
+            self.calls.lock().unwrap().push(call);
+        }
+
+        fn ramp_step(&self, route: &str, rev: i64, to: Weights, _: Event) {
+            let call = format!("ramp {route}@{rev} to {}", to.to_json());
+            self.calls.lock().unwrap().push(call);
+        }
+
+        fn keep_status_in_step(&self, route: &LiveRoute, _: Option<&(Arc<Status>, i64)>) {
+            let call = format!("status {}", route.id);
+            self.calls.lock().unwrap().push(call);
+        }
+    }
+
+    /// A source's own writer gets the controller's decisions: a live rollback is applied
+    /// locally at once and handed to the writer (once), and the instance leads without a fleet.
+    #[tokio::test(start_paused = true)]
+    async fn a_source_brings_its_own_writer() {
+        let live = Weights::new(50.0, 50.0, 0.0).unwrap();
+        let dp = plane(live, DIVERGENCE_1S);
+        let view = Arc::new(ControlView::default());
+        let writer = Arc::new(RecordingWriter::default());
+        let mut ctl =
+            Controller::with_writer(dp.clone(), view.clone(), writer.clone(), "a".into(), None);
+        dp.stats.lock().unwrap().insert(1, diverging(1_000, 500));
+        run_for(&mut ctl, Duration::from_secs(3)).await;
+
+        let overrides = dp.overrides.lock().unwrap().clone();
+        assert_eq!(overrides.len(), 1, "{overrides:?}");
+        assert_eq!(overrides[0].phase, Phase::RolledBack);
+        let calls = writer.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls,
+            [format!(
+                "rollback orders@7 to {} by divergence",
+                overrides[0].weights.to_json()
+            )]
+        );
+        assert!(view.snapshot().leader, "the only instance leads");
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,8 +12,8 @@ use cutover_config::{EtcdSettings, Phase, RouteId, Weights};
 use etcd_client::{Client, Txn, TxnResponse};
 use tracing::{info, warn};
 
-use super::{LiveRoute, Notifier};
-use crate::connect::EtcdConnect;
+use super::{ConfigWriter, LiveRoute, Notifier};
+use crate::connect::{Backoff, EtcdConnect};
 use crate::keys::Keys;
 use crate::model::{Event, RollbackRecord, Status};
 use crate::writer::{self, Guard, Outcome, Write};
@@ -72,70 +72,6 @@ impl EtcdWriter {
         }
     }
 
-    /// Write the rollback of `route` (read at `weights_revision`) in a task that retries until
-    /// it lands or an operator's newer write supersedes it.
-    pub(super) fn rollback(
-        &self,
-        route: &str,
-        weights_revision: i64,
-        to: Weights,
-        record: RollbackRecord,
-        event: Event,
-    ) {
-        let this = self.clone();
-        let route = route.to_string();
-        tokio::spawn(async move {
-            let status = |rev| Status {
-                phase: Phase::RolledBack,
-                weights_revision: rev,
-                rollback: Some(record.clone()),
-            };
-            let written = retry(&route, "rollback", || {
-                this.write_weights(&route, weights_revision, to, &event, status)
-            })
-            .await;
-            if let Some(rev) = written {
-                info!(%route, revision = rev, "rollback written to etcd");
-            }
-        });
-    }
-
-    /// Write a shadow-phase gate's breach of `route` (weights read at `weights_revision`):
-    /// status `rolled_back` for those weights and the event, in one transaction guarded on the
-    /// weights' revision and on the status as read. The weights are not touched; an operator's
-    /// newer write wins; when several instances breach on the same weights, the first one's
-    /// record stands, and only its instance posts the webhook (`notify`), once it landed.
-    /// Retried like a rollback while etcd does not answer.
-    pub(super) fn gate(
-        &self,
-        route: &str,
-        weights_revision: i64,
-        record: RollbackRecord,
-        event: Event,
-        notify: Option<Notifier>,
-    ) {
-        let this = self.clone();
-        let route = route.to_string();
-        tokio::spawn(async move {
-            let written = retry(&route, "shadow-phase rollback", || {
-                this.write_gate(&route, weights_revision, &record, &event)
-            })
-            .await;
-            match written {
-                Some(Some(rev)) => {
-                    info!(%route, revision = rev, "shadow-phase rollback written to etcd (weights kept)");
-                    if let Some(n) = &notify {
-                        n.send(&route, &event);
-                    }
-                }
-                Some(None) => {
-                    info!(%route, "shadow-phase rollback already recorded in etcd for these weights")
-                }
-                None => {}
-            }
-        });
-    }
-
     /// One attempt of [`EtcdWriter::gate`]: `Ok(None)` when the status already records a
     /// rollback of these weights.
     async fn write_gate(
@@ -185,95 +121,6 @@ impl EtcdWriter {
                 "{wk} or {sk} changed while writing"
             ))),
         }
-    }
-
-    /// Write a ramp step (one attempt; the next tick decides again if it did not land).
-    pub(super) fn ramp_step(&self, route: &str, weights_revision: i64, to: Weights, event: Event) {
-        let this = self.clone();
-        let route = route.to_string();
-        tokio::spawn(async move {
-            let status = |rev| Status {
-                phase: to.implied_phase(),
-                weights_revision: rev,
-                rollback: None,
-            };
-            match this
-                .write_weights(&route, weights_revision, to, &event, status)
-                .await
-            {
-                Ok(rev) => info!(%route, revision = rev, to = %to.to_json(), "ramp step written"),
-                Err(Failure::Superseded(why) | Failure::Unavailable(why)) => {
-                    warn!(%route, %why, "ramp step not written")
-                }
-            }
-        });
-    }
-
-    /// Leader: when `status` describes older weights than the route's (or is missing), write
-    /// the phase the weights imply. A status written for the current weights (a rollback, a
-    /// pause) is left alone; the write is guarded on both keys.
-    pub(super) fn keep_status_in_step(
-        &self,
-        route: &LiveRoute,
-        status: Option<&(Arc<Status>, i64)>,
-    ) {
-        if route.weights_revision <= 0 || route.overridden.is_some() {
-            return;
-        }
-        if status.is_some_and(|(s, _)| s.weights_revision >= route.weights_revision) {
-            return;
-        }
-        {
-            let mut done = self
-                .inner
-                .status_written
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if done.get(&route.id) == Some(&route.weights_revision) {
-                return;
-            }
-            done.insert(route.id.clone(), route.weights_revision);
-        }
-        let this = self.clone();
-        let (id, rev) = (route.id.clone(), route.weights_revision);
-        let status_rev = status.map_or(0, |(_, r)| *r);
-        let next = Status {
-            phase: route.weights.implied_phase(),
-            weights_revision: rev,
-            rollback: None,
-        };
-        tokio::spawn(async move {
-            let Ok(_slot) = this.inner.status_slots.clone().acquire_owned().await else {
-                return;
-            };
-            let keys = &this.inner.keys;
-            let (wk, sk) = (keys.weights(&id), keys.status(&id));
-            let body = serde_json::to_string(&next).expect("status serialises");
-            let guards = vec![weights_guard(&wk, rev), status_guard(&sk, status_rev)];
-            match this
-                .guarded(&id, guards, vec![(sk.clone(), body)], None)
-                .await
-            {
-                Ok(Some(mod_revision)) => {
-                    info!(route = %id, phase = %next.phase, weights_revision = rev, "status kept in step with the weights");
-                    this.inner
-                        .written
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((id, next, mod_revision));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    // Let a later tick try again.
-                    this.inner
-                        .status_written
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                    warn!(route = %id, error = %e, "status not written");
-                }
-            }
-        });
     }
 
     async fn client(&self) -> Result<Client, String> {
@@ -374,6 +221,157 @@ impl EtcdWriter {
     }
 }
 
+impl ConfigWriter for EtcdWriter {
+    /// Write the rollback of `route` (read at `weights_revision`) in a task that retries until
+    /// it lands or an operator's newer write supersedes it.
+    fn rollback(
+        &self,
+        route: &str,
+        weights_revision: i64,
+        to: Weights,
+        record: RollbackRecord,
+        event: Event,
+    ) {
+        let this = self.clone();
+        let route = route.to_string();
+        tokio::spawn(async move {
+            let status = |rev| Status {
+                phase: Phase::RolledBack,
+                weights_revision: rev,
+                rollback: Some(record.clone()),
+            };
+            let written = retry(&route, "rollback", || {
+                this.write_weights(&route, weights_revision, to, &event, status)
+            })
+            .await;
+            if let Some(rev) = written {
+                info!(%route, revision = rev, "rollback written to etcd");
+            }
+        });
+    }
+
+    /// Write a shadow-phase gate's breach of `route` (weights read at `weights_revision`):
+    /// status `rolled_back` for those weights and the event, in one transaction guarded on the
+    /// weights' revision and on the status as read. The weights are not touched; an operator's
+    /// newer write wins; when several instances breach on the same weights, the first one's
+    /// record stands, and only its instance posts the webhook (`notify`), once it landed.
+    /// Retried like a rollback while etcd does not answer.
+    fn gate(
+        &self,
+        route: &str,
+        weights_revision: i64,
+        record: RollbackRecord,
+        event: Event,
+        notify: Option<Notifier>,
+    ) {
+        let this = self.clone();
+        let route = route.to_string();
+        tokio::spawn(async move {
+            let written = retry(&route, "shadow-phase rollback", || {
+                this.write_gate(&route, weights_revision, &record, &event)
+            })
+            .await;
+            match written {
+                Some(Some(rev)) => {
+                    info!(%route, revision = rev, "shadow-phase rollback written to etcd (weights kept)");
+                    if let Some(n) = &notify {
+                        n.send(&route, &event);
+                    }
+                }
+                Some(None) => {
+                    info!(%route, "shadow-phase rollback already recorded in etcd for these weights")
+                }
+                None => {}
+            }
+        });
+    }
+
+    /// Write a ramp step (one attempt; the next tick decides again if it did not land).
+    fn ramp_step(&self, route: &str, weights_revision: i64, to: Weights, event: Event) {
+        let this = self.clone();
+        let route = route.to_string();
+        tokio::spawn(async move {
+            let status = |rev| Status {
+                phase: to.implied_phase(),
+                weights_revision: rev,
+                rollback: None,
+            };
+            match this
+                .write_weights(&route, weights_revision, to, &event, status)
+                .await
+            {
+                Ok(rev) => info!(%route, revision = rev, to = %to.to_json(), "ramp step written"),
+                Err(Failure::Superseded(why) | Failure::Unavailable(why)) => {
+                    warn!(%route, %why, "ramp step not written")
+                }
+            }
+        });
+    }
+
+    /// Leader: when `status` describes older weights than the route's (or is missing), write
+    /// the phase the weights imply. A status written for the current weights (a rollback, a
+    /// pause) is left alone; the write is guarded on both keys.
+    fn keep_status_in_step(&self, route: &LiveRoute, status: Option<&(Arc<Status>, i64)>) {
+        if route.weights_revision <= 0 || route.overridden.is_some() {
+            return;
+        }
+        if status.is_some_and(|(s, _)| s.weights_revision >= route.weights_revision) {
+            return;
+        }
+        {
+            let mut done = self
+                .inner
+                .status_written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if done.get(&route.id) == Some(&route.weights_revision) {
+                return;
+            }
+            done.insert(route.id.clone(), route.weights_revision);
+        }
+        let this = self.clone();
+        let (id, rev) = (route.id.clone(), route.weights_revision);
+        let status_rev = status.map_or(0, |(_, r)| *r);
+        let next = Status {
+            phase: route.weights.implied_phase(),
+            weights_revision: rev,
+            rollback: None,
+        };
+        tokio::spawn(async move {
+            let Ok(_slot) = this.inner.status_slots.clone().acquire_owned().await else {
+                return;
+            };
+            let keys = &this.inner.keys;
+            let (wk, sk) = (keys.weights(&id), keys.status(&id));
+            let body = serde_json::to_string(&next).expect("status serialises");
+            let guards = vec![weights_guard(&wk, rev), status_guard(&sk, status_rev)];
+            match this
+                .guarded(&id, guards, vec![(sk.clone(), body)], None)
+                .await
+            {
+                Ok(Some(mod_revision)) => {
+                    info!(route = %id, phase = %next.phase, weights_revision = rev, "status kept in step with the weights");
+                    this.inner
+                        .written
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((id, next, mod_revision));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Let a later tick try again.
+                    this.inner
+                        .status_written
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    warn!(route = %id, error = %e, "status not written");
+                }
+            }
+        });
+    }
+}
+
 fn weights_guard(key: &str, read_revision: i64) -> Guard {
     Guard {
         what: "weights",
@@ -398,7 +396,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Failure>>,
 {
-    let mut wait = RETRY_START;
+    let mut backoff = Backoff::new(RETRY_START, RETRY_CAP);
     loop {
         match attempt().await {
             Ok(v) => return Some(v),
@@ -407,9 +405,9 @@ where
                 return None;
             }
             Err(Failure::Unavailable(why)) => {
+                let wait = backoff.next_wait();
                 warn!(%route, %why, retry_in = ?wait, "{what} not yet written to etcd; the local decision holds");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(RETRY_CAP);
             }
         }
     }
