@@ -7,7 +7,7 @@
 //! millisecond.
 //!
 //! What a writer does when the write does not land — name the conflict (`ctl`), give up to an
-//! operator's newer write or retry (the controller) — stays with the writer: [`write`] says
+//! operator's newer write or retry (the controller) — stays with the writer: [`write()`](fn@write) says
 //! which guard changed and what the key holds now.
 
 use std::future::Future;

@@ -122,9 +122,9 @@ impl ControlView {
 /// The write side beside [`crate::ConfigSource`]: where the controller's decisions go when
 /// routes come from a store every instance reads (SPEC §4: a rollback applies at once
 /// locally, then in the store for the whole fleet). Each call returns at once and writes in
-/// the background; an operator's newer write of the weights always wins. etcd's is
-/// [`writes::EtcdWriter`] (through [`crate::writer`], as `cutover ctl` writes); a new config
-/// source brings its own.
+/// the background; an operator's newer write of the weights always wins. etcd's is the
+/// controller's `EtcdWriter` (through [`crate::writer`], as `cutover ctl` writes); a new
+/// config source brings its own.
 pub trait ConfigWriter: Send + Sync {
     /// Roll `route` back to `to` (its weights read at `weights_revision`): weights, event and
     /// status `rolled_back` with `record`; retried until it lands or is superseded.

@@ -147,7 +147,7 @@ pub enum CtlCommand {
         /// Base URL of a `cutover serve` admin API ([admin].listen).
         #[arg(long, env = "CUTOVER_ADMIN", default_value = "http://127.0.0.1:9090")]
         admin: String,
-        /// File whose first line is the admin API's bearer token ([admin] token_file).
+        /// File whose first line is the admin API's bearer token (`[admin] token_file`).
         #[arg(long, env = "CUTOVER_ADMIN_TOKEN_FILE")]
         admin_token_file: Option<std::path::PathBuf>,
     },
