@@ -148,6 +148,7 @@ pub(crate) struct RawRouteConfig {
     pub(crate) legacy: RawBackend,
     pub(crate) new: RawBackend,
     pub(crate) sticky: Option<RawSticky>,
+    pub(crate) pin: Option<RawPin>,
     pub(crate) shadow: Option<RawShadow>,
     pub(crate) compare: Option<RawCompare>,
     pub(crate) rollback: Option<RawRollback>,
@@ -163,6 +164,7 @@ impl RawRouteConfig {
             legacy: self.legacy,
             new: self.new,
             sticky: self.sticky,
+            pin: self.pin,
             shadow: self.shadow,
             compare: self.compare,
             rollback: self.rollback,
@@ -181,6 +183,7 @@ pub(crate) struct RawRouteSpec {
     pub(crate) legacy: RawBackend,
     pub(crate) new: RawBackend,
     pub(crate) sticky: Option<RawSticky>,
+    pub(crate) pin: Option<RawPin>,
     pub(crate) shadow: Option<RawShadow>,
     pub(crate) compare: Option<RawCompare>,
     pub(crate) rollback: Option<RawRollback>,
@@ -206,6 +209,14 @@ pub(crate) struct RawBackend {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub(crate) struct RawSticky {
+    pub(crate) header: Option<String>,
+    pub(crate) cookie: Option<String>,
+}
+
+/// `pin` (SPEC §8): where a request names the backend it wants.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub(crate) struct RawPin {
     pub(crate) header: Option<String>,
     pub(crate) cookie: Option<String>,
 }
@@ -296,6 +307,7 @@ object_only! {
     RawMatch => "a match object with optional \"host\" and \"path_prefix\"",
     RawBackend => "a backend object with \"endpoints\" and optional \"tls\", \"sni\"",
     RawSticky => "a sticky object: {\"header\": NAME} or {\"cookie\": NAME}",
+    RawPin => "a pin object: {\"header\": NAME} or {\"cookie\": NAME}",
     RawShadow => "a shadow object",
     RawCompare => "a compare object",
     RawRollback => "a rollback object with any of \"error_rate\", \"latency_p99\", \"divergence\"",

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::check;
 use crate::error::{FieldPath, Report};
 use crate::policy::{self, ComparePolicy, Ramp, RollbackPolicy, ShadowPolicy};
-use crate::raw::{RawBackend, RawMatch, RawRouteSpec, RawSticky};
+use crate::raw::{RawBackend, RawMatch, RawPin, RawRouteSpec, RawSticky};
 use crate::ser;
 
 /// A route's name: 1 to 64 characters of `a-z`, `0-9`, `_`, `-`, starting
@@ -115,6 +115,10 @@ pub struct RouteSpec {
     /// Keeps a client on one backend; `None` splits at random.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky: Option<Sticky>,
+    /// Where a request may name its backend, `legacy` or `new`, whatever the weights
+    /// (SPEC §8; the same shape as `sticky`: a header or a cookie).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Sticky>,
     /// Which requests are copied to the other backend, and how.
     pub shadow: ShadowPolicy,
     /// How primary and shadow answers are compared.
@@ -350,6 +354,10 @@ pub(crate) fn validate_spec(
     let sticky = raw
         .sticky
         .map(|sticky| validate_sticky(report, &at.key("sticky"), sticky));
+    let pin = raw.pin.map(|pin| {
+        let RawPin { header, cookie } = pin;
+        validate_sticky(report, &at.key("pin"), RawSticky { header, cookie })
+    });
     let shadow = policy::shadow(report, &at.key("shadow"), raw.shadow.unwrap_or_default());
     let compare = policy::compare(report, &at.key("compare"), raw.compare.unwrap_or_default());
     let rollback = policy::rollback(report, &at.key("rollback"), raw.rollback);
@@ -361,6 +369,7 @@ pub(crate) fn validate_spec(
         legacy: legacy?,
         new: new?,
         sticky: check::optional(sticky)?,
+        pin: check::optional(pin)?,
         shadow: shadow?,
         compare: compare?,
         rollback: rollback?,
@@ -646,6 +655,34 @@ mod document_tests {
             "rollback.error_rate.max: must be between 0 and 1 (got 2)",
             "ramp.steps[1]: steps must be strictly increasing (10 follows 50)",
         ]
+        );
+    }
+
+    #[test]
+    fn pin_forms() {
+        let header = spec(&spec_json(json!({"pin": {"header": "X-Cutover-Backend"}})));
+        assert_eq!(header.pin, Some(Sticky::Header("x-cutover-backend".into())));
+        let cookie = spec(&spec_json(json!({"pin": {"cookie": "cutover-backend"}})));
+        assert_eq!(cookie.pin, Some(Sticky::Cookie("cutover-backend".into())));
+        assert_eq!(cookie.sticky, None);
+        let text = cookie.to_json().to_string();
+        assert!(
+            text.contains(r#""pin":{"cookie":"cutover-backend"}"#),
+            "{text}"
+        );
+        assert_eq!(parse_route_spec_json(&text), Ok(cookie));
+        assert_eq!(
+            errors(parse_route_spec_json(&spec_json(
+                json!({"pin": {"header": "a", "cookie": "b"}})
+            ))),
+            vec!["pin: give exactly one of \"header\" or \"cookie\""]
+        );
+        let bad = errors(parse_route_spec_json(&spec_json(
+            json!({"pin": {"header": "a b"}}),
+        )));
+        assert!(
+            bad[0].starts_with("pin.header: invalid header name"),
+            "{bad:?}"
         );
     }
 

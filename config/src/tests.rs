@@ -88,6 +88,7 @@ fn spec_example() -> RouteSpec {
             sni: Some("new.internal".into()),
         },
         sticky: Some(Sticky::Header("x-user-id".into())),
+        pin: None,
         shadow: ShadowPolicy {
             methods: strings(&["GET", "HEAD"]),
             max_body_bytes: 1_048_576,

@@ -170,18 +170,39 @@ async fn declared_empty_body_ended(
     matches!(end, Ok(None))
 }
 
-/// Legacy or new, by weight — or by the route's sticky header or cookie.
+/// Legacy or new: the backend the request pins (the route's `pin` header or cookie says
+/// `legacy` or `new`, SPEC §8), else by weight — or by the route's sticky header or cookie.
 fn split(route: &Route, parts: &Parts) -> BackendKind {
-    let key = match route.spec.sticky.as_ref() {
-        None => None,
-        Some(Sticky::Header(name)) => parts.headers.get(name.as_str()).map(|v| v.as_bytes()),
-        Some(Sticky::Cookie(name)) => parts
+    let pinned = route
+        .spec
+        .pin
+        .as_ref()
+        .and_then(|pin| match request_key(pin, parts)? {
+            b"legacy" => Some(BackendKind::Legacy),
+            b"new" => Some(BackendKind::New),
+            _ => None,
+        });
+    if let Some(backend) = pinned {
+        return backend;
+    }
+    let key = route
+        .spec
+        .sticky
+        .as_ref()
+        .and_then(|sticky| request_key(sticky, parts));
+    route.split.choose(key)
+}
+
+/// The value of the request header, or of the cookie, that `source` names.
+fn request_key<'p>(source: &Sticky, parts: &'p Parts) -> Option<&'p [u8]> {
+    match source {
+        Sticky::Header(name) => parts.headers.get(name.as_str()).map(|v| v.as_bytes()),
+        Sticky::Cookie(name) => parts
             .headers
             .get_all(header::COOKIE)
             .iter()
             .find_map(|v| crate::split::cookie_value(v.as_bytes(), name)),
-    };
-    route.split.choose(key)
+    }
 }
 
 /// Sample the request for shadowing and check it is eligible; ineligible samples are counted.

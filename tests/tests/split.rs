@@ -199,3 +199,66 @@ async fn sticky_cookie_is_stable_and_monotone() {
     );
     assert!(after.len() > before.len(), "cohort grew from 20% to 60%");
 }
+
+/// The backend that served one GET carrying `headers`.
+async fn served_by(proxy: &Proxy, headers: &[(&str, &str)]) -> String {
+    let res = proxy
+        .client()
+        .get_with_headers(&proxy.url("/split"), headers)
+        .await
+        .expect("request through the proxy");
+    assert_eq!(res.status, 200, "{}", res.text());
+    res.backend().expect("x-backend header")
+}
+
+/// SPEC §8 pinning by header: `legacy` or `new` wins over the weights (a tester tries `new`
+/// before it has live traffic), any other value is ignored, and sticky keys still apply to
+/// unpinned requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pin_header_names_the_backend_whatever_the_weights() {
+    let s = split(|r| {
+        r.weights(100, 0)
+            .sticky_header("x-user-id")
+            .line(r#"pin = { header = "x-cutover-backend" }"#)
+    })
+    .await;
+    let pin = |v: &'static str| [("x-cutover-backend", v), ("x-user-id", "u-1")];
+    for _ in 0..5 {
+        assert_eq!(served_by(&s.proxy, &pin("new")).await, "new");
+        assert_eq!(served_by(&s.proxy, &pin("legacy")).await, "legacy");
+        assert_eq!(
+            served_by(&s.proxy, &pin("NEW")).await,
+            "legacy",
+            "only `new` pins"
+        );
+        assert_eq!(served_by(&s.proxy, &pin("both")).await, "legacy");
+        assert_eq!(served_by(&s.proxy, &[("x-user-id", "u-1")]).await, "legacy");
+    }
+    assert_eq!(s.new.count(), 5, "only the pinned requests reached new");
+    assert_eq!(s.legacy.count(), 20);
+}
+
+/// Pinning by cookie, against weights that send everything to `new`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pin_cookie_names_the_backend_whatever_the_weights() {
+    let s = split(|r| {
+        r.weights(0, 100)
+            .line(r#"pin = { cookie = "cutover-backend" }"#)
+    })
+    .await;
+    let cookie = |v: &'static str| [("cookie", v)];
+    assert_eq!(
+        served_by(&s.proxy, &cookie("a=1; cutover-backend=legacy")).await,
+        "legacy"
+    );
+    assert_eq!(
+        served_by(&s.proxy, &cookie("cutover-backend=new")).await,
+        "new"
+    );
+    assert_eq!(
+        served_by(&s.proxy, &cookie("cutover-backend=old")).await,
+        "new"
+    );
+    assert_eq!(served_by(&s.proxy, &[]).await, "new");
+    assert_eq!(s.legacy.count(), 1);
+}
