@@ -49,13 +49,33 @@ pub struct Guard {
     pub read_revision: i64,
 }
 
+impl Guard {
+    /// The weights key `key`, as read at `read_revision`.
+    pub fn weights(key: String, read_revision: i64) -> Guard {
+        Guard {
+            what: "weights",
+            key,
+            read_revision,
+        }
+    }
+
+    /// The status key `key`, as read at `read_revision`.
+    pub fn status(key: String, read_revision: i64) -> Guard {
+        Guard {
+            what: "status",
+            key,
+            read_revision,
+        }
+    }
+}
+
 /// One guarded write of one route's keys.
 #[derive(Debug, Clone)]
 pub struct Write<'a> {
     pub route: &'a str,
-    pub guards: Vec<Guard>,
+    pub guards: &'a [Guard],
     /// Keys and values to put.
-    pub puts: Vec<(String, String)>,
+    pub puts: &'a [(String, String)],
     /// The event to record with the write, and who writes it (an operator, an instance).
     pub event: Option<(&'a Event, &'a str)>,
     /// Land only while the route's spec exists (an operator's write to a route deleted
@@ -140,7 +160,7 @@ where
                 _ => None,
             })
             .collect();
-        if let Some((guard, now)) = first_changed(&w.guards, &now) {
+        if let Some((guard, now)) = first_changed(w.guards, &now) {
             return Ok(Outcome::Changed {
                 guard,
                 now: now.cloned(),
@@ -188,6 +208,14 @@ mod tests {
             key: format!("/c/routes/orders/{what}"),
             read_revision: rev,
         };
+        assert_eq!(
+            Guard::weights("/c/routes/orders/weights".into(), 41),
+            guard("weights", 41)
+        );
+        assert_eq!(
+            Guard::status("/c/routes/orders/status".into(), 0),
+            guard("status", 0)
+        );
         let kv = |what: &str, rev| RawKv {
             key: format!("/c/routes/orders/{what}"),
             value: b"{}".to_vec(),

@@ -105,8 +105,11 @@ impl EtcdWriter {
         let landed = self
             .guarded(
                 route,
-                vec![weights_guard(&wk, read), status_guard(&sk, status_rev)],
-                vec![(
+                &[
+                    Guard::weights(wk.clone(), read),
+                    Guard::status(sk.clone(), status_rev),
+                ],
+                &[(
                     sk.clone(),
                     serde_json::to_string(&status).expect("status serialises"),
                 )],
@@ -160,8 +163,8 @@ impl EtcdWriter {
     async fn guarded(
         &self,
         route: &str,
-        guards: Vec<Guard>,
-        puts: Vec<(String, String)>,
+        guards: &[Guard],
+        puts: &[(String, String)],
         event: Option<&Event>,
     ) -> Result<Option<i64>, String> {
         let write = Write {
@@ -193,8 +196,8 @@ impl EtcdWriter {
         let landed = self
             .guarded(
                 route,
-                vec![weights_guard(&wk, read)],
-                vec![(wk.clone(), to.to_json().to_string())],
+                &[Guard::weights(wk.clone(), read)],
+                &[(wk.clone(), to.to_json().to_string())],
                 Some(event),
             )
             .await
@@ -208,8 +211,8 @@ impl EtcdWriter {
         let status = self
             .guarded(
                 route,
-                vec![weights_guard(&wk, rev)],
-                vec![(keys.status(route), body)],
+                &[Guard::weights(wk.clone(), rev)],
+                &[(keys.status(route), body)],
                 None,
             )
             .await;
@@ -344,11 +347,11 @@ impl ConfigWriter for EtcdWriter {
             let keys = &this.inner.keys;
             let (wk, sk) = (keys.weights(&id), keys.status(&id));
             let body = serde_json::to_string(&next).expect("status serialises");
-            let guards = vec![weights_guard(&wk, rev), status_guard(&sk, status_rev)];
-            match this
-                .guarded(&id, guards, vec![(sk.clone(), body)], None)
-                .await
-            {
+            let guards = &[
+                Guard::weights(wk.clone(), rev),
+                Guard::status(sk.clone(), status_rev),
+            ];
+            match this.guarded(&id, guards, &[(sk.clone(), body)], None).await {
                 Ok(Some(mod_revision)) => {
                     info!(route = %id, phase = %next.phase, weights_revision = rev, "status kept in step with the weights");
                     this.inner
@@ -369,22 +372,6 @@ impl ConfigWriter for EtcdWriter {
                 }
             }
         });
-    }
-}
-
-fn weights_guard(key: &str, read_revision: i64) -> Guard {
-    Guard {
-        what: "weights",
-        key: key.to_string(),
-        read_revision,
-    }
-}
-
-fn status_guard(key: &str, read_revision: i64) -> Guard {
-    Guard {
-        what: "status",
-        key: key.to_string(),
-        read_revision,
     }
 }
 

@@ -243,16 +243,8 @@ async fn write_phase(
     event.from = read.weights_json();
     event.to = read.weights_json();
     let guards = [
-        Guard {
-            what: "weights",
-            key: ctx.keys.weights(&read.id),
-            read_revision: read.weights.mod_revision,
-        },
-        Guard {
-            what: "status",
-            key: ctx.keys.status(&read.id),
-            read_revision: read.status.mod_revision,
-        },
+        Guard::weights(ctx.keys.weights(&read.id), read.weights.mod_revision),
+        Guard::status(ctx.keys.status(&read.id), read.status.mod_revision),
     ];
     let put = (
         ctx.keys.status(&read.id),

@@ -192,11 +192,7 @@ async fn write_weights(
     event.from = read.weights_json();
     event.to = Some(target.to_json());
     let weights_key = ctx.keys.weights(&read.id);
-    let guard = Guard {
-        what: "weights",
-        key: weights_key.clone(),
-        read_revision: read.weights.mod_revision,
-    };
+    let guard = Guard::weights(weights_key.clone(), read.weights.mod_revision);
     let put = (weights_key, target.to_json().to_string());
     write_guarded(ctx, store, &read.id, &[guard], &[put], event).await
 }
@@ -216,8 +212,8 @@ pub(super) async fn write_guarded(
 ) -> Result<Written> {
     let write = Write {
         route: id,
-        guards: guards.to_vec(),
-        puts: puts.to_vec(),
+        guards,
+        puts,
         event: Some((&event, ctx.by.as_str())),
         need_spec: true,
     };
@@ -263,12 +259,8 @@ pub(super) async fn write_status(
 ) -> Result<bool> {
     let write = Write {
         route: id,
-        guards: vec![Guard {
-            what: "weights",
-            key: keys.weights(id),
-            read_revision: status.weights_revision,
-        }],
-        puts: vec![(
+        guards: &[Guard::weights(keys.weights(id), status.weights_revision)],
+        puts: &[(
             keys.status(id),
             serde_json::to_string(status).expect("status serialises"),
         )],
