@@ -92,8 +92,7 @@ impl EtcdConnect {
             options = options.with_tls(self.tls()?);
         }
         if let Some(user) = &self.auth.user {
-            let password = read_secret(&user.password_file)
-                .map_err(|why| file_error("password_file", &user.password_file, why))?;
+            let password = read_password(&user.password_file)?;
             options = options.with_user(user.username.clone(), password);
         }
         Ok(options)
@@ -102,18 +101,16 @@ impl EtcdConnect {
     fn tls(&self) -> Result<TlsOptions, ConnectError> {
         let mut tls = TlsOptions::new();
         tls = match &self.auth.ca_file {
-            Some(path) => {
-                let pem = read("ca_file", path)?;
-                check_pem("ca_file", path, &pem, "CERTIFICATE")?;
-                tls.ca_certificate(Certificate::from_pem(pem))
-            }
+            Some(path) => tls.ca_certificate(Certificate::from_pem(read_pem(
+                "ca_file",
+                path,
+                "CERTIFICATE",
+            )?)),
             None => tls.with_native_roots(),
         };
         if let Some(cert) = &self.auth.client_cert {
-            let pem = read("cert_file", &cert.cert_file)?;
-            check_pem("cert_file", &cert.cert_file, &pem, "CERTIFICATE")?;
-            let key = read("key_file", &cert.key_file)?;
-            check_pem("key_file", &cert.key_file, &key, "PRIVATE KEY")?;
+            let pem = read_pem("cert_file", &cert.cert_file, "CERTIFICATE")?;
+            let key = read_pem("key_file", &cert.key_file, "PRIVATE KEY")?;
             tls = tls.identity(Identity::from_pem(pem, key));
         }
         Ok(tls)
@@ -159,29 +156,33 @@ impl Backoff {
 /// Every file `auth` names can be read and holds what it should (the checks of
 /// [`EtcdConnect::connect`], for `cutover validate`). Each problem names the key and the path.
 pub fn check_files(auth: &EtcdAuth) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut check = |key: &'static str, path: &Path, marker: Option<&str>| {
-        let result = read(key, path).and_then(|bytes| match marker {
-            Some(marker) => check_pem(key, path, &bytes, marker),
-            None => first_line(bytes)
-                .map(drop)
-                .map_err(|why| file_error(key, path, why)),
-        });
-        if let Err(e) = result {
-            problems.push(e.to_string());
-        }
-    };
+    let mut results = Vec::new();
     if let Some(ca) = &auth.ca_file {
-        check("ca_file", ca, Some("CERTIFICATE"));
+        results.push(read_pem("ca_file", ca, "CERTIFICATE").map(drop));
     }
     if let Some(c) = &auth.client_cert {
-        check("cert_file", &c.cert_file, Some("CERTIFICATE"));
-        check("key_file", &c.key_file, Some("PRIVATE KEY"));
+        results.push(read_pem("cert_file", &c.cert_file, "CERTIFICATE").map(drop));
+        results.push(read_pem("key_file", &c.key_file, "PRIVATE KEY").map(drop));
     }
     if let Some(u) = &auth.user {
-        check("password_file", &u.password_file, None);
+        results.push(read_password(&u.password_file).map(drop));
     }
-    problems
+    results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect()
+}
+
+/// A PEM file of `[etcd] <key>` holding a `marker` block, as connecting reads it.
+fn read_pem(key: &str, path: &Path, marker: &str) -> Result<Vec<u8>, ConnectError> {
+    let pem = read(key, path)?;
+    check_pem(key, path, &pem, marker)?;
+    Ok(pem)
+}
+
+/// `[etcd] password_file`, as connecting reads it.
+fn read_password(path: &Path) -> Result<String, ConnectError> {
+    read_secret(path).map_err(|why| file_error("password_file", path, why))
 }
 
 fn read(key: &str, path: &Path) -> Result<Vec<u8>, ConnectError> {
