@@ -290,20 +290,28 @@ impl<'r> Pass<'r> {
         }
     }
 
-    /// Enters the child at `slot` of a node with the rules `from..to`: `None` when the child is
-    /// ignored, else the range of the rules active inside it (pop them with `truncate(from)`).
-    pub(super) fn enter(
-        &mut self,
-        slot: Slot<'_>,
-        from: usize,
-        to: usize,
-    ) -> Option<(usize, usize)> {
+    /// Enters the child at `slot` of a node with the rules `from..to`: whether it is kept, and
+    /// the range of the rules active inside it (empty, at the top, when it is ignored). Pop
+    /// them with `states.truncate(child.from)` after the child.
+    pub(super) fn enter(&mut self, slot: Slot<'_>, from: usize, to: usize) -> Child {
         let mark = self.states.len();
-        if from < to && !self.rules.enter(slot, true, &mut self.states, from, to) {
-            return None;
+        let kept = from >= to || self.rules.enter(slot, true, &mut self.states, from, to);
+        Child {
+            kept,
+            from: mark,
+            to: self.states.len(),
         }
-        Some((mark, self.states.len()))
     }
+}
+
+/// A member or element as [`Pass::enter`] found it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Child {
+    /// It counts in the hash (no rule ends at it).
+    pub(super) kept: bool,
+    /// The rules active inside it: `states[from..to]`.
+    pub(super) from: usize,
+    pub(super) to: usize,
 }
 
 /// Hashes one JSON value of any kind, with the rules `from..to` of `pass.states` active at it.
@@ -361,17 +369,15 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         let Node { pass, from, to } = self;
         let (mut chain, mut len) = (0u128, 0u128);
         for index in 0.. {
-            let mark = pass.states.len();
-            let kept = pass.enter(Slot::Element(index), from, to);
-            let (inner_from, inner_to) = kept.unwrap_or((mark, mark));
+            let child = pass.enter(Slot::Element(index), from, to);
             let element = seq.next_element_seed(Node {
                 pass: &mut *pass,
-                from: inner_from,
-                to: inner_to,
+                from: child.from,
+                to: child.to,
             })?;
-            pass.states.truncate(mark);
+            pass.states.truncate(child.from);
             let Some(element) = element else { break };
-            if kept.is_some() {
+            if child.kept {
                 chain = pair(chain, element, ARRAY);
                 len += 1;
             }
@@ -383,22 +389,19 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         let Node { pass, from, to } = self;
         let mark = pass.names.len();
         let (mut sum, mut len) = (0u128, 0u128);
-        while let Some((name, kept)) = map.next_key_seed(Name {
+        while let Some((name, child)) = map.next_key_seed(Name {
             pass: &mut *pass,
             from,
             to,
         })? {
             pass.names.push(name);
-            let states = pass.states.len();
-            let (inner_from, inner_to) = kept.unwrap_or((states, states));
             let value = map.next_value_seed(Node {
                 pass: &mut *pass,
-                from: inner_from,
-                to: inner_to,
+                from: child.from,
+                to: child.to,
             })?;
-            // The name's rules were pushed above `from..to`'s top, at `inner_from`.
-            pass.states.truncate(inner_from);
-            if kept.is_some() {
+            pass.states.truncate(child.from);
+            if child.kept {
                 sum = sum.wrapping_add(pair(name, value, ENTRY));
                 len += 1;
             }
@@ -423,14 +426,14 @@ struct Name<'p, 'r> {
 }
 
 impl Name<'_, '_> {
-    fn read<E>(self, name: &str) -> Result<(u128, Option<(usize, usize)>), E> {
-        let kept = self.pass.enter(Slot::Member(name), self.from, self.to);
-        Ok((string(name.as_bytes()), kept))
+    fn read<E>(self, name: &str) -> Result<(u128, Child), E> {
+        let child = self.pass.enter(Slot::Member(name), self.from, self.to);
+        Ok((string(name.as_bytes()), child))
     }
 }
 
 impl<'de> DeserializeSeed<'de> for Name<'_, '_> {
-    type Value = (u128, Option<(usize, usize)>);
+    type Value = (u128, Child);
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_str(self)
@@ -438,7 +441,7 @@ impl<'de> DeserializeSeed<'de> for Name<'_, '_> {
 }
 
 impl<'de> Visitor<'de> for Name<'_, '_> {
-    type Value = (u128, Option<(usize, usize)>);
+    type Value = (u128, Child);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a member name")

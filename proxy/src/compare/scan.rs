@@ -18,7 +18,7 @@
 //! does the scanner; the result is the correctly rounded value either way.
 
 use super::json::{float, integer, pair, scalar, string, Pass, ARRAY, ARRAY_END, ENTRY, NULL};
-use super::json::{BOOL, OBJECT, UNSIGNED};
+use super::json::{Child, BOOL, OBJECT, UNSIGNED};
 use super::rules::Slot;
 
 /// Deeper documents are left to the serde pass (which fails them beyond 128 levels).
@@ -224,8 +224,8 @@ impl<'a> Scanner<'a, '_, '_> {
             return Some(pair(chain, len, ARRAY_END));
         }
         for index in 0.. {
-            let kept = self.pass.enter(Slot::Element(index), from, to);
-            if let Some(element) = self.child(depth, kept)? {
+            let child = self.pass.enter(Slot::Element(index), from, to);
+            if let Some(element) = self.child(depth, child)? {
                 chain = pair(chain, element, ARRAY);
                 len += 1;
             }
@@ -236,14 +236,12 @@ impl<'a> Scanner<'a, '_, '_> {
         Some(pair(chain, len, ARRAY_END))
     }
 
-    /// The value of a member or element that [`Pass::enter`] answered `kept` for: `Some(None)`
-    /// when it is ignored (read all the same: the document must be JSON).
-    fn child(&mut self, depth: usize, kept: Option<(usize, usize)>) -> Option<Option<u128>> {
-        let top = self.pass.states.len();
-        let (from, to) = kept.unwrap_or((top, top));
-        let value = self.value(depth, from, to);
-        self.pass.states.truncate(from);
-        Some(kept.and(Some(value?)))
+    /// The value of a member or element as [`Pass::enter`] found it: `Some(None)` when it is
+    /// ignored (read all the same: the document must be JSON).
+    fn child(&mut self, depth: usize, child: Child) -> Option<Option<u128>> {
+        let value = self.value(depth, child.from, child.to);
+        self.pass.states.truncate(child.from);
+        Some(child.kept.then_some(value?))
     }
 
     /// After a member or element: `Some(false)` past a `,`, `Some(true)` past `close`, `None`
@@ -277,20 +275,21 @@ impl<'a> Scanner<'a, '_, '_> {
             }
             let start = self.at + 1;
             let name = self.string_hash()?;
-            let kept = if from < to {
-                // Valid UTF-8: the whole body was checked.
-                let text = std::str::from_utf8(&self.body[start..self.at - 1]).ok()?;
-                self.pass.enter(Slot::Member(text), from, to)
+            // Without rules, the name need not be read as text (it is valid UTF-8: the whole
+            // body was checked).
+            let text = if from < to {
+                std::str::from_utf8(&self.body[start..self.at - 1]).ok()?
             } else {
-                Some((to, to))
+                ""
             };
+            let child = self.pass.enter(Slot::Member(text), from, to);
             self.skip_space();
             if self.peek()? != b':' {
                 return None;
             }
             self.at += 1;
             self.pass.names.push(name);
-            if let Some(value) = self.child(depth, kept)? {
+            if let Some(value) = self.child(depth, child)? {
                 sum = sum.wrapping_add(pair(name, value, ENTRY));
                 len += 1;
             }
