@@ -72,6 +72,10 @@ pub struct ProxySettings {
     /// Unix socket the running process offers its listening sockets on, for a new binary
     /// started with `serve --upgrade` (RELIABILITY 56); no hand-over without it.
     pub upgrade_socket: Option<PathBuf>,
+    /// `Upgrade` protocols relayed as tunnels (SPEC §8), lowercased; others are stripped.
+    pub upgrades: Vec<String>,
+    /// A tunnel with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for ProxySettings {
@@ -94,6 +98,8 @@ impl Default for ProxySettings {
             grace_period: Duration::from_secs(30),
             underscore_headers: UnderscoreHeaders::Allow,
             upgrade_socket: None,
+            upgrades: vec!["websocket".to_owned()],
+            tunnel_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -327,6 +333,11 @@ fn proxy(report: &mut Report, at: &FieldPath, raw: RawProxy) -> Option<ProxySett
     );
     let idle_timeout = timeout("idle_timeout", raw.idle_timeout, d.idle_timeout);
     let write_timeout = timeout("write_timeout", raw.write_timeout, d.write_timeout);
+    let tunnel_idle_timeout = timeout(
+        "tunnel_idle_timeout",
+        raw.tunnel_idle_timeout,
+        d.tunnel_idle_timeout,
+    );
     let grace_period = check::duration(
         report,
         &at.key("grace_period"),
@@ -356,7 +367,41 @@ fn proxy(report: &mut Report, at: &FieldPath, raw: RawProxy) -> Option<ProxySett
         grace_period: grace_period?,
         underscore_headers: raw.underscore_headers.unwrap_or(d.underscore_headers),
         upgrade_socket: raw.upgrade_socket.map(PathBuf::from),
+        upgrades: upgrades(report, &at.key("upgrades"), raw.upgrades, d.upgrades)?,
+        tunnel_idle_timeout: tunnel_idle_timeout?,
     })
+}
+
+/// `upgrades`: `Upgrade` protocol names (RFC 9110 tokens, compared without case).
+fn upgrades(
+    report: &mut Report,
+    at: &FieldPath,
+    raw: Option<Vec<String>>,
+    default: Vec<String>,
+) -> Option<Vec<String>> {
+    let Some(raw) = raw else {
+        return Some(default);
+    };
+    let mut ok = true;
+    let names = raw
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+            if !token {
+                ok = false;
+                report.error(
+                    &at.index(i),
+                    format!("{name:?} is not an Upgrade protocol name (e.g. \"websocket\")"),
+                );
+            }
+            name.to_ascii_lowercase()
+        })
+        .collect();
+    ok.then_some(names)
 }
 
 fn listen(
@@ -979,6 +1024,27 @@ mod document_tests {
         assert!(
             errors(parse_config_toml("[notify]\nurl = \"http://x\"\n"))[0]
                 .contains("unknown field")
+        );
+    }
+
+    #[test]
+    fn upgrades_and_tunnel_idle_timeout() {
+        let d = config("");
+        assert_eq!(d.proxy.upgrades, vec!["websocket".to_owned()]);
+        assert_eq!(d.proxy.tunnel_idle_timeout, secs(3600));
+        let set = config(
+            "[proxy]\nupgrades = [\"WebSocket\", \"h2c-x\"]\ntunnel_idle_timeout = \"5m\"\n",
+        );
+        assert_eq!(
+            set.proxy.upgrades,
+            vec!["websocket".to_owned(), "h2c-x".to_owned()]
+        );
+        assert_eq!(set.proxy.tunnel_idle_timeout, secs(300));
+        let none = config("[proxy]\nupgrades = []\n");
+        assert!(none.proxy.upgrades.is_empty());
+        assert_eq!(
+            errors(parse_config_toml("[proxy]\nupgrades = [\"web socket\"]\n")),
+            vec!["proxy.upgrades[0]: \"web socket\" is not an Upgrade protocol name (e.g. \"websocket\")"]
         );
     }
 

@@ -25,7 +25,7 @@ pub use policy::{
     BodyCompare, ComparePolicy, DivergenceRule, ErrorRateRule, LatencyRule, Ramp, RollbackPolicy,
     ShadowPolicy,
 };
-pub use route::{Backend, Endpoint, HostMatch, Match, RouteId, RouteSpec, Sticky};
+pub use route::{Backend, BackendProtocol, Endpoint, HostMatch, Match, RouteId, RouteSpec, Sticky};
 pub use state::{ConfigState, Delta, RouteList, WeightsRevisions};
 pub use weights::{Phase, Weights};
 

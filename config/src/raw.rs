@@ -101,6 +101,8 @@ pub(crate) struct RawProxy {
     pub(crate) grace_period: Option<RawDuration>,
     pub(crate) underscore_headers: Option<UnderscoreHeaders>,
     pub(crate) upgrade_socket: Option<String>,
+    pub(crate) upgrades: Option<Vec<String>>,
+    pub(crate) tunnel_idle_timeout: Option<RawDuration>,
 }
 
 /// `[admin]`.
@@ -204,6 +206,7 @@ pub(crate) struct RawBackend {
     #[serde(default)]
     pub(crate) tls: bool,
     pub(crate) sni: Option<String>,
+    pub(crate) protocol: Option<crate::route::BackendProtocol>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,7 +308,7 @@ object_only! {
     RawRouteConfig => "a route table",
     RawRouteSpec => "a route spec object",
     RawMatch => "a match object with optional \"host\" and \"path_prefix\"",
-    RawBackend => "a backend object with \"endpoints\" and optional \"tls\", \"sni\"",
+    RawBackend => "a backend object with \"endpoints\" and optional \"tls\", \"sni\", \"protocol\"",
     RawSticky => "a sticky object: {\"header\": NAME} or {\"cookie\": NAME}",
     RawPin => "a pin object: {\"header\": NAME} or {\"cookie\": NAME}",
     RawShadow => "a shadow object",

@@ -235,6 +235,40 @@ pub struct Backend {
     /// TLS server name to send, when it differs from the endpoint host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// What the proxy speaks to the endpoints (SPEC §8).
+    #[serde(skip_serializing_if = "BackendProtocol::is_default")]
+    pub protocol: BackendProtocol,
+}
+
+/// A backend's `protocol` (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProtocol {
+    /// HTTP/1.1 (over TLS with `tls`).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, plaintext.
+    H2c,
+    /// HTTP/2 over TLS (needs `tls`).
+    H2,
+    /// With TLS, ALPN chooses h2 or http/1.1; without, HTTP/1.1.
+    Auto,
+}
+
+impl BackendProtocol {
+    fn is_default(&self) -> bool {
+        *self == BackendProtocol::Http1
+    }
+
+    /// Can this backend carry HTTP/2 (gRPC needs it): `h2c`, `h2`, or `auto` over TLS (when
+    /// the backend's ALPN agrees, which is known only once connected).
+    pub fn may_speak_h2(self, tls: bool) -> bool {
+        match self {
+            BackendProtocol::Http1 => false,
+            BackendProtocol::H2c | BackendProtocol::H2 => true,
+            BackendProtocol::Auto => tls,
+        }
+    }
 }
 
 /// An upstream address: `10.0.0.1:8080`, `[::1]:8080` or `name.internal:8080`.
@@ -415,10 +449,31 @@ fn validate_backend(report: &mut Report, at: &FieldPath, raw: RawBackend) -> Opt
             .map_err(|reason| report.error(&at.key("sni"), reason))
             .ok()
     });
+    let protocol = raw.protocol.unwrap_or_default();
+    let protocol = match (protocol, raw.tls) {
+        (BackendProtocol::H2, false) => {
+            report.error(
+                &at.key("protocol"),
+                "\"h2\" is HTTP/2 over TLS: set \"tls\": true, or use \"h2c\" for plaintext \
+                 HTTP/2",
+            );
+            None
+        }
+        (BackendProtocol::H2c, true) => {
+            report.error(
+                &at.key("protocol"),
+                "\"h2c\" is plaintext HTTP/2: with \"tls\": true use \"h2\" (or \"auto\" to \
+                 let ALPN choose)",
+            );
+            None
+        }
+        (p, _) => Some(p),
+    };
     Some(Backend {
         endpoints: endpoints?,
         tls: raw.tls,
         sni: check::optional(sni)?,
+        protocol: protocol?,
     })
 }
 
@@ -682,6 +737,41 @@ mod document_tests {
         )));
         assert!(
             bad[0].starts_with("pin.header: invalid header name"),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn backend_protocols() {
+        let h2c = spec(&spec_json(
+            json!({"new": {"endpoints": ["10.0.1.1:50051"], "protocol": "h2c"}}),
+        ));
+        assert_eq!(h2c.new.protocol, BackendProtocol::H2c);
+        assert_eq!(h2c.legacy.protocol, BackendProtocol::Http1);
+        let text = h2c.to_json().to_string();
+        assert!(text.contains(r#""protocol":"h2c""#), "{text}");
+        assert_eq!(parse_route_spec_json(&text), Ok(h2c));
+        let h2 = spec(&spec_json(
+            json!({"new": {"endpoints": ["a.internal:443"], "tls": true, "protocol": "h2"}}),
+        ));
+        assert_eq!(h2.new.protocol, BackendProtocol::H2);
+        assert_eq!(
+            errors(parse_route_spec_json(&spec_json(json!({
+                "legacy": {"endpoints": ["10.0.0.1:443"], "protocol": "h2"},
+                "new": {"endpoints": ["10.0.1.1:443"], "tls": true, "protocol": "h2c"},
+            })))),
+            vec![
+                "legacy.protocol: \"h2\" is HTTP/2 over TLS: set \"tls\": true, or use \"h2c\" \
+                 for plaintext HTTP/2",
+                "new.protocol: \"h2c\" is plaintext HTTP/2: with \"tls\": true use \"h2\" (or \
+                 \"auto\" to let ALPN choose)",
+            ]
+        );
+        let bad = errors(parse_route_spec_json(&spec_json(
+            json!({"new": {"endpoints": ["10.0.1.1:80"], "protocol": "http3"}}),
+        )));
+        assert!(
+            bad[0].starts_with("new.protocol: unknown variant \"http3\""),
             "{bad:?}"
         );
     }

@@ -81,11 +81,13 @@ fn spec_example() -> RouteSpec {
             endpoints: endpoints(&["10.0.0.1:8080", "10.0.0.2:8080"]),
             tls: false,
             sni: None,
+            protocol: BackendProtocol::Http1,
         },
         new: Backend {
             endpoints: endpoints(&["10.0.1.1:8080"]),
             tls: false,
             sni: Some("new.internal".into()),
+            protocol: BackendProtocol::Http1,
         },
         sticky: Some(Sticky::Header("x-user-id".into())),
         pin: None,
@@ -389,7 +391,7 @@ fn toml_unknown_field_names_the_table_and_the_line() {
     assert!(
         errors[0].starts_with(
             "routes[0].legacy: unknown field \"endpoint\", expected one of \"endpoints\", \
-             \"tls\", \"sni\" at line 4 column"
+             \"tls\", \"sni\", \"protocol\" at line 4 column"
         ),
         "{errors:?}"
     );
@@ -435,8 +437,8 @@ fn json_unknown_field_names_the_object() {
     let errors = errors(parse_route_spec_json(&text));
     assert!(
         errors[0].starts_with(
-            "legacy: unknown field \"endpoint\", expected one of \"endpoints\", \"tls\", \"sni\" \
-             at line 1 column"
+            "legacy: unknown field \"endpoint\", expected one of \"endpoints\", \"tls\", \"sni\", \
+             \"protocol\" at line 1 column"
         ),
         "{errors:?}"
     );

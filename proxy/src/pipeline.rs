@@ -247,8 +247,18 @@ fn forward_head(
 ) -> (Parts, Option<http::HeaderMap>) {
     let client_version = parts.version;
     let h = &mut parts.headers;
+    // `TE: trailers` says the client takes trailers; HTTP/2 backends (gRPC's) ask for it
+    // (the upstream removes it again towards HTTP/1.1).
+    let trailers = h.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
     for name in hygiene::hop_by_hop_names(h) {
         h.remove(&name);
+    }
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     h.remove(SHADOW_MARKER);
     if !h.contains_key(header::HOST) {

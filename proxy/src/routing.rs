@@ -43,6 +43,7 @@ pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
     pub tls: bool,
     pub sni: String,
+    pub protocol: cutover_config::BackendProtocol,
     next: AtomicUsize,
 }
 
@@ -67,6 +68,7 @@ impl Upstream {
             endpoints,
             tls: backend.tls,
             sni,
+            protocol: backend.protocol,
             next: AtomicUsize::new(0),
         }
     }

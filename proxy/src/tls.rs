@@ -1,6 +1,6 @@
 //! TLS for both sides of the proxy, on rustls (ring): the client listener's acceptor (h2 and
-//! HTTP/1.1 offered by ALPN, SPEC §2) and the connector for `tls = true` backends, live and
-//! shadow alike, trusting the platform's CA certificates (`SSL_CERT_FILE` honoured).
+//! HTTP/1.1 offered by ALPN, SPEC §2) and the connectors for `tls = true` backends (ALPN
+//! offering what the backend's `protocol` speaks, SPEC §8), live and shadow alike, trusting the platform's CA certificates (`SSL_CERT_FILE` honoured).
 
 use std::io;
 use std::path::Path;
@@ -43,12 +43,34 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The connector for TLS backends, built at the first TLS connection (loading the platform's
-/// CA certificates reads files; a proxy without TLS backends never does) and shared by every
-/// worker and the shadow client. A failed load is not kept: the next connection tries again.
-pub fn connector() -> Result<TlsConnector, String> {
-    static CONNECTOR: OnceLock<TlsConnector> = OnceLock::new();
-    if let Some(c) = CONNECTOR.get() {
+/// What a backend connection offers by ALPN: what its `protocol` speaks (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    Http1 = 0,
+    H2 = 1,
+    /// `auto`: h2 first, the backend chooses.
+    H2OrHttp1 = 2,
+}
+
+impl Alpn {
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::Http1 => vec![b"http/1.1".to_vec()],
+            Alpn::H2 => vec![b"h2".to_vec()],
+            Alpn::H2OrHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+/// The connector for TLS backends offering `alpn`, built at the first TLS connection (loading
+/// the platform's CA certificates reads files; a proxy without TLS backends never does) and
+/// shared by every worker and the shadow client. A failed load is not kept: the next
+/// connection tries again.
+pub fn connector(alpn: Alpn) -> Result<TlsConnector, String> {
+    static CONNECTORS: [OnceLock<TlsConnector>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let slot = &CONNECTORS[alpn as usize];
+    if let Some(c) = slot.get() {
         return Ok(c.clone());
     }
     install_provider();
@@ -62,8 +84,8 @@ pub fn connector() -> Result<TlsConnector, String> {
     let mut config = ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(CONNECTOR
+    config.alpn_protocols = alpn.protocols();
+    Ok(slot
         .get_or_init(|| TlsConnector::from(Arc::new(config)))
         .clone())
 }
@@ -93,15 +115,19 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// TCP to `addr`, then TLS checked against `sni` when it is `Some`.
-    pub async fn connect(addr: std::net::SocketAddr, sni: Option<&str>) -> io::Result<Stream> {
+    /// TCP to `addr`, then TLS checked against `sni` when it is `Some`, offering `alpn`.
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        sni: Option<&str>,
+        alpn: Alpn,
+    ) -> io::Result<Stream> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let Some(sni) = sni else {
             return Ok(Stream::Plain(tcp));
         };
         let name = server_name(sni).map_err(io::Error::other)?;
-        let connector = connector().map_err(io::Error::other)?;
+        let connector = connector(alpn).map_err(io::Error::other)?;
         let tls = connector.connect(name, tcp).await?;
         Ok(Stream::Tls(Box::new(tls.into())))
     }

@@ -10,35 +10,73 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cutover_config::BackendProtocol;
+use http::header;
+use http::uri::{Authority, Scheme};
+use http::{Uri, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
 use crate::body::RequestBody;
 use crate::routing::Upstream;
-use crate::tls;
+use crate::tls::{self, Alpn};
 
 /// Idle connections kept per worker and endpoint; more are closed when they come back.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
-/// What identifies interchangeable connections: the address and, for TLS, the server name.
+/// Streams one HTTP/2 connection carries at once before the pool opens another. A backend
+/// that advertises a lower `MAX_CONCURRENT_STREAMS` makes the extra streams wait their turn
+/// on the connection (the h2 layer queues them), never fail.
+const MAX_STREAMS_PER_CONNECTION: usize = 100;
+
+/// What identifies interchangeable connections: the address, the server name for TLS, and
+/// what the backend was told to speak.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     addr: SocketAddr,
     sni: Option<Box<str>>,
+    protocol: BackendProtocol,
+}
+
+impl Key {
+    /// What TLS offers by ALPN for this key's protocol.
+    fn alpn(&self) -> Alpn {
+        match self.protocol {
+            BackendProtocol::H2 => Alpn::H2,
+            BackendProtocol::Auto => Alpn::H2OrHttp1,
+            BackendProtocol::Http1 | BackendProtocol::H2c => Alpn::Http1,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Idle<B> {
-    sender: SendRequest<B>,
+    sender: http1::SendRequest<B>,
     since: Instant,
+}
+
+/// One HTTP/2 connection, shared by the requests in flight on it.
+#[derive(Debug)]
+struct Shared2<B> {
+    sender: http2::SendRequest<B>,
+    streams: Arc<AtomicUsize>,
+    /// When its last stream ended (or it was opened).
+    since: Instant,
+}
+
+impl<B> Shared2<B> {
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.sender.is_ready()
+    }
 }
 
 /// What a pool's requests carry: a streamed [`RequestBody`] for forwarded requests, the whole
@@ -63,6 +101,10 @@ impl<B> OutgoingBody for B where
 #[derive(Debug)]
 pub struct Pool<B = RequestBody> {
     idle: Mutex<HashMap<Key, Vec<Idle<B>>>>,
+    h2: Mutex<HashMap<Key, Vec<Shared2<B>>>>,
+    /// HTTP/2 handshakes in progress: the requests arriving meanwhile wait for its
+    /// connection instead of each opening their own.
+    handshakes: Mutex<HashMap<Key, Arc<Notify>>>,
     connect_timeout: Duration,
     upstream_timeout: Duration,
     idle_timeout: Duration,
@@ -95,26 +137,106 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// A connection checked out for one exchange: an HTTP/1.1 connection of its own, or a stream
+/// on a shared HTTP/2 connection.
+#[derive(Debug)]
+enum Sender<B> {
+    H1(http1::SendRequest<B>),
+    H2 {
+        sender: http2::SendRequest<B>,
+        _stream: Stream,
+    },
+}
+
+/// One stream counted on its HTTP/2 connection until dropped (held, never read).
+#[derive(Debug)]
+struct Stream(Arc<AtomicUsize>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<B: OutgoingBody> Sender<B> {
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2 { sender, .. } => sender.ready().await,
+        }
+    }
+
+    fn send(
+        &mut self,
+        req: Request<B>,
+        tls: bool,
+    ) -> impl std::future::Future<
+        Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<B>>>,
+    > {
+        enum Either<L, R> {
+            L(L),
+            R(R),
+        }
+        let fut = match self {
+            Sender::H1(s) => {
+                // `TE: trailers` is kept for HTTP/2 backends only: on HTTP/1.1 it is hop-by-hop.
+                let mut req = req;
+                req.headers_mut().remove(header::TE);
+                Either::L(s.try_send_request(req))
+            }
+            Sender::H2 { sender, .. } => Either::R(sender.try_send_request(into_h2(req, tls))),
+        };
+        async move {
+            match fut {
+                Either::L(f) => f.await,
+                Either::R(f) => f.await,
+            }
+        }
+    }
+}
+
+/// The head an HTTP/2 backend gets: the target in absolute form (`:scheme`, `:authority` from
+/// `Host`, which HTTP/2 carries as `:authority` instead).
+fn into_h2<B>(mut req: Request<B>, tls: bool) -> Request<B> {
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| req.uri().authority().cloned());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+    parts.authority = Some(authority.unwrap_or_else(|| Authority::from_static("localhost")));
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+    *req.version_mut() = Version::HTTP_2;
+    req
+}
+
 /// A connection checked out of the pool for one exchange; [`Lease::release`] gives it back.
 #[derive(Debug)]
 pub struct Lease<B = RequestBody> {
     pool: Arc<Pool<B>>,
     key: Key,
-    sender: SendRequest<B>,
+    sender: Sender<B>,
 }
 
 impl<B> Lease<B> {
     /// The exchange ended cleanly: keep the connection for the next request unless the backend
-    /// closed it (or asked to).
+    /// closed it (or asked to). An HTTP/2 stream just ends; its connection stays shared.
     pub fn release(self) {
-        if self.sender.is_closed() {
+        let Sender::H1(sender) = self.sender else {
+            return;
+        };
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(self.key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle {
-                sender: self.sender,
+                sender,
                 since: Instant::now(),
             });
         }
@@ -129,57 +251,176 @@ impl<B: OutgoingBody> Pool<B> {
     ) -> Self {
         Pool {
             idle: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
+            handshakes: Mutex::new(HashMap::new()),
             connect_timeout,
             upstream_timeout,
             idle_timeout,
         }
     }
 
-    /// A live idle connection to `key`, if one is kept.
-    fn take_idle(&self, key: &Key) -> Option<SendRequest<B>> {
+    /// A stream on a shared HTTP/2 connection to `key` with room for one more, or a live
+    /// idle HTTP/1.1 connection, if the pool has one.
+    fn take(&self, key: &Key) -> Option<Sender<B>> {
+        if key.protocol != BackendProtocol::Http1 {
+            let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(list) = h2.get_mut(key) {
+                list.retain(Shared2::usable);
+                let free = list
+                    .iter_mut()
+                    .find(|c| c.streams.load(Ordering::Acquire) < MAX_STREAMS_PER_CONNECTION);
+                if let Some(conn) = free {
+                    return Some(Self::stream_on(conn));
+                }
+            }
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         while let Some(conn) = list.pop() {
             if !conn.sender.is_closed() && conn.since.elapsed() < self.idle_timeout {
-                return Some(conn.sender);
+                return Some(Sender::H1(conn.sender));
             }
         }
         None
     }
 
-    /// Close idle connections older than the idle timeout (called now and then by the worker).
+    fn stream_on(conn: &mut Shared2<B>) -> Sender<B> {
+        conn.streams.fetch_add(1, Ordering::AcqRel);
+        conn.since = Instant::now();
+        Sender::H2 {
+            sender: conn.sender.clone(),
+            _stream: Stream(conn.streams.clone()),
+        }
+    }
+
+    /// Close idle connections older than the idle timeout (called now and then by the worker):
+    /// HTTP/1.1 connections kept idle, HTTP/2 connections without a stream.
     pub fn evict_expired(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|_, list| {
-            list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|_, list| {
+                list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+                !list.is_empty()
+            });
+        }
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        h2.retain(|_, list| {
+            list.retain(|c| {
+                c.usable()
+                    && (c.streams.load(Ordering::Acquire) > 0
+                        || c.since.elapsed() < self.idle_timeout)
+            });
             !list.is_empty()
         });
     }
 
-    /// Connections kept idle right now.
+    /// Connections kept idle right now (HTTP/2 connections without a stream included).
     pub fn idle_count(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.values().map(Vec::len).sum()
+        let h1: usize = {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.values().map(Vec::len).sum()
+        };
+        let h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        h1 + h2
+            .values()
+            .flatten()
+            .filter(|c| c.streams.load(Ordering::Acquire) == 0)
+            .count()
     }
 
-    async fn connect(&self, key: &Key) -> Result<SendRequest<B>, Failure> {
-        let connect = tls::Stream::connect(key.addr, key.sni.as_deref());
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Err(_) => return Err(Failure::ConnectTimeout),
-            Ok(Err(e)) => return Err(Failure::Connect(format!("{}: {e}", key.addr))),
-            Ok(Ok(stream)) => stream,
+    /// A new connection to `key`: HTTP/2 for `h2c`, `h2`, and `auto` when ALPN chose h2 (it is
+    /// then shared through the pool), HTTP/1.1 otherwise.
+    async fn connect(&self, key: &Key) -> Result<Sender<B>, Failure> {
+        let stream = self.dial(key).await?;
+        let h2 = match key.protocol {
+            BackendProtocol::Http1 => false,
+            BackendProtocol::H2c | BackendProtocol::H2 => true,
+            BackendProtocol::Auto => stream.alpn_protocol() == Some(b"h2"),
         };
-        let (sender, conn) = http1::Builder::new()
-            .preserve_header_case(true)
+        let handshake_failed = |e: hyper::Error| Failure::Connect(format!("{}: {e}", key.addr));
+        if !h2 {
+            let (sender, conn) = http1::Builder::new()
+                .preserve_header_case(true)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(handshake_failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "upstream connection ended");
+                }
+            });
+            return Ok(Sender::H1(sender));
+        }
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // One stream until the backend's SETTINGS say how many it takes: streams opened
+            // above a lower MAX_CONCURRENT_STREAMS before they arrive would be refused.
+            .initial_max_send_streams(1)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| Failure::Connect(format!("{}: {e}", key.addr)))?;
+            .map_err(handshake_failed)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                debug!(error = %e, "upstream connection ended");
+                debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        Ok(sender)
+        let mut shared = Shared2 {
+            sender,
+            streams: Arc::new(AtomicUsize::new(0)),
+            since: Instant::now(),
+        };
+        let stream = Self::stream_on(&mut shared);
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        h2.entry(key.clone()).or_default().push(shared);
+        Ok(stream)
+    }
+
+    /// A new connection to `key`, or — for `h2c` and `h2`, whose connections are shared —
+    /// a stream on the one another request is opening right now.
+    async fn open(&self, key: &Key) -> Result<Sender<B>, Failure> {
+        if !matches!(key.protocol, BackendProtocol::H2c | BackendProtocol::H2) {
+            return self.connect(key).await;
+        }
+        loop {
+            let waiting = {
+                let mut handshakes = self.handshakes.lock().unwrap_or_else(|p| p.into_inner());
+                match handshakes.get(key) {
+                    // Registered under the lock: the wake-up cannot be missed.
+                    Some(done) => Some(done.clone().notified_owned()),
+                    None => {
+                        handshakes.insert(key.clone(), Arc::new(Notify::new()));
+                        None
+                    }
+                }
+            };
+            let Some(done) = waiting else {
+                let opened = self.connect(key).await;
+                let done = self
+                    .handshakes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(key);
+                if let Some(done) = done {
+                    done.notify_waiters();
+                }
+                return opened;
+            };
+            done.await;
+            if let Some(stream) = self.take(key) {
+                return Ok(stream);
+            }
+            // That handshake failed (or its connection is full already): try our own.
+        }
+    }
+
+    /// TCP, and TLS offering what the key's protocol speaks, within `connect_timeout`.
+    async fn dial(&self, key: &Key) -> Result<tls::Stream, Failure> {
+        let connect = tls::Stream::connect(key.addr, key.sni.as_deref(), key.alpn());
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Err(_) => Err(Failure::ConnectTimeout),
+            Ok(Err(e)) => Err(Failure::Connect(format!("{}: {e}", key.addr))),
+            Ok(Ok(stream)) => Ok(stream),
+        }
     }
 
     /// Send `req` to one of `upstream`'s endpoints, starting at `start`. `sent` fires when the
@@ -203,14 +444,16 @@ impl<B: OutgoingBody> Pool<B> {
             let key = Key {
                 addr,
                 sni: upstream.tls.then(|| upstream.sni.as_str().into()),
+                protocol: upstream.protocol,
             };
-            // A pooled connection the backend closed just before we used it hands the
-            // request back unsent; a fresh connection takes it then.
-            let mut pooled = self.take_idle(&key);
+            // A pooled connection the backend closed just before we used it (or an HTTP/2
+            // connection it sent GOAWAY on) hands the request back unsent; a fresh connection
+            // takes it then.
+            let mut pooled = self.take(&key);
             loop {
                 let (mut sender, reused) = match pooled.take() {
                     Some(s) => (s, true),
-                    None => match self.connect(&key).await {
+                    None => match self.open(&key).await {
                         Ok(s) => (s, false),
                         Err(e) => {
                             failure = e;
@@ -225,7 +468,7 @@ impl<B: OutgoingBody> Pool<B> {
                     failure = Failure::Connect(format!("{addr}: closed at once"));
                     break;
                 }
-                let response = sender.try_send_request(req);
+                let response = sender.send(req, upstream.tls);
                 let sent = sent.take().unwrap_or_else(|| oneshot::channel().1);
                 let deadline = async {
                     // The body's end (or its failure: then the exchange fails on its own).

@@ -20,7 +20,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -45,6 +46,15 @@ pub struct Backend {
     error_fraction: f64,
     response_headers: Vec<(String, String)>,
     hang_up: bool,
+    http2: Option<Http2>,
+}
+
+/// How an HTTP/2-capable backend serves ([`Backend::http2`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Http2 {
+    max_concurrent_streams: Option<u32>,
+    /// Send GOAWAY on a connection once it has answered this many requests.
+    goaway_after: Option<usize>,
 }
 
 /// A per-request JSON body: gets the recorded request and the 0-based index of this answer
@@ -138,7 +148,30 @@ impl Backend {
             error_fraction: 0.0,
             response_headers: Vec::new(),
             hang_up: false,
+            http2: None,
         }
+    }
+
+    /// Serve HTTP/2 with prior knowledge (h2c) besides HTTP/1.1 on the same port, as
+    /// hyper-util's `auto` server does; [`RecordedRequest::version`] tells which came.
+    pub fn http2(mut self) -> Self {
+        self.http2.get_or_insert_with(Http2::default);
+        self
+    }
+
+    /// HTTP/2: advertise this `MAX_CONCURRENT_STREAMS` (implies [`Backend::http2`]).
+    pub fn max_concurrent_streams(mut self, n: u32) -> Self {
+        self.http2
+            .get_or_insert_with(Http2::default)
+            .max_concurrent_streams = Some(n);
+        self
+    }
+
+    /// HTTP/2: send GOAWAY on each connection once it has answered `n` requests, letting the
+    /// streams in flight finish (implies [`Backend::http2`]).
+    pub fn goaway_after(mut self, n: usize) -> Self {
+        self.http2.get_or_insert_with(Http2::default).goaway_after = Some(n);
+        self
     }
 
     /// Answer `path` (exact match, query ignored) with this JSON body.
@@ -250,16 +283,55 @@ async fn accept_loop(listener: TcpListener, config: Arc<Backend>, state: Arc<Sta
                 let config = config.clone();
                 let state = state.clone();
                 connections.spawn(async move {
-                    let service = service_fn(move |req| handle(req, config.clone(), state.clone()));
-                    let _ = http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(io, service)
-                        .await;
+                    match config.http2 {
+                        None => {
+                            let service =
+                                service_fn(move |req| handle(req, config.clone(), state.clone()));
+                            let _ = http1::Builder::new()
+                                .keep_alive(true)
+                                .serve_connection(io, service)
+                                .await;
+                        }
+                        Some(h2) => serve_auto(io, h2, config, state).await,
+                    }
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+}
+
+/// One connection served by hyper-util's `auto` server (HTTP/1.1 or h2c), sending GOAWAY
+/// after `goaway_after` answers when set.
+async fn serve_auto(io: TokioIo<RecordingIo>, h2: Http2, config: Arc<Backend>, state: Arc<State>) {
+    let answered = Arc::new(AtomicUsize::new(0));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let service = {
+        let (answered, enough) = (answered.clone(), enough.clone());
+        service_fn(move |req| {
+            let (config, state) = (config.clone(), state.clone());
+            let (answered, enough) = (answered.clone(), enough.clone());
+            async move {
+                let res = handle(req, config, state).await;
+                let n = answered.fetch_add(1, Ordering::SeqCst) + 1;
+                if h2.goaway_after.is_some_and(|max| n >= max) {
+                    enough.notify_one();
+                }
+                res
+            }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(h2.max_concurrent_streams);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = enough.notified() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }
 
 #[derive(Debug)]

@@ -113,6 +113,9 @@ pub struct Route {
     /// `tls = true, sni = ..` of legacy and new, when set.
     legacy_tls: Option<String>,
     new_tls: Option<String>,
+    /// `protocol = ..` of legacy and new, when set (SPEC §8).
+    legacy_protocol: Option<String>,
+    new_protocol: Option<String>,
     weights: Option<(f64, f64, f64)>,
     sticky: Option<(&'static str, String)>,
     /// Inside of the `shadow = { .. }` inline table.
@@ -133,6 +136,8 @@ impl Route {
             new: Vec::new(),
             legacy_tls: None,
             new_tls: None,
+            legacy_protocol: None,
+            new_protocol: None,
             weights: None,
             sticky: None,
             shadow_block: None,
@@ -175,6 +180,18 @@ impl Route {
     /// New speaks TLS: `tls = true, sni = <sni>` on its backend table.
     pub fn new_tls(mut self, sni: &str) -> Self {
         self.new_tls = Some(sni.to_string());
+        self
+    }
+
+    /// Legacy's `protocol` (`"http1"`, `"h2c"`, `"h2"`, `"auto"`).
+    pub fn legacy_protocol(mut self, protocol: &str) -> Self {
+        self.legacy_protocol = Some(protocol.to_string());
+        self
+    }
+
+    /// New's `protocol` (`"http1"`, `"h2c"`, `"h2"`, `"auto"`).
+    pub fn new_protocol(mut self, protocol: &str) -> Self {
+        self.new_protocol = Some(protocol.to_string());
         self
     }
 
@@ -230,19 +247,20 @@ impl Route {
     }
 
     fn render(&self, out: &mut String) {
-        let backend = |addrs: &[SocketAddr], tls: &Option<String>| {
+        let backend = |addrs: &[SocketAddr], tls: &Option<String>, protocol: &Option<String>| {
             let endpoints = addrs
                 .iter()
                 .map(|a| toml_string(&a.to_string()))
                 .collect::<Vec<_>>()
                 .join(", ");
-            match tls {
-                None => format!("{{ endpoints = [{endpoints}] }}"),
-                Some(sni) => format!(
-                    "{{ endpoints = [{endpoints}], tls = true, sni = {} }}",
-                    toml_string(sni)
-                ),
+            let mut table = format!("{{ endpoints = [{endpoints}]");
+            if let Some(sni) = tls {
+                let _ = write!(table, ", tls = true, sni = {}", toml_string(sni));
             }
+            if let Some(protocol) = protocol {
+                let _ = write!(table, ", protocol = {}", toml_string(protocol));
+            }
+            table + " }"
         };
         let _ = writeln!(out, "[[routes]]");
         let _ = writeln!(out, "id = {}", toml_string(&self.id));
@@ -251,8 +269,16 @@ impl Route {
             let _ = write!(matcher, ", host = {}", toml_string(host));
         }
         let _ = writeln!(out, "match = {{ {matcher} }}");
-        let _ = writeln!(out, "legacy = {}", backend(&self.legacy, &self.legacy_tls));
-        let _ = writeln!(out, "new = {}", backend(&self.new, &self.new_tls));
+        let _ = writeln!(
+            out,
+            "legacy = {}",
+            backend(&self.legacy, &self.legacy_tls, &self.legacy_protocol)
+        );
+        let _ = writeln!(
+            out,
+            "new = {}",
+            backend(&self.new, &self.new_tls, &self.new_protocol)
+        );
         if let Some((l, n, s)) = self.weights {
             let _ = writeln!(
                 out,

@@ -136,6 +136,11 @@ struct TlsFront {
 
 impl TlsFront {
     async fn start(backend: SocketAddr) -> TlsFront {
+        TlsFront::offering(backend, &[]).await
+    }
+
+    /// A front whose TLS offers these ALPN protocols (none: no ALPN).
+    async fn offering(backend: SocketAddr, alpn: &[&[u8]]) -> TlsFront {
         let certs =
             rustls_pemfile::certs(&mut std::fs::read(fixture("cert.pem")).unwrap().as_slice())
                 .collect::<Result<Vec<_>, _>>()
@@ -144,10 +149,11 @@ impl TlsFront {
             rustls_pemfile::private_key(&mut std::fs::read(fixture("key.pem")).unwrap().as_slice())
                 .expect("fixture key.pem")
                 .expect("a private key in key.pem");
-        let config = ServerConfig::builder()
+        let mut config = ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .expect("fixture certificate and key match");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -269,4 +275,91 @@ async fn shadow_copies_to_a_tls_backend_check_its_certificate() {
     })
     .await;
     assert_eq!(new.count(), 0, "no copy got past the certificate check");
+}
+
+/// SPEC §8 `protocol = "h2"` and `"auto"` over TLS: `h2` speaks HTTP/2 to a backend whose
+/// ALPN offers h2; `auto` takes h2 where ALPN offers it and HTTP/1.1 where it does not — live
+/// requests and shadow copies alike.
+#[tokio::test]
+async fn h2_and_auto_backends_speak_what_alpn_agrees() {
+    let legacy = Backend::new("legacy")
+        .http2()
+        .route("/order", json!({"id": 7}))
+        .run()
+        .await;
+    let new = Backend::new("new")
+        .http2()
+        .route("/order", json!({"id": 7}))
+        .run()
+        .await;
+    // legacy: "h2" to a front offering h2; new: "auto" to a front offering only http/1.1.
+    let legacy_tls = TlsFront::offering(legacy.addr(), &[b"h2"]).await;
+    let new_tls = TlsFront::offering(new.addr(), &[b"http/1.1"]).await;
+    let proxy = Proxy::start(
+        ProxyConfig::new()
+            .env("SSL_CERT_FILE", &fixture("ca.pem").to_string_lossy())
+            .route(
+                Route::new("orders")
+                    .legacy_endpoints([legacy_tls.addr])
+                    .new_endpoints([new_tls.addr])
+                    .legacy_tls("localhost")
+                    .new_tls("localhost")
+                    .legacy_protocol("h2")
+                    .new_protocol("auto")
+                    .weights(100, 0)
+                    .shadow(100)
+                    .compare_block("body = \"json\"")
+                    .rollback_off(),
+            ),
+    )
+    .await;
+    let client = proxy.client();
+    for _ in 0..10 {
+        let res = client.get(&proxy.url("/order")).await.expect("request");
+        assert_eq!(res.status, 200, "{}", proxy.log());
+        assert_eq!(res.json(), json!({"id": 7}));
+    }
+    eventually(Duration::from_secs(10), "every copy compared", || async {
+        proxy
+            .counter("cutover_comparisons_total", &[("route", "orders")])
+            .await
+            >= 10.0
+    })
+    .await;
+    assert!(legacy
+        .requests()
+        .iter()
+        .all(|r| r.version == http::Version::HTTP_2));
+    assert!(new
+        .requests()
+        .iter()
+        .all(|r| r.version == http::Version::HTTP_11));
+    assert_eq!(proxy.stats("orders").await["divergences"], 0);
+
+    // The same "auto" backend behind a front that offers h2 gets HTTP/2.
+    let h2_front = TlsFront::offering(new.addr(), &[b"h2", b"http/1.1"]).await;
+    let auto = Proxy::start(
+        ProxyConfig::new()
+            .env("SSL_CERT_FILE", &fixture("ca.pem").to_string_lossy())
+            .route(
+                Route::new("orders")
+                    .legacy_endpoints([h2_front.addr])
+                    .legacy_tls("localhost")
+                    .legacy_protocol("auto")
+                    .new_endpoints([new_tls.addr])
+                    .weights(100, 0)
+                    .rollback_off(),
+            ),
+    )
+    .await;
+    let before = new.count();
+    let res = auto
+        .client()
+        .get(&auto.url("/order"))
+        .await
+        .expect("request");
+    assert_eq!(res.status, 200, "{}", auto.log());
+    let seen = new.requests();
+    assert_eq!(seen.len(), before + 1);
+    assert_eq!(seen[before].version, http::Version::HTTP_2, "ALPN chose h2");
 }

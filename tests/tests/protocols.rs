@@ -1,0 +1,136 @@
+//! SPEC §8 backend `protocol = "h2c"`: HTTP/2 with prior knowledge to the backend, from any
+//! client protocol; one connection per worker carries many streams; a GOAWAY drains a
+//! connection without failing a request; a backend's `MAX_CONCURRENT_STREAMS` makes streams
+//! wait, never fail.
+
+use std::time::Duration;
+
+use cutover_tests::{map_concurrent, Backend, Proxy, ProxyConfig, Route};
+use serde_json::json;
+
+async fn h2c_proxy(legacy: &cutover_tests::RunningBackend) -> Proxy {
+    let new = Backend::new("new").run().await;
+    let proxy = Proxy::start(
+        ProxyConfig::new().route(
+            Route::new("grpcish")
+                .legacy_endpoints([legacy.addr()])
+                .legacy_protocol("h2c")
+                .new_endpoints([new.addr()])
+                .weights(100, 0)
+                .rollback_off(),
+        ),
+    )
+    .await;
+    drop(new);
+    proxy
+}
+
+#[tokio::test]
+async fn an_h2c_backend_gets_http2_from_an_http1_client() {
+    let legacy = Backend::new("legacy")
+        .http2()
+        .route("/order", json!({"id": 7}))
+        .run()
+        .await;
+    let proxy = h2c_proxy(&legacy).await;
+    let client = proxy.client();
+    let res = client.get(&proxy.url("/order?x=1")).await.expect("GET");
+    assert_eq!(res.status, 200, "{}", proxy.log());
+    assert_eq!(res.json(), json!({"id": 7}));
+    let res = client
+        .post(&proxy.url("/echo"), "hello over h2c")
+        .await
+        .expect("POST");
+    assert_eq!(res.status, 200, "{}", proxy.log());
+
+    let seen = legacy.requests();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert_eq!(r.version, http::Version::HTTP_2, "{r:?}");
+        assert!(
+            !r.has_header("connection"),
+            "no connection header on HTTP/2"
+        );
+    }
+    assert_eq!(seen[0].path, "/order?x=1");
+    assert_eq!(seen[1].body.as_ref(), b"hello over h2c");
+    assert_eq!(seen[0].header("x-forwarded-proto").as_deref(), Some("http"));
+    let stats = proxy.stats("grpcish").await;
+    assert_eq!(
+        stats["backends"]["legacy"]["primary"]["count"], 2,
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn many_requests_share_one_h2c_connection_per_worker() {
+    let legacy = Backend::new("legacy")
+        .http2()
+        .delay(Duration::from_millis(20))
+        .run()
+        .await;
+    let proxy = h2c_proxy(&legacy).await;
+    let client = proxy.client();
+    let url = proxy.url("/many");
+    let statuses = map_concurrent((0..200).collect(), 50, move |_| {
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(&url).await.map_or(0, |r| r.status.as_u16()) }
+    })
+    .await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(legacy.count(), 200);
+    // Two workers, each with its own pool: at most one connection each (50 streams at once
+    // fit in one connection's 100).
+    assert!(
+        legacy.connections() <= 2,
+        "{} connections for 200 requests",
+        legacy.connections()
+    );
+}
+
+#[tokio::test]
+async fn a_goaway_drains_the_connection_without_failing_requests() {
+    let legacy = Backend::new("legacy")
+        .goaway_after(5)
+        .delay(Duration::from_millis(5))
+        .run()
+        .await;
+    let proxy = h2c_proxy(&legacy).await;
+    let client = proxy.client();
+    let url = proxy.url("/drain");
+    let statuses = map_concurrent((0..100).collect(), 4, move |_| {
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(&url).await.map_or(0, |r| r.status.as_u16()) }
+    })
+    .await;
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "{statuses:?}\n{}",
+        proxy.log()
+    );
+    assert_eq!(legacy.count(), 100);
+    assert!(
+        legacy.connections() >= 100 / 5 / 2,
+        "GOAWAY every 5 answers: new connections were opened ({})",
+        legacy.connections()
+    );
+}
+
+#[tokio::test]
+async fn a_backend_allowing_one_stream_makes_the_others_wait() {
+    let legacy = Backend::new("legacy")
+        .max_concurrent_streams(1)
+        .delay(Duration::from_millis(20))
+        .run()
+        .await;
+    let proxy = h2c_proxy(&legacy).await;
+    let client = proxy.client();
+    let url = proxy.url("/one-at-a-time");
+    let statuses = map_concurrent((0..20).collect(), 20, move |_| {
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(&url).await.map_or(0, |r| r.status.as_u16()) }
+    })
+    .await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(legacy.count(), 20);
+}
