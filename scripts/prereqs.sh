@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `make demo` / `make test` need and is missing, via apt-get (Debian).
 #   scripts/prereqs.sh build   protobuf-compiler (etcd-client's gRPC code), a C compiler (ring, mimalloc)
-#   scripts/prereqs.sh test    the above + etcd-server (end-to-end tests)
+#   scripts/prereqs.sh test    the above + etcd-server (end-to-end tests), nghttp2-client (h2load),
+#                              python3-venv (the tests' Python clients, grpcio and websockets, go
+#                              into target/pyenv on first use)
 # Fails with a clear message where it cannot install.
 set -euo pipefail
 
@@ -20,6 +22,11 @@ need cc gcc
 if [ "$want" = test ]; then
   need etcd etcd-server
   need etcdctl etcd-client
+  need h2load nghttp2-client
+  need python3 python3
+  if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+  fi
 fi
 
 # A first `make test` writes about 1.7 GB under target/ and etcd's data (~250 MB at peak) to

@@ -27,6 +27,22 @@ pub struct ShadowPolicy {
     pub timeout: Duration,
     /// Request headers removed from shadow copies (lowercase).
     pub strip_headers: Vec<String>,
+    /// gRPC methods shadowed (SPEC §8): full method names (`/shop.Orders/Get`), a trailing
+    /// `*` matching any rest (`/shop.Orders/Get*`). Empty: no gRPC call is shadowed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grpc_methods: Vec<String>,
+}
+
+impl ShadowPolicy {
+    /// Does `method` (a request's path, `/package.Service/Method`) match `grpc_methods`?
+    pub fn shadows_grpc_method(&self, method: &str) -> bool {
+        self.grpc_methods
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => method.starts_with(prefix),
+                None => method == pattern,
+            })
+    }
 }
 
 impl Default for ShadowPolicy {
@@ -38,6 +54,7 @@ impl Default for ShadowPolicy {
             max_in_flight: 1024,
             timeout: Duration::from_secs(5),
             strip_headers: Vec::new(),
+            grpc_methods: Vec::new(),
         }
     }
 }
@@ -87,7 +104,7 @@ impl ComparePolicy {
     pub const DEFAULT_NOISE_TTL: Duration = Duration::from_secs(600);
 }
 
-/// How bodies are compared: `"json"`, `"bytes"` or `"none"`.
+/// How bodies are compared: `"json"`, `"bytes"`, `"grpc"` or `"none"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BodyCompare {
@@ -96,6 +113,9 @@ pub enum BodyCompare {
     Json,
     /// Byte-for-byte comparison.
     Bytes,
+    /// gRPC (SPEC §8): `grpc-status`/`grpc-message` compared like the status, the messages
+    /// decoded from the protobuf wire format and compared field by field, order ignored.
+    Grpc,
     /// Bodies are not compared.
     None,
 }
@@ -257,13 +277,46 @@ pub(crate) fn shadow(report: &mut Report, at: &FieldPath, raw: RawShadow) -> Opt
         check::positive_duration(report, &at.key("timeout"), raw.timeout, default.timeout);
     let strip_headers =
         check::header_list(report, &at.key("strip_headers"), raw.strip_headers, &[]);
+    let grpc_methods = grpc_methods(report, &at.key("grpc_methods"), raw.grpc_methods);
     Some(ShadowPolicy {
         methods: methods?,
         max_body_bytes: raw.max_body_bytes.unwrap_or(default.max_body_bytes),
         max_in_flight: max_in_flight?,
         timeout: timeout?,
         strip_headers: strip_headers?,
+        grpc_methods: grpc_methods?,
     })
+}
+
+/// `grpc_methods`: `/package.Service/Method` names, `*` only as the last character.
+fn grpc_methods(
+    report: &mut Report,
+    at: &FieldPath,
+    raw: Option<Vec<String>>,
+) -> Option<Vec<String>> {
+    let raw = raw.unwrap_or_default();
+    let mut ok = true;
+    for (i, pattern) in raw.iter().enumerate() {
+        let body = pattern.strip_suffix('*').unwrap_or(pattern);
+        let problem = if !pattern.starts_with('/') {
+            Some(format!(
+                "{pattern:?} must start with '/' (a full method: \"/package.Service/Method\")"
+            ))
+        } else if body.contains('*') {
+            Some(format!(
+                "{pattern:?}: '*' may only end a pattern (\"/shop.Orders/Get*\")"
+            ))
+        } else {
+            body.chars()
+                .find(|c| c.is_whitespace() || c.is_control())
+                .map(|c| format!("{pattern:?} must not contain {c:?}"))
+        };
+        if let Some(problem) = problem {
+            ok = false;
+            report.error(&at.index(i), problem);
+        }
+    }
+    ok.then_some(raw)
 }
 
 fn methods_list(report: &mut Report, at: &FieldPath, raw: &[String]) -> Option<Vec<String>> {

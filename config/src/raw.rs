@@ -232,6 +232,7 @@ pub(crate) struct RawShadow {
     pub(crate) max_in_flight: Option<u64>,
     pub(crate) timeout: Option<RawDuration>,
     pub(crate) strip_headers: Option<Vec<String>>,
+    pub(crate) grpc_methods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -777,6 +777,35 @@ mod document_tests {
     }
 
     #[test]
+    fn grpc_methods_and_grpc_bodies() {
+        let s = spec(&spec_json(json!({
+            "shadow": {"grpc_methods": ["/shop.Orders/Get*", "/shop.Orders/List"]},
+            "compare": {"body": "grpc"},
+        })));
+        assert_eq!(s.compare.body, BodyCompare::Grpc);
+        let shadow = &s.shadow;
+        assert!(shadow.shadows_grpc_method("/shop.Orders/GetOrder"));
+        assert!(shadow.shadows_grpc_method("/shop.Orders/List"));
+        assert!(!shadow.shadows_grpc_method("/shop.Orders/ListAll"));
+        assert!(!shadow.shadows_grpc_method("/shop.Orders/Delete"));
+        assert!(!ShadowPolicy::default().shadows_grpc_method("/shop.Orders/Get"));
+        let text = s.to_json().to_string();
+        assert_eq!(parse_route_spec_json(&text), Ok(s));
+        assert_eq!(
+            errors(parse_route_spec_json(&spec_json(json!({
+                "shadow": {"grpc_methods": ["/shop.*/Get", "shop.Orders/Get", "/a b"]},
+            })))),
+            vec![
+                "shadow.grpc_methods[0]: \"/shop.*/Get\": '*' may only end a pattern \
+                 (\"/shop.Orders/Get*\")",
+                "shadow.grpc_methods[1]: \"shop.Orders/Get\" must start with '/' (a full method: \
+                 \"/package.Service/Method\")",
+                "shadow.grpc_methods[2]: \"/a b\" must not contain ' '",
+            ]
+        );
+    }
+
+    #[test]
     fn sticky_forms() {
         let header = spec(&spec_json(json!({"sticky": {"header": "X-User-Id"}})));
         assert_eq!(header.sticky, Some(Sticky::Header("x-user-id".into())));

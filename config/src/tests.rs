@@ -97,6 +97,7 @@ fn spec_example() -> RouteSpec {
             max_in_flight: 1024,
             timeout: secs(5),
             strip_headers: strings(&["authorization", "cookie"]),
+            grpc_methods: Vec::new(),
         },
         compare: ComparePolicy {
             status: true,
@@ -450,7 +451,7 @@ fn json_unknown_variant_and_wrong_types() {
     let errors_ = errors(parse_route_spec_json(&text));
     assert!(
         errors_[0].starts_with(
-            "compare.body: unknown variant \"xml\", expected one of \"json\", \"bytes\", \"none\""
+            "compare.body: unknown variant \"xml\", expected one of \"json\", \"bytes\", \"grpc\", \"none\""
         ),
         "{errors_:?}"
     );

@@ -65,6 +65,9 @@ pub fn body_error(e: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
     None
 }
 
+/// The longest a gRPC answer may go without a frame.
+const GRPC_SILENCE: Duration = Duration::from_secs(86_400);
+
 /// A timer between frames: armed when a poll finds nothing, disarmed by a frame.
 #[derive(Debug)]
 struct Idle {
@@ -250,6 +253,8 @@ pub struct Proxied {
     shadow: Option<ShadowSlot>,
     _inflight: InflightGuard,
     recorded: bool,
+    /// A gRPC call: its `grpc-status` once seen (in a trailers-only head or in the trailers).
+    grpc: Option<Option<u8>>,
 }
 
 impl Proxied {
@@ -276,6 +281,30 @@ impl Proxied {
             shadow,
             _inflight: inflight,
             recorded: false,
+            grpc: None,
+        }
+    }
+
+    /// This answer ends a gRPC call: it counts by its `grpc-status` (SPEC §8), and a backend
+    /// that breaks off mid-answer ends the call with UNAVAILABLE trailers rather than a reset.
+    /// A streaming call may be silent for long (a watch, a feed): `upstream_timeout` does not
+    /// bound the time between its messages, only a day does (its deadline is the caller's
+    /// `grpc-timeout`, enforced by the backend).
+    pub fn grpc(mut self, head: &http::HeaderMap) -> Self {
+        self.grpc = Some(crate::grpc::status(head));
+        self.idle = Idle::new(GRPC_SILENCE);
+        self
+    }
+
+    /// How the answer counts, its body complete: a gRPC call by its code (none at all is
+    /// INTERNAL, as gRPC clients read a call that ends without one).
+    fn outcome(&self) -> Outcome {
+        match self.grpc {
+            None => Outcome::Status(self.status),
+            Some(code) => Outcome::Grpc {
+                status: self.status,
+                code: code.unwrap_or(crate::grpc::INTERNAL),
+            },
         }
     }
 
@@ -313,7 +342,15 @@ impl Drop for Proxied {
         if !complete {
             self.lease = None;
         }
-        self.end(Outcome::Status(self.status), complete);
+        let outcome = match self.grpc {
+            // The client cancelled the call before its end.
+            Some(None) if !complete => Outcome::Grpc {
+                status: self.status,
+                code: crate::grpc::CANCELLED,
+            },
+            _ => self.outcome(),
+        };
+        self.end(outcome, complete);
     }
 }
 
@@ -329,6 +366,34 @@ pub struct ConnState {
     pub bad_head: AtomicU8,
     /// The connection speaks HTTP/2 (its preface was seen, or ALPN chose h2).
     pub h2: AtomicBool,
+    /// A `101` was answered: the connection becomes a tunnel once hyper lets go of it.
+    pub tunnel: AtomicBool,
+    /// Signalled when that tunnel has closed (see [`TunnelHold`]).
+    pub tunnel_closed: tokio::sync::Notify,
+}
+
+/// Keeps a client connection counted (its `max_connections` slot, and active so that its
+/// HTTP deadlines do not apply) while its tunnel is relayed.
+#[derive(Debug)]
+pub struct TunnelHold {
+    state: Arc<ConnState>,
+    _active: ActiveGuard,
+}
+
+impl TunnelHold {
+    pub fn new(state: Arc<ConnState>) -> Self {
+        state.tunnel.store(true, Ordering::Release);
+        TunnelHold {
+            _active: ActiveGuard::new(state.clone()),
+            state,
+        }
+    }
+}
+
+impl Drop for TunnelHold {
+    fn drop(&mut self) {
+        self.state.tunnel_closed.notify_one();
+    }
 }
 
 /// What the raw bytes of a request head show that hyper's parsed head does not.
@@ -458,8 +523,20 @@ impl hyper::body::Body for Body {
                 return Poll::Pending;
             }
             Poll::Ready(None) => {
-                p.end(Outcome::Status(p.status), true);
+                let outcome = p.outcome();
+                p.end(outcome, true);
                 return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(_))) if p.grpc.is_some() => {
+                // RELIABILITY 61: the call ends with UNAVAILABLE, the stream itself cleanly.
+                p.lease = None;
+                let code = crate::grpc::UNAVAILABLE;
+                p.grpc = Some(Some(code));
+                let outcome = p.outcome();
+                p.end(outcome, false);
+                let trailers =
+                    crate::grpc::trailers(code, "cutover: the backend broke off the call");
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
             Poll::Ready(Some(Err(_))) => {
                 p.lease = None;
@@ -469,13 +546,24 @@ impl hyper::body::Body for Body {
             Poll::Ready(Some(Ok(frame))) => frame,
         };
         p.idle.progress();
+        if let Some(trailers) = frame.trailers_ref() {
+            if let Some(code) = p.grpc.as_mut() {
+                *code = crate::grpc::status(trailers).or(*code);
+            }
+            if let Some(slot) = p.shadow.as_ref() {
+                slot.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .primary_trailers(trailers);
+            }
+        }
         if let (Some(slot), Some(data)) = (p.shadow.as_ref(), frame.data_ref()) {
             slot.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .primary_body(data);
         }
         if hyper::body::Body::is_end_stream(&p.inner) {
-            p.end(Outcome::Status(p.status), true);
+            let outcome = p.outcome();
+            p.end(outcome, true);
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -483,7 +571,9 @@ impl hyper::body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Proxied(p) => p.recorded,
+            // An answer whose head ended its stream (a gRPC trailers-only answer, a 204) must
+            // say so before its first poll: HTTP/2 then ends the stream with the HEADERS frame.
+            Kind::Proxied(p) => p.recorded || hyper::body::Body::is_end_stream(&p.inner),
         }
     }
 

@@ -61,6 +61,34 @@ pub fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
     names
 }
 
+/// SPEC §8: the `Upgrade` value of an HTTP/1.1 request that asks (with `Connection: upgrade`)
+/// for a protocol listed in `[proxy] upgrades` (its name compared without case, a version
+/// after `/` allowed); `None` for any other request, whose `Upgrade` is stripped as before.
+pub fn upgrade_requested<'h>(
+    version: http::Version,
+    headers: &'h HeaderMap,
+    upgrades: &[String],
+) -> Option<&'h header::HeaderValue> {
+    if version != http::Version::HTTP_11 || upgrades.is_empty() {
+        return None;
+    }
+    let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let (value, None) = (values.next()?, values.next()) else {
+        return None;
+    };
+    let first = value.as_bytes().split(|&b| b == b',').next()?.trim_ascii();
+    let name = first.split(|&b| b == b'/').next()?;
+    let listed = upgrades.iter().any(|u| {
+        u.as_bytes().eq_ignore_ascii_case(name) || u.as_bytes().eq_ignore_ascii_case(first)
+    });
+    (asks && listed).then_some(value)
+}
+
 /// Headers a client's `Connection` may not nominate: the request is refused (Envoy's rule,
 /// cutover's documented policy, docs/hygiene.md).
 const NOT_NOMINABLE: [&str; 4] = [
@@ -288,6 +316,36 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn upgrades_listed_and_asked_for_become_tunnels() {
+        let ws = vec!["websocket".to_owned()];
+        let v11 = http::Version::HTTP_11;
+        let asked = |pairs: &[(&str, &str)], version| {
+            upgrade_requested(version, &headers(pairs), &ws).map(|v| v.to_str().unwrap().to_owned())
+        };
+        let both = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert_eq!(asked(&both, v11).as_deref(), Some("WebSocket"));
+        let versioned = [("connection", "upgrade"), ("upgrade", "websocket/13")];
+        assert_eq!(asked(&versioned, v11).as_deref(), Some("websocket/13"));
+        // Not listed, not asked for by Connection, not HTTP/1.1, two Upgrade lines: stripped.
+        assert_eq!(
+            asked(&[("connection", "upgrade"), ("upgrade", "h2c")], v11),
+            None
+        );
+        assert_eq!(asked(&[("upgrade", "websocket")], v11), None);
+        assert_eq!(asked(&both, http::Version::HTTP_10), None);
+        let twice = [
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("upgrade", "foo"),
+        ];
+        assert_eq!(asked(&twice, v11), None);
+        assert_eq!(upgrade_requested(v11, &headers(&both), &[]), None);
     }
 
     fn limits() -> Limits {

@@ -375,6 +375,7 @@ async fn serve_connection(
     let io = ConnIo::new(stream, limits, state.clone(), h2_by_alpn);
     let service = service_fn(move |req| {
         let worker = worker.clone();
+        let state = state.clone();
         let active = ActiveGuard::new(state.clone());
         let fault = HeadFault::from_u8(state.bad_head.swap(0, Ordering::AcqRel));
         async move {
@@ -382,7 +383,7 @@ async fn serve_connection(
             let mut resp = if let Some(fault) = fault {
                 pipeline::refuse(version, 400, fault.reason())
             } else {
-                pipeline::handle(&worker, peer, req).await
+                pipeline::handle(&worker, peer, &state, req).await
             };
             if version != http::Version::HTTP_2 && worker.shared.draining.load(Ordering::Relaxed) {
                 // Draining: this answer ends the connection, so the client's next request
@@ -395,7 +396,8 @@ async fn serve_connection(
             Ok::<_, std::convert::Infallible>(resp.map(|body| body.held_by(active)))
         }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    // With upgrades: a `101` answer hands the connection to its tunnel (crate::tunnel).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut draining = false;
     // While draining, an HTTP/1 connection stays open for a request in progress or about to
@@ -430,6 +432,10 @@ async fn serve_connection(
                 }
             }
         }
+    }
+    if conn_state.tunnel.load(Ordering::Acquire) {
+        // The connection is a tunnel's now: it keeps its slot until the tunnel closes.
+        conn_state.tunnel_closed.notified().await;
     }
 }
 

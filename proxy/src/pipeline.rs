@@ -8,7 +8,8 @@
 //!   weights write never moves a request in flight.
 //! - **split** ([`split`]): legacy or new by weight (or stickiness); shadow sampled.
 //! - **dispatch** ([`forward_head`], [`crate::upstream::Pool::send`]): the forwarded head, the
-//!   body streamed (and teed into the shadow copy), the backend's answer awaited.
+//!   body streamed (and teed into the shadow copy), the backend's answer awaited. An upgrade
+//!   request (WebSocket, SPEC §8) is dispatched by [`crate::tunnel`] instead.
 //! - **respond** ([`respond`]): the answer's head cleaned, its body streamed back.
 //! - **record** ([`crate::body::Proxied`]): when the answer's body ends, the request counts
 //!   in its backend's window and the primary's answer reaches the shadow comparison.
@@ -24,14 +25,15 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::body::{self, Body, BodyError, Proxied, RequestBody};
+use crate::body::{self, Body, BodyError, ConnState, Proxied, RequestBody};
+use crate::grpc;
 use crate::hygiene::{self, Rejection, SHADOW_MARKER};
 use crate::routing::{request_host, Route};
 use crate::shadow::{self, ShadowClient, ShadowRequest};
 use crate::state::{InflightGuard, Shared};
 use crate::stats::{BackendKind, Role};
 use crate::telemetry::Outcome;
-use crate::upstream::{Failure, Pool};
+use crate::upstream::{Failure, Pool, Terms};
 
 /// What a worker's requests share: the process state and the worker's own upstream pools.
 #[derive(Debug)]
@@ -49,23 +51,33 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// One request, through every phase.
-pub async fn handle(worker: &Worker, peer: Peer, req: Request<Incoming>) -> Response<Body> {
+/// One request, through every phase (`conn`: its client connection, which an upgrade turns
+/// into a tunnel).
+pub async fn handle(
+    worker: &Worker,
+    peer: Peer,
+    conn: &Arc<ConnState>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let shared = &worker.shared;
     let started = Instant::now();
     let inflight = shared.inflight_guard();
     let version = req.version();
+    let caller = Caller {
+        version,
+        grpc: version == Version::HTTP_2 && grpc::is_grpc(req.headers()),
+    };
 
     // hygiene
     if let Err(r) = hygiene(shared, &req) {
-        return refuse(version, r.status, r.reason);
+        return caller.refuse(r.status, r.reason);
     }
 
     // route
     let route = {
         let snapshot = shared.snapshot.load();
         if !snapshot.loaded {
-            return refuse(version, 503, "no valid routing config yet");
+            return caller.refuse(503, "no valid routing config yet");
         }
         let host = request_host(
             req.uri().authority().map(|a| a.as_str()),
@@ -73,25 +85,45 @@ pub async fn handle(worker: &Worker, peer: Peer, req: Request<Incoming>) -> Resp
         );
         match snapshot.find(host.as_deref(), req.uri().path().as_bytes()) {
             Some(route) => route.clone(),
-            None => return refuse(version, 404, "no route matches this host and path"),
+            None => return caller.refuse(404, "no route matches this host and path"),
         }
     };
 
+    let upgrade = hygiene::upgrade_requested(version, req.headers(), &shared.settings.upgrades);
+    if let Some(upgrade) = upgrade.cloned() {
+        return crate::tunnel::open(worker, peer, conn, req, upgrade, route, started, inflight)
+            .await;
+    }
+
     let (parts, mut incoming) = req.into_parts();
     if !declared_empty_body_ended(shared, &parts, &mut incoming).await {
-        return refuse(
-            version,
-            400,
-            "request body does not match content-length: 0",
-        );
+        return caller.refuse(400, "request body does not match content-length: 0");
     }
 
     // split
     let backend = split(&route, &parts);
-    let shadow = plan_shadow(&route, &parts, backend);
+    let upstream = route.upstream(backend);
+    if caller.grpc && !upstream.protocol.may_speak_h2(upstream.tls) {
+        return grpc::error(
+            grpc::UNAVAILABLE,
+            &format!(
+                "backend {} speaks HTTP/1.1; gRPC needs its protocol to be \"h2c\" or \"h2\"",
+                backend.as_str()
+            ),
+        );
+    }
+    let shadow = plan_shadow(&route, &parts, backend, caller.grpc);
 
     // dispatch
-    let idempotent = hygiene::is_idempotent(&parts.method);
+    let terms = Terms {
+        idempotent: hygiene::is_idempotent(&parts.method),
+        deadline: caller
+            .grpc
+            .then(|| grpc::timeout(&parts.headers))
+            .flatten()
+            .map(|t| tokio::time::Instant::from_std(started) + t),
+        http2: caller.grpc,
+    };
     let (up_parts, shadow_headers) = forward_head(parts, peer, shadow.is_some(), &route);
     let (ended_tx, ended_rx) = oneshot::channel();
     let settings = &shared.settings;
@@ -107,14 +139,13 @@ pub async fn handle(worker: &Worker, peer: Peer, req: Request<Incoming>) -> Resp
         body.tee(slot.clone(), route.clone(), worker.shadow.clone());
         slot
     });
-    let upstream = route.upstream(backend);
     let start = upstream.start_index();
     let sent = worker
         .pool
         .send(
             upstream,
             start,
-            idempotent,
+            terms,
             Request::from_parts(up_parts, body),
             ended_rx,
         )
@@ -122,9 +153,9 @@ pub async fn handle(worker: &Worker, peer: Peer, req: Request<Incoming>) -> Resp
 
     match sent {
         Ok((resp, lease)) => respond(
-            resp, lease, version, route, backend, started, slot, inflight, settings,
+            resp, lease, caller, route, backend, started, slot, inflight, settings,
         ),
-        Err(failure) => failed(&route, backend, started, version, &failure),
+        Err(failure) => failed(&route, backend, started, caller, &failure),
     }
 }
 
@@ -172,7 +203,7 @@ async fn declared_empty_body_ended(
 
 /// Legacy or new: the backend the request pins (the route's `pin` header or cookie says
 /// `legacy` or `new`, SPEC §8), else by weight — or by the route's sticky header or cookie.
-fn split(route: &Route, parts: &Parts) -> BackendKind {
+pub(crate) fn split(route: &Route, parts: &Parts) -> BackendKind {
     let pinned = route
         .spec
         .pin
@@ -206,14 +237,31 @@ fn request_key<'p>(source: &Sticky, parts: &'p Parts) -> Option<&'p [u8]> {
 }
 
 /// Sample the request for shadowing and check it is eligible; ineligible samples are counted.
-fn plan_shadow(route: &Route, parts: &Parts, served_by: BackendKind) -> Option<ShadowRequest> {
+/// A gRPC call is eligible when its method matches `shadow.grpc_methods` (SPEC §8).
+fn plan_shadow(
+    route: &Route,
+    parts: &Parts,
+    served_by: BackendKind,
+    grpc: bool,
+) -> Option<ShadowRequest> {
     let share = route.weights.shadow;
     if share <= 0.0 || (share < 100.0 && rand::random::<f64>() * 100.0 >= share) {
         return None;
     }
     let policy = &route.spec.shadow;
     let declared = hygiene::content_length(&parts.headers);
-    if let Err(reason) = shadow::eligibility(policy, &parts.method, &parts.headers, declared) {
+    let eligible = if grpc {
+        if !policy.shadows_grpc_method(parts.uri.path()) {
+            Err(crate::telemetry::DropReason::Method)
+        } else if declared.is_some_and(|len| len > policy.max_body_bytes) {
+            Err(crate::telemetry::DropReason::BodyTooLarge)
+        } else {
+            Ok(())
+        }
+    } else {
+        shadow::eligibility(policy, &parts.method, &parts.headers, declared)
+    };
+    if let Err(reason) = eligible {
         route.telemetry.shadow_dropped(reason);
         return None;
     }
@@ -233,13 +281,14 @@ fn plan_shadow(route: &Route, parts: &Parts, served_by: BackendKind) -> Option<S
         path,
         policy.max_body_bytes,
         noise_copy,
+        grpc,
     ))
 }
 
 /// The head the backend gets (HTTP/1.1, origin-form target): hop-by-hop headers and the
 /// shadow marker removed, `Host` kept (or taken from the target's authority), forwarding
 /// headers appended. With `shadowed`, also the headers the shadow copy carries.
-fn forward_head(
+pub(crate) fn forward_head(
     mut parts: Parts,
     peer: Peer,
     shadowed: bool,
@@ -298,12 +347,12 @@ fn insert(h: &mut http::HeaderMap, name: &'static str, value: &str) {
 }
 
 /// The answer the client gets: hop-by-hop headers removed, `Via` appended, the body streamed
-/// through the record phase.
+/// through the record phase (a gRPC call's by its `grpc-status`).
 #[allow(clippy::too_many_arguments)]
-fn respond(
+pub(crate) fn respond(
     resp: Response<Incoming>,
     lease: crate::upstream::Lease,
-    client_version: Version,
+    caller: Caller,
     route: Arc<Route>,
     backend: BackendKind,
     started: Instant,
@@ -323,11 +372,13 @@ fn respond(
     }
     let via = hygiene::via(
         parts.headers.get(header::VIA).map(|v| v.as_bytes()),
-        client_version,
+        caller.version,
     );
     insert(&mut parts.headers, "via", &via);
     parts.version = Version::default();
-    let proxied = Proxied::new(
+    let grpc_answer =
+        caller.grpc && (grpc::is_grpc(&parts.headers) || parts.headers.contains_key("grpc-status"));
+    let mut proxied = Proxied::new(
         incoming,
         settings.upstream_timeout,
         route,
@@ -338,16 +389,19 @@ fn respond(
         slot,
         inflight,
     );
+    if grpc_answer {
+        proxied = proxied.grpc(&parts.headers);
+    }
     Response::from_parts(parts, Body::proxied(proxied))
 }
 
 /// No answer from the backend: the client gets 502/504 (or 408/413/400 when its own body was
 /// the cause); a backend failure counts against the backend.
-fn failed(
+pub(crate) fn failed(
     route: &Route,
     backend: BackendKind,
     started: Instant,
-    version: Version,
+    caller: Caller,
     failure: &Failure,
 ) -> Response<Body> {
     let client_fault = match failure {
@@ -360,7 +414,7 @@ fn failed(
             BodyError::Timeout => (408, "request body timed out"),
             BodyError::Client => (400, "bad request body"),
         };
-        return refuse(version, status, reason);
+        return caller.refuse(status, reason);
     }
     route.record(
         backend,
@@ -391,7 +445,41 @@ fn failed(
             )
         }
     };
-    refuse(version, status, reason)
+    if caller.grpc {
+        let code = match failure {
+            Failure::Timeout => grpc::DEADLINE_EXCEEDED,
+            Failure::BadResponse(_) => grpc::INTERNAL,
+            _ => grpc::UNAVAILABLE,
+        };
+        return match failure {
+            Failure::Connect(why) => {
+                grpc::error(code, &format!("backend {}: {why}", backend.as_str()))
+            }
+            _ => grpc::error(code, reason),
+        };
+    }
+    caller.refuse(status, reason)
+}
+
+/// Who asked, for the proxy's own answers: the client's HTTP version, and whether the request
+/// is a gRPC call (HTTP/2, `content-type: application/grpc*`), which gets its errors as gRPC
+/// statuses (SPEC §8).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub version: Version,
+    pub grpc: bool,
+}
+
+impl Caller {
+    /// The proxy's own answer: [`refuse`], or for a gRPC call a trailers-only answer whose
+    /// code matches the HTTP status it stands for.
+    pub fn refuse(self, status: u16, reason: &str) -> Response<Body> {
+        if self.grpc {
+            grpc::error(grpc::code_for_http(status), reason)
+        } else {
+            refuse(self.version, status, reason)
+        }
+    }
 }
 
 /// The proxy's own short answer; on HTTP/1 the connection closes after it (an unread request

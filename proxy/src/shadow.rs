@@ -24,7 +24,7 @@ use crate::hygiene::{self, SHADOW_MARKER};
 use crate::routing::Route;
 use crate::stats::{BackendKind, Role};
 use crate::telemetry::{DropReason, Outcome};
-use crate::upstream::Pool;
+use crate::upstream::{Pool, Terms};
 
 /// Comparisons of at most this many body bytes (all answers together) run in the shadow task
 /// itself: a few microseconds, cheaper than handing them over (`make bench`, 1 KiB answers:
@@ -100,6 +100,9 @@ pub struct ShadowRequest {
     limit: u64,
     /// Also send legacy a second copy, to learn noise.
     pub noise_copy: bool,
+    /// A gRPC call (SPEC §8): copied only when its request stream holds exactly one message,
+    /// over HTTP/2, its answer's trailers kept for the comparison.
+    pub grpc: bool,
     sent: bool,
     primary: Option<PrimaryTap>,
 }
@@ -120,6 +123,7 @@ impl ShadowRequest {
         path_and_query: String,
         limit: u64,
         noise_copy: bool,
+        grpc: bool,
     ) -> Self {
         ShadowRequest {
             target,
@@ -130,6 +134,7 @@ impl ShadowRequest {
             body_done: false,
             limit,
             noise_copy,
+            grpc,
             sent: false,
             primary: None,
         }
@@ -172,6 +177,14 @@ impl ShadowRequest {
         }
     }
 
+    /// The primary's trailers: a gRPC answer's `grpc-status` and `grpc-message` join its
+    /// headers for the comparison.
+    pub fn primary_trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(tap) = self.primary.as_mut() {
+            keep_grpc_status(&mut tap.headers, trailers);
+        }
+    }
+
     /// Tee a primary response body chunk.
     pub fn primary_body(&mut self, chunk: &[u8]) {
         if let Some(body) = self.primary.as_mut().and_then(|t| t.body.as_mut()) {
@@ -203,6 +216,11 @@ impl ShadowRequest {
         let Some(headers) = self.headers.take() else {
             return;
         };
+        if self.grpc && !one_grpc_message(&self.body) {
+            // Client streaming (or an empty stream): its copy could not be judged alone.
+            route.telemetry.shadow_dropped(DropReason::Method);
+            return;
+        }
         let max = route.spec.shadow.max_in_flight;
         let in_flight = &route.state.shadow_in_flight;
         if in_flight.fetch_add(1, Ordering::AcqRel) >= max {
@@ -227,6 +245,7 @@ impl ShadowRequest {
             headers,
             body: std::mem::take(&mut self.body).freeze(),
             noise_copy: self.noise_copy,
+            grpc: self.grpc,
             started: now,
         };
         tokio::spawn(job.run(rx));
@@ -243,7 +262,23 @@ struct Job {
     headers: HeaderMap,
     body: Bytes,
     noise_copy: bool,
+    grpc: bool,
     started: Instant,
+}
+
+/// Does `body` hold exactly one gRPC message (5-byte prefix and its length, nothing after)?
+fn one_grpc_message(body: &[u8]) -> bool {
+    body.len() >= 5
+        && u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize == body.len() - 5
+}
+
+/// Copy `grpc-status` and `grpc-message` from `trailers` into `headers`.
+fn keep_grpc_status(headers: &mut HeaderMap, trailers: &HeaderMap) {
+    for name in ["grpc-status", "grpc-message"] {
+        if let Some(v) = trailers.get(name) {
+            headers.insert(name, v.clone());
+        }
+    }
 }
 
 /// Releases the route's in-flight slot however the job ends.
@@ -322,8 +357,15 @@ impl Job {
         let now = Instant::now();
         match outcome {
             Ok(answer) => {
-                self.route
-                    .record(to, Role::Shadow, Outcome::Status(answer.status), start, now);
+                let outcome = if self.grpc {
+                    Outcome::Grpc {
+                        status: answer.status,
+                        code: crate::grpc::status(&answer.headers).unwrap_or(crate::grpc::INTERNAL),
+                    }
+                } else {
+                    Outcome::Status(answer.status)
+                };
+                self.route.record(to, Role::Shadow, outcome, start, now);
                 Some(answer)
             }
             Err(e) => {
@@ -357,7 +399,16 @@ impl Job {
         let (resp, lease) = self
             .client
             .pool
-            .send(upstream, upstream.start_index(), false, req, sent)
+            .send(
+                upstream,
+                upstream.start_index(),
+                Terms {
+                    http2: self.grpc,
+                    ..Terms::default()
+                },
+                req,
+                sent,
+            )
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
@@ -372,6 +423,8 @@ impl Job {
             let frame = frame.map_err(|e| e.to_string())?;
             if let Some(data) = frame.data_ref() {
                 sampler.push(data);
+            } else if let Some(trailers) = frame.trailers_ref() {
+                keep_grpc_status(&mut headers, trailers);
             }
         }
         lease.release();
@@ -476,7 +529,8 @@ mod tests {
 
     #[test]
     fn request_tee_is_bounded() {
-        let mut r = ShadowRequest::new(BackendKind::New, Method::POST, "/x".into(), 4, false);
+        let mut r =
+            ShadowRequest::new(BackendKind::New, Method::POST, "/x".into(), 4, false, false);
         assert!(r.tee_request(b"ab").is_ok());
         assert_eq!(r.tee_request(b"cde"), Err(DropReason::BodyTooLarge));
     }

@@ -29,6 +29,9 @@ pub struct Settings {
     pub upstream_idle_timeout: Duration,
     pub body_read_timeout: Duration,
     pub write_timeout: Duration,
+    /// `Upgrade` protocols relayed as tunnels, lowercased (SPEC §8).
+    pub upgrades: Vec<String>,
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Settings {
@@ -47,6 +50,8 @@ impl Settings {
             upstream_idle_timeout: Duration::from_secs(60),
             body_read_timeout: p.body_read_timeout,
             write_timeout: p.write_timeout,
+            upgrades: p.upgrades.clone(),
+            tunnel_idle_timeout: p.tunnel_idle_timeout,
         }
     }
 }

@@ -56,21 +56,28 @@ pub enum Outcome {
     Status(u16),
     /// No answer from the backend (refused, reset, timed out).
     NoResponse,
+    /// A gRPC call's answer: its HTTP status and its `grpc-status`.
+    Grpc { status: u16, code: u8 },
 }
 
 impl Outcome {
     fn code_index(self) -> usize {
         match self {
-            Outcome::Status(s) => (usize::from(s / 100)).clamp(1, 5) - 1,
+            Outcome::Status(s) | Outcome::Grpc { status: s, .. } => {
+                (usize::from(s / 100)).clamp(1, 5) - 1
+            }
             Outcome::NoResponse => 5,
         }
     }
 
-    /// Errors are 5xx answers and requests that got no answer.
+    /// Errors are 5xx answers, requests that got no answer, and gRPC calls that ended with a
+    /// server-error code (SPEC §8: UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE,
+    /// DATA_LOSS).
     pub fn is_error(self) -> bool {
         match self {
             Outcome::Status(s) => s >= 500,
             Outcome::NoResponse => true,
+            Outcome::Grpc { status, code } => status >= 500 || crate::grpc::is_server_error(code),
         }
     }
 }
@@ -94,6 +101,8 @@ pub struct Metrics {
     /// Client connections closed unread because `max_connections` were open.
     pub downstream_rejected: IntCounter,
     runtime_tasks: IntGaugeVec,
+    tunnels: IntGaugeVec,
+    grpc_responses: IntCounterVec,
     /// Each runtime's handles (one per worker for the data plane), noted when it starts; read
     /// at scrape time.
     runtimes: [Mutex<Vec<Handle>>; 2],
@@ -229,6 +238,22 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            grpc_responses: counter_vec(
+                "cutover_grpc_responses_total",
+                "gRPC calls answered, by grpc-status code name (SPEC §8).",
+                &["route", "backend", "role", "grpc_code"],
+            ),
+            tunnels: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "cutover_tunnels_open",
+                        "Upgraded connections (WebSocket, ...) being relayed (SPEC §8).",
+                    ),
+                    &["route", "backend"],
+                )
+                .expect("valid metric"),
+            ),
             runtimes: Default::default(),
             registry: r,
         }
@@ -299,6 +324,16 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Counts one open tunnel in `cutover_tunnels_open` until dropped.
+#[derive(Debug)]
+pub struct TunnelGauge(IntGauge);
+
+impl Drop for TunnelGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -429,6 +464,17 @@ impl RouteTelemetry {
         let cell = &traffic.metrics.cells[backend.index()][role.index()];
         cell.requests[outcome.code_index()].inc();
         cell.duration.observe(latency.as_secs_f64());
+        if let Outcome::Grpc { code, .. } = outcome {
+            self.metrics
+                .grpc_responses
+                .with_label_values(&[
+                    self.id.as_str(),
+                    backend.as_str(),
+                    role.as_str(),
+                    crate::grpc::code_name(code),
+                ])
+                .inc();
+        }
         traffic.windows.get(backend, role).record(
             now,
             window,
@@ -486,6 +532,16 @@ impl RouteTelemetry {
             baseline_divergences: baseline.errors,
             baseline_expected,
         }
+    }
+
+    /// One more open tunnel to `backend`, until the guard is dropped.
+    pub fn tunnel_opened(&self, backend: BackendKind) -> TunnelGauge {
+        let gauge = self
+            .metrics
+            .tunnels
+            .with_label_values(&[self.id.as_str(), backend.as_str()]);
+        gauge.inc();
+        TunnelGauge(gauge)
     }
 
     /// Count a sampled request that was not shadowed.

@@ -137,6 +137,17 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// How one request is sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Terms {
+    /// Move on to the next endpoint when a connect fails (idempotent requests).
+    pub idempotent: bool,
+    /// The answer's head must have come by then (a gRPC call's `grpc-timeout`).
+    pub deadline: Option<tokio::time::Instant>,
+    /// Only HTTP/2 will do (gRPC): a connection that speaks HTTP/1.1 fails the request.
+    pub http2: bool,
+}
+
 /// A connection checked out for one exchange: an HTTP/1.1 connection of its own, or a stream
 /// on a shared HTTP/2 connection.
 #[derive(Debug)]
@@ -217,8 +228,8 @@ fn into_h2<B>(mut req: Request<B>, tls: bool) -> Request<B> {
 /// A connection checked out of the pool for one exchange; [`Lease::release`] gives it back.
 #[derive(Debug)]
 pub struct Lease<B = RequestBody> {
-    pool: Arc<Pool<B>>,
-    key: Key,
+    /// Where the connection goes back to; `None` for an upgrade's connection of its own.
+    home: Option<(Arc<Pool<B>>, Key)>,
     sender: Sender<B>,
 }
 
@@ -226,14 +237,14 @@ impl<B> Lease<B> {
     /// The exchange ended cleanly: keep the connection for the next request unless the backend
     /// closed it (or asked to). An HTTP/2 stream just ends; its connection stays shared.
     pub fn release(self) {
-        let Sender::H1(sender) = self.sender else {
+        let (Sender::H1(sender), Some((pool, key))) = (self.sender, self.home) else {
             return;
         };
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(self.key).or_default();
+        let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle {
                 sender,
@@ -425,12 +436,13 @@ impl<B: OutgoingBody> Pool<B> {
 
     /// Send `req` to one of `upstream`'s endpoints, starting at `start`. `sent` fires when the
     /// request body has been read to its end; the answer's head is awaited `upstream_timeout`
-    /// from then. `idempotent` requests move on to the next endpoint when a connect fails.
+    /// from then (and by the `terms`' deadline). Idempotent requests move on to the next
+    /// endpoint when a connect fails.
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Upstream,
         start: usize,
-        idempotent: bool,
+        terms: Terms,
         mut req: Request<B>,
         sent: oneshot::Receiver<()>,
     ) -> Result<(Response<Incoming>, Lease<B>), Failure> {
@@ -461,6 +473,11 @@ impl<B: OutgoingBody> Pool<B> {
                         }
                     },
                 };
+                if terms.http2 && matches!(sender, Sender::H1(_)) {
+                    return Err(Failure::Connect(format!(
+                        "{addr}: the backend speaks HTTP/1.1 (ALPN chose it); gRPC needs HTTP/2"
+                    )));
+                }
                 if sender.ready().await.is_err() {
                     if reused {
                         continue;
@@ -475,17 +492,23 @@ impl<B: OutgoingBody> Pool<B> {
                     let _ = sent.await;
                     tokio::time::sleep(self.upstream_timeout).await;
                 };
+                let call_deadline = async {
+                    match terms.deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let result = tokio::select! {
                     biased;
                     r = response => r,
                     () = deadline => return Err(Failure::Timeout),
+                    () = call_deadline => return Err(Failure::Timeout),
                 };
                 return match result {
                     Ok(resp) => {
                         check_response(&resp)?;
                         let lease = Lease {
-                            pool: self.clone(),
-                            key,
+                            home: Some((self.clone(), key)),
                             sender,
                         };
                         Ok((resp, lease))
@@ -499,17 +522,72 @@ impl<B: OutgoingBody> Pool<B> {
                     },
                 };
             }
-            if !idempotent {
+            if !terms.idempotent {
                 return Err(failure);
             }
+        }
+        Err(failure)
+    }
+
+    /// Send an upgrade request (SPEC §8) over a new HTTP/1.1 connection of its own — never
+    /// pooled: once the backend answers `101` the connection is the tunnel's (take it with
+    /// `hyper::upgrade::on` on the answer). A connect that fails moves on to the next endpoint
+    /// (an upgrade request has no body). TLS offers http/1.1 only whatever the `protocol`.
+    pub async fn upgrade(
+        &self,
+        upstream: &Upstream,
+        start: usize,
+        req: Request<B>,
+    ) -> Result<(Response<Incoming>, Lease<B>), Failure> {
+        let mut failure = Failure::Connect("no endpoint resolves".into());
+        for attempt in 0..upstream.endpoints.len() {
+            let Some(addr) = upstream.endpoint(start, attempt).addr() else {
+                continue;
+            };
+            let key = Key {
+                addr,
+                sni: upstream.tls.then(|| upstream.sni.as_str().into()),
+                protocol: BackendProtocol::Http1,
+            };
+            let stream = match self.dial(&key).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    failure = e;
+                    continue;
+                }
+            };
+            let (mut sender, conn) = http1::Builder::new()
+                .preserve_header_case(true)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| Failure::Connect(format!("{addr}: {e}")))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(error = %e, "upstream upgrade connection ended");
+                }
+            });
+            let response = sender.send_request(req);
+            let resp = match tokio::time::timeout(self.upstream_timeout, response).await {
+                Err(_) => return Err(Failure::Timeout),
+                Ok(Err(e)) => return Err(Failure::Exchange(e)),
+                Ok(Ok(resp)) => resp,
+            };
+            if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                check_response(&resp)?;
+            }
+            let lease = Lease {
+                home: None,
+                sender: Sender::H1(sender),
+            };
+            return Ok((resp, lease));
         }
         Err(failure)
     }
 }
 
 /// RELIABILITY 36, 37: an answer whose framing is ambiguous, or a 101 to a request that did not
-/// ask to upgrade (nothing is forwarded with `Upgrade`), is refused (502) and its connection is
-/// not reused.
+/// ask to upgrade (only [`Pool::upgrade`] forwards `Upgrade`), is refused (502) and its
+/// connection is not reused.
 fn check_response(resp: &Response<Incoming>) -> Result<(), Failure> {
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         return Err(Failure::BadResponse(

@@ -21,9 +21,11 @@ pub mod certs;
 pub mod client;
 pub mod ctl;
 pub mod etcd;
+pub mod grpc;
 pub mod h2raw;
 pub mod metrics;
 pub mod proxy;
+pub mod python;
 pub mod raw;
 pub mod relay;
 

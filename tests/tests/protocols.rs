@@ -134,3 +134,39 @@ async fn a_backend_allowing_one_stream_makes_the_others_wait() {
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     assert_eq!(legacy.count(), 20);
 }
+
+/// Interop: h2load (nghttp2, a client no one here wrote) drives h2c with many streams per
+/// connection through the proxy to an h2c backend; every request succeeds.
+#[tokio::test]
+async fn h2load_drives_h2c_through_the_proxy() {
+    let legacy = Backend::new("legacy").http2().run().await;
+    let proxy = h2c_proxy(&legacy).await;
+    let url = proxy.url("/load");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("h2load")
+            .args(["-n", "2000", "-c", "4", "-m", "16", &url])
+            .output()
+    })
+    .await
+    .expect("joined")
+    .unwrap_or_else(|e| {
+        panic!("h2load: {e}: install nghttp2-client (scripts/prereqs.sh test does)")
+    });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("2000 succeeded, 0 failed, 0 errored"),
+        "{text}\n{}",
+        proxy.log()
+    );
+    assert!(text.contains("2000 2xx"), "{text}");
+    assert_eq!(legacy.count(), 2000);
+    assert!(legacy
+        .requests()
+        .iter()
+        .all(|r| r.version == http::Version::HTTP_2));
+}

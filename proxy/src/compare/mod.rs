@@ -22,6 +22,7 @@
 mod endpoint;
 mod json;
 mod noise;
+pub mod protobuf;
 mod queue;
 mod record;
 mod rules;
@@ -185,8 +186,10 @@ pub struct Difference {
     /// The bodies differ under `compare.body`.
     pub body: bool,
     /// The JSON Pointers at which JSON bodies differ, sorted, at most [`MAX_POINTERS`]; empty
-    /// when the bodies were compared as bytes.
+    /// when the bodies were compared as bytes. gRPC bodies: paths of field numbers (`/2/1`).
     pub json_pointers: Vec<String>,
+    /// Why the bodies count as different without paths (a gRPC body that is not well-formed).
+    pub body_reason: Option<String>,
 }
 
 impl Difference {
@@ -225,7 +228,9 @@ pub fn compare(
     noise: &NoiseSet,
 ) -> Difference {
     let mut difference = Difference {
-        status: policy.status && legacy.status != new.status,
+        status: policy.status
+            && (legacy.status != new.status
+                || (policy.body == BodyCompare::Grpc && grpc_status_differs(legacy, new))),
         headers: header_differences(policy, &legacy.headers, &new.headers),
         ..Difference::default()
     };
@@ -233,6 +238,20 @@ pub fn compare(
     match policy.body {
         BodyCompare::None => {}
         BodyCompare::Bytes => difference.body = !a.same_bytes(b),
+        BodyCompare::Grpc if a.same_bytes(b) => {}
+        BodyCompare::Grpc if a.complete() && b.complete() => {
+            match protobuf::differences(&a.prefix, &b.prefix, &policy.ignore_json_paths) {
+                Ok(paths) => {
+                    difference.body = !paths.is_empty();
+                    difference.json_pointers = paths;
+                }
+                Err(reason) => {
+                    difference.body = true;
+                    difference.body_reason = Some(reason);
+                }
+            }
+        }
+        BodyCompare::Grpc => difference.body = true,
         // Identical bytes stay identical whatever is removed from them: no parse needed.
         BodyCompare::Json if a.same_bytes(b) => {}
         BodyCompare::Json if a.complete() && b.complete() => {
@@ -247,6 +266,14 @@ pub fn compare(
         BodyCompare::Json => difference.body = true,
     }
     difference
+}
+
+/// gRPC answers: `grpc-status` and `grpc-message` (from the head of a trailers-only answer, or
+/// from the trailers, which the taps add to the answer's headers) compare like the status.
+fn grpc_status_differs(legacy: &Answer, new: &Answer) -> bool {
+    ["grpc-status", "grpc-message"]
+        .iter()
+        .any(|name| legacy.headers.get(*name) != new.headers.get(*name))
 }
 
 /// The JSON Pointers at which two answers of the SAME backend (a legacy answer and its repeat)

@@ -31,6 +31,9 @@ pub struct DivergenceRecord {
     pub json_paths: Vec<String>,
     /// Whether the bodies differ.
     pub body_differs: bool,
+    /// Why the bodies differ when no path says it (a gRPC body that is not well-formed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_reason: Option<String>,
     /// Legacy's body: its first 4 KiB, lossy UTF-8.
     pub legacy_body: String,
     /// New's body: its first 4 KiB, lossy UTF-8.
@@ -66,6 +69,7 @@ impl DivergenceRecord {
             headers: diff.headers.clone(),
             json_paths: diff.json_pointers.clone(),
             body_differs: diff.body,
+            body_reason: diff.body_reason.clone(),
             legacy_body: body_text(&legacy.body.prefix),
             new_body: body_text(&new.body.prefix),
             legacy_body_bytes: legacy.body.len,

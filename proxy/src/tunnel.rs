@@ -1,0 +1,257 @@
+//! Tunnels (SPEC §8): an HTTP/1.1 request whose `Upgrade` names a protocol in
+//! `[proxy] upgrades` takes the pipeline's route and split (weights, sticky, pin) like any
+//! request, and is then dispatched here instead of to the pool:
+//!
+//! - it goes to the backend over a connection of its own with its `Upgrade` and
+//!   `Connection: upgrade` ([`crate::upstream::Pool::upgrade`]); never shadowed;
+//! - an answer other than `101` goes back to the client like any answer, and the client's
+//!   connection stays HTTP (RELIABILITY 59);
+//! - on `101` the request counts once in the statistics (status 101, latency = time to the
+//!   101), the client gets the `101`, and once hyper hands both connections over, bytes are
+//!   relayed both ways — half-closes passed on — until both sides have closed or no byte
+//!   moved for `[proxy] tunnel_idle_timeout`.
+//!
+//! An upgrade request that carries a body is refused (400): its bytes could otherwise reach a
+//! backend that has not answered 101 as tunnel data (RELIABILITY 60). Bytes a client sends
+//! after its head and before the 101 stay in hyper's buffer and reach the backend only after
+//! the backend's own 101.
+//!
+//! A tunnel holds its client connection's `max_connections` slot, the process's in-flight
+//! count (so a drain waits for it until the grace period ends, then the process exits and
+//! closes it) and `cutover_tunnels_open{route,backend}`. A weights change never moves it: its
+//! backend was chosen once.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use cutover_config::BackendProtocol;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::body::{Body, ConnState, RequestBody, TunnelHold};
+use crate::hygiene;
+use crate::pipeline::{self, Peer, Worker};
+use crate::routing::Route;
+use crate::state::InflightGuard;
+use crate::stats::Role;
+use crate::telemetry::{Outcome, TunnelGauge};
+
+/// Dispatch an upgrade request (`upgrade`: its `Upgrade` value) of `route`.
+#[allow(clippy::too_many_arguments)]
+pub async fn open(
+    worker: &Worker,
+    peer: Peer,
+    conn: &Arc<ConnState>,
+    mut req: Request<Incoming>,
+    upgrade: HeaderValue,
+    route: Arc<Route>,
+    started: Instant,
+    inflight: InflightGuard,
+) -> Response<Body> {
+    let version = req.version();
+    let caller = pipeline::Caller {
+        version,
+        grpc: false,
+    };
+    let declared = hygiene::content_length(req.headers());
+    if declared.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING) {
+        return pipeline::refuse(version, 400, "an Upgrade request cannot carry a body");
+    }
+    let client_side = hyper::upgrade::on(&mut req);
+    let (parts, incoming) = req.into_parts();
+    let backend = pipeline::split(&route, &parts);
+    let upstream = route.upstream(backend);
+    if upstream.protocol == BackendProtocol::H2c {
+        return pipeline::refuse(
+            version,
+            502,
+            "bad gateway: an h2c backend cannot take an HTTP/1.1 upgrade",
+        );
+    }
+    let (mut head, _) = pipeline::forward_head(parts, peer, false, &route);
+    head.headers.insert(header::UPGRADE, upgrade);
+    head.headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    head.headers.remove(header::TE);
+    let settings = &worker.shared.settings;
+    let body = RequestBody::new(
+        incoming,
+        settings.body_read_timeout,
+        settings.limits.max_body_bytes,
+        oneshot::channel().0,
+    );
+    let start = upstream.start_index();
+    let sent = worker
+        .pool
+        .upgrade(upstream, start, Request::from_parts(head, body))
+        .await;
+    let (mut resp, lease) = match sent {
+        Ok(answer) => answer,
+        Err(failure) => return pipeline::failed(&route, backend, started, caller, &failure),
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Refused: the answer goes back as any answer; the client's connection stays HTTP.
+        drop(client_side);
+        return pipeline::respond(
+            resp, lease, caller, route, backend, started, None, inflight, settings,
+        );
+    }
+    route.record(
+        backend,
+        Role::Primary,
+        Outcome::Status(101),
+        started,
+        Instant::now(),
+    );
+    let backend_side = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    let upgraded_to = parts.headers.get(header::UPGRADE).cloned();
+    for name in hygiene::hop_by_hop_names(&parts.headers) {
+        parts.headers.remove(&name);
+    }
+    if let Some(to) = upgraded_to {
+        parts.headers.insert(header::UPGRADE, to);
+    }
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let via = hygiene::via(
+        parts.headers.get(header::VIA).map(|v| v.as_bytes()),
+        version,
+    );
+    if let Ok(v) = HeaderValue::from_str(&via) {
+        parts.headers.insert(header::VIA, v);
+    }
+    parts.version = http::Version::HTTP_11;
+    let tunnel = Tunnel {
+        idle_timeout: settings.tunnel_idle_timeout,
+        _hold: TunnelHold::new(conn.clone()),
+        _gauge: route.telemetry.tunnel_opened(backend),
+        _inflight: inflight,
+        _lease: lease,
+    };
+    tokio::spawn(tunnel.relay(client_side, backend_side));
+    Response::from_parts(parts, Body::full(bytes::Bytes::new()))
+}
+
+/// What an open tunnel holds until it closes.
+struct Tunnel {
+    idle_timeout: Duration,
+    _hold: TunnelHold,
+    _gauge: TunnelGauge,
+    _inflight: InflightGuard,
+    _lease: crate::upstream::Lease,
+}
+
+impl Tunnel {
+    async fn relay(self, client: OnUpgrade, backend: OnUpgrade) {
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(both) => both,
+            Err(e) => {
+                debug!(error = %e, "tunnel not established");
+                return;
+            }
+        };
+        let clock = Arc::new(Activity::new());
+        let mut client = Stamped::new(TokioIo::new(client), clock.clone());
+        let mut backend = Stamped::new(TokioIo::new(backend), clock.clone());
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut backend) => match copied {
+                Ok((up, down)) => debug!(up, down, "tunnel closed"),
+                Err(e) => debug!(error = %e, "tunnel failed"),
+            },
+            () = clock.idle_for(self.idle_timeout) => {
+                debug!(timeout = ?self.idle_timeout, "tunnel idle: closed");
+            }
+        }
+    }
+}
+
+/// When a byte last moved through a tunnel, either way.
+struct Activity {
+    origin: Instant,
+    /// Milliseconds from `origin`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = self.origin + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// One side of a tunnel, noting its reads in the tunnel's [`Activity`].
+struct Stamped<T> {
+    inner: T,
+    clock: Arc<Activity>,
+}
+
+impl<T> Stamped<T> {
+    fn new(inner: T, clock: Arc<Activity>) -> Self {
+        Stamped { inner, clock }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Stamped<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.clock.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
