@@ -5,6 +5,7 @@
 mod check;
 mod config;
 pub mod dataplane;
+mod descriptors;
 mod error;
 mod jsonpath;
 mod policy;
@@ -19,6 +20,7 @@ pub use config::{
     AdminSettings, ClientCert, Config, EtcdAuth, EtcdSettings, EtcdUser, NotifySettings,
     ProxySettings, RouteConfig, StatsSettings, TlsSettings, UnderscoreHeaders,
 };
+pub use descriptors::DescriptorSet;
 pub use error::{ConfigError, ConfigErrors};
 pub use jsonpath::{JsonPath, JsonPathSegment};
 pub use policy::{

@@ -80,6 +80,13 @@ pub struct ComparePolicy {
     /// when it is not seen to vary again.
     #[serde(serialize_with = "ser::duration")]
     pub noise_ttl: Duration,
+    /// `body = "grpc"` with a schema: a file path (config file) or a name under
+    /// `<prefix>/descriptors/` (etcd), as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub descriptor_set: Option<String>,
+    /// That set, decoded: attached by the config source, `None` until it is.
+    #[serde(skip)]
+    pub descriptors: Option<crate::DescriptorSet>,
 }
 
 impl Default for ComparePolicy {
@@ -94,6 +101,8 @@ impl Default for ComparePolicy {
             ignore_headers: ["date", "server", "set-cookie"].map(String::from).to_vec(),
             learn_noise_percent: 0.0,
             noise_ttl: ComparePolicy::DEFAULT_NOISE_TTL,
+            descriptor_set: None,
+            descriptors: None,
         }
     }
 }
@@ -371,14 +380,35 @@ pub(crate) fn compare(
         raw.noise_ttl,
         default.noise_ttl,
     );
+    let body = raw.body.unwrap_or(default.body);
+    let descriptor_set = match raw.descriptor_set {
+        Some(name) if body != BodyCompare::Grpc => {
+            report.error(
+                &at.key("descriptor_set"),
+                format!("{name:?} is a gRPC schema: it needs body = \"grpc\""),
+            );
+            None
+        }
+        Some(name) if name.trim().is_empty() => {
+            report.error(
+                &at.key("descriptor_set"),
+                "must name a FileDescriptorSet (a file path, or a name under <prefix>/descriptors/)",
+            );
+            None
+        }
+        Some(name) => Some(Some(name)),
+        None => Some(None),
+    };
     Some(ComparePolicy {
         status: raw.status.unwrap_or(default.status),
         headers: headers?,
-        body: raw.body.unwrap_or(default.body),
+        body,
         ignore_json_paths: ignore_json_paths?,
         ignore_headers: ignore_headers?,
         learn_noise_percent: learn_noise_percent?,
         noise_ttl: noise_ttl?,
+        descriptor_set: descriptor_set?,
+        descriptors: None,
     })
 }
 
@@ -646,6 +676,7 @@ mod tests {
             ignore_headers: Some(vec!["X-Trace".into()]),
             learn_noise_percent: Some(2.5),
             noise_ttl: dur("30s"),
+            descriptor_set: None,
         };
         let policy = ok(|r| compare(r, &at(), raw));
         assert!(!policy.status);

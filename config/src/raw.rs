@@ -245,6 +245,7 @@ pub(crate) struct RawCompare {
     pub(crate) ignore_headers: Option<Vec<String>>,
     pub(crate) learn_noise_percent: Option<f64>,
     pub(crate) noise_ttl: Option<RawDuration>,
+    pub(crate) descriptor_set: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

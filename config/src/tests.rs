@@ -110,6 +110,8 @@ fn spec_example() -> RouteSpec {
             ignore_headers: strings(&["date", "server", "set-cookie"]),
             learn_noise_percent: 1.0,
             noise_ttl: secs(600),
+            descriptor_set: None,
+            descriptors: None,
         },
         rollback: RollbackPolicy::default(),
         ramp: Some(Ramp {
@@ -194,7 +196,14 @@ fn full_config_sets_every_key() {
         config.notify.webhook.as_deref(),
         Some("http://127.0.0.1:9300/hooks/cutover")
     );
-    assert_eq!(config.routes.len(), 2);
+    assert_eq!(p.upgrades, vec!["websocket".to_owned()]);
+    assert_eq!(p.tunnel_idle_timeout, secs(3600));
+    assert_eq!(config.routes.len(), 3);
+    let grpc = &config.routes[2].spec;
+    assert_eq!(grpc.legacy.protocol, BackendProtocol::H2c);
+    assert_eq!(grpc.new.protocol, BackendProtocol::H2);
+    assert_eq!(grpc.compare.body, BodyCompare::Grpc);
+    assert!(grpc.shadow.shadows_grpc_method("/shop.Orders/GetOrder"));
 }
 
 #[test]

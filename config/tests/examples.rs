@@ -69,6 +69,8 @@ const INVALID: &[(&str, &str)] = &[
     ("empty-endpoints.json", "legacy.endpoints"),
     ("empty-endpoints.toml", "routes[0].legacy.endpoints"),
     ("etcd-tls-half.toml", "etcd.key_file"),
+    ("grpc-methods-star.toml", "routes[0].shadow.grpc_methods[0]"),
+    ("h2-without-tls.json", "legacy.protocol"),
     ("unknown-field.json", "legacy"),
     ("unknown-key.toml", "routes[0].legacy"),
     ("weights-negative.json", "legacy"),

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cutover_config::{
-    Delta, EtcdSettings, RouteConfig, RouteId, RouteList, RouteSpec, Weights, WeightsRevisions,
+    Delta, DescriptorSet, EtcdSettings, RouteConfig, RouteId, RouteList, RouteSpec, Weights,
+    WeightsRevisions,
 };
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 
@@ -112,6 +113,8 @@ struct RouteKeys {
 #[derive(Debug)]
 struct Store {
     routes: BTreeMap<String, RouteKeys>,
+    /// `<prefix>/descriptors/<name>`, decoded (or why not).
+    descriptors: BTreeMap<String, Result<DescriptorSet, String>>,
     /// Nothing was published from this store yet (a fresh read): resolve every route.
     whole: bool,
     /// The routes whose spec or weights changed since the last publish: with 10,000 routes a
@@ -123,6 +126,7 @@ impl Default for Store {
     fn default() -> Self {
         Store {
             routes: BTreeMap::new(),
+            descriptors: BTreeMap::new(),
             whole: true,
             changed: BTreeSet::new(),
         }
@@ -139,6 +143,16 @@ impl Store {
     /// Take a put; true when it was a route's spec or weights (what the routes are made of:
     /// a `status` or `events` key changes nothing the source publishes).
     fn put(&mut self, keys: &Keys, key: &[u8], value: &[u8], rev: i64) -> bool {
+        if let Some(name) = keys.parse_descriptor_key(key) {
+            let set = decode_descriptor(&name, value);
+            if let Err(reason) = &set {
+                warn!(key = %keys.descriptor(&name), %reason, "descriptor set rejected");
+            }
+            self.descriptors.insert(name, set);
+            // Rare, and any route may name it: resolve them all.
+            self.whole = true;
+            return true;
+        }
         let Some(key) = keys.parse_route_key(key) else {
             return false;
         };
@@ -174,6 +188,11 @@ impl Store {
 
     /// Take a delete; true when it was a route's spec or weights.
     fn delete(&mut self, keys: &Keys, key: &[u8]) -> bool {
+        if let Some(name) = keys.parse_descriptor_key(key) {
+            self.descriptors.remove(&name);
+            self.whole = true;
+            return true;
+        }
         let Some(key) = keys.parse_route_key(key) else {
             return false;
         };
@@ -193,6 +212,16 @@ impl Store {
         }
         true
     }
+}
+
+/// A `<prefix>/descriptors/<name>` value: the base64 of a `FileDescriptorSet`.
+fn decode_descriptor(name: &str, value: &[u8]) -> Result<DescriptorSet, String> {
+    use base64::Engine as _;
+    let text = String::from_utf8_lossy(value);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("not base64 (write `base64 -w0 set.pb`): {e}"))?;
+    DescriptorSet::decode(name, &bytes)
 }
 
 /// A value's problems on one line; a whole-document problem is shown without its `(root)` path
@@ -236,6 +265,7 @@ fn resolve_route(
     keys: &Keys,
     id: &str,
     entry: Option<&RouteKeys>,
+    descriptors: &BTreeMap<String, Result<DescriptorSet, String>>,
     previous: Option<&RouteConfig>,
     last_revision: Option<i64>,
 ) -> OneRoute {
@@ -278,8 +308,18 @@ fn resolve_route(
         // No spec (deleted, or weights written first): the route is not served.
         None => return one,
         Some(Parsed {
-            value: Ok(spec), ..
-        }) => spec.clone(),
+            value: Ok(spec),
+            mod_revision,
+        }) => match with_descriptors(keys, spec, descriptors, previous) {
+            Ok(spec) => spec,
+            Err(reason) => {
+                reject(&mut one, keys.spec(id), *mod_revision, &reason);
+                match previous {
+                    Some(prev) => prev.spec.clone(),
+                    None => return one,
+                }
+            }
+        },
         Some(Parsed {
             value: Err(reason),
             mod_revision,
@@ -317,6 +357,40 @@ fn resolve_route(
     one
 }
 
+/// `spec` with the descriptor set it names attached (the previous route's spec, shared, when
+/// that is the same); an error when the set is missing or invalid.
+fn with_descriptors(
+    keys: &Keys,
+    spec: &Arc<RouteSpec>,
+    descriptors: &BTreeMap<String, Result<DescriptorSet, String>>,
+    previous: Option<&RouteConfig>,
+) -> Result<Arc<RouteSpec>, String> {
+    let Some(name) = spec.descriptor_set_name() else {
+        return Ok(spec.clone());
+    };
+    let set = match descriptors.get(name) {
+        Some(Ok(set)) => set.clone(),
+        Some(Err(reason)) => {
+            return Err(format!(
+                "compare.descriptor_set: {}: {reason}",
+                keys.descriptor(name)
+            ))
+        }
+        None => {
+            return Err(format!(
+                "compare.descriptor_set: no descriptor set {name:?}: write the base64 of a \
+                 FileDescriptorSet to {}",
+                keys.descriptor(name)
+            ))
+        }
+    };
+    let attached = (**spec).clone().with_descriptors(set);
+    Ok(match previous {
+        Some(prev) if *prev.spec == attached => prev.spec.clone(),
+        _ => Arc::new(attached),
+    })
+}
+
 /// The routes to serve for the whole `store`, keeping each route's last good spec and weights
 /// (from `previous`) where the current value is invalid. Returns the routes (in id order), the
 /// error per route, and the rejections seen.
@@ -329,6 +403,7 @@ fn resolve(keys: &Keys, store: &Store, previous: &ConfigState) -> Resolved {
             keys,
             id,
             Some(entry),
+            &store.descriptors,
             last_good.get(id.as_str()).copied(),
             previous.weights_revisions.get(id.as_str()).copied(),
         );
@@ -361,6 +436,7 @@ fn resolve_changed(keys: &Keys, store: &Store, previous: &ConfigState) -> Resolv
             keys,
             id,
             store.routes.get(id),
+            &store.descriptors,
             before.as_ref(),
             last_revision,
         );
@@ -632,10 +708,8 @@ impl Runner {
         };
         loop {
             // The whole prefix at one revision: the truth to start (or restart) from.
-            let read = client.get(
-                self.source.keys.routes(),
-                Some(GetOptions::new().with_prefix()),
-            );
+            let (start, end) = self.source.keys.source_range();
+            let read = client.get(start, Some(GetOptions::new().with_range(end)));
             let resp = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
@@ -660,23 +734,20 @@ impl Runner {
 
     /// Watch from `revision + 1`, applying every change to `store`.
     async fn watch(&mut self, client: &mut Client, store: &mut Store, revision: i64) -> WatchEnd {
+        let (start, end) = self.source.keys.source_range();
         let options = WatchOptions::new()
-            .with_prefix()
+            .with_range(end)
             .with_start_revision(revision + 1)
             .with_progress_notify();
-        let (mut watcher, mut stream) = match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.watch(self.source.keys.routes(), Some(options)),
-        )
-        .await
-        {
-            Ok(Ok(w)) => w.split(),
-            Ok(Err(e)) => {
-                let e = crate::connect::describe(&e.to_string());
-                return WatchEnd::Session(SessionEnd::Lost(format!("watch: {e}")));
-            }
-            Err(_) => return WatchEnd::Session(SessionEnd::Lost("watch timed out".into())),
-        };
+        let (mut watcher, mut stream) =
+            match tokio::time::timeout(REQUEST_TIMEOUT, client.watch(start, Some(options))).await {
+                Ok(Ok(w)) => w.split(),
+                Ok(Err(e)) => {
+                    let e = crate::connect::describe(&e.to_string());
+                    return WatchEnd::Session(SessionEnd::Lost(format!("watch: {e}")));
+                }
+                Err(_) => return WatchEnd::Session(SessionEnd::Lost("watch timed out".into())),
+            };
         let mut last_heard = Instant::now();
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         loop {

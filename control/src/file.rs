@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cutover_config::Config;
+use cutover_config::{Config, ConfigError, ConfigErrors, DescriptorSet};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -58,7 +58,10 @@ impl FileSource {
             return None;
         }
         self.text = text;
-        match cutover_config::parse_config_toml(&self.text) {
+        let parsed = cutover_config::parse_config_toml(&self.text).and_then(|mut config| {
+            attach_descriptor_files(&mut config, &self.path).map(|()| config)
+        });
+        match parsed {
             Ok(config) => {
                 warn_on_restart_only_changes(&self.loaded, &config);
                 let next = current.applied(config.routes);
@@ -73,6 +76,35 @@ impl FileSource {
                 Some(current.rejected(reason))
             }
         }
+    }
+}
+
+/// Read the descriptor sets the routes of the config file at `path` name in
+/// `compare.descriptor_set` (paths relative to the file's directory, SPEC §8) and attach each to
+/// its route; every problem names its route and the file.
+pub fn attach_descriptor_files(config: &mut Config, path: &Path) -> Result<(), ConfigErrors> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut errors = Vec::new();
+    for (i, route) in config.routes.iter_mut().enumerate() {
+        let Some(name) = route.spec.descriptor_set_name() else {
+            continue;
+        };
+        let file = dir.join(name);
+        let set = std::fs::read(&file)
+            .map_err(|e| format!("{}: cannot read: {e}", file.display()))
+            .and_then(|bytes| DescriptorSet::decode(name, &bytes));
+        match set {
+            Ok(set) => route.spec = Arc::new((*route.spec).clone().with_descriptors(set)),
+            Err(reason) => errors.push(ConfigError::new(
+                format!("routes[{i}].compare.descriptor_set"),
+                reason,
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
     }
 }
 

@@ -8,6 +8,7 @@
 //! <prefix>/instances/<instance-id>                  fleet membership (lease-bound)
 //! <prefix>/stats/<id>/<instance-id>                 window statistics (lease-bound)
 //! <prefix>/leader                                   election
+//! <prefix>/descriptors/<name>                       base64 FileDescriptorSet (SPEC §8)
 //! ```
 
 /// Which key of a route an etcd key is.
@@ -92,6 +93,29 @@ impl Keys {
         format!("{}/leader", self.prefix)
     }
 
+    /// `<prefix>/descriptors/`: the descriptor sets routes name in `compare.descriptor_set`.
+    pub fn descriptors(&self) -> String {
+        format!("{}/descriptors/", self.prefix)
+    }
+
+    pub fn descriptor(&self, name: &str) -> String {
+        format!("{}/descriptors/{name}", self.prefix)
+    }
+
+    /// What the config source reads and watches: from [`Keys::descriptors`] to the end of
+    /// [`Keys::routes`] (one range, one watch; the `instances/` and `leader` keys between are
+    /// skipped as they come). Returns (start, end).
+    pub fn source_range(&self) -> (String, String) {
+        (self.descriptors(), format!("{}/routes0", self.prefix))
+    }
+
+    /// The name of a `<prefix>/descriptors/<name>` key.
+    pub fn parse_descriptor_key(&self, key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        let name = key.strip_prefix(&self.descriptors())?;
+        (!name.is_empty() && !name.contains('/')).then(|| name.to_string())
+    }
+
     /// Parse a key under [`Keys::routes`]; `None` for anything else (including keys deeper than
     /// the layout, which are ignored rather than misread).
     pub fn parse_route_key(&self, key: &[u8]) -> Option<RouteKey> {
@@ -140,6 +164,27 @@ pub fn unchanged(key: &str, mod_revision: i64) -> etcd_client::Compare {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptor_keys_and_the_source_range() {
+        let keys = Keys::new("/cutover/");
+        assert_eq!(keys.descriptor("echo-v1"), "/cutover/descriptors/echo-v1");
+        assert_eq!(
+            keys.parse_descriptor_key(b"/cutover/descriptors/echo-v1")
+                .as_deref(),
+            Some("echo-v1")
+        );
+        assert_eq!(keys.parse_descriptor_key(b"/cutover/descriptors/"), None);
+        assert_eq!(keys.parse_descriptor_key(b"/cutover/descriptors/a/b"), None);
+        assert_eq!(keys.parse_descriptor_key(b"/cutover/routes/a/spec"), None);
+        let (start, end) = keys.source_range();
+        let inside = |k: &str| k >= start.as_str() && k < end.as_str();
+        assert!(inside("/cutover/descriptors/echo-v1"));
+        assert!(inside("/cutover/routes/orders/spec"));
+        assert!(inside("/cutover/routes/~/weights"));
+        assert!(!inside("/cutover/stats/orders/vm"));
+        assert!(!inside("/cutover/routesx"));
+    }
 
     #[test]
     fn layout() {

@@ -18,7 +18,7 @@ pub mod writer;
 pub use cutover_config::window;
 pub use cutover_config::ConfigState;
 pub use etcd::EtcdSource;
-pub use file::FileSource;
+pub use file::{attach_descriptor_files, FileSource};
 
 use std::sync::Arc;
 

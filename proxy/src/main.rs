@@ -116,7 +116,14 @@ fn validate(file: &std::path::Path) -> ExitCode {
     match cutover_config::parse_document(&name, &text) {
         Ok(doc) => {
             let what = match doc {
-                cutover_config::Document::Config(c) => {
+                cutover_config::Document::Config(mut c) => {
+                    // The descriptor sets the routes name must parse (SPEC §8).
+                    if let Err(errors) = cutover_control::attach_descriptor_files(&mut c, file) {
+                        for e in &errors.0 {
+                            eprintln!("{}: {e}", file.display());
+                        }
+                        return ExitCode::from(1);
+                    }
                     // The files the config names must be there and readable (SPEC §9).
                     let problems = config_files(&c);
                     if !problems.is_empty() {

@@ -61,7 +61,10 @@ pub fn serve(path: &Path, upgrade: bool) -> Result<(), ServeError> {
         path: path.display().to_string(),
         source,
     })?;
-    let config = cutover_config::parse_config_toml(&text).map_err(ServeError::Invalid)?;
+    let mut config = cutover_config::parse_config_toml(&text).map_err(ServeError::Invalid)?;
+    // Routes of the file (live, or etcd's cold-start fallback) decode gRPC with the descriptor
+    // sets they name, read here (SPEC §8).
+    cutover_control::attach_descriptor_files(&mut config, path).map_err(ServeError::Invalid)?;
     let source: Box<dyn ConfigSource> = match &config.etcd {
         Some(etcd) => Box::new(EtcdSource::new(
             etcd.clone(),

@@ -458,10 +458,10 @@ impl Job {
         let noise = state.noise.noise(&group, now);
         if let Some(second) = second_legacy {
             // Legacy against itself, compared like new: the divergence rule's baseline.
-            let baseline = compare::compare(policy, legacy, second, &noise);
+            let baseline = compare::compare_call(policy, path, legacy, second, &noise);
             self.route.record_baseline(baseline.diverged(), now);
         }
-        let diff = compare::compare(policy, legacy, new, &noise);
+        let diff = compare::compare_call(policy, path, legacy, new, &noise);
         self.route.record_comparison(&diff, now);
         if diff.diverged() {
             state.divergences.push(DivergenceRecord::new(

@@ -448,3 +448,205 @@ async fn grpc_calls_are_shadowed_and_compared_by_field() {
         );
     }
 }
+
+/// `test.Echo`'s schema as its users would write it, compiled by protoc into a descriptor set
+/// in `dir`; returns the set's path.
+fn echo_descriptor_set(dir: &std::path::Path) -> std::path::PathBuf {
+    let proto = dir.join("echo.proto");
+    std::fs::write(
+        &proto,
+        r#"syntax = "proto3";
+package test;
+message Reply {
+  string name = 1;
+  bytes payload = 2;
+  uint64 index = 3;
+  string extra = 4;
+}
+service Echo {
+  rpc Unary(Reply) returns (Reply);
+  rpc ServerStream(Reply) returns (stream Reply);
+}
+"#,
+    )
+    .expect("write echo.proto");
+    let set = dir.join("echo.pb");
+    let out = std::process::Command::new("protoc")
+        .arg(format!("--proto_path={}", dir.display()))
+        .arg("--include_imports")
+        .arg(format!("--descriptor_set_out={}", set.display()))
+        .arg(&proto)
+        .output()
+        .expect("protoc runs (scripts/prereqs.sh installs protobuf-compiler)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    set
+}
+
+/// SPEC §8 `compare.descriptor_set` in a config file: differences are paths of field names,
+/// ignore paths name fields; `validate` refuses a set that does not parse, naming the key.
+#[tokio::test]
+async fn a_descriptor_set_names_the_fields_that_differ() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let set = echo_descriptor_set(dir.path());
+    let legacy = GrpcBackend::start("svc").await;
+    let new = GrpcBackend::with(
+        "svc",
+        GrpcOptions {
+            extra: Some("only on new".into()),
+            ..GrpcOptions::default()
+        },
+    )
+    .await;
+    let route = |id: &str, ignore: &str| {
+        Route::new(id)
+            .legacy_endpoints([legacy.addr()])
+            .new_endpoints([new.addr()])
+            .legacy_protocol("h2c")
+            .new_protocol("h2c")
+            .weights(100, 0)
+            .shadow(100)
+            .shadow_block("grpc_methods = [\"/test.Echo/*\"]")
+            .compare_block(&format!(
+                "body = \"grpc\", descriptor_set = {:?}{ignore}",
+                set.display().to_string()
+            ))
+            .rollback_off()
+    };
+    let proxy = Proxy::start(
+        ProxyConfig::new()
+            .route(route("named", "").path_prefix("/test.Echo/Unary"))
+            .route(
+                route("ignored", ", ignore_json_paths = [\"$.extra\"]")
+                    .path_prefix("/test.Echo/ServerStream"),
+            ),
+    )
+    .await;
+    let mut client = GrpcClient::connect(proxy.addr()).await;
+    client.call("/test.Echo/Unary", &[b"\x0a\x01x"], &[]).await;
+    client.call("/test.Echo/ServerStream", &[b"ab"], &[]).await;
+    cutover_tests::eventually(Duration::from_secs(10), "both compared", || async {
+        proxy
+            .counter("cutover_comparisons_total", &[("route", "named")])
+            .await
+            >= 1.0
+            && proxy
+                .counter("cutover_comparisons_total", &[("route", "ignored")])
+                .await
+                >= 1.0
+    })
+    .await;
+    let records = proxy.divergences("named").await.to_string();
+    assert!(records.contains("\"json_paths\":[\"/extra\"]"), "{records}");
+    let ignored = proxy
+        .counter(
+            "cutover_divergences_total",
+            &[("route", "ignored"), ("kind", "body")],
+        )
+        .await;
+    assert_eq!(ignored, 0.0, "{}", proxy.divergences("ignored").await);
+
+    // validate: a descriptor set that does not parse, and one that is missing.
+    std::fs::write(dir.path().join("bad.pb"), b"not a descriptor set").expect("write");
+    for (name, expected) in [
+        ("bad.pb", "not a FileDescriptorSet"),
+        ("missing.pb", "cannot read"),
+    ] {
+        let config = dir.path().join("cutover.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[routes]]\nid = \"orders\"\nmatch = {{ path_prefix = \"/\" }}\n\
+                 legacy = {{ endpoints = [\"127.0.0.1:1\"], protocol = \"h2c\" }}\n\
+                 new = {{ endpoints = [\"127.0.0.1:2\"], protocol = \"h2c\" }}\n\
+                 compare = {{ body = \"grpc\", descriptor_set = \"{name}\" }}\n"
+            ),
+        )
+        .expect("write config");
+        let out = std::process::Command::new(cutover_tests::cutover_bin())
+            .arg("validate")
+            .arg(&config)
+            .output()
+            .expect("run cutover validate");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("routes[0].compare.descriptor_set") && text.contains(expected),
+            "{text}"
+        );
+    }
+}
+
+/// SPEC §8 `compare.descriptor_set` in etcd: a name, its value under `<prefix>/descriptors/`
+/// the base64 of the set. A spec naming a set that is not there is rejected (the last good
+/// spec stays); once the set is written, the route serves and compares by field name.
+#[tokio::test]
+async fn a_descriptor_set_from_etcd() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let set = std::fs::read(echo_descriptor_set(dir.path())).expect("read set");
+    let etcd = cutover_tests::Etcd::start().await;
+    let prefix = "/e2e/descriptors";
+    let legacy = GrpcBackend::start("svc").await;
+    let new = GrpcBackend::with(
+        "svc",
+        GrpcOptions {
+            extra: Some("only on new".into()),
+            ..GrpcOptions::default()
+        },
+    )
+    .await;
+    let spec = serde_json::json!({
+        "match": {"path_prefix": "/"},
+        "legacy": {"endpoints": [legacy.addr().to_string()], "protocol": "h2c"},
+        "new": {"endpoints": [new.addr().to_string()], "protocol": "h2c"},
+        "shadow": {"grpc_methods": ["/test.Echo/Unary"]},
+        "compare": {"body": "grpc", "descriptor_set": "echo-v1"},
+        "rollback": {},
+    });
+    etcd.put(&format!("{prefix}/routes/orders/spec"), spec.to_string())
+        .await;
+    etcd.put(
+        &format!("{prefix}/routes/orders/weights"),
+        r#"{"legacy": 100, "new": 0, "shadow": 100}"#,
+    )
+    .await;
+    let proxy = Proxy::start(ProxyConfig::new().etcd(&etcd.endpoint(), prefix)).await;
+    cutover_tests::eventually_explained(
+        Duration::from_secs(10),
+        "the missing set is named",
+        || async {
+            proxy.counter("cutover_config_errors_total", &[]).await >= 1.0
+                && proxy.log().contains("no descriptor set \"echo-v1\"")
+        },
+        || async { format!("{}\n{}", proxy.routes().await, proxy.log()) },
+    )
+    .await;
+    etcd.put(
+        &format!("{prefix}/descriptors/echo-v1"),
+        base64::engine::general_purpose::STANDARD.encode(&set),
+    )
+    .await;
+    cutover_tests::eventually(Duration::from_secs(10), "the route serves", || async {
+        proxy.route_info("orders").await.is_some()
+    })
+    .await;
+    let mut client = GrpcClient::connect(proxy.addr()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        client.call("/test.Echo/Unary", &[b"\x0a\x01x"], &[]).await;
+        let records = proxy.divergences("orders").await.to_string();
+        if records.contains("\"json_paths\":[\"/extra\"]") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{records}\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -227,6 +227,19 @@ pub fn compare(
     new: &Answer,
     noise: &NoiseSet,
 ) -> Difference {
+    compare_call(policy, "", legacy, new, noise)
+}
+
+/// [`compare`] of the answers to a request for `path`: with `compare.descriptor_set`, a gRPC
+/// method's answer type decodes its messages (SPEC §8); a method the set does not describe is
+/// compared without schema.
+pub fn compare_call(
+    policy: &ComparePolicy,
+    path: &str,
+    legacy: &Answer,
+    new: &Answer,
+    noise: &NoiseSet,
+) -> Difference {
     let mut difference = Difference {
         status: policy.status
             && (legacy.status != new.status
@@ -240,7 +253,17 @@ pub fn compare(
         BodyCompare::Bytes => difference.body = !a.same_bytes(b),
         BodyCompare::Grpc if a.same_bytes(b) => {}
         BodyCompare::Grpc if a.complete() && b.complete() => {
-            match protobuf::differences(&a.prefix, &b.prefix, &policy.ignore_json_paths) {
+            let output = policy.descriptors.as_ref().and_then(|d| d.output_of(path));
+            let paths = match &output {
+                Some(output) => protobuf::differences_typed(
+                    &a.prefix,
+                    &b.prefix,
+                    &policy.ignore_json_paths,
+                    output,
+                ),
+                None => protobuf::differences(&a.prefix, &b.prefix, &policy.ignore_json_paths),
+            };
+            match paths {
                 Ok(paths) => {
                     difference.body = !paths.is_empty();
                     difference.json_pointers = paths;

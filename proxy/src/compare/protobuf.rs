@@ -9,6 +9,12 @@
 //! of field 2 (`[*]`/`[n]` may be left out where a field occurs once), `$..7` field 7 at any
 //! depth.
 //!
+//! With `compare.descriptor_set` ([`differences_typed`]), the answer type of the call's method
+//! decodes the messages: paths name fields (`/items/0/price`), packed and unpacked repeated
+//! fields compare equal, maps compare as maps (`/prices/EUR`), a field left out equals its
+//! default, and ignore paths name fields (`$.items[*].updated_at`). Unknown fields are not
+//! compared. prost bounds the nesting it decodes (100 levels).
+//!
 //! Bounded on hostile input: decoding is iterative per level and nests at most
 //! [`MAX_DEPTH`] messages deep (deeper bytes compare as bytes); a frame that is cut short, a
 //! bad varint or an unknown wire type is an error whose text becomes the divergence's reason.
@@ -16,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use cutover_config::{JsonPath, JsonPathSegment};
+use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage, Value as Typed};
 
 /// How deep nested messages are decoded; below, length-delimited fields compare as bytes.
 const MAX_DEPTH: usize = 32;
@@ -132,10 +139,14 @@ fn decode(bytes: &[u8], depth: usize) -> Result<Fields<'_>, String> {
 }
 
 /// One step of a difference path.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Step {
     Field(u64),
     Index(usize),
+    /// A field by name (with a schema).
+    Name(String),
+    /// A map entry by key (with a schema).
+    Key(String),
 }
 
 /// The paths at which two gRPC bodies differ (empty: equal), `ignore` removed; `Err` with a
@@ -210,6 +221,11 @@ fn report(path: &[Step], ignore: &[JsonPath], out: &mut Vec<String>) {
         match step {
             Step::Field(n) => text.push_str(&format!("/{n}")),
             Step::Index(i) => text.push_str(&format!("/{i}")),
+            Step::Name(name) | Step::Key(name) => {
+                text.push('/');
+                // JSON Pointer escaping, as the JSON comparison's paths.
+                text.push_str(&name.replace('~', "~0").replace('/', "~1"));
+            }
         }
     }
     if text.is_empty() {
@@ -225,9 +241,14 @@ fn ignored(pattern: &[JsonPathSegment], path: &[Step]) -> bool {
         return true;
     };
     let number = |name: &str| name.parse::<u64>().ok();
+    let names = |step: &Step, name: &str| match step {
+        Step::Field(n) => number(name) == Some(*n),
+        Step::Name(s) | Step::Key(s) => s == name,
+        Step::Index(_) => false,
+    };
     match first {
         JsonPathSegment::Key(name) => match path.first() {
-            Some(Step::Field(n)) if number(name) == Some(*n) => ignored(rest, &path[1..]),
+            Some(step) if names(step, name) => ignored(rest, &path[1..]),
             // The message index of a streamed answer is not named by paths.
             Some(Step::Index(_)) => ignored(pattern, &path[1..]),
             _ => false,
@@ -240,10 +261,118 @@ fn ignored(pattern: &[JsonPathSegment], path: &[Step]) -> bool {
             Some(_) => ignored(rest, &path[1..]) || ignored(rest, path),
             None => false,
         },
-        JsonPathSegment::Descendant(name) => (0..path.len()).any(|k| {
-            matches!(path[k], Step::Field(n) if number(name) == Some(n))
-                && ignored(rest, &path[k + 1..])
-        }),
+        JsonPathSegment::Descendant(name) => {
+            (0..path.len()).any(|k| names(&path[k], name) && ignored(rest, &path[k + 1..]))
+        }
+    }
+}
+
+/// [`differences`] with a schema: every message of both bodies decoded as `output` (the
+/// method's answer type).
+pub fn differences_typed(
+    a: &[u8],
+    b: &[u8],
+    ignore: &[JsonPath],
+    output: &MessageDescriptor,
+) -> Result<Vec<String>, String> {
+    let decode_all = |body: &[u8]| -> Result<Vec<DynamicMessage>, String> {
+        grpc_messages(body)?
+            .into_iter()
+            .map(|m| {
+                DynamicMessage::decode(output.clone(), m)
+                    .map_err(|e| format!("not a {}: {e}", output.full_name()))
+            })
+            .collect()
+    };
+    let (da, db) = (decode_all(a)?, decode_all(b)?);
+    let mut out = Vec::new();
+    let many = da.len() > 1 || db.len() > 1;
+    for i in 0..da.len().max(db.len()) {
+        let mut path = Vec::new();
+        if many {
+            path.push(Step::Index(i));
+        }
+        match (da.get(i), db.get(i)) {
+            (Some(x), Some(y)) => diff_message(x, y, &mut path, ignore, &mut out),
+            _ => report(&path, ignore, &mut out),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out.truncate(MAX_PATHS);
+    Ok(out)
+}
+
+fn diff_message(
+    a: &DynamicMessage,
+    b: &DynamicMessage,
+    path: &mut Vec<Step>,
+    ignore: &[JsonPath],
+    out: &mut Vec<String>,
+) {
+    for field in a.descriptor().fields() {
+        if out.len() >= MAX_PATHS {
+            return;
+        }
+        path.push(Step::Name(field.name().to_owned()));
+        diff_typed(
+            &a.get_field(&field),
+            &b.get_field(&field),
+            path,
+            ignore,
+            out,
+        );
+        path.pop();
+    }
+}
+
+fn diff_typed(
+    x: &Typed,
+    y: &Typed,
+    path: &mut Vec<Step>,
+    ignore: &[JsonPath],
+    out: &mut Vec<String>,
+) {
+    match (x, y) {
+        (Typed::Message(m), Typed::Message(n)) => diff_message(m, n, path, ignore, out),
+        (Typed::List(xs), Typed::List(ys)) => {
+            for i in 0..xs.len().max(ys.len()) {
+                path.push(Step::Index(i));
+                match (xs.get(i), ys.get(i)) {
+                    (Some(p), Some(q)) => diff_typed(p, q, path, ignore, out),
+                    _ => report(path, ignore, out),
+                }
+                path.pop();
+            }
+        }
+        (Typed::Map(xm), Typed::Map(ym)) => {
+            let keys: std::collections::BTreeSet<_> = xm.keys().chain(ym.keys()).collect();
+            for key in keys {
+                path.push(Step::Key(map_key(key)));
+                match (xm.get(key), ym.get(key)) {
+                    (Some(p), Some(q)) => diff_typed(p, q, path, ignore, out),
+                    _ => report(path, ignore, out),
+                }
+                path.pop();
+            }
+        }
+        // 0.0 and -0.0 are equal, and a NaN equals the same NaN.
+        (Typed::F32(p), Typed::F32(q)) if p == q || p.to_bits() == q.to_bits() => {}
+        (Typed::F64(p), Typed::F64(q)) if p == q || p.to_bits() == q.to_bits() => {}
+        _ if x == y => {}
+        _ => report(path, ignore, out),
+    }
+}
+
+fn map_key(key: &prost_reflect::MapKey) -> String {
+    use prost_reflect::MapKey;
+    match key {
+        MapKey::Bool(v) => v.to_string(),
+        MapKey::I32(v) => v.to_string(),
+        MapKey::I64(v) => v.to_string(),
+        MapKey::U32(v) => v.to_string(),
+        MapKey::U64(v) => v.to_string(),
+        MapKey::String(v) => v.clone(),
     }
 }
 
@@ -380,6 +509,209 @@ mod tests {
         assert!(differences(&past, &good, &[])
             .unwrap_err()
             .contains("past the message"));
+    }
+
+    /// `shop.Orders/Get` answering `shop.Reply { string name = 1; repeated Item items = 2;
+    /// map<string, int64> prices = 3; repeated int32 codes = 4; }`, `Item { int64 price = 1;
+    /// string updated_at = 5; }`, as `protoc --include_imports --descriptor_set_out` would
+    /// write it.
+    fn shop_descriptors() -> cutover_config::DescriptorSet {
+        use prost_reflect::prost::Message;
+        use prost_reflect::prost_types::field_descriptor_proto::{Label, Type};
+        use prost_reflect::prost_types::{
+            DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+            MessageOptions, MethodDescriptorProto, ServiceDescriptorProto,
+        };
+        let field = |name: &str, number: i32, label: Label, kind: Type, type_name: Option<&str>| {
+            FieldDescriptorProto {
+                name: Some(name.into()),
+                number: Some(number),
+                label: Some(label as i32),
+                r#type: Some(kind as i32),
+                type_name: type_name.map(Into::into),
+                ..Default::default()
+            }
+        };
+        let item = DescriptorProto {
+            name: Some("Item".into()),
+            field: vec![
+                field("price", 1, Label::Optional, Type::Int64, None),
+                field("updated_at", 5, Label::Optional, Type::String, None),
+            ],
+            ..Default::default()
+        };
+        let entry = DescriptorProto {
+            name: Some("PricesEntry".into()),
+            field: vec![
+                field("key", 1, Label::Optional, Type::String, None),
+                field("value", 2, Label::Optional, Type::Int64, None),
+            ],
+            options: Some(MessageOptions {
+                map_entry: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let reply = DescriptorProto {
+            name: Some("Reply".into()),
+            field: vec![
+                field("name", 1, Label::Optional, Type::String, None),
+                field(
+                    "items",
+                    2,
+                    Label::Repeated,
+                    Type::Message,
+                    Some(".shop.Item"),
+                ),
+                field(
+                    "prices",
+                    3,
+                    Label::Repeated,
+                    Type::Message,
+                    Some(".shop.Reply.PricesEntry"),
+                ),
+                field("codes", 4, Label::Repeated, Type::Int32, None),
+            ],
+            nested_type: vec![entry],
+            ..Default::default()
+        };
+        let file = FileDescriptorProto {
+            name: Some("shop.proto".into()),
+            package: Some("shop".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![item, reply],
+            service: vec![ServiceDescriptorProto {
+                name: Some("Orders".into()),
+                method: vec![MethodDescriptorProto {
+                    name: Some("Get".into()),
+                    input_type: Some(".shop.Reply".into()),
+                    output_type: Some(".shop.Reply".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let bytes = FileDescriptorSet { file: vec![file] }.encode_to_vec();
+        cutover_config::DescriptorSet::decode("shop.pb", &bytes).expect("a valid set")
+    }
+
+    /// A `shop.Reply`: items `(price, updated_at)`, prices, codes packed or not, fields in
+    /// order or reversed.
+    fn reply(
+        items: &[(u64, &str)],
+        prices: &[(&str, u64)],
+        packed: bool,
+        reversed: bool,
+    ) -> Vec<u8> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut name = Vec::new();
+        field_bytes(&mut name, 1, b"shop");
+        parts.push(name);
+        for (price, at) in items {
+            let mut item = Vec::new();
+            field_varint(&mut item, 1, *price);
+            field_bytes(&mut item, 5, at.as_bytes());
+            let mut f = Vec::new();
+            field_bytes(&mut f, 2, &item);
+            parts.push(f);
+        }
+        for (key, value) in prices {
+            let mut entry = Vec::new();
+            field_bytes(&mut entry, 1, key.as_bytes());
+            field_varint(&mut entry, 2, *value);
+            let mut f = Vec::new();
+            field_bytes(&mut f, 3, &entry);
+            parts.push(f);
+        }
+        let mut codes = Vec::new();
+        if packed {
+            let mut packed = Vec::new();
+            for c in [3u64, 4, 5] {
+                varint_bytes(&mut packed, c);
+            }
+            field_bytes(&mut codes, 4, &packed);
+        } else {
+            for c in [3u64, 4, 5] {
+                field_varint(&mut codes, 4, c);
+            }
+        }
+        parts.push(codes);
+        if reversed {
+            // Every field moved, each repeated field's own order kept (a list's order counts).
+            parts.rotate_left(1);
+        }
+        frame(&parts.concat())
+    }
+
+    #[test]
+    fn with_a_schema_paths_name_fields_and_packing_order_and_maps_do_not_matter() {
+        let set = shop_descriptors();
+        let output = set
+            .output_of("/shop.Orders/Get")
+            .expect("the method's answer type");
+        assert!(set.output_of("/shop.Orders/Put").is_none());
+        let a = reply(
+            &[(10, "t1"), (7, "t1")],
+            &[("EUR", 5), ("USD", 6)],
+            true,
+            false,
+        );
+        let same = reply(
+            &[(10, "t1"), (7, "t1")],
+            &[("USD", 6), ("EUR", 5)],
+            false,
+            true,
+        );
+        assert_eq!(differences_typed(&a, &same, &[], &output), Ok(vec![]));
+        // Schema-less, packing and map entry order are differences.
+        assert!(!differences(&a, &same, &[]).unwrap().is_empty());
+
+        let b = reply(
+            &[(11, "t2"), (7, "t1")],
+            &[("EUR", 9), ("USD", 6)],
+            true,
+            false,
+        );
+        assert_eq!(
+            differences_typed(&a, &b, &[], &output),
+            Ok(vec![
+                "/items/0/price".to_owned(),
+                "/items/0/updated_at".to_owned(),
+                "/prices/EUR".to_owned(),
+            ])
+        );
+        assert_eq!(
+            differences_typed(
+                &a,
+                &b,
+                &paths(&["$.items[*].updated_at", "$.prices.EUR"]),
+                &output
+            ),
+            Ok(vec!["/items/0/price".to_owned()])
+        );
+        // A body that is not a shop.Reply: a reason, not paths.
+        let wrong = frame(&[0x08, 0x01]); // field 1 (a string) as a varint
+        let reason = differences_typed(&a, &wrong, &[], &output).unwrap_err();
+        assert!(reason.contains("not a shop.Reply"), "{reason}");
+    }
+
+    #[test]
+    fn a_descriptor_set_that_does_not_parse_is_an_error() {
+        let e = cutover_config::DescriptorSet::decode("x.pb", b"not protobuf").unwrap_err();
+        assert!(e.contains("not a FileDescriptorSet"), "{e}");
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the comparator (RELIABILITY 63): a list or a reason.
+        #[test]
+        fn arbitrary_bodies_are_paths_or_reasons(a in proptest::collection::vec(proptest::num::u8::ANY, 0..256), b in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = differences(&a, &b, &[]);
+            let framed = |x: &[u8]| frame(x);
+            let _ = differences(&framed(&a), &framed(&b), &paths(&["$..1"]));
+            let output = shop_descriptors().output_of("/shop.Orders/Get").unwrap();
+            let _ = differences_typed(&framed(&a), &framed(&b), &[], &output);
+        }
     }
 
     #[test]
