@@ -72,6 +72,14 @@ enum Command {
     /// ratio B/A (target ≤ 2) and req/s as Markdown. Exit 0 when every run completed without
     /// errors and B's copies were all compared, 2 otherwise (the ratio does not affect it).
     ShadowCost(ShadowCostArgs),
+    /// HTTP/2 and gRPC: proxy CPU per call and latency, cutover against nginx (SPEC §8).
+    ///
+    /// h2c clients to an HTTP/1.1 backend (nginx `listen … http2` + `proxy_pass`), gRPC unary
+    /// calls to an h2c gRPC backend (nginx `grpc_pass`), and gRPC with 100 % shadow and
+    /// `compare.body = "grpc"` (cutover only); nginx one worker, cutover one thread, interleaved
+    /// rounds. Prints the Markdown section `make bench` puts in BENCHMARKS.md. Exit 0 when no
+    /// call failed, 2 otherwise.
+    Protocols(ProtocolsArgs),
     /// Time from a fault in `new` to no more live traffic to it (automatic rollback).
     ///
     /// Starts a legacy and a new backend and the real proxy on its file source (binary:
@@ -329,6 +337,22 @@ struct ShadowCostArgs {
     body_bytes: u32,
 }
 
+#[derive(Debug, Args)]
+struct ProtocolsArgs {
+    /// Calls per run.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    calls: u64,
+    /// HTTP/2 connections.
+    #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    connections: u32,
+    /// Calls in flight per connection.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    streams: u32,
+    /// Rounds of every case.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+}
+
 /// Parse the command line and run the command; the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -337,6 +361,7 @@ pub fn main() -> ExitCode {
         Command::Load(_) => 1,
         Command::Propagation(_)
         | Command::ShadowCost(_)
+        | Command::Protocols(_)
         | Command::RollbackTime(_)
         | Command::Judgement(_)
         | Command::RoutesMemory(_)
@@ -368,6 +393,7 @@ pub fn main() -> ExitCode {
         Command::Load(args) => load(&rt, args),
         Command::Propagation(args) => propagation(&rt, args),
         Command::ShadowCost(args) => shadow_cost(&rt, args),
+        Command::Protocols(args) => protocols(&rt, args),
         Command::RollbackTime(args) => rollback_time(&rt, args),
         Command::Judgement(args) => judgement(&rt, args),
         Command::Soak(args) => soak(&rt, args),
@@ -726,6 +752,32 @@ fn shadow_cost(rt: &tokio::runtime::Runtime, args: ShadowCostArgs) -> ExitCode {
     };
     println!("{}", report.to_markdown(&command_line()));
     if report.completed() && report.errors() == 0 && report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn protocols(rt: &tokio::runtime::Runtime, args: ProtocolsArgs) -> ExitCode {
+    let opts = crate::protocols::ProtocolOptions {
+        calls: args.calls,
+        connections: args.connections as usize,
+        streams: args.streams as usize,
+        rounds: args.rounds as usize,
+        ..crate::protocols::ProtocolOptions::default()
+    };
+    let report = match run_scenario(rt, "protocols", async move {
+        crate::protocols::run(&opts).await
+    }) {
+        Ok(Ok(report)) => report,
+        Ok(Err(why)) => {
+            eprintln!("cutover-bench protocols: {why}");
+            return ExitCode::from(2);
+        }
+        Err(code) => return code,
+    };
+    println!("{}", report.to_markdown());
+    if report.errors() == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

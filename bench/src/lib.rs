@@ -14,6 +14,7 @@ pub mod cli;
 pub mod judgement;
 pub mod load;
 pub mod propagation;
+pub mod protocols;
 pub mod report;
 pub mod rollback_time;
 pub mod routes_memory;

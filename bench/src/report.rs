@@ -28,6 +28,10 @@ pub const GOAL_SHADOW_RSS: f64 = 1.3;
 pub const GOAL_RSS_MIB: f64 = 40.0;
 /// Propagation p99, ms (README).
 pub const GOAL_PROPAGATION_P99_MS: f64 = 50.0;
+/// gRPC unary CPU per call against nginx's `grpc_pass` (issue 17).
+pub const GOAL_GRPC_CPU: f64 = 1.0;
+/// gRPC unary with 100 % shadow and `compare.body = "grpc"` against without (issue 17).
+pub const GOAL_GRPC_SHADOW_CPU: f64 = 2.0;
 
 /// Whether a goal was met.
 #[derive(Debug, Clone, PartialEq)]
@@ -333,6 +337,9 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
     if let (Some(j), Some(options)) = (r.judgement(), &r.options.judgement) {
         judgement_goals(&mut goals, j, options);
     }
+    if let Some(p) = &r.protocols {
+        protocol_goals(&mut goals, p);
+    }
     if let Some(p) = r.propagation() {
         let (name, wanted) = (
             "Propagation",
@@ -358,6 +365,48 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
         });
     }
     goals
+}
+
+/// Issue 17's goals: gRPC unary CPU per call against nginx, and with 100 % shadow + compare.
+fn protocol_goals(goals: &mut Vec<Goal>, p: &Result<crate::protocols::ProtocolReport, String>) {
+    use crate::protocols::Case;
+    let rows = [
+        (
+            "gRPC unary CPU",
+            format!("≤ {GOAL_GRPC_CPU:.1}× nginx grpc_pass per call"),
+            Case::GrpcCutover,
+            Case::GrpcNginx,
+            GOAL_GRPC_CPU,
+        ),
+        (
+            "gRPC shadow CPU",
+            format!("100 % shadow + compare grpc ≤ {GOAL_GRPC_SHADOW_CPU:.1}× no shadow"),
+            Case::GrpcShadow,
+            Case::GrpcCutover,
+            GOAL_GRPC_SHADOW_CPU,
+        ),
+    ];
+    for (name, wanted, case, base, goal) in rows {
+        goals.push(match p {
+            Err(why) => not_evaluated(name, wanted, why),
+            Ok(p) => match (
+                p.ratio(case, base),
+                p.median_cpu_us(case),
+                p.median_cpu_us(base),
+            ) {
+                (Some(ratio), Some(cpu), Some(base_cpu)) => Goal {
+                    name,
+                    wanted,
+                    measured: format!(
+                        "{ratio:.2}× ({cpu:.1} vs {base_cpu:.1} µs per call; {} errors)",
+                        p.errors()
+                    ),
+                    verdict: Verdict::of(ratio <= goal && p.errors() == 0),
+                },
+                _ => not_evaluated(name, wanted, "a case did not run (nginx missing?)"),
+            },
+        });
+    }
 }
 
 /// One detection goal per rule and the A/A goal of the judgement scenario.
@@ -805,6 +854,15 @@ pub fn markdown(r: &SuiteReport, out: &Output, charts: &[Chart]) -> String {
         }
     }
 
+    match &r.protocols {
+        Some(Ok(p)) => {
+            let _ = writeln!(w, "{}", p.to_markdown());
+        }
+        Some(Err(why)) => {
+            let _ = writeln!(w, "## HTTP/2 and gRPC (SPEC §8)\n\nNot run: {why}.\n");
+        }
+        None => {}
+    }
     control_plane(w, r);
     micro(w, out);
     details(w, r, clk);

@@ -31,6 +31,7 @@ use crate::backend::{BODY_1K_PATH, BODY_256K_PATH, BODY_64K_PATH};
 use crate::judgement::{self, JudgementOptions, JudgementReport};
 use crate::load::{histogram, run_closed_loop, run_open_loop, ClosedLoop, OpenLoop, Report};
 use crate::propagation::{self, PropagationOptions, PropagationReport};
+use crate::protocols::{ProtocolOptions, ProtocolReport};
 use crate::rollback_time::{self, RollbackTimeOptions, RollbackTimeReport};
 use crate::sys::{self, CpuTimes, Machine};
 use crate::targets::{RunningTarget, TargetKind};
@@ -129,6 +130,8 @@ pub struct SuiteOptions {
     pub rollback_time: Option<RollbackTimeOptions>,
     /// Run the judgement scenario (false and missed rollbacks).
     pub judgement: Option<JudgementOptions>,
+    /// Run the HTTP/2 and gRPC scenario ([`crate::protocols`]).
+    pub protocols: Option<ProtocolOptions>,
 }
 
 /// The suite's short judgement scenario: 3 detection runs per rule and a 2-minute A/A run, all
@@ -183,6 +186,7 @@ impl SuiteOptions {
             propagation: Some(PropagationOptions::default()),
             rollback_time: Some(RollbackTimeOptions::default()),
             judgement: Some(standard_judgement()),
+            protocols: Some(ProtocolOptions::default()),
         }
     }
 
@@ -220,6 +224,11 @@ impl SuiteOptions {
             }),
             // Minutes of waiting by design; bench/tests/judgement.rs runs a short one.
             judgement: None,
+            protocols: Some(ProtocolOptions {
+                calls: 300,
+                rounds: 1,
+                ..ProtocolOptions::default()
+            }),
             ..SuiteOptions::standard(bench_bin)
         }
     }
@@ -451,6 +460,8 @@ pub struct SuiteReport {
     pub open_rate: Option<(f64, String)>,
     pub crowd: Vec<Run>,
     pub control_plane: Vec<ControlPlane>,
+    /// The HTTP/2 and gRPC scenario, when it was asked for.
+    pub protocols: Option<Result<ProtocolReport, String>>,
     /// Why the runs were not pinned, when they were not.
     pub pinning: Result<Pinning, String>,
     /// Problems that make numbers doubtful or missing.
@@ -1135,6 +1146,25 @@ pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, Stri
         ));
         ui.done();
     }
+    let protocols = match &opts.protocols {
+        Some(o) => {
+            ui.start(&format!(
+                "HTTP/2 and gRPC: {} calls x {} cases x {} rounds",
+                o.calls,
+                crate::protocols::Case::ALL.len(),
+                o.rounds
+            ));
+            let o = o.clone();
+            let outcome = tokio::spawn(async move { crate::protocols::run(&o).await }).await;
+            ui.done();
+            Some(
+                outcome
+                    .map_err(|e| format!("the scenario could not run: {e}"))
+                    .and_then(|r| r),
+            )
+        }
+        None => None,
+    };
     ui.finish();
 
     Ok(SuiteReport {
@@ -1150,6 +1180,7 @@ pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, Stri
         open_rate,
         crowd,
         control_plane,
+        protocols,
         pinning,
         problems,
         started,

@@ -81,6 +81,27 @@ async fn suite_smoke() {
         report.targets.len() - 1,
         "every proxy ran the crowd"
     );
+    // HTTP/2 and gRPC (issue 17): every cutover case, and nginx's when it is installed, ran
+    // without a failed call; the shadow case compared every copy.
+    let protocols = report
+        .protocols
+        .as_ref()
+        .expect("the smoke run asks for the protocols scenario")
+        .as_ref()
+        .expect("the protocols scenario ran");
+    assert_eq!(protocols.errors(), 0, "{}", protocols.to_markdown());
+    let nginx = protocols.nginx.is_ok();
+    for case in cutover_bench::protocols::Case::ALL {
+        let runs: Vec<_> = protocols.runs.iter().filter(|r| r.case == case).collect();
+        let expected = !case.label().contains("nginx") || nginx;
+        assert_eq!(!runs.is_empty(), expected, "{}", case.label());
+        for r in runs {
+            assert_eq!(r.ok, protocols.options.calls, "{}", case.label());
+            if case == cutover_bench::protocols::Case::GrpcShadow {
+                assert_eq!(r.comparisons, r.ok as f64, "every copy compared");
+            }
+        }
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let out = Output {
@@ -103,6 +124,7 @@ async fn suite_smoke() {
         "### cutover over its floor (a minimal hyper proxy)",
         "Fault → automatic rollback",
         "| Rollback time |",
+        "## HTTP/2 and gRPC (SPEC §8)",
         "![",
     ] {
         assert!(md.contains(needle), "report has {needle:?}:\n{md}");
@@ -128,6 +150,8 @@ async fn suite_smoke() {
         "Shadow vs nginx mirror (issue 15)",
         "Shadow memory (issue 15)",
         "Memory with 1,000 connections",
+        "gRPC unary CPU",
+        "gRPC shadow CPU",
     ] {
         assert!(goals.iter().any(|g| g.name == name), "{name}: {goals:?}");
     }

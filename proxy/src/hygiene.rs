@@ -10,14 +10,14 @@ use http::header::{self, HeaderMap, HeaderName};
 /// The hop-by-hop headers of RFC 9110 §7.6.1 (plus the legacy `proxy-connection`), never
 /// forwarded in either direction. Transfer-Encoding is re-framed by the proxy: a streamed body
 /// of unknown length goes upstream with the proxy's own `Transfer-Encoding: chunked`.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Headers a peer may not get stripped by naming them in `Connection`: framing, routing and the
@@ -41,8 +41,8 @@ pub const SHADOW_MARKER: &str = "x-cutover-shadow";
 pub fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut names: Vec<HeaderName> = HOP_BY_HOP
         .iter()
-        .map(|n| HeaderName::from_static(n))
-        .filter(|n| headers.contains_key(n))
+        .filter(|n| headers.contains_key(*n))
+        .cloned()
         .collect();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
@@ -273,19 +273,21 @@ pub fn forwarded_for(existing: Option<&[u8]>, client: &str) -> String {
     }
 }
 
-/// `Via` after appending this hop (`1.1 cutover` / `2 cutover`).
-pub fn via(existing: Option<&[u8]>, version: http::Version) -> String {
-    let proto = match version {
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_2 => "2",
-        _ => "1.1",
+/// `Via` after appending this hop (`1.1 cutover` / `2 cutover`); without an earlier `Via`, a
+/// static value (no allocation on the request path).
+pub fn via(existing: Option<&[u8]>, version: http::Version) -> header::HeaderValue {
+    let (proto, alone) = match version {
+        http::Version::HTTP_10 => ("1.0", "1.0 cutover"),
+        http::Version::HTTP_2 => ("2", "2 cutover"),
+        _ => ("1.1", "1.1 cutover"),
     };
     match existing
         .and_then(|e| std::str::from_utf8(e).ok())
         .map(str::trim)
     {
-        Some(e) if !e.is_empty() => format!("{e}, {proto} cutover"),
-        _ => format!("{proto} cutover"),
+        Some(e) if !e.is_empty() => header::HeaderValue::from_str(&format!("{e}, {proto} cutover"))
+            .unwrap_or_else(|_| header::HeaderValue::from_static(alone)),
+        _ => header::HeaderValue::from_static(alone),
     }
 }
 

@@ -321,11 +321,14 @@ pub(crate) fn forward_head(
         h.get("x-forwarded-for").map(|v| v.as_bytes()),
         &peer.ip.to_string(),
     );
-    insert(h, "x-forwarded-for", &xff);
+    // The string's buffer becomes the value: no copy.
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        h.insert("x-forwarded-for", v);
+    }
     let proto = if peer.tls { "https" } else { "http" };
     h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     let via = hygiene::via(h.get(header::VIA).map(|v| v.as_bytes()), client_version);
-    insert(h, "via", &via);
+    h.insert(header::VIA, via);
     let copy = shadowed.then(|| shadow::copy_headers(h, &route.spec.shadow));
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let origin = parts
@@ -338,12 +341,6 @@ pub(crate) fn forward_head(
     }
     parts.version = Version::HTTP_11;
     (parts, copy)
-}
-
-fn insert(h: &mut http::HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(name, v);
-    }
 }
 
 /// The answer the client gets: hop-by-hop headers removed, `Via` appended, the body streamed
@@ -374,7 +371,7 @@ pub(crate) fn respond(
         parts.headers.get(header::VIA).map(|v| v.as_bytes()),
         caller.version,
     );
-    insert(&mut parts.headers, "via", &via);
+    parts.headers.insert(header::VIA, via);
     parts.version = Version::default();
     let grpc_answer =
         caller.grpc && (grpc::is_grpc(&parts.headers) || parts.headers.contains_key("grpc-status"));

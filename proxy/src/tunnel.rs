@@ -129,9 +129,7 @@ pub async fn open(
         parts.headers.get(header::VIA).map(|v| v.as_bytes()),
         version,
     );
-    if let Ok(v) = HeaderValue::from_str(&via) {
-        parts.headers.insert(header::VIA, v);
-    }
+    parts.headers.insert(header::VIA, via);
     parts.version = http::Version::HTTP_11;
     let tunnel = Tunnel {
         idle_timeout: settings.tunnel_idle_timeout,
