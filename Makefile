@@ -7,7 +7,7 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 
-.PHONY: demo test build lint validate-examples propagation routes-10k shadow-cost rollback-time judgement routes-memory soak bench bench-smoke clean
+.PHONY: demo test build lint validate-examples propagation protocols routes-10k shadow-cost rollback-time judgement routes-memory soak bench bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -51,6 +51,13 @@ routes-10k:
 	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench propagation --changes 1000 --routes 10000 --etcd-batch-interval 10ms >> bench/reports/routes-10k.md
 
 ## CPU per request of the proxy: 100 % shadow + JSON compare vs no shadow, same run (release).
+## HTTP/2 and gRPC against nginx (issue 17): CPU per call, p99, gRPC shadow + compare.
+protocols:
+	@scripts/prereqs.sh build
+	scripts/bench-prereqs.sh
+	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
+	CUTOVER_BIN=$(CURDIR)/target/release/cutover ./target/release/cutover-bench protocols
+
 shadow-cost:
 	@scripts/prereqs.sh build
 	$(CARGO) build --release --locked -p cutover-proxy -p cutover-bench
