@@ -24,6 +24,18 @@ async fn grpc_proxy(legacy: &GrpcBackend, new: &GrpcBackend, legacy_share: f64) 
     .await
 }
 
+/// A `test.Echo` backend named like the others whose answers also carry field 4.
+async fn only_on_new() -> GrpcBackend {
+    GrpcBackend::with(
+        "svc",
+        GrpcOptions {
+            extra: Some("only on new".into()),
+            ..GrpcOptions::default()
+        },
+    )
+    .await
+}
+
 fn field_1(message: &[u8]) -> String {
     // {1: name} comes first in every test.Echo answer: tag 0x0a, length, bytes.
     assert_eq!(message[0], 0x0a, "{message:?}");
@@ -332,14 +344,7 @@ for method, metadata, timeout in [('/test.Echo/Fail', [('x-grpc-status', '5')], 
 async fn grpc_calls_are_shadowed_and_compared_by_field() {
     let legacy = GrpcBackend::start("svc").await;
     let same = GrpcBackend::start("svc").await;
-    let differs = GrpcBackend::with(
-        "svc",
-        GrpcOptions {
-            extra: Some("only on new".into()),
-            ..GrpcOptions::default()
-        },
-    )
-    .await;
+    let differs = only_on_new().await;
     let malformed = GrpcBackend::with(
         "svc",
         GrpcOptions {
@@ -493,14 +498,7 @@ async fn a_descriptor_set_names_the_fields_that_differ() {
     let dir = tempfile::tempdir().expect("tempdir");
     let set = echo_descriptor_set(dir.path());
     let legacy = GrpcBackend::start("svc").await;
-    let new = GrpcBackend::with(
-        "svc",
-        GrpcOptions {
-            extra: Some("only on new".into()),
-            ..GrpcOptions::default()
-        },
-    )
-    .await;
+    let new = only_on_new().await;
     let route = |id: &str, ignore: &str| {
         Route::new(id)
             .legacy_endpoints([legacy.addr()])
@@ -591,14 +589,7 @@ async fn a_descriptor_set_from_etcd() {
     let etcd = cutover_tests::Etcd::start().await;
     let prefix = "/e2e/descriptors";
     let legacy = GrpcBackend::start("svc").await;
-    let new = GrpcBackend::with(
-        "svc",
-        GrpcOptions {
-            extra: Some("only on new".into()),
-            ..GrpcOptions::default()
-        },
-    )
-    .await;
+    let new = only_on_new().await;
     let spec = serde_json::json!({
         "match": {"path_prefix": "/"},
         "legacy": {"endpoints": [legacy.addr().to_string()], "protocol": "h2c"},

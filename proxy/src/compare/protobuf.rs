@@ -155,6 +155,18 @@ pub fn differences(a: &[u8], b: &[u8], ignore: &[JsonPath]) -> Result<Vec<String
     let (ma, mb) = (grpc_messages(a)?, grpc_messages(b)?);
     let da = decode_all(&ma)?;
     let db = decode_all(&mb)?;
+    Ok(per_message(&da, &db, ignore, diff_fields))
+}
+
+/// The paths of two answers' messages, message by message (`/i` first when either answer has
+/// more than one; a message on one side only differs as a whole), sorted, at most
+/// [`MAX_PATHS`].
+fn per_message<T>(
+    da: &[T],
+    db: &[T],
+    ignore: &[JsonPath],
+    diff: impl Fn(&T, &T, &mut Vec<Step>, &[JsonPath], &mut Vec<String>),
+) -> Vec<String> {
     let mut out = Vec::new();
     let many = da.len() > 1 || db.len() > 1;
     for i in 0..da.len().max(db.len()) {
@@ -163,14 +175,14 @@ pub fn differences(a: &[u8], b: &[u8], ignore: &[JsonPath]) -> Result<Vec<String
             path.push(Step::Index(i));
         }
         match (da.get(i), db.get(i)) {
-            (Some(x), Some(y)) => diff_fields(x, y, &mut path, ignore, &mut out),
+            (Some(x), Some(y)) => diff(x, y, &mut path, ignore, &mut out),
             _ => report(&path, ignore, &mut out),
         }
     }
     out.sort();
     out.dedup();
     out.truncate(MAX_PATHS);
-    Ok(out)
+    out
 }
 
 fn decode_all<'a>(messages: &[&'a [u8]]) -> Result<Vec<Fields<'a>>, String> {
@@ -285,22 +297,7 @@ pub fn differences_typed(
             .collect()
     };
     let (da, db) = (decode_all(a)?, decode_all(b)?);
-    let mut out = Vec::new();
-    let many = da.len() > 1 || db.len() > 1;
-    for i in 0..da.len().max(db.len()) {
-        let mut path = Vec::new();
-        if many {
-            path.push(Step::Index(i));
-        }
-        match (da.get(i), db.get(i)) {
-            (Some(x), Some(y)) => diff_message(x, y, &mut path, ignore, &mut out),
-            _ => report(&path, ignore, &mut out),
-        }
-    }
-    out.sort();
-    out.dedup();
-    out.truncate(MAX_PATHS);
-    Ok(out)
+    Ok(per_message(&da, &db, ignore, diff_message))
 }
 
 fn diff_message(
