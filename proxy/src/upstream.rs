@@ -405,16 +405,10 @@ impl<B: OutgoingBody> Pool<B> {
                 }
             };
             let Some(done) = waiting else {
-                let opened = self.connect(key).await;
-                let done = self
-                    .handshakes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(key);
-                if let Some(done) = done {
-                    done.notify_waiters();
-                }
-                return opened;
+                // Ends the handshake's registration however this future ends (a request whose
+                // client went away is dropped mid-connect): the waiters never wait forever.
+                let _registered = Handshake { pool: self, key };
+                return self.connect(key).await;
             };
             done.await;
             if let Some(stream) = self.take(key) {
@@ -582,6 +576,27 @@ impl<B: OutgoingBody> Pool<B> {
             return Ok((resp, lease));
         }
         Err(failure)
+    }
+}
+
+/// An HTTP/2 handshake registered in [`Pool::open`]; dropping it wakes the requests waiting
+/// for it.
+struct Handshake<'p, B> {
+    pool: &'p Pool<B>,
+    key: &'p Key,
+}
+
+impl<B> Drop for Handshake<'_, B> {
+    fn drop(&mut self) {
+        let done = self
+            .pool
+            .handshakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.key);
+        if let Some(done) = done {
+            done.notify_waiters();
+        }
     }
 }
 

@@ -170,3 +170,63 @@ async fn h2load_drives_h2c_through_the_proxy() {
         .iter()
         .all(|r| r.version == http::Version::HTTP_2));
 }
+
+/// A request that gives up while an h2c connection is being opened for it (its client reset the
+/// stream) must not leave the next requests waiting for that handshake forever: they open their
+/// own and get their answer — here a 504 at `connect_timeout`, the endpoint never accepting.
+#[tokio::test]
+async fn a_request_dropped_mid_handshake_does_not_hold_up_the_next() {
+    // A listener with a backlog of 1 that never accepts, already holding one connection: the
+    // kernel drops further SYNs, so connecting to it hangs.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let full = socket.listen(0).expect("listen");
+    let addr = full.local_addr().expect("addr");
+    let _held: Vec<std::net::TcpStream> = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    let other = Backend::new("new").run().await;
+    let proxy = Proxy::start(
+        ProxyConfig::new().set_str("connect_timeout", "1s").route(
+            Route::new("stuck")
+                .legacy_endpoints([addr])
+                .legacy_protocol("h2c")
+                .new_endpoints([other.addr()])
+                .weights(100, 0)
+                .rollback_off(),
+        ),
+    )
+    .await;
+    // The first request's client resets its stream 200 ms into the connect.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/first", proxy.addr()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let first = tokio::time::timeout(Duration::from_millis(200), h2.send_request(req)).await;
+    assert!(first.is_err(), "the first request was still connecting");
+    // The next request: its own connect, a 504 at connect_timeout — not a wait without end.
+    let started = std::time::Instant::now();
+    let res = proxy
+        .client()
+        .with_timeout(Duration::from_secs(5))
+        .get(&proxy.url("/second"))
+        .await
+        .expect("an answer within 5 s");
+    assert_eq!(res.status, 504, "{}", res.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
