@@ -12,7 +12,9 @@
 //! medians. nginx runs `worker_processes 1` and cutover `threads = 1`, so CPU per call compares
 //! one core's work. The backends (the test harness's, in this process) and the load generator
 //! share this process; the proxy's CPU is read from `/proc` (utime + stime of its process
-//! tree), so only the proxy is measured. Linux only. Without nginx the nginx cases are skipped
+//! tree), so only the proxy is measured. With two CPUs or more, this process runs on CPU 0 and
+//! every proxy on CPU 1 (as the suite pins its generator and servers), so a proxy never
+//! competes with the load for its core. Linux only. Without nginx the nginx cases are skipped
 //! and said so.
 
 use std::fmt::Write as _;
@@ -134,6 +136,8 @@ pub struct ProtocolReport {
     pub clk_tck: u64,
     /// nginx's version line, or why the nginx cases did not run.
     pub nginx: Result<String, String>,
+    /// How the processes were pinned, or why they were not.
+    pub pinning: Result<String, String>,
     pub runs: Vec<Run>,
     pub problems: Vec<String>,
 }
@@ -185,12 +189,16 @@ impl ProtocolReport {
             "Closed loop, {} calls per run over {} h2c connections × {} streams, {} round(s) \
              interleaved; {} B request messages (gRPC) and answers (h2c). nginx \
              `worker_processes 1`, cutover `threads = 1`; backends in the load generator's \
-             process (not measured). Binary: `{}`. nginx: {}.\n",
+             process (not measured); {}. Binary: `{}`. nginx: {}.\n",
             o.calls,
             o.connections,
             o.streams,
             o.rounds,
             o.body_bytes,
+            match &self.pinning {
+                Ok(how) => how.clone(),
+                Err(why) => format!("not pinned ({why})"),
+            },
             self.binary.display(),
             match &self.nginx {
                 Ok(v) => v.clone(),
@@ -263,6 +271,14 @@ impl ProtocolReport {
 /// Run the scenario.
 pub async fn run(opts: &ProtocolOptions) -> Result<ProtocolReport, String> {
     let (clk_tck, _) = sys::clk_tck();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let me = [std::process::id()];
+    let mut pinning = if cpus < 2 {
+        Err(format!("{cpus} CPU"))
+    } else {
+        sys::pin_processes(&me, 0)
+            .map(|()| "load generator and backends on CPU 0, each proxy on CPU 1".to_string())
+    };
     let body = opts.body_bytes;
     let h1 = Backend::new("legacy").json_body_bytes(body).run().await;
     let grpc_a = GrpcBackend::start("svc").await;
@@ -304,10 +320,23 @@ pub async fn run(opts: &ProtocolOptions) -> Result<ProtocolReport, String> {
         ),
         Some(program) => Nginx::start(&program, &h1, grpc_a.addr()).await,
     };
+    if pinning.is_ok() {
+        let mut servers = Vec::new();
+        for proxy in [&h2c_proxy, &grpc_proxy, &shadow_proxy] {
+            servers.extend(proxy_pids(proxy));
+        }
+        if let Ok(n) = &nginx {
+            servers.extend(n.pids());
+        }
+        if let Err(e) = sys::pin_processes(&servers, 1) {
+            pinning = Err(e);
+        }
+    }
     let mut report = ProtocolReport {
         options: opts.clone(),
         binary: cutover_bin(),
         clk_tck,
+        pinning,
         nginx: nginx
             .as_ref()
             .map(|n| n.version.clone())
@@ -394,6 +423,11 @@ pub async fn run(opts: &ProtocolOptions) -> Result<ProtocolReport, String> {
             .push(format!("{} calls failed", report.errors()));
     }
     drop((h1, grpc_a, grpc_b));
+    if report.pinning.is_ok() {
+        if let Err(e) = sys::unpin_processes(&me, cpus) {
+            report.problems.push(format!("unpinning: {e}"));
+        }
+    }
     Ok(report)
 }
 
