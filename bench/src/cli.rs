@@ -357,11 +357,11 @@ struct ProtocolsArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let workers = match cli.command {
-        Command::Report(_) | Command::Backend(_) => 0,
+        // protocols: the load on one thread, as inside `report` (it pins itself to one CPU).
+        Command::Report(_) | Command::Backend(_) | Command::Protocols(_) => 0,
         Command::Load(_) => 1,
         Command::Propagation(_)
         | Command::ShadowCost(_)
-        | Command::Protocols(_)
         | Command::RollbackTime(_)
         | Command::Judgement(_)
         | Command::RoutesMemory(_)
@@ -386,19 +386,21 @@ pub fn main() -> ExitCode {
         return match cli.command {
             Command::Report(args) => report(&rt, args),
             Command::Backend(args) => serve_backend(&rt, args),
-            _ => unreachable!("only report and backend run on one thread"),
+            Command::Protocols(args) => protocols(&rt, args),
+            _ => unreachable!("only report, backend and protocols run on one thread"),
         };
     }
     match cli.command {
         Command::Load(args) => load(&rt, args),
         Command::Propagation(args) => propagation(&rt, args),
         Command::ShadowCost(args) => shadow_cost(&rt, args),
-        Command::Protocols(args) => protocols(&rt, args),
         Command::RollbackTime(args) => rollback_time(&rt, args),
         Command::Judgement(args) => judgement(&rt, args),
         Command::Soak(args) => soak(&rt, args),
         Command::RoutesMemory(args) => routes_memory(&rt, args),
-        Command::Report(_) | Command::Backend(_) => unreachable!("handled above"),
+        Command::Report(_) | Command::Backend(_) | Command::Protocols(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -33,9 +33,8 @@ use crate::tls::{self, Alpn};
 /// Idle connections kept per worker and endpoint; more are closed when they come back.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
-/// Streams one HTTP/2 connection carries at once before the pool opens another. A backend
-/// that advertises a lower `MAX_CONCURRENT_STREAMS` makes the extra streams wait their turn
-/// on the connection (the h2 layer queues them), never fail.
+/// Streams one HTTP/2 connection carries at once before the pool opens another — fewer when
+/// the backend's `MAX_CONCURRENT_STREAMS` says so ([`Shared2::room`]).
 const MAX_STREAMS_PER_CONNECTION: usize = 100;
 
 /// What identifies interchangeable connections: the address, the server name for TLS, and
@@ -68,14 +67,46 @@ struct Idle<B> {
 #[derive(Debug)]
 struct Shared2<B> {
     sender: http2::SendRequest<B>,
-    streams: Arc<AtomicUsize>,
+    streams: Arc<Streams>,
     /// When its last stream ended (or it was opened).
     since: Instant,
+}
+
+/// The streams of one HTTP/2 connection.
+#[derive(Debug)]
+struct Streams {
+    in_flight: AtomicUsize,
+    /// The backend's `MAX_CONCURRENT_STREAMS` as the connection last knew it (noted each time
+    /// the connection's task is polled, which it is when a SETTINGS frame arrives).
+    max: AtomicUsize,
+    /// A stream has ended on it, so the backend's SETTINGS (which come before any answer) are
+    /// known: its `MAX_CONCURRENT_STREAMS` holds from then on.
+    settled: std::sync::atomic::AtomicBool,
 }
 
 impl<B> Shared2<B> {
     fn usable(&self) -> bool {
         !self.sender.is_closed() && self.sender.is_ready()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.streams.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Room for one more stream: below our cap, and below the backend's
+    /// `MAX_CONCURRENT_STREAMS` once it is known. Until then the connection takes streams up
+    /// to our cap and the h2 layer lets them out one at a time (it starts with one send
+    /// stream): a burst waits for the first handshake instead of opening a connection each.
+    fn room(&self) -> bool {
+        let cap = if self.streams.settled.load(Ordering::Acquire) {
+            self.streams
+                .max
+                .load(Ordering::Acquire)
+                .clamp(1, MAX_STREAMS_PER_CONNECTION)
+        } else {
+            MAX_STREAMS_PER_CONNECTION
+        };
+        self.in_flight() < cap
     }
 }
 
@@ -161,11 +192,12 @@ enum Sender<B> {
 
 /// One stream counted on its HTTP/2 connection until dropped (held, never read).
 #[derive(Debug)]
-struct Stream(Arc<AtomicUsize>);
+struct Stream(Arc<Streams>);
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.settled.store(true, Ordering::Release);
     }
 }
 
@@ -277,9 +309,7 @@ impl<B: OutgoingBody> Pool<B> {
             let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(list) = h2.get_mut(key) {
                 list.retain(Shared2::usable);
-                let free = list
-                    .iter_mut()
-                    .find(|c| c.streams.load(Ordering::Acquire) < MAX_STREAMS_PER_CONNECTION);
+                let free = list.iter_mut().find(|c| c.room());
                 if let Some(conn) = free {
                     return Some(Self::stream_on(conn));
                 }
@@ -296,7 +326,7 @@ impl<B: OutgoingBody> Pool<B> {
     }
 
     fn stream_on(conn: &mut Shared2<B>) -> Sender<B> {
-        conn.streams.fetch_add(1, Ordering::AcqRel);
+        conn.streams.in_flight.fetch_add(1, Ordering::AcqRel);
         conn.since = Instant::now();
         Sender::H2 {
             sender: conn.sender.clone(),
@@ -317,9 +347,7 @@ impl<B: OutgoingBody> Pool<B> {
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         h2.retain(|_, list| {
             list.retain(|c| {
-                c.usable()
-                    && (c.streams.load(Ordering::Acquire) > 0
-                        || c.since.elapsed() < self.idle_timeout)
+                c.usable() && (c.in_flight() > 0 || c.since.elapsed() < self.idle_timeout)
             });
             !list.is_empty()
         });
@@ -332,11 +360,7 @@ impl<B: OutgoingBody> Pool<B> {
             idle.values().map(Vec::len).sum()
         };
         let h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        h1 + h2
-            .values()
-            .flatten()
-            .filter(|c| c.streams.load(Ordering::Acquire) == 0)
-            .count()
+        h1 + h2.values().flatten().filter(|c| c.in_flight() == 0).count()
     }
 
     /// A new connection to `key`: HTTP/2 for `h2c`, `h2`, and `auto` when ALPN chose h2 (it is
@@ -370,14 +394,29 @@ impl<B: OutgoingBody> Pool<B> {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(handshake_failed)?;
+        let streams = Arc::new(Streams {
+            in_flight: AtomicUsize::new(0),
+            max: AtomicUsize::new(MAX_STREAMS_PER_CONNECTION),
+            settled: std::sync::atomic::AtomicBool::new(false),
+        });
+        let noted = streams.clone();
+        let mut conn = Box::pin(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let ended = std::future::poll_fn(|cx| {
+                let polled = std::future::Future::poll(conn.as_mut(), cx);
+                noted
+                    .max
+                    .store(conn.current_max_send_streams(), Ordering::Release);
+                polled
+            })
+            .await;
+            if let Err(e) = ended {
                 debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
         let mut shared = Shared2 {
             sender,
-            streams: Arc::new(AtomicUsize::new(0)),
+            streams,
             since: Instant::now(),
         };
         let stream = Self::stream_on(&mut shared);

@@ -1,7 +1,7 @@
 //! SPEC §8 backend `protocol = "h2c"`: HTTP/2 with prior knowledge to the backend, from any
 //! client protocol; one connection per worker carries many streams; a GOAWAY drains a
-//! connection without failing a request; a backend's `MAX_CONCURRENT_STREAMS` makes streams
-//! wait, never fail.
+//! connection without failing a request; a backend's `MAX_CONCURRENT_STREAMS` is respected
+//! (more connections, never a refused stream).
 
 use std::time::Duration;
 
@@ -116,8 +116,11 @@ async fn a_goaway_drains_the_connection_without_failing_requests() {
     );
 }
 
+/// A backend that allows one stream per connection: no stream is refused (the first burst,
+/// before its SETTINGS are known, waits its turn on one connection), and once its
+/// `MAX_CONCURRENT_STREAMS` is known a full connection makes the pool open another.
 #[tokio::test]
-async fn a_backend_allowing_one_stream_makes_the_others_wait() {
+async fn a_backend_allowing_one_stream_gets_more_connections_not_refusals() {
     let legacy = Backend::new("legacy")
         .max_concurrent_streams(1)
         .delay(Duration::from_millis(20))
@@ -126,13 +129,24 @@ async fn a_backend_allowing_one_stream_makes_the_others_wait() {
     let proxy = h2c_proxy(&legacy).await;
     let client = proxy.client();
     let url = proxy.url("/one-at-a-time");
-    let statuses = map_concurrent((0..20).collect(), 20, move |_| {
+    for wave in 0..2 {
         let (client, url) = (client.clone(), url.clone());
-        async move { client.get(&url).await.map_or(0, |r| r.status.as_u16()) }
-    })
-    .await;
-    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
-    assert_eq!(legacy.count(), 20);
+        let statuses = map_concurrent((0..20).collect(), 20, move |_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.get(&url).await.map_or(0, |r| r.status.as_u16()) }
+        })
+        .await;
+        assert!(
+            statuses.iter().all(|&s| s == 200),
+            "wave {wave}: {statuses:?}"
+        );
+    }
+    assert_eq!(legacy.count(), 40);
+    assert!(
+        legacy.connections() >= 4,
+        "a full connection opens another: {} connections",
+        legacy.connections()
+    );
 }
 
 /// Interop: h2load (nghttp2, a client no one here wrote) drives h2c with many streams per
