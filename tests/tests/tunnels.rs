@@ -146,6 +146,17 @@ async fn read_until(tcp: &mut TcpStream, needle: &[u8], timeout: Duration) -> Ve
     got
 }
 
+/// A tunnel through `proxy`: the upgrade request sent and its `101` head read; returns the
+/// connection and the head (lowercased).
+async fn open_tunnel(proxy: &Proxy) -> (TcpStream, String) {
+    let mut tcp = TcpStream::connect(proxy.addr()).await.expect("connect");
+    tcp.write_all(UPGRADE).await.expect("write");
+    let head = read_until(&mut tcp, b"\r\n\r\n", Duration::from_secs(5)).await;
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}\n{}", proxy.log());
+    (tcp, head)
+}
+
 /// Read to EOF within `timeout`; `None` when the connection stayed open.
 async fn read_to_end(tcp: &mut TcpStream, timeout: Duration) -> Option<Vec<u8>> {
     let mut got = Vec::new();
@@ -235,11 +246,7 @@ async fn a_websocket_reaches_the_backend_the_weights_choose_and_counts_once() {
 async fn half_closes_pass_through_the_tunnel() {
     let (raw, seen, _task) = raw_upgrade_backend().await;
     let proxy = Proxy::start(ProxyConfig::new().route(route(raw, raw).weights(100, 0))).await;
-    let mut tcp = TcpStream::connect(proxy.addr()).await.expect("connect");
-    tcp.write_all(UPGRADE).await.expect("write");
-    let head = read_until(&mut tcp, b"\r\n\r\n", Duration::from_secs(5)).await;
-    let head = String::from_utf8_lossy(&head).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}\n{}", proxy.log());
+    let (mut tcp, head) = open_tunnel(&proxy).await;
     assert!(head.contains("upgrade: websocket"), "{head}");
     assert!(head.contains("connection: upgrade"), "{head}");
     let forwarded = seen.heads.lock().unwrap()[0].to_lowercase();
@@ -276,10 +283,7 @@ async fn an_idle_tunnel_is_closed_at_its_timeout() {
             .route(route(raw, raw).weights(100, 0)),
     )
     .await;
-    let mut tcp = TcpStream::connect(proxy.addr()).await.expect("connect");
-    tcp.write_all(UPGRADE).await.expect("write");
-    let head = read_until(&mut tcp, b"\r\n\r\n", Duration::from_secs(5)).await;
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut tcp, _) = open_tunnel(&proxy).await;
     // Traffic keeps it open past the timeout...
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -405,10 +409,7 @@ async fn a_drain_closes_open_tunnels_at_the_end_of_the_grace_period() {
             .route(route(raw, raw).weights(100, 0)),
     )
     .await;
-    let mut tcp = TcpStream::connect(proxy.addr()).await.expect("connect");
-    tcp.write_all(UPGRADE).await.expect("write");
-    let head = read_until(&mut tcp, b"\r\n\r\n", Duration::from_secs(5)).await;
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut tcp, _) = open_tunnel(&proxy).await;
     let term = Instant::now();
     proxy.sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -438,11 +439,7 @@ async fn a_thousand_tunnels_open_and_close_without_a_trace() {
     let proxy = Proxy::start(ProxyConfig::new().route(route(raw, raw).weights(100, 0))).await;
     let pid = proxy.pid().expect("pid");
     // Warm: one tunnel opened and closed, so lazily made state exists before the baseline.
-    {
-        let mut tcp = TcpStream::connect(proxy.addr()).await.expect("connect");
-        tcp.write_all(UPGRADE).await.expect("write");
-        read_until(&mut tcp, b"\r\n\r\n", Duration::from_secs(5)).await;
-    }
+    drop(open_tunnel(&proxy).await);
     let open = || async {
         proxy
             .metric("cutover_tunnels_open", &[("route", "chat")])
