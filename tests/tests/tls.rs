@@ -363,3 +363,70 @@ async fn h2_and_auto_backends_speak_what_alpn_agrees() {
     assert_eq!(seen.len(), before + 1);
     assert_eq!(seen[before].version, http::Version::HTTP_2, "ALPN chose h2");
 }
+
+/// SPEC §8, any client protocol to any backend protocol: a gRPC call over the TLS listener
+/// (h2 by ALPN) reaches an h2c backend and an `h2` backend over TLS, trailers and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_the_tls_listener_reaches_h2c_and_h2_backends() {
+    use cutover_tests::grpc::{frame, messages, GrpcBackend};
+    let plain = GrpcBackend::start("plain").await;
+    let behind_tls = GrpcBackend::start("tls").await;
+    let front = TlsFront::offering(behind_tls.addr(), &[b"h2"]).await;
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let path = |name: &str| fixture(name).to_string_lossy().into_owned();
+    let _proxy = Proxy::start(
+        ProxyConfig::new()
+            .env("SSL_CERT_FILE", &path("ca.pem"))
+            .set_str("tls_listen", &tls_addr.to_string())
+            .set_str("tls_cert", &path("cert.pem"))
+            .set_str("tls_key", &path("key.pem"))
+            .route(
+                Route::new("h2c")
+                    .path_prefix("/test.Echo/")
+                    .legacy_endpoints([plain.addr()])
+                    .legacy_protocol("h2c")
+                    .new_endpoints([plain.addr()])
+                    .weights(100, 0)
+                    .rollback_off(),
+            )
+            .route(
+                Route::new("h2")
+                    .path_prefix("/test.Secure/")
+                    .legacy_endpoints([front.addr])
+                    .legacy_tls("localhost")
+                    .legacy_protocol("h2")
+                    .new_endpoints([plain.addr()])
+                    .weights(100, 0)
+                    .rollback_off(),
+            ),
+    )
+    .await;
+    let tls = connect(tls_addr, &[b"h2"]).await;
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for (method, backend) in [("/test.Echo/Unary", "plain"), ("/test.Secure/Unary", "tls")] {
+        let req = http::Request::post(format!("https://localhost{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(frame(b"\x0a\x01x")))
+            .expect("request");
+        let res = h2.send_request(req).await.expect("gRPC call");
+        assert_eq!(res.status(), 200);
+        let collected = res.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0", "{method}");
+        let answer = messages(&collected.to_bytes());
+        assert_eq!(answer.len(), 1);
+        let name = backend.as_bytes();
+        assert_eq!(&answer[0][2..2 + name.len()], name, "{method}");
+    }
+    assert_eq!(plain.count(), 1);
+    assert_eq!(
+        behind_tls.count(),
+        1,
+        "the h2 backend over TLS took its call"
+    );
+}
