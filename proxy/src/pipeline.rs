@@ -6,7 +6,7 @@
 //! - **hygiene** ([`hygiene`]): limits, framing and header checks; a refusal is answered here.
 //! - **route**: the one snapshot is loaded once; its route is fixed for the request's life, so a
 //!   weights write never moves a request in flight.
-//! - **split** ([`split`]): legacy or new by weight (or stickiness); shadow sampled.
+//! - **split** ([`crate::split`]): legacy or new by weight (or stickiness); shadow sampled.
 //! - **dispatch** ([`forward_head`], [`crate::upstream::Pool::send`]): the forwarded head, the
 //!   body streamed (and teed into the shadow copy), the backend's answer awaited. An upgrade
 //!   request (WebSocket, SPEC §8) is dispatched by [`crate::tunnel`] instead.

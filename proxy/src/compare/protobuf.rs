@@ -16,7 +16,7 @@
 //! compared. prost bounds the nesting it decodes (100 levels).
 //!
 //! Bounded on hostile input: decoding is iterative per level and nests at most
-//! [`MAX_DEPTH`] messages deep (deeper bytes compare as bytes); a frame that is cut short, a
+//! 32 messages deep (`MAX_DEPTH`) (deeper bytes compare as bytes); a frame that is cut short, a
 //! bad varint or an unknown wire type is an error whose text becomes the divergence's reason.
 
 use std::collections::BTreeMap;
