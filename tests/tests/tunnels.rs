@@ -157,6 +157,21 @@ async fn open_tunnel(proxy: &Proxy) -> (TcpStream, String) {
     (tcp, head)
 }
 
+/// `cutover_tunnels_open` of the route `chat` (summed over backends when `backend` is `None`).
+async fn tunnels_open(proxy: &Proxy, backend: Option<&str>) -> f64 {
+    let mut labels = vec![("route", "chat")];
+    labels.extend(backend.map(|b| ("backend", b)));
+    proxy.counter("cutover_tunnels_open", &labels).await
+}
+
+/// Wait (bounded) until no tunnel of the route `chat` is open.
+async fn until_no_tunnel(proxy: &Proxy, what: &str) {
+    eventually(Duration::from_secs(5), what, || async {
+        tunnels_open(proxy, None).await == 0.0
+    })
+    .await;
+}
+
 /// Read to EOF within `timeout`; `None` when the connection stayed open.
 async fn read_to_end(tcp: &mut TcpStream, timeout: Duration) -> Option<Vec<u8>> {
     let mut got = Vec::new();
@@ -191,15 +206,7 @@ async fn a_websocket_reaches_the_backend_the_weights_choose_and_counts_once() {
         let echo = ws.next().await.expect("an answer").expect("a message");
         assert_eq!(echo, Message::text(format!("new: hello {i}")));
     }
-    let open = || async {
-        proxy
-            .metric(
-                "cutover_tunnels_open",
-                &[("route", "chat"), ("backend", "new")],
-            )
-            .await
-            .unwrap_or(0.0)
-    };
+    let open = || tunnels_open(&proxy, Some("new"));
     assert_eq!(open().await, 1.0);
 
     // A pinned tunnel goes to legacy whatever the weights.
@@ -303,14 +310,7 @@ async fn an_idle_tunnel_is_closed_at_its_timeout() {
         after >= Duration::from_millis(350) && after < Duration::from_secs(3),
         "closed after {after:?}"
     );
-    eventually(Duration::from_secs(5), "gauge back to 0", || async {
-        proxy
-            .metric("cutover_tunnels_open", &[("route", "chat")])
-            .await
-            .unwrap_or(0.0)
-            == 0.0
-    })
-    .await;
+    until_no_tunnel(&proxy, "gauge back to 0").await;
 }
 
 /// RELIABILITY 59: a backend that refuses the upgrade (no 101) — its answer reaches the client
@@ -440,12 +440,7 @@ async fn a_thousand_tunnels_open_and_close_without_a_trace() {
     let pid = proxy.pid().expect("pid");
     // Warm: one tunnel opened and closed, so lazily made state exists before the baseline.
     drop(open_tunnel(&proxy).await);
-    let open = || async {
-        proxy
-            .metric("cutover_tunnels_open", &[("route", "chat")])
-            .await
-            .unwrap_or(0.0)
-    };
+    let open = || tunnels_open(&proxy, None);
     eventually(
         Duration::from_secs(5),
         "the warm-up tunnel closed",
@@ -541,12 +536,5 @@ asyncio.run(main())
         vec!["legacy: one", "legacy: two", "0001"],
         "{out}"
     );
-    eventually(Duration::from_secs(5), "the tunnel closed", || async {
-        proxy
-            .metric("cutover_tunnels_open", &[("route", "chat")])
-            .await
-            .unwrap_or(0.0)
-            == 0.0
-    })
-    .await;
+    until_no_tunnel(&proxy, "the tunnel closed").await;
 }
