@@ -72,15 +72,16 @@ pub fn upgrade_requested<'h>(
     if version != http::Version::HTTP_11 || upgrades.is_empty() {
         return None;
     }
+    // Most requests carry no Upgrade: that is the one lookup they pay.
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let (value, None) = (values.next()?, values.next()) else {
+        return None;
+    };
     let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
     });
-    let mut values = headers.get_all(header::UPGRADE).iter();
-    let (value, None) = (values.next()?, values.next()) else {
-        return None;
-    };
     let first = value.as_bytes().split(|&b| b == b',').next()?.trim_ascii();
     let name = first.split(|&b| b == b'/').next()?;
     let listed = upgrades.iter().any(|u| {
