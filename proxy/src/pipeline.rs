@@ -364,14 +364,7 @@ pub(crate) fn respond(
             .unwrap_or_else(|p| p.into_inner())
             .primary_head(status, &parts.headers);
     }
-    for name in hygiene::hop_by_hop_names(&parts.headers) {
-        parts.headers.remove(&name);
-    }
-    let via = hygiene::via(
-        parts.headers.get(header::VIA).map(|v| v.as_bytes()),
-        caller.version,
-    );
-    parts.headers.insert(header::VIA, via);
+    answer_head(&mut parts.headers, caller.version);
     parts.version = Version::default();
     let grpc_answer =
         caller.grpc && (grpc::is_grpc(&parts.headers) || parts.headers.contains_key("grpc-status"));
@@ -390,6 +383,19 @@ pub(crate) fn respond(
         proxied = proxied.grpc(&parts.headers);
     }
     Response::from_parts(parts, Body::proxied(proxied))
+}
+
+/// An answer's head as the client gets it: hop-by-hop headers (and those its `Connection`
+/// nominates) removed, this hop appended to `Via`.
+pub(crate) fn answer_head(headers: &mut http::HeaderMap, client_version: Version) {
+    for name in hygiene::hop_by_hop_names(headers) {
+        headers.remove(&name);
+    }
+    let via = hygiene::via(
+        headers.get(header::VIA).map(|v| v.as_bytes()),
+        client_version,
+    );
+    headers.insert(header::VIA, via);
 }
 
 /// No answer from the backend: the client gets 502/504 (or 408/413/400 when its own body was

@@ -116,20 +116,13 @@ pub async fn open(
     let backend_side = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
     let upgraded_to = parts.headers.get(header::UPGRADE).cloned();
-    for name in hygiene::hop_by_hop_names(&parts.headers) {
-        parts.headers.remove(&name);
-    }
+    pipeline::answer_head(&mut parts.headers, version);
     if let Some(to) = upgraded_to {
         parts.headers.insert(header::UPGRADE, to);
     }
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    let via = hygiene::via(
-        parts.headers.get(header::VIA).map(|v| v.as_bytes()),
-        version,
-    );
-    parts.headers.insert(header::VIA, via);
     parts.version = http::Version::HTTP_11;
     let tunnel = Tunnel {
         idle_timeout: settings.tunnel_idle_timeout,
