@@ -79,6 +79,11 @@ pub struct Override {
     pub phase: Phase,
     /// The rollback's record, for a rollback.
     pub rollback: Option<RollbackRecord>,
+    /// Which in-process operator write this is (the admin API without etcd, SPEC §10),
+    /// numbered per process; 0 for the controller's own decisions. It is part of what starts
+    /// an evaluation window, so an operator's write of equal weights starts a fresh one too
+    /// (SPEC §11).
+    pub write: u64,
 }
 
 impl Override {

@@ -8,6 +8,7 @@ pub mod dataplane;
 mod descriptors;
 mod error;
 mod jsonpath;
+pub mod operator;
 mod policy;
 mod raw;
 mod route;

@@ -19,6 +19,7 @@ pub mod split;
 pub mod state;
 pub mod stats;
 pub mod telemetry;
+pub mod timeline;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

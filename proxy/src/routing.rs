@@ -370,7 +370,8 @@ impl Snapshot {
             ),
         };
         route_telemetry.set_weight_percent(100.0 - split.new_percent(), split.new_percent());
-        let window = route_telemetry.note_weights(weights, weights_revision, now);
+        let write = overridden.as_ref().map_or(0, |o| o.write);
+        let window = route_telemetry.note_weights(weights, (weights_revision, write), now);
         let (legacy, new) = match prev.filter(|_| same_spec) {
             Some(p) => (p.legacy.clone(), p.new.clone()),
             None => (

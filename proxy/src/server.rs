@@ -215,7 +215,15 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
         let view = view.clone();
         Arc::new(move || serde_json::json!(view.snapshot())) as crate::admin::ControlJson
     };
-    let admin = Admin::new(shared.clone(), control_json, token);
+    // Operator actions (SPEC §10): into etcd as `cutover ctl` writes, or in-process.
+    let operator: Arc<dyn cutover_config::operator::Operator> = match &config.etcd {
+        Some(etcd) => Arc::new(cutover_control::ctl::EtcdOperator::new(etcd)),
+        None => Arc::new(cutover_control::controller::LocalOperator::new(
+            shared.clone(),
+            view.clone(),
+        )),
+    };
+    let admin = Admin::new(shared.clone(), control_json, token, operator);
     let mut probe_addrs = bound;
     probe_addrs.push(admin_addr);
     let grace = p.grace_period;

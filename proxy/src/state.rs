@@ -347,6 +347,7 @@ mod tests {
             weights: shared.snapshot.load().routes[0].weights.rolled_back(),
             phase: Phase::RolledBack,
             rollback: None,
+            write: 0,
         };
         shared.set_override("orders", rolled_back.clone());
         let live = shared.snapshot.load();
@@ -402,6 +403,7 @@ mod tests {
                 weights: to,
                 phase: Phase::RolledBack,
                 rollback: None,
+                write: 0,
             },
         );
         // The rollback's own write lands: same weights at a newer revision.
@@ -514,6 +516,7 @@ mod tests {
                 weights,
                 phase: Phase::RolledBack,
                 rollback: Some(record),
+                write: 0,
             },
         );
         let route = shared.snapshot.load().routes[0].clone();

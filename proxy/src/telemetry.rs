@@ -20,7 +20,7 @@ use cutover_config::window::{BackendStats, WindowStats};
 use cutover_config::Weights;
 
 /// Request duration buckets: 100 µs to 10 s.
-const DURATION_BUCKETS: &[f64] = &[
+pub const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
@@ -300,6 +300,7 @@ impl Metrics {
             duration: self
                 .duration
                 .with_label_values(&[route, b.as_str(), r.as_str()]),
+            grpc_errors: std::sync::atomic::AtomicU64::new(0),
         };
         let per_backend = |b| [cell(b, Role::Primary), cell(b, Role::Shadow)];
         RouteMetrics {
@@ -340,6 +341,9 @@ impl Drop for TunnelGauge {
 struct RoleMetrics {
     requests: [IntCounter; 6],
     duration: Histogram,
+    /// gRPC calls answered with HTTP 2xx and a server-error `grpc-status` (errors the status
+    /// classes do not show).
+    grpc_errors: std::sync::atomic::AtomicU64,
 }
 
 /// Why a sampled request was not shadowed (`cutover_shadow_dropped_total{reason}`).
@@ -405,6 +409,30 @@ pub struct Traffic {
     /// how often legacy disagrees with itself, the divergence rule's baseline.
     pub baseline: WindowedStats,
     metrics: RouteMetrics,
+    /// Diverging pairs since the start (`cutover_divergences_total` counts kinds, several per
+    /// pair).
+    diverged: std::sync::atomic::AtomicU64,
+}
+
+/// One route × backend × role's counters since the process started.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CellTotals {
+    pub requests: u64,
+    /// 5xx answers and requests without an answer.
+    pub errors: u64,
+    /// Requests at or below each of [`DURATION_BUCKETS`] (cumulative, as Prometheus has them).
+    pub buckets: [u64; DURATION_BUCKETS.len()],
+}
+
+/// A route's counters since the process started ([`RouteTelemetry::totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    /// By backend (legacy, new), then role (primary, shadow).
+    pub cells: [[CellTotals; 2]; 2],
+    /// Compared pairs.
+    pub compared: u64,
+    /// Diverging pairs.
+    pub diverged: u64,
 }
 
 /// An evaluation window (SPEC §11): the requests that started under one write of the weights.
@@ -414,8 +442,8 @@ pub struct Traffic {
 pub struct EvalWindow {
     /// Numbers the route's windows from 1; every sample carries the one it started under.
     pub id: u64,
-    /// The weights in effect and their source revision.
-    weights: Option<(Weights, i64)>,
+    /// The weights in effect, their source revision and in-process operator write.
+    weights: Option<(Weights, (i64, u64))>,
     /// When it started, on the monotonic clock and on the wall clock.
     pub started: Instant,
     pub started_at: SystemTime,
@@ -439,6 +467,7 @@ impl RouteTelemetry {
                 comparisons: WindowedStats::new(self.shape, self.origin),
                 baseline: WindowedStats::new(self.shape, self.origin),
                 metrics: self.metrics.route_metrics(&self.id),
+                diverged: std::sync::atomic::AtomicU64::new(0),
             })
         })
     }
@@ -464,7 +493,11 @@ impl RouteTelemetry {
         let cell = &traffic.metrics.cells[backend.index()][role.index()];
         cell.requests[outcome.code_index()].inc();
         cell.duration.observe(latency.as_secs_f64());
-        if let Outcome::Grpc { code, .. } = outcome {
+        if let Outcome::Grpc { code, status } = outcome {
+            if status < 500 && outcome.is_error() {
+                cell.grpc_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             self.metrics
                 .grpc_responses
                 .with_label_values(&[
@@ -485,9 +518,10 @@ impl RouteTelemetry {
         );
     }
 
-    /// Note the weights a new snapshot applies (and their source revision); a change starts a
-    /// new evaluation window. Returns the window in force, which the snapshot's route carries.
-    pub fn note_weights(&self, weights: Weights, revision: i64, now: Instant) -> u64 {
+    /// Note the weights a new snapshot applies (and their source revision, and which
+    /// in-process operator write put them in effect); a change starts a new evaluation window.
+    /// Returns the window in force, which the snapshot's route carries.
+    pub fn note_weights(&self, weights: Weights, revision: (i64, u64), now: Instant) -> u64 {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         if w.weights != Some((weights, revision)) {
             *w = EvalWindow {
@@ -558,6 +592,11 @@ impl RouteTelemetry {
     pub fn record_comparison(&self, window: u64, diff: &Difference, now: Instant) {
         let traffic = self.traffic();
         traffic.metrics.comparisons.inc();
+        if diff.diverged() {
+            traffic
+                .diverged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         for kind in diff.kinds() {
             if let Some(i) = DIVERGENCE_KINDS.iter().position(|k| *k == kind) {
                 traffic.metrics.divergences[i].inc();
@@ -571,6 +610,45 @@ impl RouteTelemetry {
                 error: diff.diverged(),
             },
         );
+    }
+
+    /// The route's counters since the process started (the Prometheus series the request path
+    /// already updates), for the dashboard's time series; `None` before its first request.
+    pub fn totals(&self) -> Option<Totals> {
+        use prometheus::core::Metric;
+        let traffic = self.traffic_if_any()?;
+        let m = &traffic.metrics;
+        let cell = |b: BackendKind, r: Role| {
+            let cell = &m.cells[b.index()][r.index()];
+            let requests = cell.duration.get_sample_count();
+            let mut totals = CellTotals {
+                requests,
+                errors: cell.requests[4].get()
+                    + cell.requests[5].get()
+                    + cell.grpc_errors.load(std::sync::atomic::Ordering::Relaxed),
+                buckets: [0; DURATION_BUCKETS.len()],
+            };
+            if requests > 0 {
+                let metric = cell.duration.metric();
+                for (slot, bucket) in totals
+                    .buckets
+                    .iter_mut()
+                    .zip(metric.get_histogram().get_bucket())
+                {
+                    *slot = bucket.cumulative_count();
+                }
+            }
+            totals
+        };
+        let per_backend = |b| [cell(b, Role::Primary), cell(b, Role::Shadow)];
+        Some(Totals {
+            cells: [
+                per_backend(BackendKind::Legacy),
+                per_backend(BackendKind::New),
+            ],
+            compared: m.comparisons.get(),
+            diverged: traffic.diverged.load(std::sync::atomic::Ordering::Relaxed),
+        })
     }
 
     /// Count a pair of legacy answers, compared like a legacy/new pair, of a request that

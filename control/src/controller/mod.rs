@@ -22,6 +22,7 @@
 
 pub mod fleet;
 mod notify;
+mod operator;
 mod writes;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -40,6 +41,7 @@ use crate::rules::{Breach, Evaluation, Judged, Outcome, RuleEngine};
 
 pub use cutover_config::dataplane::{DataPlane, LiveRoute, Override};
 pub use notify::Notifier;
+pub use operator::LocalOperator;
 
 /// How often rules are evaluated (SPEC: at least every second).
 pub const TICK: Duration = Duration::from_millis(500);
@@ -64,6 +66,9 @@ pub struct ViewState {
     pub routes: BTreeMap<RouteId, RouteView>,
     /// Events of the in-process controller (without etcd); newest last.
     pub events: VecDeque<serde_json::Value>,
+    /// Routes whose status in etcd says `paused` or `rolled_back` for the weights in force
+    /// (the leader reads statuses): the phase the weights cannot tell, for the admin API.
+    pub statuses: BTreeMap<RouteId, Status>,
 }
 
 /// One route's evaluation as last seen.
@@ -108,7 +113,7 @@ impl ControlView {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push_event(&self, route: &str, event: &Event) {
+    pub(crate) fn push_event(&self, route: &str, event: &Event) {
         let mut v = self.lock();
         let mut json = serde_json::to_value(event).unwrap_or_default();
         json["route"] = route.into();
@@ -308,6 +313,7 @@ impl Controller {
         // With 10,000 routes a tick is a pass over all of them: per idle route (no traffic, no
         // ramp) it only looks up its memory and whether its status is in step with its weights.
         let mut views = Vec::new();
+        let mut statuses = Vec::new();
         for route in &routes {
             let ctl = self
                 .routes
@@ -417,6 +423,16 @@ impl Controller {
                     ctl.last_doubt = Some(now);
                 }
             }
+            if let Some((status, _)) = fleet_state
+                .as_ref()
+                .and_then(|f| f.statuses.get(&route.id))
+                .filter(|(s, _)| {
+                    s.weights_revision == route.weights_revision
+                        && matches!(s.phase, Phase::Paused | Phase::RolledBack)
+                })
+            {
+                statuses.push((route.id.clone(), Status::clone(status)));
+            }
             if leader && ctl.status_in_step != route.weights_revision {
                 if let (Store::Shared(writer, _), Some(f)) = (&self.store, &fleet_state) {
                     let status = f.statuses.get(&route.id);
@@ -429,12 +445,17 @@ impl Controller {
             if let Some(((breach, scope), judged)) = decision.zip(judged) {
                 self.rollback(route, &breach, scope, judged);
             } else if leader && !rolled_back && route.spec.ramp.is_some() {
+                // Paused by an operator: in etcd's status, or (without etcd) in-process.
                 let paused = fleet_state
                     .as_ref()
                     .and_then(|f| f.statuses.get(&route.id))
                     .is_some_and(|(s, _)| {
                         s.phase == Phase::Paused && s.weights_revision == route.weights_revision
-                    });
+                    })
+                    || route
+                        .overridden
+                        .as_ref()
+                        .is_some_and(|o| o.phase == Phase::Paused);
                 view.ramp = self.ramp(route, now, for_ramp.as_ref(), paused);
             }
             if view.local.is_some() || view.fleet.is_some() || view.ramp.is_some() {
@@ -449,6 +470,7 @@ impl Controller {
         v.instances = fleet_state.map(|f| f.instances.clone()).unwrap_or_default();
         // Built at once (sorted, then filled in bulk), not inserted route by route.
         v.routes = views.into_iter().collect();
+        v.statuses = statuses.into_iter().collect();
     }
 
     /// Roll `route` back now: locally at once, then in the store. Judged live, `new` gets no
@@ -486,6 +508,7 @@ impl Controller {
                 weights: to,
                 phase: Phase::RolledBack,
                 rollback: Some(record.clone()),
+                write: route.overridden.as_ref().map_or(0, |o| o.write),
             },
         );
         self.dp.count_rollback(&route.id, rule);
@@ -594,6 +617,7 @@ impl Controller {
                         weights: to,
                         phase: to.implied_phase(),
                         rollback: None,
+                        write: route.overridden.as_ref().map_or(0, |o| o.write),
                     },
                 );
                 self.view.push_event(&route.id, &event);
@@ -613,8 +637,8 @@ mod tests {
 
     /// A data plane with one route whose windows the test sets (by evaluation window); it
     /// records what the controller does to it.
-    struct FakePlane {
-        route: Mutex<LiveRoute>,
+    pub(super) struct FakePlane {
+        pub(super) route: Mutex<LiveRoute>,
         stats: Mutex<HashMap<u64, WindowStats>>,
         overrides: Mutex<Vec<Override>>,
         rollbacks: Mutex<Vec<String>>,
@@ -643,11 +667,16 @@ mod tests {
     }
 
     fn plane(weights: Weights, rollback: &str) -> Arc<FakePlane> {
+        plane_with(weights, &format!(r#""rollback": {rollback}"#))
+    }
+
+    /// A [`FakePlane`] whose route's spec has `extra` (JSON members, e.g. `"ramp": {...}`).
+    pub(super) fn plane_with(weights: Weights, extra: &str) -> Arc<FakePlane> {
         let spec = cutover_config::parse_route_spec_json(&format!(
             r#"{{"match": {{"path_prefix": "/"}},
                 "legacy": {{"endpoints": ["127.0.0.1:1"]}},
                 "new": {{"endpoints": ["127.0.0.1:2"]}},
-                "rollback": {rollback}}}"#
+                {extra}}}"#
         ))
         .unwrap();
         Arc::new(FakePlane {

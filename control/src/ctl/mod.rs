@@ -8,7 +8,8 @@
 mod apply;
 mod diffs;
 mod history;
-mod ramp;
+mod operator;
+pub(crate) mod ramp;
 mod status;
 mod store;
 mod table;
@@ -24,6 +25,8 @@ use cutover_config::RouteId;
 
 use crate::keys::Keys;
 use crate::model::operator_id;
+
+pub use operator::EtcdOperator;
 
 /// `cutover ctl [--etcd URL,...] [--prefix P] SUBCOMMAND`.
 #[derive(Debug, Clone, Args)]
@@ -220,16 +223,23 @@ enum CtlError {
     /// Bad input (arguments, files, unknown routes): exit 1, nothing written.
     #[error("{0}")]
     Usage(String),
-    /// etcd or the admin API failed or answered unexpectedly, or a write lost a race: exit 2.
+    /// The route has no keys under the prefix: exit 1, nothing written.
+    #[error("{0}")]
+    NoRoute(String),
+    /// etcd or the admin API failed or answered unexpectedly: exit 2.
     #[error("{0}")]
     Runtime(String),
+    /// A write lost a race (the message names the winner), or what it wrote on went away:
+    /// exit 2, nothing written.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl CtlError {
     fn exit_code(&self) -> u8 {
         match self {
-            CtlError::Usage(_) => 1,
-            CtlError::Runtime(_) => 2,
+            CtlError::Usage(_) | CtlError::NoRoute(_) => 1,
+            CtlError::Runtime(_) | CtlError::Conflict(_) => 2,
         }
     }
 }
@@ -245,6 +255,8 @@ struct Ctx {
     by: String,
     json: bool,
     timeout: Duration,
+    /// A connected client to use instead of connecting (the admin API keeps one).
+    connected: Option<store::Store>,
 }
 
 impl Ctx {
@@ -282,6 +294,7 @@ impl Ctx {
             by,
             json: args.json,
             timeout: args.timeout,
+            connected: None,
         })
     }
 
@@ -293,9 +306,12 @@ impl Ctx {
         }
     }
 
-    /// Connect to etcd (bounded by `--timeout`).
+    /// Connect to etcd (bounded by `--timeout`), or the client already connected.
     async fn store(&self) -> Result<store::Store> {
-        store::Store::connect(&self.etcd, self.timeout).await
+        match &self.connected {
+            Some(store) => Ok(store.clone()),
+            None => store::Store::connect(&self.etcd, self.timeout).await,
+        }
     }
 }
 
@@ -384,7 +400,7 @@ fn route_id(text: &str) -> Result<RouteId> {
 
 /// The message for a route that has no keys under the prefix.
 fn no_route(ctx: &Ctx, route: &str) -> CtlError {
-    CtlError::Usage(format!(
+    CtlError::NoRoute(format!(
         "no route {route} under {}; write its spec first with `cutover ctl apply FILE` \
          (list routes with `cutover ctl status`, or pass the right --prefix)",
         ctx.prefix()
@@ -486,5 +502,7 @@ mod tests {
     fn exit_codes() {
         assert_eq!(CtlError::Usage("x".into()).exit_code(), 1);
         assert_eq!(CtlError::Runtime("x".into()).exit_code(), 2);
+        assert_eq!(CtlError::NoRoute("x".into()).exit_code(), 1);
+        assert_eq!(CtlError::Conflict("x".into()).exit_code(), 2);
     }
 }

@@ -16,7 +16,7 @@ use crate::model::{Event, EventKind, RollbackRecord, Status};
 
 /// What `pause` does, given the route's phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PausePlan {
+pub(crate) enum PausePlan {
     /// Write status `paused`.
     Pause,
     /// Already paused: nothing to write.
@@ -27,7 +27,7 @@ pub(super) enum PausePlan {
 
 /// What `resume` does, given the route's phase.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum ResumePlan {
+pub(crate) enum ResumePlan {
     /// Paused: write status back to the phase the weights imply.
     Unpause(Phase),
     /// No traffic on new yet (or rolled back): start the ramp, new at this percent.
@@ -48,7 +48,7 @@ pub(super) fn current_phase(status: &Decoded<Status>, weights: &Weights) -> Phas
     }
 }
 
-pub(super) fn plan_pause(phase: Phase) -> PausePlan {
+pub(crate) fn plan_pause(phase: Phase) -> PausePlan {
     match phase {
         Phase::Canary => PausePlan::Pause,
         Phase::Paused => PausePlan::AlreadyPaused,
@@ -56,7 +56,7 @@ pub(super) fn plan_pause(phase: Phase) -> PausePlan {
     }
 }
 
-pub(super) fn plan_resume(phase: Phase, weights: &Weights, first_step: f64) -> ResumePlan {
+pub(crate) fn plan_resume(phase: Phase, weights: &Weights, first_step: f64) -> ResumePlan {
     match phase {
         Phase::Paused => ResumePlan::Unpause(weights.implied_phase()),
         Phase::Legacy | Phase::Shadow | Phase::RolledBack => ResumePlan::Start(first_step),
@@ -82,7 +82,7 @@ pub(super) fn gate_breach(
 }
 
 /// Why `resume` refuses after the shadow-phase gate breached, and what to do instead.
-pub(super) fn blocked_by_gate(id: &str, breach: &RollbackRecord, weights: &Weights) -> String {
+pub(crate) fn blocked_by_gate(id: &str, breach: &RollbackRecord, weights: &Weights) -> String {
     format!(
         "cannot resume {id}: the shadow-phase gate rolled it back ({rule}, at {at}, by {by}): \
          {reason}; nothing written — fix new, then write the weights to say so: `cutover ctl \
@@ -124,11 +124,7 @@ async fn read_ramp_route(ctx: &Ctx, store: &Store, route: &str, verb: &str) -> R
         let first = *r.steps.first()?;
         Some((r, first))
     }) else {
-        return Err(CtlError::Usage(format!(
-            "route {id} has no ramp in its spec; nothing to {verb} — add one to its [[routes]] \
-             entry (e.g. ramp = {{ steps = [1, 5, 25, 100], hold = \"5m\", auto = true }}) and \
-             `cutover ctl apply FILE`, or move traffic by hand with `cutover ctl set {id}`"
-        )));
+        return Err(CtlError::Usage(no_ramp(&id, verb)));
     };
     let weights = match &read.weights.value {
         Decoded::Valid(w) => *w,
@@ -289,7 +285,16 @@ fn unchanged(ctx: &Ctx, id: &str, phase: Phase, message: String) -> String {
     message
 }
 
-pub(super) fn cannot_pause(id: &str, phase: Phase, first_step: f64) -> String {
+/// Why `pause` or `resume` (`verb`) refuses a route without a ramp.
+pub(crate) fn no_ramp(id: &str, verb: &str) -> String {
+    format!(
+        "route {id} has no ramp in its spec; nothing to {verb} — add one to its [[routes]] \
+         entry (e.g. ramp = {{ steps = [1, 5, 25, 100], hold = \"5m\", auto = true }}) and \
+         `cutover ctl apply FILE`, or move traffic by hand with `cutover ctl set {id}`"
+    )
+}
+
+pub(crate) fn cannot_pause(id: &str, phase: Phase, first_step: f64) -> String {
     let hint = match phase {
         Phase::Promoted => format!(
             "its ramp is complete (new serves 100%); to send traffic back to legacy use \
@@ -306,7 +311,7 @@ pub(super) fn cannot_pause(id: &str, phase: Phase, first_step: f64) -> String {
     )
 }
 
-pub(super) fn nothing_to_resume(id: &str, phase: Phase) -> String {
+pub(crate) fn nothing_to_resume(id: &str, phase: Phase) -> String {
     let why = match phase {
         Phase::Promoted => {
             format!("the ramp of {id} is complete (new serves 100%); nothing written")

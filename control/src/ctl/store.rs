@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use super::{CtlError, Result};
 
 /// A connected etcd client plus what error messages need.
+#[derive(Clone)]
 pub(super) struct Store {
     kv: KvClient,
     endpoints: String,
@@ -19,6 +20,14 @@ pub(super) struct Store {
 }
 
 pub(super) use crate::writer::RawKv;
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
 
 impl Store {
     /// Connects to `endpoints`. A quick TCP probe first, so a dead endpoint fails in

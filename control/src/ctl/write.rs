@@ -230,7 +230,7 @@ pub(super) async fn write_guarded(
             let guard = &guards[guard];
             let now_rev = now.as_ref().map_or(0, |kv| kv.mod_revision);
             let writer = view::writer_at(store, &ctx.keys, id, now_rev).await?;
-            Err(CtlError::Runtime(conflict_message(&Conflict {
+            Err(CtlError::Conflict(conflict_message(&Conflict {
                 what: guard.what,
                 route: id,
                 read_revision: guard.read_revision,
@@ -238,7 +238,7 @@ pub(super) async fn write_guarded(
                 writer: writer.as_ref(),
             })))
         }
-        Outcome::SpecGone => Err(CtlError::Runtime(format!(
+        Outcome::SpecGone => Err(CtlError::Conflict(format!(
             "the spec of {id} was deleted since it was read; nothing written — write the \
              spec again with `cutover ctl apply FILE`, then re-run"
         ))),
