@@ -7,7 +7,7 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 
-.PHONY: demo test build lint validate-examples propagation protocols routes-10k shadow-cost rollback-time judgement routes-memory soak bench bench-smoke clean
+.PHONY: demo test ui-test build lint validate-examples propagation protocols routes-10k shadow-cost rollback-time judgement routes-memory soak bench bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -23,6 +23,13 @@ test:
 	$(CARGO) build --locked -p cutover-proxy --bin cutover
 	$(MAKE) --no-print-directory validate-examples
 	$(CARGO) test --locked --workspace
+
+## Only the dashboard's tests, the page in headless Chromium among them (`make test` runs them
+## too); CUTOVER_UI_SCREENSHOTS=DIR keeps the browser test's screenshots there.
+ui-test:
+	@scripts/prereqs.sh test
+	$(CARGO) build --locked -p cutover-proxy --bin cutover
+	$(CARGO) test --locked -p cutover-tests --test dashboard
 
 ## Every golden example must pass `cutover validate`; every invalid one must fail with exit 1.
 validate-examples:

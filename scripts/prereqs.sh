@@ -2,8 +2,9 @@
 # Installs what `make demo` / `make test` need and is missing, via apt-get (Debian).
 #   scripts/prereqs.sh build   protobuf-compiler (etcd-client's gRPC code), a C compiler (ring, mimalloc)
 #   scripts/prereqs.sh test    the above + etcd-server (end-to-end tests), nghttp2-client (h2load),
-#                              python3-venv (the tests' Python clients, grpcio and websockets, go
-#                              into target/pyenv on first use)
+#                              python3-venv (the tests' Python clients, grpcio, websockets and
+#                              selenium, go into target/pyenv on first use), chromium and
+#                              chromium-driver (the dashboard's browser test)
 # Fails with a clear message where it cannot install.
 set -euo pipefail
 
@@ -23,6 +24,8 @@ if [ "$want" = test ]; then
   need etcd etcd-server
   need etcdctl etcd-client
   need h2load nghttp2-client
+  need chromium chromium
+  need chromedriver chromium-driver
   need python3 python3
   if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)

@@ -211,14 +211,44 @@ async fn walk(args: DemoArgs) -> Result<(), DemoError> {
          in-process; with etcd they are written for the fleet)."
     );
     if args.keep_running {
+        // A steady trickle keeps the dashboard's charts, divergences and markers moving.
+        let trickle = trickle(&client, listen);
         println!(
-            "Proxy still running at http://{listen} (dashboard http://{admin}/). Ctrl-C to stop."
+            "Proxy still running at http://{listen}, with {TRICKLE_PER_SECOND} requests/s of \
+             load.\nOpen the dashboard: http://{admin}/ — the route's phase, the charts with \
+             the rollback marker, the diverging `total` side by side. new's fault is off now: \
+             set 90/10 or promote from the page and watch it take traffic. Ctrl-C to stop."
         );
         tokio::signal::ctrl_c().await?;
+        trickle.abort();
     }
     let code = proxy.terminate()?;
     println!("proxy drained and exited ({code})");
     Ok(())
+}
+
+/// Requests per second of [`trickle`].
+const TRICKLE_PER_SECOND: u32 = 20;
+
+/// Paced load on both demo endpoints until aborted (answers are not looked at).
+fn trickle(client: &HttpClient, listen: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / TRICKLE_PER_SECOND);
+        for n in 0u64.. {
+            tick.tick().await;
+            let resource = if n.is_multiple_of(2) {
+                "orders"
+            } else {
+                "users"
+            };
+            let url = format!("http://{listen}/{resource}/{}", 9_000_000 + n);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let _ = get(&client, &url).await;
+            });
+        }
+    })
 }
 
 fn print_header() {

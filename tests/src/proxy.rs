@@ -22,7 +22,7 @@ pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
-pub(crate) fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests crate lives inside the workspace")

@@ -1,5 +1,6 @@
-//! Python clients no one here wrote (SPEC §8 interop): a virtual environment with `grpcio` and
-//! `websockets` under `<workspace>/target/pyenv`, made on first use (the machine needs
+//! Python clients no one here wrote (SPEC §8 interop), and the dashboard's browser driver: a
+//! virtual environment with `grpcio`, `websockets` and `selenium` under
+//! `<workspace>/target/pyenv`, made on first use (the machine needs
 //! `python3` with `venv`; `scripts/prereqs.sh test` installs `python3-venv`). A test that needs
 //! it fails with what to do when it cannot be made — it never skips.
 
@@ -8,7 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The packages, pinned so that every run tests the same clients.
-const PACKAGES: [&str; 2] = ["grpcio==1.85.4", "websockets==17.4"];
+const PACKAGES: [&str; 3] = ["grpcio==1.85.4", "websockets==17.4", "selenium==4.51.0"];
 
 /// The virtual environment's `python`, with [`PACKAGES`] installed.
 pub fn python() -> PathBuf {
@@ -29,7 +30,7 @@ fn make() -> Result<PathBuf, String> {
     let python = dir.join("bin").join("python");
     let ready = |python: &PathBuf| {
         Command::new(python)
-            .args(["-c", "import grpc, websockets"])
+            .args(["-c", "import grpc, websockets, selenium"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -57,11 +58,11 @@ fn make() -> Result<PathBuf, String> {
         Command::new(dir.join("bin").join("pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .args(PACKAGES),
-        "pip install grpcio websockets into target/pyenv (needs access to PyPI)",
+        "pip install grpcio websockets selenium into target/pyenv (needs access to PyPI)",
     )?;
     if !ready(&python) {
         return Err(format!(
-            "{}: grpcio and websockets still do not import after pip install",
+            "{}: grpcio, websockets and selenium still do not import after pip install",
             python.display()
         ));
     }

@@ -127,3 +127,86 @@ fn demo_shadows_ramps_rolls_back_and_drains() {
         "clean drain:\n{stdout}"
     );
 }
+
+/// `cutover demo --keep-running` prints the dashboard's URL and keeps it worth opening: the
+/// page answers, and the route's time series keeps getting requests from the demo's trickle of
+/// load until Ctrl-C, which drains the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_keeps_the_dashboard_live() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(cutover_bin())
+        .args([
+            "demo",
+            "--step",
+            "1s",
+            "--connections",
+            "4",
+            "--keep-running",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run cutover demo");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = String::new();
+    let url = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(line) = lines.next_line().await.expect("demo output") {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(rest) = line.split("Open the dashboard: ").nth(1) {
+                return rest.split_whitespace().next().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| panic!("no dashboard URL in the demo's output:\n{seen}"));
+    let client = cutover_tests::Client::new();
+    let page = client.get(&url).await.expect("the dashboard");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("data-chart"), "the page");
+    let series = format!("{url}api/v1/routes/orders/series");
+    let last_second_requests = || {
+        let (client, series) = (client.clone(), series.clone());
+        async move {
+            let v = client.get(&series).await.expect("series").json();
+            let rps = |key: &str| {
+                v["series"][key]
+                    .as_array()
+                    .and_then(|a| a.last())
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or(0.0)
+            };
+            rps("legacy.primary.rps") + rps("new.primary.rps")
+        }
+    };
+    cutover_tests::eventually(
+        Duration::from_secs(10),
+        "the trickle shows in the series",
+        || {
+            let requests = last_second_requests();
+            async move { requests.await > 0.0 }
+        },
+    )
+    .await;
+    let pid = child.id().expect("demo pid");
+    assert!(Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill -INT")
+        .success());
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    })
+    .await
+    .expect("the demo ends after Ctrl-C");
+    assert!(rest.contains("drained and exited"), "{rest}");
+    assert!(child.wait().await.expect("demo exit").success());
+}
