@@ -46,6 +46,9 @@ impl Action {
     }
 }
 
+/// The actions' names in the admin API's paths (`PUT .../weights`, `POST .../<name>`).
+pub const ACTIONS: [&str; 5] = ["weights", "promote", "rollback", "pause", "resume"];
+
 /// One operator action, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActionRequest {
@@ -83,9 +86,9 @@ struct ReasonBody {
 /// The longest reason kept (it goes into etcd events and status).
 pub const MAX_REASON: usize = 1024;
 
-/// Parses and validates an action's request body for `action` (`weights`, `promote`,
-/// `rollback`, `pause`, `resume`): the action and its reason, or every problem as `path:
-/// reason`. `None` for an unknown action name.
+/// Parses and validates an action's request body for `action` (one of [`ACTIONS`]): the
+/// action and its reason, or every problem as `path: reason`. `None` for an unknown action
+/// name.
 pub fn parse_action(
     action: &str,
     body: &[u8],
@@ -266,6 +269,9 @@ mod tests {
             assert_eq!(reason.as_deref(), Some("bad p99"));
         }
         assert!(parse_action("explode", b"").is_none());
+        for name in ACTIONS {
+            assert!(parse_action(name, b"").is_some(), "{name}");
+        }
         assert!(errors("rollback", r#"{"reason": "a\nb"}"#).starts_with("reason: "));
         let long = format!(r#"{{"reason": "{}"}}"#, "x".repeat(MAX_REASON + 1));
         assert!(errors("rollback", &long).starts_with("reason: at most"));

@@ -316,7 +316,8 @@ impl Admin {
         authorization: Option<&http::HeaderValue>,
     ) -> Option<Response<Vec<u8>>> {
         let token = self.token.as_ref()?;
-        if open_path(target) || token.admits(authorization) {
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
+        if open_path(path) || token.admits(authorization) {
             return None;
         }
         let mut resp = text(
@@ -349,7 +350,7 @@ impl Admin {
         let path = parts.uri.path();
         let resp = match route_subpath(path) {
             Some((id, "history")) => self.history(&parts.method, id, parts.uri.query()).await,
-            Some((id, action)) if operator::parse_action(action, b"").is_some() => {
+            Some((id, action)) if operator::ACTIONS.contains(&action) => {
                 self.act(&parts, id, action, body).await
             }
             _ => self.handle(&parts.method, target),
@@ -438,10 +439,16 @@ impl Admin {
                 .await
             {
                 Ok(collected) => collected.to_bytes(),
-                Err(e) => {
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                     return error_json(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("the body could not be read, or is over {MAX_BODY} bytes: {e}"),
+                        format!("the body is over {MAX_BODY} bytes"),
+                    )
+                }
+                Err(e) => {
+                    return error_json(
+                        StatusCode::BAD_REQUEST,
+                        format!("the body could not be read: {e}"),
                     )
                 }
             };
@@ -604,6 +611,25 @@ mod tests {
         (Admin::new(shared.clone(), control, None, operator), shared)
     }
 
+    /// `PUT .../orders/weights` or `POST .../orders/<action>` with `body` through
+    /// [`Admin::answer`] (see [`call`]).
+    async fn act(
+        admin: &Admin,
+        action: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let method = if action == "weights" { "PUT" } else { "POST" };
+        call(
+            admin,
+            method,
+            &format!("/api/v1/routes/orders/{action}"),
+            body,
+            headers,
+        )
+        .await
+    }
+
     /// `method target` with `body` (JSON unless `content_type` says otherwise) through
     /// [`Admin::answer`]: status and JSON body.
     async fn call(
@@ -662,7 +688,7 @@ mod tests {
             }
             resp.status().as_u16()
         };
-        for path in ["/livez", "/healthz", "/readyz", "/"] {
+        for path in ["/livez", "/healthz", "/readyz", "/", "/?route=orders"] {
             assert_ne!(status(path, None), 401, "{path} is open");
         }
         for path in [
@@ -805,10 +831,9 @@ mod tests {
     async fn actions_apply_in_process_without_etcd() {
         let (admin, shared) = admin();
         let window = shared.snapshot.load().routes[0].window;
-        let (status, v) = call(
+        let (status, v) = act(
             &admin,
-            "PUT",
-            "/api/v1/routes/orders/weights",
+            "weights",
             r#"{"legacy": 50, "new": 50, "shadow": 10, "reason": "half"}"#,
             &[("x-cutover-user", "alice@ops")],
         )
@@ -824,27 +849,13 @@ mod tests {
             "a write starts a fresh evaluation window"
         );
         // Equal weights written again: a fresh window too (SPEC §11).
-        let (status, _) = call(
-            &admin,
-            "PUT",
-            "/api/v1/routes/orders/weights",
-            r#"{"legacy": 50, "new": 50}"#,
-            &[],
-        )
-        .await;
+        let (status, _) = act(&admin, "weights", r#"{"legacy": 50, "new": 50}"#, &[]).await;
         assert_eq!(status, 200);
         let again = shared.snapshot.load().routes[0].clone();
         assert!(again.window > route.window);
         assert_eq!(again.weights.shadow, 10.0, "shadow unchanged unless given");
 
-        let (status, v) = call(
-            &admin,
-            "POST",
-            "/api/v1/routes/orders/rollback",
-            r#"{"reason": "p99 too high"}"#,
-            &[],
-        )
-        .await;
+        let (status, v) = act(&admin, "rollback", r#"{"reason": "p99 too high"}"#, &[]).await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["phase"], "rolled_back");
         let (_, routes) = get(&admin, "/api/v1/routes");
@@ -854,7 +865,7 @@ mod tests {
         assert_eq!(routes[0]["rollback"]["rule"], "operator");
         assert_eq!(routes[0]["rollback"]["by"], "admin");
 
-        let (status, v) = call(&admin, "POST", "/api/v1/routes/orders/promote", "", &[]).await;
+        let (status, v) = act(&admin, "promote", "", &[]).await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(shared.snapshot.load().routes[0].weights.new, 100.0);
 
@@ -885,25 +896,25 @@ mod tests {
     #[tokio::test]
     async fn bad_actions_get_the_right_status() {
         let (admin, shared) = admin();
-        let put = |body: &'static str| {
-            let admin = admin.clone();
-            async move { call(&admin, "PUT", "/api/v1/routes/orders/weights", body, &[]).await }
-        };
-        let (status, v) = put(r#"{"legacy": -1, "new": 5}"#).await;
+        let (status, v) = act(&admin, "weights", r#"{"legacy": -1, "new": 5}"#, &[]).await;
         assert_eq!(status, 400);
         assert_eq!(v["error"], "legacy: must be >= 0 (got -1)");
         assert_eq!(v["errors"][0]["path"], "legacy");
-        assert_eq!(put(r#"{"legacy": 1, "new": 1, "x": 1}"#).await.0, 400);
-        assert_eq!(put("not json").await.0, 400);
+        assert_eq!(
+            act(&admin, "weights", r#"{"legacy": 1, "new": 1, "x": 1}"#, &[])
+                .await
+                .0,
+            400
+        );
+        assert_eq!(act(&admin, "weights", "not json", &[]).await.0, 400);
         assert_eq!(
             shared.snapshot.load().routes[0].weights.new,
             25.0,
             "nothing applied"
         );
-        let (status, _) = call(
+        let (status, _) = act(
             &admin,
-            "PUT",
-            "/api/v1/routes/orders/weights",
+            "weights",
             r#"{"legacy": 1, "new": 1}"#,
             &[("content-type", "text/plain")],
         )
@@ -915,22 +926,15 @@ mod tests {
         assert_eq!(status, 405);
         let (status, v) = call(&admin, "POST", "/api/v1/routes/nope/rollback", "{}", &[]).await;
         assert_eq!(status, 404, "{v}");
-        let (status, _) = call(
-            &admin,
-            "POST",
-            "/api/v1/routes/orders/rollback",
-            "{}",
-            &[("x-cutover-user", "a/b")],
-        )
-        .await;
+        let (status, _) = act(&admin, "rollback", "{}", &[("x-cutover-user", "a/b")]).await;
         assert_eq!(status, 400);
         // No ramp in the spec: pause is refused with what to do.
-        let (status, v) = call(&admin, "POST", "/api/v1/routes/orders/pause", "{}", &[]).await;
+        let (status, v) = act(&admin, "pause", "{}", &[]).await;
         assert_eq!(status, 409, "{v}");
         assert_eq!(v["kind"], "refused");
         assert!(v["error"].as_str().unwrap().contains("no ramp"), "{v}");
         let big = format!(r#"{{"reason": "{}"}}"#, "x".repeat(MAX_BODY));
-        let (status, _) = call(&admin, "POST", "/api/v1/routes/orders/rollback", &big, &[]).await;
+        let (status, _) = act(&admin, "rollback", &big, &[]).await;
         assert_eq!(status, 413);
     }
 

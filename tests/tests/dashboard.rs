@@ -14,21 +14,28 @@ use serde_json::{json, Value};
 
 const SETTLE: Duration = Duration::from_secs(10);
 
-/// `method path` on the proxy's admin API with a JSON `body` and `headers`.
-async fn admin(
+/// `PUT /api/v1/routes/<route>/weights` or `POST /api/v1/routes/<route>/<action>` on the
+/// proxy's admin API with a JSON `body`, as `user` (`X-Cutover-User`) when given.
+async fn act(
     proxy: &Proxy,
-    method: Method,
-    path: &str,
+    route: &str,
+    action: &str,
     body: Value,
-    headers: &[(&str, &str)],
+    user: Option<&str>,
 ) -> Response {
-    let mut all = vec![("content-type", "application/json")];
-    all.extend_from_slice(headers);
+    let method = if action == "weights" {
+        Method::PUT
+    } else {
+        Method::POST
+    };
+    let path = format!("/api/v1/routes/{route}/{action}");
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend(user.map(|u| ("x-cutover-user", u)));
     Client::new()
         .request(
             method,
-            &proxy.admin_url(path),
-            &all,
+            &proxy.admin_url(&path),
+            &headers,
             Bytes::from(body.to_string()),
         )
         .await
@@ -140,12 +147,12 @@ async fn admin_actions_write_to_etcd_as_ctl_writes() {
     let p = &site.proxy;
     let (_, applied) = site.json("weights").await;
 
-    let resp = admin(
+    let resp = act(
         p,
-        Method::PUT,
-        "/api/v1/routes/orders/weights",
+        "orders",
+        "weights",
         json!({"legacy": 50, "new": 50, "reason": "half and half"}),
-        &[("x-cutover-user", "alice@ops")],
+        Some("alice@ops"),
     )
     .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -165,14 +172,7 @@ async fn admin_actions_write_to_etcd_as_ctl_writes() {
     site.until_new(50.0, "canary").await;
 
     // Pause and resume, as `ctl pause` / `ctl resume`: status only, weights untouched.
-    let resp = admin(
-        p,
-        Method::POST,
-        "/api/v1/routes/orders/pause",
-        json!({}),
-        &[],
-    )
-    .await;
+    let resp = act(p, "orders", "pause", json!({}), None).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(site.json("status").await.0["phase"], "paused");
     assert_eq!(
@@ -180,34 +180,20 @@ async fn admin_actions_write_to_etcd_as_ctl_writes() {
         rev,
         "pause leaves the weights"
     );
-    let again = admin(
-        p,
-        Method::POST,
-        "/api/v1/routes/orders/pause",
-        json!({}),
-        &[],
-    )
-    .await;
+    let again = act(p, "orders", "pause", json!({}), None).await;
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["written"], false, "already paused");
-    let resp = admin(
-        p,
-        Method::POST,
-        "/api/v1/routes/orders/resume",
-        json!({}),
-        &[],
-    )
-    .await;
+    let resp = act(p, "orders", "resume", json!({}), None).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(site.json("status").await.0["phase"], "canary");
 
     // Rollback from the API: the operator's record, `by` = admin without the header.
-    let resp = admin(
+    let resp = act(
         p,
-        Method::POST,
-        "/api/v1/routes/orders/rollback",
+        "orders",
+        "rollback",
         json!({"reason": "p99 doubled"}),
-        &[],
+        None,
     )
     .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -220,14 +206,7 @@ async fn admin_actions_write_to_etcd_as_ctl_writes() {
 
     // A refused pause (not a canary) and an invalid body write nothing.
     let before = site.etcd.revision().await;
-    let resp = admin(
-        p,
-        Method::POST,
-        "/api/v1/routes/orders/pause",
-        json!({}),
-        &[],
-    )
-    .await;
+    let resp = act(p, "orders", "pause", json!({}), None).await;
     assert_eq!(resp.status, 409, "{}", resp.text());
     assert_eq!(resp.json()["kind"], "refused");
     assert!(
@@ -235,24 +214,10 @@ async fn admin_actions_write_to_etcd_as_ctl_writes() {
         "{}",
         resp.text()
     );
-    let resp = admin(
-        p,
-        Method::PUT,
-        "/api/v1/routes/orders/weights",
-        json!({"legacy": 0, "new": 0}),
-        &[],
-    )
-    .await;
+    let resp = act(p, "orders", "weights", json!({"legacy": 0, "new": 0}), None).await;
     assert_eq!(resp.status, 400, "{}", resp.text());
     assert_eq!(resp.json()["error"], "(root): legacy + new must be > 0");
-    let resp = admin(
-        p,
-        Method::POST,
-        "/api/v1/routes/ghost/promote",
-        json!({}),
-        &[],
-    )
-    .await;
+    let resp = act(p, "ghost", "promote", json!({}), None).await;
     assert_eq!(resp.status, 404, "{}", resp.text());
     assert_eq!(site.etcd.revision().await, before, "nothing written");
 
@@ -281,12 +246,12 @@ async fn the_loser_of_a_race_gets_409_naming_the_winner() {
             let k = round * 5 + writer + 1;
             set.spawn(async move {
                 let user = format!("w{k}@race");
-                let resp = admin(
+                let resp = act(
                     &site.proxy,
-                    Method::PUT,
-                    "/api/v1/routes/orders/weights",
+                    "orders",
+                    "weights",
                     json!({"legacy": 1000 - k, "new": k}),
-                    &[("x-cutover-user", &user)],
+                    Some(&user),
                 )
                 .await;
                 (k, resp)
@@ -341,12 +306,12 @@ async fn without_etcd_actions_hold_until_the_file_s_weights_change() {
         .weights(100, 0);
     let config = ProxyConfig::new().route(route.clone());
     let proxy = Proxy::start(config.clone()).await;
-    let resp = admin(
+    let resp = act(
         &proxy,
-        Method::PUT,
-        "/api/v1/routes/orders/weights",
+        "orders",
+        "weights",
         json!({"legacy": 0, "new": 100}),
-        &[("x-cutover-user", "bob")],
+        Some("bob"),
     )
     .await;
     assert_eq!(resp.status, 200, "{}", resp.text());

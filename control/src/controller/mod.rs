@@ -423,15 +423,15 @@ impl Controller {
                     ctl.last_doubt = Some(now);
                 }
             }
-            if let Some((status, _)) = fleet_state
+            // etcd's status of the weights in force (the leader reads statuses).
+            let status = fleet_state
                 .as_ref()
                 .and_then(|f| f.statuses.get(&route.id))
-                .filter(|(s, _)| {
-                    s.weights_revision == route.weights_revision
-                        && matches!(s.phase, Phase::Paused | Phase::RolledBack)
-                })
+                .map(|(s, _)| s)
+                .filter(|s| s.weights_revision == route.weights_revision);
+            if let Some(s) = status.filter(|s| matches!(s.phase, Phase::Paused | Phase::RolledBack))
             {
-                statuses.push((route.id.clone(), Status::clone(status)));
+                statuses.push((route.id.clone(), Status::clone(s)));
             }
             if leader && ctl.status_in_step != route.weights_revision {
                 if let (Store::Shared(writer, _), Some(f)) = (&self.store, &fleet_state) {
@@ -446,12 +446,7 @@ impl Controller {
                 self.rollback(route, &breach, scope, judged);
             } else if leader && !rolled_back && route.spec.ramp.is_some() {
                 // Paused by an operator: in etcd's status, or (without etcd) in-process.
-                let paused = fleet_state
-                    .as_ref()
-                    .and_then(|f| f.statuses.get(&route.id))
-                    .is_some_and(|(s, _)| {
-                        s.phase == Phase::Paused && s.weights_revision == route.weights_revision
-                    })
+                let paused = status.is_some_and(|s| s.phase == Phase::Paused)
                     || route
                         .overridden
                         .as_ref()
