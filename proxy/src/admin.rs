@@ -586,18 +586,17 @@ mod tests {
     use super::*;
     use cutover_config::ConfigState;
 
+    const ORDERS: &str = r#"
+        [[routes]]
+        id = "orders"
+        match = { path_prefix = "/" }
+        legacy = { endpoints = ["127.0.0.1:9001"] }
+        new = { endpoints = ["127.0.0.1:9002"] }
+        weights = { legacy = 75, new = 25 }
+        "#;
+
     fn admin() -> (Admin, Arc<Shared>) {
-        let config = cutover_config::parse_config_toml(
-            r#"
-            [[routes]]
-            id = "orders"
-            match = { path_prefix = "/" }
-            legacy = { endpoints = ["127.0.0.1:9001"] }
-            new = { endpoints = ["127.0.0.1:9002"] }
-            weights = { legacy = 75, new = 25 }
-            "#,
-        )
-        .unwrap();
+        let config = cutover_config::parse_config_toml(ORDERS).unwrap();
         let shared = Arc::new(Shared::new(
             &config,
             &ConfigState::initial(config.routes.clone()),
@@ -1024,6 +1023,20 @@ mod tests {
         assert_eq!(v["t"], json!([3000]));
         assert_eq!(v["markers"][0]["kind"], "rollback");
         assert_eq!(v["markers"][0]["t"], 3000);
+        // A rejected config shows too, with its reason.
+        let config = cutover_config::parse_config_toml(ORDERS).unwrap();
+        let mut rejected = ConfigState::initial(config.routes);
+        rejected.last_error = Some("routes[0].weights.new: must be >= 0 (got -5)".into());
+        rejected.errors_total = 1;
+        shared.apply(&rejected);
+        admin.timelines.sample(&shared.snapshot.load(), 4_000);
+        let (_, body) = get(&admin, "/api/v1/routes/orders/series?since=3000");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["markers"][0]["kind"], "rejected", "{v}");
+        assert_eq!(
+            v["markers"][0]["text"],
+            "config rejected: routes[0].weights.new: must be >= 0 (got -5)"
+        );
         assert_eq!(get(&admin, "/api/v1/routes/nope/series").0, 404);
     }
 }
