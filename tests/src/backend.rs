@@ -613,6 +613,7 @@ impl Default for RefusingEndpoint {
 pub struct SilentBackend {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -623,7 +624,8 @@ impl SilentBackend {
             .expect("bind silent backend");
         let addr = listener.local_addr().expect("local addr");
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (counter, closed_counter) = (accepted.clone(), closed.clone());
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -631,9 +633,11 @@ impl SilentBackend {
                     conn = listener.accept() => {
                         let Ok((mut stream, _)) = conn else { continue };
                         counter.fetch_add(1, Ordering::SeqCst);
+                        let closed = closed_counter.clone();
                         connections.spawn(async move {
                             let mut buf = vec![0u8; 16 * 1024];
                             while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                            closed.fetch_add(1, Ordering::SeqCst);
                             // Peer closed: keep our side open until aborted, answer nothing.
                             std::future::pending::<()>().await;
                         });
@@ -645,6 +649,7 @@ impl SilentBackend {
         SilentBackend {
             addr,
             accepted,
+            closed,
             task,
         }
     }
@@ -656,6 +661,11 @@ impl SilentBackend {
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Accepted connections the peer (the proxy) has closed since.
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
 }
 

@@ -233,12 +233,15 @@ async fn admin_actions_write_to_etcd_as_ctl_writes() {
     assert_eq!(kinds, ["rollback", "resume", "pause", "weights"]);
 }
 
-/// SPEC §10: two writers racing on the admin API never overwrite each other silently; the
-/// loser gets 409 naming the winner, and nothing of its write lands.
+/// SPEC §10, RELIABILITY 69: writers racing on the admin API and with `cutover ctl` never
+/// overwrite each other silently: each loser gets 409 (ctl: exit 2) naming the winner and
+/// leaves nothing, and every winner's event is in the history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_loser_of_a_race_gets_409_naming_the_winner() {
+async fn admin_and_ctl_writers_racing_lose_with_409_naming_the_winner() {
     let site = Arc::new(site("/dash-race", |c| c).await);
-    let mut outcomes = Vec::new();
+    let before = site.events().await.len();
+    // (writer, landed, what a loser was told)
+    let mut outcomes: Vec<(u32, bool, String)> = Vec::new();
     for round in 0..6u32 {
         let mut set = tokio::task::JoinSet::new();
         for writer in 0..5u32 {
@@ -246,6 +249,17 @@ async fn the_loser_of_a_race_gets_409_naming_the_winner() {
             let k = round * 5 + writer + 1;
             set.spawn(async move {
                 let user = format!("w{k}@race");
+                if k % 2 == 0 {
+                    let (legacy, new) = ((1000 - k).to_string(), k.to_string());
+                    let out = site
+                        .ctl
+                        .run(&[
+                            "set", "orders", "--legacy", &legacy, "--new", &new, "--by", &user,
+                        ])
+                        .await;
+                    assert!(out.code == 0 || out.code == 2, "ctl writer {k}: {out:?}");
+                    return (k, out.code == 0, out.stderr);
+                }
                 let resp = act(
                     &site.proxy,
                     "orders",
@@ -254,7 +268,19 @@ async fn the_loser_of_a_race_gets_409_naming_the_winner() {
                     Some(&user),
                 )
                 .await;
-                (k, resp)
+                match resp.status.as_u16() {
+                    200 => (k, true, String::new()),
+                    409 => {
+                        let body = resp.json();
+                        assert_eq!(body["kind"], "conflict", "{body}");
+                        (
+                            k,
+                            false,
+                            body["error"].as_str().unwrap_or_default().to_string(),
+                        )
+                    }
+                    other => panic!("admin writer {k}: {other} {}", resp.text()),
+                }
             });
         }
         while let Some(done) = set.join_next().await {
@@ -262,35 +288,37 @@ async fn the_loser_of_a_race_gets_409_naming_the_winner() {
         }
     }
     let events = site.events().await;
-    let (mut won, mut lost) = (0, 0);
-    for (k, resp) in &outcomes {
+    let (mut won, mut lost) = ([0, 0], [0, 0]);
+    for (k, landed, told) in &outcomes {
         let by = format!("w{k}@race");
         let written = events.iter().filter(|e| e["by"] == by.as_str()).count();
-        match resp.status.as_u16() {
-            200 => {
-                won += 1;
-                assert_eq!(written, 1, "writer {k} won but left {written} events");
-            }
-            409 => {
-                lost += 1;
-                assert_eq!(written, 0, "writer {k} lost but left an event");
-                let body = resp.json();
-                assert_eq!(body["kind"], "conflict", "{body}");
-                let error = body["error"].as_str().expect("error");
-                assert!(
-                    error.contains("weights of orders changed since they were read")
-                        && error.contains("@race at ")
-                        && error.contains("nothing written"),
-                    "names the winner: {error}"
-                );
-            }
-            other => panic!("writer {k}: {other} {}", resp.text()),
+        let via = usize::from(k % 2 == 0);
+        if *landed {
+            won[via] += 1;
+            assert_eq!(written, 1, "writer {k} won but left {written} events");
+        } else {
+            lost[via] += 1;
+            assert_eq!(written, 0, "writer {k} lost but left an event");
+            assert!(
+                told.contains("weights of orders changed since they were read")
+                    && told.contains("@race at ")
+                    && told.contains("nothing written"),
+                "writer {k} is told who won: {told}"
+            );
         }
     }
-    eprintln!("{} writes: {won} landed, {lost} got 409", outcomes.len());
+    eprintln!(
+        "admin: {} landed, {} lost; ctl: {} landed, {} lost",
+        won[0], lost[0], won[1], lost[1]
+    );
+    assert_eq!(
+        events.len(),
+        before + won[0] + won[1],
+        "the history holds every winner's event and nothing else"
+    );
     assert!(
-        won > 0 && lost > 0,
-        "{won} landed, {lost} lost: no race was seen"
+        lost[0] + lost[1] > 0 && won[0] > 0 && won[1] > 0,
+        "admin {won:?} landed / {lost:?} lost (admin, ctl): no race between the two was seen"
     );
 }
 

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use cutover_tests::{
-    Backend, Proxy, ProxyConfig, RefusingEndpoint, Route, RunningBackend, SilentBackend,
+    eventually, map_concurrent, Backend, Client, Proxy, ProxyConfig, RefusingEndpoint, Route,
+    RunningBackend, SilentBackend,
 };
 use http::Method;
 
@@ -60,6 +61,59 @@ async fn silent_backend_is_504_at_upstream_timeout() {
         "504 after {took:?} with upstream_timeout {timeout:?}"
     );
     assert!(silent.accepted() >= 1, "the proxy did connect");
+}
+
+/// RELIABILITY 34, "resources freed": after 20 concurrent 504s from a silent backend every
+/// upstream connection the proxy opened to it is closed, and once the clients are gone the
+/// data plane's tasks are back to what they were before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_34_a_silent_backend_s_connections_and_tasks_are_freed_after_the_504() {
+    let silent = SilentBackend::run().await;
+    let new = Backend::new("new").run().await;
+    let proxy = Proxy::start(
+        ProxyConfig::new()
+            .set_duration("upstream_timeout", Duration::from_millis(500))
+            .route(single_route(vec![silent.addr()], new.addr())),
+    )
+    .await;
+    let tasks = || async {
+        proxy
+            .metric("cutover_runtime_tasks", &[("runtime", "proxy")])
+            .await
+            .expect("cutover_runtime_tasks{runtime=\"proxy\"}")
+    };
+    let before = tasks().await;
+    let statuses = {
+        let client = Client::new();
+        let url = proxy.url("/silent");
+        map_concurrent((0..20).collect(), 20, move |_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.get(&url).await.map(|r| r.status.as_u16()) }
+        })
+        .await
+        // The client and its pooled connections are dropped here.
+    };
+    assert!(
+        statuses.iter().all(|s| matches!(s, Ok(504))),
+        "all 504: {statuses:?}"
+    );
+    assert!(
+        silent.accepted() >= 20,
+        "{} upstream connections",
+        silent.accepted()
+    );
+    eventually(
+        Duration::from_secs(5),
+        "every upstream connection to the silent backend is closed",
+        || async { silent.closed() == silent.accepted() },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the data plane's tasks are back to the baseline",
+        || async { tasks().await <= before },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -844,6 +844,87 @@ async fn case_29_body_limit() {
     );
 }
 
+/// RELIABILITY 29, "memory bounded": a flood of 200 bodies of 4 MiB each (800 MiB in all, 20
+/// connections at a time, half declared by Content-Length and half chunked) against a 1 MiB
+/// `max_body_bytes` leaves the proxy's peak RSS within 32 MiB of where it started — if it
+/// buffered the bodies, 20 in flight would already be 80 MiB — and every request gets a 413
+/// or a reset, never a 2xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_29_a_flood_of_bodies_over_the_limit_keeps_memory_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: usize = 4 << 20;
+    let edge = edge_with(Backend::new("legacy"), limits).await;
+    let pid = edge.proxy.pid().expect("proxy pid");
+    let rss = |key| cutover_tests::status_kib(pid, key).expect("/proc status");
+    single_ok(
+        &edge
+            .send(b"GET /warm HTTP/1.1\r\nHost: cutover.test\r\nConnection: close\r\n\r\n")
+            .await,
+    );
+    let before = rss("VmRSS");
+    let addr = edge.proxy.addr();
+    let answers = cutover_tests::map_concurrent((0..200usize).collect(), 20, move |i| async move {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let chunked = i % 2 == 1;
+        let head = if chunked {
+            "POST /flood HTTP/1.1\r\nHost: cutover.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_string()
+        } else {
+            format!("POST /flood HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: {BODY}\r\n\r\n")
+        };
+        let piece = vec![b'z'; 64 * 1024];
+        let mut sent = conn.write_all(head.as_bytes()).await.is_ok();
+        let mut written = 0;
+        while sent && written < BODY {
+            let framed = if chunked {
+                let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
+                chunk.extend_from_slice(&piece);
+                chunk.extend_from_slice(b"\r\n");
+                chunk
+            } else {
+                piece.clone()
+            };
+            sent = conn.write_all(&framed).await.is_ok();
+            written += piece.len();
+        }
+        // The answer, if any: its status line.
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(RAW_TIMEOUT, conn.read_to_end(&mut reply)).await;
+        String::from_utf8_lossy(&reply)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
+    .await;
+    let after = rss("VmRSS");
+    let peak = rss("VmHWM");
+    for status in &answers {
+        assert!(
+            status.is_empty() || status.starts_with("HTTP/1.1 413"),
+            "a body over the limit got {status:?}"
+        );
+    }
+    assert!(
+        answers
+            .iter()
+            .filter(|s| s.starts_with("HTTP/1.1 413"))
+            .count()
+            >= 100,
+        "the declared ones get 413: {answers:?}"
+    );
+    eprintln!("RSS {before} KiB before, {after} KiB after, peak {peak} KiB");
+    assert!(
+        peak.saturating_sub(before) <= 32 * 1024,
+        "peak RSS grew {} KiB over {before} KiB",
+        peak - before
+    );
+    assert!(
+        edge.forwarded().iter().all(|r| r.body.len() <= 1 << 20),
+        "a backend received a complete body over max_body_bytes"
+    );
+}
+
 /// A transparent proxy changes nothing it need not: HTTP/1 header names reach the backend in
 /// the case the client sent them (legacy backends can be case-sensitive). The answer's
 /// direction: `backend_faults::header_case_of_the_answer_is_kept`.

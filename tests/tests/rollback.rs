@@ -379,6 +379,74 @@ async fn error_rate_breach_rolls_back_the_fleet_within_for_plus_2s() {
     assert_eq!(failed, 0, "no request failed because of the rollback");
 }
 
+/// RELIABILITY 38 as written: under load, `new` starts failing 20 % of requests → the
+/// automatic rollback within the rule's window (`for` 2 s + 2 s), and legacy's error rate stays
+/// at its baseline (1 %) — before the fault, and after the rollback when it serves everything.
+#[tokio::test]
+async fn case_38_new_failing_a_fifth_rolls_back_and_legacy_stays_at_baseline() {
+    let site = Site::with(
+        "case-38",
+        Backend::new("legacy").errors(0.01),
+        Backend::new("new"),
+    )
+    .await;
+    site.put_spec(json!({"rollback": error_rate_rule("2s", 50)}))
+        .await;
+    site.put_weights(50.0, 50.0, 0.0).await;
+    let proxy = Proxy::start(site.config()).await;
+    wait_new_weight(&proxy, 50.0).await;
+    let url = proxy.url("/items");
+    let load = Load::start(vec![url.clone()]);
+    wait_new_traffic(&site, 200).await;
+    let legacy_rate = |stats: &Value| {
+        let cell = &stats["backends"]["legacy"]["primary"];
+        (
+            cell["count"].as_u64().unwrap_or(0),
+            cell["error_rate"].as_f64().unwrap_or(1.0),
+        )
+    };
+    let (count, before) = legacy_rate(&proxy.stats(ROUTE).await);
+    assert!(count >= 100, "{count} legacy requests in the window");
+    assert!(
+        before <= 0.03,
+        "legacy's baseline error rate before the fault: {before}"
+    );
+
+    site.new.set_errors(0.2);
+    let fault = Instant::now();
+    wait_rolled_back_locally(&proxy, Duration::from_secs(10)).await;
+    let took = fault.elapsed();
+    assert!(
+        took <= Duration::from_secs(4),
+        "fault → local rollback took {took:?} (for 2s + 2s)"
+    );
+    assert_no_live_traffic_to_new(&site).await;
+    let (_, _, failed) = load.stop().await;
+    assert_eq!(failed, 0, "no request failed outright");
+
+    // Legacy alone now: the clients see its baseline, and so do the proxy's statistics.
+    let after = Load::start(vec![url]);
+    let legacy_served = live_count(&site.legacy);
+    eventually!(
+        Duration::from_secs(10),
+        async { live_count(&site.legacy) >= legacy_served + 400 },
+        "400 more requests on legacy"
+    );
+    let (ok, server_errors, failed) = after.stop().await;
+    assert_eq!(failed, 0);
+    let rate = server_errors as f64 / (ok + server_errors) as f64;
+    assert!(
+        rate <= 0.03,
+        "legacy's error rate after the rollback as the clients see it: {rate} ({server_errors} of {})",
+        ok + server_errors
+    );
+    let (count, after_rate) = legacy_rate(&proxy.stats(ROUTE).await);
+    assert!(
+        count >= 100 && after_rate <= 0.03,
+        "legacy in the window after: {after_rate} of {count}"
+    );
+}
+
 /// new's p99 far above 3× legacy's → `latency_p99`.
 ///
 /// new answers in 300 ms, so the rule fails unless legacy's p99 is above 100 ms. With 100 ms

@@ -843,20 +843,27 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_slow_shadow_does_not_slow_the_primary() {
-    let legacy = Backend::new("legacy").run().await;
-    let new = Backend::new("new")
-        .delay(Duration::from_secs(2))
-        .run()
-        .await;
-    // The baseline: the same route with shadow 0, measured alongside.
-    let proxy_with = |shadow: u32| {
-        ProxyConfig::new().route(
-            route("orders", legacy.addr(), new.addr())
-                .weights(100, 0)
-                .shadow(shadow),
-        )
+/// The primary's latency with 100 % shadow to `shadow` (with `shadow_block`, if any) against
+/// the same route at shadow 0, measured alongside (`paired_latencies`): p50 and p99 must stay
+/// within 1.5× the baseline + 20 ms. A shadow that held the primary back would show in every
+/// round; a burst of noise on this shared 2-core host (another test binary, a slow backend's
+/// sleepers waking) shows in one. So up to three rounds, and the bound must hold in one of
+/// them. Returns the shadowed proxy (for its counters) and every shadowed latency, sorted;
+/// `what` names the shadow in messages.
+async fn assert_primary_unaffected(
+    legacy: SocketAddr,
+    shadow: SocketAddr,
+    shadow_block: Option<&str>,
+    what: &str,
+) -> (Proxy, Vec<Duration>) {
+    let proxy_with = |percent: u32| {
+        let mut route = route("orders", legacy, shadow)
+            .weights(100, 0)
+            .shadow(percent);
+        if let Some(block) = shadow_block {
+            route = route.shadow_block(block);
+        }
+        ProxyConfig::new().route(route)
     };
     let baseline = Proxy::start(proxy_with(0)).await;
     let shadowed = Proxy::start(proxy_with(100)).await;
@@ -864,38 +871,22 @@ async fn a_slow_shadow_does_not_slow_the_primary() {
     paired_latencies(&baseline, &shadowed, 40, conns, "warmup").await;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let bound = |base: Duration| base.mul_f64(1.5) + Duration::from_millis(20);
-    // A slow shadow that held the primary back would show in every round; a burst of noise on
-    // this shared 2-core host (another test binary, the 2 s backend's sleepers waking) shows in
-    // one. So up to three rounds, and the bound must hold in one of them.
     let mut rounds = Vec::new();
-    let mut shad = Vec::new();
+    let mut all = Vec::new();
     let mut within = false;
     for round in 0..3 {
-        let tag = format!("measured{round}");
-        let (base, s) = paired_latencies(&baseline, &shadowed, n, conns, &tag).await;
-        // Every shadowed request was copied (the slow backend records before it sleeps), and
-        // none of the baseline's.
-        let prefix = format!("/shadowed/{tag}/");
-        eventually!(
-            SETTLE,
-            async { new.requests_to(&prefix).len() >= n },
-            "{n} copies at the slow backend (have {})",
-            new.requests_to(&prefix).len()
-        );
-        assert!(
-            new.requests_to("/baseline/").is_empty(),
-            "shadow 0 copies nothing"
-        );
+        let (base, s) =
+            paired_latencies(&baseline, &shadowed, n, conns, &format!("measured{round}")).await;
         let (b50, b99) = (percentile(&base, 50.0), percentile(&base, 99.0));
         let (s50, s99) = (percentile(&s, 50.0), percentile(&s, 99.0));
         println!(
-            "round {round}: primary latency ms: baseline (shadow 0) p50 {:.2} p99 {:.2}; shadow 100 → 2 s backend p50 {:.2} p99 {:.2}",
+            "{what}, round {round}: primary latency ms: baseline (shadow 0) p50 {:.2} p99 {:.2}; shadow 100 p50 {:.2} p99 {:.2}",
             ms(b50),
             ms(b99),
             ms(s50),
             ms(s99)
         );
-        shad.extend(s);
+        all.extend(s);
         within = s99 <= bound(b99) && s50 <= bound(b50);
         rounds.push(format!(
             "p50 {:.2} vs bound {:.2} ms, p99 {:.2} vs bound {:.2} ms",
@@ -908,15 +899,90 @@ async fn a_slow_shadow_does_not_slow_the_primary() {
             break;
         }
     }
-    shad.sort();
     assert!(
         within,
-        "with a 2 s shadow the primary's latency exceeded 1.5 × the shadow-0 baseline + 20 ms in every round: {rounds:?}"
+        "with {what} the primary's latency exceeded 1.5 × the shadow-0 baseline + 20 ms in every round: {rounds:?}"
+    );
+    all.sort();
+    (shadowed, all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_shadow_does_not_slow_the_primary() {
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new")
+        .delay(Duration::from_secs(2))
+        .run()
+        .await;
+    let (_, shad) =
+        assert_primary_unaffected(legacy.addr(), new.addr(), None, "a 2 s shadow").await;
+    // Every shadowed request was copied (the slow backend records before it sleeps), and none
+    // of the baseline's.
+    eventually!(
+        SETTLE,
+        async { new.requests_to("/shadowed/measured").len() >= 300 },
+        "the copies at the slow backend (have {})",
+        new.requests_to("/shadowed/measured").len()
+    );
+    assert!(
+        new.requests_to("/baseline/").is_empty(),
+        "shadow 0 copies nothing"
     );
     assert!(
         shad.last().is_some_and(|max| *max < Duration::from_secs(1)),
         "no primary waited for the 2 s shadow: max {:?}",
         shad.last()
+    );
+}
+
+/// RELIABILITY 39 for the two other faults: a shadow backend that is down (refuses) or
+/// blackholed (accepts, never answers) leaves the primary's p50 and p99 where a shadow-0
+/// baseline has them; the copies open at the blackhole stay within `max_in_flight` (bounded
+/// with 2 and no timeout: `a_full_shadow_queue_drops_copies_and_never_blocks`) and every copy
+/// that could not be made is counted (refused: shadow errors; blackholed: `timeout` or
+/// `overload`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_39_a_down_or_blackholed_shadow_leaves_the_primary_s_p50_and_p99_alone() {
+    let legacy = Backend::new("legacy").run().await;
+
+    let refusing = RefusingEndpoint::new();
+    let (proxy, _) =
+        assert_primary_unaffected(legacy.addr(), refusing.addr(), None, "a refusing shadow").await;
+    let labels = [
+        ("route", "orders"),
+        ("backend", "new"),
+        ("role", "shadow"),
+        ("code", "error"),
+    ];
+    let copies = proxy.counter("cutover_requests_total", &labels).await;
+    assert!(
+        copies >= 300.0,
+        "refused copies counted as shadow errors: {copies}"
+    );
+
+    let blackhole = SilentBackend::run().await;
+    let block = r#"max_in_flight = 16, timeout = "500ms""#;
+    let (proxy, _) = assert_primary_unaffected(
+        legacy.addr(),
+        blackhole.addr(),
+        Some(block),
+        "a blackholed shadow",
+    )
+    .await;
+    eventually!(
+        SETTLE,
+        async {
+            dropped(&proxy, "orders", "timeout").await + dropped(&proxy, "orders", "overload").await
+                >= 300.0
+        },
+        "the blackholed copies counted as timeout or overload (have {} + {})",
+        dropped(&proxy, "orders", "timeout").await,
+        dropped(&proxy, "orders", "overload").await
+    );
+    let open = blackhole.accepted() - blackhole.closed();
+    assert!(
+        open <= 16,
+        "{open} connections open at the blackhole with max_in_flight = 16: the copies are not bounded"
     );
 }
 
