@@ -123,6 +123,8 @@ struct State {
     served: AtomicUsize,
     /// Raw bytes read from each accepted connection, in accept order.
     connections: Mutex<Vec<Arc<Mutex<Vec<u8>>>>>,
+    /// Connections accepted and not closed yet.
+    open: AtomicUsize,
     /// Faults switched on while running ([`RunningBackend::set_errors`], `set_delay`); they
     /// replace the builder's `errors`/`delay`.
     fault: Mutex<Fault>,
@@ -282,7 +284,9 @@ async fn accept_loop(listener: TcpListener, config: Arc<Backend>, state: Arc<Sta
                 let io = TokioIo::new(RecordingIo { inner: stream, log });
                 let config = config.clone();
                 let state = state.clone();
+                state.open.fetch_add(1, Ordering::SeqCst);
                 connections.spawn(async move {
+                    let open = state.clone();
                     match config.http2 {
                         None => {
                             let service =
@@ -294,6 +298,7 @@ async fn accept_loop(listener: TcpListener, config: Arc<Backend>, state: Arc<Sta
                         }
                         Some(h2) => serve_auto(io, h2, config, state).await,
                     }
+                    open.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -495,6 +500,11 @@ impl RunningBackend {
     /// Number of TCP connections accepted.
     pub fn connections(&self) -> usize {
         self.state.connections.lock().expect("lock").len()
+    }
+
+    /// TCP connections open right now (accepted, and neither side has closed them).
+    pub fn open_connections(&self) -> usize {
+        self.state.open.load(Ordering::SeqCst)
     }
 
     /// All bytes read from all connections, concatenated in accept order: what actually

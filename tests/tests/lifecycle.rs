@@ -82,6 +82,94 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     assert_eq!(legacy.count(), 4, "no request was replayed during shutdown");
 }
 
+/// RELIABILITY 55 under continuous load: eight keep-alive clients send GETs back to back (a
+/// 5 ms backend) until 2,000 were served, then SIGTERM. Every request the proxy took — thousands,
+/// counted — is answered 200: the only failures allowed are new connections refused once the
+/// listener is closed (a client whose kept-alive connection the drain closed reconnects and
+/// is refused, and stops). The process exits 0 within the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_55_sigterm_under_keep_alive_load_fails_no_request_that_could_finish() {
+    let grace = Duration::from_secs(5);
+    let legacy = Backend::new("legacy")
+        .delay(Duration::from_millis(5))
+        .run()
+        .await;
+    let new = Backend::new("new").run().await;
+    let mut proxy = Proxy::start(
+        ProxyConfig::new()
+            .set_duration("grace_period", grace)
+            .route(
+                Route::new("orders")
+                    .legacy_endpoints([legacy.addr()])
+                    .new_endpoints([new.addr()])
+                    .weights(100, 0),
+            ),
+    )
+    .await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let url = proxy.url(&format!("/drain/{i}"));
+            let client = cutover_tests::Client::new();
+            let stopped = stopped.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut refused, mut failed) = (0u64, false, Vec::new());
+                while !*stopped.borrow() {
+                    match client.get(&url).await {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("status {}: {}", r.status, r.text())),
+                        Err(e) if e.0.contains("ConnectionRefused") => {
+                            refused = true;
+                            break;
+                        }
+                        Err(e) => failed.push(e.0),
+                    }
+                }
+                (ok, refused, failed)
+            })
+        })
+        .collect();
+    eventually!(
+        Duration::from_secs(10),
+        async { legacy.count() >= 2000 },
+        "2,000 requests served before SIGTERM"
+    );
+    let served_before = legacy.count();
+    let sigterm_at = Instant::now();
+    proxy.sigterm();
+    let status = proxy
+        .wait_exit(grace + Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|| panic!("cutover still running {grace:?} after SIGTERM"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
+    assert!(sigterm_at.elapsed() <= grace + Duration::from_secs(1));
+    let _ = stop.send(true);
+    let (mut ok, mut refused, mut failed) = (0, 0, Vec::new());
+    for c in clients {
+        let (o, r, f) = c.await.expect("client task");
+        ok += o;
+        refused += usize::from(r);
+        failed.extend(f);
+    }
+    println!("{ok} answered 200 ({served_before} before SIGTERM), {refused} clients refused afterwards, {} failed", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok >= 2000, "{ok} requests answered");
+    assert_eq!(
+        ok as usize,
+        legacy.count(),
+        "every request legacy served reached its client"
+    );
+}
+
 /// Client load for the upgrade test: `conns` tasks, each sending GETs until `stop`, half of
 /// them on one kept-alive connection, half on a new connection per request (so a refused or
 /// reset connection would show). Returns (answered 200, failures with their errors).

@@ -335,3 +335,119 @@ async fn a_backend_named_in_a_rewrite_is_looked_up_and_served() {
     );
     assert!(serve(&r.proxy, 5).await.iter().all(|b| b == "new"));
 }
+
+/// RELIABILITY 57 as written: 1,000 weight changes through etcd (legacy only, new only, half
+/// and half, in turn, as fast as etcd takes them) while eight clients send requests, each with
+/// its own id. No request fails; every request reached exactly one backend, once, and its
+/// answer came from that backend — none was moved or replayed when the weights changed under
+/// it; and the proxy ends on the last write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_57_a_thousand_weight_changes_under_load_move_no_request() {
+    use std::collections::HashMap;
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let etcd = cutover_tests::Etcd::start().await;
+    let prefix = "/case57";
+    let key = |what: &str| format!("{prefix}/routes/orders/{what}");
+    let spec = serde_json::json!({
+        "match": {"path_prefix": "/"},
+        "legacy": {"endpoints": [legacy.addr().to_string()]},
+        "new": {"endpoints": [new.addr().to_string()]},
+        "rollback": {},
+    });
+    etcd.put(&key("spec"), spec.to_string()).await;
+    etcd.put(&key("weights"), r#"{"legacy": 50, "new": 50}"#)
+        .await;
+    let proxy = Proxy::start(ProxyConfig::new().etcd(&etcd.endpoint(), prefix)).await;
+    proxy.wait_for_weights("orders", 50.0, 50.0).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (client, base, stop) =
+                (proxy.client(), proxy.url(&format!("/w{w}/")), stop.clone());
+            tokio::spawn(async move {
+                let (mut answered, mut failures) = (Vec::new(), Vec::new());
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let path = format!("{base}{n}");
+                    match client.get(&path).await {
+                        Ok(res) if res.status == 200 => {
+                            answered.push((path, res.backend().unwrap_or_default()))
+                        }
+                        Ok(res) => failures.push(format!("{}: {}", res.status, res.text())),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (answered, failures)
+            })
+        })
+        .collect();
+
+    let mut client = etcd.client().await;
+    let mut last = 0;
+    for i in 0..1000 {
+        let (l, n) = [(100.0, 0.0), (0.0, 100.0), (50.0, 50.0)][i % 3];
+        let weights = serde_json::json!({"legacy": l, "new": n}).to_string();
+        let put = client
+            .put(key("weights"), weights, None)
+            .await
+            .expect("etcd put");
+        last = put.header().map_or(0, |h| h.revision());
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the proxy applies the last of the 1,000 writes",
+        || async {
+            proxy
+                .route_info("orders")
+                .await
+                .is_some_and(|r| r["weights_revision"] == last)
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut answered, mut failures) = (Vec::new(), Vec::new());
+    for w in workers {
+        let (a, f) = w.await.expect("worker");
+        answered.extend(a);
+        failures.extend(f);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during 1,000 weight changes, e.g. {:?}",
+        failures.len(),
+        answered.len() + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    // Where each request arrived: by path, the backends that recorded it.
+    let mut arrived: HashMap<String, Vec<&str>> = HashMap::new();
+    for (backend, name) in [(&legacy, "legacy"), (&new, "new")] {
+        for r in backend.requests() {
+            arrived.entry(r.path.clone()).or_default().push(name);
+        }
+    }
+    let base = proxy.url("");
+    let mut by_backend = HashMap::new();
+    for (url, answered_by) in &answered {
+        let path = url.strip_prefix(base.trim_end_matches('/')).unwrap_or(url);
+        let got = arrived.get(path).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(
+            got,
+            [answered_by.as_str()],
+            "{path} was answered by {answered_by} and reached {got:?}"
+        );
+        *by_backend.entry(answered_by.clone()).or_insert(0) += 1;
+    }
+    println!(
+        "{} requests across 1,000 weight changes: {by_backend:?}",
+        answered.len()
+    );
+    assert!(answered.len() >= 500, "{} requests", answered.len());
+    assert!(
+        by_backend.len() == 2,
+        "both backends served: {by_backend:?}"
+    );
+}

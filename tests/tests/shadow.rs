@@ -1194,6 +1194,171 @@ async fn shadow_resets_and_client_aborts_leave_no_leak() {
     );
 }
 
+/// A primary backend that answers a 200 with `Content-Length: 100000`, sends 1,000 bytes of
+/// it and resets the connection (SO_LINGER 0): a primary reset mid-body.
+async fn primary_resetting_mid_body() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let mut answer =
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n"
+                        .to_vec();
+                answer.extend(std::iter::repeat_n(b'p', 1000));
+                let _ = stream.write_all(&answer).await;
+                let _ = stream.set_zero_linger();
+                drop(stream);
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// RELIABILITY 44, the other two sides: the *primary* resets mid-body while its shadow copy is
+/// in flight (a 300 ms shadow), and clients that reset (RST, not FIN) while the primary is in
+/// flight — the client of a reset primary sees an aborted answer, every copy still completes
+/// and is counted, and nothing leaks: no client connection is left
+/// (`cutover_downstream_connections` 0), and the data plane's tasks and open descriptors come
+/// back to the baseline plus the upstream connections kept idle in the pools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_44_primary_reset_mid_body_and_client_rst_leave_no_leak() {
+    use tokio::io::AsyncReadExt;
+    let (resetting, _primary) = primary_resetting_mid_body().await;
+    let slow_new = Backend::new("new")
+        .delay(Duration::from_millis(300))
+        .run()
+        .await;
+    let slow_legacy = Backend::new("legacy")
+        .delay(Duration::from_millis(300))
+        .run()
+        .await;
+    let proxy = Proxy::start(
+        ProxyConfig::new()
+            .route(
+                route("cut", resetting, slow_new.addr())
+                    .path_prefix("/cut")
+                    .weights(100, 0)
+                    .shadow(100),
+            )
+            .route(
+                route("rst", slow_legacy.addr(), slow_new.addr())
+                    .path_prefix("/rst")
+                    .weights(100, 0)
+                    .shadow(100),
+            ),
+    )
+    .await;
+    let gauge = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+        let proxy = &proxy;
+        async move { proxy.metric(name, labels).await.unwrap_or(0.0) }
+    };
+    let tasks = || gauge("cutover_runtime_tasks", &[("runtime", "proxy")]);
+    let connections = || gauge("cutover_downstream_connections", &[]);
+    let (tasks_before, fds_before) = (tasks().await, proxy.open_fds().expect("fds"));
+
+    let n = 20;
+    for i in 0..n {
+        let mut conn = tokio::net::TcpStream::connect(proxy.addr())
+            .await
+            .expect("connect");
+        conn.write_all(format!("GET /cut/{i} HTTP/1.1\r\nHost: shadow.test\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(SETTLE, conn.read_to_end(&mut got)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && got.len() < 100_000,
+            "request {i}: an aborted 200 (head, part of the body, then the close), got {} bytes",
+            got.len()
+        );
+    }
+    for i in 0..n {
+        let conn = tokio::net::TcpStream::connect(proxy.addr())
+            .await
+            .expect("connect");
+        let mut conn = conn;
+        conn.write_all(format!("GET /rst/{i} HTTP/1.1\r\nHost: shadow.test\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let before = slow_legacy.started();
+        eventually!(
+            SETTLE,
+            async {
+                slow_legacy.started() > before
+                    || slow_legacy.requests_to(&format!("/rst/{i}")).len() == 1
+            },
+            "request {i} reaches legacy"
+        );
+        conn.set_zero_linger().expect("linger 0");
+        drop(conn); // RST
+    }
+    // Every copy completed and was counted, the reset primaries' included.
+    eventually!(
+        SETTLE,
+        async {
+            slow_new.requests_to("/cut/").len() == n && slow_new.requests_to("/rst/").len() == n
+        },
+        "all {} copies at the shadow backend (have {} + {})",
+        2 * n,
+        slow_new.requests_to("/cut/").len(),
+        slow_new.requests_to("/rst/").len()
+    );
+    eventually!(
+        SETTLE,
+        async {
+            cell(&proxy.stats("cut").await, "new", "shadow", "count") >= n as f64
+                && cell(&proxy.stats("rst").await, "new", "shadow", "count") >= n as f64
+        },
+        "the copies counted in the windows"
+    );
+    // Nothing leaks.
+    eventually!(
+        SETTLE,
+        async { connections().await == 0.0 },
+        "no client connection left (have {})",
+        connections().await
+    );
+    // What may stay: the upstream connections kept idle in the pools (one task and one
+    // descriptor each), as many as the backends still see open.
+    let pooled = || slow_new.open_connections() + slow_legacy.open_connections();
+    eventually!(
+        SETTLE,
+        async { tasks().await <= tasks_before + pooled() as f64 },
+        "the data plane's tasks back to {tasks_before} + {} pooled (have {})",
+        pooled(),
+        tasks().await
+    );
+    eventually!(
+        SETTLE,
+        async {
+            proxy
+                .open_fds()
+                .is_some_and(|fds| fds <= fds_before + pooled() + 2)
+        },
+        "open fds back to {fds_before} + {} pooled (now {:?})",
+        pooled(),
+        proxy.open_fds()
+    );
+    // And the primary path is unharmed.
+    get_all(&proxy, 10, 4, |i| format!("/rst/after/{i}")).await;
+}
+
 // ---- 9. semantic JSON comparison, ignore rules, header comparison ----
 
 const LEGACY_DOC: &str = r#"{
