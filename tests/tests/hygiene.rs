@@ -844,6 +844,69 @@ async fn case_29_body_limit() {
     );
 }
 
+/// RELIABILITY 12: an early answer while the body is still arriving — a route miss (404), a
+/// body over `max_body_bytes` announced with `Expect: 100-continue` (413) — then the body,
+/// which carries a whole second request inside it. The proxy answers once and closes: the
+/// body's bytes are never read as the next request, no backend sees it, and no second answer
+/// comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_12_an_early_answer_never_reads_the_unread_body_as_a_request() {
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let route = Route::new("edge")
+        .path_prefix("/edge")
+        .legacy_endpoints([legacy.addr()])
+        .new_endpoints([new.addr()])
+        .weights(100, 0);
+    let proxy = Proxy::start(limits(ProxyConfig::new().route(route))).await;
+    let smuggled = b"GET /edge/smuggled HTTP/1.1\r\nHost: cutover.test\r\n\r\n";
+    let cases: [(&str, usize, &str, u16); 2] = [
+        ("/miss", smuggled.len(), "", 404),
+        ("/edge/upload", 2 << 20, "Expect: 100-continue\r\n", 413),
+    ];
+    for (path, length, extra, want) in cases {
+        let mut conn = cutover_tests::RawConn::open(proxy.addr()).await;
+        conn.send(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: {length}\r\n{extra}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let early = conn.read_responses(1, RAW_TIMEOUT).await;
+        assert_eq!(
+            early.first().map(|r| r.status),
+            Some(want),
+            "{path}: the early answer: {:?}",
+            conn.text()
+        );
+        // The body arrives after the answer, a whole request inside it.
+        conn.try_send(smuggled).await;
+        conn.read_to_close(RAW_TIMEOUT).await;
+        assert!(
+            conn.closed,
+            "{path}: the connection with unread body bytes was kept open"
+        );
+        let responses = cutover_tests::parse_responses(&conn.bytes);
+        assert_eq!(
+            responses.len(),
+            1,
+            "{path}: one answer, never one to the body's bytes: {:?}",
+            conn.text()
+        );
+    }
+    assert!(
+        legacy.requests().is_empty() && new.requests().is_empty(),
+        "a backend received a request: {:?}",
+        legacy
+            .requests()
+            .iter()
+            .chain(new.requests().iter())
+            .map(|r| &r.path)
+            .collect::<Vec<_>>()
+    );
+}
+
 /// RELIABILITY 29, "memory bounded": a flood of 200 bodies of 4 MiB each (800 MiB in all, 20
 /// connections at a time, half declared by Content-Length and half chunked) against a 1 MiB
 /// `max_body_bytes` leaves the proxy's peak RSS within 32 MiB of where it started — if it
