@@ -2,12 +2,13 @@
 //!
 //! One session: read the whole prefix in one request at revision R, publish, then watch from
 //! R + 1. Every watch response is applied to an in-memory copy of the keys (only the changed
-//! keys are parsed again), responses already waiting are folded in (bursts coalesce without a
-//! timer), and one state is published per batch. A compacted or cancelled watch, an ended
-//! stream, a failed request or a silent server (no answer to a progress request within
-//! [`LIVENESS`]) ends the session; the next one starts with a fresh read, after a jittered
-//! exponential backoff when the connection failed. Nothing is lost: the fresh read is the whole
-//! truth at its revision.
+//! keys are parsed again; a change no newer than its key's last one is ignored), responses
+//! already waiting are folded in (bursts coalesce without a timer), and one state is published
+//! per batch. A compacted or cancelled watch starts over with a fresh read on the same
+//! connection; an ended stream, a failed request or a silent server (no answer to a progress
+//! request within [`LIVENESS`]) ends the session, and the next one starts with a fresh read
+//! after a jittered exponential backoff. Nothing is lost: the fresh read is the whole truth at
+//! its revision.
 //!
 //! An invalid value never replaces the last valid one of that route: it is logged at WARN,
 //! counted, shown as the route's error, and recorded as a `rejected` event in etcd.
@@ -115,6 +116,10 @@ struct Store {
     routes: BTreeMap<String, RouteKeys>,
     /// `<prefix>/descriptors/<name>`, decoded (or why not).
     descriptors: BTreeMap<String, Result<DescriptorSet, String>>,
+    /// The revision of the last put or delete taken of each spec, weights and descriptor key
+    /// (a deleted key's too): a change at that revision or older is a duplicate or stale, and
+    /// is never applied over a newer one.
+    revisions: HashMap<Box<[u8]>, i64>,
     /// Nothing was published from this store yet (a fresh read): resolve every route.
     whole: bool,
     /// The routes whose spec or weights changed since the last publish: with 10,000 routes a
@@ -127,6 +132,7 @@ impl Default for Store {
         Store {
             routes: BTreeMap::new(),
             descriptors: BTreeMap::new(),
+            revisions: HashMap::new(),
             whole: true,
             changed: BTreeSet::new(),
         }
@@ -140,10 +146,30 @@ impl Store {
         self.changed.clear();
     }
 
-    /// Take a put; true when it was a route's spec or weights (what the routes are made of:
-    /// a `status` or `events` key changes nothing the source publishes).
+    /// Whether a change of `key` at `rev` is newer than the last one taken of it; if so, it
+    /// is remembered as the last one.
+    fn newer(&mut self, key: &[u8], rev: i64) -> bool {
+        match self.revisions.get_mut(key) {
+            Some(last) if *last >= rev => false,
+            Some(last) => {
+                *last = rev;
+                true
+            }
+            None => {
+                self.revisions.insert(key.into(), rev);
+                true
+            }
+        }
+    }
+
+    /// Take a put at revision `rev`; true when it changed a route's spec or weights or a
+    /// descriptor set (what the routes are made of: a `status` or `events` key changes nothing
+    /// the source publishes). A put no newer than the last change of its key is ignored.
     fn put(&mut self, keys: &Keys, key: &[u8], value: &[u8], rev: i64) -> bool {
         if let Some(name) = keys.parse_descriptor_key(key) {
+            if !self.newer(key, rev) {
+                return false;
+            }
             let set = decode_descriptor(&name, value);
             if let Err(reason) = &set {
                 warn!(key = %keys.descriptor(&name), %reason, "descriptor set rejected");
@@ -153,61 +179,66 @@ impl Store {
             self.whole = true;
             return true;
         }
-        let Some(key) = keys.parse_route_key(key) else {
+        let Some(parsed) = keys.parse_route_key(key) else {
             return false;
         };
-        if matches!(key.kind, RouteKeyKind::Status | RouteKeyKind::Event(_)) {
+        if matches!(parsed.kind, RouteKeyKind::Status | RouteKeyKind::Event(_))
+            || !self.newer(key, rev)
+        {
             return false;
         }
-        self.changed.insert(key.route.clone());
-        let entry = self.routes.entry(key.route).or_default();
+        self.changed.insert(parsed.route.clone());
+        let entry = self.routes.entry(parsed.route).or_default();
         let text = String::from_utf8_lossy(value);
-        match key.kind {
+        match parsed.kind {
             RouteKeyKind::Spec => {
-                if entry.spec.as_ref().is_none_or(|p| p.mod_revision != rev) {
-                    entry.spec = Some(Parsed {
-                        mod_revision: rev,
-                        value: cutover_config::parse_route_spec_json(&text)
-                            .map(Arc::new)
-                            .map_err(|e| one_line(&e)),
-                    });
-                }
+                entry.spec = Some(Parsed {
+                    mod_revision: rev,
+                    value: cutover_config::parse_route_spec_json(&text)
+                        .map(Arc::new)
+                        .map_err(|e| one_line(&e)),
+                });
             }
             RouteKeyKind::Weights => {
-                if entry.weights.as_ref().is_none_or(|p| p.mod_revision != rev) {
-                    entry.weights = Some(Parsed {
-                        mod_revision: rev,
-                        value: cutover_config::parse_weights_json(&text).map_err(|e| one_line(&e)),
-                    });
-                }
+                entry.weights = Some(Parsed {
+                    mod_revision: rev,
+                    value: cutover_config::parse_weights_json(&text).map_err(|e| one_line(&e)),
+                });
             }
             RouteKeyKind::Status | RouteKeyKind::Event(_) => {}
         }
         true
     }
 
-    /// Take a delete; true when it was a route's spec or weights.
-    fn delete(&mut self, keys: &Keys, key: &[u8]) -> bool {
+    /// Take a delete at revision `rev` (etcd gives a delete event the revision of the delete);
+    /// true when it removed a route's spec or weights or a descriptor set. A delete no newer
+    /// than the last change of its key is ignored.
+    fn delete(&mut self, keys: &Keys, key: &[u8], rev: i64) -> bool {
         if let Some(name) = keys.parse_descriptor_key(key) {
+            if !self.newer(key, rev) {
+                return false;
+            }
             self.descriptors.remove(&name);
             self.whole = true;
             return true;
         }
-        let Some(key) = keys.parse_route_key(key) else {
+        let Some(parsed) = keys.parse_route_key(key) else {
             return false;
         };
-        if matches!(key.kind, RouteKeyKind::Status | RouteKeyKind::Event(_)) {
+        if matches!(parsed.kind, RouteKeyKind::Status | RouteKeyKind::Event(_))
+            || !self.newer(key, rev)
+        {
             return false;
         }
-        self.changed.insert(key.route.clone());
-        if let Some(entry) = self.routes.get_mut(&key.route) {
-            match key.kind {
+        self.changed.insert(parsed.route.clone());
+        if let Some(entry) = self.routes.get_mut(&parsed.route) {
+            match parsed.kind {
                 RouteKeyKind::Spec => entry.spec = None,
                 RouteKeyKind::Weights => entry.weights = None,
                 _ => {}
             }
             if entry.spec.is_none() && entry.weights.is_none() {
-                self.routes.remove(&key.route);
+                self.routes.remove(&parsed.route);
             }
         }
         true
@@ -679,24 +710,6 @@ impl Runner {
         });
     }
 
-    async fn run(mut self) {
-        let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
-        loop {
-            match self.session(&mut backoff).await {
-                SessionEnd::Shutdown => return,
-                SessionEnd::Lost(reason) => {
-                    self.set_connected(false);
-                    let wait = backoff.next_wait();
-                    warn!(%reason, retry_in = ?wait, endpoints = ?self.source.settings.endpoints, "etcd unavailable; serving the last good routes");
-                    tokio::select! {
-                        _ = self.shutdown.changed() => return,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
-    }
-
     /// Connect, then read + watch until the connection fails or shutdown.
     async fn session(&mut self, backoff: &mut Backoff) -> SessionEnd {
         // The files are read again at every connect: rotated certificates are picked up here.
@@ -763,33 +776,15 @@ impl Runner {
                 }
                 msg = stream.message() => {
                     let mut msg = msg;
-                    let mut latest = None;
-                    let mut dirty = false;
+                    let mut fold = Fold::default();
                     // Fold in every response already waiting: one state per burst.
                     loop {
                         match msg {
                             Ok(Some(resp)) => {
                                 last_heard = Instant::now();
                                 self.set_connected(true);
-                                if resp.compact_revision() > 0 || resp.canceled() {
-                                    let why = format!("watch cancelled (compact_revision {}, reason {:?})", resp.compact_revision(), resp.cancel_reason());
+                                if let Err(why) = fold.take(&self.source.keys, store, &WatchUpdate::of(&resp)) {
                                     return WatchEnd::Reread(why);
-                                }
-                                for event in resp.events() {
-                                    let Some(kv) = event.kv() else { continue };
-                                    latest = latest.max(Some(kv.mod_revision()));
-                                    // Status and event keys (a fleet writes many) change no route.
-                                    dirty |= match event.event_type() {
-                                        EventType::Put => store.put(&self.source.keys, kv.key(), kv.value(), kv.mod_revision()),
-                                        EventType::Delete => store.delete(&self.source.keys, kv.key()),
-                                    };
-                                }
-                                // The newest revision seen, not the last header's: a progress
-                                // notification can carry an older revision than events already
-                                // delivered (etcd issue 15220), and a state published at the
-                                // revision already live was taken for no change at all.
-                                if let Some(h) = resp.header() {
-                                    latest = latest.max(Some(h.revision()));
                                 }
                             }
                             Ok(None) => return WatchEnd::Session(SessionEnd::Lost("watch stream ended".into())),
@@ -800,8 +795,8 @@ impl Runner {
                             Err(_) => break,
                         }
                     }
-                    if dirty {
-                        if let Some(rev) = latest {
+                    if fold.dirty {
+                        if let Some(rev) = fold.latest {
                             self.publish(client, store, rev);
                         }
                     }
@@ -817,6 +812,148 @@ enum WatchEnd {
     Session(SessionEnd),
 }
 
+/// What the watch loop takes of one watch response: etcd's ([`WatchUpdate::of`]), or one a
+/// test builds (etcd-client's responses cannot be built outside it).
+#[derive(Debug, Default)]
+struct WatchUpdate<'a> {
+    /// Not 0: etcd compacted the history this watch still had to deliver, up to this revision
+    /// (the watch is cancelled with it).
+    compact_revision: i64,
+    canceled: bool,
+    cancel_reason: &'a str,
+    /// The header's revision.
+    revision: Option<i64>,
+    changes: Vec<Change<'a>>,
+}
+
+/// One event of a watch response.
+#[derive(Debug, Clone, Copy)]
+struct Change<'a> {
+    deleted: bool,
+    key: &'a [u8],
+    value: &'a [u8],
+    /// The put's revision, or the delete's.
+    mod_revision: i64,
+}
+
+impl<'a> WatchUpdate<'a> {
+    fn of(resp: &'a etcd_client::WatchResponse) -> Self {
+        WatchUpdate {
+            compact_revision: resp.compact_revision(),
+            canceled: resp.canceled(),
+            cancel_reason: resp.cancel_reason(),
+            revision: resp.header().map(|h| h.revision()),
+            changes: resp
+                .events()
+                .iter()
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    Some(Change {
+                        deleted: event.event_type() == EventType::Delete,
+                        key: kv.key(),
+                        value: kv.value(),
+                        mod_revision: kv.mod_revision(),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A burst of watch responses taken into the store: whether a route changed, and the newest
+/// revision seen (to publish at).
+#[derive(Debug, Default)]
+struct Fold {
+    dirty: bool,
+    latest: Option<i64>,
+}
+
+impl Fold {
+    /// Take one response into `store`. `Err(why)` when the watch was compacted or cancelled:
+    /// events it can no longer deliver are lost to it, so the store must be read afresh.
+    fn take(
+        &mut self,
+        keys: &Keys,
+        store: &mut Store,
+        update: &WatchUpdate<'_>,
+    ) -> Result<(), String> {
+        if update.compact_revision > 0 {
+            return Err(format!(
+                "watch compacted (compact_revision {}): etcd no longer holds the changes it was \
+                 to deliver",
+                update.compact_revision
+            ));
+        }
+        if update.canceled {
+            return Err(format!(
+                "watch cancelled by etcd (reason {:?})",
+                update.cancel_reason
+            ));
+        }
+        for change in &update.changes {
+            self.latest = self.latest.max(Some(change.mod_revision));
+            // Status and event keys (a fleet writes many), duplicates and stale changes change
+            // no route.
+            self.dirty |= if change.deleted {
+                store.delete(keys, change.key, change.mod_revision)
+            } else {
+                store.put(keys, change.key, change.value, change.mod_revision)
+            };
+        }
+        // The newest revision seen, not the last header's: a progress notification can carry
+        // an older revision than events already delivered (etcd issue 15220), and a state
+        // published at the revision already live was taken for no change at all.
+        self.latest = self.latest.max(update.revision);
+        Ok(())
+    }
+}
+
+/// What [`reconnect`] drives: the source's runner, or a test's fake.
+trait Sessions {
+    /// One session: connect, read, watch, until the connection is lost or shutdown. A session
+    /// that read etcd resets `backoff`.
+    async fn session(&mut self, backoff: &mut Backoff) -> SessionEnd;
+    /// A session was lost; the next starts after `wait`.
+    fn lost(&mut self, reason: &str, wait: Duration);
+    /// Changes when the source must stop.
+    fn shutdown(&mut self) -> &mut watch::Receiver<bool>;
+}
+
+/// Sessions one after the other until shutdown; after a lost one, a jittered exponential
+/// backoff from [`BACKOFF_START`] doubling up to [`BACKOFF_CAP`] (README "Operations with
+/// etcd").
+async fn reconnect(sessions: &mut impl Sessions) {
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
+    loop {
+        match sessions.session(&mut backoff).await {
+            SessionEnd::Shutdown => return,
+            SessionEnd::Lost(reason) => {
+                let wait = backoff.next_wait();
+                sessions.lost(&reason, wait);
+                tokio::select! {
+                    _ = sessions.shutdown().changed() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+impl Sessions for Runner {
+    async fn session(&mut self, backoff: &mut Backoff) -> SessionEnd {
+        Runner::session(self, backoff).await
+    }
+
+    fn lost(&mut self, reason: &str, wait: Duration) {
+        self.set_connected(false);
+        warn!(%reason, retry_in = ?wait, endpoints = ?self.source.settings.endpoints, "etcd unavailable; serving the last good routes");
+    }
+
+    fn shutdown(&mut self) -> &mut watch::Receiver<bool> {
+        &mut self.shutdown
+    }
+}
+
 #[async_trait]
 impl ConfigSource for EtcdSource {
     fn initial_state(&self) -> ConfigState {
@@ -828,16 +965,15 @@ impl ConfigSource for EtcdSource {
         tx: watch::Sender<Arc<ConfigState>>,
         shutdown: watch::Receiver<bool>,
     ) {
-        Runner {
+        let mut runner = Runner {
             source: *self,
             tx,
             shutdown,
             counted: HashSet::new(),
             last_event_millis: 0,
             lkg: Arc::default(),
-        }
-        .run()
-        .await;
+        };
+        reconnect(&mut runner).await;
     }
 }
 
@@ -961,7 +1097,7 @@ mod tests {
                     };
                     let key = format!("{}{id}/{kind}", keys.routes());
                     if rng.random_bool(0.15) {
-                        store.delete(&keys, key.as_bytes());
+                        store.delete(&keys, key.as_bytes(), rev);
                     } else {
                         let value = if kind == "spec" {
                             specs[rng.random_range(0..specs.len())]
@@ -1021,5 +1157,363 @@ mod tests {
             "the snapshot wins over the file's routes"
         );
         assert_eq!(s.connected, Some(false));
+    }
+
+    // ---------------------------------------------- watch responses (RELIABILITY 48, 52)
+
+    /// `<prefix>/routes/<path>` under the default prefix.
+    fn route_key(path: &str) -> String {
+        format!("{}{path}", Keys::default().routes())
+    }
+
+    fn put<'a>(key: &'a str, value: &'a str, rev: i64) -> Change<'a> {
+        Change {
+            deleted: false,
+            key: key.as_bytes(),
+            value: value.as_bytes(),
+            mod_revision: rev,
+        }
+    }
+
+    fn del(key: &str, rev: i64) -> Change<'_> {
+        Change {
+            deleted: true,
+            key: key.as_bytes(),
+            value: b"",
+            mod_revision: rev,
+        }
+    }
+
+    /// A watch response carrying `changes`, its header at their newest revision.
+    fn events(changes: Vec<Change<'_>>) -> WatchUpdate<'_> {
+        WatchUpdate {
+            revision: changes.iter().map(|c| c.mod_revision).max(),
+            changes,
+            ..WatchUpdate::default()
+        }
+    }
+
+    /// Takes `update` into `store` as the watch loop does; whether a route changed.
+    fn take(store: &mut Store, update: WatchUpdate<'_>) -> bool {
+        let mut fold = Fold::default();
+        fold.take(&Keys::default(), store, &update)
+            .expect("not a compacted or cancelled watch");
+        fold.dirty
+    }
+
+    /// Route `id` as `store` resolves it: its (legacy, new) weights, weights revision and
+    /// `path_prefix`; `None` when it is not served.
+    fn served(store: &Store, id: &str) -> Option<((f64, f64), i64, String)> {
+        let resolved = resolve(&Keys::default(), store, &empty());
+        let route = resolved.routes.iter().find(|r| r.id.as_str() == id)?;
+        let prefix = route.spec.matcher.path_prefix.clone();
+        Some((
+            (route.weights.legacy, route.weights.new),
+            resolved.weights_revisions[id],
+            prefix,
+        ))
+    }
+
+    fn spec_at(path_prefix: &str) -> String {
+        SPEC.replace(
+            r#""path_prefix":"/""#,
+            &format!(r#""path_prefix":"{path_prefix}""#),
+        )
+    }
+
+    /// RELIABILITY 52: an event delivered twice is taken once — the second copy changes no
+    /// route, so nothing is resolved or published again for it.
+    #[test]
+    fn a_duplicate_event_is_taken_once() {
+        let (spec, weights) = (route_key("a/spec"), route_key("a/weights"));
+        let mut store = kv_store(&[
+            ("a/spec", SPEC, 2),
+            ("a/weights", r#"{"legacy":100,"new":0}"#, 3),
+        ]);
+        store.published();
+        let twice = r#"{"legacy":20,"new":80}"#;
+        assert!(take(&mut store, events(vec![put(&weights, twice, 5)])));
+        assert_eq!(served(&store, "a"), Some(((20.0, 80.0), 5, "/".into())));
+        store.published();
+
+        for update in [
+            events(vec![put(&weights, twice, 5)]),
+            events(vec![put(&spec, SPEC, 2), put(&weights, twice, 5)]),
+        ] {
+            assert!(!take(&mut store, update), "a duplicate changes no route");
+            assert!(store.changed.is_empty(), "{:?}", store.changed);
+            assert_eq!(served(&store, "a"), Some(((20.0, 80.0), 5, "/".into())));
+        }
+    }
+
+    /// RELIABILITY 52: a put older than the key's last change — a put or a delete — is never
+    /// applied over it: weights, spec and descriptor sets keep the newest.
+    #[test]
+    fn an_older_put_never_replaces_a_newer_change() {
+        let (spec, weights) = (route_key("a/spec"), route_key("a/weights"));
+        let mut store = kv_store(&[("a/spec", SPEC, 2)]);
+        let (moved, old) = (spec_at("/moved"), spec_at("/old"));
+        assert!(take(
+            &mut store,
+            events(vec![
+                put(&weights, r#"{"legacy":80,"new":20}"#, 7),
+                put(&spec, &moved, 8),
+            ])
+        ));
+        let stale = events(vec![
+            put(&weights, r#"{"legacy":20,"new":80}"#, 6),
+            put(&spec, &old, 4),
+        ]);
+        assert!(!take(&mut store, stale), "stale puts change no route");
+        assert_eq!(
+            served(&store, "a"),
+            Some(((80.0, 20.0), 7, "/moved".into())),
+            "the newest weights (revision 7) and spec (revision 8) stay"
+        );
+
+        // After a delete, an older put does not bring the key back.
+        assert!(take(&mut store, events(vec![del(&weights, 10)])));
+        assert!(!take(
+            &mut store,
+            events(vec![put(&weights, r#"{"legacy":1,"new":99}"#, 9)])
+        ));
+        assert_eq!(
+            served(&store, "a"),
+            Some(((100.0, 0.0), 0, "/moved".into())),
+            "weights deleted at 10: all-legacy, whatever was written at 9"
+        );
+        assert!(take(&mut store, events(vec![del(&spec, 12)])));
+        assert!(!take(&mut store, events(vec![put(&spec, SPEC, 11)])));
+        assert_eq!(served(&store, "a"), None, "spec deleted at 12: not served");
+
+        let set = Keys::default().descriptor("shop-v1");
+        assert!(take(&mut store, events(vec![del(&set, 14)])));
+        assert!(!take(&mut store, events(vec![put(&set, "AAAA", 13)])));
+        assert!(store.descriptors.is_empty(), "{:?}", store.descriptors);
+    }
+
+    /// RELIABILITY 52: a delete older than the key's last put is ignored (the route keeps the
+    /// put's value), and so is a delete repeated.
+    #[test]
+    fn an_older_delete_never_removes_a_newer_put() {
+        let (spec, weights) = (route_key("a/spec"), route_key("a/weights"));
+        let mut store = kv_store(&[("a/spec", SPEC, 2)]);
+        assert!(take(
+            &mut store,
+            events(vec![put(&weights, r#"{"legacy":30,"new":70}"#, 9)])
+        ));
+        assert!(!take(
+            &mut store,
+            events(vec![del(&weights, 8), del(&spec, 1)])
+        ));
+        assert_eq!(served(&store, "a"), Some(((30.0, 70.0), 9, "/".into())));
+
+        assert!(take(&mut store, events(vec![del(&spec, 10)])));
+        assert!(!take(&mut store, events(vec![del(&spec, 10)])), "repeated");
+        assert_eq!(served(&store, "a"), None);
+    }
+
+    /// RELIABILITY 52: whatever the order in which a history of puts and deletes arrives —
+    /// shuffled, split into responses at random, with duplicates — the store ends where the
+    /// history in revision order ends: every key at its newest change.
+    #[test]
+    fn events_in_any_order_end_on_the_newest_change_of_each_key() {
+        let keys = Keys::default();
+        let names: Vec<String> = ["a/spec", "a/weights", "b/spec", "b/weights"]
+            .iter()
+            .map(|k| route_key(k))
+            .collect();
+        let specs = [
+            SPEC.to_string(),
+            spec_at("/x"),
+            r#"{"match":{}}"#.to_string(),
+        ];
+        let weights = [r#"{"legacy":1,"new":1}"#, r#"{"legacy":9,"new":1}"#, "{"];
+        let mut rng = rand::rng();
+        for _ in 0..300 {
+            // The history, at revisions 2, 3, …
+            let history: Vec<Change<'_>> = (0..rng.random_range(1..30))
+                .map(|i| {
+                    let key = &names[rng.random_range(0..names.len())];
+                    let rev = i + 2;
+                    if rng.random_bool(0.2) {
+                        del(key, rev)
+                    } else if key.ends_with("spec") {
+                        put(key, &specs[rng.random_range(0..specs.len())], rev)
+                    } else {
+                        put(key, weights[rng.random_range(0..weights.len())], rev)
+                    }
+                })
+                .collect();
+            let mut in_order = Store::default();
+            for change in &history {
+                take(&mut in_order, events(vec![*change]));
+            }
+
+            let mut delivered: Vec<&Change<'_>> = history.iter().collect();
+            for _ in 0..rng.random_range(0..5) {
+                delivered.push(&history[rng.random_range(0..history.len())]);
+            }
+            for i in (1..delivered.len()).rev() {
+                delivered.swap(i, rng.random_range(0..=i));
+            }
+            let mut shuffled = Store::default();
+            let mut rest = delivered.as_slice();
+            while !rest.is_empty() {
+                let (batch, next) = rest.split_at(rng.random_range(1..=rest.len()));
+                rest = next;
+                take(&mut shuffled, events(batch.iter().map(|c| **c).collect()));
+            }
+
+            let (want, got) = (
+                resolve(&keys, &in_order, &empty()),
+                resolve(&keys, &shuffled, &empty()),
+            );
+            let history: Vec<_> = history
+                .iter()
+                .map(|c| (c.mod_revision, c.deleted, String::from_utf8_lossy(c.key)))
+                .collect();
+            assert_eq!(got.routes, want.routes, "history {history:?}");
+            assert_eq!(got.weights_revisions, want.weights_revisions, "{history:?}");
+            assert_eq!(got.errors, want.errors, "history {history:?}");
+        }
+    }
+
+    /// RELIABILITY 48: a watch response with `compact_revision` (etcd compacted history the
+    /// watch had yet to deliver, and cancelled it) ends the watch with the reason that sends
+    /// the session back to a fresh read of the whole prefix (`WatchEnd::Reread`), whatever
+    /// came before it in the burst; and that read is etcd's state at its revision, so the
+    /// changes the watch never delivered are all there.
+    #[test]
+    fn a_compacted_watch_starts_over_from_a_fresh_read() {
+        let keys = Keys::default();
+        let weights = route_key("a/weights");
+        let mut store = kv_store(&[
+            ("a/spec", SPEC, 2),
+            ("a/weights", r#"{"legacy":100,"new":0}"#, 3),
+        ]);
+        store.published();
+        let mut fold = Fold::default();
+        let before = events(vec![put(&weights, r#"{"legacy":80,"new":20}"#, 4)]);
+        assert_eq!(fold.take(&keys, &mut store, &before), Ok(()));
+        // Revisions 5–8 were written while the watch lagged, then compacted at 9.
+        let compacted = WatchUpdate {
+            compact_revision: 9,
+            canceled: true,
+            revision: Some(10),
+            ..WatchUpdate::default()
+        };
+        let why = fold
+            .take(&keys, &mut store, &compacted)
+            .expect_err("a compacted watch cannot go on");
+        assert!(why.contains("compact_revision 9"), "{why}");
+
+        let cancelled = WatchUpdate {
+            canceled: true,
+            cancel_reason: "permission denied",
+            ..WatchUpdate::default()
+        };
+        let why = Fold::default()
+            .take(&keys, &mut store, &cancelled)
+            .expect_err("a cancelled watch cannot go on");
+        assert!(why.contains("permission denied"), "{why}");
+
+        // The fresh read: etcd's keys at revision 10, with what the watch missed.
+        let reread = kv_store(&[
+            ("a/spec", SPEC, 2),
+            ("a/weights", r#"{"legacy":0,"new":100}"#, 8),
+            ("b/spec", &spec_at("/b"), 6),
+        ]);
+        assert_eq!(served(&reread, "a"), Some(((0.0, 100.0), 8, "/".into())));
+        assert_eq!(served(&reread, "b"), Some(((100.0, 0.0), 0, "/b".into())));
+    }
+
+    // -------------------------------------------------- reconnect backoff (RELIABILITY 47)
+
+    /// Sessions that all fail at once (an etcd that refuses), timed on tokio's clock.
+    struct Refused {
+        attempts: Vec<tokio::time::Instant>,
+        announced: Vec<Duration>,
+        left: usize,
+        shutdown: watch::Receiver<bool>,
+    }
+
+    impl Sessions for Refused {
+        async fn session(&mut self, _backoff: &mut Backoff) -> SessionEnd {
+            self.attempts.push(tokio::time::Instant::now());
+            if self.left == 0 {
+                return SessionEnd::Shutdown;
+            }
+            self.left -= 1;
+            SessionEnd::Lost("connection refused".into())
+        }
+
+        fn lost(&mut self, _reason: &str, wait: Duration) {
+            self.announced.push(wait);
+        }
+
+        fn shutdown(&mut self) -> &mut watch::Receiver<bool> {
+            &mut self.shutdown
+        }
+    }
+
+    /// RELIABILITY 47: against an etcd that refuses every session, the source's reconnect
+    /// loop waits from 100 ms doubling to the 5 s ceiling (README "Operations with etcd"),
+    /// each wait jittered within [0.5, 1.5) × its step and never above the ceiling; the
+    /// waits are measured between the attempts on tokio's paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn reconnects_back_off_with_jitter_up_to_the_ceiling() {
+        assert_eq!(
+            (BACKOFF_START, BACKOFF_CAP),
+            (Duration::from_millis(100), Duration::from_secs(5)),
+            "the documented backoff"
+        );
+        let (_keep, shutdown) = watch::channel(false);
+        let mut refused = Refused {
+            attempts: Vec::new(),
+            announced: Vec::new(),
+            left: 40,
+            shutdown,
+        };
+        reconnect(&mut refused).await;
+        assert_eq!(refused.attempts.len(), 41);
+        let waits: Vec<Duration> = refused.attempts.windows(2).map(|w| w[1] - w[0]).collect();
+        // tokio's timer has a resolution of 1 ms.
+        let tick = Duration::from_millis(1);
+        let mut step = BACKOFF_START;
+        let mut ratios = Vec::new();
+        for (k, (wait, announced)) in waits.iter().zip(&refused.announced).enumerate() {
+            assert!(
+                *wait >= *announced && *wait <= *announced + tick,
+                "wait {k}: {wait:?} between the attempts, {announced:?} announced"
+            );
+            assert!(
+                *wait >= step / 2 && *wait <= (step * 3 / 2).min(BACKOFF_CAP) + tick,
+                "wait {k}: {wait:?} at step {step:?}"
+            );
+            ratios.push(wait.as_secs_f64() / step.as_secs_f64());
+            step = (step * 2).min(BACKOFF_CAP);
+        }
+        assert!(
+            waits[6..].iter().all(|w| *w >= BACKOFF_CAP / 2),
+            "from the 7th wait on, the step is the ceiling: {waits:?}"
+        );
+        assert!(
+            waits.iter().all(|w| *w <= BACKOFF_CAP + tick),
+            "never above the ceiling: {waits:?}"
+        );
+        let spread = |r: &[f64]| {
+            r.iter().copied().fold(f64::MIN, f64::max) - r.iter().copied().fold(f64::MAX, f64::min)
+        };
+        assert!(
+            spread(&ratios[..6]) > 0.1,
+            "jittered while growing: {ratios:?}"
+        );
+        assert!(
+            waits[6..]
+                .iter()
+                .any(|w| *w < BACKOFF_CAP - Duration::from_millis(100)),
+            "still jittered at the ceiling: {waits:?}"
+        );
     }
 }

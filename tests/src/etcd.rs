@@ -1,16 +1,27 @@
 //! A real etcd for tests: Debian's `etcd` on free client and peer ports in a temp dir, stopped
 //! by pid when dropped. Never skipped: a missing binary is a clear failure (`make test` installs
-//! `etcd-server`).
+//! `etcd-server`). Also leases that a test lets expire ([`Etcd::grant_lease`]) and a fake etcd
+//! that refuses every call and times them ([`RefusingEtcd`]).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, Permission, TlsOptions,
+    Certificate, Client, ConnectOptions, GetOptions, Identity, Permission, PutOptions, TlsOptions,
 };
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::{eventually, free_port};
 
@@ -327,6 +338,18 @@ impl Etcd {
         resp.header().map_or(0, |h| h.revision())
     }
 
+    /// A sample of etcd's own `/metrics` (e.g. `etcd_debugging_mvcc_slow_watcher_total`: the
+    /// watchers etcd could not send to, that a compaction will cancel); plain `http://` only.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        assert!(self.secure.is_none(), "Etcd::metric reads http:// only");
+        let url = format!("{}/metrics", self.endpoint());
+        let res = crate::Client::new()
+            .get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        crate::metrics::metric_value(&res.text(), name, &[])
+    }
+
     /// Compact history up to `revision` (physically), so watches from before it fail.
     pub async fn compact(&self, revision: i64) {
         self.client()
@@ -344,6 +367,179 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A lease granted by [`Etcd::grant_lease`]: a task refreshes it (every third of its TTL) until
+/// [`Lease::let_expire`] or drop; etcd then deletes the keys put with it once its TTL passes.
+pub struct Lease {
+    id: i64,
+    ttl: Duration,
+    refresh: JoinHandle<()>,
+}
+
+impl Lease {
+    /// etcd's id of the lease.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Stops refreshing: the lease, and every key put with it, expires within its TTL.
+    pub fn let_expire(self) {
+        self.refresh.abort();
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.refresh.abort();
+    }
+}
+
+impl Etcd {
+    /// A lease of `ttl` (whole seconds, at least 2: etcd's minimum), kept alive until
+    /// [`Lease::let_expire`].
+    pub async fn grant_lease(&self, ttl: Duration) -> Lease {
+        let mut client = self.client().await;
+        let seconds = i64::try_from(ttl.as_secs()).expect("a TTL in seconds");
+        let granted = client
+            .lease_grant(seconds, None)
+            .await
+            .expect("etcd lease grant");
+        let id = granted.id();
+        let (mut keeper, mut answers) = client
+            .lease_keep_alive(id)
+            .await
+            .expect("etcd lease keep-alive");
+        let refresh = tokio::spawn(async move {
+            let mut every = tokio::time::interval(ttl / 3);
+            loop {
+                every.tick().await;
+                if keeper.keep_alive().await.is_err() {
+                    return;
+                }
+                if !matches!(answers.message().await, Ok(Some(_))) {
+                    return;
+                }
+            }
+        });
+        Lease { id, ttl, refresh }
+    }
+
+    /// Put `value` at `key` bound to `lease`; returns the revision of the write.
+    pub async fn put_leased(&self, key: &str, value: impl Into<Vec<u8>>, lease: &Lease) -> i64 {
+        let resp = self
+            .client()
+            .await
+            .put(key, value, Some(PutOptions::new().with_lease(lease.id)))
+            .await
+            .expect("etcd put with a lease");
+        resp.header().map_or(0, |h| h.revision())
+    }
+}
+
+/// One call a [`RefusingEtcd`] received.
+#[derive(Debug, Clone)]
+pub struct EtcdCall {
+    /// When its head arrived.
+    pub at: Instant,
+    /// The gRPC method, e.g. `/etcdserverpb.KV/Range`.
+    pub method: String,
+    /// The request's body (gRPC framing included): the protobuf holds keys as raw bytes.
+    pub body: Bytes,
+}
+
+impl EtcdCall {
+    /// Whether the request's body holds `bytes` (a key, a prefix).
+    pub fn mentions(&self, bytes: &str) -> bool {
+        let needle = bytes.as_bytes();
+        self.body.windows(needle.len()).any(|w| w == needle)
+    }
+}
+
+/// A fake etcd on 127.0.0.1 port 0 that refuses every call: it speaks HTTP/2 and answers each
+/// gRPC call `UNAVAILABLE` (trailers only), recording when it came, its method and its request.
+/// The times of a client's calls are the times of its attempts (RELIABILITY 47's backoff).
+pub struct RefusingEtcd {
+    addr: SocketAddr,
+    calls: Arc<Mutex<Vec<EtcdCall>>>,
+    task: JoinHandle<()>,
+}
+
+impl RefusingEtcd {
+    pub async fn start() -> RefusingEtcd {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake etcd on 127.0.0.1:0");
+        let addr = listener.local_addr().expect("fake etcd address");
+        let calls: Arc<Mutex<Vec<EtcdCall>>> = Arc::default();
+        let recorded = calls.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((tcp, _)) = accepted else { continue };
+                        let recorded = recorded.clone();
+                        connections.spawn(async move {
+                            let service = service_fn(move |req| refuse(req, recorded.clone()));
+                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(tcp), service)
+                                .await;
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        RefusingEtcd { addr, calls, task }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every call so far, in arrival order.
+    pub fn calls(&self) -> Vec<EtcdCall> {
+        self.calls.lock().expect("calls lock").clone()
+    }
+}
+
+impl Drop for RefusingEtcd {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn refuse(
+    req: Request<Incoming>,
+    calls: Arc<Mutex<Vec<EtcdCall>>>,
+) -> Result<Response<Empty<Bytes>>, std::convert::Infallible> {
+    let at = Instant::now();
+    let method = req.uri().path().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    calls
+        .lock()
+        .expect("calls lock")
+        .push(EtcdCall { at, method, body });
+    let mut resp = Response::new(Empty::new());
+    let headers = resp.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from_static("14"));
+    headers.insert(
+        "grpc-message",
+        HeaderValue::from_static("refused by the test's fake etcd"),
+    );
+    Ok(resp)
 }
 
 fn quick() -> ConnectOptions {

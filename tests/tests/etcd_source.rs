@@ -15,9 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cutover_tests::etcd::RefusingEtcd;
 use cutover_tests::{
     eventually, Backend, Client, Etcd, Proxy, ProxyConfig, Route, RunningBackend, TcpRelay,
 };
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
@@ -644,12 +647,14 @@ async fn compaction_while_watching_loses_no_update() {
     load.assert_clean("writes and a compaction").await;
 }
 
-/// RELIABILITY 48, 49, 51: the proxy's watch falls behind a compaction. The proxy reaches etcd
-/// through a relay; the relay is cut (connected → 0), etcd is restarted, weights are rewritten
-/// five times, one route's spec is deleted and another added, and history is compacted past
-/// everything the proxy saw. Restoring the relay, the proxy's resumed watch gets
-/// `compact_revision`, so it must re-read the prefix: final weights, the deletion and the
-/// addition all show; a write after that is applied too. Zero failed requests.
+/// RELIABILITY 48, 49, 51: the proxy is cut off while etcd moves on and compacts its history.
+/// The proxy reaches etcd through a relay; the relay is cut (connected → 0), etcd is restarted,
+/// weights are rewritten five times, one route's spec is deleted and another added, and history
+/// is compacted past everything the proxy saw. Restoring the relay, the new session re-reads
+/// the whole prefix (a lost session always does, so no watch ever starts from a compacted
+/// revision here: the `compact_revision` branch is
+/// [`a_watch_compacted_behind_its_reader_rereads_the_prefix`]'s): final weights, the deletion
+/// and the addition all show; a write after that is applied too. Zero failed requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_behind_a_compaction_rereads_the_prefix() {
     let mut site = Site::start("compact-behind").await;
@@ -701,6 +706,306 @@ async fn watch_behind_a_compaction_rereads_the_prefix() {
     wait_revision(&proxy, ROUTE, rev).await;
     assert_all_served_by(&proxy, "/x", "new").await;
     load.assert_clean("a cut-off, restart and compaction").await;
+}
+
+/// RELIABILITY 48: a watch that etcd itself cancels with `compact_revision`, its connection
+/// up all along — the branch a lost session never reaches. The proxy is frozen (SIGSTOP), so
+/// it stops reading its watch; writes of 8 KiB to keys inside the watched range (that no route
+/// is made of) fill the stream's HTTP/2 window and etcd's buffers until etcd counts the watch
+/// slow (`etcd_debugging_mvcc_slow_watcher_total`: it stops sending to it, and will resume from
+/// its history); then route `orders`' weights change, route `fresh` is added, and the history
+/// is compacted at the last revision, all within the proxy's 3 s liveness bound. Thawed, the
+/// proxy drains its stream and gets the compacted response: it logs a re-read for
+/// `compact_revision` (and no lost session), and ends on etcd's last writes, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_compacted_behind_its_reader_rereads_the_prefix() {
+    const SLOW_WATCHERS: &str = "etcd_debugging_mvcc_slow_watcher_total";
+    let site = Site::start("compact-lagging").await;
+    site.put_route(ROUTE, "/", 100.0, 0.0).await;
+    let proxy = Proxy::start(site.config()).await;
+    wait_connected(&proxy, 1.0, APPLIED, "the watch is up").await;
+    // A watch that starts behind etcd's revision counts as slow until it caught up.
+    eventually!(
+        APPLIED,
+        async { site.etcd.metric(SLOW_WATCHERS).await == Some(0.0) },
+        "etcd to count no slow watcher: {:?}",
+        site.etcd.metric(SLOW_WATCHERS).await
+    );
+    let client = site.etcd.client().await;
+    let padding = Arc::new("x".repeat(8 * 1024));
+
+    let frozen = Frozen::stop(&proxy);
+    // How many writes that takes depends on etcd's buffers (here: 250 to 500): write until
+    // etcd says.
+    let mut written = 0;
+    while site.etcd.metric(SLOW_WATCHERS).await < Some(1.0) {
+        assert!(
+            written < 4000,
+            "etcd still sends to the frozen proxy's watch after {written} writes"
+        );
+        let (client, padding, prefix) = (client.clone(), padding.clone(), site.prefix.clone());
+        cutover_tests::map_concurrent((written..written + 250).collect(), 32, move |i| {
+            let (mut client, padding) = (client.clone(), padding.clone());
+            let key = format!("{prefix}/padding/{}", i % 20);
+            async move {
+                client
+                    .put(key, padding.as_bytes(), None)
+                    .await
+                    .expect("etcd put of padding");
+            }
+        })
+        .await;
+        written += 250;
+    }
+    let rev = site.put_weights(ROUTE, 0.0, 100.0).await;
+    site.put_route("fresh", "/fresh", 0.0, 100.0).await;
+    let compacted_at = site.etcd.revision().await;
+    site.etcd.compact(compacted_at).await;
+    let paused = frozen.thaw();
+    assert!(
+        paused < Duration::from_secs(2),
+        "{written} writes took {paused:?} with the proxy frozen: near its 3 s liveness bound \
+         the proxy would lose the session instead (and re-read for that)"
+    );
+
+    proxy.wait_for_weights(ROUTE, 0.0, 100.0).await;
+    wait_revision(&proxy, ROUTE, rev).await;
+    proxy.wait_for_weights("fresh", 0.0, 100.0).await;
+    let rereads = compacted_rereads(&proxy.log());
+    assert!(
+        rereads.iter().any(|&r| r > 0 && r <= compacted_at),
+        "a re-read for the compacted watch (compact_revision up to {compacted_at}) in the log, \
+         got {rereads:?}:\n{}",
+        proxy.log()
+    );
+    assert!(
+        !proxy.log().contains("etcd unavailable"),
+        "the session was never lost: the re-read came from the compacted watch\n{}",
+        proxy.log()
+    );
+    assert_all_served_by(&proxy, "/x", "new").await;
+    assert_all_served_by(&proxy, "/fresh/1", "new").await;
+}
+
+/// The `compact_revision` of every re-read the proxy logged for a compacted watch.
+fn compacted_rereads(log: &str) -> Vec<i64> {
+    log.lines()
+        .filter(|l| l.contains("re-reading the whole prefix"))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("compact_revision ")?;
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// A process stopped with SIGSTOP until [`Frozen::thaw`] (or drop) sends SIGCONT.
+struct Frozen {
+    pid: Pid,
+    since: Instant,
+}
+
+impl Frozen {
+    fn stop(proxy: &Proxy) -> Frozen {
+        let pid = Pid::from_raw(i32::try_from(proxy.pid().expect("proxy running")).expect("pid"));
+        kill(pid, Signal::SIGSTOP).expect("SIGSTOP the proxy");
+        Frozen {
+            pid,
+            since: Instant::now(),
+        }
+    }
+
+    /// SIGCONT; how long the process was stopped.
+    fn thaw(self) -> Duration {
+        self.since.elapsed()
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = kill(self.pid, Signal::SIGCONT);
+    }
+}
+
+/// RELIABILITY 51: keys bound to a lease that expires. `orders` (`/orders`) has its weights
+/// (0/100) on one 2 s lease, `billing` (`/billing`) its spec on another; the test keeps both
+/// alive until the proxy serves them, then lets them expire one at a time. The weights' expiry
+/// is a delete: `orders` goes all-legacy (100/0, weights revision 0: no weights key), `billing`
+/// untouched. The spec's expiry removes `billing` as one complete change: while it happens
+/// every request to `/billing` is served by its `new` or answered 404 (never another status
+/// nor backend), then it is gone from `/api/v1/routes` and 404, though its weights stay in
+/// etcd. Neither is an error: `cutover_config_errors_total` and `last_error` stay clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_whose_lease_expires_are_deleted_with_it() {
+    const TTL: Duration = Duration::from_secs(2);
+    let site = Site::start("lease").await;
+    site.put_spec(ROUTE, "/orders").await;
+    site.put_weights("billing", 0.0, 100.0).await;
+    let weights_lease = site.etcd.grant_lease(TTL).await;
+    let spec_lease = site.etcd.grant_lease(TTL).await;
+    let (weights_key, spec_key) = (site.key(ROUTE, "weights"), site.key("billing", "spec"));
+    site.etcd
+        .put_leased(&weights_key, weights_json(0.0, 100.0), &weights_lease)
+        .await;
+    site.etcd
+        .put_leased(&spec_key, site.spec("/billing"), &spec_lease)
+        .await;
+    let proxy = Proxy::start(site.config()).await;
+    proxy.wait_for_weights(ROUTE, 0.0, 100.0).await;
+    proxy.wait_for_weights("billing", 0.0, 100.0).await;
+    assert_all_served_by(&proxy, "/orders/1", "new").await;
+    assert_all_served_by(&proxy, "/billing/1", "new").await;
+    let errors = config_errors(&proxy).await;
+
+    // The weights expire: all-legacy.
+    weights_lease.let_expire();
+    eventually!(
+        TTL * 5,
+        async { site.etcd.get(&weights_key).await.is_none() },
+        "etcd to delete {weights_key} with its lease"
+    );
+    proxy.wait_for_weights(ROUTE, 100.0, 0.0).await;
+    let info = proxy.route_info(ROUTE).await.expect("orders listed");
+    assert_eq!(info["weights_revision"].as_i64(), Some(0), "{info}");
+    assert_eq!(info["weights"]["shadow"].as_f64(), Some(0.0), "{info}");
+    assert!(info["last_error"].is_null(), "{info}");
+    assert_all_served_by(&proxy, "/orders/1", "legacy").await;
+    assert_all_served_by(&proxy, "/billing/1", "new").await;
+
+    // The spec expires: billing is removed, in one change.
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (client, url, watching) = (proxy.client(), proxy.url("/billing/1"), watching.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while watching.load(Ordering::Relaxed) {
+                let answer = match client.get(&url).await {
+                    Ok(res) => (res.status.as_u16(), res.backend().unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                };
+                seen.push(answer);
+            }
+            seen
+        })
+    };
+    spec_lease.let_expire();
+    eventually!(
+        TTL * 5,
+        async { site.etcd.get(&spec_key).await.is_none() },
+        "etcd to delete {spec_key} with its lease"
+    );
+    eventually!(
+        APPLIED,
+        async { proxy.route_info("billing").await.is_none() },
+        "route billing to disappear with its spec: {}",
+        proxy.routes().await
+    );
+    assert_eq!(status_of(&proxy, "/billing/1").await, 404);
+    watching.store(false, Ordering::Relaxed);
+    let seen = watcher.await.expect("watcher task");
+    assert!(
+        seen.iter()
+            .all(|(status, backend)| (*status == 200 && backend == "new") || *status == 404),
+        "while billing's spec expired, only its new backend or 404: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(status, _)| *status == 200) && seen.last().map(|s| s.0) == Some(404),
+        "served by new, then 404: {seen:?}"
+    );
+    assert!(
+        site.etcd
+            .get(&site.key("billing", "weights"))
+            .await
+            .is_some(),
+        "billing's weights (no lease) stay in etcd: a weights key without a spec serves nothing"
+    );
+    assert_all_served_by(&proxy, "/orders/1", "legacy").await;
+    assert_eq!(
+        config_errors(&proxy).await,
+        errors,
+        "an expiry is no invalid value"
+    );
+    assert!(
+        proxy
+            .route_info(ROUTE)
+            .await
+            .is_some_and(|r| r["last_error"].is_null()),
+        "{}",
+        proxy.routes().await
+    );
+}
+
+/// RELIABILITY 47: the reconnect backoff, timed where etcd would be. The proxy's etcd is a fake
+/// that answers every call `UNAVAILABLE` and records when each came; the config source's
+/// attempts are its reads of the whole prefix (a `Range` from `<prefix>/descriptors/`), one per
+/// session. Meanwhile the proxy serves its file's route, `cutover_etcd_connected` 0. Between
+/// nine attempts, each wait is within [0.5, 1.5] × its step, the step doubling from 100 ms
+/// (the waits grow), the waits over their steps spread (jitter), and from the 7th wait on the
+/// step is the 5 s ceiling, which no wait passes — uncapped, the 8th would be 6.4 s at least.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconnects_back_off_with_jitter_up_to_five_seconds() {
+    /// What a measured wait may take beyond the backoff's: the failed read, the next connect.
+    const SLACK: Duration = Duration::from_millis(500);
+    const ATTEMPTS: usize = 9;
+    let (start, ceiling) = (Duration::from_millis(100), Duration::from_secs(5));
+    let etcd = RefusingEtcd::start().await;
+    let legacy = Backend::new("legacy").run().await;
+    let new = Backend::new("new").run().await;
+    let prefix = "/e2e/backoff";
+    let fallback = Route::new(ROUTE)
+        .legacy_endpoints([legacy.addr()])
+        .new_endpoints([new.addr()])
+        .weights(100.0, 0.0);
+    let config = ProxyConfig::new()
+        .etcd(&etcd.endpoint(), prefix)
+        .etcd_dial_timeout(DIAL_TIMEOUT)
+        .route(fallback);
+    let proxy = Proxy::start(config).await;
+    let range_start = format!("{prefix}/descriptors/");
+    let reads = || -> Vec<Instant> {
+        etcd.calls()
+            .iter()
+            .filter(|c| c.method == "/etcdserverpb.KV/Range" && c.mentions(&range_start))
+            .map(|c| c.at)
+            .collect()
+    };
+    assert_all_served_by(&proxy, "/x", "legacy").await;
+    assert_eq!(connected(&proxy).await, Some(0.0), "etcd refuses");
+    eventually!(
+        Duration::from_secs(30),
+        async { reads().len() >= ATTEMPTS },
+        "{ATTEMPTS} reads of the prefix; {} so far",
+        reads().len()
+    );
+    assert_all_served_by(&proxy, "/x", "legacy").await;
+    assert_eq!(connected(&proxy).await, Some(0.0), "etcd refuses");
+
+    let attempts = reads();
+    let waits: Vec<Duration> = attempts[..ATTEMPTS]
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .collect();
+    let mut step = start;
+    let mut ratios = Vec::new();
+    for (k, wait) in waits.iter().enumerate() {
+        assert!(
+            *wait >= step / 2 && *wait <= (step * 3 / 2).min(ceiling) + SLACK,
+            "wait {k} is {wait:?}, its step {step:?} (all: {waits:?})"
+        );
+        ratios.push(wait.as_secs_f64() / step.as_secs_f64());
+        step = (step * 2).min(ceiling);
+    }
+    assert!(
+        waits[6..]
+            .iter()
+            .all(|w| *w >= ceiling / 2 && *w <= ceiling + SLACK),
+        "at the ceiling from the 7th wait on, never above it: {waits:?}"
+    );
+    // Steps of 400 ms and more, where the slack is small beside the jitter.
+    let ratios = &ratios[2..];
+    let spread = ratios.iter().copied().fold(f64::MIN, f64::max)
+        - ratios.iter().copied().fold(f64::MAX, f64::min);
+    assert!(spread > 0.1, "jittered waits over steps: {ratios:?}");
 }
 
 /// RELIABILITY 52, 57: 100 weight writes per second for 2 s under load → the proxy ends on the
