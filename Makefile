@@ -7,7 +7,7 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 
-.PHONY: demo test ui-test build lint validate-examples propagation protocols routes-10k shadow-cost rollback-time judgement routes-memory soak bench bench-smoke clean
+.PHONY: demo test ui-test fuzz build lint validate-examples propagation protocols routes-10k shadow-cost rollback-time judgement routes-memory soak bench bench-smoke clean
 
 ## Run the self-contained demo (no etcd needed).
 demo:
@@ -30,6 +30,17 @@ ui-test:
 	@scripts/prereqs.sh test
 	$(CARGO) build --locked -p cutover-proxy --bin cutover
 	$(CARGO) test --locked -p cutover-tests --test dashboard
+
+## Property-based fuzzing where bytes come from outside: the config parsers and admin bodies
+## (config/tests/fuzz.rs), the JSON and gRPC comparators (proxy/tests/fuzz.rs), the header
+## checks and the raw head scanner (proxy units `hygiene::fuzz`, `listen::fuzz`), and the
+## comparators' unit properties (`compare::proptests`, `compare::protobuf`). `make test`
+## runs these properties 256 cases each; this runs FUZZ_CASES each (some a fraction), release.
+FUZZ_CASES ?= 50000
+fuzz:
+	@scripts/prereqs.sh build
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --locked -p cutover-config -p cutover-proxy --test fuzz
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --locked -p cutover-proxy --lib -- ::fuzz:: compare::proptests compare::protobuf
 
 ## Every golden example must pass `cutover validate`; every invalid one must fail with exit 1.
 validate-examples:

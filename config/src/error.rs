@@ -114,6 +114,21 @@ impl FieldPath {
         }
     }
 
+    /// The member `key` of this path, for a key taken from the document (in a serde path, where
+    /// a `null` is): as [`FieldPath::key`] when it is a plain name, else quoted (`a[" "]`,
+    /// `["x\ny"]`), so that a path is never blank and always one printable line.
+    pub(crate) fn member(&self, key: &str) -> Self {
+        let plain = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if plain {
+            return self.key(key);
+        }
+        let quoted = serde_json::Value::from(key).to_string();
+        Self(format!("{}[{}]", self.0, printable(&quoted)))
+    }
+
     /// The element `index` of this path.
     pub(crate) fn index(&self, index: usize) -> Self {
         Self(format!("{}[{index}]", self.0))
@@ -202,7 +217,7 @@ fn find_null(value: &serde_json::Value, at: &FieldPath) -> Option<FieldPath> {
             .find_map(|(i, item)| find_null(item, &at.index(i))),
         serde_json::Value::Object(members) => members
             .iter()
-            .find_map(|(key, member)| find_null(member, &at.key(key))),
+            .find_map(|(key, member)| find_null(member, &at.member(key))),
         _ => None,
     }
 }
@@ -224,6 +239,8 @@ fn position(text: &str, offset: usize) -> Option<(usize, usize)> {
 /// serde quotes field and variant names with backticks; show them the way
 /// they are written in the documents.
 /// serde's names for number types become words.
+/// Control characters are escaped: serde quotes the document's own text (an unknown field
+/// `"a\nb"`), and an error is one printable line.
 fn tidy_message(message: &str) -> String {
     const NAMES: [&str; 4] = [
         "unknown field",
@@ -234,11 +251,29 @@ fn tidy_message(message: &str) -> String {
     let message = message
         .replace(", expected f64", ", expected a number")
         .replace(", expected u64", ", expected a non-negative integer");
-    if NAMES.iter().any(|prefix| message.starts_with(prefix)) {
+    let message = if NAMES.iter().any(|prefix| message.starts_with(prefix)) {
         message.replace('`', "\"")
     } else {
         message
+    };
+    printable(&message).into_owned()
+}
+
+/// `text` with its control characters escaped as `{:?}` escapes them (`\n`, `\0`).
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(char::is_control) {
+        return text.into();
     }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// The path of a serde error. For an unknown field, `serde_path_to_error`
@@ -262,7 +297,7 @@ fn render_serde_path(segments: &[&Segment]) -> String {
     for segment in segments {
         out = match segment {
             Segment::Seq { index } => out.index(*index),
-            Segment::Map { key } | Segment::Enum { variant: key } => out.key(key),
+            Segment::Map { key } | Segment::Enum { variant: key } => out.member(key),
             Segment::Unknown => out.key("?"),
         };
     }

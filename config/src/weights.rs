@@ -55,9 +55,15 @@ impl Weights {
 
     /// Share of live traffic served by `new`, in `0.0..=1.0`.
     pub fn new_share(&self) -> f64 {
-        let total = self.legacy + self.new;
+        let (mut legacy, mut new) = (self.legacy, self.new);
+        if (legacy + new).is_infinite() {
+            // Each is finite but the sum overflows (both near f64::MAX): halving is exact there
+            // and keeps the ratio.
+            (legacy, new) = (legacy / 2.0, new / 2.0);
+        }
+        let total = legacy + new;
         if total > 0.0 {
-            (self.new / total).clamp(0.0, 1.0)
+            (new / total).clamp(0.0, 1.0)
         } else {
             0.0
         }

@@ -289,7 +289,7 @@ fn no_differences(a: &Value, b: &Value, ignore: &[JsonPath], noise: &NoiseSet) -
 // ---- properties ----------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::default())]
 
     #[test]
     fn an_answer_never_diverges_from_itself(value in arb_json(), style in arb_style()) {
