@@ -111,6 +111,21 @@ pub struct RequestBody {
     shadow: Option<Box<Tee>>,
     ended: Option<oneshot::Sender<()>>,
     done: bool,
+    /// Read to its end ([`RequestBody::finish`]), not only stopped.
+    complete: bool,
+    /// Keeps the request active on its client connection until its body is complete (an
+    /// answer can be complete first), and tells it when the body is dropped before its end.
+    conn: Option<ActiveGuard>,
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(ActiveGuard(conn)) = &self.conn {
+            if !self.complete {
+                conn.abandoned_body.store(true, Ordering::Release);
+            }
+        }
+    }
 }
 
 /// Where a shadowed request's body is copied to, and how its copy is sent when complete.
@@ -137,11 +152,24 @@ impl RequestBody {
             shadow: None,
             ended: Some(ended),
             done: false,
+            complete: false,
+            conn: None,
         };
         if hyper::body::Body::is_end_stream(&body.inner) {
             body.finish();
         }
         body
+    }
+
+    /// Count this body's request as active on `conn` until the body is complete: the bytes
+    /// of a body still arriving after its answer are never taken for the next request's head.
+    /// Dropped before its end — an answer that came first, a failed upstream — it marks `conn`
+    /// so that the connection ends and what is left of the body is never read as a request
+    /// (RELIABILITY 12; `ConnState::abandoned_body`).
+    pub fn watched_by(&mut self, conn: Arc<ConnState>) {
+        if !self.complete {
+            self.conn = Some(ActiveGuard::new(conn));
+        }
     }
 
     /// Tee the body into `slot`'s copy, and send the copy when the body is complete.
@@ -164,6 +192,8 @@ impl RequestBody {
 
     fn finish(&mut self) {
         self.done = true;
+        self.complete = true;
+        self.conn = None;
         if let Some(tx) = self.ended.take() {
             let _ = tx.send(());
         }
@@ -370,6 +400,11 @@ pub struct ConnState {
     pub tunnel: AtomicBool,
     /// Signalled when that tunnel has closed (see [`TunnelHold`]).
     pub tunnel_closed: tokio::sync::Notify,
+    /// A request body of this HTTP/1 connection was dropped before its end (its answer came
+    /// first): once no answer is in progress the connection ends, so what is left of that
+    /// body is never read as a request (RELIABILITY 12: close, never reuse a connection with
+    /// unread body bytes).
+    pub abandoned_body: AtomicBool,
 }
 
 /// Keeps a client connection counted (its `max_connections` slot, and active so that its
@@ -423,7 +458,8 @@ impl HeadFault {
     }
 }
 
-/// Counts a request as active on its connection until its answer has been sent.
+/// Counts a request as active on its connection until its answer has been sent (and, held by
+/// its [`RequestBody`], until its body has been read).
 #[derive(Debug)]
 pub struct ActiveGuard(Arc<ConnState>);
 

@@ -620,6 +620,14 @@ impl AsyncRead for ConnIo {
         if this.state.head_done.swap(false, Ordering::AcqRel) {
             this.head_started = None;
         }
+        if !this.h2
+            && this.state.abandoned_body.load(Ordering::Acquire)
+            && this.state.active.load(Ordering::Acquire) == 0
+        {
+            // A request body was left unread and its answer is complete: the connection ends
+            // here (end of stream), what is left of that body never read as a request.
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         match polled {
@@ -769,6 +777,45 @@ impl AsyncWrite for ConnIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Once a request body was left unread (`ConnState::abandoned_body`) and no answer is in
+    /// progress, the connection reads as ended, whatever the client sends after (RELIABILITY
+    /// 12); before that, or with an answer in progress, bytes are read as usual.
+    #[tokio::test]
+    async fn an_abandoned_body_ends_the_connection_once_no_answer_is_in_progress() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let limits = ConnLimits {
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+            max_header_bytes: 8192,
+            max_headers: 100,
+        };
+        let state = Arc::new(ConnState::default());
+        let mut io = ConnIo::new(Stream::Plain(server), limits, state.clone(), false);
+        let mut buf = [0u8; 64];
+        client.write_all(b"rest of a body").await.unwrap();
+        let answer = crate::body::ActiveGuard::new(state.clone());
+        state.abandoned_body.store(true, Ordering::Release);
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(
+            &buf[..n],
+            b"rest of a body",
+            "an answer in progress: read as usual"
+        );
+        drop(answer);
+        client.write_all(b"GET /next HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(
+            io.read(&mut buf).await.unwrap(),
+            0,
+            "then: the end of the stream"
+        );
+    }
 
     fn bare(chunks: &[&[u8]]) -> bool {
         let mut scan = LineScan::default();

@@ -133,6 +133,7 @@ pub async fn handle(
         settings.limits.max_body_bytes,
         ended_tx,
     );
+    body.watched_by(conn.clone());
     let slot = shadow.map(|mut s| {
         s.set_headers(shadow_headers.unwrap_or_default());
         let slot = Arc::new(Mutex::new(s));

@@ -907,6 +907,127 @@ async fn case_12_an_early_answer_never_reads_the_unread_body_as_a_request() {
     );
 }
 
+/// RELIABILITY 12 with the backend answering early: it answers 401 to an upload as soon as
+/// the head arrives, never reading the body. The client reads that answer, then sends the body
+/// — bare LFs and a whole request inside it — and a real second request. The body's bytes are
+/// never answered (no 400 for them taken as a head, no answer to the inner request): when the
+/// backend drains the body, the connection reads it to its end and the second request is the
+/// only other one the backend sees; when the backend closes instead, the client connection
+/// ends after the 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_12_a_backend_s_early_answer_never_reads_the_rest_of_the_body_as_a_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = heads.clone();
+    let _backend = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // Each request: its head, the 401 at once, then its body read and dropped.
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    };
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope")
+                        .await;
+                    if head.starts_with("post /close") {
+                        // This one never reads the body: it closes.
+                        return;
+                    }
+                    got.drain(..end);
+                    while got.len() < length {
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    got.drain(..length);
+                }
+            });
+        }
+    });
+    let new = Backend::new("new").run().await;
+    let route = Route::new("edge")
+        .legacy_endpoints([backend])
+        .new_endpoints([new.addr()])
+        .weights(100, 0);
+    let proxy = Proxy::start(limits(ProxyConfig::new().route(route))).await;
+    let inner = b"\nGET /smuggled HTTP/1.1\r\nHost: cutover.test\r\n\r\n";
+    let mut body = Vec::new();
+    while body.len() < 64 * 1024 {
+        body.extend_from_slice(inner);
+    }
+    // `/upload`: the backend drains the body after its answer; `/close`: it never reads it.
+    for path in ["/upload", "/close"] {
+        let before = heads.load(std::sync::atomic::Ordering::SeqCst);
+        let mut conn = cutover_tests::RawConn::open(proxy.addr()).await;
+        conn.send(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: cutover.test\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+        let early = conn.read_responses(1, RAW_TIMEOUT).await;
+        assert_eq!(
+            early.first().map(|r| r.status),
+            Some(401),
+            "{path}: the backend's early answer: {:?}",
+            conn.text()
+        );
+        conn.try_send(&body).await;
+        // Then a real second request: a connection kept open must have read the body exactly.
+        conn.try_send(b"GET /second HTTP/1.1\r\nHost: cutover.test\r\nConnection: close\r\n\r\n")
+            .await;
+        conn.read_to_close(RAW_TIMEOUT).await;
+        assert!(conn.closed, "{path}: the connection was left open");
+        let statuses: Vec<u16> = cutover_tests::parse_responses(&conn.bytes)
+            .iter()
+            .map(|r| r.status)
+            .collect();
+        let heads = heads.load(std::sync::atomic::Ordering::SeqCst) - before;
+        match statuses.as_slice() {
+            // Closed after the early answer: the body and the second request never read.
+            [401] => assert_eq!(heads, 1, "{path}: the backend got one request head"),
+            // The body read to its end and kept: the second request is the only other one.
+            [401, 401] if path == "/upload" => {
+                assert_eq!(
+                    heads, 2,
+                    "{path}: the backend got exactly the two real heads"
+                )
+            }
+            other => panic!(
+                "{path}: the body's bytes were answered or the framing broke: {other:?} {:?}",
+                conn.text()
+            ),
+        }
+    }
+}
+
 /// RELIABILITY 29, "memory bounded": a flood of 200 bodies of 4 MiB each (800 MiB in all, 20
 /// connections at a time, half declared by Content-Length and half chunked) against a 1 MiB
 /// `max_body_bytes` leaves the proxy's peak RSS within 32 MiB of where it started — if it
