@@ -733,42 +733,13 @@ fn expected_share(weights: &Weights) -> f64 {
     }
 }
 
-// KNOWN BUG (reported, not fixed here): serde_json without its `float_roundtrip` feature reads
-// some numbers of 16-17 significant digits a few ULPs off (`971.0903971143717` reads as
-// `971.0903971143716`, `1.0203291509304455e-109` as `1.0203291509304457e-109`), so weights and
-// route specs with such numbers do not come back exactly from the JSON etcd holds, which
-// `RouteSpec::to_json` promises. The exact round trips are the `#[ignore]`d properties
-// `*_round_trip_exactly` below; the others check them up to `ULPS`.
+// Floats read exactly: serde_json without its `float_roundtrip` feature read some numbers of
+// 16-17 significant digits a few ULPs off (`971.0903971143717` as `971.0903971143716`), so
+// weights and route specs did not come back exactly from the JSON etcd holds, which
+// `RouteSpec::to_json` promises. Found here; fixed by the workspace's serde_json feature (the
+// `*_round_trip_exactly` properties and `*_read_back_exactly` tests below).
 
-/// How far apart (in units in the last place) serde_json's reading of a number may land.
-const ULPS: u64 = 4;
-
-/// Whether `a` and `b` are the same JSON but for numbers `ULPS` apart (the known bug above).
-fn same_up_to_ulps(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            x == y
-                || match (x.as_f64(), y.as_f64()) {
-                    (Some(x), Some(y)) if x.is_sign_negative() == y.is_sign_negative() => {
-                        x.to_bits().abs_diff(y.to_bits()) <= ULPS
-                    }
-                    _ => false,
-                }
-        }
-        (Value::Array(xs), Value::Array(ys)) => {
-            xs.len() == ys.len() && xs.iter().zip(ys).all(|(x, y)| same_up_to_ulps(x, y))
-        }
-        (Value::Object(xs), Value::Object(ys)) => {
-            xs.len() == ys.len()
-                && xs
-                    .iter()
-                    .all(|(k, x)| ys.get(k).is_some_and(|y| same_up_to_ulps(x, y)))
-        }
-        _ => a == b,
-    }
-}
-
-/// `text` parses back to what `written` serialises as, up to the known `ULPS`.
+/// `text` parses back to exactly what `written` serialises as.
 fn reads_back<T: serde::Serialize + std::fmt::Debug>(
     parsed: Result<T, ConfigErrors>,
     written: &T,
@@ -780,12 +751,7 @@ fn reads_back<T: serde::Serialize + std::fmt::Debug>(
                 serde_json::to_value(&again).unwrap(),
                 serde_json::to_value(written).unwrap(),
             );
-            prop_assert!(
-                same_up_to_ulps(&again, &written),
-                "{} reads back as {}",
-                written,
-                again
-            );
+            prop_assert!(again == written, "{} reads back as {}", written, again);
             Ok(())
         }
         Err(errors) => Err(TestCaseError::fail(format!(
@@ -1045,14 +1011,13 @@ fn huge_numbers_are_refused_with_reasons() {
     }
 }
 
-// ---- the known float bug, exactly ----------------------------------------------------------
+// ---- floats, exactly ----------------------------------------------------------
 
 proptest! {
     #![proptest_config(cases(1))]
 
-    /// KNOWN BUG (see the note above `ULPS`): fails until serde_json reads floats exactly.
+    /// Weights come back exactly from their JSON (serde_json's `float_roundtrip`).
     #[test]
-    #[ignore = "known bug: serde_json without float_roundtrip reads some floats a few ULPs off"]
     fn weights_round_trip_exactly(
         legacy in 0.0f64..1000.0,
         new in 0.0f64..1000.0,
@@ -1063,9 +1028,8 @@ proptest! {
         prop_assert_eq!(parse_weights_json(&weights.to_json().to_string()), Ok(weights));
     }
 
-    /// KNOWN BUG (see the note above `ULPS`): `RouteSpec::to_json` promises this exactly.
+    /// A spec comes back exactly from its JSON, as `RouteSpec::to_json` promises.
     #[test]
-    #[ignore = "known bug: serde_json without float_roundtrip reads some floats a few ULPs off"]
     fn route_specs_round_trip_exactly(text in json_input()) {
         if let Ok(spec) = parse_route_spec_json(&text) {
             prop_assert_eq!(parse_route_spec_json(&spec.to_json().to_string()), Ok(spec));
@@ -1076,7 +1040,6 @@ proptest! {
 /// Shrunk by `any_weights_round_trip_or_are_refused`: `971.0903971143717` reads back as
 /// `971.0903971143716`, `1.0203291509304455e-109` as `1.0203291509304457e-109`.
 #[test]
-#[ignore = "known bug: serde_json without float_roundtrip reads some floats a few ULPs off"]
 fn weights_with_17_digits_read_back_exactly() {
     for legacy in [971.090_397_114_371_7, 1.020_329_150_930_445_5e-109] {
         let weights = Weights::new(legacy, 0.0, 0.0).unwrap();
@@ -1088,7 +1051,6 @@ fn weights_with_17_digits_read_back_exactly() {
 /// The same through a route spec (found by `route_specs_round_trip_exactly`): a ramp step of
 /// `91.22217316509271` reads back as `91.22217316509273`.
 #[test]
-#[ignore = "known bug: serde_json without float_roundtrip reads some floats a few ULPs off"]
 fn route_spec_floats_read_back_exactly() {
     let text = r#"{"match": {}, "legacy": {"endpoints": ["a:1"]}, "new": {"endpoints": ["b:1"]},
                    "ramp": {"steps": [91.22217316509271]}}"#;

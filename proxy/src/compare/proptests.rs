@@ -62,9 +62,9 @@ struct Style {
     rotate: usize,
     /// Whitespace between tokens.
     spaced: bool,
-    /// Write small integers as `1.0` / `1e0`. Only up to 2^53 / 10: serde_json (without
-    /// `float_roundtrip`) reads `n.0` as `n0 / 10` in `f64`, so `4061634494308974.0` reads
-    /// as `4061634494308974.5`.
+    /// Write integers up to 2^53 (exact in an `f64`) as `1.0` / `1e0`. (Before serde_json's
+    /// `float_roundtrip` it had to stop at 2^53 / 10: `n.0` was read as `n0 / 10`, so
+    /// `4061634494308974.0` read as `4061634494308974.5`.)
     floats: bool,
     /// Write every character of strings and member names as a `\uXXXX` escape.
     escaped: bool,
@@ -97,7 +97,7 @@ fn write(value: &Value, style: Style, out: &mut String) {
     let gap = if style.spaced { " \n\t" } else { "" };
     match value {
         Value::Number(number) => match (number.as_i64(), style.floats) {
-            (Some(n), true) if n.unsigned_abs() <= (1 << 53) / 10 => {
+            (Some(n), true) if n.unsigned_abs() <= 1 << 53 => {
                 if n % 2 == 0 {
                     let _ = write!(out, "{n}.0");
                 } else {
