@@ -77,10 +77,16 @@ fn open_path(path: &str) -> bool {
     matches!(path, "/livez" | "/healthz" | "/readyz" | "/")
 }
 
-/// What `GET /api/v1/control` answers: the rollback/ramp controller's view, as JSON. The
-/// binary's wiring (`server.rs`) hands it over, so this module needs nothing of the control
-/// plane's types.
-pub type ControlJson = Arc<dyn Fn() -> Value + Send + Sync>;
+/// The rollback/ramp controller's view, as JSON. The binary's wiring (`server.rs`) hands it
+/// over, so this module needs nothing of the control plane's types.
+#[derive(Clone)]
+pub struct ControlJson {
+    /// What `GET /api/v1/control` answers: the whole view.
+    pub view: Arc<dyn Fn() -> Value + Send + Sync>,
+    /// Only its `statuses` (what `GET /api/v1/routes` needs, polled by the page every few
+    /// seconds: the whole view of 10,000 routes is not serialised for it).
+    pub statuses: Arc<dyn Fn() -> Value + Send + Sync>,
+}
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,10 +145,10 @@ impl Admin {
                 .body(self.shared.telemetry.metrics.encode())
                 .expect("static response"),
             "/api/v1/routes" => {
-                let statuses = (self.control)()["statuses"].take();
+                let statuses = (self.control.statuses)();
                 json_response(StatusCode::OK, &routes_json(&snapshot, &statuses))
             }
-            "/api/v1/control" => json_response(StatusCode::OK, &(self.control)()),
+            "/api/v1/control" => json_response(StatusCode::OK, &(self.control.view)()),
             "/" => Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "text/html; charset=utf-8")
@@ -606,7 +612,13 @@ mod tests {
             shared.clone(),
             view.clone(),
         ));
-        let control: ControlJson = Arc::new(move || json!(view.snapshot()));
+        let control = ControlJson {
+            view: {
+                let view = view.clone();
+                Arc::new(move || json!(view.snapshot()))
+            },
+            statuses: Arc::new(move || json!(view.statuses())),
+        };
         (Admin::new(shared.clone(), control, None, operator), shared)
     }
 

@@ -211,9 +211,15 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
         "cutover starting"
     );
     let view = Arc::new(ControlView::default());
-    let control_json = {
-        let view = view.clone();
-        Arc::new(move || serde_json::json!(view.snapshot())) as crate::admin::ControlJson
+    let control_json = crate::admin::ControlJson {
+        view: {
+            let view = view.clone();
+            Arc::new(move || serde_json::json!(view.snapshot()))
+        },
+        statuses: {
+            let view = view.clone();
+            Arc::new(move || serde_json::json!(view.statuses()))
+        },
     };
     // Operator actions (SPEC §10): into etcd as `cutover ctl` writes, or in-process.
     let operator: Arc<dyn cutover_config::operator::Operator> = match &config.etcd {

@@ -109,6 +109,11 @@ impl ControlView {
         self.lock().clone()
     }
 
+    /// Only [`ViewState::statuses`].
+    pub fn statuses(&self) -> BTreeMap<RouteId, Status> {
+        self.lock().statuses.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ViewState> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
