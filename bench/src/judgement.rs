@@ -13,7 +13,7 @@
 //!
 //! - **Detection** — one lane per rule, `runs` runs each. A run arms (fresh weights, which end
 //!   the previous run's rollback; faults cleared; one whole window of healthy traffic; a random
-//!   0–500 ms so the fault lands at any phase of the controller's evaluation tick), injects
+//!   part of the controller's evaluation tick, so the fault lands at any phase of it), injects
 //!   the rule's fault in `new` — 6 % errors (`error_rate`), latency × 3 (`latency_p99`), 20 % of
 //!   answers with another `total` (`divergence`) — and waits for phase `rolled_back`. Measured
 //!   as in [`crate::rollback_time`]: fault → send time of the last request `new` answered. No
@@ -67,8 +67,8 @@ pub const FAULT_DIVERGENCE_PER_MILLE: u32 = 200;
 const BASE_LATENCY_US: u64 = 2000;
 /// …plus a uniform jitter below this, all times the latency factor.
 const JITTER_US: u64 = 2000;
-/// The controller's evaluation period, in ms (`cutover_control::controller::TICK`).
-const TICK_MS: u64 = 500;
+/// The controller's evaluation period (`cutover_control::controller::TICK`).
+pub const EVAL_TICK: Duration = Duration::from_millis(100);
 /// How often the A/A lane reads the verdicts and the phase.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a detection run looks for the rollback after the fault.
@@ -759,10 +759,10 @@ async fn detection_lane(
             let _ = progress.send(format!("{} run {run}: never armed", rule.name()));
             continue;
         }
-        // The controller evaluates every 500 ms, and a run armed right after the last one's
-        // rollback would inject at the same phase of that tick every time: a random delay
-        // makes the times a fair sample of when a fault can happen.
-        let phase = Duration::from_millis(rand::rng().random_range(0..TICK_MS));
+        // A run armed right after the last one's rollback would inject at the same phase of
+        // the controller's evaluation tick every time: a random delay makes the times a fair
+        // sample of when a fault can happen.
+        let phase = EVAL_TICK.mul_f64(rand::rng().random::<f64>());
         tokio::time::sleep(phase).await;
         rule.inject(&lane.new, o);
         let fault = Instant::now();

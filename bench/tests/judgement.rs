@@ -108,3 +108,10 @@ async fn judgement_smoke() {
         assert!(markdown.contains(needle), "{needle:?} in:\n{markdown}");
     }
 }
+
+/// The scenario spreads each fault over one evaluation tick of the controller: its copy of the
+/// tick must be the controller's.
+#[test]
+fn fault_phase_spans_the_controllers_tick() {
+    assert_eq!(judgement::EVAL_TICK, cutover_control::controller::TICK);
+}

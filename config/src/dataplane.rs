@@ -99,6 +99,10 @@ impl Override {
 pub trait DataPlane: Send + Sync + 'static {
     /// The live routes.
     fn routes(&self) -> Vec<LiveRoute>;
+    /// One live route, by id.
+    fn route(&self, id: &str) -> Option<LiveRoute> {
+        self.routes().into_iter().find(|r| *r.id == *id)
+    }
     /// The route's statistics of evaluation window `window` ([`LiveRoute::window`]) within
     /// the stats window: only requests that started under it. `None` for an unknown route, or
     /// one that never had traffic.

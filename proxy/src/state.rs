@@ -226,22 +226,26 @@ impl Shared {
     }
 }
 
+/// What the controller sees of a route of the snapshot.
+fn live_route(r: &Arc<crate::routing::Route>) -> LiveRoute {
+    LiveRoute {
+        id: r.id.clone(),
+        spec: r.spec.clone(),
+        weights: r.weights,
+        weights_revision: r.weights_revision,
+        overridden: r.overridden.clone(),
+        window: r.window,
+        traffic: r.telemetry.traffic_if_any().is_some(),
+    }
+}
+
 impl DataPlane for Shared {
     fn routes(&self) -> Vec<LiveRoute> {
-        self.snapshot
-            .load()
-            .routes
-            .iter()
-            .map(|r| LiveRoute {
-                id: r.id.clone(),
-                spec: r.spec.clone(),
-                weights: r.weights,
-                weights_revision: r.weights_revision,
-                overridden: r.overridden.clone(),
-                window: r.window,
-                traffic: r.telemetry.traffic_if_any().is_some(),
-            })
-            .collect()
+        self.snapshot.load().routes.iter().map(live_route).collect()
+    }
+
+    fn route(&self, id: &str) -> Option<LiveRoute> {
+        self.snapshot.load().route(id).map(live_route)
     }
 
     fn window(&self, route: &str, window: u64) -> Option<WindowStats> {

@@ -2,8 +2,8 @@
 //!
 //! Each instance holds a lease ([`LEASE_TTL`], kept alive every second) and, bound to it,
 //! registers `<prefix>/instances/<id>`, publishes the window statistics the controller evaluated
-//! per route under `<prefix>/stats/<route>/<id>` every [`super::TICK`], and campaigns in etcd's election under
-//! `<prefix>/leader`. An instance that dies drops out with its lease: its keys vanish, and if it
+//! per route under `<prefix>/stats/<route>/<id>` every [`PUBLISH`], and campaigns in etcd's
+//! election under `<prefix>/leader`. An instance that dies drops out with its lease: its keys vanish, and if it
 //! led, the next campaigner leads. The leader reads every instance's fresh windows for the
 //! weights it evaluates and merges them ([`WindowStats::merge`]), and reads each route's
 //! `status` (to respect a pause, and to keep it in step with the weights).
@@ -32,6 +32,9 @@ use crate::window::{Published, WindowStats};
 
 /// Lifetime of the instance's lease without keep-alives: how long a dead instance stays.
 pub const LEASE_TTL: i64 = 3;
+/// How often an instance publishes its windows and the leader merges the fleet's (the
+/// controller evaluates more often, on the last merge).
+pub const PUBLISH: Duration = Duration::from_millis(500);
 /// A published window older than this is not merged.
 const FRESH: Duration = Duration::from_secs(3);
 /// Bound of every etcd call of this task.
@@ -270,7 +273,7 @@ impl Task {
             };
             let _ = lost_tx.send(reason);
         }));
-        let mut tick = tokio::time::interval(super::TICK);
+        let mut tick = tokio::time::interval(PUBLISH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_leader = false;
         loop {
