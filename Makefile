@@ -115,7 +115,8 @@ soak:
 
 ## The benchmark report: BENCHMARKS.md and bench/reports/*.svg, every number from this run.
 ## The build includes hyper-floor (a minimal hyper proxy, a binary of cutover-bench): the
-## report's floor under cutover.
+## report's floor under cutover; and own-floor (hyper-floor with an HTTP/1.1 upstream client of
+## its own): what replacing hyper's client would leave.
 ## Installs what the build needs first, then — while the release build compiles — nginx and
 ## haproxy to compare with and etcd for the propagation scenario, when it can (else the report
 ## runs without them and says so).

@@ -730,7 +730,34 @@ fn floor_summary(w: &mut String, r: &SuiteReport) {
             );
         }
     }
+    let own = TargetKind::OwnFloor;
+    if r.targets.contains(&own) {
+        for (phase, what) in [
+            (Phase::Closed1k, "closed loop, 1 KiB"),
+            (Phase::Closed64k, "closed loop, 64 KiB"),
+        ] {
+            let nginx = r
+                .median_ratio(phase, own, TargetKind::Nginx, cpu)
+                .map(|x| format!(", {x:.2}× nginx"))
+                .unwrap_or_default();
+            if let Some(ratio) = r.median_ratio(phase, own, p, cpu) {
+                let _ = writeln!(
+                    w,
+                    "- With an upstream client of its own (`own-floor`), {what}: {ratio:.2}× \
+                     hyper-floor{nginx} ({} µs).",
+                    f1(r.median(phase, own, cpu))
+                );
+            }
+        }
+    }
     let rss = |k| crowd_peak_mib(r, k);
+    if let Some(or) = rss(own) {
+        let connections = r.options.crowd.map_or(0, |s| s.connections);
+        let _ = writeln!(
+            w,
+            "- Peak RSS with {connections} connections, own-floor: {or:.1} MiB."
+        );
+    }
     if let (Some(cr), Some(pr)) = (rss(c), rss(p)) {
         let connections = r.options.crowd.map_or(0, |s| s.connections);
         let _ = writeln!(

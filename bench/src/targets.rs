@@ -47,26 +47,31 @@ pub enum TargetKind {
     /// A minimal hyper proxy (`hyper-floor`, a binary of this crate): cutover's data plane
     /// without cutover.
     HyperFloor,
+    /// `hyper-floor` with an HTTP/1.1 upstream client of its own (`own-floor`, a binary of this
+    /// crate): what replacing hyper's client would leave.
+    OwnFloor,
 }
 
 impl TargetKind {
     /// All targets, in report order.
-    pub const ALL: [TargetKind; 7] = [
+    pub const ALL: [TargetKind; 8] = [
         TargetKind::Direct,
         TargetKind::Cutover,
         TargetKind::CutoverShadow,
         TargetKind::HyperFloor,
+        TargetKind::OwnFloor,
         TargetKind::Nginx,
         TargetKind::NginxMirror,
         TargetKind::Haproxy,
     ];
 
     /// What `make bench` runs: all of them (nginx and HAProxy when installed).
-    pub const DEFAULT: [TargetKind; 7] = [
+    pub const DEFAULT: [TargetKind; 8] = [
         TargetKind::Direct,
         TargetKind::Cutover,
         TargetKind::CutoverShadow,
         TargetKind::HyperFloor,
+        TargetKind::OwnFloor,
         TargetKind::Nginx,
         TargetKind::NginxMirror,
         TargetKind::Haproxy,
@@ -81,6 +86,7 @@ impl TargetKind {
             TargetKind::NginxMirror => "nginx-mirror",
             TargetKind::Haproxy => "haproxy",
             TargetKind::HyperFloor => "hyper-floor",
+            TargetKind::OwnFloor => "own-floor",
         }
     }
 
@@ -94,6 +100,7 @@ impl TargetKind {
             TargetKind::Nginx | TargetKind::NginxMirror => Some("nginx"),
             TargetKind::Haproxy => Some("haproxy"),
             TargetKind::HyperFloor => Some("hyper-floor"),
+            TargetKind::OwnFloor => Some("own-floor"),
             _ => None,
         }
     }
@@ -101,7 +108,7 @@ impl TargetKind {
     /// How to get this target's program when it is missing.
     pub fn how_to_install(self) -> &'static str {
         match self {
-            TargetKind::HyperFloor => {
+            TargetKind::HyperFloor | TargetKind::OwnFloor => {
                 "it is a binary of cutover-bench: `make bench` builds it next to cutover-bench"
             }
             _ => "scripts/bench-prereqs.sh installs it",
@@ -145,6 +152,12 @@ impl TargetKind {
                  pooled keep-alive connections), set up as cutover's data plane (one \
                  current-thread runtime, HTTP/1.1 and h2c, header case kept, mimalloc)"
             }
+            TargetKind::OwnFloor => {
+                "`own-floor`: hyper-floor with an HTTP/1.1 upstream client of its own (the \
+                 request head written at once, the answer's head parsed by httparse from the \
+                 connection's buffer, the body read by the client's task: no connection task, \
+                 no channel); Content-Length answers only, no timeouts — a measurement, not a proxy"
+            }
         }
     }
 }
@@ -184,7 +197,8 @@ impl RunningTarget {
             TargetKind::Nginx
             | TargetKind::NginxMirror
             | TargetKind::Haproxy
-            | TargetKind::HyperFloor => {
+            | TargetKind::HyperFloor
+            | TargetKind::OwnFloor => {
                 let ext = ExternalProcess::start(kind, &external(program)?, backend).await?;
                 (ext.addr, Some(TargetProcess::External(ext)))
             }
@@ -281,7 +295,9 @@ impl ExternalProcess {
             let log = dir.path().join("output.log");
             let (config_name, config) = match kind {
                 TargetKind::Haproxy => ("haproxy.cfg", haproxy_config(addr, backend.a)),
-                TargetKind::HyperFloor => ("arguments", format!("{addr} -> {}\n", backend.a)),
+                TargetKind::HyperFloor | TargetKind::OwnFloor => {
+                    ("arguments", format!("{addr} -> {}\n", backend.a))
+                }
                 _ => (
                     "nginx.conf",
                     nginx_config(
@@ -298,7 +314,7 @@ impl ExternalProcess {
             let mut cmd = Command::new(program);
             match kind {
                 TargetKind::Haproxy => cmd.arg("-db").arg("-f").arg(&config_path),
-                TargetKind::HyperFloor => cmd
+                TargetKind::HyperFloor | TargetKind::OwnFloor => cmd
                     .arg("--listen")
                     .arg(addr.to_string())
                     .arg("--upstream")

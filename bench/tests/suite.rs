@@ -1,6 +1,6 @@
 //! Smoke run of the benchmark suite (`cutover-bench report --smoke` as a library call): the
-//! backend process, direct, cutover, cutover-shadow and hyper-floor (this crate's binary, built
-//! for the test) — plus nginx / HAProxy when installed — a few hundred requests each through
+//! backend process, direct, cutover, cutover-shadow, hyper-floor and own-floor (this crate's
+//! binaries, built for the test) — plus nginx / HAProxy when installed — a few hundred requests each through
 //! every phase, then the report and charts written to a temp dir (never BENCHMARKS.md). Checks
 //! the harness works and counts what it should, not how fast anything is.
 
@@ -23,6 +23,7 @@ async fn suite_smoke() {
         TargetKind::Cutover,
         TargetKind::CutoverShadow,
         TargetKind::HyperFloor,
+        TargetKind::OwnFloor,
     ];
     for k in must {
         assert!(report.targets.contains(&k), "{} ran", k.name());

@@ -764,7 +764,10 @@ mod tests {
             ctl.tick(Instant::now());
             tokio::time::advance(TICK).await;
         }
-        assert!(!ctl.ticks.is_multiple_of(PASS_EVERY), "the next tick is between passes");
+        assert!(
+            !ctl.ticks.is_multiple_of(PASS_EVERY),
+            "the next tick is between passes"
+        );
         dp.stats.lock().unwrap().insert(1, diverging(1_000, 500));
         let mut ticks = 0;
         while dp.overrides.lock().unwrap().is_empty() {
