@@ -23,7 +23,9 @@
 //!   is a false rollback too: it is recorded and the run re-armed (at most [`ARM_ATTEMPTS`]).
 //! - **A/A** — one lane, `aa` long, no fault. Every 500 ms it reads `GET /api/v1/control`
 //!   (each rule's local verdict) and `/api/v1/routes` (the phase); a rollback is recorded with
-//!   its rule and reason, and the route re-armed with fresh weights.
+//!   its rule and reason, and the route re-armed with fresh weights. Then each rule's fault is
+//!   injected once into the same lane, as a detection run (RELIABILITY 65: after the noise, a
+//!   regression still rolls back within `for` + 1 s).
 //!
 //! Targets: detection p99 ≤ `for` + 1 s with none missed; no rollback in the A/A run. For
 //! comparison the report quotes (does not measure) Flagger's documented settings.
@@ -339,6 +341,9 @@ pub struct AaReport {
     pub evaluated: u64,
     /// Rule name → its outcomes over the polls.
     pub outcomes: BTreeMap<String, OutcomeCounts>,
+    /// After the run, each rule's fault injected into the same lane once (RELIABILITY 65), in
+    /// [`Rule::ALL`] order.
+    pub after: Vec<Detection>,
 }
 
 impl AaReport {
@@ -564,6 +569,28 @@ impl JudgementReport {
                 );
             }
             let _ = writeln!(w);
+            if !aa.after.is_empty() {
+                let _ = writeln!(
+                    w,
+                    "**After the A/A run** (RELIABILITY 65): each rule's fault injected once into \
+                     the same lane, measured as the detection runs are.\n\n| fault | fault → no \
+                     live traffic to `new` | rule that fired | within for + 1 s |\n|:--|--:|:--|:--|"
+                );
+                for d in &aa.after {
+                    let (took, fired) = match (d.quantile(1.0), d.fired.keys().next()) {
+                        (Some(t), Some(rule)) => (secs(Some(t)), rule.clone()),
+                        _ if d.unarmed > 0 => ("never armed".to_string(), "-".to_string()),
+                        _ => ("**missed**".to_string(), "-".to_string()),
+                    };
+                    let _ = writeln!(
+                        w,
+                        "| {} | {took} | {fired} | {} |",
+                        d.rule.fault(o),
+                        yes(d.target_met(o.target())),
+                    );
+                }
+                let _ = writeln!(w);
+            }
         }
         let _ = writeln!(w, "For reference, not measured: {FLAGGER_REFERENCE}");
         w
@@ -722,106 +749,121 @@ async fn detection_lane(
     let started = Instant::now();
     let mut d = Detection::new(rule);
     for run in 1..=o.runs {
-        let mut armed = false;
-        for _ in 0..ARM_ATTEMPTS {
-            lane.clear_faults();
-            lane.rearm(o).await;
-            // One whole window of healthy traffic, watching for a rollback before the fault.
-            let healthy = Instant::now();
-            let mut early = None;
-            while healthy.elapsed() < o.window {
-                tokio::time::sleep(ARM_POLL.min(o.window.saturating_sub(healthy.elapsed()))).await;
-                if let Some(r) = lane.rolled_back().await {
-                    early = Some(r);
-                    break;
-                }
-            }
-            match early {
-                None => {
-                    armed = true;
-                    break;
-                }
-                Some((fired, reason)) => {
-                    let _ = progress.send(format!(
-                        "{} run {run}: rollback before the fault ({fired}: {reason})",
-                        rule.name()
-                    ));
-                    d.before_fault.push(FalseRollback {
-                        at: started.elapsed(),
-                        rule: fired,
-                        reason,
-                    });
-                }
-            }
-        }
-        if !armed {
-            d.unarmed += 1;
-            let _ = progress.send(format!("{} run {run}: never armed", rule.name()));
-            continue;
-        }
-        // A run armed right after the last one's rollback would inject at the same phase of
-        // the controller's evaluation tick every time: a random delay makes the times a fair
-        // sample of when a fault can happen.
-        let phase = EVAL_TICK.mul_f64(rand::rng().random::<f64>());
-        tokio::time::sleep(phase).await;
-        rule.inject(&lane.new, o);
-        let fault = Instant::now();
-        let mut fired = None;
-        // The injected rule's verdict, read every POLL_INTERVAL while waiting.
-        let mut injected = None;
-        let mut read = fault;
-        while fault.elapsed() < o.bound() {
-            if let Some(r) = lane.rolled_back().await {
-                fired = Some(r);
-                break;
-            }
-            if read.elapsed() >= POLL_INTERVAL {
-                read = Instant::now();
-                injected = lane
-                    .verdicts()
-                    .await
-                    .into_iter()
-                    .find(|(r, _)| r == rule.name())
-                    .map(|(_, text)| text)
-                    .or(injected);
-            }
-            tokio::time::sleep(DETECT_POLL).await;
-        }
-        let Some((fired, reason)) = fired else {
-            d.missed += 1;
-            let verdicts: Vec<String> = lane.verdicts().await.into_iter().map(|v| v.1).collect();
-            d.missed_verdicts.push(if verdicts.is_empty() {
-                "no evaluation shown".into()
-            } else {
-                verdicts.join("; ")
-            });
-            let _ = progress.send(format!(
-                "{} run {run}: missed (no rollback within {:.0} s)",
-                rule.name(),
-                o.bound().as_secs_f64()
-            ));
-            continue;
-        };
-        tokio::time::sleep(SETTLE).await;
-        let took = lane
-            .load
-            .last_new_send()
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(fault));
-        let _ = progress.send(format!(
-            "{} run {run}: {:.2} s ({fired})",
-            rule.name(),
-            took.as_secs_f64()
-        ));
-        d.times.push(took);
-        if fired != rule.name() {
-            d.injected_verdicts
-                .push(injected.unwrap_or_else(|| format!("{} not read", rule.name())));
-        }
-        *d.fired.entry(fired.clone()).or_default() += 1;
-        d.reasons.insert(fired, reason);
+        detect_once(&mut lane, o, run, &mut d, started, &progress).await;
     }
     lane.load.stop().await;
     d
+}
+
+/// One detection run of `d.rule` in `lane`: arm (fresh weights, faults cleared, one whole
+/// healthy window), inject its fault at a random phase of the controller's tick, and record in
+/// `d` how long until `new` got no more live traffic, or that it was missed.
+async fn detect_once(
+    lane: &mut Lane,
+    o: &JudgementOptions,
+    run: usize,
+    d: &mut Detection,
+    started: Instant,
+    progress: &mpsc::UnboundedSender<String>,
+) {
+    let rule = d.rule;
+    let mut armed = false;
+    for _ in 0..ARM_ATTEMPTS {
+        lane.clear_faults();
+        lane.rearm(o).await;
+        // One whole window of healthy traffic, watching for a rollback before the fault.
+        let healthy = Instant::now();
+        let mut early = None;
+        while healthy.elapsed() < o.window {
+            tokio::time::sleep(ARM_POLL.min(o.window.saturating_sub(healthy.elapsed()))).await;
+            if let Some(r) = lane.rolled_back().await {
+                early = Some(r);
+                break;
+            }
+        }
+        match early {
+            None => {
+                armed = true;
+                break;
+            }
+            Some((fired, reason)) => {
+                let _ = progress.send(format!(
+                    "{} run {run}: rollback before the fault ({fired}: {reason})",
+                    rule.name()
+                ));
+                d.before_fault.push(FalseRollback {
+                    at: started.elapsed(),
+                    rule: fired,
+                    reason,
+                });
+            }
+        }
+    }
+    if !armed {
+        d.unarmed += 1;
+        let _ = progress.send(format!("{} run {run}: never armed", rule.name()));
+        return;
+    }
+    // A run armed right after the last one's rollback would inject at the same phase of the
+    // controller's evaluation tick every time: a random delay makes the times a fair sample of
+    // when a fault can happen.
+    let phase = EVAL_TICK.mul_f64(rand::rng().random::<f64>());
+    tokio::time::sleep(phase).await;
+    rule.inject(&lane.new, o);
+    let fault = Instant::now();
+    let mut fired = None;
+    // The injected rule's verdict, read every POLL_INTERVAL while waiting.
+    let mut injected = None;
+    let mut read = fault;
+    while fault.elapsed() < o.bound() {
+        if let Some(r) = lane.rolled_back().await {
+            fired = Some(r);
+            break;
+        }
+        if read.elapsed() >= POLL_INTERVAL {
+            read = Instant::now();
+            injected = lane
+                .verdicts()
+                .await
+                .into_iter()
+                .find(|(r, _)| r == rule.name())
+                .map(|(_, text)| text)
+                .or(injected);
+        }
+        tokio::time::sleep(DETECT_POLL).await;
+    }
+    let Some((fired, reason)) = fired else {
+        d.missed += 1;
+        let verdicts: Vec<String> = lane.verdicts().await.into_iter().map(|v| v.1).collect();
+        d.missed_verdicts.push(if verdicts.is_empty() {
+            "no evaluation shown".into()
+        } else {
+            verdicts.join("; ")
+        });
+        let _ = progress.send(format!(
+            "{} run {run}: missed (no rollback within {:.0} s)",
+            rule.name(),
+            o.bound().as_secs_f64()
+        ));
+        return;
+    };
+    tokio::time::sleep(SETTLE).await;
+    let took = lane
+        .load
+        .last_new_send()
+        .map_or(Duration::ZERO, |t| t.saturating_duration_since(fault));
+    let _ = progress.send(format!(
+        "{} run {run}: {:.2} s ({fired})",
+        rule.name(),
+        took.as_secs_f64()
+    ));
+    d.times.push(took);
+    if fired != rule.name() {
+        d.injected_verdicts
+            .push(injected.unwrap_or_else(|| format!("{} not read", rule.name())));
+    }
+    *d.fired.entry(fired.clone()).or_default() += 1;
+    d.reasons.insert(fired, reason);
 }
 
 /// The A/A run: no fault, verdicts read every [`POLL_INTERVAL`], rollbacks recorded and
@@ -890,6 +932,13 @@ async fn aa_lane(o: &JudgementOptions, progress: mpsc::UnboundedSender<String>) 
     aa.requests = lane.load.requests();
     aa.new_requests = lane.load.new_requests();
     aa.errors = lane.load.errors();
+    // RELIABILITY 65: after the noise, a regression of each kind in the same lane still rolls
+    // back (one run each; the counts above stop here).
+    for rule in Rule::ALL {
+        let mut d = Detection::new(rule);
+        detect_once(&mut lane, o, 1, &mut d, started, &progress).await;
+        aa.after.push(d);
+    }
     lane.load.stop().await;
     aa
 }

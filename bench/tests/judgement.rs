@@ -1,8 +1,9 @@
 //! Smoke run of the judgement scenario (`cutover-bench judgement` as a library call): one
 //! detection run per rule at `for = 1s` and a 15-second A/A run, all lanes at once. Checks that
 //! each injected fault rolls `new` back (by some rule), that the A/A lane sent traffic and read
-//! evaluations with data, and that the report has its tables; not how fast anything is, nor
-//! whether the A/A run stayed free of rollbacks (too short to say).
+//! evaluations with data, that each fault injected into the A/A lane afterwards rolls back too
+//! (RELIABILITY 65), and that the report has its tables; not how fast anything is, nor whether
+//! the A/A run stayed free of rollbacks (too short to say).
 
 use std::time::Duration;
 
@@ -95,6 +96,22 @@ async fn judgement_smoke() {
         // Counted and reported, not failed: 15 s says nothing about false rollbacks.
         println!("A/A rollback at {:?}: {} ({})", r.at, r.rule, r.reason);
     }
+    // RELIABILITY 65: after the noise, each kind of regression in the same lane rolls back.
+    let after: Vec<Rule> = aa.after.iter().map(|d| d.rule).collect();
+    assert_eq!(
+        after,
+        Rule::ALL,
+        "one regression of each kind after the A/A run"
+    );
+    for d in &aa.after {
+        assert_eq!(
+            (d.missed, d.unarmed, d.times.len()),
+            (0, 0, 1),
+            "{} after the A/A run: rolled back ({:?})",
+            d.rule.name(),
+            d.missed_verdicts
+        );
+    }
 
     for needle in [
         "| rule | fault | runs | missed | p50 | p99 | max |",
@@ -103,6 +120,7 @@ async fn judgement_smoke() {
         "| divergence |",
         "| duration | requests |",
         "| rule | polls | fail | inconclusive |",
+        "**After the A/A run** (RELIABILITY 65)",
         "Flagger",
     ] {
         assert!(markdown.contains(needle), "{needle:?} in:\n{markdown}");
