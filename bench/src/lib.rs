@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod charts;
 pub mod cli;
+pub mod floor;
 pub mod judgement;
 pub mod load;
 pub mod propagation;

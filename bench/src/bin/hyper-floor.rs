@@ -7,12 +7,11 @@
 //! Target `hyper-floor` of `cutover-bench report`; `make bench` builds it.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
+use cutover_bench::floor::{self, FloorArgs};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, HOST};
@@ -22,8 +21,6 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpSocket;
 
 /// The same allocator as the `cutover` binary.
 #[global_allocator]
@@ -40,34 +37,16 @@ type Body = Either<Incoming, Empty<Bytes>>;
     disable_version_flag = true
 )]
 struct Args {
-    /// Print the version (`-v`, as nginx and HAProxy take it).
-    #[arg(short = 'v', long = "version", action = clap::ArgAction::Version)]
-    version: (),
-    /// Where clients connect.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// The one upstream every request goes to (plain HTTP, pooled keep-alive connections).
-    #[arg(long)]
-    upstream: SocketAddr,
+    #[command(flatten)]
+    at: FloorArgs,
 }
 
 fn main() -> std::io::Result<()> {
-    let args = Args::parse();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve(args))
+    floor::run(serve(Args::parse().at))
 }
 
-async fn serve(args: Args) -> std::io::Result<()> {
-    let socket = match args.listen {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(args.listen)?;
-    // cutover's listener backlog.
-    let listener = socket.listen(4096)?;
+async fn serve(at: FloorArgs) -> std::io::Result<()> {
+    let listener = floor::listener(at.listen)?;
 
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -75,22 +54,12 @@ async fn serve(args: Args) -> std::io::Result<()> {
         .pool_timer(TokioTimer::new())
         .http1_preserve_header_case(true)
         .build(connector);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().preserve_header_case(true);
-    let builder = Arc::new(builder);
-    let authority = Authority::try_from(args.upstream.to_string())
+    let builder = Arc::new(floor::server());
+    let authority = Authority::try_from(at.upstream.to_string())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
 
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            // EMFILE and the like: wait a moment rather than spin.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = floor::accept(&listener).await;
         let (builder, client, authority) = (builder.clone(), client.clone(), authority.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| forward(req, client.clone(), authority.clone()));

@@ -15,15 +15,15 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
+use cutover_bench::floor::{self, FloorArgs};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// The same allocator as the `cutover` binary.
 #[global_allocator]
@@ -42,15 +42,8 @@ const MAX_HEADERS: usize = 64;
     disable_version_flag = true
 )]
 struct Args {
-    /// Print the version (`-v`, as nginx and HAProxy take it).
-    #[arg(short = 'v', long = "version", action = clap::ArgAction::Version)]
-    version: (),
-    /// Where clients connect.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// The one upstream every request goes to.
-    #[arg(long)]
-    upstream: SocketAddr,
+    #[command(flatten)]
+    at: FloorArgs,
 }
 
 /// An idle upstream connection and the bytes it has read past the last answer.
@@ -63,32 +56,16 @@ type Pool = Arc<Mutex<Vec<Conn>>>;
 type Answer = Either<Streamed, Empty<Bytes>>;
 
 fn main() -> std::io::Result<()> {
-    let args = Args::parse();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve(args))
+    floor::run(serve(Args::parse().at))
 }
 
-async fn serve(args: Args) -> std::io::Result<()> {
-    let socket = match args.listen {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(args.listen)?;
-    let listener = socket.listen(4096)?;
+async fn serve(at: FloorArgs) -> std::io::Result<()> {
+    let listener = floor::listener(at.listen)?;
     let pool: Pool = Arc::new(Mutex::new(Vec::new()));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().preserve_header_case(true);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(floor::server());
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (builder, pool, upstream) = (builder.clone(), pool.clone(), args.upstream);
+        let stream = floor::accept(&listener).await;
+        let (builder, pool, upstream) = (builder.clone(), pool.clone(), at.upstream);
         tokio::spawn(async move {
             let service = service_fn(move |req| forward(req, pool.clone(), upstream));
             let _ = builder
