@@ -52,7 +52,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// Every this many ticks (500 ms) the controller passes over *every* route; in between only
 /// over the routes the last pass found under judgement or ramping. With 10,000 idle routes a
 /// pass costs ~2 ms: every 100 ms that was 2.3 % of a core (0.46 s of CPU in 20 s).
-const PASS_EVERY: u64 = 5;
+pub const PASS_EVERY: u64 = 5;
 /// How many in-process events the admin API keeps (embedded config source).
 const LOCAL_EVENTS: usize = 100;
 /// How long a written ramp step has to show up in the weights before the step is decided again.
