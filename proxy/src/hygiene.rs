@@ -369,7 +369,8 @@ mod tests {
         assert_eq!(upgrade_requested(v11, &headers(&both), &[]), None);
     }
 
-    fn limits() -> Limits {
+    /// Small limits for the tests (the fuzz module's regression tests too).
+    pub(super) fn limits() -> Limits {
         Limits {
             max_header_bytes: 1024,
             max_headers: 10,
@@ -972,13 +973,7 @@ mod fuzz {
     /// refused.
     #[test]
     fn forwarding_nominations_next_to_obs_text_are_refused() {
-        let limits = Limits {
-            max_header_bytes: 1024,
-            max_headers: 10,
-            max_uri_bytes: 100,
-            max_body_bytes: 1000,
-            reject_underscores: false,
-        };
+        let limits = super::tests::limits();
         for value in [&b":authority,, \x80"[..], b"X-Forwarded-Host, \xff"] {
             let headers = map(&[("connection", value)]);
             let refused = check_request(&headers, 0, true, false, &limits).unwrap_err();
@@ -990,13 +985,7 @@ mod fuzz {
     /// (hyper drops the Content-Length first, so only the check's own promise was broken).
     #[test]
     fn content_length_with_transfer_encoding_is_refused() {
-        let limits = Limits {
-            max_header_bytes: 1024,
-            max_headers: 10,
-            max_uri_bytes: 100,
-            max_body_bytes: 1000,
-            reject_underscores: false,
-        };
+        let limits = super::tests::limits();
         let headers = map(&[
             ("host", b"a.test"),
             ("transfer-encoding", b"chunked"),
