@@ -38,6 +38,9 @@ pub enum TargetKind {
     Cutover,
     /// cutover, all traffic to legacy, every request shadowed to new and compared as JSON.
     CutoverShadow,
+    /// `cutover` on hyper's HTTP/1 (`CUTOVER_ENGINE=hyper`), the fallback kept while our own
+    /// engine (proxy/src/h1, the default) is new (issue 14); it leaves with the switch.
+    CutoverHyper,
     /// nginx `proxy_pass` with upstream keep-alive.
     Nginx,
     /// nginx as above plus `mirror` of every request to the second backend.
@@ -54,9 +57,10 @@ pub enum TargetKind {
 
 impl TargetKind {
     /// All targets, in report order.
-    pub const ALL: [TargetKind; 8] = [
+    pub const ALL: [TargetKind; 9] = [
         TargetKind::Direct,
         TargetKind::Cutover,
+        TargetKind::CutoverHyper,
         TargetKind::CutoverShadow,
         TargetKind::HyperFloor,
         TargetKind::OwnFloor,
@@ -66,9 +70,10 @@ impl TargetKind {
     ];
 
     /// What `make bench` runs: all of them (nginx and HAProxy when installed).
-    pub const DEFAULT: [TargetKind; 8] = [
+    pub const DEFAULT: [TargetKind; 9] = [
         TargetKind::Direct,
         TargetKind::Cutover,
+        TargetKind::CutoverHyper,
         TargetKind::CutoverShadow,
         TargetKind::HyperFloor,
         TargetKind::OwnFloor,
@@ -82,6 +87,7 @@ impl TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::Cutover => "cutover",
             TargetKind::CutoverShadow => "cutover-shadow",
+            TargetKind::CutoverHyper => "cutover-hyper",
             TargetKind::Nginx => "nginx",
             TargetKind::NginxMirror => "nginx-mirror",
             TargetKind::Haproxy => "haproxy",
@@ -132,6 +138,10 @@ impl TargetKind {
             TargetKind::Cutover => {
                 "cutover, `[proxy] threads = 1`, default timeouts, \
                  weights {legacy = 100, new = 0, shadow = 0}"
+            }
+            TargetKind::CutoverHyper => {
+                "cutover as above on hyper's HTTP/1 (`CUTOVER_ENGINE=hyper`): the engine it had \
+                 until its own (issue 14), kept as a fallback while the new one is new"
             }
             TargetKind::CutoverShadow => {
                 "cutover, `threads = 1`, weights {legacy = 100, new = 0, shadow = 100}, \
@@ -190,7 +200,7 @@ impl RunningTarget {
         };
         let (addr, process) = match kind {
             TargetKind::Direct => (backend.a, None),
-            TargetKind::Cutover | TargetKind::CutoverShadow => {
+            TargetKind::Cutover | TargetKind::CutoverShadow | TargetKind::CutoverHyper => {
                 let proxy = Proxy::start(cutover_config(kind, backend)).await;
                 (proxy.addr(), Some(TargetProcess::Cutover(Box::new(proxy))))
             }
@@ -262,11 +272,16 @@ pub fn cutover_config(kind: TargetKind, backend: &BackendProcess) -> ProxyConfig
     };
     // cutover's own timeouts (connect 2 s, upstream 30 s), not the tests' short ones: nginx and
     // HAProxy run with theirs, and a crowd on a slow machine must not fail on a test's 500 ms.
-    ProxyConfig::new()
+    let config = ProxyConfig::new()
         .unset("connect_timeout")
         .unset("upstream_timeout")
         .set("threads", "1")
-        .route(route)
+        .route(route);
+    if kind == TargetKind::CutoverHyper {
+        config.env("CUTOVER_ENGINE", "hyper")
+    } else {
+        config
+    }
 }
 
 /// nginx, HAProxy or hyper-floor, started with a generated config (hyper-floor: arguments);

@@ -98,10 +98,68 @@ impl Idle {
     }
 }
 
+/// A body coming in: a client's request body or a backend's answer body, read by hyper
+/// (HTTP/2, or HTTP/1 on hyper's engine) or by our own HTTP/1 engine ([`crate::h1`]).
+#[derive(Debug)]
+pub enum Inbound {
+    Hyper(Incoming),
+    /// No body (a request of our engine that declared none).
+    Empty,
+    /// A request body from a client connection of our engine (boxed: a request body waits
+    /// inline in hyper's HTTP/2 client queues, see the size test below).
+    Request(Box<crate::h1::server::Reader>),
+    /// An answer body from a backend connection of our engine (boxed for the same reason).
+    Answer(Box<crate::h1::client::Reader>),
+}
+
+/// Why an incoming body failed.
+pub type InboundError = Box<dyn std::error::Error + Send + Sync>;
+
+impl From<Incoming> for Inbound {
+    fn from(b: Incoming) -> Self {
+        Inbound::Hyper(b)
+    }
+}
+
+impl hyper::body::Body for Inbound {
+    type Data = Bytes;
+    type Error = InboundError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, InboundError>>> {
+        match self.get_mut() {
+            Inbound::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inbound::Empty => Poll::Ready(None),
+            Inbound::Request(b) => Pin::new(&mut **b).poll_frame(cx).map_err(Into::into),
+            Inbound::Answer(b) => Pin::new(&mut **b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Hyper(b) => b.is_end_stream(),
+            Inbound::Empty => true,
+            Inbound::Request(b) => b.is_end_stream(),
+            Inbound::Answer(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Hyper(b) => b.size_hint(),
+            Inbound::Empty => SizeHint::with_exact(0),
+            Inbound::Request(b) => b.size_hint(),
+            Inbound::Answer(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The client's request body on its way to the backend.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Inbound,
     idle: Idle,
     limit: u64,
     seen: u64,
@@ -139,7 +197,7 @@ struct Tee {
 impl RequestBody {
     /// `ended` fires when the body is complete (at once for a request without one).
     pub fn new(
-        inner: Incoming,
+        inner: Inbound,
         read_timeout: Duration,
         limit: u64,
         ended: oneshot::Sender<()>,
@@ -273,7 +331,7 @@ impl hyper::body::Body for RequestBody {
 /// What a proxied answer carries until it is complete.
 #[derive(Debug)]
 pub struct Proxied {
-    inner: Incoming,
+    inner: Inbound,
     idle: Idle,
     route: Arc<Route>,
     backend: BackendKind,
@@ -290,7 +348,7 @@ pub struct Proxied {
 impl Proxied {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        inner: Incoming,
+        inner: Inbound,
         read_timeout: Duration,
         route: Arc<Route>,
         backend: BackendKind,

@@ -7,6 +7,7 @@ pub mod body;
 pub mod compare;
 pub mod demo;
 pub mod grpc;
+pub mod h1;
 pub mod handover;
 pub mod hygiene;
 pub mod listen;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -34,7 +35,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use crate::body::{ActiveGuard, ConnState, HeadFault};
+use crate::body::{ActiveGuard, ConnState, HeadFault, Inbound};
+use crate::h1::{self, Engine};
 use crate::handover::{Inherited, Role};
 use crate::pipeline::{self, Peer, Worker};
 use crate::shadow::ShadowClient;
@@ -231,6 +233,7 @@ async fn run_worker(
         shared: shared.clone(),
         pool: pool.clone(),
         shadow: shadow.clone(),
+        engine: Engine::from_env(),
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -348,9 +351,10 @@ async fn serve_connection(
     worker: Arc<Worker>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnLimits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     _slot: Slot,
 ) {
+    let engine = worker.engine;
     let stream = match tls {
         None => Stream::Plain(stream),
         Some(acceptor) => {
@@ -372,8 +376,10 @@ async fn serve_connection(
     let state = Arc::new(ConnState::default());
     state.h2.store(h2_by_alpn, Ordering::Release);
     let conn_state = state.clone();
-    let io = ConnIo::new(stream, limits, state.clone(), h2_by_alpn);
-    let service = service_fn(move |req| {
+    let mut io = ConnIo::new(stream, limits, state.clone(), h2_by_alpn);
+    // Our engine reads each head whole and checks its line endings itself.
+    io.scan_heads = engine == Engine::Hyper;
+    let answer = move |req: http::Request<Inbound>| {
         let worker = worker.clone();
         let state = state.clone();
         let active = ActiveGuard::new(state.clone());
@@ -393,8 +399,51 @@ async fn serve_connection(
                     http::HeaderValue::from_static("close"),
                 );
             }
-            Ok::<_, std::convert::Infallible>(resp.map(|body| body.held_by(active)))
+            resp.map(|body| body.held_by(active))
         }
+    };
+    if engine == Engine::Own && !h2_by_alpn {
+        let mut buf = BytesMut::with_capacity(h1::READ_SIZE);
+        match h1::server::opening(&mut io, &mut buf).await {
+            None => return,
+            Some(true) => {
+                // h2c by prior knowledge: hyper's HTTP/2, the preface read again first.
+                let io = h1::server::Rewind::new(buf.freeze(), io);
+                serve_hyper(io, builder, answer, limits, shutdown, conn_state).await;
+            }
+            Some(false) => {
+                let head = h1::server::HeadLimits {
+                    max_headers: limits.max_headers,
+                    max_head_bytes: limits.max_header_bytes.max(8192) + 8192,
+                    drain_idle: limits.idle_timeout.min(DRAIN_IDLE),
+                };
+                h1::server::serve(Box::new(io), buf, head, shutdown, answer).await;
+                if conn_state.tunnel.load(Ordering::Acquire) {
+                    conn_state.tunnel_closed.notified().await;
+                }
+            }
+        }
+        return;
+    }
+    serve_hyper(io, builder, answer, limits, shutdown, conn_state).await;
+}
+
+/// Serve `io` with hyper's server (HTTP/1.1 on hyper's engine, and HTTP/2).
+async fn serve_hyper<I, A, F>(
+    io: I,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    answer: A,
+    limits: ConnLimits,
+    mut shutdown: watch::Receiver<bool>,
+    conn_state: Arc<ConnState>,
+) where
+    I: h1::server::Io,
+    A: Fn(http::Request<Inbound>) -> F + Clone + Send + 'static,
+    F: Future<Output = http::Response<crate::body::Body>> + Send + 'static,
+{
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let answered = answer(req.map(Inbound::Hyper));
+        async move { Ok::<_, std::convert::Infallible>(answered.await) }
     });
     // With upgrades: a `101` answer hands the connection to its tunnel (crate::tunnel).
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -453,6 +502,8 @@ struct ConnIo {
     state: Arc<ConnState>,
     /// HTTP/2: only idleness is timed.
     h2: bool,
+    /// Scan HTTP/1 heads for what hyper's parser hides ([`LineScan`]).
+    scan_heads: bool,
     first_bytes: Vec<u8>,
     /// Line endings of the HTTP/1 head being read.
     lines: LineScan,
@@ -471,6 +522,7 @@ impl ConnIo {
             limits,
             state,
             h2,
+            scan_heads: true,
             first_bytes: Vec::new(),
             lines: LineScan::default(),
             // The first head's deadline runs from the accept.
@@ -636,7 +688,7 @@ impl AsyncRead for ConnIo {
                 if !read.is_empty() {
                     let now = Instant::now();
                     this.sniff(read);
-                    if !this.h2 {
+                    if !this.h2 && this.scan_heads {
                         let idle = this.state.active.load(Ordering::Acquire) == 0;
                         if let Some(fault) = this.lines.scan(read, idle) {
                             this.state.bad_head.store(fault as u8, Ordering::Release);

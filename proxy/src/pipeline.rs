@@ -22,10 +22,9 @@ use cutover_config::Sticky;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::body::{self, Body, BodyError, ConnState, Proxied, RequestBody};
+use crate::body::{self, Body, BodyError, ConnState, Inbound, Proxied, RequestBody};
 use crate::grpc;
 use crate::hygiene::{self, Rejection, SHADOW_MARKER};
 use crate::routing::{request_host, Route};
@@ -42,6 +41,8 @@ pub struct Worker {
     pub pool: Arc<Pool>,
     /// Shadow copies: their own pool (never `pool`) and the process's comparison queue.
     pub shadow: ShadowClient,
+    /// Which HTTP/1 engine serves this worker's clients.
+    pub engine: crate::h1::Engine,
 }
 
 /// The client connection a request came on.
@@ -57,7 +58,7 @@ pub async fn handle(
     worker: &Worker,
     peer: Peer,
     conn: &Arc<ConnState>,
-    req: Request<Incoming>,
+    req: Request<Inbound>,
 ) -> Response<Body> {
     let shared = &worker.shared;
     let started = Instant::now();
@@ -162,7 +163,7 @@ pub async fn handle(
 
 /// RELIABILITY 1–5, 14–18, 28: what is refused before routing. hyper's parser refused the
 /// malformed request lines and headers already (with its own 400/431/414).
-fn hygiene(shared: &Shared, req: &Request<Incoming>) -> Result<(), Rejection> {
+fn hygiene(shared: &Shared, req: &Request<Inbound>) -> Result<(), Rejection> {
     let http1 = req.version() != Version::HTTP_2;
     let uri = req.uri();
     if http1 {
@@ -183,11 +184,7 @@ fn hygiene(shared: &Shared, req: &Request<Incoming>) -> Result<(), Rejection> {
 /// RELIABILITY 23: an HTTP/2 stream that declared `content-length: 0` may still send DATA,
 /// which the h2 layer refuses with a stream reset. Such a request is forwarded only once its
 /// stream ended empty (within `body_read_timeout`), so it never reaches a backend otherwise.
-async fn declared_empty_body_ended(
-    shared: &Shared,
-    parts: &Parts,
-    incoming: &mut Incoming,
-) -> bool {
+async fn declared_empty_body_ended(shared: &Shared, parts: &Parts, incoming: &mut Inbound) -> bool {
     if parts.version != Version::HTTP_2
         || hygiene::content_length(&parts.headers) != Some(0)
         || hyper::body::Body::is_end_stream(incoming)
@@ -348,7 +345,7 @@ pub(crate) fn forward_head(
 /// through the record phase (a gRPC call's by its `grpc-status`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn respond(
-    resp: Response<Incoming>,
+    resp: Response<Inbound>,
     lease: crate::upstream::Lease,
     caller: Caller,
     route: Arc<Route>,
@@ -409,7 +406,7 @@ pub(crate) fn failed(
     failure: &Failure,
 ) -> Response<Body> {
     let client_fault = match failure {
-        Failure::Exchange(e) => body::body_error(e),
+        Failure::Exchange(e) => body::body_error(&**e),
         _ => None,
     };
     if let Some(fault) = client_fault {

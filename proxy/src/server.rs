@@ -208,6 +208,7 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
         listen = ?bound,
         admin = %admin_addr,
         threads,
+        http1 = ?crate::h1::Engine::from_env(),
         "cutover starting"
     );
     let view = Arc::new(ControlView::default());

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use cutover_config::BackendProtocol;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -52,7 +51,7 @@ pub async fn open(
     worker: &Worker,
     peer: Peer,
     conn: &Arc<ConnState>,
-    mut req: Request<Incoming>,
+    mut req: Request<crate::body::Inbound>,
     upgrade: HeaderValue,
     route: Arc<Route>,
     started: Instant,
@@ -67,7 +66,14 @@ pub async fn open(
     if declared.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING) {
         return pipeline::refuse(version, 400, "an Upgrade request cannot carry a body");
     }
-    let client_side = hyper::upgrade::on(&mut req);
+    let own = req
+        .extensions_mut()
+        .remove::<crate::h1::server::OnUpgrade>()
+        .and_then(|o| o.take());
+    let client_side = match own {
+        Some(upgraded) => ClientSide::Own(upgraded),
+        None => ClientSide::Hyper(hyper::upgrade::on(&mut req)),
+    };
     let (parts, incoming) = req.into_parts();
     let backend = pipeline::split(&route, &parts);
     let upstream = route.upstream(backend);
@@ -135,6 +141,27 @@ pub async fn open(
     Response::from_parts(parts, Body::full(bytes::Bytes::new()))
 }
 
+/// The client's connection once its `101` is written: hyper's, or our engine's.
+enum ClientSide {
+    Hyper(OnUpgrade),
+    Own(oneshot::Receiver<crate::h1::server::Upgraded>),
+}
+
+impl ClientSide {
+    async fn connection(self) -> Result<Box<dyn crate::h1::server::Io>, String> {
+        match self {
+            ClientSide::Hyper(on) => match on.await {
+                Ok(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
+                Err(e) => Err(e.to_string()),
+            },
+            ClientSide::Own(rx) => match rx.await {
+                Ok(u) => Ok(Box::new(crate::h1::server::Rewind::new(u.read_ahead, u.io))),
+                Err(_) => Err("the client's connection closed before the 101".into()),
+            },
+        }
+    }
+}
+
 /// What an open tunnel holds until it closes.
 struct Tunnel {
     idle_timeout: Duration,
@@ -145,8 +172,9 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    async fn relay(self, client: OnUpgrade, backend: OnUpgrade) {
-        let (client, backend) = match tokio::try_join!(client, backend) {
+    async fn relay(self, client: ClientSide, backend: OnUpgrade) {
+        let backend = async { backend.await.map_err(|e| e.to_string()) };
+        let (client, backend) = match tokio::try_join!(client.connection(), backend) {
             Ok(both) => both,
             Err(e) => {
                 debug!(error = %e, "tunnel not established");
@@ -154,7 +182,7 @@ impl Tunnel {
             }
         };
         let clock = Arc::new(Activity::new());
-        let mut client = Stamped::new(TokioIo::new(client), clock.clone());
+        let mut client = Stamped::new(client, clock.clone());
         let mut backend = Stamped::new(TokioIo::new(backend), clock.clone());
         tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut backend) => match copied {

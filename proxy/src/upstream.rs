@@ -19,14 +19,14 @@ use cutover_config::BackendProtocol;
 use http::header;
 use http::uri::{Authority, Scheme};
 use http::{Uri, Version};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
-use crate::body::RequestBody;
+use crate::body::{Inbound, RequestBody};
+use crate::h1::{self, client::Conn, Engine};
 use crate::routing::Upstream;
 use crate::tls::{self, Alpn};
 
@@ -53,6 +53,30 @@ impl Key {
             BackendProtocol::H2 => Alpn::H2,
             BackendProtocol::Auto => Alpn::H2OrHttp1,
             BackendProtocol::Http1 | BackendProtocol::H2c => Alpn::Http1,
+        }
+    }
+}
+
+/// Our own engine's idle HTTP/1.1 connections, apart from `B` (an answer's body gives its
+/// connection back here when it ended: [`Home`]).
+#[derive(Debug)]
+struct OwnIdle {
+    conns: Mutex<HashMap<Key, Vec<(Conn, Instant)>>>,
+}
+
+/// Where an answer's connection goes back to when its body ended cleanly.
+#[derive(Debug)]
+pub struct Home {
+    idle: Arc<OwnIdle>,
+    key: Key,
+}
+
+impl Home {
+    pub fn put(self, conn: Conn) {
+        let mut conns = self.idle.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let list = conns.entry(self.key).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push((conn, Instant::now()));
         }
     }
 }
@@ -136,6 +160,9 @@ pub struct Pool<B = RequestBody> {
     /// HTTP/2 handshakes in progress: the requests arriving meanwhile wait for its
     /// connection instead of each opening their own.
     handshakes: Mutex<HashMap<Key, Arc<Notify>>>,
+    /// Our engine's HTTP/1.1 connections (with [`Engine::Own`]).
+    own: Arc<OwnIdle>,
+    engine: Engine,
     connect_timeout: Duration,
     upstream_timeout: Duration,
     idle_timeout: Duration,
@@ -151,7 +178,7 @@ pub enum Failure {
     Timeout,
     /// The exchange failed: the backend closed, reset or sent something that is not HTTP — or
     /// the client's request body failed (see [`crate::body::BodyError`] in the source chain).
-    Exchange(hyper::Error),
+    Exchange(Box<dyn std::error::Error + Send + Sync>),
     /// The backend answered something the proxy must not pass on.
     BadResponse(&'static str),
 }
@@ -188,6 +215,10 @@ enum Sender<B> {
         sender: http2::SendRequest<B>,
         _stream: Stream,
     },
+    /// Our engine's connection, until its exchange takes it.
+    Own(Conn),
+    /// Our engine's exchange holds the connection (in the answer's body).
+    Detached,
 }
 
 /// One stream counted on its HTTP/2 connection until dropped (held, never read).
@@ -206,6 +237,7 @@ impl<B: OutgoingBody> Sender<B> {
         match self {
             Sender::H1(s) => s.ready().await,
             Sender::H2 { sender, .. } => sender.ready().await,
+            Sender::Own(_) | Sender::Detached => Ok(()),
         }
     }
 
@@ -214,7 +246,10 @@ impl<B: OutgoingBody> Sender<B> {
         req: Request<B>,
         tls: bool,
     ) -> impl std::future::Future<
-        Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<B>>>,
+        Output = Result<
+            Response<hyper::body::Incoming>,
+            hyper::client::conn::TrySendError<Request<B>>,
+        >,
     > {
         enum Either<L, R> {
             L(L),
@@ -228,6 +263,9 @@ impl<B: OutgoingBody> Sender<B> {
                 Either::L(s.try_send_request(req))
             }
             Sender::H2 { sender, .. } => Either::R(sender.try_send_request(into_h2(req, tls))),
+            Sender::Own(_) | Sender::Detached => {
+                unreachable!("our engine's exchanges are sent by Pool::send")
+            }
         };
         async move {
             match fut {
@@ -296,6 +334,10 @@ impl<B: OutgoingBody> Pool<B> {
             idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             handshakes: Mutex::new(HashMap::new()),
+            own: Arc::new(OwnIdle {
+                conns: Mutex::new(HashMap::new()),
+            }),
+            engine: Engine::from_env(),
             connect_timeout,
             upstream_timeout,
             idle_timeout,
@@ -314,6 +356,16 @@ impl<B: OutgoingBody> Pool<B> {
                     return Some(Self::stream_on(conn));
                 }
             }
+        }
+        if self.engine == Engine::Own {
+            let mut conns = self.own.conns.lock().unwrap_or_else(|p| p.into_inner());
+            let list = conns.get_mut(key)?;
+            while let Some((mut conn, since)) = list.pop() {
+                if since.elapsed() < self.idle_timeout && conn.is_usable() {
+                    return Some(Sender::Own(conn));
+                }
+            }
+            return None;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
@@ -338,6 +390,13 @@ impl<B: OutgoingBody> Pool<B> {
     /// HTTP/1.1 connections kept idle, HTTP/2 connections without a stream.
     pub fn evict_expired(&self) {
         {
+            let mut conns = self.own.conns.lock().unwrap_or_else(|p| p.into_inner());
+            conns.retain(|_, list| {
+                list.retain(|(_, since)| since.elapsed() < self.idle_timeout);
+                !list.is_empty()
+            });
+        }
+        {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.retain(|_, list| {
                 list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
@@ -359,6 +418,11 @@ impl<B: OutgoingBody> Pool<B> {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.values().map(Vec::len).sum()
         };
+        let own: usize = {
+            let conns = self.own.conns.lock().unwrap_or_else(|p| p.into_inner());
+            conns.values().map(Vec::len).sum()
+        };
+        let h1 = h1 + own;
         let h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         h1 + h2.values().flatten().filter(|c| c.in_flight() == 0).count()
     }
@@ -373,6 +437,9 @@ impl<B: OutgoingBody> Pool<B> {
             BackendProtocol::Auto => stream.alpn_protocol() == Some(b"h2"),
         };
         let handshake_failed = |e: hyper::Error| Failure::Connect(format!("{}: {e}", key.addr));
+        if !h2 && self.engine == Engine::Own {
+            return Ok(Sender::Own(Conn::new(stream)));
+        }
         if !h2 {
             let (sender, conn) = http1::Builder::new()
                 .preserve_header_case(true)
@@ -478,7 +545,7 @@ impl<B: OutgoingBody> Pool<B> {
         terms: Terms,
         mut req: Request<B>,
         sent: oneshot::Receiver<()>,
-    ) -> Result<(Response<Incoming>, Lease<B>), Failure> {
+    ) -> Result<(Response<Inbound>, Lease<B>), Failure> {
         let mut failure = Failure::Connect("no endpoint resolves".into());
         let mut sent = Some(sent);
         for attempt in 0..upstream.endpoints.len() {
@@ -506,7 +573,7 @@ impl<B: OutgoingBody> Pool<B> {
                         }
                     },
                 };
-                if terms.http2 && matches!(sender, Sender::H1(_)) {
+                if terms.http2 && matches!(sender, Sender::H1(_) | Sender::Own(_)) {
                     return Err(Failure::Connect(format!(
                         "{addr}: the backend speaks HTTP/1.1 (ALPN chose it); gRPC needs HTTP/2"
                     )));
@@ -518,7 +585,6 @@ impl<B: OutgoingBody> Pool<B> {
                     failure = Failure::Connect(format!("{addr}: closed at once"));
                     break;
                 }
-                let response = sender.send(req, upstream.tls);
                 let sent = sent.take().unwrap_or_else(|| oneshot::channel().1);
                 let deadline = async {
                     // The body's end (or its failure: then the exchange fails on its own).
@@ -531,6 +597,41 @@ impl<B: OutgoingBody> Pool<B> {
                         None => std::future::pending().await,
                     }
                 };
+                if let Sender::Own(conn) = sender {
+                    let home = Home {
+                        idle: self.own.clone(),
+                        key: key.clone(),
+                    };
+                    let exchange = conn.exchange(req, reused, Some(home));
+                    let result = tokio::select! {
+                        biased;
+                        r = exchange => r,
+                        () = deadline => return Err(Failure::Timeout),
+                        () = call_deadline => return Err(Failure::Timeout),
+                    };
+                    return match result {
+                        Ok(resp) => {
+                            check_response(&resp)?;
+                            let lease = Lease {
+                                home: None,
+                                sender: Sender::Detached,
+                            };
+                            Ok((resp.map(|b| Inbound::Answer(Box::new(b))), lease))
+                        }
+                        Err(h1::client::Failed {
+                            unsent: Some(unsent),
+                            ..
+                        }) => {
+                            req = unsent;
+                            continue;
+                        }
+                        Err(h1::client::Failed { fault, .. }) => Err(match fault {
+                            h1::client::Fault::Malformed(m) => Failure::BadResponse(m.0),
+                            fault => Failure::Exchange(Box::new(fault)),
+                        }),
+                    };
+                }
+                let response = sender.send(req, upstream.tls);
                 let result = tokio::select! {
                     biased;
                     r = response => r,
@@ -544,14 +645,14 @@ impl<B: OutgoingBody> Pool<B> {
                             home: Some((self.clone(), key)),
                             sender,
                         };
-                        Ok((resp, lease))
+                        Ok((resp.map(Inbound::Hyper), lease))
                     }
                     Err(mut e) => match e.take_message() {
                         Some(unsent) if reused => {
                             req = unsent;
                             continue;
                         }
-                        _ => Err(Failure::Exchange(e.into_error())),
+                        _ => Err(Failure::Exchange(Box::new(e.into_error()))),
                     },
                 };
             }
@@ -571,7 +672,7 @@ impl<B: OutgoingBody> Pool<B> {
         upstream: &Upstream,
         start: usize,
         req: Request<B>,
-    ) -> Result<(Response<Incoming>, Lease<B>), Failure> {
+    ) -> Result<(Response<Inbound>, Lease<B>), Failure> {
         let mut failure = Failure::Connect("no endpoint resolves".into());
         for attempt in 0..upstream.endpoints.len() {
             let Some(addr) = upstream.endpoint(start, attempt).addr() else {
@@ -602,7 +703,7 @@ impl<B: OutgoingBody> Pool<B> {
             let response = sender.send_request(req);
             let resp = match tokio::time::timeout(self.upstream_timeout, response).await {
                 Err(_) => return Err(Failure::Timeout),
-                Ok(Err(e)) => return Err(Failure::Exchange(e)),
+                Ok(Err(e)) => return Err(Failure::Exchange(Box::new(e))),
                 Ok(Ok(resp)) => resp,
             };
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -612,7 +713,7 @@ impl<B: OutgoingBody> Pool<B> {
                 home: None,
                 sender: Sender::H1(sender),
             };
-            return Ok((resp, lease));
+            return Ok((resp.map(Inbound::Hyper), lease));
         }
         Err(failure)
     }
@@ -642,7 +743,7 @@ impl<B> Drop for Handshake<'_, B> {
 /// RELIABILITY 36, 37: an answer whose framing is ambiguous, or a 101 to a request that did not
 /// ask to upgrade (only [`Pool::upgrade`] forwards `Upgrade`), is refused (502) and its
 /// connection is not reused.
-fn check_response(resp: &Response<Incoming>) -> Result<(), Failure> {
+fn check_response<R>(resp: &Response<R>) -> Result<(), Failure> {
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         return Err(Failure::BadResponse(
             "backend answered 101 Switching Protocols to a request without Upgrade",
