@@ -92,8 +92,11 @@ pub async fn handle(
 
     let upgrade = hygiene::upgrade_requested(version, req.headers(), &shared.settings.upgrades);
     if let Some(upgrade) = upgrade.cloned() {
-        return crate::tunnel::open(worker, peer, conn, req, upgrade, route, started, inflight)
-            .await;
+        // Boxed: an upgrade's future is large and rare; inline it made every request's larger.
+        return Box::pin(crate::tunnel::open(
+            worker, peer, conn, req, upgrade, route, started, inflight,
+        ))
+        .await;
     }
 
     let (parts, mut incoming) = req.into_parts();
@@ -137,7 +140,7 @@ pub async fn handle(
     body.watched_by(conn.clone());
     let slot = shadow.map(|mut s| {
         s.set_headers(shadow_headers.unwrap_or_default());
-        let slot = Arc::new(Mutex::new(s));
+        let slot = Arc::new(Mutex::new(*s));
         body.tee(slot.clone(), route.clone(), worker.shadow.clone());
         slot
     });
@@ -241,7 +244,7 @@ fn plan_shadow(
     parts: &Parts,
     served_by: BackendKind,
     grpc: bool,
-) -> Option<ShadowRequest> {
+) -> Option<Box<ShadowRequest>> {
     let share = route.weights.shadow;
     if share <= 0.0 || (share < 100.0 && rand::random::<f64>() * 100.0 >= share) {
         return None;
@@ -273,14 +276,15 @@ fn plan_shadow(
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
-    Some(ShadowRequest::new(
+    // Boxed: a shadow request is large (768 bytes) and only sampled requests have one.
+    Some(Box::new(ShadowRequest::new(
         target,
         parts.method.clone(),
         path,
         policy.max_body_bytes,
         noise_copy,
         grpc,
-    ))
+    )))
 }
 
 /// The head the backend gets (HTTP/1.1, origin-form target): hop-by-hop headers and the

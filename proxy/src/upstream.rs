@@ -565,7 +565,9 @@ impl<B: OutgoingBody> Pool<B> {
             loop {
                 let (mut sender, reused) = match pooled.take() {
                     Some(s) => (s, true),
-                    None => match self.open(&key).await {
+                    // Boxed: a connect's future is large and rare once the pool is warm; inline
+                    // it made every request's future (moved whole, perf: memmove) 1.5 KB larger.
+                    None => match Box::pin(self.open(&key)).await {
                         Ok(s) => (s, false),
                         Err(e) => {
                             failure = e;

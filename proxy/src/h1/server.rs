@@ -108,7 +108,7 @@ pub async fn serve<S, F>(
     io: Box<dyn Io>,
     buf: BytesMut,
     limits: HeadLimits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     mut service: S,
 ) where
     S: FnMut(Request<Inbound>) -> F,
@@ -119,23 +119,37 @@ pub async fn serve<S, F>(
     // The answers' heads (and small bodies) are gathered here, one buffer per connection, as
     // large as they needed.
     let mut out = BytesMut::new();
+    // Registered with the drain signal once per connection: a registration per request (a
+    // `changed()` each time) was a lock on a channel every worker shares.
+    let mut drain_begun = Box::pin(drain_begun(shutdown));
+    let mut draining = false;
     loop {
         let Some(mut s) = side.take() else {
             return;
         };
         // Idle for `drain_idle` once the drain began: closed (a head begun is read and
         // answered, with `Connection: close`).
-        let idle = s.buf.is_empty();
-        let drained = async {
-            if !*shutdown.borrow() && shutdown.changed().await.is_err() {
-                std::future::pending::<()>().await;
+        let head = if !s.buf.is_empty() {
+            read_head(&mut s, limits).await
+        } else if draining {
+            tokio::select! {
+                biased;
+                head = read_head(&mut s, limits) => head,
+                () = tokio::time::sleep(limits.drain_idle) => return,
             }
-            tokio::time::sleep(limits.drain_idle).await;
-        };
-        let head = tokio::select! {
-            biased;
-            head = read_head(&mut s, limits) => head,
-            () = drained, if idle => return,
+        } else {
+            tokio::select! {
+                biased;
+                head = read_head(&mut s, limits) => head,
+                () = &mut drain_begun => {
+                    draining = true;
+                    tokio::select! {
+                        biased;
+                        head = read_head(&mut s, limits) => head,
+                        () = tokio::time::sleep(limits.drain_idle) => return,
+                    }
+                }
+            }
         };
         let head = match head {
             Ok(Some(head)) => head,
@@ -222,6 +236,18 @@ pub async fn serve<S, F>(
         if !keep {
             let _ = wr.shutdown().await;
             return;
+        }
+    }
+}
+
+/// Resolves once the drain began (`shutdown` set); never if its sender is gone.
+async fn drain_begun(mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
