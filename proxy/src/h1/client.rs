@@ -200,19 +200,26 @@ impl Conn {
             version,
             headers,
             case,
+            seen,
         } = head;
         let no_body = head_only
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let chunked = super::chunked(&headers).map_err(|m| Failed {
+        let malformed = |m| Failed {
             fault: Fault::Malformed(m),
             unsent: None,
-        })?;
-        let length = content_length(&headers).map_err(|m| Failed {
-            fault: Fault::Malformed(m),
-            unsent: None,
-        })?;
+        };
+        let chunked = if seen.transfer_encoding {
+            super::chunked(&headers).map_err(malformed)?
+        } else {
+            None
+        };
+        let length = if seen.content_length {
+            content_length(&headers).map_err(malformed)?
+        } else {
+            None
+        };
         let framing = if no_body {
             Framing::Empty
         } else {
@@ -226,7 +233,7 @@ impl Conn {
         let keep_alive = request_done
             && framing != Framing::Close
             && version == Version::HTTP_11
-            && !connection_close(&headers);
+            && !(seen.connection && connection_close(&headers));
         let mut resp = Response::new(Reader {
             conn: Some(self),
             decoder: Decoder::new(framing),
@@ -364,6 +371,7 @@ struct Answer {
     version: Version,
     headers: http::HeaderMap,
     case: Case,
+    seen: super::Seen,
 }
 
 /// Parse an answer's head from the front of `buf` (taking it out), if it is all there.
@@ -398,12 +406,13 @@ fn parse_answer(buf: &mut BytesMut) -> Result<Option<Answer>, Malformed> {
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(Malformed("status"))?;
-    let (headers, case) = super::headers_from(&head, answer.headers)?;
+    let (headers, case, seen) = super::headers_from(&head, answer.headers)?;
     Ok(Some(Answer {
         status,
         version,
         headers,
         case,
+        seen,
     }))
 }
 

@@ -323,31 +323,41 @@ fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Parsed
     let target = req.path.unwrap_or_default().as_bytes();
     let uri = http::Uri::from_maybe_shared(head.slice_ref(target))
         .map_err(|_| (400, "malformed request target"))?;
-    let (headers, case) = super::headers_from(&head, req.headers).map_err(|_| BAD)?;
-    let framing = match super::chunked(&headers) {
+    let (headers, case, seen) = super::headers_from(&head, req.headers).map_err(|_| BAD)?;
+    let te = if seen.transfer_encoding {
+        super::chunked(&headers)
+    } else {
+        Ok(None)
+    };
+    let framing = match te {
         Err(_) | Ok(Some(false)) => return Err((400, "bad transfer-encoding")),
         Ok(Some(true)) if version == Version::HTTP_10 => {
             return Err((400, "transfer-encoding on HTTP/1.0"))
         }
         Ok(Some(true)) => Framing::Chunked,
+        Ok(None) if !seen.content_length => Framing::Empty,
         Ok(None) => match content_length(&headers) {
             Err(_) => return Err((400, "bad content-length")),
             Ok(Some(n)) => Framing::Length(n),
             Ok(None) => Framing::Empty,
         },
     };
-    let tokens = connection_tokens(&headers);
+    let tokens = if seen.connection {
+        connection_tokens(&headers)
+    } else {
+        ConnectionTokens::default()
+    };
     let keep_alive = match version {
         Version::HTTP_10 => tokens.keep_alive,
         _ => !tokens.close,
     };
     let expect_continue = version == Version::HTTP_11
         && framing != Framing::Empty
+        && seen.expect
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let upgrade =
-        version == Version::HTTP_11 && tokens.upgrade && headers.contains_key(header::UPGRADE);
+    let upgrade = version == Version::HTTP_11 && tokens.upgrade && seen.upgrade;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
