@@ -580,12 +580,7 @@ mod fuzz {
     use crate::pipeline::{answer_head, forward_head, Peer};
     use crate::routing::Route;
 
-    fn cases() -> ProptestConfig {
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
+    use crate::fuzzing::cases;
 
     /// Names that matter to the checks and the stripping, in any case.
     const NAMES: &[&str] = &[

@@ -24,3 +24,16 @@ pub mod timeline;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+
+/// What the in-crate property tests share (`hygiene::fuzz`, `listen::fuzz`, `h1::fuzz`).
+#[cfg(test)]
+pub(crate) mod fuzzing {
+    /// proptest's defaults (`PROPTEST_CASES` honoured: `make fuzz` runs more), with failures
+    /// not persisted to files (a regression found becomes a plain test beside its property).
+    pub(crate) fn cases() -> proptest::prelude::ProptestConfig {
+        proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        }
+    }
+}

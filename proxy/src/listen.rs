@@ -925,12 +925,7 @@ mod fuzz {
 
     use super::*;
 
-    fn cases() -> ProptestConfig {
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
+    use crate::fuzzing::cases;
 
     /// What the scanner promises for bytes read whole while the connection is idle, written
     /// apart from it: the first of a bare CR or LF, a second `content-length:` line, or the

@@ -607,11 +607,8 @@ impl<B: OutgoingBody> Pool<B> {
                         key: key.clone(),
                     };
                     let exchange = conn.exchange(req, reused, Some(home));
-                    let result = tokio::select! {
-                        biased;
-                        r = exchange => r,
-                        () = deadline => return Err(Failure::Timeout),
-                        () = call_deadline => return Err(Failure::Timeout),
+                    let Some(result) = within(exchange, deadline, call_deadline).await else {
+                        return Err(Failure::Timeout);
                     };
                     return match result {
                         Ok(resp) => {
@@ -636,11 +633,8 @@ impl<B: OutgoingBody> Pool<B> {
                     };
                 }
                 let response = sender.send(req, upstream.tls);
-                let result = tokio::select! {
-                    biased;
-                    r = response => r,
-                    () = deadline => return Err(Failure::Timeout),
-                    () = call_deadline => return Err(Failure::Timeout),
+                let Some(result) = within(response, deadline, call_deadline).await else {
+                    return Err(Failure::Timeout);
                 };
                 return match result {
                     Ok(resp) => {
@@ -720,6 +714,20 @@ impl<B: OutgoingBody> Pool<B> {
             return Ok((resp.map(Inbound::Hyper), lease));
         }
         Err(failure)
+    }
+}
+
+/// `exchange`'s outcome, or `None` when either deadline came first.
+async fn within<T>(
+    exchange: impl std::future::Future<Output = T>,
+    deadline: impl std::future::Future<Output = ()>,
+    call_deadline: impl std::future::Future<Output = ()>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        r = exchange => Some(r),
+        () = deadline => None,
+        () = call_deadline => None,
     }
 }
 

@@ -24,7 +24,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
-use hyper::body::Frame;
+use hyper::body::{Frame, SizeHint};
 use tokio::io::AsyncRead;
 
 /// Which HTTP/1 codec serves clients and talks to HTTP/1.1 backends.
@@ -354,18 +354,8 @@ impl Decoder {
                 }
                 Framing::Length(left) => {
                     if side.buf.is_empty() {
-                        match ready!(side.poll_fill_for(cx, left)) {
-                            Ok(0) => {
-                                self.framing = Framing::Empty;
-                                return Poll::Ready(Some(Err(BodyFault::Io(
-                                    io::ErrorKind::UnexpectedEof.into(),
-                                ))));
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                self.framing = Framing::Empty;
-                                return Poll::Ready(Some(Err(BodyFault::Io(e))));
-                            }
+                        if let Err(fault) = ready!(self.poll_more(cx, side, left)) {
+                            return Poll::Ready(Some(Err(fault)));
                         }
                     }
                     let take = usize::try_from(left)
@@ -383,15 +373,13 @@ impl Decoder {
                 Framing::Close => {
                     if side.buf.is_empty() {
                         match ready!(side.poll_fill(cx)) {
+                            // The end of the stream is the end of such a body.
                             Ok(0) => {
                                 self.framing = Framing::Empty;
                                 return Poll::Ready(None);
                             }
                             Ok(_) => {}
-                            Err(e) => {
-                                self.framing = Framing::Empty;
-                                return Poll::Ready(Some(Err(BodyFault::Io(e))));
-                            }
+                            Err(e) => return Poll::Ready(Some(Err(self.cut(e)))),
                         }
                     }
                     let data = side.buf.split().freeze();
@@ -410,21 +398,40 @@ impl Decoder {
                         }
                         Ok(None) => {}
                     }
-                    match ready!(side.poll_fill(cx)) {
-                        Ok(0) => {
-                            self.framing = Framing::Empty;
-                            return Poll::Ready(Some(Err(BodyFault::Io(
-                                io::ErrorKind::UnexpectedEof.into(),
-                            ))));
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            self.framing = Framing::Empty;
-                            return Poll::Ready(Some(Err(BodyFault::Io(e))));
-                        }
+                    if let Err(fault) = ready!(self.poll_more(cx, side, READ_SIZE as u64)) {
+                        return Poll::Ready(Some(Err(fault)));
                     }
                 }
             }
+        }
+    }
+
+    /// Read more of the body into `side`'s buffer (room for `want` bytes); the end of the
+    /// stream before the body's end is a fault.
+    fn poll_more<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        side: &mut ReadSide<R>,
+        want: u64,
+    ) -> Poll<Result<(), BodyFault>> {
+        Poll::Ready(match ready!(side.poll_fill_for(cx, want)) {
+            Ok(0) => Err(self.cut(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.cut(e)),
+        })
+    }
+
+    /// The body ends here, cut off by `e`.
+    fn cut(&mut self, e: io::Error) -> BodyFault {
+        self.framing = Framing::Empty;
+        BodyFault::Io(e)
+    }
+
+    /// What is left, as a body's size hint.
+    pub fn size_hint(&self) -> SizeHint {
+        match self.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 
@@ -798,12 +805,7 @@ mod fuzz {
     use super::tests::decode;
     use super::Framing;
 
-    fn cases() -> ProptestConfig {
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
+    use crate::fuzzing::cases;
 
     /// A chunked body of `chunks`, with an extension on some, and trailers.
     fn encode(chunks: &[(Vec<u8>, bool)], trailer: bool) -> Vec<u8> {
