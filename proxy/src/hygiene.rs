@@ -1,9 +1,9 @@
 //! HTTP hygiene (SPEC §7, RELIABILITY.md 1–22, 28–29): what is checked on a request before it
 //! is routed, and which headers never cross the proxy.
 //!
-//! hyper's parser already refuses most malformed framing (and `listen::ConnIo` what only the
-//! raw head shows); the checks here are the ones it leaves to us, plus the limits operators
-//! configure.
+//! The HTTP/1 parser ([`crate::h1`]; hyper's, with `listen::ConnIo`'s raw-head scan, on the
+//! fallback engine) already refuses malformed framing; the checks here are the ones a parser
+//! leaves to a proxy, plus the limits operators configure.
 
 use http::header::{self, HeaderMap, HeaderName};
 
