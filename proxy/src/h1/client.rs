@@ -96,15 +96,10 @@ impl Conn {
         matches!(self.side.poll_fill(&mut cx), Poll::Pending)
     }
 
-    /// The connection itself, for an upgrade's tunnel, with what was read past the head.
-    pub fn into_parts(self) -> (tls::Stream, Bytes) {
-        (self.side.io, self.side.buf.freeze())
-    }
-
     /// Send `req` and read the answer's head; its body is read from the connection by the
     /// [`Reader`] of the answer, which gives the connection to `home` when it ends cleanly.
     /// `reused`: the connection came from the pool (a failure before any byte of the answer
-    /// then hands the request back when its body was not started).
+    /// then hands an idempotent request back when its body was not started).
     pub async fn exchange<B>(
         mut self,
         req: Request<B>,
@@ -183,10 +178,14 @@ impl Conn {
         let head = match head {
             Ok(head) => head,
             Err(fault) => {
+                // A pooled connection the backend closed as the request went out: safe to send
+                // again on a new one only when no byte of the body was taken and sending twice
+                // is harmless (the backend may have read the head before it closed).
                 let retry = reused
                     && !writing.started
                     && matches!(fault, Fault::Io(_))
-                    && self.side.buf.is_empty();
+                    && self.side.buf.is_empty()
+                    && crate::hygiene::is_idempotent(&parts.method);
                 let unsent = retry.then(|| Request::from_parts(parts, body));
                 return Err(Failed { fault, unsent });
             }
@@ -246,8 +245,8 @@ impl Conn {
             resp.extensions_mut().insert(case);
         }
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            // The connection is the tunnel's: the Reader hands it over whole.
-            resp.body_mut().decoder = Decoder::new(Framing::Empty);
+            // The backend switched protocols (refused by the caller: only hyper's client sends
+            // upgrades): whatever follows is not HTTP, so the connection never goes back.
             resp.body_mut().home = None;
         }
         Ok(resp)
@@ -430,11 +429,6 @@ impl Reader {
         if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) {
             home.put(conn);
         }
-    }
-
-    /// The connection of a `101` answer, for its tunnel.
-    pub fn take_upgraded(&mut self) -> Option<Conn> {
-        self.conn.take()
     }
 }
 

@@ -128,28 +128,24 @@ pub async fn serve<S, F>(
             return;
         };
         // Idle for `drain_idle` once the drain began: closed (a head begun is read and
-        // answered, with `Connection: close`).
-        let head = if !s.buf.is_empty() {
-            read_head(&mut s, limits).await
-        } else if draining {
+        // answered, with `Connection: close`). A head read cut short by the drain's start
+        // keeps its bytes in the buffer.
+        let mut head = None;
+        if s.buf.is_empty() && !draining {
             tokio::select! {
                 biased;
-                head = read_head(&mut s, limits) => head,
+                read = read_head(&mut s, limits) => head = Some(read),
+                () = &mut drain_begun => draining = true,
+            }
+        }
+        let head = match head {
+            Some(read) => read,
+            None if draining && s.buf.is_empty() => tokio::select! {
+                biased;
+                read = read_head(&mut s, limits) => read,
                 () = tokio::time::sleep(limits.drain_idle) => return,
-            }
-        } else {
-            tokio::select! {
-                biased;
-                head = read_head(&mut s, limits) => head,
-                () = &mut drain_begun => {
-                    draining = true;
-                    tokio::select! {
-                        biased;
-                        head = read_head(&mut s, limits) => head,
-                        () = tokio::time::sleep(limits.drain_idle) => return,
-                    }
-                }
-            }
+            },
+            None => read_head(&mut s, limits).await,
         };
         let head = match head {
             Ok(Some(head)) => head,
