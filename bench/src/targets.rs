@@ -38,9 +38,9 @@ pub enum TargetKind {
     Cutover,
     /// cutover, all traffic to legacy, every request shadowed to new and compared as JSON.
     CutoverShadow,
-    /// `cutover` on hyper's HTTP/1 (`CUTOVER_ENGINE=hyper`), the fallback kept while our own
-    /// engine (proxy/src/h1, the default) is new (issue 14); it leaves with the switch.
-    CutoverHyper,
+    /// `cutover` on its own HTTP/1 engine (`CUTOVER_ENGINE=own`, proxy/src/h1) while it is not
+    /// the default yet (issue 14); it leaves with the switch.
+    CutoverOwn,
     /// nginx `proxy_pass` with upstream keep-alive.
     Nginx,
     /// nginx as above plus `mirror` of every request to the second backend.
@@ -60,7 +60,7 @@ impl TargetKind {
     pub const ALL: [TargetKind; 9] = [
         TargetKind::Direct,
         TargetKind::Cutover,
-        TargetKind::CutoverHyper,
+        TargetKind::CutoverOwn,
         TargetKind::CutoverShadow,
         TargetKind::HyperFloor,
         TargetKind::OwnFloor,
@@ -73,7 +73,7 @@ impl TargetKind {
     pub const DEFAULT: [TargetKind; 9] = [
         TargetKind::Direct,
         TargetKind::Cutover,
-        TargetKind::CutoverHyper,
+        TargetKind::CutoverOwn,
         TargetKind::CutoverShadow,
         TargetKind::HyperFloor,
         TargetKind::OwnFloor,
@@ -87,7 +87,7 @@ impl TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::Cutover => "cutover",
             TargetKind::CutoverShadow => "cutover-shadow",
-            TargetKind::CutoverHyper => "cutover-hyper",
+            TargetKind::CutoverOwn => "cutover-own",
             TargetKind::Nginx => "nginx",
             TargetKind::NginxMirror => "nginx-mirror",
             TargetKind::Haproxy => "haproxy",
@@ -139,9 +139,9 @@ impl TargetKind {
                 "cutover, `[proxy] threads = 1`, default timeouts, \
                  weights {legacy = 100, new = 0, shadow = 0}"
             }
-            TargetKind::CutoverHyper => {
-                "cutover as above on hyper's HTTP/1 (`CUTOVER_ENGINE=hyper`): the engine it had \
-                 until its own (issue 14), kept as a fallback while the new one is new"
+            TargetKind::CutoverOwn => {
+                "cutover as above on its own HTTP/1 engine (`CUTOVER_ENGINE=own`), while it is \
+                 not the default yet (issue 14)"
             }
             TargetKind::CutoverShadow => {
                 "cutover, `threads = 1`, weights {legacy = 100, new = 0, shadow = 100}, \
@@ -200,7 +200,7 @@ impl RunningTarget {
         };
         let (addr, process) = match kind {
             TargetKind::Direct => (backend.a, None),
-            TargetKind::Cutover | TargetKind::CutoverShadow | TargetKind::CutoverHyper => {
+            TargetKind::Cutover | TargetKind::CutoverShadow | TargetKind::CutoverOwn => {
                 let proxy = Proxy::start(cutover_config(kind, backend)).await;
                 (proxy.addr(), Some(TargetProcess::Cutover(Box::new(proxy))))
             }
@@ -277,8 +277,8 @@ pub fn cutover_config(kind: TargetKind, backend: &BackendProcess) -> ProxyConfig
         .unset("upstream_timeout")
         .set("threads", "1")
         .route(route);
-    if kind == TargetKind::CutoverHyper {
-        config.env("CUTOVER_ENGINE", "hyper")
+    if kind == TargetKind::CutoverOwn {
+        config.env("CUTOVER_ENGINE", "own")
     } else {
         config
     }

@@ -1,8 +1,8 @@
 //! HTTP hygiene (SPEC §7, RELIABILITY.md 1–22, 28–29): what is checked on a request before it
 //! is routed, and which headers never cross the proxy.
 //!
-//! The HTTP/1 parser ([`crate::h1`]; hyper's, with `listen::ConnIo`'s raw-head scan, on the
-//! fallback engine) already refuses malformed framing; the checks here are the ones a parser
+//! The HTTP/1 parser (hyper's, with `listen::ConnIo`'s raw-head scan; or our own engine's,
+//! [`crate::h1`]) already refuses malformed framing; the checks here are the ones a parser
 //! leaves to a proxy, plus the limits operators configure.
 
 use http::header::{self, HeaderMap, HeaderName};

@@ -2,9 +2,9 @@
 //! `SO_REUSEPORT` listener per address (the kernel spreads connections over them) and its own
 //! upstream pool, so no lock is shared between workers on the request path.
 //!
-//! Each connection is served by our HTTP/1 engine ([`crate::h1::server`]) or by hyper's HTTP/2
-//! (h2c by prior knowledge, h2 by ALPN on the TLS listener) — by hyper's HTTP/1 too with
-//! `CUTOVER_ENGINE=hyper` — over a [`ConnIo`] that enforces the connection's deadlines:
+//! Each connection is served by hyper (HTTP/1.1, or HTTP/2: h2c by prior knowledge, h2 by ALPN
+//! on the TLS listener) — its HTTP/1.1 by our own engine ([`crate::h1::server`]) with
+//! `CUTOVER_ENGINE=own` — over a [`ConnIo`] that enforces the connection's deadlines:
 //! - `header_read_timeout`: a total deadline for a request head, from its first byte
 //!   (RELIABILITY 30) — a slowloris client is closed at it however it trickles;
 //! - `idle_timeout`: a kept-alive connection with no request in progress and no byte of a new

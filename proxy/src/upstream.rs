@@ -7,8 +7,8 @@
 //! A pool belongs to one worker (one current-thread runtime), so its lock is never contended;
 //! a connection goes back to it when its response body has been read to the end and the
 //! backend did not ask to close, and waits there at most `upstream_idle_timeout`. HTTP/1.1
-//! exchanges are our engine's ([`crate::h1::client`], driven by the request's own task; its
-//! connections wait in `own`), hyper's with `CUTOVER_ENGINE=hyper`; HTTP/2 is hyper's.
+//! exchanges are hyper's, or with `CUTOVER_ENGINE=own` our engine's ([`crate::h1::client`],
+//! driven by the request's own task; its connections wait in `own`); HTTP/2 is hyper's.
 
 /// The pool's maps: keyed by address, hashed by foldhash (std's SipHash was ~410 instructions a
 /// lookup, two lookups a request; the keys are the config's endpoints, not a client's input).
