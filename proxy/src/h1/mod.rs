@@ -10,8 +10,8 @@
 //! the connection closes — with trailers.
 //!
 //! The engine is chosen at start-up ([`Engine::from_env`]): hyper's HTTP/1 by default, this one
-//! with `CUTOVER_ENGINE=own`. It passes every end-to-end test but one, which fails one run in
-//! seven or so (RELIABILITY 55: a SIGTERM under keep-alive load, one request reset); it becomes
+//! with `CUTOVER_ENGINE=own`. It passes every end-to-end test but one, which failed 2 runs in
+//! 13 (RELIABILITY 55: a SIGTERM under keep-alive load, one request reset); it becomes
 //! the default when that is fixed, and hyper's HTTP/1 leaves after it (issue 14).
 
 pub mod client;
