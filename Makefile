@@ -33,7 +33,8 @@ ui-test:
 
 ## Property-based fuzzing where bytes come from outside: the config parsers and admin bodies
 ## (config/tests/fuzz.rs), the JSON and gRPC comparators (proxy/tests/fuzz.rs), the header
-## checks and the raw head scanner (proxy units `hygiene::fuzz`, `listen::fuzz`), and the
+## checks and the HTTP/1 engine's heads and bodies (proxy units `hygiene::fuzz`, `h1::fuzz`,
+## `h1::server::fuzz`), and the
 ## comparators' unit properties (`compare::proptests`, `compare::protobuf`). `make test`
 ## runs these properties 256 cases each; this runs FUZZ_CASES each (some a fraction), release.
 FUZZ_CASES ?= 50000

@@ -116,16 +116,17 @@ pub struct Sample {
 ///
 /// Pooled upstream connections move with the busiest moment of a segment: the pools keep as
 /// many idle connections as that moment needed (the upstream pool's for `upstream_idle_timeout`,
-/// the shadow client's for 60 s), and each one is an open file and a task (the pool's idle
-/// watch, or hyper's connection task). So open files and tasks are judged *besides* them, and
-/// the connections themselves as their own series.
+/// the shadow client's for 60 s), and each one is an open file. So open files are judged
+/// *besides* them, and the connections themselves as their own series. Tasks are judged as they
+/// are: cutover's HTTP/1 engine gives an upstream connection no task (hyper's HTTP/1 client,
+/// which it replaced, did: tasks were judged besides the connections until 2026-12-07).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Series {
     Rss,
     /// Open files minus upstream connections.
     OtherFds,
-    /// Runtime tasks minus upstream connections.
-    OtherTasks,
+    /// Runtime tasks.
+    Tasks,
     Threads,
     Upstream,
 }
@@ -134,7 +135,7 @@ impl Series {
     pub const ALL: [Series; 5] = [
         Series::Rss,
         Series::OtherFds,
-        Series::OtherTasks,
+        Series::Tasks,
         Series::Threads,
         Series::Upstream,
     ];
@@ -143,7 +144,7 @@ impl Series {
         match self {
             Series::Rss => "RSS (MiB)",
             Series::OtherFds => "open files besides upstream connections",
-            Series::OtherTasks => "runtime tasks besides upstream connections",
+            Series::Tasks => "runtime tasks",
             Series::Threads => "threads",
             Series::Upstream => "upstream connections (pooled)",
         }
@@ -154,7 +155,7 @@ impl Series {
         match self {
             Series::Rss => s.rss_kib.map(|k| k as f64 / 1024.0),
             Series::OtherFds => Some(s.fds? as f64 - upstream?),
-            Series::OtherTasks => Some(s.tasks? - upstream?),
+            Series::Tasks => s.tasks,
             Series::Threads => s.threads.map(|v| v as f64),
             Series::Upstream => upstream,
         }
@@ -314,8 +315,8 @@ impl SoakReport {
              once the proxy's open files were unchanged for {:?} (≤ {:?}). Samples before {} are \
              warm-up and not judged. Flat: the last third's median is at most max(4 MiB, 10 %) \
              (RSS) or max(8, 20 %) (counts) above the first third's largest sample. Each pooled \
-             upstream connection is an open file and a task, so those are judged besides the \
-             connections. RSS = VmRSS; upstream conns = the proxy's ESTABLISHED sockets to the \
+             upstream connection is an open file, so files are judged besides the connections \
+             (an HTTP/1 upstream connection has no task of its own). RSS = VmRSS; upstream conns = the proxy's ESTABLISHED sockets to the \
              backend's ports; tasks = `cutover_runtime_tasks` over all runtimes.\n",
             self.binary.display(),
             o.segments(),
@@ -446,7 +447,8 @@ mod tests {
             fds: Some(other_fds + upstream),
             upstream: Some(upstream),
             threads: Some(9),
-            tasks: Some(8.0 + upstream as f64),
+            // Our HTTP/1 engine: no task per upstream connection.
+            tasks: Some(8.0),
         }
     }
 
@@ -507,7 +509,20 @@ mod tests {
                 .collect(),
         );
         assert!(!verdict(&r, Series::OtherFds).flat);
-        assert!(verdict(&r, Series::OtherTasks).flat);
+        assert!(verdict(&r, Series::Tasks).flat);
+
+        // Tasks leaked, three per segment: 8 → 23 over six samples (the first third's largest
+        // 11, the last third's median 21.5: +10.5, more than max(8, 20 %)).
+        let r = report(
+            (0..6)
+                .map(|i| Sample {
+                    tasks: Some(8.0 + 3.0 * i as f64),
+                    ..sample(60 + 30 * i, 40, 28, 20)
+                })
+                .collect(),
+        );
+        assert!(!verdict(&r, Series::Tasks).flat);
+        assert!(verdict(&r, Series::OtherFds).flat);
 
         // Established connections piling up: 60 → 160 (the first third's largest is 80, the
         // last third's median 150: +70, more than 20 % of 80).
@@ -519,9 +534,9 @@ mod tests {
         let v = verdict(&r, Series::Upstream);
         assert!(!v.flat, "{v:?}");
         assert_eq!((v.first, v.last), (80.0, 150.0));
-        // Their files and tasks are accounted to the pool, not counted twice.
+        // Their files are accounted to the pool, not counted twice; they have no tasks.
         assert!(verdict(&r, Series::OtherFds).flat);
-        assert!(verdict(&r, Series::OtherTasks).flat);
+        assert!(verdict(&r, Series::Tasks).flat);
     }
 
     #[test]

@@ -38,9 +38,6 @@ pub enum TargetKind {
     Cutover,
     /// cutover, all traffic to legacy, every request shadowed to new and compared as JSON.
     CutoverShadow,
-    /// `cutover` on its own HTTP/1 engine (`CUTOVER_ENGINE=own`, proxy/src/h1) while it is not
-    /// the default yet (issue 14); it leaves with the switch.
-    CutoverOwn,
     /// nginx `proxy_pass` with upstream keep-alive.
     Nginx,
     /// nginx as above plus `mirror` of every request to the second backend.
@@ -57,10 +54,9 @@ pub enum TargetKind {
 
 impl TargetKind {
     /// All targets, in report order.
-    pub const ALL: [TargetKind; 9] = [
+    pub const ALL: [TargetKind; 8] = [
         TargetKind::Direct,
         TargetKind::Cutover,
-        TargetKind::CutoverOwn,
         TargetKind::CutoverShadow,
         TargetKind::HyperFloor,
         TargetKind::OwnFloor,
@@ -70,10 +66,9 @@ impl TargetKind {
     ];
 
     /// What `make bench` runs: all of them (nginx and HAProxy when installed).
-    pub const DEFAULT: [TargetKind; 9] = [
+    pub const DEFAULT: [TargetKind; 8] = [
         TargetKind::Direct,
         TargetKind::Cutover,
-        TargetKind::CutoverOwn,
         TargetKind::CutoverShadow,
         TargetKind::HyperFloor,
         TargetKind::OwnFloor,
@@ -87,7 +82,6 @@ impl TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::Cutover => "cutover",
             TargetKind::CutoverShadow => "cutover-shadow",
-            TargetKind::CutoverOwn => "cutover-own",
             TargetKind::Nginx => "nginx",
             TargetKind::NginxMirror => "nginx-mirror",
             TargetKind::Haproxy => "haproxy",
@@ -138,10 +132,6 @@ impl TargetKind {
             TargetKind::Cutover => {
                 "cutover, `[proxy] threads = 1`, default timeouts, \
                  weights {legacy = 100, new = 0, shadow = 0}"
-            }
-            TargetKind::CutoverOwn => {
-                "cutover as above on its own HTTP/1 engine (`CUTOVER_ENGINE=own`), while it is \
-                 not the default yet (issue 14)"
             }
             TargetKind::CutoverShadow => {
                 "cutover, `threads = 1`, weights {legacy = 100, new = 0, shadow = 100}, \
@@ -200,7 +190,7 @@ impl RunningTarget {
         };
         let (addr, process) = match kind {
             TargetKind::Direct => (backend.a, None),
-            TargetKind::Cutover | TargetKind::CutoverShadow | TargetKind::CutoverOwn => {
+            TargetKind::Cutover | TargetKind::CutoverShadow => {
                 let proxy = Proxy::start(cutover_config(kind, backend)).await;
                 (proxy.addr(), Some(TargetProcess::Cutover(Box::new(proxy))))
             }
@@ -272,16 +262,11 @@ pub fn cutover_config(kind: TargetKind, backend: &BackendProcess) -> ProxyConfig
     };
     // cutover's own timeouts (connect 2 s, upstream 30 s), not the tests' short ones: nginx and
     // HAProxy run with theirs, and a crowd on a slow machine must not fail on a test's 500 ms.
-    let config = ProxyConfig::new()
+    ProxyConfig::new()
         .unset("connect_timeout")
         .unset("upstream_timeout")
         .set("threads", "1")
-        .route(route);
-    if kind == TargetKind::CutoverOwn {
-        config.env("CUTOVER_ENGINE", "own")
-    } else {
-        config
-    }
+        .route(route)
 }
 
 /// nginx, HAProxy or hyper-floor, started with a generated config (hyper-floor: arguments);

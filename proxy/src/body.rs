@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -98,8 +98,8 @@ impl Idle {
     }
 }
 
-/// A body coming in: a client's request body or a backend's answer body, read by hyper
-/// (HTTP/2, or HTTP/1 on hyper's engine) or by our own HTTP/1 engine ([`crate::h1`]).
+/// A body coming in: a client's request body or a backend's answer body, read by hyper's
+/// HTTP/2 or by our own HTTP/1 engine ([`crate::h1`]).
 #[derive(Debug)]
 pub enum Inbound {
     Hyper(Incoming),
@@ -337,7 +337,8 @@ pub struct Proxied {
     backend: BackendKind,
     status: u16,
     started: Instant,
-    lease: Option<Lease>,
+    /// Held until the answer is dropped.
+    _lease: Lease,
     shadow: Option<ShadowSlot>,
     _inflight: InflightGuard,
     recorded: bool,
@@ -365,7 +366,7 @@ impl Proxied {
             backend,
             status,
             started,
-            lease: Some(lease),
+            _lease: lease,
             shadow,
             _inflight: inflight,
             recorded: false,
@@ -396,8 +397,8 @@ impl Proxied {
         }
     }
 
-    /// The answer is over: count it, hand the primary's answer to the shadow comparison
-    /// (`complete`: the backend sent all of it), and pool the connection if it can serve again.
+    /// The answer is over: count it, and hand the primary's answer to the shadow comparison
+    /// (`complete`: the backend sent all of it).
     fn end(&mut self, outcome: Outcome, complete: bool) {
         if self.recorded {
             return;
@@ -415,21 +416,15 @@ impl Proxied {
             self.started,
             Instant::now(),
         );
-        if let (true, Some(lease)) = (complete, self.lease.take()) {
-            lease.release();
-        }
     }
 }
 
 impl Drop for Proxied {
     fn drop(&mut self) {
-        // Not read to the end: a body that was empty anyway (HEAD, 204, 304) is complete and
-        // its connection reusable; otherwise the client went away mid-body — the backend did
-        // answer (its status counts), but the connection cannot be reused.
+        // Not read to the end: a body that was empty anyway (HEAD, 204, 304) is complete;
+        // otherwise the client went away mid-body — the backend did answer (its status
+        // counts), but its connection is not reused (the answer's body closes it).
         let complete = hyper::body::Body::is_end_stream(&self.inner);
-        if !complete {
-            self.lease = None;
-        }
         let outcome = match self.grpc {
             // The client cancelled the call before its end.
             Some(None) if !complete => Outcome::Grpc {
@@ -449,9 +444,6 @@ pub struct ConnState {
     pub active: AtomicUsize,
     /// A request head was just parsed: its head deadline is over.
     pub head_done: AtomicBool,
-    /// What is wrong with the head being read, as only its raw bytes show
-    /// ([`HeadFault`] as a number; 0: nothing): the request is refused.
-    pub bad_head: AtomicU8,
     /// The connection speaks HTTP/2 (its preface was seen, or ALPN chose h2).
     pub h2: AtomicBool,
     /// A `101` was answered: the connection becomes a tunnel once hyper lets go of it.
@@ -486,33 +478,6 @@ impl TunnelHold {
 impl Drop for TunnelHold {
     fn drop(&mut self) {
         self.state.tunnel_closed.notify_one();
-    }
-}
-
-/// What the raw bytes of a request head show that hyper's parsed head does not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum HeadFault {
-    /// A bare CR or LF (RELIABILITY 7).
-    BareLineEnding = 1,
-    /// Two Content-Length lines, even equal ones (RELIABILITY 2; hyper merges equal ones).
-    DuplicateContentLength = 2,
-}
-
-impl HeadFault {
-    pub fn from_u8(v: u8) -> Option<HeadFault> {
-        match v {
-            1 => Some(HeadFault::BareLineEnding),
-            2 => Some(HeadFault::DuplicateContentLength),
-            _ => None,
-        }
-    }
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            HeadFault::BareLineEnding => "line endings must be CRLF",
-            HeadFault::DuplicateContentLength => "more than one Content-Length",
-        }
     }
 }
 
@@ -610,7 +575,6 @@ impl hyper::body::Body for Body {
         let frame = match polled {
             Poll::Pending => {
                 if p.idle.expired(cx) {
-                    p.lease = None;
                     p.end(Outcome::NoResponse, false);
                     return Poll::Ready(Some(Err(Broken("the backend stopped sending"))));
                 }
@@ -623,7 +587,6 @@ impl hyper::body::Body for Body {
             }
             Poll::Ready(Some(Err(_))) if p.grpc.is_some() => {
                 // RELIABILITY 61: the call ends with UNAVAILABLE, the stream itself cleanly.
-                p.lease = None;
                 let code = crate::grpc::UNAVAILABLE;
                 p.grpc = Some(Some(code));
                 let outcome = p.outcome();
@@ -633,7 +596,6 @@ impl hyper::body::Body for Body {
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
             Poll::Ready(Some(Err(_))) => {
-                p.lease = None;
                 p.end(Outcome::NoResponse, false);
                 return Poll::Ready(Some(Err(Broken("the backend broke off the answer"))));
             }

@@ -25,7 +25,7 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
-/// What the in-crate property tests share (`hygiene::fuzz`, `listen::fuzz`, `h1::fuzz`).
+/// What the in-crate property tests share (`hygiene::fuzz`, `h1::fuzz`, `h1::server::fuzz`).
 #[cfg(test)]
 pub(crate) mod fuzzing {
     /// proptest's defaults (`PROPTEST_CASES` honoured: `make fuzz` runs more), with failures

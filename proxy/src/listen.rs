@@ -2,9 +2,9 @@
 //! `SO_REUSEPORT` listener per address (the kernel spreads connections over them) and its own
 //! upstream pool, so no lock is shared between workers on the request path.
 //!
-//! Each connection is served by hyper (HTTP/1.1, or HTTP/2: h2c by prior knowledge, h2 by ALPN
-//! on the TLS listener) — its HTTP/1.1 by our own engine ([`crate::h1::server`]) with
-//! `CUTOVER_ENGINE=own` — over a [`ConnIo`] that enforces the connection's deadlines:
+//! Each connection is served by our own HTTP/1 engine ([`crate::h1::server`]), or by hyper's
+//! HTTP/2 (h2c by prior knowledge, h2 by ALPN on the TLS listener), over a [`ConnIo`] that
+//! enforces the connection's deadlines:
 //! - `header_read_timeout`: a total deadline for a request head, from its first byte
 //!   (RELIABILITY 30) — a slowloris client is closed at it however it trickles;
 //! - `idle_timeout`: a kept-alive connection with no request in progress and no byte of a new
@@ -24,9 +24,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus::{IntCounter, IntGauge};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -36,8 +36,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use crate::body::{ActiveGuard, ConnState, HeadFault, Inbound};
-use crate::h1::{self, Engine};
+use crate::body::{ActiveGuard, ConnState, Inbound};
+use crate::h1;
 use crate::handover::{Inherited, Role};
 use crate::pipeline::{self, Peer, Worker};
 use crate::shadow::ShadowClient;
@@ -178,14 +178,57 @@ impl Drop for Slot {
     }
 }
 
-/// Start one worker thread: a current-thread runtime serving `listeners` until `shutdown`
-/// turns true, then letting its connections finish (the process exits when drained).
+/// The accept loops' side of closing the listeners: each loop holds a clone until its listener
+/// is closed.
+#[derive(Clone)]
+pub struct Accepting {
+    stop: watch::Receiver<bool>,
+    _open: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Closes every listener and says when they are closed. The drain begins only then: a client
+/// told `Connection: close` reconnects, and a connection that reached a listener's backlog
+/// before the listener closed would be reset (RELIABILITY 55), where one that finds no
+/// listener is refused.
+pub struct CloseListeners {
+    stop: watch::Sender<bool>,
+    closed: tokio::sync::mpsc::Receiver<()>,
+}
+
+/// A gate for the accept loops of every worker.
+pub fn accepting() -> (CloseListeners, Accepting) {
+    let (stop, stop_rx) = watch::channel(false);
+    let (open, closed) = tokio::sync::mpsc::channel(1);
+    (
+        CloseListeners { stop, closed },
+        Accepting {
+            stop: stop_rx,
+            _open: open,
+        },
+    )
+}
+
+impl CloseListeners {
+    /// Stop every accept loop and wait (at most `within`) until each has closed its listener;
+    /// false if one did not in time.
+    pub async fn close(mut self, within: Duration) -> bool {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(within, self.closed.recv())
+            .await
+            .is_ok()
+    }
+}
+
+/// Start one worker thread: a current-thread runtime serving `listeners` until `accepting`
+/// stops, then letting its connections finish as `shutdown` (the drain) says (the process
+/// exits when drained).
 pub fn spawn_worker(
     index: usize,
     listeners: WorkerListeners,
     shared: Arc<Shared>,
     cap: Arc<Cap>,
     limits: ConnLimits,
+    accepting: Accepting,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -201,7 +244,9 @@ pub fn spawn_worker(
                     return;
                 }
             };
-            rt.block_on(run_worker(listeners, shared, cap, limits, shutdown));
+            rt.block_on(run_worker(
+                listeners, shared, cap, limits, accepting, shutdown,
+            ));
         })
 }
 
@@ -210,6 +255,7 @@ async fn run_worker(
     shared: Arc<Shared>,
     cap: Arc<Cap>,
     limits: ConnLimits,
+    accepting: Accepting,
     shutdown: watch::Receiver<bool>,
 ) {
     shared
@@ -234,19 +280,9 @@ async fn run_worker(
         shared: shared.clone(),
         pool: pool.clone(),
         shadow: shadow.clone(),
-        engine: Engine::from_env(),
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .preserve_header_case(true)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
-        // ConnIo enforces the head deadline from its first byte, and the idle time apart.
-        .header_read_timeout(None)
-        .timer(TokioTimer::new());
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
@@ -270,9 +306,11 @@ async fn run_worker(
             builder.clone(),
             cap.clone(),
             limits,
+            accepting.clone(),
             shutdown.clone(),
         )));
     }
+    drop(accepting);
     // Idle upstream connections past their time are closed now and then.
     let evict = {
         let pool = pool.clone();
@@ -299,31 +337,20 @@ async fn run_worker(
     std::future::pending::<()>().await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     worker: Arc<Worker>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http2::Builder<TokioExecutor>>,
     cap: Arc<Cap>,
     limits: ConnLimits,
-    mut shutdown: watch::Receiver<bool>,
+    accepting: Accepting,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and the like: wait a moment rather than spin.
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
+    let serve = |stream: TcpStream, addr: SocketAddr| {
         let Some(slot) = cap.admit() else {
-            drop(stream);
-            continue;
+            return;
         };
         let _ = stream.set_nodelay(true);
         let peer = Peer {
@@ -340,8 +367,35 @@ async fn accept_loop(
             shutdown.clone(),
             slot,
         ));
+    };
+    let mut stop = accepting.stop.clone();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, addr)) => serve(stream, addr),
+                Err(e) => {
+                    // EMFILE and the like: wait a moment rather than spin.
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
     }
-    // Dropping the listener closes it: no new connections on this worker.
+    // Stopping: the connections the kernel already completed wait in the backlog, and closing
+    // the listener would reset them; take them first, then close it.
+    if let Ok(listener) = listener.into_std() {
+        while let Ok((stream, addr)) = listener.accept() {
+            let stream = stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream));
+            if let Ok(stream) = stream {
+                serve(stream, addr);
+            }
+        }
+    }
+    // The listener is closed: this loop's part of `accepting` goes with it.
+    drop(accepting);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -350,12 +404,11 @@ async fn serve_connection(
     peer: Peer,
     tls: Option<TlsAcceptor>,
     worker: Arc<Worker>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http2::Builder<TokioExecutor>>,
     limits: ConnLimits,
     shutdown: watch::Receiver<bool>,
     _slot: Slot,
 ) {
-    let engine = worker.engine;
     let stream = match tls {
         None => Stream::Plain(stream),
         Some(acceptor) => {
@@ -378,20 +431,13 @@ async fn serve_connection(
     state.h2.store(h2_by_alpn, Ordering::Release);
     let conn_state = state.clone();
     let mut io = ConnIo::new(stream, limits, state.clone(), h2_by_alpn);
-    // Our engine reads each head whole and checks its line endings itself.
-    io.scan_heads = engine == Engine::Hyper;
     let answer = move |req: http::Request<Inbound>| {
         let worker = worker.clone();
         let state = state.clone();
         let active = ActiveGuard::new(state.clone());
-        let fault = HeadFault::from_u8(state.bad_head.swap(0, Ordering::AcqRel));
         async move {
             let version = req.version();
-            let mut resp = if let Some(fault) = fault {
-                pipeline::refuse(version, 400, fault.reason())
-            } else {
-                pipeline::handle(&worker, peer, &state, req).await
-            };
+            let mut resp = pipeline::handle(&worker, peer, &state, req).await;
             if version != http::Version::HTTP_2 && worker.shared.draining.load(Ordering::Relaxed) {
                 // Draining: this answer ends the connection, so the client's next request
                 // goes to a new one (never raced against a close).
@@ -403,40 +449,40 @@ async fn serve_connection(
             resp.map(|body| body.held_by(active))
         }
     };
-    if engine == Engine::Own && !h2_by_alpn {
-        let mut buf = BytesMut::with_capacity(h1::READ_SIZE);
-        match h1::server::opening(&mut io, &mut buf).await {
-            None => return,
-            Some(true) => {
-                // h2c by prior knowledge: hyper's HTTP/2, the preface read again first.
-                let io = h1::server::Rewind::new(buf.freeze(), io);
-                serve_hyper(io, builder, answer, limits, shutdown, conn_state).await;
-            }
-            Some(false) => {
-                let head = h1::server::HeadLimits {
-                    max_headers: limits.max_headers,
-                    max_head_bytes: limits.max_header_bytes.max(8192) + 8192,
-                    drain_idle: limits.idle_timeout.min(DRAIN_IDLE),
-                };
-                h1::server::serve(Box::new(io), buf, head, shutdown, answer).await;
-                if conn_state.tunnel.load(Ordering::Acquire) {
-                    conn_state.tunnel_closed.notified().await;
-                }
-            }
-        }
+    if h2_by_alpn {
+        serve_h2(io, builder, answer, shutdown).await;
         return;
     }
-    serve_hyper(io, builder, answer, limits, shutdown, conn_state).await;
+    let mut buf = BytesMut::with_capacity(h1::READ_SIZE);
+    match h1::server::opening(&mut io, &mut buf).await {
+        None => {}
+        Some(true) => {
+            // h2c by prior knowledge: hyper's HTTP/2, the preface read again first.
+            let io = h1::server::Rewind::new(buf.freeze(), io);
+            serve_h2(io, builder, answer, shutdown).await;
+        }
+        Some(false) => {
+            let head = h1::server::HeadLimits {
+                max_headers: limits.max_headers,
+                max_head_bytes: limits.max_header_bytes.max(8192) + 8192,
+                drain_idle: limits.idle_timeout.min(DRAIN_IDLE),
+            };
+            h1::server::serve(Box::new(io), buf, head, shutdown, answer).await;
+            if conn_state.tunnel.load(Ordering::Acquire) {
+                // The connection is a tunnel's now: it keeps its slot until the tunnel closes.
+                conn_state.tunnel_closed.notified().await;
+            }
+        }
+    }
 }
 
-/// Serve `io` with hyper's server (HTTP/1.1 on hyper's engine, and HTTP/2).
-async fn serve_hyper<I, A, F>(
+/// Serve `io` with hyper's HTTP/2 server. Draining sends GOAWAY: the client knows which
+/// streams were taken, so nothing races a close.
+async fn serve_h2<I, A, F>(
     io: I,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http2::Builder<TokioExecutor>>,
     answer: A,
-    limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
-    conn_state: Arc<ConnState>,
 ) where
     I: h1::server::Io,
     A: Fn(http::Request<Inbound>) -> F + Clone + Send + 'static,
@@ -446,14 +492,9 @@ async fn serve_hyper<I, A, F>(
         let answered = answer(req.map(Inbound::Hyper));
         async move { Ok::<_, std::convert::Infallible>(answered.await) }
     });
-    // With upgrades: a `101` answer hands the connection to its tunnel (crate::tunnel).
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut draining = false;
-    // While draining, an HTTP/1 connection stays open for a request in progress or about to
-    // come (its answer then says `Connection: close`); one idle for this long is closed.
-    let drain_idle = limits.idle_timeout.min(DRAIN_IDLE);
-    let mut idle_check = Box::pin(tokio::time::sleep(Duration::MAX / 4));
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -465,27 +506,10 @@ async fn serve_hyper<I, A, F>(
             changed = shutdown.changed(), if !draining => {
                 if changed.is_err() || *shutdown.borrow() {
                     draining = true;
-                    if conn_state.h2.load(Ordering::Acquire) {
-                        // GOAWAY: the client knows which streams were taken, no race.
-                        conn.as_mut().graceful_shutdown();
-                    } else {
-                        idle_check.as_mut().reset(Instant::now() + drain_idle);
-                    }
-                }
-            }
-            () = idle_check.as_mut(), if draining => {
-                if conn_state.active.load(Ordering::Acquire) == 0 || conn_state.h2.load(Ordering::Acquire) {
                     conn.as_mut().graceful_shutdown();
-                    idle_check.as_mut().reset(Instant::now() + Duration::from_secs(86_400));
-                } else {
-                    idle_check.as_mut().reset(Instant::now() + drain_idle);
                 }
             }
         }
-    }
-    if conn_state.tunnel.load(Ordering::Acquire) {
-        // The connection is a tunnel's now: it keeps its slot until the tunnel closes.
-        conn_state.tunnel_closed.notified().await;
     }
 }
 
@@ -503,11 +527,7 @@ struct ConnIo {
     state: Arc<ConnState>,
     /// HTTP/2: only idleness is timed.
     h2: bool,
-    /// Scan HTTP/1 heads for what hyper's parser hides ([`LineScan`]).
-    scan_heads: bool,
     first_bytes: Vec<u8>,
-    /// Line endings of the HTTP/1 head being read.
-    lines: LineScan,
     /// When the current request head's first byte came (HTTP/1 only).
     head_started: Option<Instant>,
     last_activity: Instant,
@@ -523,9 +543,7 @@ impl ConnIo {
             limits,
             state,
             h2,
-            scan_heads: true,
             first_bytes: Vec::new(),
-            lines: LineScan::default(),
             // The first head's deadline runs from the accept.
             head_started: Some(now),
             last_activity: now,
@@ -569,100 +587,6 @@ impl ConnIo {
     }
 }
 
-/// Reads each HTTP/1 request head's raw bytes for what hyper's parsed head hides: a bare CR
-/// or LF (httparse accepts a bare LF as a line ending; RFC 9112 §2.2 lets a server refuse it,
-/// RELIABILITY 7 asks for 400) and a repeated Content-Length line (hyper merges equal ones;
-/// RELIABILITY 2 asks for 400). It scans a head from its first byte to its empty line, then
-/// rests until the request is done; bytes of a pipelined request read while one is in
-/// progress are not scanned, and the rest of that head is scanned from where they left off (a
-/// CRLF cut between the two is not a bare LF; a line begun unscanned is no Content-Length).
-#[derive(Debug, Default)]
-struct LineScan {
-    /// Between a head's end and the end of its request.
-    resting: bool,
-    cr: bool,
-    /// The last two bytes handed over, scanned or not.
-    tail: [u8; 2],
-    line_len: usize,
-    /// The current line's first bytes, lowercased.
-    prefix: [u8; 15],
-    content_lengths: usize,
-}
-
-const CONTENT_LENGTH: &[u8; 15] = b"content-length:";
-
-impl LineScan {
-    /// Scan `bytes`; `idle`: no request is in progress on the connection.
-    fn scan(&mut self, mut bytes: &[u8], idle: bool) -> Option<HeadFault> {
-        let tail = self.tail;
-        self.tail = match bytes {
-            [] => tail,
-            [b] => [tail[1], *b],
-            [.., a, b] => [*a, *b],
-        };
-        if self.resting {
-            if !idle {
-                return None;
-            }
-            *self = LineScan {
-                tail: self.tail,
-                ..LineScan::default()
-            };
-            // What was read while a request was in progress (the first part of a pipelined
-            // head, maybe) was not scanned: start where it left off, without a verdict on it.
-            match (tail, bytes.first()) {
-                // The CR of this LF began its line: the empty line, the head ends here.
-                ([b'\n', b'\r'], Some(b'\n')) => {
-                    self.resting = true;
-                    return None;
-                }
-                // A line's CRLF cut in two: not a bare LF.
-                ([_, b'\r'], Some(b'\n')) => bytes = &bytes[1..],
-                ([_, b'\n'], _) => {}
-                // Inside a line begun unscanned: not empty, and not a Content-Length line
-                // (its start is unknown).
-                _ => self.line_len = 1,
-            }
-        }
-        for &b in bytes {
-            if self.cr {
-                self.cr = false;
-                if b != b'\n' {
-                    self.resting = true;
-                    return Some(HeadFault::BareLineEnding);
-                }
-                if self.line_len == 0 {
-                    self.resting = true;
-                    return None;
-                }
-                if self.line_len >= CONTENT_LENGTH.len() && &self.prefix == CONTENT_LENGTH {
-                    self.content_lengths += 1;
-                    if self.content_lengths > 1 {
-                        self.resting = true;
-                        return Some(HeadFault::DuplicateContentLength);
-                    }
-                }
-                self.line_len = 0;
-                continue;
-            }
-            match b {
-                b'\r' => self.cr = true,
-                b'\n' => {
-                    self.resting = true;
-                    return Some(HeadFault::BareLineEnding);
-                }
-                _ => {
-                    if let Some(slot) = self.prefix.get_mut(self.line_len) {
-                        *slot = b.to_ascii_lowercase();
-                    }
-                    self.line_len += 1;
-                }
-            }
-        }
-        None
-    }
-}
-
 impl AsyncRead for ConnIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -689,12 +613,6 @@ impl AsyncRead for ConnIo {
                 if !read.is_empty() {
                     let now = Instant::now();
                     this.sniff(read);
-                    if !this.h2 && this.scan_heads {
-                        let idle = this.state.active.load(Ordering::Acquire) == 0;
-                        if let Some(fault) = this.lines.scan(read, idle) {
-                            this.state.bad_head.store(fault as u8, Ordering::Release);
-                        }
-                    }
                     if this.head_started.is_none()
                         && !this.h2
                         && this.state.active.load(Ordering::Acquire) == 0
@@ -868,351 +786,5 @@ mod tests {
             0,
             "then: the end of the stream"
         );
-    }
-
-    fn bare(chunks: &[&[u8]]) -> bool {
-        let mut scan = LineScan::default();
-        chunks
-            .iter()
-            .any(|c| scan.scan(c, true) == Some(HeadFault::BareLineEnding))
-    }
-
-    #[test]
-    fn finds_bare_line_endings_in_heads_only() {
-        assert!(!bare(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
-        assert!(!bare(&[b"GET / HTTP/1.1\r", b"\nHost: a\r\n\r", b"\n"]));
-        assert!(bare(&[b"GET / HTTP/1.1\nHost: a\r\n\r\n"]));
-        assert!(bare(&[b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n"]));
-        assert!(bare(&[b"GET / HTTP/1.1\r\nHost: a\r\n\n"]));
-        // The body after the head is not scanned.
-        assert!(!bare(&[
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\na\nb"
-        ]));
-    }
-
-    #[test]
-    fn scans_the_next_head_once_the_request_is_done() {
-        let mut scan = LineScan::default();
-        assert_eq!(scan.scan(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true), None);
-        // Read while the request is in progress: not scanned.
-        assert_eq!(scan.scan(b"x\ny", false), None);
-        assert_eq!(
-            scan.scan(b"GET / HTTP/1.1\nHost: a\r\n\r\n", true),
-            Some(HeadFault::BareLineEnding)
-        );
-    }
-
-    #[test]
-    fn finds_a_repeated_content_length_line() {
-        let mut scan = LineScan::default();
-        let head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\ncontent-LENGTH: 5\r\n\r\n";
-        assert_eq!(
-            scan.scan(head, true),
-            Some(HeadFault::DuplicateContentLength)
-        );
-        let mut scan = LineScan::default();
-        let head = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nX-Content-Length: 5\r\n\r\n";
-        assert_eq!(scan.scan(head, true), None);
-    }
-}
-
-/// Property-based fuzzing of the raw head scanner (issue: fuzz the edges where bytes come from
-/// outside): any bytes, cut into reads anywhere. Cases per property: `PROPTEST_CASES` (256 by
-/// default, 50,000 in `make fuzz`).
-#[cfg(test)]
-mod fuzz {
-    use proptest::prelude::*;
-    use proptest::sample::select;
-
-    use super::*;
-
-    use crate::fuzzing::cases;
-
-    /// What the scanner promises for bytes read whole while the connection is idle, written
-    /// apart from it: the first of a bare CR or LF, a second `content-length:` line, or the
-    /// head's empty line (then nothing) decides.
-    fn verdict(bytes: &[u8]) -> Option<HeadFault> {
-        let (mut at, mut line_start, mut lengths) = (0, 0, 0);
-        while at < bytes.len() {
-            match bytes[at] {
-                b'\n' => return Some(HeadFault::BareLineEnding),
-                b'\r' => {
-                    match bytes.get(at + 1) {
-                        None => return None,
-                        Some(b'\n') => {}
-                        Some(_) => return Some(HeadFault::BareLineEnding),
-                    }
-                    let line = &bytes[line_start..at];
-                    if line.is_empty() {
-                        return None;
-                    }
-                    if line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:") {
-                        lengths += 1;
-                        if lengths > 1 {
-                            return Some(HeadFault::DuplicateContentLength);
-                        }
-                    }
-                    at += 2;
-                    line_start = at;
-                }
-                _ => at += 1,
-            }
-        }
-        None
-    }
-
-    /// Pieces heads and bodies are made of.
-    const PIECES: &[&[u8]] = &[
-        b"\r\n",
-        b"\r",
-        b"\n",
-        b"\r\n\r\n",
-        b"GET / HTTP/1.1",
-        b"Host: a",
-        b"Content-Length: 5",
-        b"content-LENGTH:5",
-        b"X-Content-Length: 5",
-        b"Content-Length",
-        b"Transfer-Encoding: chunked",
-        b"5;ext=1",
-        b"0",
-        b":",
-        b" ",
-    ];
-
-    fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
-        prop::collection::vec(
-            prop_oneof![
-                4 => select(PIECES).prop_map(<[u8]>::to_vec),
-                1 => prop::collection::vec(any::<u8>(), 1..6),
-            ],
-            0..24,
-        )
-        .prop_map(|pieces| pieces.concat())
-    }
-
-    /// Cut points for `len` bytes: sorted, each in `0..=len`.
-    fn cuts(len: usize, raw: &[prop::sample::Index]) -> Vec<usize> {
-        let mut cuts: Vec<usize> = raw.iter().map(|i| i.index(len + 1)).collect();
-        cuts.push(len);
-        cuts.sort_unstable();
-        cuts
-    }
-
-    /// Feeds `bytes` to a fresh scanner in the reads `cuts` makes, idle, until it rests (the
-    /// head's end) or finds a fault.
-    fn read_head(bytes: &[u8], cuts: &[usize]) -> (Option<HeadFault>, LineScan) {
-        let mut scan = LineScan::default();
-        let mut from = 0;
-        for &cut in cuts {
-            let fault = scan.scan(&bytes[from..cut], true);
-            from = cut;
-            if fault.is_some() || scan.resting {
-                return (fault, scan);
-            }
-        }
-        (None, scan)
-    }
-
-    proptest! {
-        #![proptest_config(cases())]
-
-        #[test]
-        fn a_head_gets_the_same_verdict_however_it_is_read(
-            bytes in prop_oneof![head_bytes(), prop::collection::vec(any::<u8>(), 0..64)],
-            raw_cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
-        ) {
-            let whole = LineScan::default().scan(&bytes, true);
-            prop_assert_eq!(whole, verdict(&bytes));
-            let (fault, scan) = read_head(&bytes, &cuts(bytes.len(), &raw_cuts));
-            prop_assert_eq!(fault, whole);
-            // Byte by byte too: the most a slow client can split it.
-            let every: Vec<usize> = (1..=bytes.len()).collect();
-            let (fault, by_byte) = read_head(&bytes, &every);
-            prop_assert_eq!(fault, whole);
-            // Where the reads end without a verdict, both are at the same place of the same line.
-            if fault.is_none() {
-                for s in [&scan, &by_byte] {
-                    let mut one = LineScan::default();
-                    one.scan(&bytes, true);
-                    prop_assert_eq!(
-                        (s.resting, s.cr, s.line_len, s.content_lengths),
-                        (one.resting, one.cr, one.line_len, one.content_lengths)
-                    );
-                    let held = s.line_len.min(15);
-                    prop_assert_eq!(&s.prefix[..held], &one.prefix[..held]);
-                }
-            }
-        }
-
-        #[test]
-        fn valid_requests_are_never_refused_however_they_are_read(
-            requests in prop::collection::vec(request(), 1..4),
-            answered in prop::collection::vec(any::<prop::sample::Index>(), 4),
-            raw_cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
-        ) {
-            let connection = Connection::new(&requests, &answered);
-            let mut scan = LineScan::default();
-            for (from, to, idle) in connection.reads(&cuts(connection.bytes.len(), &raw_cuts)) {
-                let fault = scan.scan(&connection.bytes[from..to], idle);
-                prop_assert_eq!(
-                    fault,
-                    None,
-                    "read {}..{} (idle: {}) of {:?}",
-                    from,
-                    to,
-                    idle,
-                    String::from_utf8_lossy(&connection.bytes)
-                );
-            }
-        }
-    }
-
-    /// Shrunk by `valid_requests_are_never_refused_however_they_are_read`: a pipelined head
-    /// read in part while the request before it was in progress (not scanned), the part ending
-    /// in a line's CR, and the rest from its LF on once idle: a valid request was refused as
-    /// having a bare LF.
-    #[test]
-    fn a_pipelined_head_cut_between_cr_and_lf_is_not_refused() {
-        let mut scan = LineScan::default();
-        assert_eq!(scan.scan(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true), None);
-        assert_eq!(scan.scan(b"GET /2 HTTP/1.1\r\nX-Other: v\r", false), None);
-        assert_eq!(scan.scan(b"\nHost: a\r\n\r\n", true), None);
-        // ... and when the head's empty line is cut so, the body after it is not scanned.
-        let mut scan = LineScan::default();
-        assert_eq!(scan.scan(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true), None);
-        assert_eq!(
-            scan.scan(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r", false),
-            None
-        );
-        assert_eq!(scan.scan(b"\na\nb", true), None);
-        // ... and a line begun unscanned is not taken for a Content-Length line.
-        let mut scan = LineScan::default();
-        assert_eq!(scan.scan(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true), None);
-        assert_eq!(scan.scan(b"GET /2 HTTP/1.1\r\nX-", false), None);
-        assert_eq!(
-            scan.scan(b"Content-Length: 9\r\nContent-Length: 9\r\n\r\n", true),
-            None
-        );
-        // A bare LF after it is still one.
-        let mut scan = LineScan::default();
-        assert_eq!(scan.scan(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true), None);
-        assert_eq!(scan.scan(b"GET /2 HTTP/1.1\r", false), None);
-        assert_eq!(
-            scan.scan(b"\nX: 1\nHost: a\r\n\r\n", true),
-            Some(HeadFault::BareLineEnding)
-        );
-    }
-
-    /// One request: its head (CRLF lines, at most one Content-Length) and its body, framed by
-    /// Content-Length or chunked, of any bytes.
-    fn request() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
-        let line = select(
-            &[
-                "GET /x HTTP/1.1",
-                "POST /upload HTTP/1.1",
-                "PUT /a?b=c HTTP/1.1",
-            ][..],
-        );
-        let headers = prop::collection::vec(
-            select(
-                &[
-                    "Host: a.test",
-                    "X-Other: v",
-                    "X-Content-Length: 9",
-                    "Accept: */*",
-                ][..],
-            ),
-            0..4,
-        );
-        let data = || {
-            prop::collection::vec(
-                prop_oneof![3 => any::<u8>(), 1 => select(&b"\r\n"[..])],
-                0..24,
-            )
-        };
-        let body = prop_oneof![
-            Just(None),
-            data().prop_map(|d| Some((false, vec![d]))),
-            prop::collection::vec(data(), 0..4).prop_map(|chunks| Some((true, chunks))),
-        ];
-        (line, headers, body).prop_map(|(line, headers, body)| {
-            let mut head = format!("{line}\r\n");
-            for h in headers {
-                head.push_str(h);
-                head.push_str("\r\n");
-            }
-            let body = match body {
-                None => Vec::new(),
-                Some((false, data)) => {
-                    head.push_str(&format!("Content-Length: {}\r\n", data[0].len()));
-                    data.concat()
-                }
-                Some((true, chunks)) => {
-                    head.push_str("Transfer-Encoding: chunked\r\n");
-                    let mut body = Vec::new();
-                    for chunk in chunks.iter().filter(|c| !c.is_empty()) {
-                        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-                        body.extend_from_slice(chunk);
-                        body.extend_from_slice(b"\r\n");
-                    }
-                    body.extend_from_slice(b"0\r\n\r\n");
-                    body
-                }
-            };
-            head.push_str("\r\n");
-            (head.into_bytes(), body)
-        })
-    }
-
-    /// Requests sent one after the other on a connection (pipelined), with when each earlier
-    /// request's answer is done: somewhere while the next head arrives.
-    struct Connection {
-        bytes: Vec<u8>,
-        /// Per request: where its head starts and ends, where its body ends, and from where
-        /// on no request is in progress while its head arrives.
-        spans: Vec<(usize, usize, usize, usize)>,
-    }
-
-    impl Connection {
-        fn new(requests: &[(Vec<u8>, Vec<u8>)], answered: &[prop::sample::Index]) -> Self {
-            let mut bytes = Vec::new();
-            let mut spans = Vec::new();
-            for (i, (head, body)) in requests.iter().enumerate() {
-                let start = bytes.len();
-                let end = start + head.len();
-                // The first head arrives on an idle connection.
-                let idle_from = if i == 0 {
-                    start
-                } else {
-                    start + answered[i % answered.len()].index(head.len() + 1)
-                };
-                bytes.extend_from_slice(head);
-                bytes.extend_from_slice(body);
-                spans.push((start, end, bytes.len(), idle_from));
-            }
-            Connection { bytes, spans }
-        }
-
-        /// The reads `cuts` makes: `(from, to, idle)`, idle when the read starts in a head
-        /// after the earlier request's answer is done (a body is read while its request is in
-        /// progress).
-        fn reads(&self, cuts: &[usize]) -> Vec<(usize, usize, bool)> {
-            let mut reads = Vec::new();
-            let mut from = 0;
-            for &to in cuts {
-                if to == from {
-                    continue;
-                }
-                let idle = self
-                    .spans
-                    .iter()
-                    .find(|(start, _, body_end, _)| (*start..*body_end).contains(&from))
-                    .is_some_and(|(_, end, _, idle_from)| from < *end && from >= *idle_from);
-                reads.push((from, to, idle));
-                from = to;
-            }
-            reads
-        }
     }
 }

@@ -41,8 +41,6 @@ pub struct Worker {
     pub pool: Arc<Pool>,
     /// Shadow copies: their own pool (never `pool`) and the process's comparison queue.
     pub shadow: ShadowClient,
-    /// Which HTTP/1 engine serves this worker's clients.
-    pub engine: crate::h1::Engine,
 }
 
 /// The client connection a request came on.
@@ -202,8 +200,8 @@ pub async fn handle(
     }
 }
 
-/// RELIABILITY 1–5, 14–18, 28: what is refused before routing. hyper's parser refused the
-/// malformed request lines and headers already (with its own 400/431/414).
+/// RELIABILITY 1–5, 14–18, 28: what is refused before routing. The HTTP/1 engine's parser
+/// (or hyper's HTTP/2) refused the malformed request lines and headers already (400/414/431).
 fn hygiene(shared: &Shared, req: &Request<Inbound>) -> Result<(), Rejection> {
     let http1 = req.version() != Version::HTTP_2;
     let uri = req.uri();

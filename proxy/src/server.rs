@@ -28,6 +28,9 @@ use crate::telemetry::RuntimeKind;
 /// How long no request may be in flight before a draining process exits.
 const DRAIN_QUIET: Duration = Duration::from_millis(200);
 
+/// How long the workers may take to close their listeners once told to.
+const LISTENERS_CLOSE: Duration = Duration::from_secs(1);
+
 /// Why `serve` could not run; the binary maps these to exit codes 1 and 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -186,6 +189,7 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
         max_headers: p.max_headers,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (close_listeners, accepting) = crate::listen::accepting();
     for (index, listeners) in per_worker.into_iter().enumerate() {
         crate::listen::spawn_worker(
             index,
@@ -193,10 +197,12 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
             shared.clone(),
             cap.clone(),
             limits,
+            accepting.clone(),
             shutdown_rx.clone(),
         )
         .map_err(|e| ServeError::Runtime(format!("cannot start worker {index}: {e}")))?;
     }
+    drop(accepting);
 
     let control_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -208,7 +214,6 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
         listen = ?bound,
         admin = %admin_addr,
         threads,
-        http1 = ?crate::h1::Engine::from_env(),
         "cutover starting"
     );
     let view = Arc::new(ControlView::default());
@@ -289,9 +294,13 @@ pub fn run(config: Config, source: Box<dyn ConfigSource>, upgrade: bool) -> Resu
             name = wait_for_signal() => name,
             Ok(()) = handed_over => "upgrade",
         };
-        // Draining: the listeners must close (a hand-over already gave them away).
+        // Draining: the listeners must close (a hand-over already gave them away), and be
+        // closed before any answer says `Connection: close` (see `CloseListeners`).
         if let Some(w) = withdraw.lock().unwrap_or_else(|p| p.into_inner()).take() {
             w.withdraw();
+        }
+        if !close_listeners.close(LISTENERS_CLOSE).await {
+            error!(within = ?LISTENERS_CLOSE, "a worker did not close its listener in time; draining anyway");
         }
         info!(
             grace = ?grace,

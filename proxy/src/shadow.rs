@@ -427,7 +427,7 @@ impl Job {
                 keep_grpc_status(&mut headers, trailers);
             }
         }
-        lease.release();
+        drop(lease);
         Ok(Answer {
             status,
             headers,

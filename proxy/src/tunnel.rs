@@ -7,14 +7,14 @@
 //! - an answer other than `101` goes back to the client like any answer, and the client's
 //!   connection stays HTTP (RELIABILITY 59);
 //! - on `101` the request counts once in the statistics (status 101, latency = time to the
-//!   101), the client gets the `101`, and once hyper hands both connections over, bytes are
-//!   relayed both ways — half-closes passed on — until both sides have closed or no byte
+//!   101), the client gets the `101`, and once our HTTP/1 engine hands both connections over
+//!   (each with the bytes read past its head), bytes are relayed both ways — half-closes passed on — until both sides have closed or no byte
 //!   moved for `[proxy] tunnel_idle_timeout`.
 //!
 //! An upgrade request that carries a body is refused (400): its bytes could otherwise reach a
 //! backend that has not answered 101 as tunnel data (RELIABILITY 60). Bytes a client sends
-//! after its head and before the 101 stay in hyper's buffer and reach the backend only after
-//! the backend's own 101.
+//! after its head and before the 101 stay in the engine's buffer and reach the backend only
+//! after the backend's own 101.
 //!
 //! A tunnel holds its client connection's `max_connections` slot, the process's in-flight
 //! count (so a drain waits for it until the grace period ends, then the process exits and
@@ -31,13 +31,12 @@ use std::time::{Duration, Instant};
 use cutover_config::BackendProtocol;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::body::{Body, ConnState, RequestBody, TunnelHold};
+use crate::h1::server::{Rewind, Upgraded};
 use crate::hygiene;
 use crate::pipeline::{self, Peer, Worker};
 use crate::routing::Route;
@@ -66,13 +65,13 @@ pub async fn open(
     if declared.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING) {
         return pipeline::refuse(version, 400, "an Upgrade request cannot carry a body");
     }
-    let own = req
+    let Some(client_side) = req
         .extensions_mut()
         .remove::<crate::h1::server::OnUpgrade>()
-        .and_then(|o| o.take());
-    let client_side = match own {
-        Some(upgraded) => ClientSide::Own(upgraded),
-        None => ClientSide::Hyper(hyper::upgrade::on(&mut req)),
+        .and_then(|o| o.take())
+    else {
+        // Only our HTTP/1 engine serves upgrades (`upgrade_requested` takes HTTP/1.1 only).
+        return pipeline::refuse(version, 400, "this connection cannot be upgraded");
     };
     let (parts, incoming) = req.into_parts();
     let backend = pipeline::split(&route, &parts);
@@ -101,7 +100,7 @@ pub async fn open(
         .pool
         .upgrade(upstream, start, Request::from_parts(head, body))
         .await;
-    let (mut resp, lease) = match sent {
+    let resp = match sent {
         Ok(answer) => answer,
         Err(failure) => return pipeline::failed(&route, backend, started, caller, &failure),
     };
@@ -109,7 +108,15 @@ pub async fn open(
         // Refused: the answer goes back as any answer; the client's connection stays HTTP.
         drop(client_side);
         return pipeline::respond(
-            resp, lease, caller, route, backend, started, None, inflight, settings,
+            resp.map(crate::body::Inbound::Answer),
+            crate::upstream::Lease::default(),
+            caller,
+            route,
+            backend,
+            started,
+            None,
+            inflight,
+            settings,
         );
     }
     route.record(
@@ -119,8 +126,7 @@ pub async fn open(
         started,
         Instant::now(),
     );
-    let backend_side = hyper::upgrade::on(&mut resp);
-    let (mut parts, _) = resp.into_parts();
+    let (mut parts, backend_side) = resp.into_parts();
     let upgraded_to = parts.headers.get(header::UPGRADE).cloned();
     pipeline::answer_head(&mut parts.headers, version);
     if let Some(to) = upgraded_to {
@@ -135,30 +141,18 @@ pub async fn open(
         _hold: TunnelHold::new(conn.clone()),
         _gauge: route.telemetry.tunnel_opened(backend),
         _inflight: inflight,
-        _lease: lease,
     };
     tokio::spawn(tunnel.relay(client_side, backend_side));
     Response::from_parts(parts, Body::full(bytes::Bytes::new()))
 }
 
-/// The client's connection once its `101` is written: hyper's, or our engine's.
-enum ClientSide {
-    Hyper(OnUpgrade),
-    Own(oneshot::Receiver<crate::h1::server::Upgraded>),
-}
-
-impl ClientSide {
-    async fn connection(self) -> Result<Box<dyn crate::h1::server::Io>, String> {
-        match self {
-            ClientSide::Hyper(on) => match on.await {
-                Ok(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
-                Err(e) => Err(e.to_string()),
-            },
-            ClientSide::Own(rx) => match rx.await {
-                Ok(u) => Ok(Box::new(crate::h1::server::Rewind::new(u.read_ahead, u.io))),
-                Err(_) => Err("the client's connection closed before the 101".into()),
-            },
-        }
+/// The client's connection once its `101` is written, what it sent after its head first.
+async fn client_connection(
+    upgraded: oneshot::Receiver<Upgraded>,
+) -> Result<Rewind<Box<dyn crate::h1::server::Io>>, String> {
+    match upgraded.await {
+        Ok(u) => Ok(Rewind::new(u.read_ahead, u.io)),
+        Err(_) => Err("the client's connection closed before the 101".into()),
     }
 }
 
@@ -168,22 +162,30 @@ struct Tunnel {
     _hold: TunnelHold,
     _gauge: TunnelGauge,
     _inflight: InflightGuard,
-    _lease: crate::upstream::Lease,
 }
 
 impl Tunnel {
-    async fn relay(self, client: ClientSide, backend: OnUpgrade) {
-        let backend = async { backend.await.map_err(|e| e.to_string()) };
-        let (client, backend) = match tokio::try_join!(client.connection(), backend) {
-            Ok(both) => both,
+    /// Relay between the client's connection and the backend's (its answer's body holds it,
+    /// with what the backend sent after its `101`).
+    async fn relay(
+        self,
+        client: oneshot::Receiver<Upgraded>,
+        backend: Box<crate::h1::client::Reader>,
+    ) {
+        let client = match client_connection(client).await {
+            Ok(client) => client,
             Err(e) => {
                 debug!(error = %e, "tunnel not established");
                 return;
             }
         };
+        let Some((backend, read_ahead)) = backend.into_upgraded() else {
+            debug!("tunnel not established: the backend's connection is gone");
+            return;
+        };
         let clock = Arc::new(Activity::new());
         let mut client = Stamped::new(client, clock.clone());
-        let mut backend = Stamped::new(TokioIo::new(backend), clock.clone());
+        let mut backend = Stamped::new(Rewind::new(read_ahead, backend), clock.clone());
         tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut backend) => match copied {
                 Ok((up, down)) => debug!(up, down, "tunnel closed"),

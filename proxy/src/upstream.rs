@@ -7,8 +7,8 @@
 //! A pool belongs to one worker (one current-thread runtime), so its lock is never contended;
 //! a connection goes back to it when its response body has been read to the end and the
 //! backend did not ask to close, and waits there at most `upstream_idle_timeout`. HTTP/1.1
-//! exchanges are hyper's, or with `CUTOVER_ENGINE=own` our engine's ([`crate::h1::client`],
-//! driven by the request's own task; its connections wait in `own`); HTTP/2 is hyper's.
+//! exchanges are our engine's ([`crate::h1::client`], driven by the request's own task: an
+//! answer's body gives its connection back through [`Home`]); HTTP/2 is hyper's.
 
 /// The pool's maps: keyed by address, hashed by foldhash (std's SipHash was ~410 instructions a
 /// lookup, two lookups a request; the keys are the config's endpoints, not a client's input).
@@ -23,14 +23,14 @@ use cutover_config::BackendProtocol;
 use http::header;
 use http::uri::{Authority, Scheme};
 use http::{Uri, Version};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
 use crate::body::{Inbound, RequestBody};
-use crate::h1::{self, client::Conn, Engine};
+use crate::h1::{self, client::Conn};
 use crate::routing::Upstream;
 use crate::tls::{self, Alpn};
 
@@ -61,8 +61,8 @@ impl Key {
     }
 }
 
-/// Our own engine's idle HTTP/1.1 connections, apart from `B` (an answer's body gives its
-/// connection back here when it ended: [`Home`]).
+/// Idle HTTP/1.1 connections, apart from `B` (an answer's body gives its connection back here
+/// when it ended: [`Home`]).
 #[derive(Debug)]
 struct OwnIdle {
     conns: Mutex<HashMap<Key, Vec<(Conn, Instant)>>>,
@@ -83,12 +83,6 @@ impl Home {
             list.push((conn, Instant::now()));
         }
     }
-}
-
-#[derive(Debug)]
-struct Idle<B> {
-    sender: http1::SendRequest<B>,
-    since: Instant,
 }
 
 /// One HTTP/2 connection, shared by the requests in flight on it.
@@ -159,14 +153,12 @@ impl<B> OutgoingBody for B where
 /// One worker's upstream connections of one kind.
 #[derive(Debug)]
 pub struct Pool<B = RequestBody> {
-    idle: Mutex<HashMap<Key, Vec<Idle<B>>>>,
     h2: Mutex<HashMap<Key, Vec<Shared2<B>>>>,
     /// HTTP/2 handshakes in progress: the requests arriving meanwhile wait for its
     /// connection instead of each opening their own.
     handshakes: Mutex<HashMap<Key, Arc<Notify>>>,
-    /// Our engine's HTTP/1.1 connections (with [`Engine::Own`]).
+    /// Idle HTTP/1.1 connections.
     own: Arc<OwnIdle>,
-    engine: Engine,
     connect_timeout: Duration,
     upstream_timeout: Duration,
     idle_timeout: Duration,
@@ -214,15 +206,11 @@ pub struct Terms {
 /// on a shared HTTP/2 connection.
 #[derive(Debug)]
 enum Sender<B> {
-    H1(http1::SendRequest<B>),
+    H1(Conn),
     H2 {
         sender: http2::SendRequest<B>,
-        _stream: Stream,
+        stream: Stream,
     },
-    /// Our engine's connection, until its exchange takes it.
-    Own(Conn),
-    /// Our engine's exchange holds the connection (in the answer's body).
-    Detached,
 }
 
 /// One stream counted on its HTTP/2 connection until dropped (held, never read).
@@ -233,50 +221,6 @@ impl Drop for Stream {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.0.settled.store(true, Ordering::Release);
-    }
-}
-
-impl<B: OutgoingBody> Sender<B> {
-    async fn ready(&mut self) -> Result<(), hyper::Error> {
-        match self {
-            Sender::H1(s) => s.ready().await,
-            Sender::H2 { sender, .. } => sender.ready().await,
-            Sender::Own(_) | Sender::Detached => Ok(()),
-        }
-    }
-
-    fn send(
-        &mut self,
-        req: Request<B>,
-        tls: bool,
-    ) -> impl std::future::Future<
-        Output = Result<
-            Response<hyper::body::Incoming>,
-            hyper::client::conn::TrySendError<Request<B>>,
-        >,
-    > {
-        enum Either<L, R> {
-            L(L),
-            R(R),
-        }
-        let fut = match self {
-            Sender::H1(s) => {
-                // `TE: trailers` is kept for HTTP/2 backends only: on HTTP/1.1 it is hop-by-hop.
-                let mut req = req;
-                req.headers_mut().remove(header::TE);
-                Either::L(s.try_send_request(req))
-            }
-            Sender::H2 { sender, .. } => Either::R(sender.try_send_request(into_h2(req, tls))),
-            Sender::Own(_) | Sender::Detached => {
-                unreachable!("our engine's exchanges are sent by Pool::send")
-            }
-        };
-        async move {
-            match fut {
-                Either::L(f) => f.await,
-                Either::R(f) => f.await,
-            }
-        }
     }
 }
 
@@ -299,33 +243,12 @@ fn into_h2<B>(mut req: Request<B>, tls: bool) -> Request<B> {
     req
 }
 
-/// A connection checked out of the pool for one exchange; [`Lease::release`] gives it back.
-#[derive(Debug)]
-pub struct Lease<B = RequestBody> {
-    /// Where the connection goes back to; `None` for an upgrade's connection of its own.
-    home: Option<(Arc<Pool<B>>, Key)>,
-    sender: Sender<B>,
-}
-
-impl<B> Lease<B> {
-    /// The exchange ended cleanly: keep the connection for the next request unless the backend
-    /// closed it (or asked to). An HTTP/2 stream just ends; its connection stays shared.
-    pub fn release(self) {
-        let (Sender::H1(sender), Some((pool, key))) = (self.sender, self.home) else {
-            return;
-        };
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(key).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
-    }
+/// What an answer holds of its connection until it is dropped: the stream counted on a shared
+/// HTTP/2 connection. (An HTTP/1.1 connection is held by the answer's body itself, which gives
+/// it back to the pool when it ended cleanly: [`h1::client::Reader`].)
+#[derive(Debug, Default)]
+pub struct Lease {
+    _stream: Option<Stream>,
 }
 
 impl<B: OutgoingBody> Pool<B> {
@@ -335,13 +258,11 @@ impl<B: OutgoingBody> Pool<B> {
         idle_timeout: Duration,
     ) -> Self {
         Pool {
-            idle: Mutex::new(HashMap::default()),
             h2: Mutex::new(HashMap::default()),
             handshakes: Mutex::new(HashMap::default()),
             own: Arc::new(OwnIdle {
                 conns: Mutex::new(HashMap::default()),
             }),
-            engine: Engine::from_env(),
             connect_timeout,
             upstream_timeout,
             idle_timeout,
@@ -361,21 +282,11 @@ impl<B: OutgoingBody> Pool<B> {
                 }
             }
         }
-        if self.engine == Engine::Own {
-            let mut conns = self.own.conns.lock().unwrap_or_else(|p| p.into_inner());
-            let list = conns.get_mut(key)?;
-            while let Some((mut conn, since)) = list.pop() {
-                if since.elapsed() < self.idle_timeout && conn.is_usable() {
-                    return Some(Sender::Own(conn));
-                }
-            }
-            return None;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(key)?;
-        while let Some(conn) = list.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < self.idle_timeout {
-                return Some(Sender::H1(conn.sender));
+        let mut conns = self.own.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let list = conns.get_mut(key)?;
+        while let Some((mut conn, since)) = list.pop() {
+            if since.elapsed() < self.idle_timeout && conn.is_usable() {
+                return Some(Sender::H1(conn));
             }
         }
         None
@@ -386,7 +297,7 @@ impl<B: OutgoingBody> Pool<B> {
         conn.since = Instant::now();
         Sender::H2 {
             sender: conn.sender.clone(),
-            _stream: Stream(conn.streams.clone()),
+            stream: Stream(conn.streams.clone()),
         }
     }
 
@@ -397,13 +308,6 @@ impl<B: OutgoingBody> Pool<B> {
             let mut conns = self.own.conns.lock().unwrap_or_else(|p| p.into_inner());
             conns.retain(|_, list| {
                 list.retain(|(_, since)| since.elapsed() < self.idle_timeout);
-                !list.is_empty()
-            });
-        }
-        {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.retain(|_, list| {
-                list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
                 !list.is_empty()
             });
         }
@@ -419,14 +323,9 @@ impl<B: OutgoingBody> Pool<B> {
     /// Connections kept idle right now (HTTP/2 connections without a stream included).
     pub fn idle_count(&self) -> usize {
         let h1: usize = {
-            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.values().map(Vec::len).sum()
-        };
-        let own: usize = {
             let conns = self.own.conns.lock().unwrap_or_else(|p| p.into_inner());
             conns.values().map(Vec::len).sum()
         };
-        let h1 = h1 + own;
         let h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         h1 + h2.values().flatten().filter(|c| c.in_flight() == 0).count()
     }
@@ -440,22 +339,8 @@ impl<B: OutgoingBody> Pool<B> {
             BackendProtocol::H2c | BackendProtocol::H2 => true,
             BackendProtocol::Auto => stream.alpn_protocol() == Some(b"h2"),
         };
-        let handshake_failed = |e: hyper::Error| Failure::Connect(format!("{}: {e}", key.addr));
-        if !h2 && self.engine == Engine::Own {
-            return Ok(Sender::Own(Conn::new(stream)));
-        }
         if !h2 {
-            let (sender, conn) = http1::Builder::new()
-                .preserve_header_case(true)
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(handshake_failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(error = %e, "upstream connection ended");
-                }
-            });
-            return Ok(Sender::H1(sender));
+            return Ok(Sender::H1(Conn::new(stream)));
         }
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -464,7 +349,7 @@ impl<B: OutgoingBody> Pool<B> {
             .initial_max_send_streams(1)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(handshake_failed)?;
+            .map_err(|e| Failure::Connect(format!("{}: {e}", key.addr)))?;
         let streams = Arc::new(Streams {
             in_flight: AtomicUsize::new(0),
             max: AtomicUsize::new(MAX_STREAMS_PER_CONNECTION),
@@ -549,7 +434,7 @@ impl<B: OutgoingBody> Pool<B> {
         terms: Terms,
         mut req: Request<B>,
         sent: oneshot::Receiver<()>,
-    ) -> Result<(Response<Inbound>, Lease<B>), Failure> {
+    ) -> Result<(Response<Inbound>, Lease), Failure> {
         let mut failure = Failure::Connect("no endpoint resolves".into());
         let mut sent = Some(sent);
         for attempt in 0..upstream.endpoints.len() {
@@ -567,7 +452,7 @@ impl<B: OutgoingBody> Pool<B> {
             // takes it then.
             let mut pooled = self.take(&key);
             loop {
-                let (mut sender, reused) = match pooled.take() {
+                let (sender, reused) = match pooled.take() {
                     Some(s) => (s, true),
                     // Boxed: a connect's future is large and rare once the pool is warm; inline
                     // it made every request's future (moved whole, perf: memmove) 1.5 KB larger.
@@ -579,11 +464,41 @@ impl<B: OutgoingBody> Pool<B> {
                         }
                     },
                 };
-                if terms.http2 && matches!(sender, Sender::H1(_) | Sender::Own(_)) {
-                    return Err(Failure::Connect(format!(
-                        "{addr}: the backend speaks HTTP/1.1 (ALPN chose it); gRPC needs HTTP/2"
-                    )));
-                }
+                let (mut sender, stream) = match sender {
+                    Sender::H2 { sender, stream } => (sender, stream),
+                    Sender::H1(_) if terms.http2 => {
+                        return Err(Failure::Connect(format!(
+                            "{addr}: the backend speaks HTTP/1.1 (ALPN chose it); gRPC needs HTTP/2"
+                        )));
+                    }
+                    Sender::H1(conn) => {
+                        let home = Home {
+                            idle: self.own.clone(),
+                            key: key.clone(),
+                        };
+                        let exchange = conn.exchange(req, reused, Some(home));
+                        let deadline = self.answer_deadline(&mut sent);
+                        let Some(result) = within(exchange, deadline, call_deadline(terms)).await
+                        else {
+                            return Err(Failure::Timeout);
+                        };
+                        return match result {
+                            Ok(resp) => {
+                                check_response(&resp)?;
+                                let answer = resp.map(|b| Inbound::Answer(Box::new(b)));
+                                Ok((answer, Lease::default()))
+                            }
+                            Err(h1::client::Failed {
+                                unsent: Some(unsent),
+                                ..
+                            }) => {
+                                req = unsent;
+                                continue;
+                            }
+                            Err(failed) => Err(exchange_failed(failed.fault)),
+                        };
+                    }
+                };
                 if sender.ready().await.is_err() {
                     if reused {
                         continue;
@@ -591,59 +506,16 @@ impl<B: OutgoingBody> Pool<B> {
                     failure = Failure::Connect(format!("{addr}: closed at once"));
                     break;
                 }
-                let sent = sent.take().unwrap_or_else(|| oneshot::channel().1);
-                let deadline = async {
-                    // The body's end (or its failure: then the exchange fails on its own).
-                    let _ = sent.await;
-                    tokio::time::sleep(self.upstream_timeout).await;
-                };
-                let call_deadline = async {
-                    match terms.deadline {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                if let Sender::Own(conn) = sender {
-                    let home = Home {
-                        idle: self.own.clone(),
-                        key: key.clone(),
-                    };
-                    let exchange = conn.exchange(req, reused, Some(home));
-                    let Some(result) = within(exchange, deadline, call_deadline).await else {
-                        return Err(Failure::Timeout);
-                    };
-                    return match result {
-                        Ok(resp) => {
-                            check_response(&resp)?;
-                            let lease = Lease {
-                                home: None,
-                                sender: Sender::Detached,
-                            };
-                            Ok((resp.map(|b| Inbound::Answer(Box::new(b))), lease))
-                        }
-                        Err(h1::client::Failed {
-                            unsent: Some(unsent),
-                            ..
-                        }) => {
-                            req = unsent;
-                            continue;
-                        }
-                        Err(h1::client::Failed { fault, .. }) => Err(match fault {
-                            h1::client::Fault::Malformed(m) => Failure::BadResponse(m.0),
-                            fault => Failure::Exchange(Box::new(fault)),
-                        }),
-                    };
-                }
-                let response = sender.send(req, upstream.tls);
-                let Some(result) = within(response, deadline, call_deadline).await else {
+                let response = sender.try_send_request(into_h2(req, upstream.tls));
+                let deadline = self.answer_deadline(&mut sent);
+                let Some(result) = within(response, deadline, call_deadline(terms)).await else {
                     return Err(Failure::Timeout);
                 };
                 return match result {
                     Ok(resp) => {
                         check_response(&resp)?;
                         let lease = Lease {
-                            home: Some((self.clone(), key)),
-                            sender,
+                            _stream: Some(stream),
                         };
                         Ok((resp.map(Inbound::Hyper), lease))
                     }
@@ -663,16 +535,31 @@ impl<B: OutgoingBody> Pool<B> {
         Err(failure)
     }
 
+    /// The answer's head is due `upstream_timeout` after the request body's end (`sent`
+    /// fires then, or fails with the body: the exchange then fails on its own).
+    fn answer_deadline(
+        &self,
+        sent: &mut Option<oneshot::Receiver<()>>,
+    ) -> impl std::future::Future<Output = ()> {
+        let sent = sent.take().unwrap_or_else(|| oneshot::channel().1);
+        let timeout = self.upstream_timeout;
+        async move {
+            let _ = sent.await;
+            tokio::time::sleep(timeout).await;
+        }
+    }
+
     /// Send an upgrade request (SPEC §8) over a new HTTP/1.1 connection of its own — never
     /// pooled: once the backend answers `101` the connection is the tunnel's (take it with
-    /// `hyper::upgrade::on` on the answer). A connect that fails moves on to the next endpoint
-    /// (an upgrade request has no body). TLS offers http/1.1 only whatever the `protocol`.
+    /// [`h1::client::Reader::into_upgraded`] from the answer's body). A connect that fails
+    /// moves on to the next endpoint (an upgrade request has no body). TLS offers http/1.1
+    /// only whatever the `protocol`.
     pub async fn upgrade(
         &self,
         upstream: &Upstream,
         start: usize,
         req: Request<B>,
-    ) -> Result<(Response<Inbound>, Lease<B>), Failure> {
+    ) -> Result<Response<Box<h1::client::Reader>>, Failure> {
         let mut failure = Failure::Connect("no endpoint resolves".into());
         for attempt in 0..upstream.endpoints.len() {
             let Some(addr) = upstream.endpoint(start, attempt).addr() else {
@@ -690,32 +577,35 @@ impl<B: OutgoingBody> Pool<B> {
                     continue;
                 }
             };
-            let (mut sender, conn) = http1::Builder::new()
-                .preserve_header_case(true)
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| Failure::Connect(format!("{addr}: {e}")))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(error = %e, "upstream upgrade connection ended");
-                }
-            });
-            let response = sender.send_request(req);
-            let resp = match tokio::time::timeout(self.upstream_timeout, response).await {
+            let exchange = Conn::new(stream).exchange(req, false, None);
+            let resp = match tokio::time::timeout(self.upstream_timeout, exchange).await {
                 Err(_) => return Err(Failure::Timeout),
-                Ok(Err(e)) => return Err(Failure::Exchange(Box::new(e))),
+                Ok(Err(failed)) => return Err(exchange_failed(failed.fault)),
                 Ok(Ok(resp)) => resp,
             };
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 check_response(&resp)?;
             }
-            let lease = Lease {
-                home: None,
-                sender: Sender::H1(sender),
-            };
-            return Ok((resp.map(Inbound::Hyper), lease));
+            return Ok(resp.map(Box::new));
         }
         Err(failure)
+    }
+}
+
+/// Why an HTTP/1.1 exchange failed, as the pipeline answers it (a malformed answer: 502 with
+/// what was wrong).
+fn exchange_failed(fault: h1::client::Fault) -> Failure {
+    match fault {
+        h1::client::Fault::Malformed(m) => Failure::BadResponse(m.0),
+        fault => Failure::Exchange(Box::new(fault)),
+    }
+}
+
+/// The gRPC call's deadline for the answer's head, if it has one.
+async fn call_deadline(terms: Terms) {
+    match terms.deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

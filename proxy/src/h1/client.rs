@@ -245,8 +245,9 @@ impl Conn {
             resp.extensions_mut().insert(case);
         }
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            // The backend switched protocols (refused by the caller: only hyper's client sends
-            // upgrades): whatever follows is not HTTP, so the connection never goes back.
+            // The backend switched protocols (a tunnel's: `Reader::into_upgraded`; refused
+            // for any other request): what follows is not HTTP, so the connection never
+            // goes back.
             resp.body_mut().home = None;
         }
         Ok(resp)
@@ -425,6 +426,12 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// After a `101`: the connection, and what the backend sent after its head.
+    pub fn into_upgraded(mut self) -> Option<(tls::Stream, Bytes)> {
+        let conn = self.conn.take()?;
+        Some((conn.side.io, conn.side.buf.freeze()))
+    }
+
     fn release(&mut self) {
         if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) {
             home.put(conn);

@@ -8,11 +8,6 @@
 //! as it came ([`Case`], so a case-sensitive legacy backend or client sees what the other side
 //! sent), and the body decoder — `Content-Length`, chunked (strict: RELIABILITY 6–9), or until
 //! the connection closes — with trailers.
-//!
-//! The engine is chosen at start-up ([`Engine::from_env`]): hyper's HTTP/1 by default, this one
-//! with `CUTOVER_ENGINE=own`. It passes every end-to-end test but one, which failed 2 runs in
-//! 13 (RELIABILITY 55: a SIGTERM under keep-alive load, one request reset); it becomes
-//! the default when that is fixed, and hyper's HTTP/1 leaves after it (issue 14).
 
 pub mod client;
 pub mod server;
@@ -27,25 +22,6 @@ use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use hyper::body::{Frame, SizeHint};
 use tokio::io::AsyncRead;
-
-/// Which HTTP/1 codec serves clients and talks to HTTP/1.1 backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    /// hyper's server and client connections (the default for now).
-    Hyper,
-    /// This module's (`CUTOVER_ENGINE=own`).
-    Own,
-}
-
-impl Engine {
-    /// `CUTOVER_ENGINE=own` selects this module's engine; anything else (or nothing) hyper's.
-    pub fn from_env() -> Engine {
-        match std::env::var("CUTOVER_ENGINE").as_deref() {
-            Ok("own") => Engine::Own,
-            _ => Engine::Hyper,
-        }
-    }
-}
 
 /// Room made in a connection's buffer before a read: a head and a small body fit (a larger
 /// body's reads get more room, up to [`MAX_READ_SIZE`]). Each connection, client side and
@@ -829,7 +805,7 @@ mod fuzz {
         body
     }
 
-    fn pieces<'b>(body: &'b [u8], cuts: &[prop::sample::Index]) -> Vec<&'b [u8]> {
+    pub(super) fn pieces<'b>(body: &'b [u8], cuts: &[prop::sample::Index]) -> Vec<&'b [u8]> {
         let mut at: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
         at.push(0);
         at.push(body.len());
