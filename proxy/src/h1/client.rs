@@ -34,7 +34,14 @@ pub struct Conn {
     side: ReadSide<tls::Stream>,
     /// The request heads are written from here (one allocation per connection).
     out: BytesMut,
+    /// Room made for the first read of the next answer: as large as the last answer with a
+    /// length (head included, within [`ANSWER_ROOM`]), so that an answer of a size the
+    /// backend keeps sending comes in one read.
+    answer_room: usize,
 }
+
+/// The most room made for an answer's first read: a 64 KiB body and its head.
+const ANSWER_ROOM: usize = super::MAX_READ_SIZE + super::READ_SIZE;
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -82,6 +89,7 @@ impl Conn {
                 buf: BytesMut::new(),
             },
             out: BytesMut::new(),
+            answer_room: super::READ_SIZE,
         }
     }
 
@@ -162,7 +170,7 @@ impl Conn {
                     Ok(Some(head)) => return Poll::Ready(Ok(head)),
                     Ok(None) => {}
                 }
-                match ready!(self.side.poll_fill(cx)) {
+                match ready!(self.side.poll_fill_room(cx, self.answer_room)) {
                     Ok(0) => {
                         return Poll::Ready(Err(Fault::Io(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -195,6 +203,7 @@ impl Conn {
         let request_done = writing.flushed;
         self.out = writing.out;
         let Answer {
+            len,
             status,
             version,
             headers,
@@ -228,6 +237,12 @@ impl Conn {
                 (None, Some(n)) => Framing::Length(n),
                 (None, None) => Framing::Close,
             }
+        };
+        self.answer_room = match framing {
+            Framing::Length(n) => usize::try_from(n)
+                .map_or(ANSWER_ROOM, |n| n.saturating_add(len))
+                .clamp(super::READ_SIZE, ANSWER_ROOM),
+            _ => super::READ_SIZE,
         };
         let keep_alive = request_done
             && framing != Framing::Close
@@ -367,6 +382,8 @@ impl Writing {
 
 /// An answer's head.
 struct Answer {
+    /// Its length on the wire.
+    len: usize,
     status: StatusCode,
     version: Version,
     headers: http::HeaderMap,
@@ -408,6 +425,7 @@ fn parse_answer(buf: &mut BytesMut) -> Result<Option<Answer>, Malformed> {
         .ok_or(Malformed("status"))?;
     let (headers, case, seen) = super::headers_from(&head, answer.headers)?;
     Ok(Some(Answer {
+        len: head.len(),
         status,
         version,
         headers,

@@ -32,7 +32,7 @@ pub(crate) const READ_SIZE: usize = 4 * 1024;
 
 /// The most room made for one read of a body whose length says more is coming: fewer reads
 /// and fewer, larger frames for large bodies (a buffer this size lives only while they pass).
-const MAX_READ_SIZE: usize = 64 * 1024;
+pub(crate) const MAX_READ_SIZE: usize = 64 * 1024;
 
 /// Headers a head may have when no limit is configured (answers from backends).
 pub(crate) const MAX_HEADERS: usize = 128;
@@ -218,7 +218,24 @@ impl<R: AsyncRead + Unpin> ReadSide<R> {
         let room = usize::try_from(want)
             .unwrap_or(MAX_READ_SIZE)
             .clamp(READ_SIZE, MAX_READ_SIZE);
-        if self.buf.capacity() - self.buf.len() < room.min(1024).max(room / 2) {
+        self.poll_fill_room(cx, room)
+    }
+
+    /// Read more into `room` bytes. A read of at most [`READ_SIZE`] takes the buffer's spare
+    /// room when it has half of that (no new allocation per small message); a larger one is
+    /// known to be needed whole (the rest of a body, an answer as large as the last one), and
+    /// gets it all, so the message comes in one read.
+    pub(crate) fn poll_fill_room(
+        &mut self,
+        cx: &mut Context<'_>,
+        room: usize,
+    ) -> Poll<io::Result<usize>> {
+        let enough = if room > READ_SIZE {
+            room
+        } else {
+            room.min(1024).max(room / 2)
+        };
+        if self.buf.capacity() - self.buf.len() < enough {
             self.buf.reserve(room);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
