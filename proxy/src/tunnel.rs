@@ -8,8 +8,9 @@
 //!   connection stays HTTP (RELIABILITY 59);
 //! - on `101` the request counts once in the statistics (status 101, latency = time to the
 //!   101), the client gets the `101`, and once our HTTP/1 engine hands both connections over
-//!   (each with the bytes read past its head), bytes are relayed both ways — half-closes passed on — until both sides have closed or no byte
-//!   moved for `[proxy] tunnel_idle_timeout`.
+//!   (each with the bytes read past its head), bytes are relayed both ways — half-closes
+//!   passed on — until both sides have closed or no byte moved for
+//!   `[proxy] tunnel_idle_timeout`.
 //!
 //! An upgrade request that carries a body is refused (400): its bytes could otherwise reach a
 //! backend that has not answered 101 as tunnel data (RELIABILITY 60). Bytes a client sends
