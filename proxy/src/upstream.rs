@@ -64,14 +64,14 @@ impl Key {
 /// Idle HTTP/1.1 connections, apart from `B` (an answer's body gives its connection back here
 /// when it ended: [`Home`]).
 #[derive(Debug)]
-struct OwnIdle {
+struct IdleH1 {
     conns: Mutex<HashMap<Key, Vec<(Conn, Instant)>>>,
 }
 
 /// Where an answer's connection goes back to when its body ended cleanly.
 #[derive(Debug)]
 pub struct Home {
-    idle: Arc<OwnIdle>,
+    idle: Arc<IdleH1>,
     key: Key,
 }
 
@@ -158,7 +158,7 @@ pub struct Pool<B = RequestBody> {
     /// connection instead of each opening their own.
     handshakes: Mutex<HashMap<Key, Arc<Notify>>>,
     /// Idle HTTP/1.1 connections.
-    own: Arc<OwnIdle>,
+    idle: Arc<IdleH1>,
     connect_timeout: Duration,
     upstream_timeout: Duration,
     idle_timeout: Duration,
@@ -260,7 +260,7 @@ impl<B: OutgoingBody> Pool<B> {
         Pool {
             h2: Mutex::new(HashMap::default()),
             handshakes: Mutex::new(HashMap::default()),
-            own: Arc::new(OwnIdle {
+            idle: Arc::new(IdleH1 {
                 conns: Mutex::new(HashMap::default()),
             }),
             connect_timeout,
@@ -282,7 +282,7 @@ impl<B: OutgoingBody> Pool<B> {
                 }
             }
         }
-        let mut conns = self.own.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self.idle.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.get_mut(key)?;
         while let Some((mut conn, since)) = list.pop() {
             if since.elapsed() < self.idle_timeout && conn.is_usable() {
@@ -305,7 +305,7 @@ impl<B: OutgoingBody> Pool<B> {
     /// HTTP/1.1 connections kept idle, HTTP/2 connections without a stream.
     pub fn evict_expired(&self) {
         {
-            let mut conns = self.own.conns.lock().unwrap_or_else(|p| p.into_inner());
+            let mut conns = self.idle.conns.lock().unwrap_or_else(|p| p.into_inner());
             conns.retain(|_, list| {
                 list.retain(|(_, since)| since.elapsed() < self.idle_timeout);
                 !list.is_empty()
@@ -323,7 +323,7 @@ impl<B: OutgoingBody> Pool<B> {
     /// Connections kept idle right now (HTTP/2 connections without a stream included).
     pub fn idle_count(&self) -> usize {
         let h1: usize = {
-            let conns = self.own.conns.lock().unwrap_or_else(|p| p.into_inner());
+            let conns = self.idle.conns.lock().unwrap_or_else(|p| p.into_inner());
             conns.values().map(Vec::len).sum()
         };
         let h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
@@ -473,7 +473,7 @@ impl<B: OutgoingBody> Pool<B> {
                     }
                     Sender::H1(conn) => {
                         let home = Home {
-                            idle: self.own.clone(),
+                            idle: self.idle.clone(),
                             key: key.clone(),
                         };
                         let exchange = conn.exchange(req, reused, Some(home));
