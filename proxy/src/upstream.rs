@@ -476,7 +476,9 @@ impl<B: OutgoingBody> Pool<B> {
                             idle: self.idle.clone(),
                             key: key.clone(),
                         };
-                        let exchange = conn.exchange(req, reused, Some(home));
+                        // Pinned where it is: moved into `within` it was copied whole once
+                        // more per request (callgrind: memcpy).
+                        let exchange = std::pin::pin!(conn.exchange(req, reused, Some(home)));
                         let deadline = self.answer_deadline(&mut sent);
                         let Some(result) = within(exchange, deadline, call_deadline(terms)).await
                         else {
