@@ -40,7 +40,7 @@ pub struct Conn {
     answer_room: usize,
 }
 
-/// The most room made for an answer's first read: a 64 KiB body and its head.
+/// The most room made for an answer's first read: a 64 KiB body and its head (2 KiB).
 const ANSWER_ROOM: usize = super::MAX_READ_SIZE + super::READ_SIZE;
 
 /// Why an exchange failed.

@@ -24,11 +24,14 @@ use hyper::body::{Frame, SizeHint};
 use tokio::io::AsyncRead;
 
 /// Room made in a connection's buffer before a read: a head and a small body fit (a larger
-/// body's reads get more room, up to [`MAX_READ_SIZE`]). Each connection, client side and
-/// backend side, holds one such buffer while idle: with 4 KiB instead of 8 (and the answer
-/// buffer grown only as needed) 1,000 connections peaked at 38.9–39.4 MiB in `make bench`
-/// instead of 43.0.
-pub(crate) const READ_SIZE: usize = 4 * 1024;
+/// body's reads get more room, up to [`MAX_READ_SIZE`]; an answer's first read as much as the
+/// last answer took). Each connection, client side and backend side, holds one such buffer
+/// while idle: with 4 KiB instead of 8 (and the answer buffer grown only as needed) 1,000
+/// connections peaked at 38.9–39.4 MiB in `make bench` instead of 43.0; with 2 KiB at 32.7–33.0
+/// MiB instead of 37.7–38.2 (the crowd alone, after a 64 and a 256 KiB phase, two runs each),
+/// CPU per request unchanged at 1 and 64 KiB (interleaved A/B: 12.43 vs 12.39 µs, 22.84 vs
+/// 22.87) and still one read per head and per 1 KiB answer (perf stat: 2 recvfrom a request).
+pub(crate) const READ_SIZE: usize = 2 * 1024;
 
 /// The most room made for one read of a body whose length says more is coming: fewer reads
 /// and fewer, larger frames for large bodies (a buffer this size lives only while they pass).
