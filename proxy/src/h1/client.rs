@@ -470,13 +470,10 @@ impl Body for Reader {
             return Poll::Ready(None);
         };
         let polled = this.decoder.poll_frame(cx, &mut conn.side);
-        match &polled {
-            Poll::Ready(Some(Err(_))) => {
-                this.conn = None;
-            }
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.decoder.is_done() => this.release(),
-            _ => {}
+        match this.decoder.settled(&polled) {
+            super::Settled::Failed => this.conn = None,
+            super::Settled::Ended => this.release(),
+            super::Settled::Reading => {}
         }
         polled
     }

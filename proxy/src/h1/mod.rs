@@ -311,6 +311,13 @@ impl fmt::Display for BodyFault {
 
 impl std::error::Error for BodyFault {}
 
+/// See [`Decoder::settled`].
+pub(crate) enum Settled {
+    Reading,
+    Ended,
+    Failed,
+}
+
 impl Decoder {
     pub fn new(framing: Framing) -> Self {
         let framing = match framing {
@@ -328,6 +335,17 @@ impl Decoder {
     /// The body ended (its last frame was yielded).
     pub fn is_done(&self) -> bool {
         self.framing == Framing::Empty && self.trailers.is_none()
+    }
+
+    /// Where a body's reader stands after `polled`, this decoder's last [`Decoder::poll_frame`]:
+    /// its connection is handed on once the body ended cleanly, and dropped when it failed.
+    pub(crate) fn settled<T>(&self, polled: &Poll<Option<Result<T, BodyFault>>>) -> Settled {
+        match polled {
+            Poll::Ready(Some(Err(_))) => Settled::Failed,
+            Poll::Ready(None) => Settled::Ended,
+            Poll::Ready(Some(Ok(_))) if self.is_done() => Settled::Ended,
+            _ => Settled::Reading,
+        }
     }
 
     /// What is left, when it is known.

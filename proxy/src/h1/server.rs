@@ -671,14 +671,13 @@ impl hyper::body::Body for Reader {
             }
         }
         let polled = this.decoder.poll_frame(cx, side);
-        match &polled {
-            Poll::Ready(Some(Err(_))) => {
+        match this.decoder.settled(&polled) {
+            super::Settled::Failed => {
                 this.side = None;
                 this.back = None;
             }
-            Poll::Ready(None) => this.give_back(),
-            Poll::Ready(Some(Ok(_))) if this.decoder.is_done() => this.give_back(),
-            _ => {}
+            super::Settled::Ended => this.give_back(),
+            super::Settled::Reading => {}
         }
         polled
     }
