@@ -1,9 +1,9 @@
 //! HTTP hygiene (SPEC §7, RELIABILITY.md 1–22, 28–29): what is checked on a request before it
 //! is routed, and which headers never cross the proxy.
 //!
-//! The HTTP/1 parser (hyper's, with `listen::ConnIo`'s raw-head scan; or our own engine's,
-//! [`crate::h1`]) already refuses malformed framing; the checks here are the ones a parser
-//! leaves to a proxy, plus the limits operators configure.
+//! The HTTP/1 engine's parser ([`crate::h1`]) and hyper's HTTP/2 already refuse malformed
+//! framing; the checks here are the ones a parser leaves to a proxy, plus the limits operators
+//! configure.
 
 use http::header::{self, HeaderMap, HeaderName};
 

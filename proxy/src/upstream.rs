@@ -508,7 +508,7 @@ impl<B: OutgoingBody> Pool<B> {
                     failure = Failure::Connect(format!("{addr}: closed at once"));
                     break;
                 }
-                let response = sender.try_send_request(into_h2(req, upstream.tls));
+                let response = std::pin::pin!(sender.try_send_request(into_h2(req, upstream.tls)));
                 let deadline = self.answer_deadline(&mut sent);
                 let Some(result) = within(response, deadline, call_deadline(terms)).await else {
                     return Err(Failure::Timeout);
