@@ -295,10 +295,12 @@ impl Job {
         let _slot = Slot(self.route.clone());
         let policy = &self.route.spec.shadow;
         let limit = usize::try_from(policy.max_body_bytes).unwrap_or(usize::MAX);
-        let copy = self.send(self.target, limit);
+        // Each exchange boxed: inline, the two made this task's future 13.5 KB, copied whole
+        // when it was spawned (callgrind: 108k of memcpy per shadowed request).
+        let copy = Box::pin(self.send(self.target, limit));
         let noise = async {
             if self.noise_copy {
-                self.send(BackendKind::Legacy, limit).await
+                Box::pin(self.send(BackendKind::Legacy, limit)).await
             } else {
                 None
             }
