@@ -370,6 +370,40 @@ mod tests {
     }
 
     #[test]
+    fn strings_end_where_serde_says_at_every_length() {
+        // Lengths across the 16-byte words, multi-byte characters across their edges, the
+        // string last in the body (no full word left) or followed by more.
+        for len in 0..40 {
+            let text: String = (0..len)
+                .map(|i| if i % 3 == 0 { 'é' } else { 'x' })
+                .collect();
+            scanned(&format!("\"{text}\""));
+            scanned(&format!("[\"{text}\", \"{text}\", 1]"));
+            scanned(&format!("{{\"{text}\":\"{text}\",\"k\":[]}}"));
+            left(&format!("[\"{text}\\n\"]"), true);
+            left(&format!("[\"{text}\u{1}\"]"), false);
+            left(&format!("\"{text}"), false);
+        }
+    }
+
+    #[test]
+    fn numbers_around_the_exact_digit_count_are_read_exactly() {
+        for body in [
+            "9999999999999999999",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "0.0000000000000000001",
+            "12345678.90123",
+            "1e0022",
+        ] {
+            scanned(body);
+        }
+        left("18446744073709551616", true);
+        left("99999999999999999999.5", true);
+        left("1e00022", true);
+    }
+
+    #[test]
     fn what_needs_serde_is_left_to_it() {
         left(r#"{"a":"line\nbreak"}"#, true);
         left("123456789012345678901", true);
