@@ -250,8 +250,13 @@ pub(super) fn float(value: f64) -> u128 {
     match integral(value) {
         Some(Integral::Unsigned(n)) => scalar(UNSIGNED, n),
         Some(Integral::Negative(n)) => integer(n),
-        None => scalar(FLOAT, value.to_bits()),
+        None => fraction(value),
     }
+}
+
+/// A finite `f64` known not to be integral: its bits.
+pub(super) fn fraction(value: f64) -> u128 {
+    scalar(FLOAT, value.to_bits())
 }
 
 /// Both structural hashes of `body` with `rules` — the scanner's and serde_json's — and whether

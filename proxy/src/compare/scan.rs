@@ -18,7 +18,7 @@
 //! does the scanner; the result is the correctly rounded value either way.
 
 use super::json::{float, integer, pair, scalar, string, Pass, ARRAY, ARRAY_END, ENTRY, NULL};
-use super::json::{Child, BOOL, OBJECT, UNSIGNED};
+use super::json::{fraction, Child, BOOL, OBJECT, UNSIGNED};
 use super::rules::Slot;
 
 /// Deeper documents are left to the serde pass (which fails them beyond 128 levels).
@@ -204,6 +204,13 @@ impl<'a> Scanner<'a, '_, '_> {
             return None;
         }
         let power = POW10.get(exponent.unsigned_abs() as usize)?;
+        if exponent < 0 && significand % 10 != 0 {
+            // s / 10^m with 10 ∤ s is no integer, and its distance to the nearest one (at least
+            // 10^-m) is more than half an ulp of it (at most s · 10^-m · 2^-53 < 10^-m): its
+            // f64 is no integer either, so `float`'s check can be skipped.
+            let magnitude = significand as f64 / power;
+            return Some(fraction(if negative { -magnitude } else { magnitude }));
+        }
         let magnitude = if exponent >= 0 {
             significand as f64 * power
         } else {
@@ -401,6 +408,41 @@ mod tests {
         left("18446744073709551616", true);
         left("99999999999999999999.5", true);
         left("1e00022", true);
+    }
+
+    #[test]
+    fn decimals_hash_as_serde_reads_them() {
+        // Significands up to 2^53 (near it too, where an f64's spacing is widest) over 1 to 22
+        // fraction digits, with and without trailing zeros and an exponent.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..4_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let significand = match i % 3 {
+                0 => x % (1 << 53),
+                1 => (1 << 53) - 1 - x % 1_000,
+                _ => x % 100_000,
+            };
+            let digits = significand.to_string();
+            let m = (i % 22 + 1) as usize;
+            let (whole, fraction) = if digits.len() > m {
+                digits.split_at(digits.len() - m)
+            } else {
+                ("0", digits.as_str())
+            };
+            let fraction = format!("{}{fraction}", "0".repeat(m.saturating_sub(fraction.len())));
+            let sign = if i % 2 == 0 { "" } else { "-" };
+            scanned(&format!("{sign}{whole}.{fraction}"));
+            // One digit more may take the significand past 2^53: serde's then.
+            for body in [
+                format!("{sign}{whole}.{fraction}0"),
+                format!("[{sign}{whole}.{fraction}e-1]"),
+            ] {
+                let ((scanned, _), (parsed, _)) = both_hashes(body.as_bytes(), &Rules::none());
+                assert!(scanned.is_none() || scanned == parsed, "{body:?}");
+            }
+        }
     }
 
     #[test]
