@@ -231,8 +231,13 @@ impl<'a> Scanner<'a, '_, '_> {
             return Some(pair(chain, len, ARRAY_END));
         }
         for index in 0.. {
-            let child = self.pass.enter(Slot::Element(index), from, to);
-            if let Some(element) = self.child(depth, child)? {
+            let element = if from < to {
+                let child = self.pass.enter(Slot::Element(index), from, to);
+                self.child(depth, child)?
+            } else {
+                Some(self.value(depth, from, to)?)
+            };
+            if let Some(element) = element {
                 chain = pair(chain, element, ARRAY);
                 len += 1;
             }
@@ -275,6 +280,8 @@ impl<'a> Scanner<'a, '_, '_> {
             self.at += 1;
             return Some(pair(sum, len, OBJECT));
         }
+        // One bit of 64 per name: names are compared only when two share a bit.
+        let (mut bits, mut shared_bit) = (0u64, false);
         loop {
             self.skip_space();
             if self.peek()? != b'"' {
@@ -282,21 +289,26 @@ impl<'a> Scanner<'a, '_, '_> {
             }
             let start = self.at + 1;
             let name = self.string_hash()?;
-            // Without rules, the name need not be read as text (it is valid UTF-8: the whole
-            // body was checked).
-            let text = if from < to {
-                std::str::from_utf8(&self.body[start..self.at - 1]).ok()?
-            } else {
-                ""
-            };
-            let child = self.pass.enter(Slot::Member(text), from, to);
+            let name_end = self.at - 1;
             self.skip_space();
             if self.peek()? != b':' {
                 return None;
             }
             self.at += 1;
+            let bit = name_bit(name);
+            shared_bit |= bits & bit != 0;
+            bits |= bit;
             self.pass.names.push(name);
-            if let Some(value) = self.child(depth, child)? {
+            let value = if from < to {
+                // Without rules the name is not read as text (it is valid UTF-8: the whole
+                // body was checked), nor are rules asked.
+                let text = std::str::from_utf8(&self.body[start..name_end]).ok()?;
+                let child = self.pass.enter(Slot::Member(text), from, to);
+                self.child(depth, child)?
+            } else {
+                Some(self.value(depth, from, to)?)
+            };
+            if let Some(value) = value {
                 sum = sum.wrapping_add(pair(name, value, ENTRY));
                 len += 1;
             }
@@ -305,11 +317,17 @@ impl<'a> Scanner<'a, '_, '_> {
             }
         }
         // Nested objects have popped their names: this object's are `names[mark..]`.
-        let names = &mut self.pass.names[mark..];
-        self.repeated_name |= repeats(names);
+        if shared_bit {
+            self.repeated_name |= repeats(&mut self.pass.names[mark..]);
+        }
         self.pass.names.truncate(mark);
         Some(pair(sum, len, OBJECT))
     }
+}
+
+/// One bit of 64 for a member name: equal names have the same bit.
+fn name_bit(name: u128) -> u64 {
+    1 << (((name as u64) ^ ((name >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
 }
 
 /// Whether `names` has a repeat: pairwise for a few (no sort), sorted for more.
@@ -488,6 +506,22 @@ mod tests {
         }
         let ((scanned, _), (serde, _)) = both_hashes(b"\"\xff\"", &Rules::none());
         assert_eq!((scanned, serde), (None, None));
+    }
+
+    #[test]
+    fn a_repeat_among_many_names_is_reported_wherever_it_is() {
+        for n in 1..70 {
+            let names: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+            let distinct = format!("{{{}}}", names.join(","));
+            let ((hash, repeats), _) = both_hashes(distinct.as_bytes(), &Rules::none());
+            assert!(hash.is_some() && !repeats, "{distinct}");
+            for at in [0, n / 2, n - 1] {
+                let body = format!("{{{},\"k{at}\":0}}", names.join(","));
+                let ((hash, repeats), (_, serde_repeats)) =
+                    both_hashes(body.as_bytes(), &Rules::none());
+                assert!(hash.is_some() && repeats && serde_repeats, "{body}");
+            }
+        }
     }
 
     #[test]
