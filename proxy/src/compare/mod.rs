@@ -42,14 +42,16 @@ pub use noise::{generalise_pointer, NoiseLearner, NoiseSet};
 pub use queue::{ComparisonQueue, MAX_QUEUED, MAX_QUEUED_BYTES};
 pub use record::{DivergenceLog, DivergenceRecord, RECORD_BODY_BYTES};
 
-/// A streamed body, sampled for comparison: the first `limit` bytes, the total length, and an
-/// xxh3-64 hash of the whole body.
+/// A streamed body, sampled for comparison: the first `limit` bytes, the total length, and,
+/// when the body is longer than `limit`, an xxh3-64 hash of all of it.
 #[derive(Clone)]
 pub struct BodySampler {
     limit: usize,
     prefix: Vec<u8>,
     len: u64,
-    hasher: Xxh3Default,
+    /// Started when the body outgrows `limit`: a body held whole is compared by its bytes, and
+    /// hashing it too cost a pass over it per side (64 KiB: several µs of a shadowed request).
+    hasher: Option<Box<Xxh3Default>>,
 }
 
 impl std::fmt::Debug for BodySampler {
@@ -69,7 +71,7 @@ impl BodySampler {
             limit,
             prefix: Vec::new(),
             len: 0,
-            hasher: Xxh3Default::new(),
+            hasher: None,
         }
     }
 
@@ -97,13 +99,21 @@ impl BodySampler {
 
     /// Takes the next chunk of the body.
     pub fn push(&mut self, chunk: &[u8]) {
-        self.hasher.update(chunk);
         self.len += chunk.len() as u64;
-        let room = self.limit - self.prefix.len();
-        if room > 0 {
-            self.prefix
-                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(chunk);
+            return;
         }
+        let room = self.limit - self.prefix.len();
+        if chunk.len() > room {
+            // Outgrown: from here on the sample is a prefix and a hash of the whole.
+            let mut hasher = Box::new(Xxh3Default::new());
+            hasher.update(&self.prefix);
+            hasher.update(chunk);
+            self.hasher = Some(hasher);
+        }
+        self.prefix
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
 
     /// Bytes seen so far.
@@ -121,20 +131,21 @@ impl BodySampler {
         BodySample {
             prefix: Bytes::from(self.prefix),
             len: self.len,
-            hash: self.hasher.digest(),
+            hash: self.hasher.map(|h| h.digest()),
         }
     }
 }
 
-/// A sampled body: its first bytes, its length and the xxh3-64 hash of all of it.
+/// A sampled body: its first bytes, its length and, when those are not all of it, the xxh3-64
+/// hash of all of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodySample {
     /// The first bytes of the body, at most the sampler's limit.
     pub prefix: Bytes,
     /// The length of the whole body.
     pub len: u64,
-    /// xxh3-64 of the whole body.
-    pub hash: u64,
+    /// xxh3-64 of the whole body when `prefix` is not all of it (`None`: it is).
+    pub hash: Option<u64>,
 }
 
 impl BodySample {
@@ -148,7 +159,7 @@ impl BodySample {
         Self {
             prefix: Bytes::copy_from_slice(&body[..body.len().min(limit)]),
             len: body.len() as u64,
-            hash: xxhash_rust::xxh3::xxh3_64(body),
+            hash: (body.len() > limit).then(|| xxhash_rust::xxh3::xxh3_64(body)),
         }
     }
 
@@ -157,11 +168,12 @@ impl BodySample {
         Self::from_bytes(&[], 0)
     }
 
-    /// Same bytes: same length and hash, and the same held bytes when both are complete.
+    /// Same bytes: the same held bytes when both are complete, else the same length and hash.
     fn same_bytes(&self, other: &BodySample) -> bool {
-        self.len == other.len
-            && self.hash == other.hash
-            && (!(self.complete() && other.complete()) || self.prefix == other.prefix)
+        if self.complete() && other.complete() {
+            return self.prefix == other.prefix;
+        }
+        self.len == other.len && self.hash.is_some() && self.hash == other.hash
     }
 }
 
@@ -458,9 +470,22 @@ mod tests {
         let sample = sampler.finish();
         assert_eq!(&sample.prefix[..], b"hello");
         assert_eq!(sample.len, 11);
-        assert_eq!(sample.hash, xxhash_rust::xxh3::xxh3_64(b"hello world"));
+        assert_eq!(
+            sample.hash,
+            Some(xxhash_rust::xxh3::xxh3_64(b"hello world"))
+        );
         assert!(!sample.complete());
         assert_eq!(sample, BodySample::from_bytes(b"hello world", 5));
+        // Outgrown in the first chunk, or exactly at the limit (whole: no hash).
+        let mut sampler = BodySampler::new(5);
+        sampler.push(b"hello world");
+        assert_eq!(sampler.finish(), BodySample::from_bytes(b"hello world", 5));
+        let mut sampler = BodySampler::new(5);
+        sampler.push(b"hel");
+        sampler.push(b"lo");
+        let sample = sampler.finish();
+        assert!(sample.complete() && sample.hash.is_none());
+        assert_eq!(sample, BodySample::from_bytes(b"hello", 5));
     }
 
     /// An announced length is one allocation of that size (capped by the limit); the sample
