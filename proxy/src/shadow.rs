@@ -186,7 +186,7 @@ impl ShadowRequest {
     }
 
     /// Tee a primary response body chunk.
-    pub fn primary_body(&mut self, chunk: &[u8]) {
+    pub fn primary_body(&mut self, chunk: &Bytes) {
         if let Some(body) = self.primary.as_mut().and_then(|t| t.body.as_mut()) {
             body.push(chunk);
         }

@@ -42,12 +42,22 @@ pub use noise::{generalise_pointer, NoiseLearner, NoiseSet};
 pub use queue::{ComparisonQueue, MAX_QUEUED, MAX_QUEUED_BYTES};
 pub use record::{DivergenceLog, DivergenceRecord, RECORD_BODY_BYTES};
 
+/// Chunks at least this large are held as they came (a reference to the buffer they were read
+/// into), not copied; smaller ones are copied together (held, each would keep a whole read
+/// buffer alive).
+const SHARE_CHUNK: usize = 16 * 1024;
+
 /// A streamed body, sampled for comparison: the first `limit` bytes, the total length, and,
 /// when the body is longer than `limit`, an xxh3-64 hash of all of it.
 #[derive(Clone)]
 pub struct BodySampler {
     limit: usize,
+    /// The first chunk, held as it came while nothing else is held.
+    shared: Option<Bytes>,
+    /// The bytes held otherwise, copied.
     prefix: Vec<u8>,
+    /// The announced length (at most `limit`), reserved when the first byte is copied.
+    expected: usize,
     len: u64,
     /// Started when the body outgrows `limit`: a body held whole is compared by its bytes, and
     /// hashing it too cost a pass over it per side (64 KiB: several µs of a shadowed request).
@@ -58,7 +68,7 @@ impl std::fmt::Debug for BodySampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BodySampler")
             .field("limit", &self.limit)
-            .field("held", &self.prefix.len())
+            .field("held", &self.held())
             .field("len", &self.len)
             .finish_non_exhaustive()
     }
@@ -69,21 +79,22 @@ impl BodySampler {
     pub fn new(limit: usize) -> Self {
         Self {
             limit,
+            shared: None,
             prefix: Vec::new(),
+            expected: 0,
             len: 0,
             hasher: None,
         }
     }
 
-    /// Makes room at once for a body announced as `expected` bytes (its Content-Length), up
-    /// to the limit: one allocation of the right size instead of doublings (a 256 KiB body
-    /// grown chunk by chunk ends in a 512 KiB buffer, copied several times on the way).
+    /// Makes room at once, when bytes are first copied, for a body announced as `expected`
+    /// bytes (its Content-Length), up to the limit: one allocation of the right size instead
+    /// of doublings (a 256 KiB body grown chunk by chunk ends in a 512 KiB buffer, copied
+    /// several times on the way).
     pub fn expect(&mut self, expected: u64) {
-        let want = usize::try_from(expected)
+        self.expected = usize::try_from(expected)
             .unwrap_or(usize::MAX)
             .min(self.limit);
-        self.prefix
-            .reserve_exact(want.saturating_sub(self.prefix.len()));
     }
 
     /// [`BodySampler::expect`] with the Content-Length of `headers`, if they have one.
@@ -97,23 +108,44 @@ impl BodySampler {
         }
     }
 
+    /// Bytes held.
+    fn held(&self) -> usize {
+        self.shared.as_ref().map_or(0, Bytes::len) + self.prefix.len()
+    }
+
     /// Takes the next chunk of the body.
-    pub fn push(&mut self, chunk: &[u8]) {
+    pub fn push(&mut self, chunk: &Bytes) {
         self.len += chunk.len() as u64;
         if let Some(hasher) = self.hasher.as_mut() {
             hasher.update(chunk);
             return;
         }
-        let room = self.limit - self.prefix.len();
+        let held = self.held();
+        let room = self.limit - held;
         if chunk.len() > room {
             // Outgrown: from here on the sample is a prefix and a hash of the whole.
             let mut hasher = Box::new(Xxh3Default::new());
+            hasher.update(self.shared.as_deref().unwrap_or_default());
             hasher.update(&self.prefix);
             hasher.update(chunk);
             self.hasher = Some(hasher);
         }
-        self.prefix
-            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let take = chunk.len().min(room);
+        if take == 0 {
+            return;
+        }
+        if held == 0 && take >= SHARE_CHUNK {
+            self.shared = Some(chunk.slice(..take));
+            return;
+        }
+        let first = self.shared.take();
+        let first = first.as_deref().unwrap_or_default();
+        if self.prefix.capacity() < self.expected {
+            self.prefix
+                .reserve_exact(self.expected.max(first.len() + take) - self.prefix.len());
+        }
+        self.prefix.extend_from_slice(first);
+        self.prefix.extend_from_slice(&chunk[..take]);
     }
 
     /// Bytes seen so far.
@@ -129,7 +161,7 @@ impl BodySampler {
     /// The sample of everything pushed.
     pub fn finish(self) -> BodySample {
         BodySample {
-            prefix: Bytes::from(self.prefix),
+            prefix: self.shared.unwrap_or_else(|| Bytes::from(self.prefix)),
             len: self.len,
             hash: self.hasher.map(|h| h.digest()),
         }
@@ -462,10 +494,10 @@ mod tests {
     fn sampler_keeps_the_prefix_and_hashes_everything() {
         let mut sampler = BodySampler::new(5);
         assert!(sampler.is_empty());
-        sampler.push(b"hel");
-        sampler.push(b"lo wor");
-        sampler.push(b"");
-        sampler.push(b"ld");
+        sampler.push(&Bytes::from_static(b"hel"));
+        sampler.push(&Bytes::from_static(b"lo wor"));
+        sampler.push(&Bytes::from_static(b""));
+        sampler.push(&Bytes::from_static(b"ld"));
         assert_eq!(sampler.len(), 11);
         let sample = sampler.finish();
         assert_eq!(&sample.prefix[..], b"hello");
@@ -478,11 +510,11 @@ mod tests {
         assert_eq!(sample, BodySample::from_bytes(b"hello world", 5));
         // Outgrown in the first chunk, or exactly at the limit (whole: no hash).
         let mut sampler = BodySampler::new(5);
-        sampler.push(b"hello world");
+        sampler.push(&Bytes::from_static(b"hello world"));
         assert_eq!(sampler.finish(), BodySample::from_bytes(b"hello world", 5));
         let mut sampler = BodySampler::new(5);
-        sampler.push(b"hel");
-        sampler.push(b"lo");
+        sampler.push(&Bytes::from_static(b"hel"));
+        sampler.push(&Bytes::from_static(b"lo"));
         let sample = sampler.finish();
         assert!(sample.complete() && sample.hash.is_none());
         assert_eq!(sample, BodySample::from_bytes(b"hello", 5));
@@ -497,34 +529,61 @@ mod tests {
         headers.insert(http::header::CONTENT_LENGTH, "300".parse().unwrap());
         let mut sampler = BodySampler::new(1000);
         sampler.expect_from(&headers);
+        let mut chunks = body.chunks(7).map(Bytes::copy_from_slice);
+        sampler.push(&chunks.next().unwrap());
         let reserved = sampler.prefix.capacity();
         assert!((300..600).contains(&reserved), "{reserved}");
-        for chunk in body.chunks(7) {
-            sampler.push(chunk);
+        for chunk in chunks {
+            sampler.push(&chunk);
         }
         assert_eq!(sampler.prefix.capacity(), reserved, "no reallocation");
         assert_eq!(sampler.finish(), BodySample::from_bytes(&body, 1000));
         // Capped by the limit; a lying or absent length changes nothing but the first size.
         let mut capped = BodySampler::new(64);
         capped.expect(1 << 40);
+        capped.push(&Bytes::from_static(b"x"));
         assert!(capped.prefix.capacity() < 128);
         let mut liar = BodySampler::new(1000);
         liar.expect(10);
-        liar.push(&body);
+        liar.push(&Bytes::copy_from_slice(&body));
         assert_eq!(liar.finish(), BodySample::from_bytes(&body, 1000));
+    }
+
+    /// A large chunk is held as it came while it is all there is; what follows it, or a
+    /// limit it outgrows, makes the same sample as bytes copied.
+    #[test]
+    fn a_large_chunk_is_held_without_a_copy() {
+        let body = Bytes::from((0..60_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let mut sampler = BodySampler::new(100_000);
+        sampler.push(&body.slice(..40_000));
+        let sample = sampler.clone().finish();
+        assert_eq!(sample.prefix.as_ptr(), body.as_ptr(), "not copied");
+        sampler.push(&body.slice(40_000..));
+        assert_eq!(sampler.finish(), BodySample::from_bytes(&body, 100_000));
+        for limit in [0, 100, 20_000, 40_000, 50_000] {
+            let mut sampler = BodySampler::new(limit);
+            sampler.expect(body.len() as u64);
+            sampler.push(&body.slice(..40_000));
+            sampler.push(&body.slice(40_000..));
+            assert_eq!(
+                sampler.finish(),
+                BodySample::from_bytes(&body, limit),
+                "{limit}"
+            );
+        }
     }
 
     #[test]
     fn sample_at_exactly_the_limit_is_complete() {
         let mut sampler = BodySampler::new(5);
-        sampler.push(b"hello");
+        sampler.push(&Bytes::from_static(b"hello"));
         let sample = sampler.finish();
         assert!(sample.complete());
         assert!(BodySample::from_bytes(b"", 0).complete());
         assert!(BodySample::empty().complete());
         assert!(!BodySample::from_bytes(b"x", 0).complete());
         let mut zero = BodySampler::new(0);
-        zero.push(b"abc");
+        zero.push(&Bytes::from_static(b"abc"));
         let sample = zero.finish();
         assert!(sample.prefix.is_empty());
         assert_eq!(sample.len, 3);

@@ -519,7 +519,7 @@ proptest! {
         let mut sampler = BodySampler::new(limit);
         let mut from = 0;
         for cut in cuts.into_iter().chain([body.len()]) {
-            sampler.push(&body[from..cut]);
+            sampler.push(&Bytes::copy_from_slice(&body[from..cut]));
             from = cut;
         }
         let sample = sampler.finish();
