@@ -168,8 +168,9 @@ impl SuiteOptions {
                 max_requests: 5_000_000,
             }),
             // 3 s, not 1.25: the p99 of a 1.25 s run is the slowest 1 % of ~12 ms of traffic,
-            // which one stall of the VM sets; rounds of 1.25 s put the p99 of nginx and of
-            // cutover each anywhere in 0.15-1.7 ms (make bench at 881949b).
+            // which one stall of the VM sets (rounds of 1.25 s put the p99 of nginx and of
+            // cutover each anywhere in 0.15-1.7 ms at 881949b). It did not make them steady:
+            // at 2898a2f the 3 s rounds put both anywhere in 0.28-2.5 ms (README, Benchmarks).
             open: Some(OpenShape {
                 connections: 32,
                 duration: Duration::from_secs(3),
