@@ -437,7 +437,9 @@ async fn serve_connection(
         let active = ActiveGuard::new(state.clone());
         async move {
             let version = req.version();
-            let mut resp = pipeline::handle(&worker, peer, &state, req).await;
+            // Pinned where it is built (moved into this block's state it was copied whole).
+            let handled = std::pin::pin!(pipeline::handle(&worker, peer, &state, req));
+            let mut resp = handled.await;
             if version != http::Version::HTTP_2 && worker.shared.draining.load(Ordering::Relaxed) {
                 // Draining: this answer ends the connection, so the client's next request
                 // goes to a new one (never raced against a close).

@@ -367,8 +367,9 @@ pub(crate) fn forward_head(
     if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
-    let proto = if peer.tls { "https" } else { "http" };
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    const HTTPS: HeaderValue = HeaderValue::from_static("https");
+    const HTTP: HeaderValue = HeaderValue::from_static("http");
+    h.insert(X_FORWARDED_PROTO, if peer.tls { HTTPS } else { HTTP });
     let via = hygiene::via(h.get(header::VIA).map(|v| v.as_bytes()), client_version);
     h.insert(header::VIA, via);
     let copy = shadowed.then(|| shadow::copy_headers(h, &route.spec.shadow));
