@@ -152,7 +152,8 @@ fn integral(value: f64) -> Option<Integral> {
 /// Each document is read once, by the scanner of [`super::scan`] when it can read it exactly
 /// as serde_json does (no escapes, numbers that convert exactly, nesting up to 100), else by a
 /// serde [`Visitor`] over `serde_json::Deserializer`, with the same hash either way: no
-/// `Value`, no allocation per node; the only allocation is one stack of member-name hashes.
+/// `Value`, no allocation per node; the only allocations are one stack of member-name hashes
+/// and, in the scanner, one of the open arrays and objects.
 /// The 128-bit hash of a node:
 /// - null, a boolean or a number: a tag and 8 bytes, as they are (no collision). A number is
 ///   first made canonical as [`canonical_numbers`] does (`1.0` → `1`, `-0` → `0`, else the

@@ -1,6 +1,8 @@
 //! The structural hash of a JSON document read by a scanner of our own: the same 128-bit hash
 //! the serde pass in [`super::json`] computes (the same helpers, in the same order), without
-//! serde's per-token machinery — one UTF-8 check of the whole body, then one byte-level pass.
+//! serde's per-token machinery — one UTF-8 check of the whole body, then one byte-level pass:
+//! one loop that keeps the open arrays and objects on a stack of its own (no recursion, so the
+//! position stays in a register), finding a string's end eight bytes at a time.
 //!
 //! The scanner only answers for documents it can read exactly as `serde_json` reads them and
 //! returns `None` for everything else, and the serde pass decides those:
@@ -15,10 +17,13 @@
 //! So for any body, `hash(body)` is `None` or the serde pass's hash — a property test holds
 //! the two together. Numbers: `serde_json` builds an `f64` from a significand below 2^53 and an
 //! exponent within ±22 with one multiplication or division by an exact power of ten, and so
-//! does the scanner; the result is the correctly rounded value either way.
+//! does the scanner; the result is the correctly rounded value either way. A fraction's trailing
+//! zeros are dropped first (`1.50` → 15 / 10, `2.00` → 2): the same rational, so the same
+//! correctly rounded `f64`, and an integral one is then an integer without a division.
 
-use super::json::{float, integer, pair, scalar, string, Pass, ARRAY, ARRAY_END, ENTRY, NULL};
+use super::json::{float, integer, pair, scalar, string as string_of, Pass, ARRAY, ARRAY_END};
 use super::json::{fraction, Child, BOOL, OBJECT, UNSIGNED};
+use super::json::{ENTRY, NULL};
 use super::rules::Slot;
 
 /// Deeper documents are left to the serde pass (which fails them beyond 128 levels).
@@ -41,18 +46,8 @@ pub(super) fn hash(body: &[u8], pass: &mut Pass<'_>) -> Option<u128> {
     let mark = pass.names.len();
     pass.rules.start(&mut pass.states);
     let to = pass.states.len();
-    let mut scanner = Scanner {
-        body,
-        at: 0,
-        pass,
-        repeated_name: false,
-    };
-    let value = scanner.value(0, 0, to);
-    let result = value.and_then(|v| {
-        scanner.skip_space();
-        (scanner.at == body.len()).then_some(v)
-    });
-    let repeated_name = scanner.repeated_name;
+    let mut repeated_name = false;
+    let result = document(body, pass, to, &mut repeated_name);
     pass.names.truncate(mark);
     if result.is_some() {
         pass.repeated_name |= repeated_name;
@@ -60,269 +55,396 @@ pub(super) fn hash(body: &[u8], pass: &mut Pass<'_>) -> Option<u128> {
     result
 }
 
-/// Reads `body` from `at`, with `pass` for the member names and the ignore rules; a value is
-/// read with the range of `pass.states` active at it (`from..to`, empty without rules).
-struct Scanner<'a, 'p, 'r> {
-    body: &'a [u8],
-    at: usize,
-    pass: &'p mut Pass<'r>,
-    repeated_name: bool,
+/// An array or object being read, with what its elements or members have added so far.
+#[derive(Default, Clone, Copy)]
+struct Open {
+    object: bool,
+    /// An array's chain of element hashes, or the sum of an object's entry hashes.
+    acc: u128,
+    /// The elements or entries counted (ignored ones are not).
+    len: u64,
+    /// The next element's index (arrays, for the rules).
+    index: usize,
+    /// The object's member names are `pass.names[mark..]`.
+    mark: usize,
+    /// One bit of 64 per member name, and whether two names shared one: names are compared
+    /// only then.
+    bits: u64,
+    shared_bit: bool,
+    /// The rules active at the container: `pass.states[from..to]` (empty without rules).
+    from: usize,
+    to: usize,
+    /// The member or element being read: its name's hash (members), whether it counts, and
+    /// where the rules entered for it start in `pass.states`.
+    name: u128,
+    kept: bool,
+    child_from: usize,
 }
 
-impl<'a> Scanner<'a, '_, '_> {
-    fn peek(&self) -> Option<u8> {
-        self.body.get(self.at).copied()
-    }
-
-    fn skip_space(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.at += 1;
-        }
-    }
-
-    /// One value, with the whitespace before it.
-    fn value(&mut self, depth: usize, from: usize, to: usize) -> Option<u128> {
-        self.skip_space();
-        match self.peek()? {
-            b'{' => self.object(depth + 1, from, to),
-            b'[' => self.array(depth + 1, from, to),
-            b'"' => self.string_hash(),
-            b't' => self.literal(b"true", scalar(BOOL, 1)),
-            b'f' => self.literal(b"false", scalar(BOOL, 0)),
-            b'n' => self.literal(b"null", scalar(NULL, 0)),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
-        }
-    }
-
-    fn literal(&mut self, word: &[u8], hash: u128) -> Option<u128> {
-        let end = self.at + word.len();
-        (self.body.get(self.at..end)? == word).then(|| {
-            self.at = end;
-            hash
-        })
-    }
-
-    /// [`string`] of a string without escapes. A short one is read as one 16-byte word from
-    /// the body where 16 bytes are left, masked to its length (what `string` packs).
-    fn string_hash(&mut self) -> Option<u128> {
-        let start = self.at + 1;
-        let bytes = self.string()?;
-        let len = bytes.len();
-        if len >= 16 {
-            return Some(string(bytes));
-        }
-        match self.body.get(start..start + 16) {
-            Some(word) => {
-                let mut packed = [0; 16];
-                packed.copy_from_slice(word);
-                let word = u128::from_le_bytes(packed) & ((1u128 << (8 * len)) - 1);
-                Some(word | (len as u128) << 120)
-            }
-            None => Some(string(bytes)),
-        }
-    }
-
-    /// A string without escapes, as its bytes (valid UTF-8: the whole body was checked).
-    fn string(&mut self) -> Option<&'a [u8]> {
-        let start = self.at + 1;
-        let body: &'a [u8] = self.body;
-        let rest = body.get(start..)?;
-        let len = rest
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-        if rest[len] != b'"' {
-            return None;
-        }
-        self.at = start + len + 1;
-        Some(&rest[..len])
-    }
-
-    fn digits(&mut self) -> &[u8] {
-        let start = self.at;
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.at += 1;
-        }
-        &self.body[start..self.at]
-    }
-
-    fn number(&mut self) -> Option<u128> {
-        let negative = self.peek() == Some(b'-');
-        if negative {
-            self.at += 1;
-        }
-        let whole = self.digits();
-        if whole.is_empty() || (whole.len() > 1 && whole[0] == b'0') {
-            return None;
-        }
-        let mut significand = accumulate(0, whole)?;
-        let mut exponent: i32 = 0;
-        let mut is_float = false;
-        if self.peek() == Some(b'.') {
-            self.at += 1;
-            let fraction = self.digits();
-            if fraction.is_empty() {
+impl Open {
+    /// Enters the next member (past its name and `:`) or element at `at`: where its value
+    /// starts, and the rules active at it.
+    #[inline(always)]
+    fn next(&mut self, body: &[u8], at: usize, pass: &mut Pass<'_>) -> Option<(usize, Child)> {
+        let (slot, at) = if self.object {
+            let at = skip_space(body, at);
+            if *body.get(at)? != b'"' {
                 return None;
             }
-            significand = accumulate(significand, fraction)?;
-            exponent = -i32::try_from(fraction.len()).ok()?;
-            is_float = true;
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.at += 1;
-            let negative_exponent = match self.peek() {
-                Some(b'-') => {
-                    self.at += 1;
-                    true
-                }
-                Some(b'+') => {
-                    self.at += 1;
-                    false
-                }
-                _ => false,
-            };
-            let written = self.digits();
-            if written.is_empty() || written.len() > 4 {
+            let (name, name_end) = string_hash(body, at)?;
+            let colon = skip_space(body, name_end);
+            if *body.get(colon)? != b':' {
                 return None;
             }
-            let written = written
-                .iter()
-                .fold(0i32, |n, d| n * 10 + i32::from(d - b'0'));
-            exponent += if negative_exponent { -written } else { written };
-            is_float = true;
-        }
-        if !is_float {
-            return match (negative, significand) {
-                (false, n) => Some(scalar(UNSIGNED, n)),
-                // `-0` is the `f64` -0.0 to serde_json, which hashes as 0.
-                (true, 0) => Some(float(-0.0)),
-                (true, n) if n <= 1 << 63 => Some(integer((n as i64).wrapping_neg())),
-                (true, _) => None,
-            };
-        }
-        if significand >= EXACT_SIGNIFICAND {
-            return None;
-        }
-        let power = POW10.get(exponent.unsigned_abs() as usize)?;
-        if exponent < 0 && significand % 10 != 0 {
-            // s / 10^m with 10 ∤ s is no integer, and its distance to the nearest one (at least
-            // 10^-m) is more than half an ulp of it (at most s · 10^-m · 2^-53 < 10^-m): its
-            // f64 is no integer either, so `float`'s check can be skipped.
-            let magnitude = significand as f64 / power;
-            return Some(fraction(if negative { -magnitude } else { magnitude }));
-        }
-        let magnitude = if exponent >= 0 {
-            significand as f64 * power
-        } else {
-            significand as f64 / power
-        };
-        Some(float(if negative { -magnitude } else { magnitude }))
-    }
-
-    fn array(&mut self, depth: usize, from: usize, to: usize) -> Option<u128> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.at += 1;
-        let (mut chain, mut len) = (0u128, 0u128);
-        self.skip_space();
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(pair(chain, len, ARRAY_END));
-        }
-        for index in 0.. {
-            let element = if from < to {
-                let child = self.pass.enter(Slot::Element(index), from, to);
-                self.child(depth, child)?
-            } else {
-                Some(self.value(depth, from, to)?)
-            };
-            if let Some(element) = element {
-                chain = pair(chain, element, ARRAY);
-                len += 1;
-            }
-            if self.closed(b']')? {
-                break;
-            }
-        }
-        Some(pair(chain, len, ARRAY_END))
-    }
-
-    /// The value of a member or element as [`Pass::enter`] found it: `Some(None)` when it is
-    /// ignored (read all the same: the document must be JSON).
-    fn child(&mut self, depth: usize, child: Child) -> Option<Option<u128>> {
-        let value = self.value(depth, child.from, child.to);
-        self.pass.states.truncate(child.from);
-        Some(child.kept.then_some(value?))
-    }
-
-    /// After a member or element: `Some(false)` past a `,`, `Some(true)` past `close`, `None`
-    /// at anything else.
-    fn closed(&mut self, close: u8) -> Option<bool> {
-        self.skip_space();
-        let next = self.peek()?;
-        if next != b',' && next != close {
-            return None;
-        }
-        self.at += 1;
-        Some(next == close)
-    }
-
-    fn object(&mut self, depth: usize, from: usize, to: usize) -> Option<u128> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.at += 1;
-        let mark = self.pass.names.len();
-        let (mut sum, mut len) = (0u128, 0u128);
-        self.skip_space();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(pair(sum, len, OBJECT));
-        }
-        // One bit of 64 per name: names are compared only when two share a bit.
-        let (mut bits, mut shared_bit) = (0u64, false);
-        loop {
-            self.skip_space();
-            if self.peek()? != b'"' {
-                return None;
-            }
-            let start = self.at + 1;
-            let name = self.string_hash()?;
-            let name_end = self.at - 1;
-            self.skip_space();
-            if self.peek()? != b':' {
-                return None;
-            }
-            self.at += 1;
             let bit = name_bit(name);
-            shared_bit |= bits & bit != 0;
-            bits |= bit;
-            self.pass.names.push(name);
-            let value = if from < to {
-                // Without rules the name is not read as text (it is valid UTF-8: the whole
-                // body was checked), nor are rules asked.
-                let text = std::str::from_utf8(&self.body[start..name_end]).ok()?;
-                let child = self.pass.enter(Slot::Member(text), from, to);
-                self.child(depth, child)?
+            self.shared_bit |= self.bits & bit != 0;
+            self.bits |= bit;
+            self.name = name;
+            pass.names.push(name);
+            (Some(at + 1..name_end - 1), colon + 1)
+        } else {
+            self.index += 1;
+            (None, at)
+        };
+        if self.from >= self.to {
+            // Without rules the name is not read as text (it is valid UTF-8: the whole body
+            // was checked), nor are rules asked.
+            self.kept = true;
+            return Some((
+                at,
+                Child {
+                    kept: true,
+                    from: self.from,
+                    to: self.to,
+                },
+            ));
+        }
+        let child = match slot {
+            Some(name) => {
+                let text = std::str::from_utf8(&body[name]).ok()?;
+                pass.enter(Slot::Member(text), self.from, self.to)
+            }
+            None => pass.enter(Slot::Element(self.index - 1), self.from, self.to),
+        };
+        self.kept = child.kept;
+        self.child_from = child.from;
+        Some((at, child))
+    }
+
+    /// Adds the value just read (its hash) to the container.
+    #[inline(always)]
+    fn add(&mut self, value: u128, pass: &mut Pass<'_>) {
+        if self.from < self.to {
+            pass.states.truncate(self.child_from);
+        }
+        if self.kept {
+            self.acc = if self.object {
+                self.acc.wrapping_add(pair(self.name, value, ENTRY))
             } else {
-                Some(self.value(depth, from, to)?)
+                pair(self.acc, value, ARRAY)
             };
-            if let Some(value) = value {
-                sum = sum.wrapping_add(pair(name, value, ENTRY));
-                len += 1;
-            }
-            if self.closed(b'}')? {
-                break;
-            }
+            self.len += 1;
+        }
+    }
+
+    /// The container's hash once it is closed, with its names popped.
+    fn close(&self, pass: &mut Pass<'_>, repeated_name: &mut bool) -> u128 {
+        let len = u128::from(self.len);
+        if !self.object {
+            return pair(self.acc, len, ARRAY_END);
         }
         // Nested objects have popped their names: this object's are `names[mark..]`.
-        if shared_bit {
-            self.repeated_name |= repeats(&mut self.pass.names[mark..]);
+        if self.shared_bit {
+            *repeated_name |= repeats(&mut pass.names[self.mark..]);
         }
-        self.pass.names.truncate(mark);
-        Some(pair(sum, len, OBJECT))
+        pass.names.truncate(self.mark);
+        pair(self.acc, len, OBJECT)
     }
+}
+
+/// The hash of the one value `body` holds, with nothing but whitespace after it. One loop with
+/// the open containers on a stack of its own (no recursion), so the position in `body` stays
+/// a local.
+fn document(body: &[u8], pass: &mut Pass<'_>, to: usize, repeated_name: &mut bool) -> Option<u128> {
+    let mut at = 0;
+    // The containers that hold `open`, and how many are open (`open` itself included).
+    let mut stack: Vec<Open> = Vec::new();
+    let mut depth = 0;
+    let mut open = Open::default();
+    // The rules active at the value about to be read.
+    let mut rules = Child {
+        kept: true,
+        from: 0,
+        to,
+    };
+    'value: loop {
+        at = skip_space(body, at);
+        let mut hash = match *body.get(at)? {
+            first @ (b'{' | b'[') => {
+                let object = first == b'{';
+                if depth == MAX_DEPTH {
+                    return None;
+                }
+                at = skip_space(body, at + 1);
+                let close = if object { b'}' } else { b']' };
+                if *body.get(at)? == close {
+                    at += 1;
+                    pair(0, 0, if object { OBJECT } else { ARRAY_END })
+                } else {
+                    stack.push(open);
+                    depth += 1;
+                    open = Open {
+                        object,
+                        mark: pass.names.len(),
+                        from: rules.from,
+                        to: rules.to,
+                        ..Open::default()
+                    };
+                    (at, rules) = open.next(body, at, pass)?;
+                    continue 'value;
+                }
+            }
+            b'"' => {
+                let (hash, end) = string_hash(body, at)?;
+                at = end;
+                hash
+            }
+            b't' => literal(body, &mut at, b"true", scalar(BOOL, 1))?,
+            b'f' => literal(body, &mut at, b"false", scalar(BOOL, 0))?,
+            b'n' => literal(body, &mut at, b"null", scalar(NULL, 0))?,
+            b'-' | b'0'..=b'9' => {
+                let (hash, end) = number(body, at)?;
+                at = end;
+                hash
+            }
+            _ => return None,
+        };
+        // A whole value: add it to its container, and close what it ends.
+        loop {
+            if depth == 0 {
+                return (skip_space(body, at) == body.len()).then_some(hash);
+            }
+            open.add(hash, pass);
+            at = skip_space(body, at);
+            let next = *body.get(at)?;
+            if next == b',' {
+                (at, rules) = open.next(body, at + 1, pass)?;
+                continue 'value;
+            }
+            if next != if open.object { b'}' } else { b']' } {
+                return None;
+            }
+            at += 1;
+            hash = open.close(pass, repeated_name);
+            open = stack.pop()?;
+            depth -= 1;
+        }
+    }
+}
+
+fn skip_space(body: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = body.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// `word` at `at`, and past it.
+fn literal(body: &[u8], at: &mut usize, word: &[u8], hash: u128) -> Option<u128> {
+    let end = *at + word.len();
+    (body.get(*at..end)? == word).then(|| {
+        *at = end;
+        hash
+    })
+}
+
+/// [`string`] of the string without escapes that opens at `at`, and where it ends. Where 16
+/// bytes of the body follow the quote, they are read as two words and the string's end is
+/// found in them at once; a short string is then those bytes masked to its length (what
+/// `string` packs).
+#[inline(always)]
+fn string_hash(body: &[u8], at: usize) -> Option<(u128, usize)> {
+    let start = at + 1;
+    if let Some(word) = body.get(start..start + 16) {
+        let (low, high) = words(word);
+        let (low_end, high_end) = (specials(low), specials(high));
+        let (len, packed) = if low_end != 0 {
+            let len = (low_end.trailing_zeros() / 8) as usize;
+            (len, u128::from(low & ((1 << (8 * len)) - 1)))
+        } else if high_end != 0 {
+            let len = 8 + (high_end.trailing_zeros() / 8) as usize;
+            let high = high & ((1 << (8 * (len - 8))) - 1);
+            (len, u128::from(low) | u128::from(high) << 64)
+        } else {
+            let (bytes, end) = string(body, at)?;
+            return Some((string_of(bytes), end));
+        };
+        if body[start + len] != b'"' {
+            return None;
+        }
+        return Some((packed | (len as u128) << 120, start + len + 1));
+    }
+    let (bytes, end) = string(body, at)?;
+    Some((string_of(bytes), end))
+}
+
+/// The bytes of the string without escapes that opens at `at` (valid UTF-8: the whole body was
+/// checked), and where it ends.
+fn string(body: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let rest = body.get(at + 1..)?;
+    let mut len = 0;
+    let len = loop {
+        match rest.get(len..len + 8) {
+            Some(word) => {
+                let end = specials(u64::from_le_bytes(word.try_into().ok()?));
+                if end != 0 {
+                    break len + (end.trailing_zeros() / 8) as usize;
+                }
+                len += 8;
+            }
+            None => {
+                break len
+                    + rest[len..]
+                        .iter()
+                        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?
+            }
+        }
+    };
+    if rest[len] != b'"' {
+        return None;
+    }
+    Some((&rest[..len], at + len + 2))
+}
+
+/// The digits at `at`, accumulated after `significand`: the new significand (`None` past
+/// `u64`: serde_json reads those as `f64`), how many, and where they end.
+#[inline(always)]
+fn digits(body: &[u8], mut at: usize, mut significand: u64) -> Option<(u64, usize, usize)> {
+    let start = at;
+    while let Some(&digit @ b'0'..=b'9') = body.get(at) {
+        significand = significand
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
+        at += 1;
+    }
+    Some((significand, at - start, at))
+}
+
+/// The number at `at`, and where it ends.
+#[inline(always)]
+fn number(body: &[u8], mut at: usize) -> Option<(u128, usize)> {
+    let negative = body[at] == b'-';
+    if negative {
+        at += 1;
+    }
+    let leading_zero = body.get(at) == Some(&b'0');
+    let (mut significand, count, end) = digits(body, at, 0)?;
+    if count == 0 || (count > 1 && leading_zero) {
+        return None;
+    }
+    at = end;
+    let mut exponent: i32 = 0;
+    let mut is_float = false;
+    if body.get(at) == Some(&b'.') {
+        let (both, count, end) = digits(body, at + 1, significand)?;
+        if count == 0 {
+            return None;
+        }
+        significand = both;
+        exponent = -i32::try_from(count).ok()?;
+        is_float = true;
+        at = end;
+    }
+    if let Some(b'e' | b'E') = body.get(at) {
+        at += 1;
+        let negative_exponent = match body.get(at) {
+            Some(b'-') => {
+                at += 1;
+                true
+            }
+            Some(b'+') => {
+                at += 1;
+                false
+            }
+            _ => false,
+        };
+        let start = at;
+        while let Some(b'0'..=b'9') = body.get(at) {
+            at += 1;
+        }
+        let written = &body[start..at];
+        if written.is_empty() || written.len() > 4 {
+            return None;
+        }
+        let written = written
+            .iter()
+            .fold(0i32, |n, d| n * 10 + i32::from(d - b'0'));
+        exponent += if negative_exponent { -written } else { written };
+        is_float = true;
+    }
+    if !is_float {
+        let hash = match (negative, significand) {
+            (false, n) => scalar(UNSIGNED, n),
+            // `-0` is the `f64` -0.0 to serde_json, which hashes as 0.
+            (true, 0) => float(-0.0),
+            (true, n) if n <= 1 << 63 => integer((n as i64).wrapping_neg()),
+            (true, _) => return None,
+        };
+        return Some((hash, at));
+    }
+    if significand >= EXACT_SIGNIFICAND {
+        return None;
+    }
+    // A fraction's trailing zeros: the same rational with fewer digits, whose correctly
+    // rounded f64 is the same (`1.50` is 15 / 10, `2.00` is the integer 2).
+    while exponent < 0 && significand % 10 == 0 && significand != 0 {
+        significand /= 10;
+        exponent += 1;
+    }
+    if exponent == 0 && significand != 0 {
+        let hash = if negative {
+            integer(-(significand as i64))
+        } else {
+            scalar(UNSIGNED, significand)
+        };
+        return Some((hash, at));
+    }
+    let power = POW10.get(exponent.unsigned_abs() as usize)?;
+    if exponent < 0 && significand % 10 != 0 {
+        // s / 10^m with 10 ∤ s is no integer, and its distance to the nearest one (at least
+        // 10^-m) is more than half an ulp of it (at most s · 10^-m · 2^-53 < 10^-m): its
+        // f64 is no integer either, so `float`'s check can be skipped.
+        let magnitude = significand as f64 / power;
+        return Some((fraction(if negative { -magnitude } else { magnitude }), at));
+    }
+    let magnitude = if exponent >= 0 {
+        significand as f64 * power
+    } else {
+        significand as f64 / power
+    };
+    Some((float(if negative { -magnitude } else { magnitude }), at))
+}
+
+/// The two little-endian words of 16 bytes.
+fn words(bytes: &[u8]) -> (u64, u64) {
+    let mut low = [0; 8];
+    let mut high = [0; 8];
+    low.copy_from_slice(&bytes[..8]);
+    high.copy_from_slice(&bytes[8..16]);
+    (u64::from_le_bytes(low), u64::from_le_bytes(high))
+}
+
+/// The top bit of each byte of `word` that ends a string without escapes — `"`, `\` or a
+/// control character — is set in the answer, exactly for the lowest such byte; bytes above it
+/// may be marked too (a borrow carried up), so only the lowest mark counts. A byte of 0x80 or
+/// more is never marked: none of the three has its top bit, and none borrows.
+fn specials(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const TOPS: u64 = 0x8080_8080_8080_8080;
+    let below = |word: u64, limit: u8| word.wrapping_sub(ONES * u64::from(limit)) & !word;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    (below(quote, 1) | below(backslash, 1) | below(word, 0x20)) & TOPS
 }
 
 /// One bit of 64 for a member name: equal names have the same bit.
@@ -340,13 +462,6 @@ fn repeats(names: &mut [u128]) -> bool {
     }
     names.sort_unstable();
     names.windows(2).any(|w| w[0] == w[1])
-}
-
-/// `significand` followed by `digits`, or `None` past `u64` (serde_json reads those as `f64`).
-fn accumulate(significand: u64, digits: &[u8]) -> Option<u64> {
-    digits.iter().try_fold(significand, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
 }
 
 #[cfg(test)]
@@ -459,6 +574,50 @@ mod tests {
             ] {
                 let ((scanned, _), (parsed, _)) = both_hashes(body.as_bytes(), &Rules::none());
                 assert!(scanned.is_none() || scanned == parsed, "{body:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fractions_with_trailing_zeros_hash_as_their_shorter_forms() {
+        for n in [0u64, 1, 5, 10, 100, 120, 1_234_567, 9_007_199] {
+            for zeros in 1..=6 {
+                let fraction = "0".repeat(zeros);
+                assert_eq!(scanned(&format!("{n}.{fraction}")), scanned(&n.to_string()));
+                assert_eq!(
+                    scanned(&format!("-{n}.{fraction}")),
+                    scanned(&format!("-{n}"))
+                );
+                // 12.50 is 12.5, 0.0120 is 0.012.
+                assert_eq!(
+                    scanned(&format!("{n}.5{fraction}")),
+                    scanned(&format!("{n}.5"))
+                );
+                assert_eq!(
+                    scanned(&format!("-0.0{n}{fraction}")),
+                    scanned(&format!("-0.0{n}"))
+                );
+            }
+        }
+    }
+
+    /// Every byte at every place of a word, below and above other bytes: the lowest mark is the
+    /// first `"`, `\` or control character, and nothing else is marked below it.
+    #[test]
+    fn the_lowest_mark_is_the_first_byte_that_ends_a_string() {
+        let ends = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
+        for place in 0..8 {
+            for byte in 0..=255u8 {
+                for above in [b'x', b'"', 0x00, 0x1f, 0xff, 0x80] {
+                    let mut word = [b'a'; 8];
+                    word[place] = byte;
+                    word[place + 1..].fill(above);
+                    let marks = super::specials(u64::from_le_bytes(word));
+                    let first = word.iter().position(|&b| ends(b));
+                    let lowest = (marks != 0).then(|| marks.trailing_zeros() as usize / 8);
+                    assert_eq!(lowest, first, "{word:?}");
+                    assert_eq!(marks & !0x8080_8080_8080_8080, 0);
+                }
             }
         }
     }
