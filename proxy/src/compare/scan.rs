@@ -268,21 +268,22 @@ fn string_hash(body: &[u8], at: usize) -> Option<(u128, usize)> {
     if let Some(word) = body.get(start..start + 16) {
         let (low, high) = words(word);
         let (low_end, high_end) = (specials(low), specials(high));
-        let (len, packed) = if low_end != 0 {
+        let short = if low_end != 0 {
             let len = (low_end.trailing_zeros() / 8) as usize;
-            (len, u128::from(low & ((1 << (8 * len)) - 1)))
+            Some((len, u128::from(low & ((1 << (8 * len)) - 1))))
         } else if high_end != 0 {
             let len = 8 + (high_end.trailing_zeros() / 8) as usize;
             let high = high & ((1 << (8 * (len - 8))) - 1);
-            (len, u128::from(low) | u128::from(high) << 64)
+            Some((len, u128::from(low) | u128::from(high) << 64))
         } else {
-            let (bytes, end) = string(body, at)?;
-            return Some((string_of(bytes), end));
+            None
         };
-        if body[start + len] != b'"' {
-            return None;
+        if let Some((len, packed)) = short {
+            if body[start + len] != b'"' {
+                return None;
+            }
+            return Some((packed | (len as u128) << 120, start + len + 1));
         }
-        return Some((packed | (len as u128) << 120, start + len + 1));
     }
     let (bytes, end) = string(body, at)?;
     Some((string_of(bytes), end))
@@ -368,17 +369,13 @@ fn number(body: &[u8], mut at: usize) -> Option<(u128, usize)> {
             }
             _ => false,
         };
-        let start = at;
-        while let Some(b'0'..=b'9') = body.get(at) {
-            at += 1;
-        }
-        let written = &body[start..at];
-        if written.is_empty() || written.len() > 4 {
+        let (written, count, end) = digits(body, at, 0)?;
+        if count == 0 || count > 4 {
             return None;
         }
-        let written = written
-            .iter()
-            .fold(0i32, |n, d| n * 10 + i32::from(d - b'0'));
+        at = end;
+        // Four digits at most: below 10^4.
+        let written = written as i32;
         exponent += if negative_exponent { -written } else { written };
         is_float = true;
     }
