@@ -167,9 +167,9 @@ impl Open {
 /// a local.
 fn document(body: &[u8], pass: &mut Pass<'_>, to: usize, repeated_name: &mut bool) -> Option<u128> {
     let mut at = 0;
-    // The containers that hold `open`, and how many are open (`open` itself included).
+    // The containers that hold `open`: as many as are open, `open` itself included (at the
+    // top, `open` is a placeholder and the stack empty).
     let mut stack: Vec<Open> = Vec::new();
-    let mut depth = 0;
     let mut open = Open::default();
     // The rules active at the value about to be read.
     let mut rules = Child {
@@ -179,20 +179,18 @@ fn document(body: &[u8], pass: &mut Pass<'_>, to: usize, repeated_name: &mut boo
     };
     'value: loop {
         at = skip_space(body, at);
-        let mut hash = match *body.get(at)? {
+        let (mut hash, end) = match *body.get(at)? {
             first @ (b'{' | b'[') => {
                 let object = first == b'{';
-                if depth == MAX_DEPTH {
+                if stack.len() == MAX_DEPTH {
                     return None;
                 }
                 at = skip_space(body, at + 1);
                 let close = if object { b'}' } else { b']' };
                 if *body.get(at)? == close {
-                    at += 1;
-                    pair(0, 0, if object { OBJECT } else { ARRAY_END })
+                    (pair(0, 0, if object { OBJECT } else { ARRAY_END }), at + 1)
                 } else {
                     stack.push(open);
-                    depth += 1;
                     open = Open {
                         object,
                         mark: pass.names.len(),
@@ -204,24 +202,17 @@ fn document(body: &[u8], pass: &mut Pass<'_>, to: usize, repeated_name: &mut boo
                     continue 'value;
                 }
             }
-            b'"' => {
-                let (hash, end) = string_hash(body, at)?;
-                at = end;
-                hash
-            }
-            b't' => literal(body, &mut at, b"true", scalar(BOOL, 1))?,
-            b'f' => literal(body, &mut at, b"false", scalar(BOOL, 0))?,
-            b'n' => literal(body, &mut at, b"null", scalar(NULL, 0))?,
-            b'-' | b'0'..=b'9' => {
-                let (hash, end) = number(body, at)?;
-                at = end;
-                hash
-            }
+            b'"' => string_hash(body, at)?,
+            b't' => literal(body, at, b"true", scalar(BOOL, 1))?,
+            b'f' => literal(body, at, b"false", scalar(BOOL, 0))?,
+            b'n' => literal(body, at, b"null", scalar(NULL, 0))?,
+            b'-' | b'0'..=b'9' => number(body, at)?,
             _ => return None,
         };
+        at = end;
         // A whole value: add it to its container, and close what it ends.
         loop {
-            if depth == 0 {
+            if stack.is_empty() {
                 return (skip_space(body, at) == body.len()).then_some(hash);
             }
             open.add(hash, pass);
@@ -237,7 +228,6 @@ fn document(body: &[u8], pass: &mut Pass<'_>, to: usize, repeated_name: &mut boo
             at += 1;
             hash = open.close(pass, repeated_name);
             open = stack.pop()?;
-            depth -= 1;
         }
     }
 }
@@ -249,13 +239,10 @@ fn skip_space(body: &[u8], mut at: usize) -> usize {
     at
 }
 
-/// `word` at `at`, and past it.
-fn literal(body: &[u8], at: &mut usize, word: &[u8], hash: u128) -> Option<u128> {
-    let end = *at + word.len();
-    (body.get(*at..end)? == word).then(|| {
-        *at = end;
-        hash
-    })
+/// `hash` when `word` is at `at`, and where it ends.
+fn literal(body: &[u8], at: usize, word: &[u8], hash: u128) -> Option<(u128, usize)> {
+    let end = at + word.len();
+    (body.get(at..end)? == word).then_some((hash, end))
 }
 
 /// [`string`] of the string without escapes that opens at `at`, and where it ends. Where 16
@@ -627,7 +614,14 @@ mod tests {
         left("0.1234567890123456789", true);
         left("1e23", true);
         left("1e400", false);
+        // MAX_DEPTH levels are the scanner's, one more is serde's.
+        scanned(&format!("{}{}", "[".repeat(100), "]".repeat(100)));
+        scanned(&format!("{}1{}", r#"{"a":"#.repeat(100), "}".repeat(100)));
         left(&format!("{}{}", "[".repeat(101), "]".repeat(101)), true);
+        left(
+            &format!("{}1{}", r#"{"a":"#.repeat(101), "}".repeat(101)),
+            true,
+        );
         left(
             &format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
             false,
