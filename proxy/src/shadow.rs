@@ -291,18 +291,21 @@ impl Drop for Slot {
 }
 
 impl Job {
-    async fn run(self, primary: oneshot::Receiver<Answer>) {
+    async fn run(mut self, primary: oneshot::Receiver<Answer>) {
         let _slot = Slot(self.route.clone());
+        let limit = usize::try_from(self.route.spec.shadow.max_body_bytes).unwrap_or(usize::MAX);
+        // The headers go into the copy's request (a second copy of them only for the noise
+        // copy): cloned per request, they were one more header map held per copy in flight.
+        let headers = std::mem::take(&mut self.headers);
+        let noise_headers = self.noise_copy.then(|| headers.clone());
         let policy = &self.route.spec.shadow;
-        let limit = usize::try_from(policy.max_body_bytes).unwrap_or(usize::MAX);
         // Each exchange boxed: inline, the two made this task's future 13.5 KB, copied whole
         // when it was spawned (callgrind: 109k of memcpy per shadowed request).
-        let copy = Box::pin(self.send(self.target, limit));
+        let copy = Box::pin(self.send(self.target, limit, headers));
         let noise = async {
-            if self.noise_copy {
-                Box::pin(self.send(BackendKind::Legacy, limit)).await
-            } else {
-                None
+            match noise_headers {
+                Some(headers) => Box::pin(self.send(BackendKind::Legacy, limit, headers)).await,
+                None => None,
             }
         };
         let (answer, second_legacy) =
@@ -353,9 +356,9 @@ impl Job {
     }
 
     /// Send one copy to `to`; records its statistics. `None` when it got no complete answer.
-    async fn send(&self, to: BackendKind, limit: usize) -> Option<Answer> {
+    async fn send(&self, to: BackendKind, limit: usize, headers: HeaderMap) -> Option<Answer> {
         let start = Instant::now();
-        let outcome = self.exchange(to, limit).await;
+        let outcome = self.exchange(to, limit, headers).await;
         let now = Instant::now();
         match outcome {
             Ok(answer) => {
@@ -382,14 +385,19 @@ impl Job {
     /// One copy over the worker's shadow pool, to the first endpoint of `to` that resolves
     /// (from the same start as the primary's choice); its connection goes back to the pool once
     /// the answer was read to its end.
-    async fn exchange(&self, to: BackendKind, limit: usize) -> Result<Answer, String> {
+    async fn exchange(
+        &self,
+        to: BackendKind,
+        limit: usize,
+        headers: HeaderMap,
+    ) -> Result<Answer, String> {
         let upstream = self.route.upstream(to);
         let mut req = http::Request::builder()
             .method(self.method.clone())
             .uri(self.path_and_query.as_str())
             .body(Full::new(self.body.clone()))
             .map_err(|e| e.to_string())?;
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = headers;
         if !self.body.is_empty() || req.headers().contains_key(http::header::CONTENT_LENGTH) {
             req.headers_mut().insert(
                 http::header::CONTENT_LENGTH,
@@ -413,14 +421,14 @@ impl Job {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let mut headers = resp.headers().clone();
+        let (head, mut body) = resp.into_parts();
+        let status = head.status.as_u16();
+        let mut sampler = BodySampler::new(limit);
+        sampler.expect_from(&head.headers);
+        let mut headers = head.headers;
         for name in hygiene::hop_by_hop_names(&headers) {
             headers.remove(name);
         }
-        let mut sampler = BodySampler::new(limit);
-        sampler.expect_from(resp.headers());
-        let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| e.to_string())?;
             if let Some(data) = frame.data_ref() {
