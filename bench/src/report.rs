@@ -69,12 +69,21 @@ pub struct Goal {
     pub verdict: Verdict,
 }
 
-/// The peak RSS of `kind`'s crowd run, MiB.
+/// The peak RSS of `kind`'s crowd run (the run's own), MiB.
 fn crowd_peak_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
     r.crowd
         .iter()
         .find(|run| run.target == kind)
         .and_then(|run| run.peak_rss_kib)
+        .map(|kib| kib as f64 / 1024.0)
+}
+
+/// The peak RSS over the whole life of `kind`'s processes, read at its crowd run, MiB.
+fn life_peak_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
+    r.crowd
+        .iter()
+        .find(|run| run.target == kind)
+        .and_then(|run| run.life_peak_rss_kib)
         .map(|kib| kib as f64 / 1024.0)
 }
 
@@ -262,17 +271,25 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
     let (name, wanted) = (
         "Shadow memory (issue 15)",
         format!(
-            "cutover-shadow's peak RSS ≤ {GOAL_SHADOW_RSS}× cutover's (1,000 connections; the \
-             peak covers every earlier phase)"
+            "cutover-shadow's peak RSS ≤ {GOAL_SHADOW_RSS}× cutover's during the run with \
+             1,000 connections"
         ),
     );
     goals.push(match (peak(s), peak(c)) {
         (Some(shadow), Some(plain)) => {
             let ratio = shadow / plain;
+            let mut measured = format!("{ratio:.2}× ({shadow:.1} MiB against {plain:.1} MiB)");
+            if let (Some(ls), Some(lp)) = (life_peak_mib(r, s), life_peak_mib(r, c)) {
+                measured += &format!(
+                    "; over each process's whole life, every earlier phase included: {:.2}× \
+                     ({ls:.1} against {lp:.1} MiB)",
+                    ls / lp
+                );
+            }
             Goal {
                 name,
                 wanted,
-                measured: format!("{ratio:.2}× ({shadow:.1} MiB against {plain:.1} MiB)"),
+                measured,
                 verdict: Verdict::of(ratio <= GOAL_SHADOW_RSS),
             }
         }
@@ -290,7 +307,8 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
             let mib = kib as f64 / 1024.0;
             let crowd = crowd.expect("peak RSS comes from a crowd run");
             let mut measured = format!(
-                "{mib:.1} MiB peak (VmHWM) with {connections} connections, {} req/s, {} errors",
+                "{mib:.1} MiB peak (VmHWM) during the run with {connections} connections, {} \
+                 req/s, {} errors",
                 crowd.requests_per_second().round(),
                 crowd.errors
             );
@@ -1126,23 +1144,26 @@ fn crowd_table(w: &mut String, r: &SuiteReport) {
     let _ = writeln!(
         w,
         "One closed-loop run per proxy with {connections} connections (1 KiB). Peak RSS is the \
-         process's high-water mark (`VmHWM`, summed over nginx's master and worker) over its \
-         whole life, so it covers every earlier phase too.\n"
+         processes' high-water mark (`VmHWM`, summed over nginx's master and worker) during the \
+         run: it is reset to the current RSS as the run starts (`clear_refs`), so memory kept \
+         from earlier phases counts, their own peaks do not. Peak over life is the high-water \
+         mark since the process started (every earlier phase, 256 KiB answers included).\n"
     );
     let _ = writeln!(
         w,
-        "| target | req/s | p99 ms | proxy CPU µs/req | peak RSS MiB | RSS after MiB | new upstream conns | errors |"
+        "| target | req/s | p99 ms | proxy CPU µs/req | peak RSS MiB | peak over life MiB | RSS after MiB | new upstream conns | errors |"
     );
-    let _ = writeln!(w, "|:--|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(w, "|:--|--:|--:|--:|--:|--:|--:|--:|--:|");
     for x in &r.crowd {
         let _ = writeln!(
             w,
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             x.target.name(),
             x.requests_per_second(),
             f3(x.percentile_ms(99.0)),
             f1(x.cpu_us_per_request(r.clk_tck)),
             f1(x.peak_rss_kib.map(|v| v as f64 / 1024.0)),
+            f1(x.life_peak_rss_kib.map(|v| v as f64 / 1024.0)),
             f1(x.rss_kib.map(|v| v as f64 / 1024.0)),
             x.upstream_opens().map_or("-".into(), |v| v.to_string()),
             x.errors
@@ -1352,7 +1373,9 @@ fn meaning(w: &mut String, r: &SuiteReport) {
     );
     let _ = writeln!(
         w,
-        "- **Peak RSS** is `VmHWM` of `/proc/<pid>/status` (the high-water mark since start).\n"
+        "- **Peak RSS** is `VmHWM` of `/proc/<pid>/status`: the high-water mark since the \
+         process started, except in the crowd run, where it is reset to the current RSS as the \
+         run starts (`5` to `/proc/<pid>/clear_refs`) and so is the run's own.\n"
     );
 }
 

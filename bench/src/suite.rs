@@ -334,8 +334,13 @@ pub struct Run {
     pub control_connects: u64,
     /// What the backend saw over the window.
     pub backend: BackendCounts,
-    /// Peak and current RSS of the proxy's processes at the end of the run, KiB.
+    /// Peak and current RSS of the proxy's processes at the end of the run, KiB. The crowd
+    /// run's peak is its own: the processes' peaks are reset to their RSS as it starts
+    /// ([`sys::reset_peak_rss`]; memory they kept from earlier phases still counts). Other
+    /// runs' peaks cover the processes' whole life.
     pub peak_rss_kib: Option<u64>,
+    /// The peak over the processes' whole life (every earlier phase), KiB.
+    pub life_peak_rss_kib: Option<u64>,
     pub rss_kib: Option<u64>,
     /// Reasons the run counts as disturbed (its round is repeated when allowed).
     pub noise: Vec<String>,
@@ -650,6 +655,11 @@ impl Bench<'_> {
                 "processes not quiet within {QUIET_TIMEOUT:?} before the run"
             ));
         }
+        // The crowd's peak RSS is its own (what earlier phases peaked at is kept aside).
+        let life_peak_before = sys::peak_rss_kib(&target_pids);
+        if phase == Phase::Crowd && !sys::reset_peak_rss(&target_pids) {
+            notes.push("peak RSS not reset before the run: it covers every earlier phase".into());
+        }
         let before = self.snapshot(&target_pids, &all, false).await;
         let url: hyper::Uri = t.url(phase.path()).parse().expect("harness URL");
         let report: Report = match load {
@@ -688,6 +698,7 @@ impl Bench<'_> {
             .await
             .zip(compared_before)
             .map(|(a, b)| a.saturating_sub(b));
+        let peak_rss = sys::peak_rss_kib(&target_pids);
         let ours = after.ours.saturating_sub(before.ours);
         let generator = after.generator.saturating_sub(before.generator);
         let machine = after.machine.since(&before.machine);
@@ -720,7 +731,8 @@ impl Bench<'_> {
             client_connects: report.connects,
             control_connects: after.control_connects - before.control_connects,
             backend: after.counts.since(&before.counts),
-            peak_rss_kib: sys::peak_rss_kib(&target_pids),
+            peak_rss_kib: peak_rss,
+            life_peak_rss_kib: peak_rss.max(life_peak_before),
             rss_kib: sys::rss_kib(&target_pids),
             noise: Vec::new(),
             notes,
@@ -1237,6 +1249,7 @@ mod tests {
             control_connects: 0,
             backend: BackendCounts::default(),
             peak_rss_kib: None,
+            life_peak_rss_kib: None,
             rss_kib: None,
             noise: Vec::new(),
             notes: Vec::new(),

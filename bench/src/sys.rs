@@ -113,6 +113,16 @@ pub fn peak_rss_kib(pids: &[u32]) -> Option<u64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// Sets each process's peak resident set size (`VmHWM`) to its current one (`5` written to
+/// `/proc/<pid>/clear_refs`, Linux 4.0+), so that a later [`peak_rss_kib`] is the peak of what
+/// ran in between. Whether every process took it.
+pub fn reset_peak_rss(pids: &[u32]) -> bool {
+    !pids.is_empty()
+        && pids
+            .iter()
+            .all(|p| std::fs::write(format!("/proc/{p}/clear_refs"), "5").is_ok())
+}
+
 /// Current resident set size (`VmRSS`) summed over `pids`, in KiB.
 pub fn rss_kib(pids: &[u32]) -> Option<u64> {
     let values: Vec<u64> = pids
@@ -424,6 +434,34 @@ mod tests {
         assert!(peak_rss_kib(&[pid]).is_some_and(|k| k > 0));
         assert!(rss_kib(&[pid]).is_some_and(|k| k > 0));
         assert_eq!(process_tree(pid)[0], pid);
+    }
+
+    #[test]
+    fn a_reset_peak_forgets_what_was_freed_before_it() {
+        let pid = std::process::id();
+        // 256 MiB touched and freed: the system allocator maps a block this large on its own
+        // and unmaps it when it is freed, so the peak stays above the current RSS.
+        let block = vec![1u8; 256 << 20];
+        assert_eq!(
+            block
+                .iter()
+                .step_by(4096)
+                .map(|&b| u64::from(b))
+                .sum::<u64>(),
+            65_536
+        );
+        drop(block);
+        let before = peak_rss_kib(&[pid]).expect("VmHWM");
+        assert!(
+            reset_peak_rss(&[pid]),
+            "clear_refs takes 5 for our own process"
+        );
+        let after = peak_rss_kib(&[pid]).expect("VmHWM");
+        assert!(
+            after + (200 << 10) < before,
+            "the 256 MiB peak is forgotten: {before} KiB before the reset, {after} KiB after"
+        );
+        assert!(!reset_peak_rss(&[]), "no process, nothing reset");
     }
 
     #[test]
