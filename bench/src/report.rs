@@ -71,19 +71,20 @@ pub struct Goal {
 
 /// The peak RSS of `kind`'s crowd run (the run's own), MiB.
 fn crowd_peak_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
-    r.crowd
-        .iter()
-        .find(|run| run.target == kind)
-        .and_then(|run| run.peak_rss_kib)
-        .map(|kib| kib as f64 / 1024.0)
+    crowd_mib(r, kind, |run| run.peak_rss_kib)
 }
 
 /// The peak RSS over the whole life of `kind`'s processes, read at its crowd run, MiB.
 fn life_peak_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
+    crowd_mib(r, kind, |run| run.life_peak_rss_kib)
+}
+
+/// `kib` of `kind`'s crowd run, in MiB.
+fn crowd_mib(r: &SuiteReport, kind: TargetKind, kib: fn(&Run) -> Option<u64>) -> Option<f64> {
     r.crowd
         .iter()
         .find(|run| run.target == kind)
-        .and_then(|run| run.life_peak_rss_kib)
+        .and_then(kib)
         .map(|kib| kib as f64 / 1024.0)
 }
 
