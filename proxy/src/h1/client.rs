@@ -97,8 +97,7 @@ impl Conn {
     /// (a pooled connection is checked when it is taken). The check reads into one byte on the
     /// stack, not into the buffer: a byte or the end makes the connection unusable (it is
     /// dropped with what was read), and the buffer gets its room when the answer's size is
-    /// known (reserving [`super::READ_SIZE`] here held 2 KiB per exchange where a 1 KiB answer
-    /// needs 1.2).
+    /// known, not [`super::READ_SIZE`] ahead of it.
     pub fn is_usable(&mut self) -> bool {
         if !self.side.buf.is_empty() {
             return false;
