@@ -47,7 +47,12 @@ pub(super) fn hash(body: &[u8], pass: &mut Pass<'_>) -> Option<u128> {
     pass.rules.start(&mut pass.states);
     let to = pass.states.len();
     let mut repeated_name = false;
-    let result = document(body, pass, to, &mut repeated_name);
+    // Without rules at the top there are none below it: that reading drops their bookkeeping.
+    let result = if to == 0 {
+        document::<false>(body, pass, to, &mut repeated_name)
+    } else {
+        document::<true>(body, pass, to, &mut repeated_name)
+    };
     pass.names.truncate(mark);
     if result.is_some() {
         pass.repeated_name |= repeated_name;
@@ -85,7 +90,12 @@ impl Open {
     /// Enters the next member (past its name and `:`) or element at `at`: where its value
     /// starts, and the rules active at it.
     #[inline(always)]
-    fn next(&mut self, body: &[u8], at: usize, pass: &mut Pass<'_>) -> Option<(usize, Child)> {
+    fn next<const RULES: bool>(
+        &mut self,
+        body: &[u8],
+        at: usize,
+        pass: &mut Pass<'_>,
+    ) -> Option<(usize, Child)> {
         let (slot, at) = if self.object {
             let at = skip_space(body, at);
             if *body.get(at)? != b'"' {
@@ -103,10 +113,12 @@ impl Open {
             pass.names.push(name);
             (Some(at + 1..name_end - 1), colon + 1)
         } else {
-            self.index += 1;
+            if RULES {
+                self.index += 1;
+            }
             (None, at)
         };
-        if self.from >= self.to {
+        if !RULES || self.from >= self.to {
             // Without rules the name is not read as text (it is valid UTF-8: the whole body
             // was checked), nor are rules asked.
             self.kept = true;
@@ -133,11 +145,11 @@ impl Open {
 
     /// Adds the value just read (its hash) to the container.
     #[inline(always)]
-    fn add(&mut self, value: u128, pass: &mut Pass<'_>) {
-        if self.from < self.to {
+    fn add<const RULES: bool>(&mut self, value: u128, pass: &mut Pass<'_>) {
+        if RULES && self.from < self.to {
             pass.states.truncate(self.child_from);
         }
-        if self.kept {
+        if !RULES || self.kept {
             self.acc = if self.object {
                 self.acc.wrapping_add(pair(self.name, value, ENTRY))
             } else {
@@ -165,7 +177,12 @@ impl Open {
 /// The hash of the one value `body` holds, with nothing but whitespace after it. One loop with
 /// the open containers on a stack of its own (no recursion), so the position in `body` stays
 /// a local.
-fn document(body: &[u8], pass: &mut Pass<'_>, to: usize, repeated_name: &mut bool) -> Option<u128> {
+fn document<const RULES: bool>(
+    body: &[u8],
+    pass: &mut Pass<'_>,
+    to: usize,
+    repeated_name: &mut bool,
+) -> Option<u128> {
     let mut at = 0;
     // The containers that hold `open`: as many as are open, `open` itself included (at the
     // top, `open` is a placeholder and the stack empty).
@@ -198,7 +215,7 @@ fn document(body: &[u8], pass: &mut Pass<'_>, to: usize, repeated_name: &mut boo
                         to: rules.to,
                         ..Open::default()
                     };
-                    (at, rules) = open.next(body, at, pass)?;
+                    (at, rules) = open.next::<RULES>(body, at, pass)?;
                     continue 'value;
                 }
             }
@@ -215,11 +232,11 @@ fn document(body: &[u8], pass: &mut Pass<'_>, to: usize, repeated_name: &mut boo
             if stack.is_empty() {
                 return (skip_space(body, at) == body.len()).then_some(hash);
             }
-            open.add(hash, pass);
+            open.add::<RULES>(hash, pass);
             at = skip_space(body, at);
             let next = *body.get(at)?;
             if next == b',' {
-                (at, rules) = open.next(body, at + 1, pass)?;
+                (at, rules) = open.next::<RULES>(body, at + 1, pass)?;
                 continue 'value;
             }
             if next != if open.object { b'}' } else { b']' } {
