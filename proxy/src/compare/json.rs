@@ -160,9 +160,15 @@ fn integral(value: f64) -> Option<Integral> {
 ///   `f64` bits), so it hashes alike exactly when the trees compare equal;
 /// - a string: its unescaped UTF-8 (so `"\u00e9"` and `"é"` are alike), as it is with its
 ///   length up to 15 bytes (no collision), xxh3-128 of it when longer;
-/// - an array: xxh3-128 chained over its elements' hashes in order, then over its length;
+/// - an array: xxh3-128 chained over its elements' hashes in order, plus its length (and one)
+///   times a constant of arrays ([`array`]);
 /// - an object: the wrapping sum of xxh3-128 of each (name hash, value hash) entry, so member
-///   order does not count, then xxh3-128 of the sum and the member count.
+///   order does not count, plus its member count (and one) times a constant of objects
+///   ([`object`]).
+///
+/// Sums are modulo 2^128. The chain and the entries are xxh3 outputs already, so a container
+/// is not mixed once more when it closes: the parent's xxh3 step (or the comparison of the two
+/// documents' hashes) takes it as it is.
 ///
 /// A repeated member name makes the answer `Some(false)`: serde_json keeps the last value,
 /// and a sum over entries cannot tell `{"a":1,"a":2}` (= `{"a":2}`) from `{"a":2,"a":1}`.
@@ -171,7 +177,10 @@ fn integral(value: f64) -> Option<Integral> {
 ///
 /// Collisions: two documents that differ hash alike with probability about 2^-128 (treating
 /// xxh3-128 as random; the sum of entry hashes keeps that bound as long as no entry repeats,
-/// which the name check ensures). xxh3 is not cryptographic: a backend that crafted colliding
+/// which the name check ensures: two objects whose entries differ have sums whose difference
+/// holds at least one entry hash of its own, so it is uniform, whatever the counts add; the
+/// same holds for two arrays' chains. An empty container is its constant alone, whose top byte
+/// is above every scalar's tag and every short string's length). xxh3 is not cryptographic: a backend that crafted colliding
 /// answers on purpose could hide a divergence; the backends under comparison are trusted.
 pub(super) fn equal_by_hash(a: &[u8], b: &[u8], rules: &Rules<'_>) -> Option<bool> {
     let mut pass = Pass::new(rules);
@@ -203,9 +212,22 @@ fn serde_hash(body: &[u8], pass: &mut Pass<'_>) -> Option<u128> {
 
 /// xxh3-128 seeds of the container steps.
 pub(super) const ARRAY: u64 = 1;
-pub(super) const ARRAY_END: u64 = 2;
 pub(super) const ENTRY: u64 = 3;
-pub(super) const OBJECT: u64 = 4;
+
+/// What a closed container adds per element or member (and one more): two odd constants
+/// whose top bytes are above every tag.
+const ARRAY_COUNT: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835;
+const OBJECT_COUNT: u128 = 0xbb67_ae85_84ca_a73b_3c6e_f372_fe94_f82b;
+
+/// An array's hash from the chain of its (kept) elements' hashes and their count.
+pub(super) fn array(chain: u128, len: u128) -> u128 {
+    chain.wrapping_add(len.wrapping_add(1).wrapping_mul(ARRAY_COUNT))
+}
+
+/// An object's hash from the sum of its (kept) entries' hashes and their count.
+pub(super) fn object(sum: u128, len: u128) -> u128 {
+    sum.wrapping_add(len.wrapping_add(1).wrapping_mul(OBJECT_COUNT))
+}
 
 /// Tags of the scalars, in the top byte. A short string has its length (< 16) there.
 pub(super) const NULL: u8 = 16;
@@ -388,7 +410,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                 len += 1;
             }
         }
-        Ok(pair(chain, len, ARRAY_END))
+        Ok(array(chain, len))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u128, A::Error> {
@@ -419,7 +441,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
             pass.repeated_name |= names.windows(2).any(|w| w[0] == w[1]);
         }
         pass.names.truncate(mark);
-        Ok(pair(sum, len, OBJECT))
+        Ok(object(sum, len))
     }
 }
 

@@ -21,8 +21,8 @@
 //! zeros are dropped first (`1.50` → 15 / 10, `2.00` → 2): the same rational, so the same
 //! correctly rounded `f64`, and an integral one is then an integer without a division.
 
-use super::json::{float, integer, pair, scalar, string as string_of, Pass, ARRAY, ARRAY_END};
-use super::json::{fraction, Child, BOOL, OBJECT, UNSIGNED};
+use super::json::{array as array_hash, object as object_hash, pair, Pass, ARRAY};
+use super::json::{float, fraction, integer, scalar, string as string_of, Child, BOOL, UNSIGNED};
 use super::json::{ENTRY, NULL};
 use super::rules::Slot;
 
@@ -163,14 +163,14 @@ impl Open {
     fn close(&self, pass: &mut Pass<'_>, repeated_name: &mut bool) -> u128 {
         let len = u128::from(self.len);
         if !self.object {
-            return pair(self.acc, len, ARRAY_END);
+            return array_hash(self.acc, len);
         }
         // Nested objects have popped their names: this object's are `names[mark..]`.
         if self.shared_bit {
             *repeated_name |= repeats(&mut pass.names[self.mark..]);
         }
         pass.names.truncate(self.mark);
-        pair(self.acc, len, OBJECT)
+        object_hash(self.acc, len)
     }
 }
 
@@ -205,7 +205,12 @@ fn document<const RULES: bool>(
                 at = skip_space(body, at + 1);
                 let close = if object { b'}' } else { b']' };
                 if *body.get(at)? == close {
-                    (pair(0, 0, if object { OBJECT } else { ARRAY_END }), at + 1)
+                    let empty = if object {
+                        object_hash(0, 0)
+                    } else {
+                        array_hash(0, 0)
+                    };
+                    (empty, at + 1)
                 } else {
                     stack.push(open);
                     open = Open {
@@ -483,6 +488,44 @@ mod tests {
         let ((scanned, _), (serde, _)) = both_hashes(body.as_bytes(), &Rules::none());
         assert_eq!(scanned, None, "{body:?}");
         assert_eq!(serde.is_some(), parsed, "{body:?}");
+    }
+
+    /// A container's hash is its chain or sum plus a count term, not mixed once more: empty
+    /// ones, nested ones and their lengths still hash apart from each other and from scalars.
+    #[test]
+    fn containers_hash_apart_from_each_other_and_from_scalars() {
+        let bodies = [
+            "[]",
+            "{}",
+            "[[]]",
+            "[{}]",
+            "{\"a\":[]}",
+            "{\"a\":{}}",
+            "[[],[]]",
+            "[[[]]]",
+            "[0]",
+            "[0,0]",
+            "[null]",
+            "{\"\":0}",
+            "{\"\":[]}",
+            "\"\"",
+            "0",
+            "null",
+            "false",
+            "[\"\"]",
+            "{\"a\":1,\"b\":2}",
+            "{\"a\":2,\"b\":1}",
+            "[1,2]",
+            "[2,1]",
+            "[[1],2]",
+            "[1,[2]]",
+        ];
+        let hashes: Vec<u128> = bodies.iter().map(|body| scanned(body)).collect();
+        for (i, a) in hashes.iter().enumerate() {
+            for (j, b) in hashes.iter().enumerate().skip(i + 1) {
+                assert_ne!(a, b, "{} and {}", bodies[i], bodies[j]);
+            }
+        }
     }
 
     #[test]
