@@ -60,7 +60,9 @@ pub(super) fn hash(body: &[u8], pass: &mut Pass<'_>) -> Option<u128> {
     result
 }
 
-/// An array or object being read, with what its elements or members have added so far.
+/// An array or object being read, with what its elements or members have added so far. What
+/// the rules need is apart, in [`Frame`], so that without rules the containers' stack moves
+/// only this.
 #[derive(Default, Clone, Copy)]
 struct Open {
     object: bool,
@@ -68,30 +70,37 @@ struct Open {
     acc: u128,
     /// The elements or entries counted (ignored ones are not).
     len: u64,
-    /// The next element's index (arrays, for the rules).
-    index: usize,
     /// The object's member names are `pass.names[mark..]`.
     mark: usize,
     /// One bit of 64 per member name, and whether two names shared one: names are compared
     /// only then.
     bits: u64,
     shared_bit: bool,
-    /// The rules active at the container: `pass.states[from..to]` (empty without rules).
+    /// The member being read: its name's hash.
+    name: u128,
+}
+
+/// The rules' state of an array or object being read (documents with rules only).
+#[derive(Default, Clone, Copy)]
+struct Frame {
+    /// The rules active at the container: `pass.states[from..to]`.
     from: usize,
     to: usize,
-    /// The member or element being read: its name's hash (members), whether it counts, and
-    /// where the rules entered for it start in `pass.states`.
-    name: u128,
+    /// The next element's index (arrays).
+    index: usize,
+    /// Whether the member or element being read counts, and where the rules entered for it
+    /// start in `pass.states`.
     kept: bool,
     child_from: usize,
 }
 
 impl Open {
     /// Enters the next member (past its name and `:`) or element at `at`: where its value
-    /// starts, and the rules active at it.
+    /// starts, and the rules active at it (`frame` is the container's, with rules).
     #[inline(always)]
     fn next<const RULES: bool>(
         &mut self,
+        frame: &mut Frame,
         body: &[u8],
         at: usize,
         pass: &mut Pass<'_>,
@@ -114,42 +123,42 @@ impl Open {
             (Some(at + 1..name_end - 1), colon + 1)
         } else {
             if RULES {
-                self.index += 1;
+                frame.index += 1;
             }
             (None, at)
         };
-        if !RULES || self.from >= self.to {
+        if !RULES || frame.from >= frame.to {
             // Without rules the name is not read as text (it is valid UTF-8: the whole body
             // was checked), nor are rules asked.
-            self.kept = true;
+            frame.kept = true;
             return Some((
                 at,
                 Child {
                     kept: true,
-                    from: self.from,
-                    to: self.to,
+                    from: frame.from,
+                    to: frame.to,
                 },
             ));
         }
         let child = match slot {
             Some(name) => {
                 let text = std::str::from_utf8(&body[name]).ok()?;
-                pass.enter(Slot::Member(text), self.from, self.to)
+                pass.enter(Slot::Member(text), frame.from, frame.to)
             }
-            None => pass.enter(Slot::Element(self.index - 1), self.from, self.to),
+            None => pass.enter(Slot::Element(frame.index - 1), frame.from, frame.to),
         };
-        self.kept = child.kept;
-        self.child_from = child.from;
+        frame.kept = child.kept;
+        frame.child_from = child.from;
         Some((at, child))
     }
 
     /// Adds the value just read (its hash) to the container.
     #[inline(always)]
-    fn add<const RULES: bool>(&mut self, value: u128, pass: &mut Pass<'_>) {
-        if RULES && self.from < self.to {
-            pass.states.truncate(self.child_from);
+    fn add<const RULES: bool>(&mut self, frame: &Frame, value: u128, pass: &mut Pass<'_>) {
+        if RULES && frame.from < frame.to {
+            pass.states.truncate(frame.child_from);
         }
-        if !RULES || self.kept {
+        if !RULES || frame.kept {
             self.acc = if self.object {
                 self.acc.wrapping_add(pair(self.name, value, ENTRY))
             } else {
@@ -185,9 +194,11 @@ fn document<const RULES: bool>(
 ) -> Option<u128> {
     let mut at = 0;
     // The containers that hold `open`: as many as are open, `open` itself included (at the
-    // top, `open` is a placeholder and the stack empty).
+    // top, `open` is a placeholder and the stack empty); with rules, their frames alike.
     let mut stack: Vec<Open> = Vec::new();
     let mut open = Open::default();
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut frame = Frame::default();
     // The rules active at the value about to be read.
     let mut rules = Child {
         kept: true,
@@ -216,11 +227,17 @@ fn document<const RULES: bool>(
                     open = Open {
                         object,
                         mark: pass.names.len(),
-                        from: rules.from,
-                        to: rules.to,
                         ..Open::default()
                     };
-                    (at, rules) = open.next::<RULES>(body, at, pass)?;
+                    if RULES {
+                        frames.push(frame);
+                        frame = Frame {
+                            from: rules.from,
+                            to: rules.to,
+                            ..Frame::default()
+                        };
+                    }
+                    (at, rules) = open.next::<RULES>(&mut frame, body, at, pass)?;
                     continue 'value;
                 }
             }
@@ -237,11 +254,11 @@ fn document<const RULES: bool>(
             if stack.is_empty() {
                 return (skip_space(body, at) == body.len()).then_some(hash);
             }
-            open.add::<RULES>(hash, pass);
+            open.add::<RULES>(&frame, hash, pass);
             at = skip_space(body, at);
             let next = *body.get(at)?;
             if next == b',' {
-                (at, rules) = open.next::<RULES>(body, at + 1, pass)?;
+                (at, rules) = open.next::<RULES>(&mut frame, body, at + 1, pass)?;
                 continue 'value;
             }
             if next != if open.object { b'}' } else { b']' } {
@@ -250,6 +267,9 @@ fn document<const RULES: bool>(
             at += 1;
             hash = open.close(pass, repeated_name);
             open = stack.pop()?;
+            if RULES {
+                frame = frames.pop()?;
+            }
         }
     }
 }
