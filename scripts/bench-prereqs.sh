@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make bench` measures besides cutover, via apt-get (Debian): nginx and haproxy
-# to compare with, and etcd-server for the propagation scenario (etcd put -> traffic follows).
+# to compare with, etcd-server for the propagation scenario (etcd put -> traffic follows), and
+# linux-perf for the report's profiles (where the CPU goes).
 # The build's own prerequisites are scripts/prereqs.sh build, which `make bench` runs first;
 # this script then runs while the release build compiles, so a fresh machine downloads and
 # installs these packages in the build's time rather than before it. Without root or
@@ -15,6 +16,7 @@ have() { # have PROGRAM: on PATH or in the sbin directories Debian installs daem
 have nginx || missing+=(nginx)
 have haproxy || missing+=(haproxy)
 have etcd || missing+=(etcd-server)
+have perf || missing+=(linux-perf)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 skip() {

@@ -4,7 +4,8 @@
 #   scripts/prereqs.sh test    the above + etcd-server (end-to-end tests), nghttp2-client (h2load),
 #                              python3-venv (the tests' Python clients, grpcio, websockets and
 #                              selenium, go into target/pyenv on first use), chromium and
-#                              chromium-driver (the dashboard's browser test)
+#                              chromium-driver (the dashboard's browser test), linux-perf (the
+#                              bench smoke run's profile)
 # Fails with a clear message where it cannot install.
 set -euo pipefail
 
@@ -26,6 +27,7 @@ if [ "$want" = test ]; then
   need h2load nghttp2-client
   need chromium chromium
   need chromedriver chromium-driver
+  need perf linux-perf
   need python3 python3
   if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)

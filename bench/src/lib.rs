@@ -14,6 +14,7 @@ pub mod cli;
 pub mod floor;
 pub mod judgement;
 pub mod load;
+pub mod profile;
 pub mod propagation;
 pub mod protocols;
 pub mod report;

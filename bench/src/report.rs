@@ -825,6 +825,12 @@ pub fn markdown(r: &SuiteReport, out: &Output, charts: &[Chart]) -> String {
         );
     }
     let _ = writeln!(w);
+    if goals(r).iter().any(|g| g.verdict == Verdict::Missed) && !r.profiles.is_empty() {
+        let _ = writeln!(
+            w,
+            "Where the proxies' CPU goes in the runs the CPU targets are about:              [Where the CPU goes (perf)](#where-the-cpu-goes-perf); what stands in the way of              each missed target, measured: the README's [Benchmarks](README.md#benchmarks).\n"
+        );
+    }
     floor_summary(w, r);
     noise_summary(w, r);
 
@@ -891,6 +897,7 @@ pub fn markdown(r: &SuiteReport, out: &Output, charts: &[Chart]) -> String {
     }
     open_table(w, r);
     crowd_table(w, r);
+    profiles(w, r);
 
     if !charts.is_empty() {
         let _ = writeln!(w, "## Charts\n");
@@ -1171,6 +1178,69 @@ fn crowd_table(w: &mut String, r: &SuiteReport) {
         );
     }
     let _ = writeln!(w);
+}
+
+/// The perf profiles of [`crate::profile`], or why each is missing.
+fn profiles(w: &mut String, r: &SuiteReport) {
+    let Some(o) = &r.options.profile else {
+        return;
+    };
+    if r.profiles.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "## Where the CPU goes (perf)\n");
+    let _ = writeln!(
+        w,
+        "One more closed-loop run per profile after the measured ones ({} ms, the phase's \
+         connections), recorded by `perf record -e cpu-clock -F {} -p <the target's \
+         processes> -- sleep <the run>` and read by `perf {}`. Shares are of the target's \
+         samples; kernel functions are marked `[k]` by perf. {}\n",
+        o.duration.as_millis(),
+        o.frequency,
+        crate::profile::REPORT_ARGS.join(" "),
+        paranoia()
+    );
+    for (phase, kind, profile) in &r.profiles {
+        match profile {
+            Ok(p) => {
+                let _ = write!(w, "{}", p.to_markdown(o.top));
+            }
+            Err(why) => {
+                let _ = writeln!(
+                    w,
+                    "### {}, {}\n\nNot profiled: {why}.\n",
+                    kind.name(),
+                    phase.name()
+                );
+            }
+        }
+    }
+}
+
+/// Whether perf could see the kernel's functions: root, or `perf_event_paranoid` at most 1.
+fn paranoia() -> String {
+    let level = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    // The effective user id, the second of /proc/self/status's `Uid:` line.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let ids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+            Some(ids.split_whitespace().nth(1)? == "0")
+        })
+        .unwrap_or(false);
+    match level {
+        Some(l) if l > 1 && !root => format!(
+            "**Kernel samples are missing**: `perf_event_paranoid` is {l} and the harness is \
+             not root, so the shares are of user-space time only."
+        ),
+        Some(l) => format!(
+            "`perf_event_paranoid` {l}{}.",
+            if root { ", run as root" } else { "" }
+        ),
+        None => "`perf_event_paranoid` unreadable.".into(),
+    }
 }
 
 fn control_plane(w: &mut String, r: &SuiteReport) {

@@ -30,6 +30,7 @@ use crate::backend::{BackendCounts, BackendOptions, BackendProcess};
 use crate::backend::{BODY_1K_PATH, BODY_256K_PATH, BODY_64K_PATH};
 use crate::judgement::{self, JudgementOptions, JudgementReport};
 use crate::load::{histogram, run_closed_loop, run_open_loop, ClosedLoop, OpenLoop, Report};
+use crate::profile::{self, Profile, ProfileOptions};
 use crate::propagation::{self, PropagationOptions, PropagationReport};
 use crate::protocols::{ProtocolOptions, ProtocolReport};
 use crate::rollback_time::{self, RollbackTimeOptions, RollbackTimeReport};
@@ -44,6 +45,8 @@ pub const QUIET_INTERVAL: Duration = Duration::from_millis(200);
 const SUITE_QUIET_INTERVAL: Duration = Duration::from_millis(100);
 /// Bound for the processes to go quiet around a run.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time given to `perf record` to attach to a target's threads before the profiled load.
+const PERF_ATTACH: Duration = Duration::from_millis(300);
 /// Bound for the copies of a run to reach backend b after its last answer.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The settle wait ends early when no copy arrived for this long.
@@ -132,6 +135,8 @@ pub struct SuiteOptions {
     pub judgement: Option<JudgementOptions>,
     /// Run the HTTP/2 and gRPC scenario ([`crate::protocols`]).
     pub protocols: Option<ProtocolOptions>,
+    /// Profile these runs with perf ([`crate::profile`]), after the measured ones.
+    pub profile: Option<ProfileOptions>,
 }
 
 /// The suite's short judgement scenario: 3 detection runs per rule and a 2-minute A/A run, all
@@ -191,6 +196,7 @@ impl SuiteOptions {
             rollback_time: Some(RollbackTimeOptions::default()),
             judgement: Some(standard_judgement()),
             protocols: Some(ProtocolOptions::default()),
+            profile: Some(ProfileOptions::standard()),
         }
     }
 
@@ -232,6 +238,14 @@ impl SuiteOptions {
                 calls: 300,
                 rounds: 1,
                 ..ProtocolOptions::default()
+            }),
+            // One short profile, so the path is exercised (perf may be missing: then the
+            // report says so).
+            profile: Some(ProfileOptions {
+                plans: vec![(Phase::Closed1k, TargetKind::Cutover)],
+                frequency: 999,
+                duration: Duration::from_millis(300),
+                top: 5,
             }),
             ..SuiteOptions::standard(bench_bin)
         }
@@ -471,6 +485,8 @@ pub struct SuiteReport {
     pub control_plane: Vec<ControlPlane>,
     /// The HTTP/2 and gRPC scenario, when it was asked for.
     pub protocols: Option<Result<ProtocolReport, String>>,
+    /// The perf profiles asked for (of targets that ran), or why each could not be made.
+    pub profiles: Vec<(Phase, TargetKind, Result<Profile, String>)>,
     /// Why the runs were not pinned, when they were not.
     pub pinning: Result<Pinning, String>,
     /// Problems that make numbers doubtful or missing.
@@ -747,6 +763,94 @@ impl Bench<'_> {
         }
         self.judge(&mut run, matches!(load, Load::Closed(_)));
         run
+    }
+
+    /// One more closed-loop run of `phase` on `t`, recorded by `perf record` (the `cpu-clock`
+    /// event at `o.frequency`, every thread of the target's processes), read by `perf report`.
+    async fn profile(
+        &self,
+        t: &RunningTarget,
+        phase: Phase,
+        o: &ProfileOptions,
+    ) -> Result<Profile, String> {
+        let perf = sys::find_program("perf")
+            .ok_or("perf is not installed (Debian: apt-get install linux-perf)")?;
+        let dir = tempfile::tempdir().map_err(|e| format!("a directory for perf.data: {e}"))?;
+        let data = dir.path().join("perf.data");
+        let pids = t
+            .pids()
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        quiesce(&self.all_pids(), self.opts.quiet, QUIET_TIMEOUT).await;
+        // perf records for as long as `sleep` runs: the load plus its start and a margin.
+        let recording = o.duration + PERF_ATTACH + Duration::from_millis(200);
+        let record = tokio::process::Command::new(&perf)
+            .args(["record", "-q", "-e", "cpu-clock", "-F"])
+            .arg(o.frequency.to_string())
+            .arg("-p")
+            .arg(&pids)
+            .arg("-o")
+            .arg(&data)
+            .args(["--", "sleep"])
+            .arg(format!("{:.3}", recording.as_secs_f64()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", perf.display()))?;
+        tokio::time::sleep(PERF_ATTACH).await;
+        let shape = match phase {
+            Phase::Closed1k => self.opts.closed,
+            _ => self.opts.large.unwrap_or(self.opts.closed),
+        };
+        let load = run_closed_loop(&ClosedLoop {
+            url: t.url(phase.path()).parse().expect("harness URL"),
+            connections: shape.connections,
+            duration: o.duration,
+            max_requests: shape.max_requests,
+        })
+        .await;
+        let recorded = record
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("perf record: {e}"))?;
+        if !recorded.status.success() {
+            let why = String::from_utf8_lossy(&recorded.stderr);
+            return Err(format!(
+                "perf record failed ({}): {}",
+                recorded.status,
+                why.lines().next().unwrap_or("no message")
+            ));
+        }
+        let report = tokio::process::Command::new(&perf)
+            .args(profile::REPORT_ARGS)
+            .arg("-i")
+            .arg(&data)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("perf report: {e}"))?;
+        let functions = profile::parse_report(&String::from_utf8_lossy(&report.stdout));
+        if functions.is_empty() {
+            return Err(format!(
+                "perf report found no samples ({}): {}",
+                report.status,
+                String::from_utf8_lossy(&report.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("no message")
+            ));
+        }
+        Ok(Profile {
+            phase,
+            target: t.kind,
+            requests: load.ok,
+            errors: load.errors,
+            functions,
+        })
     }
 
     /// Sets the run's noise and notes from its numbers.
@@ -1108,6 +1212,18 @@ pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, Stri
             ui.done();
         }
     }
+    let mut profiles = Vec::new();
+    if let Some(p) = &opts.profile {
+        for &(phase, kind) in &p.plans {
+            let Some(t) = bench.targets.iter().find(|t| t.kind == kind) else {
+                continue;
+            };
+            ui.add_runs(1);
+            ui.start(&format!("perf profile: {} {}", kind.name(), phase.name()));
+            profiles.push((phase, kind, bench.profile(t, phase, p).await));
+            ui.done();
+        }
+    }
     drop(bench);
     // The control-plane scenarios start their own processes, which should not all share the
     // generator's CPU.
@@ -1197,6 +1313,7 @@ pub async fn run(opts: &SuiteOptions, ui: &Progress) -> Result<SuiteReport, Stri
         crowd,
         control_plane,
         protocols,
+        profiles,
         pinning,
         problems,
         started,

@@ -161,6 +161,23 @@ async fn suite_smoke() {
         assert!(!goal.wanted.is_empty(), "{goal:?}");
         assert!(md.contains(&goal.wanted), "report states {:?}", goal.wanted);
     }
+    // The perf profile of cutover's 1 KiB run: perf is a prerequisite of `make test`
+    // (scripts/prereqs.sh test), so in CI it must have worked; elsewhere the report may say
+    // why it could not.
+    assert_eq!(report.profiles.len(), 1, "one profile asked for");
+    match &report.profiles[0] {
+        (Phase::Closed1k, TargetKind::Cutover, Ok(p)) => {
+            assert!(p.requests > 0, "the profiled run was served");
+            assert!(p.samples() > 0 && p.functions.iter().any(|f| !f.kernel));
+            assert!(md.contains("### cutover, closed-1k"), "{md}");
+        }
+        (_, _, Err(why)) => {
+            assert!(std::env::var_os("CI").is_none(), "perf failed in CI: {why}");
+            assert!(md.contains("Not profiled: "), "the report says why");
+        }
+        other => panic!("unexpected profile {other:?}"),
+    }
+    assert!(md.contains("## Where the CPU goes (perf)"));
     let memory = goals.iter().find(|g| g.name.starts_with("Memory")).unwrap();
     assert!(
         !matches!(memory.verdict, Verdict::NotEvaluated(_)),
