@@ -828,7 +828,9 @@ pub fn markdown(r: &SuiteReport, out: &Output, charts: &[Chart]) -> String {
     if goals(r).iter().any(|g| g.verdict == Verdict::Missed) && !r.profiles.is_empty() {
         let _ = writeln!(
             w,
-            "Where the proxies' CPU goes in the runs the CPU targets are about:              [Where the CPU goes (perf)](#where-the-cpu-goes-perf); what stands in the way of              each missed target, measured: the README's [Benchmarks](README.md#benchmarks).\n"
+            "Where the proxies' CPU goes in the runs the CPU targets are about: \
+             [Where the CPU goes (perf)](#where-the-cpu-goes-perf); what stands in the way of \
+             each missed target, measured: the README's [Benchmarks](README.md#benchmarks).\n"
         );
     }
     floor_summary(w, r);

@@ -178,6 +178,8 @@ async fn suite_smoke() {
         other => panic!("unexpected profile {other:?}"),
     }
     assert!(md.contains("## Where the CPU goes (perf)"));
+    // Text wrapped in the source is one line with single spaces in the report.
+    assert!(!md.contains("   ["), "{md}");
     let memory = goals.iter().find(|g| g.name.starts_with("Memory")).unwrap();
     assert!(
         !matches!(memory.verdict, Verdict::NotEvaluated(_)),
