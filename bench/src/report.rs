@@ -75,6 +75,11 @@ fn crowd_peak_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
 }
 
 /// The peak RSS over the whole life of `kind`'s processes, read at its crowd run, MiB.
+/// The RSS of `kind`'s crowd run as its load started, MiB.
+fn start_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
+    crowd_mib(r, kind, |run| run.rss_start_kib)
+}
+
 fn life_peak_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
     crowd_mib(r, kind, |run| run.life_peak_rss_kib)
 }
@@ -280,6 +285,12 @@ pub fn goals(r: &SuiteReport) -> Vec<Goal> {
         (Some(shadow), Some(plain)) => {
             let ratio = shadow / plain;
             let mut measured = format!("{ratio:.2}× ({shadow:.1} MiB against {plain:.1} MiB)");
+            if let (Some(ss), Some(sp)) = (start_mib(r, s), start_mib(r, c)) {
+                measured += &format!(
+                    ", of which held as the run started (left by earlier phases): {ss:.1} \
+                     against {sp:.1} MiB"
+                );
+            }
             if let (Some(ls), Some(lp)) = (life_peak_mib(r, s), life_peak_mib(r, c)) {
                 measured += &format!(
                     "; over each process's whole life, every earlier phase included: {:.2}× \
@@ -1156,22 +1167,24 @@ fn crowd_table(w: &mut String, r: &SuiteReport) {
         "One closed-loop run per proxy with {connections} connections (1 KiB). Peak RSS is the \
          processes' high-water mark (`VmHWM`, summed over nginx's master and worker) during the \
          run: it is reset to the current RSS as the run starts (`clear_refs`), so memory kept \
-         from earlier phases counts, their own peaks do not. Peak over life is the high-water \
-         mark since the process started (every earlier phase, 256 KiB answers included).\n"
+         from earlier phases counts, their own peaks do not; RSS at start is that memory, read \
+         as the load starts. Peak over life is the high-water mark since the process started \
+         (every earlier phase, 256 KiB answers included).\n"
     );
     let _ = writeln!(
         w,
-        "| target | req/s | p99 ms | proxy CPU µs/req | peak RSS MiB | peak over life MiB | RSS after MiB | new upstream conns | errors |"
+        "| target | req/s | p99 ms | proxy CPU µs/req | RSS at start MiB | peak RSS MiB | peak over life MiB | RSS after MiB | new upstream conns | errors |"
     );
-    let _ = writeln!(w, "|:--|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(w, "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for x in &r.crowd {
         let _ = writeln!(
             w,
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
             x.target.name(),
             x.requests_per_second(),
             f3(x.percentile_ms(99.0)),
             f1(x.cpu_us_per_request(r.clk_tck)),
+            f1(x.rss_start_kib.map(|v| v as f64 / 1024.0)),
             f1(x.peak_rss_kib.map(|v| v as f64 / 1024.0)),
             f1(x.life_peak_rss_kib.map(|v| v as f64 / 1024.0)),
             f1(x.rss_kib.map(|v| v as f64 / 1024.0)),

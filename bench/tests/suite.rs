@@ -180,6 +180,14 @@ async fn suite_smoke() {
     assert!(md.contains("## Where the CPU goes (perf)"));
     // Text wrapped in the source is one line with single spaces in the report.
     assert!(!md.contains("   ["), "{md}");
+    // The crowd runs say what each proxy held as their load started.
+    for run in report.crowd.iter().filter(|r| r.target.is_proxy()) {
+        let start = run
+            .rss_start_kib
+            .expect("RSS read as the crowd run started");
+        assert!(start > 0 && run.peak_rss_kib.is_some_and(|peak| peak >= start));
+    }
+    assert!(md.contains("| RSS at start MiB |"), "{md}");
     let memory = goals.iter().find(|g| g.name.starts_with("Memory")).unwrap();
     assert!(
         !matches!(memory.verdict, Verdict::NotEvaluated(_)),
