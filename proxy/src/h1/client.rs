@@ -93,6 +93,29 @@ impl Conn {
         }
     }
 
+    /// Lets go of the read buffer of a connection that waits in the pool with nothing in it.
+    /// The buffer still holds the allocation the last answer was read into (up to
+    /// [`ANSWER_ROOM`], shared with the chunks split off it): kept, a busy connection reads its
+    /// next answer into the same memory; let go, a connection left idle after a burst of large
+    /// answers does not keep them. The pool calls this for connections idle a while.
+    pub fn release_buffer(&mut self) {
+        if self.side.buf.is_empty() {
+            self.side.buf = BytesMut::new();
+        }
+    }
+
+    /// The read buffer's room (tests).
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.side.buf.capacity()
+    }
+
+    /// Gives the read buffer `room` (tests: as an answer's read would).
+    #[cfg(test)]
+    pub(crate) fn reserve_buffer(&mut self, room: usize) {
+        self.side.buf.reserve(room);
+    }
+
     /// An idle connection is still usable: the backend neither closed it nor sent anything
     /// (a pooled connection is checked when it is taken). The check reads into one byte on the
     /// stack, not into the buffer: a byte or the end makes the connection unusable (it is
@@ -505,7 +528,7 @@ impl Drop for Reader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use tokio::io::AsyncWriteExt;
@@ -515,7 +538,7 @@ mod tests {
     use crate::tls;
 
     /// A connection to a fresh listener, and the backend's end of it.
-    async fn pair() -> (Conn, TcpStream) {
+    pub(crate) async fn pair() -> (Conn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr"))
             .await
@@ -546,6 +569,17 @@ mod tests {
             0,
             "the check reads into the stack, not into the connection's buffer"
         );
+    }
+
+    #[tokio::test]
+    async fn an_empty_buffer_is_let_go_and_one_with_bytes_is_kept() {
+        let (mut conn, _backend) = pair().await;
+        conn.reserve_buffer(64 * 1024);
+        conn.release_buffer();
+        assert_eq!(conn.buffer_capacity(), 0);
+        conn.side.buf.extend_from_slice(b"HTTP/1.1");
+        conn.release_buffer();
+        assert_eq!(&conn.side.buf[..], b"HTTP/1.1", "bytes not read yet stay");
     }
 
     #[tokio::test]
