@@ -74,12 +74,12 @@ fn crowd_peak_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
     crowd_mib(r, kind, |run| run.peak_rss_kib)
 }
 
-/// The peak RSS over the whole life of `kind`'s processes, read at its crowd run, MiB.
 /// The RSS of `kind`'s crowd run as its load started, MiB.
 fn start_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
     crowd_mib(r, kind, |run| run.rss_start_kib)
 }
 
+/// The peak RSS over the whole life of `kind`'s processes, read at its crowd run, MiB.
 fn life_peak_mib(r: &SuiteReport, kind: TargetKind) -> Option<f64> {
     crowd_mib(r, kind, |run| run.life_peak_rss_kib)
 }
