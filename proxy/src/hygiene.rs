@@ -33,8 +33,9 @@ const PROTECTED: [&str; 8] = [
     "content-type",
 ];
 
-/// The marker a shadow copy carries; a client-sent one is removed at the edge.
-pub const SHADOW_MARKER: &str = "x-cutover-shadow";
+/// The marker a shadow copy carries; a client-sent one is removed at the edge. A `HeaderName`
+/// (not a `&str`): looking a `&str` up parses it each time, and every request removes it.
+pub const SHADOW_MARKER: HeaderName = HeaderName::from_static("x-cutover-shadow");
 
 /// The names to remove from a message before forwarding it: the hop-by-hop set and every
 /// (unprotected) header its `Connection` headers nominate.

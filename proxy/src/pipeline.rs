@@ -347,7 +347,7 @@ pub(crate) fn forward_head(
     if trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    h.remove(SHADOW_MARKER);
+    h.remove(&SHADOW_MARKER);
     if !h.contains_key(header::HOST) {
         if let Some(authority) = parts.uri.authority() {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {

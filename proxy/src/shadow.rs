@@ -82,8 +82,8 @@ pub fn copy_headers(forwarded: &HeaderMap, policy: &ShadowPolicy) -> HeaderMap {
     for name in &policy.strip_headers {
         headers.remove(name.as_str());
     }
-    headers.remove(SHADOW_MARKER);
-    headers.insert(SHADOW_MARKER, HeaderValue::from_static("1"));
+    const MARKED: HeaderValue = HeaderValue::from_static("1");
+    headers.insert(SHADOW_MARKER, MARKED);
     headers
 }
 
@@ -534,7 +534,7 @@ mod tests {
         let c = copy_headers(&h, &policy());
         assert!(!c.contains_key("authorization") && !c.contains_key("cookie"));
         assert_eq!(c.get("traceparent").unwrap(), "00-abc-def-01");
-        assert_eq!(c.get_all(SHADOW_MARKER).iter().collect::<Vec<_>>(), ["1"]);
+        assert_eq!(c.get_all(&SHADOW_MARKER).iter().collect::<Vec<_>>(), ["1"]);
     }
 
     #[test]
