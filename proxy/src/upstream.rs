@@ -14,6 +14,7 @@
 /// lookup, two lookups a request; the keys are the config's endpoints, not a client's input).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -494,9 +495,9 @@ impl<B: OutgoingBody> Pool<B> {
                         // Pinned where it is: moved into `within` it was copied whole once
                         // more per request (callgrind: memcpy).
                         let exchange = std::pin::pin!(conn.exchange(req, reused, Some(home)));
-                        let deadline = self.answer_deadline(&mut sent);
-                        let Some(result) = within(exchange, deadline, call_deadline(terms)).await
-                        else {
+                        let deadline = std::pin::pin!(self.answer_deadline(&mut sent));
+                        let call = std::pin::pin!(call_deadline(terms));
+                        let Some(result) = within(exchange, deadline, call).await else {
                             return Err(Failure::Timeout);
                         };
                         return match result {
@@ -524,8 +525,9 @@ impl<B: OutgoingBody> Pool<B> {
                     break;
                 }
                 let response = std::pin::pin!(sender.try_send_request(into_h2(req, upstream.tls)));
-                let deadline = self.answer_deadline(&mut sent);
-                let Some(result) = within(response, deadline, call_deadline(terms)).await else {
+                let deadline = std::pin::pin!(self.answer_deadline(&mut sent));
+                let call = std::pin::pin!(call_deadline(terms));
+                let Some(result) = within(response, deadline, call).await else {
                     return Err(Failure::Timeout);
                 };
                 return match result {
@@ -626,11 +628,14 @@ async fn call_deadline(terms: Terms) {
     }
 }
 
-/// `exchange`'s outcome, or `None` when either deadline came first.
+/// `exchange`'s outcome, or `None` when either deadline came first. Each future is pinned where
+/// its caller built it: taken by value, the deadlines were stored twice in this future (as its
+/// arguments and in the select's own tuple) and copied from one to the other: 616 bytes, now
+/// 72.
 async fn within<T>(
-    exchange: impl std::future::Future<Output = T>,
-    deadline: impl std::future::Future<Output = ()>,
-    call_deadline: impl std::future::Future<Output = ()>,
+    exchange: Pin<&mut impl std::future::Future<Output = T>>,
+    deadline: Pin<&mut impl std::future::Future<Output = ()>>,
+    call_deadline: Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Option<T> {
     tokio::select! {
         biased;
