@@ -372,7 +372,7 @@ pub(crate) fn forward_head(
     h.insert(X_FORWARDED_PROTO, if peer.tls { HTTPS } else { HTTP });
     let via = hygiene::via(h.get(header::VIA).map(|v| v.as_bytes()), client_version);
     h.insert(header::VIA, via);
-    let copy = shadowed.then(|| shadow::copy_headers(h, &route.spec.shadow));
+    let copy = shadowed.then(|| shadow::copy_headers(h, &route.shadow_strip));
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let origin = parts
             .uri

@@ -104,6 +104,9 @@ pub struct Route {
     /// lookup, round robin continues).
     pub legacy: Arc<Upstream>,
     pub new: Arc<Upstream>,
+    /// `shadow.strip_headers` as header names, parsed once here: each copy removes them by
+    /// name, not by text parsed again per copy.
+    pub shadow_strip: Box<[http::HeaderName]>,
     pub telemetry: Arc<RouteTelemetry>,
     /// Shared with the previous snapshot's route of the same id.
     pub state: Arc<RouteState>,
@@ -389,6 +392,7 @@ impl Snapshot {
             split,
             legacy,
             new,
+            shadow_strip: strip_names(&rc.spec.shadow.strip_headers),
             telemetry: route_telemetry,
             state: route_state,
         });
@@ -447,6 +451,15 @@ impl Snapshot {
             .and_then(|&i| self.routes.get(i))
             .filter(|r| r.id.as_str() == id)
     }
+}
+
+/// Header names as a route's spec lists them (the config checked each is a valid name; one
+/// that were not could name no header, and is left out).
+pub(crate) fn strip_names(names: &[String]) -> Box<[http::HeaderName]> {
+    names
+        .iter()
+        .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect()
 }
 
 /// The host a request is for, lowercased and without port: from the URI authority (HTTP/2,
