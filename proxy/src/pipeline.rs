@@ -403,9 +403,11 @@ pub(crate) fn respond(
     let (mut parts, incoming) = resp.into_parts();
     let status = parts.status.as_u16();
     if let Some(slot) = slot.as_ref() {
-        slot.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .primary_head(status, &parts.headers);
+        slot.lock().unwrap_or_else(|p| p.into_inner()).primary_head(
+            status,
+            &parts.headers,
+            &route.compared_headers,
+        );
     }
     answer_head(&mut parts.headers, caller.version);
     parts.version = Version::default();

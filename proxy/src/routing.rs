@@ -107,6 +107,9 @@ pub struct Route {
     /// `shadow.strip_headers` as header names, parsed once here: each copy removes them by
     /// name, not by text parsed again per copy.
     pub shadow_strip: Box<[http::HeaderName]>,
+    /// The headers a comparison reads (`compare.headers` without `compare.ignore_headers`), as
+    /// header names: a shadowed answer keeps only these while it waits for its comparison.
+    pub compared_headers: Box<[http::HeaderName]>,
     pub telemetry: Arc<RouteTelemetry>,
     /// Shared with the previous snapshot's route of the same id.
     pub state: Arc<RouteState>,
@@ -392,7 +395,14 @@ impl Snapshot {
             split,
             legacy,
             new,
-            shadow_strip: strip_names(&rc.spec.shadow.strip_headers),
+            shadow_strip: header_names(&rc.spec.shadow.strip_headers),
+            compared_headers: header_names(
+                rc.spec
+                    .compare
+                    .headers
+                    .iter()
+                    .filter(|n| !rc.spec.compare.ignore_headers.contains(n)),
+            ),
             telemetry: route_telemetry,
             state: route_state,
         });
@@ -455,9 +465,11 @@ impl Snapshot {
 
 /// Header names as a route's spec lists them (the config checked each is a valid name; one
 /// that were not could name no header, and is left out).
-pub(crate) fn strip_names(names: &[String]) -> Box<[http::HeaderName]> {
+pub(crate) fn header_names<'n>(
+    names: impl IntoIterator<Item = &'n String>,
+) -> Box<[http::HeaderName]> {
     names
-        .iter()
+        .into_iter()
         .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
         .collect()
 }

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::compare::{self, Answer, BodySampler, DivergenceRecord};
-use crate::hygiene::{self, SHADOW_MARKER};
+use crate::hygiene::SHADOW_MARKER;
 use crate::routing::Route;
 use crate::stats::{BackendKind, Role};
 use crate::telemetry::{DropReason, Outcome};
@@ -85,6 +85,27 @@ pub fn copy_headers(forwarded: &HeaderMap, strip: &[HeaderName]) -> HeaderMap {
     const MARKED: HeaderValue = HeaderValue::from_static("1");
     headers.insert(SHADOW_MARKER, MARKED);
     headers
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// The headers of an answer that its comparison reads: `names` (the route's compared headers)
+/// and, for a gRPC call, its status. A shadowed answer keeps only these while it waits: its
+/// whole header map was cloned (the primary's) or held (the copy's) for one or two of them.
+fn compared(headers: &HeaderMap, names: &[HeaderName], grpc: bool) -> HeaderMap {
+    let grpc_names: &[HeaderName] = if grpc {
+        &[GRPC_STATUS, GRPC_MESSAGE]
+    } else {
+        &[]
+    };
+    let mut kept = HeaderMap::with_capacity(names.len() + grpc_names.len());
+    for name in names.iter().chain(grpc_names) {
+        for value in headers.get_all(name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
 }
 
 /// A request being shadowed: what the copy needs, collected while the primary runs.
@@ -166,11 +187,13 @@ impl ShadowRequest {
         !self.sent && self.body_done && self.headers.is_some()
     }
 
-    /// Record the primary's response head (before hop-by-hop stripping).
-    pub fn primary_head(&mut self, status: u16, headers: &HeaderMap) {
+    /// Record the primary's response head (before hop-by-hop stripping): its status and the
+    /// headers `compared` names (the route's).
+    pub fn primary_head(&mut self, status: u16, headers: &HeaderMap, compared: &[HeaderName]) {
+        let grpc = self.grpc;
         if let Some(tap) = self.primary.as_mut() {
             tap.status = Some(status);
-            tap.headers = headers.clone();
+            tap.headers = self::compared(headers, compared, grpc);
             if let Some(body) = tap.body.as_mut() {
                 body.expect_from(headers);
             }
@@ -276,8 +299,8 @@ fn one_grpc_message(body: &[u8]) -> bool {
 
 /// Copy `grpc-status` and `grpc-message` from `trailers` into `headers`.
 fn keep_grpc_status(headers: &mut HeaderMap, trailers: &HeaderMap) {
-    for name in ["grpc-status", "grpc-message"] {
-        if let Some(v) = trailers.get(name) {
+    for name in [GRPC_STATUS, GRPC_MESSAGE] {
+        if let Some(v) = trailers.get(&name) {
             headers.insert(name, v.clone());
         }
     }
@@ -444,10 +467,7 @@ impl Job {
         let status = head.status.as_u16();
         let mut sampler = BodySampler::new(limit);
         sampler.expect_from(&head.headers);
-        let mut headers = head.headers;
-        for name in hygiene::hop_by_hop_names(&headers) {
-            headers.remove(name);
-        }
+        let mut headers = compared(&head.headers, &self.route.compared_headers, self.grpc);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| e.to_string())?;
             if let Some(data) = frame.data_ref() {
@@ -550,11 +570,38 @@ mod tests {
         h.insert("cookie", HeaderValue::from_static("a=1"));
         h.insert("traceparent", HeaderValue::from_static("00-abc-def-01"));
         h.insert(SHADOW_MARKER, HeaderValue::from_static("spoofed"));
-        let strip = crate::routing::strip_names(&policy().strip_headers);
+        let strip = crate::routing::header_names(&policy().strip_headers);
         let c = copy_headers(&h, &strip);
         assert!(!c.contains_key("authorization") && !c.contains_key("cookie"));
         assert_eq!(c.get("traceparent").unwrap(), "00-abc-def-01");
         assert_eq!(c.get_all(&SHADOW_MARKER).iter().collect::<Vec<_>>(), ["1"]);
+    }
+
+    /// A shadowed answer keeps the compared headers, every value of each, and gRPC's status
+    /// only for a gRPC call; nothing else.
+    #[test]
+    fn answers_keep_only_what_their_comparison_reads() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        h.insert(
+            "date",
+            HeaderValue::from_static("Tue, 08 Dec 2026 01:00:00 GMT"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static("5"));
+        let names = crate::routing::header_names(&["content-type".into(), "x-multi".into()]);
+        let kept = compared(&h, &names, false);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept.get("content-type").unwrap(), "application/json");
+        assert_eq!(
+            kept.get_all("x-multi").iter().collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(!kept.contains_key("date") && !kept.contains_key("grpc-status"));
+        let kept = compared(&h, &names, true);
+        assert_eq!(kept.get("grpc-status").unwrap(), "5");
+        assert_eq!(kept.len(), 4);
     }
 
     #[test]
