@@ -15,6 +15,11 @@ pub const DEADLINE_EXCEEDED: u8 = 4;
 pub const INTERNAL: u8 = 13;
 pub const UNAVAILABLE: u8 = 14;
 
+/// The headers a call's status travels in: in the trailers, or in the head of a trailers-only
+/// answer.
+pub const STATUS_HEADER: header::HeaderName = header::HeaderName::from_static("grpc-status");
+pub const MESSAGE_HEADER: header::HeaderName = header::HeaderName::from_static("grpc-message");
+
 /// The code names of `grpc_code` labels, by number (0–16).
 const NAMES: [&str; 17] = [
     "OK",
@@ -82,7 +87,7 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 
 /// `grpc-status` of a head or trailers; a value that is not a number reads as UNKNOWN.
 pub fn status(headers: &HeaderMap) -> Option<u8> {
-    let v = headers.get("grpc-status")?;
+    let v = headers.get(STATUS_HEADER)?;
     Some(
         std::str::from_utf8(v.as_bytes())
             .ok()
@@ -94,9 +99,9 @@ pub fn status(headers: &HeaderMap) -> Option<u8> {
 /// `grpc-status` and `grpc-message` as trailers.
 pub fn trailers(code: u8, message: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    h.insert(STATUS_HEADER, HeaderValue::from(u16::from(code)));
     if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
-        h.insert("grpc-message", v);
+        h.insert(MESSAGE_HEADER, v);
     }
     h
 }

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::compare::{self, Answer, BodySampler, DivergenceRecord};
+use crate::grpc;
 use crate::hygiene::SHADOW_MARKER;
 use crate::routing::Route;
 use crate::stats::{BackendKind, Role};
@@ -87,15 +88,12 @@ pub fn copy_headers(forwarded: &HeaderMap, strip: &[HeaderName]) -> HeaderMap {
     headers
 }
 
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-
 /// The headers of an answer that its comparison reads: `names` (the route's compared headers)
 /// and, for a gRPC call, its status. A shadowed answer keeps only these while it waits: its
 /// whole header map was cloned (the primary's) or held (the copy's) for one or two of them.
 fn compared(headers: &HeaderMap, names: &[HeaderName], grpc: bool) -> HeaderMap {
     let grpc_names: &[HeaderName] = if grpc {
-        &[GRPC_STATUS, GRPC_MESSAGE]
+        &[grpc::STATUS_HEADER, grpc::MESSAGE_HEADER]
     } else {
         &[]
     };
@@ -299,7 +297,7 @@ fn one_grpc_message(body: &[u8]) -> bool {
 
 /// Copy `grpc-status` and `grpc-message` from `trailers` into `headers`.
 fn keep_grpc_status(headers: &mut HeaderMap, trailers: &HeaderMap) {
-    for name in [GRPC_STATUS, GRPC_MESSAGE] {
+    for name in [grpc::STATUS_HEADER, grpc::MESSAGE_HEADER] {
         if let Some(v) = trailers.get(&name) {
             headers.insert(name, v.clone());
         }
@@ -407,7 +405,7 @@ impl Job {
                 let outcome = if self.grpc {
                     Outcome::Grpc {
                         status: answer.status,
-                        code: crate::grpc::status(&answer.headers).unwrap_or(crate::grpc::INTERNAL),
+                        code: grpc::status(&answer.headers).unwrap_or(grpc::INTERNAL),
                     }
                 } else {
                     Outcome::Status(answer.status)

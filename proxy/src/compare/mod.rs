@@ -338,9 +338,9 @@ pub fn compare_call(
 /// gRPC answers: `grpc-status` and `grpc-message` (from the head of a trailers-only answer, or
 /// from the trailers, which the taps add to the answer's headers) compare like the status.
 fn grpc_status_differs(legacy: &Answer, new: &Answer) -> bool {
-    ["grpc-status", "grpc-message"]
+    [crate::grpc::STATUS_HEADER, crate::grpc::MESSAGE_HEADER]
         .iter()
-        .any(|name| legacy.headers.get(*name) != new.headers.get(*name))
+        .any(|name| legacy.headers.get(name) != new.headers.get(name))
 }
 
 /// The JSON Pointers at which two answers of the SAME backend (a legacy answer and its repeat)
