@@ -98,6 +98,8 @@ fn compared(headers: &HeaderMap, names: &[HeaderName], grpc: bool) -> HeaderMap 
         &[]
     };
     let mut kept = HeaderMap::with_capacity(names.len() + grpc_names.len());
+    // A gRPC name the route compares anyway is kept once.
+    let grpc_names = grpc_names.iter().filter(|n| !names.contains(n));
     for name in names.iter().chain(grpc_names) {
         for value in headers.get_all(name) {
             kept.append(name.clone(), value.clone());
@@ -600,6 +602,12 @@ mod tests {
         let kept = compared(&h, &names, true);
         assert_eq!(kept.get("grpc-status").unwrap(), "5");
         assert_eq!(kept.len(), 4);
+        let names = crate::routing::header_names(&["grpc-status".into()]);
+        let kept = compared(&h, &names, true);
+        assert_eq!(
+            kept.get_all("grpc-status").iter().collect::<Vec<_>>(),
+            ["5"]
+        );
     }
 
     #[test]
