@@ -14,7 +14,7 @@ use cutover_config::dataplane::Override;
 use cutover_config::ConfigState;
 use cutover_config::{Backend, HostMatch, RouteConfig, RouteId, RouteSpec, Weights};
 
-use crate::compare::{Difference, DivergenceLog, Groups, NoiseLearner};
+use crate::compare::{compared_header_names, Difference, DivergenceLog, Groups, NoiseLearner};
 use crate::resolve::{AddrCell, Resolver};
 use crate::split::Split;
 use crate::stats::{BackendKind, Role};
@@ -396,13 +396,7 @@ impl Snapshot {
             legacy,
             new,
             shadow_strip: header_names(&rc.spec.shadow.strip_headers),
-            compared_headers: header_names(
-                rc.spec
-                    .compare
-                    .headers
-                    .iter()
-                    .filter(|n| !rc.spec.compare.ignore_headers.contains(n)),
-            ),
+            compared_headers: header_names(compared_header_names(&rc.spec.compare)),
             telemetry: route_telemetry,
             state: route_state,
         });

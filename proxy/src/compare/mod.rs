@@ -367,11 +367,16 @@ pub fn noise_pointers(policy: &ComparePolicy, first: &Answer, second: &Answer) -
 }
 
 /// The names of `policy.headers` (minus `ignore_headers`) whose values differ.
-fn header_differences(policy: &ComparePolicy, legacy: &HeaderMap, new: &HeaderMap) -> Vec<String> {
+/// The headers a comparison under `policy` reads: `headers` without `ignore_headers`.
+pub fn compared_header_names(policy: &ComparePolicy) -> impl Iterator<Item = &String> {
     policy
         .headers
         .iter()
         .filter(|name| !policy.ignore_headers.contains(name))
+}
+
+fn header_differences(policy: &ComparePolicy, legacy: &HeaderMap, new: &HeaderMap) -> Vec<String> {
+    compared_header_names(policy)
         .filter(|name| {
             let name = name.as_str();
             !legacy.get_all(name).iter().eq(new.get_all(name).iter())
