@@ -366,7 +366,6 @@ pub fn noise_pointers(policy: &ComparePolicy, first: &Answer, second: &Answer) -
     .unwrap_or_default()
 }
 
-/// The names of `policy.headers` (minus `ignore_headers`) whose values differ.
 /// The headers a comparison under `policy` reads: `headers` without `ignore_headers`.
 pub fn compared_header_names(policy: &ComparePolicy) -> impl Iterator<Item = &String> {
     policy
@@ -375,6 +374,7 @@ pub fn compared_header_names(policy: &ComparePolicy) -> impl Iterator<Item = &St
         .filter(|name| !policy.ignore_headers.contains(name))
 }
 
+/// The names of `policy.headers` (minus `ignore_headers`) whose values differ.
 fn header_differences(policy: &ComparePolicy, legacy: &HeaderMap, new: &HeaderMap) -> Vec<String> {
     compared_header_names(policy)
         .filter(|name| {
